@@ -1,0 +1,94 @@
+"""Soma: the token economy of a live-tutoring marketplace."""
+
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from soma.config import build_config, from_environment
+from soma.extensions import csrf, db, limiter, login_manager, migrate
+
+MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Create the app from the environment, or from `config` alone (tests)."""
+    app = Flask(
+        __name__,
+        template_folder="../templates",
+        static_folder="../static",
+        instance_relative_config=True,
+    )
+    settings = from_environment() if config is None else dict(config)
+    app.config.update(build_config(settings, app.instance_path))
+
+    if app.config["PROXY_FIX_X_FOR"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    register_hooks(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    """Bind the unbound extensions to `app`."""
+    db.init_app(app)
+    migrate.init_app(
+        app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_server_default=True
+    )
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to see that page."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "strong"
+
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """Make SQLite enforce foreign keys and wait for locks instead of failing."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach each feature's blueprint."""
+    from soma.admin.routes import bp as admin_bp
+    from soma.auth.routes import bp as auth_bp
+    from soma.main.routes import bp as main_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(admin_bp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    """Render every error in the site's layout."""
+    from soma.errors import register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    """Add the `flask soma ...` commands."""
+    from soma.cli import soma_cli
+
+    app.cli.add_command(soma_cli)
+
+
+def register_hooks(app: Flask) -> None:
+    """Security headers and template helpers."""
+    from soma.security import register
+
+    register(app)

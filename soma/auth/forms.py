@@ -1,0 +1,56 @@
+"""Sign-up and log-in forms."""
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField, RadioField, StringField
+from wtforms.validators import DataRequired, Email, EqualTo, Length
+
+from soma.auth.service import MIN_PASSWORD_LENGTH
+
+
+def strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+class SignupForm(FlaskForm):
+    role = RadioField(
+        "I am a",
+        choices=[("student", "Student: I want to learn"), ("teacher", "Teacher: I want to teach")],
+        default="student",
+        validators=[DataRequired(message="Choose student or teacher.")],
+    )
+    display_name = StringField(
+        "Display name",
+        filters=[strip],
+        validators=[DataRequired(message="Tell us your name."), Length(max=80)],
+    )
+    email = EmailField(
+        "Email",
+        filters=[strip],
+        validators=[
+            DataRequired(message="Enter your email address."),
+            Email(message="Enter a valid email address.", check_deliverability=False),
+            Length(max=254),
+        ],
+    )
+    password = PasswordField(
+        "Password",
+        validators=[
+            DataRequired(message="Choose a password."),
+            Length(
+                min=MIN_PASSWORD_LENGTH,
+                max=256,
+                message=f"Use at least {MIN_PASSWORD_LENGTH} characters.",
+            ),
+        ],
+    )
+    confirm = PasswordField(
+        "Repeat password",
+        validators=[EqualTo("password", message="The two passwords differ.")],
+    )
+
+
+class LoginForm(FlaskForm):
+    email = EmailField(
+        "Email", filters=[strip], validators=[DataRequired(message="Enter your email address.")]
+    )
+    password = PasswordField("Password", validators=[DataRequired(message="Enter your password.")])

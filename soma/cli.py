@@ -1,0 +1,61 @@
+"""`flask soma ...`: demo data and account administration."""
+
+import secrets
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from soma.auth import service
+from soma.errors import SomaError
+from soma.extensions import db
+from soma.models import Role
+
+soma_cli = AppGroup("soma", help="Soma's own commands.")
+
+DEMO_ACCOUNTS = [
+    ("student@example.com", "Demo Student", Role.STUDENT, "student-demo-pass"),
+    ("teacher@example.com", "Demo Teacher", Role.TEACHER, "teacher-demo-pass"),
+    ("admin@example.com", "Demo Admin", Role.ADMIN, "admin-demo-pass"),
+]
+
+
+@soma_cli.command("create-admin")
+@click.argument("email")
+@click.option("--name", default="Administrator", show_default=True, help="Display name.")
+@click.option(
+    "--password",
+    envvar="SOMA_ADMIN_PASSWORD",
+    help="Password (at least 10 characters). Without it, one is generated and printed.",
+)
+def create_admin(email: str, name: str, password: str | None) -> None:
+    """Create an admin account; sign-up never makes one."""
+    generated = password is None
+    if generated:
+        password = secrets.token_urlsafe(12)
+    try:
+        user = service.create_user(email, name, password, Role.ADMIN)
+    except SomaError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Created admin {user.email}.")
+    if generated:
+        click.echo(f"Password: {password}")
+
+
+@soma_cli.command("demo")
+def demo() -> None:
+    """Create the demo student, teacher and admin (idempotent) and print their passwords."""
+    if current_app.config["SOMA_ENV"] == "production":
+        raise click.ClickException("Demo accounts are never created in production.")
+    click.echo("Demo accounts (log in at http://127.0.0.1:5000/login):")
+    for email, name, role, password in DEMO_ACCOUNTS:
+        user = service.find_user_by_email(email)
+        if user is None:
+            user = service.create_user(email, name, password, role)
+            state = "created"
+        else:
+            if not user.check_password(password):
+                user.set_password(password)
+                db.session.commit()
+            state = "exists"
+        click.echo(f"  {role.value:<8} {email:<22} password: {password}  ({state})")

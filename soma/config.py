@@ -1,0 +1,90 @@
+"""Settings: defaults, then the environment (and `.env`), or a test's overrides."""
+
+import os
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+# Every setting read from the environment, with its default. `.env.example`
+# lists the same names; a test keeps them in step.
+ENV_SETTINGS = {
+    "SOMA_ENV": "development",
+    "SECRET_KEY": "",
+    "DATABASE_URL": "",
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "LOGIN_RATE_LIMIT": "5 per minute",
+    "PROXY_FIX_X_FOR": "0",
+}
+
+
+class ConfigError(RuntimeError):
+    """Raised when the settings cannot run the app safely."""
+
+
+def database_uri(url: str) -> str:
+    """Return a SQLAlchemy URI for `url`, using psycopg 3 for PostgreSQL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def from_environment() -> dict:
+    """Read the settings from the process environment and `.env`."""
+    load_dotenv(Path.cwd() / ".env", override=False)
+    return {name: os.environ.get(name, default) for name, default in ENV_SETTINGS.items()}
+
+
+def build_config(settings: dict, instance_path: str) -> dict:
+    """Turn raw settings into Flask configuration; raises ConfigError."""
+    env = settings.get("SOMA_ENV", "development")
+    if env not in ("development", "production", "testing"):
+        raise ConfigError(f"SOMA_ENV must be development, production or testing, not {env!r}")
+    production = env == "production"
+
+    secret_key = settings.get("SECRET_KEY") or ""
+    if not secret_key:
+        if production:
+            raise ConfigError("SECRET_KEY must be set when SOMA_ENV=production")
+        secret_key = _instance_secret(instance_path)
+
+    db_url = settings.get("DATABASE_URL") or ""
+    if not db_url:
+        if production:
+            raise ConfigError("DATABASE_URL must be set when SOMA_ENV=production")
+        db_url = "sqlite:///" + os.path.join(instance_path, "soma.db")
+
+    config = {
+        "SOMA_ENV": env,
+        "SECRET_KEY": secret_key,
+        "SQLALCHEMY_DATABASE_URI": database_uri(db_url),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SECURE": production,
+        "PREFERRED_URL_SCHEME": "https" if production else "http",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "RATELIMIT_STORAGE_URI": settings.get("RATELIMIT_STORAGE_URI") or "memory://",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
+        "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
+        "TESTING": env == "testing",
+    }
+    # A test passes Flask keys directly (TESTING, WTF_CSRF_ENABLED, ...).
+    config.update({k: v for k, v in settings.items() if k not in ENV_SETTINGS})
+    return config
+
+
+def _instance_secret(instance_path: str) -> str:
+    """Return a development secret kept in the instance folder, so sessions survive restarts."""
+    path = Path(instance_path) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key

@@ -1,0 +1,50 @@
+"""Helpers shared by the suites: service checks, CSRF-aware posting, test data builders."""
+
+import os
+import re
+
+import pytest
+
+from soma.auth import service
+from soma.models import User
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+DEFAULT_PASSWORD = "correct-horse-battery"
+
+_CSRF_META = re.compile(r'"X-CSRFToken": "([^"]+)"')
+
+
+def require(service_name: str, reason: str):
+    """Skip the test when a service is missing; in CI, fail it instead."""
+    if IN_CI:
+        pytest.fail(f"{service_name} is required in CI: {reason}", pytrace=False)
+    pytest.skip(f"{service_name} not available: {reason}")
+
+
+def csrf_from(html: str) -> str:
+    """Return the CSRF token that the base layout gives htmx."""
+    match = _CSRF_META.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+def post_form(client, url: str, data: dict | None = None, page: str | None = None, **kwargs):
+    """POST `data` to `url` the way a browser would: with the CSRF token of `page`."""
+    html = client.get(page or url, follow_redirects=True).get_data(as_text=True)
+    return client.post(url, data={**(data or {}), "csrf_token": csrf_from(html)}, **kwargs)
+
+
+def make_user(
+    role: str = "student",
+    email: str | None = None,
+    name: str | None = None,
+    password: str = DEFAULT_PASSWORD,
+) -> User:
+    """Create a user straight through the service (needs an app context)."""
+    make_user.counter += 1
+    email = email or f"{role}{make_user.counter}@example.com"
+    return service.create_user(email, name or f"{role.title()} {make_user.counter}", password, role)
+
+
+make_user.counter = 0

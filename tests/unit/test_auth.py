@@ -1,0 +1,144 @@
+"""Sign-up, log-in and log-out, as a user sees them and as they are stored."""
+
+from sqlalchemy import func, select
+
+from soma.extensions import db
+from soma.models import User
+from tests.helpers import DEFAULT_PASSWORD, make_user, post_form
+
+
+def count_users() -> int:
+    return db.session.scalar(select(func.count()).select_from(User))
+
+
+def test_signup_creates_a_student_logs_in_and_hashes_the_password(app, client, auth):
+    response = auth.signup(email="  Ada@Example.COM ", name="Ada Lovelace", role="student")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/dashboard"
+
+    home = client.get("/dashboard", follow_redirects=True)
+    page = home.get_data(as_text=True)
+    assert "Hello, Ada Lovelace" in page
+    assert "Welcome to Soma, Ada Lovelace!" in page
+    assert 'data-testid="nav-user"' in page
+
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "ada@example.com"))
+        assert user.role == "student"
+        assert user.display_name == "Ada Lovelace"
+        assert DEFAULT_PASSWORD not in user.password_hash
+        assert user.check_password(DEFAULT_PASSWORD)
+        assert not user.check_password("wrong-password-1")
+
+
+def test_signup_as_teacher_lands_on_the_teacher_home(client, auth):
+    auth.signup(email="tess@example.com", name="Tess Teacher", role="teacher")
+    page = client.get("/dashboard", follow_redirects=True).get_data(as_text=True)
+    assert "Teach live classes" in page
+    assert "Tess Teacher" in page
+
+
+def test_signup_never_makes_an_admin(app, client):
+    response = post_form(
+        client,
+        "/signup",
+        {
+            "email": "sneaky@example.com",
+            "display_name": "Sneaky",
+            "role": "admin",
+            "password": DEFAULT_PASSWORD,
+            "confirm": DEFAULT_PASSWORD,
+        },
+    )
+    assert response.status_code == 400
+    assert "Not a valid choice" in response.get_data(as_text=True)
+    with app.app_context():
+        assert count_users() == 0
+
+
+def test_duplicate_email_is_a_form_error_and_stores_nothing(app, client, auth):
+    with app.app_context():
+        make_user("teacher", email="taken@example.com")
+    response = auth.signup(email="TAKEN@example.com", name="Second")
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "An account with this email already exists" in page
+    assert 'aria-invalid="true"' in page
+    with app.app_context():
+        assert count_users() == 1
+        assert db.session.scalar(select(User.display_name)) != "Second"
+
+
+def test_short_password_is_a_form_error_and_stores_nothing(app, auth):
+    response = auth.signup(email="short@example.com", password="123456789")
+    assert response.status_code == 400
+    assert "Use at least 10 characters." in response.get_data(as_text=True)
+    with app.app_context():
+        assert count_users() == 0
+
+
+def test_signup_form_errors_for_bad_email_missing_name_and_mismatch(app, auth):
+    response = auth.signup(email="not-an-email", name="", confirm="something-else-entirely")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "Enter a valid email address." in page
+    assert "Tell us your name." in page
+    assert "The two passwords differ." in page
+    with app.app_context():
+        assert count_users() == 0
+
+
+def test_login_and_logout(app, client, auth):
+    with app.app_context():
+        make_user("student", email="sam@example.com", name="Sam Student")
+    response = auth.login("SAM@example.com")
+    assert response.status_code == 302
+    page = client.get("/student").get_data(as_text=True)
+    assert "Hello, Sam Student" in page
+
+    response = auth.logout()
+    assert response.status_code == 302
+    assert "You have logged out." in client.get("/").get_data(as_text=True)
+    assert client.get("/student").status_code == 302
+
+
+def test_wrong_password_and_unknown_email_give_the_same_error(app, client, auth):
+    with app.app_context():
+        make_user("student", email="sam@example.com")
+    for email, password in [
+        ("sam@example.com", "wrong-password"),
+        ("nobody@example.com", DEFAULT_PASSWORD),
+    ]:
+        response = auth.login(email, password)
+        assert response.status_code == 400
+        assert "That email and password do not match an account." in response.get_data(as_text=True)
+    assert client.get("/student").status_code == 302
+
+
+def test_logout_needs_post(client, auth):
+    auth.login_as("student")
+    assert client.get("/logout").status_code == 405
+    assert client.get("/student").status_code == 200
+
+
+def test_login_follows_a_local_next(client, auth, app):
+    with app.app_context():
+        make_user("admin", email="root@example.com")
+    response = auth.login("root@example.com", next_url="/admin/users")
+    assert response.headers["Location"] == "/admin/users"
+
+
+def test_login_ignores_a_foreign_next(client, auth, app):
+    with app.app_context():
+        make_user("student", email="s@example.com")
+    for target in ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:x"]:
+        client.get("/")
+        response = auth.login("s@example.com", next_url=target)
+        assert response.headers["Location"] == "/dashboard", target
+        auth.logout()
+
+
+def test_anonymous_user_is_sent_to_login_with_next(client):
+    response = client.get("/student")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=")

@@ -1,0 +1,127 @@
+"""`flask soma` commands, configuration, migrations and lint."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from soma.config import ENV_SETTINGS, ConfigError, build_config, database_uri
+from soma.extensions import db
+from soma.models import User
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_create_admin_with_password(app, runner):
+    result = runner.invoke(
+        args=[
+            "soma",
+            "create-admin",
+            "Boss@Example.com",
+            "--name",
+            "Boss",
+            "--password",
+            "admin-password-1",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Created admin boss@example.com." in result.output
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "boss@example.com"))
+        assert user.role == "admin"
+        assert user.check_password("admin-password-1")
+
+
+def test_create_admin_generates_and_prints_a_password(app, runner):
+    result = runner.invoke(args=["soma", "create-admin", "root@example.com"])
+    assert result.exit_code == 0, result.output
+    password = re.search(r"Password: (\S+)", result.output).group(1)
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "root@example.com"))
+        assert user.check_password(password)
+
+
+def test_create_admin_refuses_a_taken_email_and_a_short_password(app, runner):
+    runner.invoke(args=["soma", "create-admin", "a@example.com", "--password", "long-enough-1"])
+    taken = runner.invoke(args=["soma", "create-admin", "a@example.com", "--password", "x" * 12])
+    assert taken.exit_code != 0
+    assert "already exists" in taken.output
+    short = runner.invoke(args=["soma", "create-admin", "b@example.com", "--password", "short"])
+    assert short.exit_code != 0
+    assert "at least 10 characters" in short.output
+
+
+def test_demo_is_idempotent_and_prints_working_passwords(app, runner):
+    first = runner.invoke(args=["soma", "demo"])
+    second = runner.invoke(args=["soma", "demo"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert first.output.count("(created)") == 3
+    assert second.output.count("(exists)") == 3
+    found = re.findall(r"(\w+)\s+(\S+@example\.com)\s+password: (\S+)", second.output)
+    assert {role for role, _, _ in found} == {"student", "teacher", "admin"}
+    with app.app_context():
+        users = db.session.scalars(select(User)).all()
+        assert len(users) == 3
+        for role, email, password in found:
+            user = next(u for u in users if u.email == email)
+            assert user.role == role
+            assert user.check_password(password)
+
+
+def test_demo_refuses_production(tmp_path):
+    from tests.conftest import make_app
+
+    app = make_app(f"sqlite:///{tmp_path}/x.db", SOMA_ENV="production")
+    result = app.test_cli_runner().invoke(args=["soma", "demo"])
+    assert result.exit_code != 0
+    assert "never created in production" in result.output
+
+
+def test_models_and_migrations_agree(runner):
+    result = runner.invoke(args=["db", "check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_production_needs_a_secret_key_and_a_database(tmp_path):
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        build_config({"SOMA_ENV": "production", "DATABASE_URL": "postgresql://x/y"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        build_config({"SOMA_ENV": "production", "SECRET_KEY": "k"}, str(tmp_path))
+    config = build_config(
+        {"SOMA_ENV": "production", "SECRET_KEY": "k", "DATABASE_URL": "postgres://h/db"},
+        str(tmp_path),
+    )
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://h/db"
+
+
+def test_development_defaults_to_sqlite_in_the_instance_folder(tmp_path):
+    config = build_config({"SOMA_ENV": "development"}, str(tmp_path))
+    assert config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/soma.db"
+    assert config["SESSION_COOKIE_SECURE"] is False
+    # The generated secret is kept, so sessions survive a restart.
+    assert build_config({}, str(tmp_path))["SECRET_KEY"] == config["SECRET_KEY"]
+
+
+def test_database_uri_uses_psycopg_3():
+    assert database_uri("postgresql://u@h:5432/d") == "postgresql+psycopg://u@h:5432/d"
+    assert database_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_env_example_lists_every_setting():
+    text = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    assert set(ENV_SETTINGS) <= listed, set(ENV_SETTINGS) - listed
+
+
+def test_code_is_ruff_clean():
+    ruff = [sys.executable, "-m", "ruff"]
+    check = subprocess.run([*ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run(
+        [*ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
