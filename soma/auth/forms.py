@@ -1,7 +1,7 @@
 """Sign-up and log-in forms."""
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, RadioField, StringField
+from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from soma.auth.service import MIN_PASSWORD_LENGTH
@@ -14,7 +14,10 @@ def strip(value: str | None) -> str | None:
 class SignupForm(FlaskForm):
     role = RadioField(
         "I am a",
-        choices=[("student", "Student: I want to learn"), ("teacher", "Teacher: I want to teach")],
+        choices=[
+            SelectChoice("student", "Student: I want to learn"),
+            SelectChoice("teacher", "Teacher: I want to teach"),
+        ],
         default="student",
         validators=[DataRequired(message="Choose student or teacher.")],
     )
