@@ -6,6 +6,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from soma.errors import SomaError
 from soma.extensions import db
+from soma.ledger import open_wallet
 from soma.models import SIGNUP_ROLES, Role, User
 
 MIN_PASSWORD_LENGTH = 10
@@ -48,6 +49,8 @@ def create_user(email: str, display_name: str, password: str, role: str) -> User
     user.set_password(password)
     db.session.add(user)
     try:
+        db.session.flush()
+        open_wallet(user.id)
         db.session.commit()
     except IntegrityError:
         db.session.rollback()

@@ -1,6 +1,36 @@
 """All models, imported here so that Alembic and the app see every table."""
 
 from soma.models.base import Base, UTCDateTime, utcnow
+from soma.models.ledger import (
+    ENTRY_KIND_LABELS,
+    SOURCE_ACCOUNTS,
+    Bucket,
+    EntryKind,
+    JournalEntry,
+    PlatformAccount,
+    Posting,
+    Wallet,
+)
+from soma.models.notification import Notification
+from soma.models.pricing import PricingUserType, TokenPricing
 from soma.models.user import SIGNUP_ROLES, Role, User
 
-__all__ = ["SIGNUP_ROLES", "Base", "Role", "UTCDateTime", "User", "utcnow"]
+__all__ = [
+    "ENTRY_KIND_LABELS",
+    "SIGNUP_ROLES",
+    "SOURCE_ACCOUNTS",
+    "Base",
+    "Bucket",
+    "EntryKind",
+    "JournalEntry",
+    "Notification",
+    "PlatformAccount",
+    "Posting",
+    "PricingUserType",
+    "Role",
+    "TokenPricing",
+    "UTCDateTime",
+    "User",
+    "Wallet",
+    "utcnow",
+]

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from flask_login import UserMixin
 from sqlalchemy import CheckConstraint, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from soma.models.base import Base, UTCDateTime, utcnow
@@ -33,6 +33,8 @@ class User(UserMixin, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    wallet = relationship("Wallet", back_populates="user", uselist=False)
 
     def set_password(self, password: str) -> None:
         """Store a salted hash of `password`; the password itself is never kept."""

@@ -1,0 +1,200 @@
+"""The money operations every feature calls: credit, debit, hold, settle, release, transfer.
+
+Each writes one entry through `core.post` in the caller's transaction and takes
+an idempotency key: a repeat returns the first entry and moves nothing more.
+"""
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from soma.extensions import db
+from soma.ledger.core import Leg, PostedEntry, platform_account, post, user_account
+from soma.ledger.errors import InvalidPosting
+from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
+
+A, L = Bucket.AVAILABLE, Bucket.LOCKED
+
+HOLD_KINDS = {EntryKind.CLASS_HOLD, EntryKind.WITHDRAWAL_HOLD}
+
+
+def _positive(tokens: int) -> int:
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        raise InvalidPosting("an amount of tokens is a positive whole number")
+    return tokens
+
+
+def credit(
+    user_id: int,
+    tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.PURCHASE,
+    source: PlatformAccount = PlatformAccount.ISSUANCE,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Add `tokens` to a user's available balance from a platform account."""
+    tokens = _positive(tokens)
+    legs = [
+        Leg(platform_account(source), A, -tokens),
+        Leg(user_account(user_id), A, tokens),
+    ]
+    return post(
+        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
+    )
+
+
+def debit(
+    user_id: int,
+    tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.REFUND,
+    to: PlatformAccount = PlatformAccount.ISSUANCE,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Take `tokens` out of a user's available balance back to a platform account."""
+    tokens = _positive(tokens)
+    legs = [
+        Leg(user_account(user_id), A, -tokens),
+        Leg(platform_account(to), A, tokens),
+    ]
+    return post(
+        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
+    )
+
+
+def hold(
+    user_id: int,
+    tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.CLASS_HOLD,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Move `tokens` of a user's available balance to locked."""
+    if kind not in HOLD_KINDS:
+        raise InvalidPosting(f"{kind} is not a kind of hold")
+    tokens = _positive(tokens)
+    account = user_account(user_id)
+    legs = [Leg(account, A, -tokens), Leg(account, L, tokens)]
+    return post(
+        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
+    )
+
+
+def _held(hold_entry_id: int) -> tuple[int, int, str]:
+    """Return (user id, tokens held, kind) of the hold entry."""
+    row = db.session.execute(
+        select(Wallet.user_id, Posting.amount, JournalEntry.kind)
+        .join(Wallet, Wallet.id == Posting.wallet_id)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.entry_id == hold_entry_id, Posting.bucket == L)
+    ).first()
+    if row is None or row.kind not in HOLD_KINDS or row.amount <= 0:
+        raise InvalidPosting(f"entry {hold_entry_id} is not a hold")
+    return row.user_id, row.amount, row.kind
+
+
+def settle(
+    hold_entry_id: int,
+    charge: int,
+    *,
+    key: str,
+    to_user_id: int | None = None,
+    to_platform: PlatformAccount | None = None,
+    kind: str = EntryKind.CLASS_SETTLE,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Close a hold: `charge` tokens go to the payee, the rest back to available.
+
+    The payee is a user (`to_user_id`) or a platform account (`to_platform`). A
+    hold closes once; a second settle or release raises AlreadySettled.
+    """
+    if (to_user_id is None) == (to_platform is None):
+        raise InvalidPosting("settle pays exactly one payee")
+    user_id, held, _ = _held(hold_entry_id)
+    if not isinstance(charge, int) or isinstance(charge, bool) or not 0 < charge <= held:
+        raise InvalidPosting(f"a settle charges 1 to {held} tokens, not {charge}")
+    payer = user_account(user_id)
+    payee = user_account(to_user_id) if to_user_id is not None else platform_account(to_platform)
+    if payee == payer:
+        raise InvalidPosting("a hold is not settled to its own wallet")
+    legs = [Leg(payer, L, -held), Leg(payee, A, charge)]
+    if held > charge:
+        legs.append(Leg(payer, A, held - charge))
+    return post(
+        kind,
+        key,
+        legs,
+        tokens=charge,
+        reference=reference,
+        memo=memo,
+        actor_id=actor_id,
+        closes_entry_id=hold_entry_id,
+        now=now,
+    )
+
+
+def release(
+    hold_entry_id: int,
+    *,
+    key: str,
+    kind: str = EntryKind.CLASS_RELEASE,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Close a hold by returning all of it to the user's available balance."""
+    user_id, held, _ = _held(hold_entry_id)
+    account = user_account(user_id)
+    legs = [Leg(account, L, -held), Leg(account, A, held)]
+    return post(
+        kind,
+        key,
+        legs,
+        tokens=held,
+        reference=reference,
+        memo=memo,
+        actor_id=actor_id,
+        closes_entry_id=hold_entry_id,
+        now=now,
+    )
+
+
+def transfer(
+    from_user_id: int,
+    to_user_id: int,
+    tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.GIFT,
+    reference: tuple[str, int] | None = None,
+    memo: str = "",
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> PostedEntry:
+    """Move `tokens` from one user's available balance to another's."""
+    tokens = _positive(tokens)
+    if from_user_id == to_user_id:
+        raise InvalidPosting("a transfer goes to another wallet")
+    legs = [
+        Leg(user_account(from_user_id), A, -tokens),
+        Leg(user_account(to_user_id), A, tokens),
+    ]
+    return post(
+        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
+    )

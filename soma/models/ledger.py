@@ -1,0 +1,174 @@
+"""The ledger's tables: wallets, journal entries and their postings.
+
+Only `soma.ledger` writes these. Entries and postings are append-only; a
+wallet's cached balances change only in the transaction that posts to it.
+"""
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    false,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from soma.models.base import Base, BigId, UTCDateTime, utcnow
+
+
+class EntryKind(enum.StrEnum):
+    PURCHASE = "purchase"
+    BONUS = "bonus"
+    CLASS_HOLD = "class_hold"
+    CLASS_SETTLE = "class_settle"
+    CLASS_RELEASE = "class_release"
+    WITHDRAWAL_HOLD = "withdrawal_hold"
+    WITHDRAWAL_PAID = "withdrawal_paid"
+    WITHDRAWAL_RELEASE = "withdrawal_release"
+    REFUND = "refund"
+    GIFT = "gift"
+    ADJUSTMENT = "adjustment"
+
+
+ENTRY_KIND_LABELS = {
+    EntryKind.PURCHASE: "Purchase",
+    EntryKind.BONUS: "Bonus",
+    EntryKind.CLASS_HOLD: "Class hold",
+    EntryKind.CLASS_SETTLE: "Class payment",
+    EntryKind.CLASS_RELEASE: "Class hold released",
+    EntryKind.WITHDRAWAL_HOLD: "Withdrawal requested",
+    EntryKind.WITHDRAWAL_PAID: "Withdrawal paid",
+    EntryKind.WITHDRAWAL_RELEASE: "Withdrawal returned",
+    EntryKind.REFUND: "Refund",
+    EntryKind.GIFT: "Gift",
+    EntryKind.ADJUSTMENT: "Adjustment",
+}
+
+
+class PlatformAccount(enum.StrEnum):
+    """The platform's own accounts. Issuance and promotions are where tokens come from."""
+
+    ISSUANCE = "issuance"
+    REDEMPTION = "redemption"
+    PROMOTIONS = "promotions"
+    FEES = "fees"
+
+
+SOURCE_ACCOUNTS = (PlatformAccount.ISSUANCE, PlatformAccount.PROMOTIONS)
+
+
+class Bucket(enum.StrEnum):
+    AVAILABLE = "available"
+    LOCKED = "locked"
+
+
+def _kinds_sql() -> str:
+    return ", ".join(f"'{k.value}'" for k in EntryKind)
+
+
+class Wallet(Base):
+    """A ledger account: a user's wallet, or one of the platform's accounts."""
+
+    __tablename__ = "wallets"
+    __table_args__ = (
+        CheckConstraint("available >= 0 OR is_source", name="available_not_negative"),
+        CheckConstraint("locked >= 0", name="locked_not_negative"),
+        CheckConstraint("(user_id IS NULL) <> (code IS NULL)", name="user_or_platform"),
+        CheckConstraint("NOT is_source OR user_id IS NULL", name="only_platform_is_source"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), unique=True)
+    code: Mapped[str | None] = mapped_column(String(32), unique=True)
+    # A source account (issuance, promotions) goes negative by what it has issued.
+    is_source: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    available: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    locked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    user = relationship("User", back_populates="wallet")
+
+    @property
+    def total(self) -> int:
+        return self.available + self.locked
+
+    def __repr__(self) -> str:
+        owner = f"user {self.user_id}" if self.user_id else self.code
+        return f"<Wallet {self.id} {owner} {self.available}+{self.locked}>"
+
+
+class JournalEntry(Base):
+    """One money movement. Its postings sum to zero. Never updated or deleted."""
+
+    __tablename__ = "journal_entries"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_kinds_sql()})", name="kind_known"),
+        CheckConstraint("tokens >= 0", name="tokens_not_negative"),
+        Index("ix_journal_entries_reference", "reference_type", "reference_id"),
+        Index("ix_journal_entries_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # A digest of what was asked, so a reused key with other content is refused.
+    request_digest: Mapped[str] = mapped_column(String(64))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    # The value of `tokens` at the student and teacher rates in force, frozen.
+    usd_cents: Mapped[int] = mapped_column(BigInteger)
+    teacher_usd_cents: Mapped[int] = mapped_column(BigInteger)
+    reference_type: Mapped[str | None] = mapped_column(String(32))
+    reference_id: Mapped[int | None] = mapped_column(BigInteger)
+    # A settle or release names the hold it closes; unique, so a hold closes once.
+    closes_entry_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("journal_entries.id"), unique=True
+    )
+    memo: Mapped[str] = mapped_column(String(500), default="")
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    postings: Mapped[list["Posting"]] = relationship(
+        back_populates="entry", order_by="Posting.id", viewonly=True
+    )
+
+    @property
+    def label(self) -> str:
+        return ENTRY_KIND_LABELS.get(EntryKind(self.kind), self.kind)
+
+    def __repr__(self) -> str:
+        return f"<JournalEntry {self.id} {self.kind} {self.tokens} {self.idempotency_key!r}>"
+
+
+class Posting(Base):
+    """One side of an entry: an amount on one bucket of one wallet.
+
+    `available_after` and `locked_after` are the wallet's balances once the
+    whole entry applied; `kind` and `created_at` repeat the entry's so that a
+    wallet's history is one index range scan.
+    """
+
+    __tablename__ = "postings"
+    __table_args__ = (
+        CheckConstraint("bucket IN ('available', 'locked')", name="bucket_known"),
+        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        Index("ix_postings_wallet_history", "wallet_id", "created_at", "entry_id"),
+        Index("ix_postings_wallet_kind_history", "wallet_id", "kind", "created_at", "entry_id"),
+        Index("ix_postings_entry_id", "entry_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(BigId, ForeignKey("journal_entries.id"))
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    bucket: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    available_after: Mapped[int] = mapped_column(BigInteger)
+    locked_after: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    entry: Mapped[JournalEntry] = relationship(back_populates="postings", viewonly=True)
