@@ -66,10 +66,16 @@ def register_blueprints(app: Flask) -> None:
     """Attach each feature's blueprint."""
     from soma.admin.routes import bp as admin_bp
     from soma.auth.routes import bp as auth_bp
+    from soma.gifts.routes import bp as gifts_bp
     from soma.main.routes import bp as main_bp
+    from soma.notifications.routes import bp as notifications_bp
+    from soma.wallet.routes import bp as wallet_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
+    app.register_blueprint(wallet_bp)
+    app.register_blueprint(gifts_bp)
+    app.register_blueprint(notifications_bp)
     app.register_blueprint(admin_bp)
 
 
@@ -89,6 +95,8 @@ def register_commands(app: Flask) -> None:
 
 def register_hooks(app: Flask) -> None:
     """Security headers and template helpers."""
+    from soma.money import register_money_filters
     from soma.security import register
 
     register(app)
+    register_money_filters(app)

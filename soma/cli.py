@@ -1,4 +1,4 @@
-"""`flask soma ...`: demo data and account administration."""
+"""`flask soma ...`: demo data, account administration and the ledger audit."""
 
 import secrets
 
@@ -6,10 +6,11 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from soma import ledger
 from soma.auth import service
 from soma.errors import SomaError
 from soma.extensions import db
-from soma.models import Role
+from soma.models import EntryKind, PlatformAccount, Role
 
 soma_cli = AppGroup("soma", help="Soma's own commands.")
 
@@ -18,6 +19,8 @@ DEMO_ACCOUNTS = [
     ("teacher@example.com", "Demo Teacher", Role.TEACHER, "teacher-demo-pass"),
     ("admin@example.com", "Demo Admin", Role.ADMIN, "admin-demo-pass"),
 ]
+
+DEMO_STUDENT_BONUS = 100
 
 
 @soma_cli.command("create-admin")
@@ -59,3 +62,33 @@ def demo() -> None:
                 db.session.commit()
             state = "exists"
         click.echo(f"  {role.value:<8} {email:<22} password: {password}  ({state})")
+        if role == Role.STUDENT:
+            _give_demo_bonus(user.id)
+
+
+def _give_demo_bonus(user_id: int) -> None:
+    """Give the demo student a promotions bonus, once: the key makes a rerun a no-op."""
+    with ledger.atomic():
+        entry = ledger.credit(
+            user_id,
+            DEMO_STUDENT_BONUS,
+            key=f"demo:bonus:{user_id}",
+            kind=EntryKind.BONUS,
+            source=PlatformAccount.PROMOTIONS,
+            memo="Welcome bonus for the demo student",
+        )
+    if not entry.replayed:
+        click.echo(f"           gave the demo student a bonus of {DEMO_STUDENT_BONUS} tokens")
+
+
+@soma_cli.command("audit")
+def audit() -> None:
+    """Check the ledger's invariants; exit 1 naming each violation, or 0 when all hold."""
+    violations = ledger.run_audit()
+    if not violations:
+        click.echo("Audit passed: every ledger invariant holds.")
+        return
+    click.echo(f"Audit FAILED: {len(violations)} violation(s).", err=True)
+    for violation in violations:
+        click.echo(f"  - {violation}", err=True)
+    raise SystemExit(1)

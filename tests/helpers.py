@@ -48,3 +48,28 @@ def make_user(
 
 
 make_user.counter = 0
+
+
+def fund(user_id: int, tokens: int, key: str | None = None, **kwargs):
+    """Credit `tokens` to a user through the ledger, as a purchase (needs an app context)."""
+    from soma import ledger
+
+    fund.counter += 1
+    with ledger.atomic():
+        return ledger.credit(user_id, tokens, key=key or f"test:fund:{fund.counter}", **kwargs)
+
+
+fund.counter = 0
+
+
+def balances(user_id: int) -> tuple[int, int]:
+    """The user's (available, locked), read fresh from the database."""
+    from sqlalchemy import select
+
+    from soma.extensions import db
+    from soma.models import Wallet
+
+    row = db.session.execute(
+        select(Wallet.available, Wallet.locked).where(Wallet.user_id == user_id)
+    ).one()
+    return row.available, row.locked

@@ -2,13 +2,10 @@
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringField
-from wtforms.validators import DataRequired, Email, EqualTo, Length
+from wtforms.validators import DataRequired, EqualTo, Length
 
 from soma.auth.service import MIN_PASSWORD_LENGTH
-
-
-def strip(value: str | None) -> str | None:
-    return value.strip() if isinstance(value, str) else value
+from soma.forms import email_field, strip
 
 
 class SignupForm(FlaskForm):
@@ -26,15 +23,7 @@ class SignupForm(FlaskForm):
         filters=[strip],
         validators=[DataRequired(message="Tell us your name."), Length(max=80)],
     )
-    email = EmailField(
-        "Email",
-        filters=[strip],
-        validators=[
-            DataRequired(message="Enter your email address."),
-            Email(message="Enter a valid email address.", check_deliverability=False),
-            Length(max=254),
-        ],
-    )
+    email = email_field("Email", missing="Enter your email address.")
     password = PasswordField(
         "Password",
         validators=[

@@ -10,6 +10,11 @@ An entry is written in the caller's transaction, in this order:
    WHERE clause refuses an overdraft; the CHECK constraints are the backstop.
 3. INSERT the postings, with the balances the UPDATEs returned.
 
+On PostgreSQL the three steps are one statement (a chain of CTEs, see
+`_whole_entry_statement`), so an entry costs one round trip; on SQLite they
+are separate statements. Either way the order, the locks and the refusals
+are the same.
+
 Nothing here commits: the caller commits the whole money operation at once,
 or rolls it all back (see `atomic`).
 """
@@ -20,8 +25,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from typing import NoReturn
 
-from sqlalchemy import and_, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from soma.extensions import db
@@ -39,6 +61,8 @@ from soma.models import (
     PlatformAccount,
     Posting,
     PricingUserType,
+    TokenPricing,
+    UTCDateTime,
     Wallet,
     utcnow,
 )
@@ -127,22 +151,136 @@ def _validate(kind: str, key: str, tokens: int, legs: list[Leg]) -> None:
         raise InvalidPosting("an entry posts once to each bucket of a wallet")
 
 
-def _value_cents(user_type: str, tokens: int, at: datetime):
+def _value_cents(user_type: str, tokens, at):
     """SQL for the value of `tokens` at the rate in force at `at`, rounded half up."""
-    pricing = pricing_in_force_query(user_type, at).subquery()
+    cents = (tokens * TokenPricing.usd_cents * 2 + TokenPricing.tokens) // (TokenPricing.tokens * 2)
+    return pricing_in_force_query(user_type, at).with_only_columns(cents).scalar_subquery()
+
+
+# Every statement is built once, with bound parameters (named `p_...`), so that
+# SQLAlchemy's compiled cache and psycopg's prepared statements serve every entry.
+
+
+def _entry_binds() -> dict:
+    """The parameters an entry's INSERT shares with the postings of one statement."""
+    return {
+        "kind": bindparam("p_kind", type_=String()),
+        "tokens": bindparam("p_tokens", type_=BigInteger()),
+        "now": bindparam("p_now", type_=UTCDateTime()),
+    }
+
+
+def _entry_insert(dialect_module, binds: dict):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id of the entry."""
+    tokens, now = binds["tokens"], binds["now"]
     return (
-        select(
-            (literal(tokens) * pricing.c.usd_cents * 2 + pricing.c.tokens) // (pricing.c.tokens * 2)
+        dialect_module.insert(entries)
+        .values(
+            kind=binds["kind"],
+            idempotency_key=bindparam("p_key", type_=String()),
+            request_digest=bindparam("p_digest", type_=String()),
+            tokens=tokens,
+            usd_cents=_value_cents(PricingUserType.STUDENT, tokens, now),
+            teacher_usd_cents=_value_cents(PricingUserType.TEACHER, tokens, now),
+            reference_type=bindparam("p_reference_type", type_=String()),
+            reference_id=bindparam("p_reference_id", type_=BigInteger()),
+            closes_entry_id=bindparam("p_closes_entry_id", type_=BigInteger()),
+            memo=bindparam("p_memo", type_=String()),
+            actor_id=bindparam("p_actor_id", type_=Integer()),
+            created_at=now,
         )
-        .select_from(pricing)
-        .scalar_subquery()
+        .on_conflict_do_nothing()
+        .returning(entries.c.id)
     )
 
 
-def _insert_ignoring_conflicts(table):
-    dialect = db.session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
+def _wallet_update(platform: bool, suffix: str = ""):
+    """UPDATE one wallet by its owner, RETURNING its new state; no row if refused.
+
+    The deltas are `p_available<suffix>` and `p_locked<suffix>` (0 for a bucket
+    not posted to); the WHERE clause refuses a balance going negative.
+    """
+    d_available = bindparam(f"p_{Bucket.AVAILABLE.value}{suffix}", type_=BigInteger())
+    d_locked = bindparam(f"p_{Bucket.LOCKED.value}{suffix}", type_=BigInteger())
+    if platform:
+        owner = wallets.c.code == bindparam(f"p_owner{suffix}", type_=String())
+        available_ok = or_(wallets.c.available + d_available >= 0, wallets.c.is_source)
+    else:
+        owner = wallets.c.user_id == bindparam(f"p_owner{suffix}", type_=Integer())
+        available_ok = wallets.c.available + d_available >= 0
+    return (
+        update(wallets)
+        .where(owner, and_(available_ok, wallets.c.locked + d_locked >= 0))
+        .values(available=wallets.c.available + d_available, locked=wallets.c.locked + d_locked)
+        .returning(wallets.c.id, wallets.c.available, wallets.c.locked)
+    )
+
+
+@cache
+def _entry_insert_alone(dialect: str):
+    return _entry_insert(postgresql if dialect == "postgresql" else sqlite, _entry_binds())
+
+
+@cache
+def _wallet_update_alone(platform: bool):
+    return _wallet_update(platform)
+
+
+@cache
+def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...]):
+    """PostgreSQL: the entry's INSERT, its wallets' UPDATEs and its postings, in one statement.
+
+    `shape` gives, for each account in lock order, whether it is a platform
+    account and the buckets posted to. The statement is a chain of CTEs:
+
+        entry   INSERT the entry ON CONFLICT DO NOTHING
+        wallet0 UPDATE the first wallet,  only if `entry` inserted a row
+        wallet1 UPDATE the second wallet, only if `wallet0` updated its row
+        ...
+        written INSERT the postings from `entry` joined with every wallet
+
+    Each UPDATE waits for the one before it (its WHERE reads the previous CTE),
+    so the rows are locked in the fixed order, as by separate statements. A
+    refused UPDATE returns no row, which stops every later UPDATE and the
+    postings. It returns the entry id (NULL on conflict), the number of postings
+    and, per wallet, whether it was updated.
+    """
+    binds = _entry_binds()
+    entry = _entry_insert(postgresql, binds).cte("entry")
+    previous, updated = entry, []
+    for i, (platform, _) in enumerate(shape):
+        statement = _wallet_update(platform, str(i)).where(exists().select_from(previous))
+        previous = statement.cte(f"wallet{i}")
+        updated.append(previous)
+    every_row = entry
+    for wallet in updated:
+        every_row = every_row.join(wallet, true())
+    legs = [
+        select(
+            entry.c.id,
+            wallet.c.id,
+            literal(bucket, String()),
+            bindparam(f"p_{bucket}{i}", type_=BigInteger()),
+            wallet.c.available,
+            wallet.c.locked,
+            binds["kind"],
+            binds["now"],
+        ).select_from(every_row)
+        for i, (wallet, (_, buckets)) in enumerate(zip(updated, shape, strict=True))
+        for bucket in buckets
+    ]
+    columns = ["entry_id", "wallet_id", "bucket", "amount", "available_after", "locked_after"]
+    written = (
+        insert(postings)
+        .from_select([*columns, "kind", "created_at"], union_all(*legs))
+        .returning(postings.c.id)
+        .cte("written")
+    )
+    return select(
+        select(entry.c.id).scalar_subquery(),
+        select(func.count()).select_from(written).scalar_subquery(),
+        *(exists().select_from(wallet) for wallet in updated),
+    )
 
 
 def post(
@@ -166,31 +304,51 @@ def post(
     _validate(kind, key, tokens, legs)
     now = now or utcnow()
     digest = _digest(kind, tokens, legs, reference, closes_entry_id)
-
-    entry_id = db.session.execute(
-        _insert_ignoring_conflicts(entries)
-        .values(
-            kind=kind,
-            idempotency_key=key,
-            request_digest=digest,
-            tokens=tokens,
-            usd_cents=_value_cents(PricingUserType.STUDENT, tokens, now),
-            teacher_usd_cents=_value_cents(PricingUserType.TEACHER, tokens, now),
-            reference_type=reference[0] if reference else None,
-            reference_id=reference[1] if reference else None,
-            closes_entry_id=closes_entry_id,
-            memo=memo[:500],
-            actor_id=actor_id,
-            created_at=now,
-        )
-        .returning(entries.c.id)
-    ).scalar()
+    accounts = sorted(_deltas_by_account(legs).items(), key=lambda item: item[0].sort_key)
+    values = {
+        "p_kind": kind,
+        "p_key": key,
+        "p_digest": digest,
+        "p_tokens": tokens,
+        "p_reference_type": reference[0] if reference else None,
+        "p_reference_id": reference[1] if reference else None,
+        "p_closes_entry_id": closes_entry_id,
+        "p_memo": memo[:500],
+        "p_actor_id": actor_id,
+        "p_now": now,
+    }
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        entry_id = _post_in_one_statement(connection, values, accounts)
+    else:
+        entry_id = _post_step_by_step(connection, values, accounts)
     if entry_id is None:
         return _replay(key, digest, closes_entry_id)
+    return PostedEntry(entry_id, kind, tokens, key)
 
+
+def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
+    """Steps 1 to 3 in one round trip (PostgreSQL); return the entry id, None on conflict."""
+    shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
+    for i, (account, deltas) in enumerate(accounts):
+        values[f"p_owner{i}"] = account.platform or account.user_id
+        values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
+        values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
+    entry_id, _, *updated = connection.execute(_whole_entry_statement(shape), values).one()
+    if entry_id is not None and not all(updated):
+        account, deltas = accounts[updated.index(False)]
+        _refuse(account, deltas)
+    return entry_id
+
+
+def _post_step_by_step(connection, values: dict, accounts) -> int | None:
+    """Steps 1 to 3 as separate statements (SQLite); return the entry id, None on conflict."""
+    entry_id = connection.execute(_entry_insert_alone(connection.dialect.name), values).scalar()
+    if entry_id is None:
+        return None
     rows = []
-    for account, deltas in sorted(_deltas_by_account(legs).items(), key=lambda i: i[0].sort_key):
-        wallet_id, available, locked = _apply(account, deltas)
+    for account, deltas in accounts:
+        wallet_id, available, locked = _apply(connection, account, deltas)
         for bucket, amount in deltas.items():
             rows.append(
                 {
@@ -200,12 +358,12 @@ def post(
                     "amount": amount,
                     "available_after": available,
                     "locked_after": locked,
-                    "kind": kind,
-                    "created_at": now,
+                    "kind": values["p_kind"],
+                    "created_at": values["p_now"],
                 }
             )
-    db.session.execute(insert(postings), rows)
-    return PostedEntry(entry_id, kind, tokens, key)
+    connection.execute(insert(postings), rows)
+    return entry_id
 
 
 def _deltas_by_account(legs: list[Leg]) -> dict[Account, dict[str, int]]:
@@ -215,42 +373,56 @@ def _deltas_by_account(legs: list[Leg]) -> dict[Account, dict[str, int]]:
     return deltas
 
 
-def _apply(account: Account, deltas: dict[str, int]) -> tuple[int, int, int]:
+def _apply(connection, account: Account, deltas: dict[str, int]) -> tuple[int, int, int]:
     """Add `deltas` to the wallet unless a balance would go negative; return its new state."""
+    row = connection.execute(
+        _wallet_update_alone(account.platform is not None),
+        {
+            "p_owner": account.platform or account.user_id,
+            "p_available": deltas.get(Bucket.AVAILABLE, 0),
+            "p_locked": deltas.get(Bucket.LOCKED, 0),
+        },
+    ).first()
+    if row is None:
+        _refuse(account, deltas)
+    return row.id, row.available, row.locked
+
+
+@cache
+def _balances_query(platform: bool):
+    """The wallet's balances, read to explain a refused UPDATE."""
+    owner = wallets.c.code if platform else wallets.c.user_id
+    return select(wallets.c.available, wallets.c.locked).where(owner == bindparam("p_owner"))
+
+
+def _refuse(account: Account, deltas: dict[str, int]) -> NoReturn:
+    """Raise why the wallet's UPDATE matched no row: no such wallet, or a bucket too low.
+
+    The bucket at fault is one the entry takes from. The balances are read again
+    only to say how much there is; another transaction may have changed them
+    since the UPDATE was refused, so they never decide which bucket it was.
+    """
     d_available = deltas.get(Bucket.AVAILABLE, 0)
     d_locked = deltas.get(Bucket.LOCKED, 0)
-    if account.platform:
-        owner = wallets.c.code == account.platform
-        available_ok = or_(wallets.c.available + d_available >= 0, wallets.c.is_source)
-    else:
-        owner = wallets.c.user_id == account.user_id
-        available_ok = wallets.c.available + d_available >= 0
-    row = db.session.execute(
-        update(wallets)
-        .where(owner, and_(available_ok, wallets.c.locked + d_locked >= 0))
-        .values(
-            available=wallets.c.available + d_available,
-            locked=wallets.c.locked + d_locked,
-        )
-        .returning(wallets.c.id, wallets.c.available, wallets.c.locked)
+    current = db.session.execute(
+        _balances_query(account.platform is not None),
+        {"p_owner": account.platform or account.user_id},
     ).first()
-    if row is not None:
-        return row.id, row.available, row.locked
-
-    current = db.session.execute(select(wallets.c.available, wallets.c.locked).where(owner)).first()
     if current is None:
         raise InvalidPosting(f"no wallet for {account.describe()}")
-    if current.available + d_available < 0:
-        raise InsufficientTokens(needed=-d_available, available=current.available)
-    raise InsufficientTokens(needed=-d_locked, available=current.locked)
+    locked_at_fault = d_locked < 0 and (d_available >= 0 or current.locked + d_locked < 0)
+    if locked_at_fault:
+        raise InsufficientTokens(needed=-d_locked, available=current.locked)
+    raise InsufficientTokens(needed=-d_available, available=current.available)
+
+
+_REPLAY = select(entries.c.id, entries.c.kind, entries.c.tokens, entries.c.request_digest).where(
+    entries.c.idempotency_key == bindparam("p_key")
+)
 
 
 def _replay(key: str, digest: str, closes_entry_id: int | None) -> PostedEntry:
-    existing = db.session.execute(
-        select(entries.c.id, entries.c.kind, entries.c.tokens, entries.c.request_digest).where(
-            entries.c.idempotency_key == key
-        )
-    ).first()
+    existing = db.session.execute(_REPLAY, {"p_key": key}).first()
     if existing is None:
         if closes_entry_id is not None:
             raise AlreadySettled(closes_entry_id)

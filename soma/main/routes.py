@@ -7,6 +7,7 @@ from sqlalchemy import text
 from soma.extensions import db, limiter
 from soma.models import Role
 from soma.security import role_required
+from soma.wallet.service import wallet_summary
 
 bp = Blueprint("main", __name__)
 
@@ -36,14 +37,14 @@ def dashboard():
 @role_required(Role.STUDENT)
 def student_home():
     """The student's home page."""
-    return render_template("main/student.html")
+    return render_template("main/student.html", summary=wallet_summary(current_user))
 
 
 @bp.get("/teacher")
 @role_required(Role.TEACHER)
 def teacher_home():
     """The teacher's home page."""
-    return render_template("main/teacher.html")
+    return render_template("main/teacher.html", summary=wallet_summary(current_user))
 
 
 @bp.get("/healthz")

@@ -1,6 +1,7 @@
 """All models, imported here so that Alembic and the app see every table."""
 
 from soma.models.base import Base, UTCDateTime, utcnow
+from soma.models.gift import Gift
 from soma.models.ledger import (
     ENTRY_KIND_LABELS,
     SOURCE_ACCOUNTS,
@@ -22,6 +23,7 @@ __all__ = [
     "Base",
     "Bucket",
     "EntryKind",
+    "Gift",
     "JournalEntry",
     "Notification",
     "PlatformAccount",

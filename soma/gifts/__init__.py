@@ -1,0 +1,1 @@
+"""Gifts: a student gives tokens to another student, with a note (SPEC §7)."""

@@ -1,0 +1,200 @@
+"""Give tokens to another student: checked, confirmed, then one ledger transfer."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from soma import ledger
+from soma.auth.service import find_user_by_email
+from soma.errors import SomaError
+from soma.extensions import db
+from soma.ledger.audit import Violation, audit_check
+from soma.ledger.pricing import tokens_value_cents
+from soma.models import EntryKind, Gift, JournalEntry, PricingUserType, Role, User
+from soma.notifications.service import notify
+from soma.wallet.service import wallet_of
+
+MAX_NOTE_LENGTH = 200
+
+
+class GiftRefused(SomaError):
+    """A gift that cannot be given; `field` names the form field at fault."""
+
+    title = "Gift not sent"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class GiftPreview:
+    recipient: User
+    tokens: int
+    note: str
+    value_cents: int
+    available_after: int
+
+
+def _recipient(sender: User, email: str) -> User:
+    recipient = find_user_by_email(email)
+    if recipient is None:
+        raise GiftRefused(f"There is no Soma account with the email {email}.", "email")
+    if recipient.id == sender.id:
+        raise GiftRefused("You cannot give tokens to yourself.", "email")
+    if recipient.role != Role.STUDENT:
+        raise GiftRefused(
+            f"{email} is not a student account; gifts go from student to student.", "email"
+        )
+    return recipient
+
+
+def preview_gift(sender: User, email: str, tokens: int, note: str = "") -> GiftPreview:
+    """Check a gift before it is confirmed; raise GiftRefused with the reason.
+
+    The balance is checked again, by the ledger, when the gift is given.
+    """
+    if sender.role != Role.STUDENT:
+        raise GiftRefused("Only students can give tokens.")
+    recipient = _recipient(sender, email)
+    available = wallet_of(sender.id).available
+    if tokens > available:
+        raise GiftRefused(
+            f"You have {available} token{'s' if available != 1 else ''} available, "
+            f"so you cannot give {tokens}.",
+            "tokens",
+        )
+    return GiftPreview(
+        recipient=recipient,
+        tokens=tokens,
+        note=note,
+        value_cents=tokens_value_cents(tokens, PricingUserType.STUDENT),
+        available_after=available - tokens,
+    )
+
+
+def _gift_key(sender_id: int, nonce: str) -> str:
+    return f"gift:{sender_id}:{nonce}"
+
+
+def _same_gift(gift: Gift, recipient_email: str, tokens: int, note: str) -> bool:
+    return (
+        gift.recipient.email == recipient_email.lower()
+        and gift.tokens == tokens
+        and gift.note == note
+    )
+
+
+def give_gift(
+    sender: User,
+    email: str,
+    tokens: int,
+    note: str,
+    nonce: str,
+    *,
+    link: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Gift, bool]:
+    """Give `tokens` from `sender` to the student with `email`, once per `nonce`.
+
+    Returns (gift, created). A repeat of the same confirmation returns the first
+    gift with created False and moves nothing. Raises GiftRefused, or the
+    ledger's InsufficientTokens or IdempotencyConflict; then nothing is written.
+    """
+    key = _gift_key(sender.id, nonce)
+    existing = db.session.scalar(select(Gift).where(Gift.key == key))
+    if existing is not None:
+        if not _same_gift(existing, email, tokens, note):
+            raise ledger.IdempotencyConflict(key)
+        return existing, False
+
+    preview = preview_gift(sender, email, tokens, note)
+    recipient = preview.recipient
+    try:
+        with ledger.atomic():
+            gift = Gift(
+                key=key, sender_id=sender.id, recipient_id=recipient.id, tokens=tokens, note=note
+            )
+            db.session.add(gift)
+            db.session.flush()
+            ledger.transfer(
+                sender.id,
+                recipient.id,
+                tokens,
+                key=key,
+                kind=EntryKind.GIFT,
+                reference=("gift", gift.id),
+                memo=_memo(sender, recipient, note),
+                actor_id=sender.id,
+                now=now,
+            )
+            notify(
+                recipient.id,
+                "gift",
+                f"{sender.display_name} gave you {tokens} token{'s' if tokens != 1 else ''}"
+                + (f": “{note}”" if note else "."),
+                link=link,
+            )
+    except IntegrityError:
+        # The same confirmation, submitted twice at once: the other one won.
+        existing = db.session.scalar(select(Gift).where(Gift.key == key))
+        if existing is None:
+            raise
+        if not _same_gift(existing, email, tokens, note):
+            raise ledger.IdempotencyConflict(key) from None
+        return existing, False
+    return gift, True
+
+
+def _memo(sender: User, recipient: User, note: str) -> str:
+    memo = f"Gift from {sender.display_name} to {recipient.display_name}"
+    return f"{memo}: {note}" if note else memo
+
+
+@audit_check
+def gifts_transferred_once() -> list[Violation]:
+    """Every gift moved its tokens in one GIFT entry; every entry naming a gift names a real one."""
+    entries = (
+        select(
+            JournalEntry.reference_id.label("gift_id"),
+            func.count().label("count"),
+            func.sum(JournalEntry.tokens).label("tokens"),
+        )
+        .where(JournalEntry.kind == EntryKind.GIFT, JournalEntry.reference_type == "gift")
+        .group_by(JournalEntry.reference_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(Gift.id, Gift.tokens, entries.c.count, entries.c.tokens)
+        .outerjoin(entries, entries.c.gift_id == Gift.id)
+        .where(
+            or_(
+                entries.c.count.is_(None),
+                entries.c.count != 1,
+                entries.c.tokens != Gift.tokens,
+            )
+        )
+    ).all()
+    found = [
+        Violation(
+            "gift-not-transferred-once",
+            f"gift {gift_id} of {tokens} tokens has {count or 0} GIFT entries "
+            f"moving {moved or 0} tokens",
+        )
+        for gift_id, tokens, count, moved in rows
+    ]
+    orphans = db.session.execute(
+        select(JournalEntry.id)
+        .outerjoin(
+            Gift,
+            and_(JournalEntry.reference_type == "gift", JournalEntry.reference_id == Gift.id),
+        )
+        .where(JournalEntry.reference_type == "gift", Gift.id.is_(None))
+    ).scalars()
+    found += [
+        Violation("gift-entry-without-gift", f"entry {entry_id} names a gift that does not exist")
+        for entry_id in orphans
+    ]
+    return found

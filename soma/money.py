@@ -1,0 +1,38 @@
+"""Money shown the same way everywhere: "$1.00" and "10 tokens"; times in UTC.
+
+Amounts are integers (tokens, US cents); these only format them.
+"""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def usd(cents: int, signed: bool = False) -> str:
+    """Format integer cents as dollars: 1234 -> "$12.34", -5 -> "-$0.05"."""
+    if not _is_int(cents):
+        raise TypeError(f"money is integer cents, not {type(cents).__name__}")
+    sign = "-" if cents < 0 else ("+" if signed and cents > 0 else "")
+    dollars, rest = divmod(abs(cents), 100)
+    return f"{sign}${dollars:,}.{rest:02d}"
+
+
+def tokens(count: int, signed: bool = False) -> str:
+    """Format a token count: 1 -> "1 token", 1500 -> "1,500 tokens", signed -> "+10 tokens"."""
+    if not _is_int(count):
+        raise TypeError(f"tokens are whole numbers, not {type(count).__name__}")
+    sign = "-" if count < 0 else ("+" if signed and count > 0 else "")
+    unit = "token" if abs(count) == 1 else "tokens"
+    return f"{sign}{abs(count):,} {unit}"
+
+
+def when(moment) -> str:
+    """A stored time as users read it: "24 Nov 2026, 13:27 UTC"."""
+    return moment.strftime("%d %b %Y, %H:%M UTC")
+
+
+def register_money_filters(app) -> None:
+    """Add the `usd`, `tokens` and `when` template filters."""
+    app.add_template_filter(usd, "usd")
+    app.add_template_filter(tokens, "tokens")
+    app.add_template_filter(when, "when")

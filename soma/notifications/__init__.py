@@ -1,0 +1,1 @@
+"""In-app notifications: class completed, purchase credited, withdrawal paid, gift received."""

@@ -1,0 +1,40 @@
+"""The notifications page."""
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from soma.notifications import service
+
+bp = Blueprint("notifications", __name__, url_prefix="/notifications")
+
+
+@bp.app_context_processor
+def unread_notifications():
+    """Give templates `unread_notifications()`, counted only when the navigation asks."""
+
+    def count() -> int:
+        return service.unread_count(current_user.id) if current_user.is_authenticated else 0
+
+    return {"unread_notifications": count}
+
+
+@bp.get("/")
+@login_required
+def index():
+    """The user's notifications, newest first, unread ones marked."""
+    before = request.args.get("before", type=int)
+    notifications, next_before = service.notifications_page(current_user.id, before)
+    return render_template(
+        "notifications/index.html", notifications=notifications, next_before=next_before
+    )
+
+
+@bp.post("/read")
+@login_required
+def mark_read():
+    """Mark every notification the user has seen as read."""
+    up_to = request.form.get("up_to", type=int)
+    if up_to:
+        service.mark_all_read(current_user.id, up_to)
+    flash("Notifications marked as read.", "success")
+    return redirect(url_for("notifications.index"))

@@ -1,0 +1,1 @@
+"""The wallet page, the transaction history and its CSV export."""

@@ -1,0 +1,259 @@
+"""The wallet page and the transaction history: what the user sees, from what is stored."""
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from soma import ledger
+from soma.models import EntryKind, PlatformAccount
+from tests.helpers import balances, fund, make_user
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def entry_ids(html: str) -> list[int]:
+    """The entry ids of the history rows on a page, top to bottom."""
+    return [int(m) for m in re.findall(r'data-entry="(\d+)"', html)]
+
+
+def text_of(html: str) -> str:
+    """The page's text with tags removed and whitespace collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_wallet_shows_available_locked_total_and_value_at_student_rate(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        fund(student.id, 120)
+        with ledger.atomic():
+            ledger.hold(student.id, 30, key="hold:1", memo="Algebra class")
+        assert balances(student.id) == (90, 30)
+
+    html = client.get("/wallet/").get_data(as_text=True)
+    assert re.search(r'data-testid="available">90 tokens<', html)
+    assert re.search(r'data-testid="locked">30 tokens<', html)
+    assert re.search(r'data-testid="total">120 tokens<', html)
+    assert "worth $12.00 at your rate (10 tokens = $1.00)" in text_of(html)
+    assert "low-balance" not in html
+
+
+def test_teacher_wallet_is_valued_at_the_teacher_rate(app, client, auth):
+    teacher = auth.login_as("teacher")
+    with app.app_context():
+        fund(teacher.id, 25, kind=EntryKind.ADJUSTMENT)
+
+    page = text_of(client.get("/wallet/").get_data(as_text=True))
+    assert "worth $1.00 at your rate (10 tokens = $0.40)" in page
+    assert "Give tokens" not in page
+    assert "held for withdrawals" in page
+
+
+@pytest.mark.parametrize(("available", "banner"), [(0, True), (9, True), (10, False)])
+def test_low_balance_banner_shows_below_one_hour_of_class(app, client, auth, available, banner):
+    student = auth.login_as("student")
+    if available:
+        with app.app_context():
+            fund(student.id, available)
+    for url in ("/wallet/", "/student"):
+        html = client.get(url).get_data(as_text=True)
+        assert ('data-testid="low-balance"' in html) is banner, url
+    if banner:
+        assert f"You have {available} token" in text_of(html)
+        assert "a one-hour class costs 10 tokens" in text_of(html)
+
+
+def test_teachers_never_see_the_low_balance_banner(client, auth):
+    auth.login_as("teacher")
+    assert "low-balance" not in client.get("/wallet/").get_data(as_text=True)
+
+
+def test_wallet_lists_the_last_ten_transactions_newest_first(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        ids = [
+            fund(student.id, 1, now=T0 + timedelta(minutes=i), memo=f"top-up {i}").id
+            for i in range(12)
+        ]
+    html = client.get("/wallet/").get_data(as_text=True)
+    assert entry_ids(html) == list(reversed(ids))[:10]
+    assert "top-up 11" in html and "top-up 1<" not in html
+    assert "Older transactions" in html
+
+
+def test_an_empty_wallet_says_so(client, auth):
+    auth.login_as("student")
+    html = client.get("/wallet/").get_data(as_text=True)
+    assert 'data-testid="no-transactions"' in html
+    assert re.search(r'data-testid="total">0 tokens<', html)
+
+
+def test_admins_have_no_wallet_page(client, auth):
+    auth.login_as("admin")
+    assert client.get("/wallet/").status_code == 403
+    assert client.get("/wallet/history").status_code == 403
+
+
+def test_history_rows_show_date_kind_description_signed_tokens_value_and_balance(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        teacher = make_user("teacher")
+        fund(student.id, 50, now=T0, memo="Bought 50 tokens")
+        with ledger.atomic():
+            held = ledger.hold(student.id, 10, key="h", now=T0 + timedelta(hours=1), memo="Hold")
+            ledger.settle(
+                held.id, 8, to_user_id=teacher.id, key="s", now=T0 + timedelta(hours=2),
+                memo="Class with a teacher",
+            )  # fmt: skip
+    html = client.get("/wallet/history").get_data(as_text=True)
+    rows = re.findall(r"<tr data-entry.*?</tr>", html, re.S)
+    assert len(rows) == 3
+    settle, hold, purchase = (text_of(row) for row in rows)
+    assert settle == (
+        "01 Mar 2026, 11:00 UTC Class payment Class with a teacher +2 tokens -10 tokens locked "
+        "$0.80 42 tokens"
+    )
+    assert hold == "01 Mar 2026, 10:00 UTC Class hold Hold -10 tokens +10 tokens locked $1.00 " \
+        "40 tokens 10 tokens locked"  # fmt: skip
+    assert purchase == "01 Mar 2026, 09:00 UTC Purchase Bought 50 tokens +50 tokens $5.00 50 tokens"
+
+
+def test_history_shows_only_the_users_own_entries(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        other = make_user("student")
+        mine = fund(student.id, 5).id
+        theirs = fund(other.id, 7).id
+    ids = entry_ids(client.get("/wallet/history").get_data(as_text=True))
+    assert mine in ids and theirs not in ids
+
+
+def test_history_pages_by_keyset_without_overlap(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        ids = [fund(student.id, 1, now=T0 + timedelta(minutes=i)).id for i in range(30)]
+    newest_first = list(reversed(ids))
+
+    first = client.get("/wallet/history").get_data(as_text=True)
+    assert entry_ids(first) == newest_first[:25]
+    older = re.search(r'href="([^"]+)"[^>]*data-testid="older"', first).group(1)
+    assert "cursor=" in older and "offset" not in older
+
+    second = client.get(older.replace("&amp;", "&")).get_data(as_text=True)
+    assert entry_ids(second) == newest_first[25:]
+    assert 'data-testid="older"' not in second
+    assert "« Newest" in second
+
+
+def test_entries_at_the_same_instant_are_not_skipped_between_pages(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        ids = [fund(student.id, 1, now=T0).id for _ in range(27)]
+    first = client.get("/wallet/history").get_data(as_text=True)
+    older = re.search(r'href="([^"]+)"[^>]*data-testid="older"', first).group(1)
+    second = client.get(older.replace("&amp;", "&")).get_data(as_text=True)
+    assert sorted(entry_ids(first) + entry_ids(second)) == ids
+
+
+def test_a_garbled_cursor_shows_the_first_page(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        entry = fund(student.id, 3)
+    response = client.get("/wallet/history?cursor=not-a-cursor")
+    assert response.status_code == 200
+    assert entry_ids(response.get_data(as_text=True)) == [entry.id]
+
+
+def test_history_filters_by_kind_and_date_range(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        march = fund(student.id, 40, now=T0).id
+        april = fund(student.id, 40, now=T0 + timedelta(days=31)).id
+        bonus = fund(
+            student.id, 5, kind=EntryKind.BONUS, source=PlatformAccount.PROMOTIONS,
+            now=T0 + timedelta(days=31, hours=1),
+        ).id  # fmt: skip
+
+    def ids(query):
+        return entry_ids(client.get(f"/wallet/history?{query}").get_data(as_text=True))
+
+    assert ids("") == [bonus, april, march]
+    assert ids("kind=bonus") == [bonus]
+    assert ids("kind=purchase") == [april, march]
+    assert ids("start=2026-04-01") == [bonus, april]
+    assert ids("end=2026-03-01") == [march]
+    assert ids("start=2026-03-02&end=2026-03-31") == []
+    assert ids("kind=purchase&start=2026-04-01&end=2026-04-01") == [april]
+
+
+def test_the_filters_stay_in_the_pager_and_csv_links(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        for i in range(26):
+            fund(student.id, 1, kind=EntryKind.BONUS, source=PlatformAccount.PROMOTIONS,
+                 now=T0 + timedelta(minutes=i))  # fmt: skip
+    html = client.get("/wallet/history?kind=bonus&start=2026-03-01").get_data(as_text=True)
+    older = re.search(r'href="([^"]+)"[^>]*data-testid="older"', html).group(1)
+    assert "kind=bonus" in older and "start=2026-03-01" in older
+    csv_link = re.search(r'href="([^"]+)"[^>]*data-testid="csv"', html).group(1)
+    assert csv_link.startswith("/wallet/history.csv?") and "kind=bonus" in csv_link
+    assert '<option selected value="bonus">' in html
+
+
+def test_an_end_date_before_the_start_date_is_explained(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        fund(student.id, 3)
+    html = client.get("/wallet/history?start=2026-05-02&end=2026-05-01").get_data(as_text=True)
+    assert "The end date is before the start date." in html
+    assert len(entry_ids(html)) == 1
+
+
+def test_htmx_gets_the_table_alone_and_a_history_restore_gets_the_page(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        entry = fund(student.id, 3)
+    fragment = client.get("/wallet/history?kind=purchase", headers={"HX-Request": "true"})
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body and '<nav aria-label="Main">' not in body
+    assert entry_ids(body) == [entry.id]
+    assert "HX-Request" in fragment.headers["Vary"]
+
+    restore = client.get(
+        "/wallet/history?kind=purchase",
+        headers={"HX-Request": "true", "HX-History-Restore-Request": "true"},
+    ).get_data(as_text=True)
+    assert "<html" in restore and entry_ids(restore) == [entry.id]
+
+
+def test_csv_export_has_every_filtered_entry_and_neutralises_formulas(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        first = fund(student.id, 30, now=T0, memo='=HYPERLINK("http://evil")').id
+        for i in range(600):  # more than one keyset batch
+            fund(student.id, 1, kind=EntryKind.BONUS, source=PlatformAccount.PROMOTIONS,
+                 now=T0 + timedelta(seconds=i + 1))  # fmt: skip
+    response = client.get("/wallet/history.csv")
+    assert response.mimetype == "text/csv"
+    assert 'attachment; filename="soma-history-' in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert len(rows) == 601
+    assert rows[-1]["entry_id"] == str(first)
+    assert rows[-1]["description"] == '\'=HYPERLINK("http://evil")'
+    assert rows[-1] == {
+        "date_utc": "2026-03-01T09:00:00Z",
+        "entry_id": str(first),
+        "type": "Purchase",
+        "description": '\'=HYPERLINK("http://evil")',
+        "tokens": "30",
+        "locked_change": "0",
+        "available_after": "30",
+        "locked_after": "0",
+        "usd_value": "3.00",
+    }
+    assert rows[0]["available_after"] == "630"
+
+    bonuses = client.get("/wallet/history.csv?kind=purchase").get_data(as_text=True)
+    assert len(list(csv.DictReader(io.StringIO(bonuses)))) == 1
