@@ -12,6 +12,7 @@ ENV_SETTINGS = {
     "SOMA_ENV": "development",
     "SECRET_KEY": "",
     "DATABASE_URL": "",
+    "DATABASE_POOL_PRE_PING": "0",
     "RATELIMIT_STORAGE_URI": "memory://",
     "LOGIN_RATE_LIMIT": "5 per minute",
     "PROXY_FIX_X_FOR": "0",
@@ -59,7 +60,13 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "SOMA_ENV": env,
         "SECRET_KEY": secret_key,
         "SQLALCHEMY_DATABASE_URI": database_uri(db_url),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Without a pre-ping a dead connection fails one request, and SQLAlchemy
+        # then replaces every pooled connection; with it, each checkout costs a
+        # round trip. Recycling stops idle connections going stale.
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": _flag(settings.get("DATABASE_POOL_PRE_PING")),
+            "pool_recycle": 1800,
+        },
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
@@ -76,6 +83,11 @@ def build_config(settings: dict, instance_path: str) -> dict:
     # A test passes Flask keys directly (TESTING, WTF_CSRF_ENABLED, ...).
     config.update({k: v for k, v in settings.items() if k not in ENV_SETTINGS})
     return config
+
+
+def _flag(value) -> bool:
+    """Read a yes/no setting: 1, true, yes and on are yes."""
+    return str(value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _instance_secret(instance_path: str) -> str:

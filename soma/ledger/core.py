@@ -11,12 +11,15 @@ An entry is written in the caller's transaction, in this order:
 3. INSERT the postings, with the balances the UPDATEs returned.
 
 On PostgreSQL the three steps are one statement (a chain of CTEs, see
-`_whole_entry_statement`), so an entry costs one round trip; on SQLite they
-are separate statements. Either way the order, the locks and the refusals
-are the same.
+`_whole_entry_statement`), compiled once per shape and run as driver SQL, so
+an entry costs one round trip and little Python; on SQLite they are separate
+statements. Either way the order, the locks and the refusals are the same.
 
 Nothing here commits: the caller commits the whole money operation at once,
-or rolls it all back (see `atomic`).
+or rolls it all back (see `atomic`). The fixed lock order holds within one
+entry; a transaction that posts several entries touching the same wallets in
+different orders can deadlock (PostgreSQL then aborts it and nothing moves),
+so a money operation is best one entry per transaction.
 """
 
 import hashlib
@@ -24,7 +27,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import NoReturn
 
@@ -45,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from soma.extensions import db
 from soma.ledger.errors import (
@@ -226,8 +230,35 @@ def _wallet_update_alone(platform: bool):
     return _wallet_update(platform)
 
 
+HOLD_KIND_VALUES = (EntryKind.CLASS_HOLD.value, EntryKind.WITHDRAWAL_HOLD.value)
+
+
+def _hold_matches():
+    """SQL: entry `p_closes_entry_id` is a hold of `p_held` tokens locked in `p_holder`'s wallet.
+
+    Postings are append-only, so what this reads cannot change once it is true.
+    """
+    holder_wallet = (
+        select(wallets.c.id)
+        .where(wallets.c.user_id == bindparam("p_holder", type_=Integer()))
+        .scalar_subquery()
+    )
+    return exists().where(
+        postings.c.entry_id == bindparam("p_closes_entry_id", type_=BigInteger()),
+        postings.c.bucket == Bucket.LOCKED.value,
+        postings.c.amount == bindparam("p_held", type_=BigInteger()),
+        or_(*(postings.c.kind == kind for kind in HOLD_KIND_VALUES)),
+        postings.c.wallet_id == holder_wallet,
+    )
+
+
 @cache
-def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...]):
+def _hold_check_alone():
+    return select(_hold_matches())
+
+
+@cache
+def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...], guarded: bool):
     """PostgreSQL: the entry's INSERT, its wallets' UPDATEs and its postings, in one statement.
 
     `shape` gives, for each account in lock order, whether it is a platform
@@ -242,8 +273,9 @@ def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...]):
     Each UPDATE waits for the one before it (its WHERE reads the previous CTE),
     so the rows are locked in the fixed order, as by separate statements. A
     refused UPDATE returns no row, which stops every later UPDATE and the
-    postings. It returns the entry id (NULL on conflict), the number of postings
-    and, per wallet, whether it was updated.
+    postings. It returns the entry id (NULL on conflict), the number of postings,
+    per wallet whether it was updated, and when `guarded`, whether the hold the
+    entry closes is what the caller said (see `_hold_matches`).
     """
     binds = _entry_binds()
     entry = _entry_insert(postgresql, binds).cte("entry")
@@ -280,6 +312,7 @@ def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...]):
         select(entry.c.id).scalar_subquery(),
         select(func.count()).select_from(written).scalar_subquery(),
         *(exists().select_from(wallet) for wallet in updated),
+        *([_hold_matches()] if guarded else []),
     )
 
 
@@ -293,16 +326,24 @@ def post(
     memo: str = "",
     actor_id: int | None = None,
     closes_entry_id: int | None = None,
+    hold_check: tuple[int, int] | None = None,
     now: datetime | None = None,
 ) -> PostedEntry:
     """Write one balanced entry in the current transaction; repeat-safe by `key`.
+
+    `hold_check` (holder's user id, tokens held) makes the entry verify, in the
+    same statement, that `closes_entry_id` is that hold; InvalidPosting if not.
 
     Raises InsufficientTokens when a wallet would go negative, IdempotencyConflict
     when `key` was used with other content, AlreadySettled when the hold named by
     `closes_entry_id` is already closed. On any of them the caller must roll back.
     """
     _validate(kind, key, tokens, legs)
-    now = now or utcnow()
+    if now is not None and now.tzinfo is None:
+        raise InvalidPosting("an entry's time is an aware datetime, not a naive one")
+    if hold_check is not None and closes_entry_id is None:
+        raise InvalidPosting("a hold check needs the hold the entry closes")
+    now = (now or utcnow()).astimezone(UTC)
     digest = _digest(kind, tokens, legs, reference, closes_entry_id)
     accounts = sorted(_deltas_by_account(legs).items(), key=lambda item: item[0].sort_key)
     values = {
@@ -317,6 +358,8 @@ def post(
         "p_actor_id": actor_id,
         "p_now": now,
     }
+    if hold_check is not None:
+        values["p_holder"], values["p_held"] = hold_check
     connection = db.session.connection()
     if connection.dialect.name == "postgresql":
         entry_id = _post_in_one_statement(connection, values, accounts)
@@ -327,22 +370,49 @@ def post(
     return PostedEntry(entry_id, kind, tokens, key)
 
 
+@cache
+def _whole_entry_sql(shape: tuple, guarded: bool) -> tuple[str, dict]:
+    """The statement's SQL text for the driver, and its constant parameters.
+
+    Compiled once per shape: running the text skips SQLAlchemy's per-execution
+    cache-key walk of a large statement, the ledger's hottest path.
+    """
+    compiled = _whole_entry_statement(shape, guarded).compile(dialect=PGDialect_psycopg())
+    ours = {name: None for name in compiled.binds if name.startswith("p_")}
+    return str(compiled), compiled.construct_params(ours)
+
+
 def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
     """Steps 1 to 3 in one round trip (PostgreSQL); return the entry id, None on conflict."""
     shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
+    guarded = "p_held" in values
     for i, (account, deltas) in enumerate(accounts):
         values[f"p_owner{i}"] = account.platform or account.user_id
         values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
         values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
-    entry_id, _, *updated = connection.execute(_whole_entry_statement(shape), values).one()
-    if entry_id is not None and not all(updated):
-        account, deltas = accounts[updated.index(False)]
-        _refuse(account, deltas)
+    sql, constants = _whole_entry_sql(shape, guarded)
+    entry_id, _, *updated = connection.exec_driver_sql(sql, {**constants, **values}).one()
+    hold_ok = updated.pop() if guarded else True
+    if entry_id is not None:
+        if not hold_ok:
+            _wrong_hold(values)
+        if not all(updated):
+            account, deltas = accounts[updated.index(False)]
+            _refuse(account, deltas)
     return entry_id
+
+
+def _wrong_hold(values: dict) -> NoReturn:
+    raise InvalidPosting(
+        f"entry {values['p_closes_entry_id']} is not a hold of {values['p_held']} tokens "
+        f"by user {values['p_holder']}"
+    )
 
 
 def _post_step_by_step(connection, values: dict, accounts) -> int | None:
     """Steps 1 to 3 as separate statements (SQLite); return the entry id, None on conflict."""
+    if "p_held" in values and not connection.execute(_hold_check_alone(), values).scalar():
+        _wrong_hold(values)
     entry_id = connection.execute(_entry_insert_alone(connection.dialect.name), values).scalar()
     if entry_id is None:
         return None

@@ -6,7 +6,7 @@ an idempotency key: a repeat returns the first entry and moves nothing more.
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from soma.extensions import db
 from soma.ledger.core import Leg, PostedEntry, platform_account, post, user_account
@@ -92,17 +92,34 @@ def hold(
     )
 
 
+# Built once: settling is hot, and a prebuilt statement skips SQLAlchemy's query building.
+_HELD = (
+    select(Wallet.user_id, Posting.amount, JournalEntry.kind)
+    .join(Wallet, Wallet.id == Posting.wallet_id)
+    .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+    .where(Posting.entry_id == bindparam("p_hold"), Posting.bucket == L.value)
+)
+
+
 def _held(hold_entry_id: int) -> tuple[int, int, str]:
     """Return (user id, tokens held, kind) of the hold entry."""
-    row = db.session.execute(
-        select(Wallet.user_id, Posting.amount, JournalEntry.kind)
-        .join(Wallet, Wallet.id == Posting.wallet_id)
-        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(Posting.entry_id == hold_entry_id, Posting.bucket == L)
-    ).first()
+    row = db.session.connection().execute(_HELD, {"p_hold": hold_entry_id}).first()
     if row is None or row.kind not in HOLD_KINDS or row.amount <= 0:
         raise InvalidPosting(f"entry {hold_entry_id} is not a hold")
     return row.user_id, row.amount, row.kind
+
+
+def _hold_facts(
+    hold_entry_id: int, holder_id: int | None, held: int | None
+) -> tuple[int, int, tuple[int, int] | None]:
+    """(holder, tokens held, what `post` must verify): told by the caller, or read here."""
+    if holder_id is None and held is None:
+        user_id, held, _ = _held(hold_entry_id)
+        return user_id, held, None
+    if holder_id is None or held is None:
+        raise InvalidPosting("pass both holder_id and held, or neither")
+    held = _positive(held)
+    return holder_id, held, (holder_id, held)
 
 
 def settle(
@@ -113,6 +130,8 @@ def settle(
     to_user_id: int | None = None,
     to_platform: PlatformAccount | None = None,
     kind: str = EntryKind.CLASS_SETTLE,
+    holder_id: int | None = None,
+    held: int | None = None,
     reference: tuple[str, int] | None = None,
     memo: str = "",
     actor_id: int | None = None,
@@ -121,11 +140,13 @@ def settle(
     """Close a hold: `charge` tokens go to the payee, the rest back to available.
 
     The payee is a user (`to_user_id`) or a platform account (`to_platform`). A
-    hold closes once; a second settle or release raises AlreadySettled.
+    hold closes once; a second settle or release raises AlreadySettled. A caller
+    that recorded the hold passes its `holder_id` and `held` tokens: the entry
+    then checks them as it is written instead of reading the hold first.
     """
     if (to_user_id is None) == (to_platform is None):
         raise InvalidPosting("settle pays exactly one payee")
-    user_id, held, _ = _held(hold_entry_id)
+    user_id, held, hold_check = _hold_facts(hold_entry_id, holder_id, held)
     if not isinstance(charge, int) or isinstance(charge, bool) or not 0 < charge <= held:
         raise InvalidPosting(f"a settle charges 1 to {held} tokens, not {charge}")
     payer = user_account(user_id)
@@ -144,6 +165,7 @@ def settle(
         memo=memo,
         actor_id=actor_id,
         closes_entry_id=hold_entry_id,
+        hold_check=hold_check,
         now=now,
     )
 
@@ -153,13 +175,18 @@ def release(
     *,
     key: str,
     kind: str = EntryKind.CLASS_RELEASE,
+    holder_id: int | None = None,
+    held: int | None = None,
     reference: tuple[str, int] | None = None,
     memo: str = "",
     actor_id: int | None = None,
     now: datetime | None = None,
 ) -> PostedEntry:
-    """Close a hold by returning all of it to the user's available balance."""
-    user_id, held, _ = _held(hold_entry_id)
+    """Close a hold by returning all of it to the user's available balance.
+
+    `holder_id` and `held`, when the caller knows them, are checked as in `settle`.
+    """
+    user_id, held, hold_check = _hold_facts(hold_entry_id, holder_id, held)
     account = user_account(user_id)
     legs = [Leg(account, L, -held), Leg(account, A, held)]
     return post(
@@ -171,6 +198,7 @@ def release(
         memo=memo,
         actor_id=actor_id,
         closes_entry_id=hold_entry_id,
+        hold_check=hold_check,
         now=now,
     )
 

@@ -157,19 +157,30 @@ class LedgerMachine(RuleBasedStateMachine):
     def open_holds(self) -> list[int]:
         return sorted(set(self.held) - self.closed)
 
-    def settling(self, hold_id: int, charge: int, to_fees: bool) -> Callable[[], PostedEntry]:
-        key = self.key("settle")
+    def told(self, hold_id: int, tell: bool) -> dict:
+        """The hold's holder and amount, for a caller that recorded them (checked in SQL)."""
+        if not tell:
+            return {}
+        holder_id, held = self.held[hold_id]
+        return {"holder_id": holder_id, "held": held}
+
+    def settling(
+        self, hold_id: int, charge: int, to_fees: bool, tell: bool = False
+    ) -> Callable[[], PostedEntry]:
+        key, told = self.key("settle"), self.told(hold_id, tell)
         if to_fees:
-            return lambda: settle(hold_id, charge, to_platform=PlatformAccount.FEES, key=key)
-        return lambda: settle(hold_id, charge, to_user_id=self.teacher, key=key)
+            return lambda: settle(
+                hold_id, charge, to_platform=PlatformAccount.FEES, key=key, **told
+            )
+        return lambda: settle(hold_id, charge, to_user_id=self.teacher, key=key, **told)
 
     @precondition(lambda self: self.open_holds())
-    @rule(which=pick, full=st.booleans(), charge=tokens, to_fees=st.booleans())
-    def settle_a_hold(self, which, full, charge, to_fees):
+    @rule(which=pick, full=st.booleans(), charge=tokens, to_fees=st.booleans(), tell=st.booleans())
+    def settle_a_hold(self, which, full, charge, to_fees, tell):
         hold_id = self.open_holds()[which % len(self.open_holds())]
         payer, held = self.held[hold_id]
         charge = held if full else 1 + (charge - 1) % held
-        entry = self.succeeds(self.settling(hold_id, charge, to_fees))
+        entry = self.succeeds(self.settling(hold_id, charge, to_fees, tell))
         assert entry.tokens == charge
         self.closed.add(hold_id)
         self.model[payer][1] -= held
@@ -180,12 +191,12 @@ class LedgerMachine(RuleBasedStateMachine):
             self.model[self.teacher][0] += charge
 
     @precondition(lambda self: self.open_holds())
-    @rule(which=pick)
-    def release_a_hold(self, which):
+    @rule(which=pick, tell=st.booleans())
+    def release_a_hold(self, which, tell):
         hold_id = self.open_holds()[which % len(self.open_holds())]
         payer, held = self.held[hold_id]
-        key = self.key("release")
-        self.succeeds(lambda: release(hold_id, key=key))
+        key, told = self.key("release"), self.told(hold_id, tell)
+        self.succeeds(lambda: release(hold_id, key=key, **told))
         self.closed.add(hold_id)
         self.model[payer][1] -= held
         self.model[payer][0] += held

@@ -111,6 +111,15 @@ def test_database_uri_uses_psycopg_3():
     assert database_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
+@pytest.mark.parametrize(
+    ("value", "pre_ping"), [("", False), ("0", False), ("1", True), ("yes", True)]
+)
+def test_the_pool_pre_ping_is_a_setting_and_off_by_default(tmp_path, value, pre_ping):
+    settings = {"SECRET_KEY": "k", "DATABASE_POOL_PRE_PING": value}
+    options = build_config(settings, str(tmp_path))["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert options == {"pool_pre_ping": pre_ping, "pool_recycle": 1800}
+
+
 def test_env_example_lists_every_setting():
     text = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
