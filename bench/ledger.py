@@ -640,7 +640,7 @@ def main() -> int:
                 ("ratio ledger/pgbench, 1", f"{single['ops_per_s'] / base_single['tps']:9.2f}", ""),
                 (f"ratio ledger/pgbench, {WORKERS}", f"{multi['ops_per_s'] / base['tps']:9.2f}",
                  "target >= 0.5; per round " + ", ".join(
-                     f"{m['ops_per_s'] / b['tps']:.2f}"
+                     f"{m['ops_per_s'] / b['tps']:.2f} ({m['ops_per_s']:.0f}/{b['tps']:.0f})"
                      for m, b in zip(multis, bases, strict=True))),
             ]  # fmt: skip
         rows.append(
