@@ -26,13 +26,17 @@ def _wants_fragment() -> bool:
 
 
 def _filters(form: HistoryFilterForm) -> dict:
-    """The history query's filters from a validated form; dates are whole UTC days."""
-    if not form.validate():
-        return {}
-    start = form.start.data
-    end = form.end.data
+    """The history query's filters from the form; dates are whole UTC days.
+
+    A filter the form refuses is dropped and the others still apply; a bad date
+    range drops both dates.
+    """
+    form.validate()
+    dates_ok = not form.start.errors and not form.end.errors
+    start = form.start.data if dates_ok else None
+    end = form.end.data if dates_ok else None
     return {
-        "kind": form.kind.data or None,
+        "kind": (form.kind.data or None) if not form.kind.errors else None,
         "start": datetime.combine(start, time.min, UTC) if start else None,
         "end": datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
     }
@@ -41,11 +45,11 @@ def _filters(form: HistoryFilterForm) -> dict:
 def _filter_args(form: HistoryFilterForm) -> dict:
     """The filters as URL arguments, for the next-page link and the CSV link."""
     args = {}
-    if form.kind.data:
+    if form.kind.data and not form.kind.errors:
         args["kind"] = form.kind.data
-    if form.start.data and not form.start.errors:
+    if form.start.data and not (form.start.errors or form.end.errors):
         args["start"] = form.start.data.isoformat()
-    if form.end.data and not form.end.errors:
+    if form.end.data and not (form.start.errors or form.end.errors):
         args["end"] = form.end.data.isoformat()
     return args
 

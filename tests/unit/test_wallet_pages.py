@@ -202,13 +202,35 @@ def test_the_filters_stay_in_the_pager_and_csv_links(app, client, auth):
     assert '<option selected value="bonus">' in html
 
 
-def test_an_end_date_before_the_start_date_is_explained(app, client, auth):
+def test_an_end_date_before_the_start_date_is_explained_and_the_kind_still_applies(
+    app, client, auth
+):
     student = auth.login_as("student")
     with app.app_context():
-        fund(student.id, 3)
+        purchase = fund(student.id, 3).id
+        fund(student.id, 2, kind=EntryKind.BONUS, source=PlatformAccount.PROMOTIONS)
     html = client.get("/wallet/history?start=2026-05-02&end=2026-05-01").get_data(as_text=True)
     assert "The end date is before the start date." in html
-    assert len(entry_ids(html)) == 1
+    assert len(entry_ids(html)) == 2
+    html = client.get("/wallet/history?kind=purchase&start=2026-05-02&end=2026-05-01").get_data(
+        as_text=True
+    )
+    assert "The end date is before the start date. Showing every date." in text_of(html)
+    assert entry_ids(html) == [purchase]
+    csv_link = re.search(r'href="([^"]+)"[^>]*data-testid="csv"', html).group(1)
+    assert csv_link == "/wallet/history.csv?kind=purchase"
+
+
+def test_an_unknown_kind_is_ignored(app, client, auth):
+    student = auth.login_as("student")
+    with app.app_context():
+        entry = fund(student.id, 3).id
+    response = client.get("/wallet/history?kind=free-money")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert entry_ids(html) == [entry]
+    assert "That type of transaction is unknown. Showing every type." in html
+    assert "Showing every date" not in html
 
 
 def test_htmx_gets_the_table_alone_and_a_history_restore_gets_the_page(app, client, auth):
