@@ -377,9 +377,20 @@ def _whole_entry_sql(shape: tuple, guarded: bool) -> tuple[str, dict]:
     Compiled once per shape: running the text skips SQLAlchemy's per-execution
     cache-key walk of a large statement, the ledger's hottest path.
     """
-    compiled = _whole_entry_statement(shape, guarded).compile(dialect=PGDialect_psycopg())
+    dialect = PGDialect_psycopg()
+    compiled = _whole_entry_statement(shape, guarded).compile(dialect=dialect)
     ours = {name: None for name in compiled.binds if name.startswith("p_")}
-    return str(compiled), compiled.construct_params(ours)
+    sql = str(compiled)
+    # The statement's own constants (0, 'locked', the pricing user types) are
+    # written into the text, so the driver adapts only each entry's values.
+    for name, value in compiled.construct_params(ours).items():
+        if name in ours:
+            continue
+        render = compiled.binds[name].type.literal_processor(dialect)
+        if render is None:
+            raise InvalidPosting(f"cannot write the constant {name} into the statement")
+        sql = sql.replace(f"%({name})s", render(value))
+    return sql, {}
 
 
 def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
