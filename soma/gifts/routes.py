@@ -5,6 +5,7 @@ import secrets
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
 
+from soma.extensions import limiter
 from soma.gifts import service
 from soma.gifts.forms import ConfirmGiftForm, GiftForm
 from soma.ledger import IdempotencyConflict, InsufficientTokens
@@ -13,6 +14,14 @@ from soma.security import role_required
 from soma.wallet.service import wallet_summary
 
 bp = Blueprint("gifts", __name__, url_prefix="/gifts")
+
+# The review step says whether an email belongs to a student; a limit per
+# student keeps it from being used to list the site's accounts.
+REVIEW_RATE_LIMIT = "30 per hour"
+
+
+def _per_user() -> str:
+    return f"user:{current_user.get_id()}"
 
 
 def _form_page(form, status=200):
@@ -37,6 +46,7 @@ def new():
 
 @bp.post("/review")
 @role_required(Role.STUDENT)
+@limiter.limit(REVIEW_RATE_LIMIT, key_func=_per_user)
 def review():
     """Check the gift and ask the student to confirm it."""
     form = GiftForm()

@@ -104,15 +104,12 @@ def give_gift(
     ledger's InsufficientTokens or IdempotencyConflict; then nothing is written.
     """
     key = _gift_key(sender.id, nonce)
-    existing = db.session.scalar(select(Gift).where(Gift.key == key))
-    if existing is not None:
-        if not _same_gift(existing, email, tokens, note):
-            raise ledger.IdempotencyConflict(key)
-        return existing, False
-
-    preview = preview_gift(sender, email, tokens, note)
-    recipient = preview.recipient
+    first = _first_outcome(key, email, tokens, note)
+    if first is not None:
+        return first, False
     try:
+        preview = preview_gift(sender, email, tokens, note)
+        recipient = preview.recipient
         with ledger.atomic():
             gift = Gift(
                 key=key, sender_id=sender.id, recipient_id=recipient.id, tokens=tokens, note=note
@@ -137,15 +134,24 @@ def give_gift(
                 + (f": “{note}”" if note else "."),
                 link=link,
             )
-    except IntegrityError:
-        # The same confirmation, submitted twice at once: the other one won.
-        existing = db.session.scalar(select(Gift).where(Gift.key == key))
-        if existing is None:
+    except (IntegrityError, GiftRefused, ledger.InsufficientTokens):
+        # The same confirmation submitted twice at once: the first may have
+        # committed meanwhile (taking the key, or the balance this one checked).
+        # Then this is a repeat and answers with the first gift.
+        db.session.rollback()
+        first = _first_outcome(key, email, tokens, note)
+        if first is None:
             raise
-        if not _same_gift(existing, email, tokens, note):
-            raise ledger.IdempotencyConflict(key) from None
-        return existing, False
+        return first, False
     return gift, True
+
+
+def _first_outcome(key: str, email: str, tokens: int, note: str) -> Gift | None:
+    """The gift already given under `key`, if any; IdempotencyConflict if it differs."""
+    existing = db.session.scalar(select(Gift).where(Gift.key == key))
+    if existing is not None and not _same_gift(existing, email, tokens, note):
+        raise ledger.IdempotencyConflict(key)
+    return existing
 
 
 def _memo(sender: User, recipient: User, note: str) -> str:

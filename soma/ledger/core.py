@@ -5,8 +5,8 @@ An entry is written in the caller's transaction, in this order:
 1. INSERT the entry, ON CONFLICT DO NOTHING. A conflict means the idempotency
    key was used before (return that entry, or refuse different content), or
    that the hold it closes is already closed (AlreadySettled).
-2. One conditional UPDATE per wallet, in a fixed order (platform accounts by
-   code, then users by id) so that concurrent entries never deadlock. The
+2. One conditional UPDATE per wallet, in a fixed order (users by id, then
+   platform accounts by code) so that concurrent entries never deadlock. The
    WHERE clause refuses an overdraft; the CHECK constraints are the backstop.
 3. INSERT the postings, with the balances the UPDATEs returned.
 
@@ -56,6 +56,7 @@ from soma.ledger.errors import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidPosting,
+    LedgerError,
 )
 from soma.ledger.pricing import pricing_in_force_query
 from soma.models import (
@@ -85,7 +86,10 @@ class Account:
 
     @property
     def sort_key(self) -> tuple:
-        return (0, self.platform, 0) if self.platform else (1, "", self.user_id)
+        # Users first, platform accounts last: a purchase waiting on a busy
+        # user's wallet then does not hold the issuance row, which every
+        # purchase needs. One total order either way, so no deadlocks.
+        return (1, self.platform, 0) if self.platform else (0, "", self.user_id)
 
     def describe(self) -> str:
         return self.platform or f"user:{self.user_id}"
@@ -230,11 +234,8 @@ def _wallet_update_alone(platform: bool):
     return _wallet_update(platform)
 
 
-HOLD_KIND_VALUES = (EntryKind.CLASS_HOLD.value, EntryKind.WITHDRAWAL_HOLD.value)
-
-
 def _hold_matches():
-    """SQL: entry `p_closes_entry_id` is a hold of `p_held` tokens locked in `p_holder`'s wallet.
+    """SQL: entry `p_closes_entry_id` is a `p_hold_kind` hold of `p_held` tokens of `p_holder`.
 
     Postings are append-only, so what this reads cannot change once it is true.
     """
@@ -247,7 +248,7 @@ def _hold_matches():
         postings.c.entry_id == bindparam("p_closes_entry_id", type_=BigInteger()),
         postings.c.bucket == Bucket.LOCKED.value,
         postings.c.amount == bindparam("p_held", type_=BigInteger()),
-        or_(*(postings.c.kind == kind for kind in HOLD_KIND_VALUES)),
+        postings.c.kind == bindparam("p_hold_kind", type_=String()),
         postings.c.wallet_id == holder_wallet,
     )
 
@@ -326,12 +327,12 @@ def post(
     memo: str = "",
     actor_id: int | None = None,
     closes_entry_id: int | None = None,
-    hold_check: tuple[int, int] | None = None,
+    hold_check: tuple[int, int, str] | None = None,
     now: datetime | None = None,
 ) -> PostedEntry:
     """Write one balanced entry in the current transaction; repeat-safe by `key`.
 
-    `hold_check` (holder's user id, tokens held) makes the entry verify, in the
+    `hold_check` (holder's user id, tokens held, kind of hold) makes the entry verify, in the
     same statement, that `closes_entry_id` is that hold; InvalidPosting if not.
 
     Raises InsufficientTokens when a wallet would go negative, IdempotencyConflict
@@ -359,12 +360,20 @@ def post(
         "p_now": now,
     }
     if hold_check is not None:
-        values["p_holder"], values["p_held"] = hold_check
+        values["p_holder"], values["p_held"], values["p_hold_kind"] = hold_check
     connection = db.session.connection()
-    if connection.dialect.name == "postgresql":
-        entry_id = _post_in_one_statement(connection, values, accounts)
-    else:
-        entry_id = _post_step_by_step(connection, values, accounts)
+    try:
+        if connection.dialect.name == "postgresql":
+            entry_id = _post_in_one_statement(connection, values, accounts)
+        else:
+            entry_id = _post_step_by_step(connection, values, accounts)
+    except LedgerError:
+        # The entry and some wallets may already be written when a later wallet
+        # refuses. Dropping the connection rolls all of it back in the database,
+        # and the session refuses any further work until the caller rolls back,
+        # so half an entry can never be committed.
+        connection.invalidate()
+        raise
     if entry_id is None:
         return _replay(key, digest, closes_entry_id)
     return PostedEntry(entry_id, kind, tokens, key)
@@ -415,8 +424,8 @@ def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
 
 def _wrong_hold(values: dict) -> NoReturn:
     raise InvalidPosting(
-        f"entry {values['p_closes_entry_id']} is not a hold of {values['p_held']} tokens "
-        f"by user {values['p_holder']}"
+        f"entry {values['p_closes_entry_id']} is not a {values['p_hold_kind']} of "
+        f"{values['p_held']} tokens by user {values['p_holder']}"
     )
 
 

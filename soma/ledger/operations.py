@@ -17,6 +17,15 @@ A, L = Bucket.AVAILABLE, Bucket.LOCKED
 
 HOLD_KINDS = {EntryKind.CLASS_HOLD, EntryKind.WITHDRAWAL_HOLD}
 
+# What kind of hold each closing kind closes: a class payment never closes a
+# withdrawal's hold, nor the other way round.
+CLOSES = {
+    EntryKind.CLASS_SETTLE: EntryKind.CLASS_HOLD,
+    EntryKind.CLASS_RELEASE: EntryKind.CLASS_HOLD,
+    EntryKind.WITHDRAWAL_PAID: EntryKind.WITHDRAWAL_HOLD,
+    EntryKind.WITHDRAWAL_RELEASE: EntryKind.WITHDRAWAL_HOLD,
+}
+
 
 def _positive(tokens: int) -> int:
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
@@ -110,16 +119,24 @@ def _held(hold_entry_id: int) -> tuple[int, int, str]:
 
 
 def _hold_facts(
-    hold_entry_id: int, holder_id: int | None, held: int | None
-) -> tuple[int, int, tuple[int, int] | None]:
-    """(holder, tokens held, what `post` must verify): told by the caller, or read here."""
+    kind: str, hold_entry_id: int, holder_id: int | None, held: int | None
+) -> tuple[int, int, tuple[int, int, str] | None]:
+    """(holder, tokens held, what `post` must verify): told by the caller, or read here.
+
+    `kind` is the closing entry's kind; the hold must be the kind it closes.
+    """
+    if kind not in CLOSES:
+        raise InvalidPosting(f"{kind} does not close a hold")
+    hold_kind = CLOSES[EntryKind(kind)].value
     if holder_id is None and held is None:
-        user_id, held, _ = _held(hold_entry_id)
+        user_id, held, found_kind = _held(hold_entry_id)
+        if found_kind != hold_kind:
+            raise InvalidPosting(f"a {kind} entry cannot close a {found_kind} entry")
         return user_id, held, None
     if holder_id is None or held is None:
         raise InvalidPosting("pass both holder_id and held, or neither")
     held = _positive(held)
-    return holder_id, held, (holder_id, held)
+    return holder_id, held, (holder_id, held, hold_kind)
 
 
 def settle(
@@ -146,7 +163,7 @@ def settle(
     """
     if (to_user_id is None) == (to_platform is None):
         raise InvalidPosting("settle pays exactly one payee")
-    user_id, held, hold_check = _hold_facts(hold_entry_id, holder_id, held)
+    user_id, held, hold_check = _hold_facts(kind, hold_entry_id, holder_id, held)
     if not isinstance(charge, int) or isinstance(charge, bool) or not 0 < charge <= held:
         raise InvalidPosting(f"a settle charges 1 to {held} tokens, not {charge}")
     payer = user_account(user_id)
@@ -186,7 +203,7 @@ def release(
 
     `holder_id` and `held`, when the caller knows them, are checked as in `settle`.
     """
-    user_id, held, hold_check = _hold_facts(hold_entry_id, holder_id, held)
+    user_id, held, hold_check = _hold_facts(kind, hold_entry_id, holder_id, held)
     account = user_account(user_id)
     legs = [Leg(account, L, -held), Leg(account, A, held)]
     return post(

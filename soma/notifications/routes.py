@@ -23,6 +23,8 @@ def unread_notifications():
 def index():
     """The user's notifications, newest first, unread ones marked."""
     before = request.args.get("before", type=int)
+    if before is not None and not 0 < before < 2**63:
+        before = None
     notifications, next_before = service.notifications_page(current_user.id, before)
     return render_template(
         "notifications/index.html", notifications=notifications, next_before=next_before

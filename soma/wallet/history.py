@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, func, select, tuple_
+from sqlalchemy import BigInteger, case, cast, func, select, tuple_
 
 from soma.extensions import db
 from soma.models import ENTRY_KIND_LABELS, Bucket, EntryKind, JournalEntry, Posting
@@ -17,6 +17,7 @@ from soma.models import ENTRY_KIND_LABELS, Bucket, EntryKind, JournalEntry, Post
 PAGE_SIZE = 25
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+MAX_ID = 2**63  # ids are BIGINT
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Cursor:
             micros, entry_id = (int(part) for part in text.split(".", 1))
             created_at = EPOCH + micros * MICROSECOND
         except (ValueError, OverflowError):
+            return None
+        if not 0 < entry_id < MAX_ID:
             return None
         return cls(created_at, entry_id)
 
@@ -104,12 +107,15 @@ def _history_query(
         select(
             Posting.entry_id,
             Posting.created_at,
-            func.sum(case((Posting.bucket == available, Posting.amount), else_=0)).label(
-                "available_change"
-            ),
-            func.sum(case((Posting.bucket != available, Posting.amount), else_=0)).label(
-                "locked_change"
-            ),
+            # PostgreSQL sums BIGINT as NUMERIC; the cast keeps tokens integers.
+            cast(
+                func.sum(case((Posting.bucket == available, Posting.amount), else_=0)),
+                BigInteger,
+            ).label("available_change"),
+            cast(
+                func.sum(case((Posting.bucket != available, Posting.amount), else_=0)),
+                BigInteger,
+            ).label("locked_change"),
             func.max(Posting.available_after).label("available_after"),
             func.max(Posting.locked_after).label("locked_after"),
         )

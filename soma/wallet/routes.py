@@ -2,7 +2,7 @@
 
 import csv
 import io
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 from flask_login import current_user
@@ -38,7 +38,9 @@ def _filters(form: HistoryFilterForm) -> dict:
     return {
         "kind": (form.kind.data or None) if not form.kind.errors else None,
         "start": datetime.combine(start, time.min, UTC) if start else None,
-        "end": datetime.combine(end + timedelta(days=1), time.min, UTC) if end else None,
+        "end": datetime.combine(end + timedelta(days=1), time.min, UTC)
+        if end and end < date.max
+        else None,
     }
 
 

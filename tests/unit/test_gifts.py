@@ -187,3 +187,41 @@ def test_the_audit_notices_a_gift_that_moved_no_tokens(app, giver, runner):
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 1
     assert "gift-not-transferred-once" in result.output
+
+
+def test_a_repeat_that_races_the_first_gift_gets_the_first_gift_not_an_error(
+    app, giver, monkeypatch
+):
+    """The repeat misses the first gift, then finds the balance spent by it: still a repeat."""
+    from soma.gifts import service
+    from soma.models import User
+
+    with app.app_context():
+        sender = db.session.get(User, giver.id)
+        first, created = service.give_gift(sender, "bea@example.com", 45, "", "race-nonce-123456")
+        assert created
+
+        real = service._first_outcome
+        calls = []
+
+        def misses_once(*args):
+            calls.append(args)
+            return None if len(calls) == 1 else real(*args)
+
+        monkeypatch.setattr(service, "_first_outcome", misses_once)
+        again, created = service.give_gift(sender, "bea@example.com", 45, "", "race-nonce-123456")
+        assert (again.id, created) == (first.id, False)
+        assert len(calls) == 2
+        assert balances(giver.id) == (5, 0)
+        assert balances(giver.friend_id) == (45, 0)
+
+
+def test_reviewing_gifts_is_rate_limited_per_student(app, client, giver):
+    from soma.gifts.routes import REVIEW_RATE_LIMIT
+
+    allowed = int(REVIEW_RATE_LIMIT.split()[0])
+    for _ in range(allowed):
+        assert review(client, "nobody@example.com", "1").status_code == 422
+    refused = review(client, "nobody@example.com", "1")
+    assert refused.status_code == 429
+    assert "Too many attempts" in refused.get_data(as_text=True)

@@ -7,7 +7,7 @@ import pytest
 from soma import ledger
 from soma.extensions import db
 from soma.ledger import InvalidPosting
-from soma.models import JournalEntry, PlatformAccount
+from soma.models import EntryKind, JournalEntry, PlatformAccount
 from tests.helpers import balances, fund, make_user
 
 
@@ -56,7 +56,7 @@ def test_a_settle_told_the_wrong_holder_or_amount_is_refused_and_moves_nothing(
 ):
     with app.app_context():
         before = entry_count()
-        with pytest.raises(InvalidPosting, match="is not a hold of"), ledger.atomic():
+        with pytest.raises(InvalidPosting, match="is not a class_hold of"), ledger.atomic():
             ledger.settle(
                 held["hold"], 10, to_platform=PlatformAccount.FEES, key="facts:wrong",
                 holder_id=held[holder], held=amount,
@@ -98,3 +98,27 @@ def test_an_entry_at_a_naive_time_is_refused(app, held):
         with pytest.raises(InvalidPosting, match="aware"), ledger.atomic():
             ledger.credit(held["student"], 5, key="facts:naive", now=naive)
         assert balances(held["student"]) == (70, 30)
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_a_class_payment_cannot_close_a_withdrawal_hold(app, told):
+    with app.app_context():
+        teacher = make_user("teacher").id
+        fund(teacher, 50)
+        with ledger.atomic():
+            withdrawal = ledger.hold(teacher, 40, key="kinds:w", kind=EntryKind.WITHDRAWAL_HOLD)
+        facts = {"holder_id": teacher, "held": 40} if told else {}
+        with pytest.raises(InvalidPosting), ledger.atomic():
+            ledger.settle(
+                withdrawal.id, 40, to_platform=PlatformAccount.REDEMPTION, key="kinds:s", **facts
+            )
+        with pytest.raises(InvalidPosting), ledger.atomic():
+            ledger.release(withdrawal.id, key="kinds:r", **facts)
+        assert balances(teacher) == (10, 40)
+        with ledger.atomic():
+            ledger.settle(
+                withdrawal.id, 40, to_platform=PlatformAccount.REDEMPTION, key="kinds:paid",
+                kind=EntryKind.WITHDRAWAL_PAID, **facts,
+            )  # fmt: skip
+        assert balances(teacher) == (10, 0)
+        assert ledger.run_audit() == []

@@ -279,3 +279,23 @@ def test_csv_export_has_every_filtered_entry_and_neutralises_formulas(app, clien
 
     bonuses = client.get("/wallet/history.csv?kind=purchase").get_data(as_text=True)
     assert len(list(csv.DictReader(io.StringIO(bonuses)))) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/wallet/history?cursor=1.99999999999999999999",
+        "/wallet/history?cursor=99999999999999999999999.5",
+        "/wallet/history?end=9999-12-31",
+        "/wallet/history.csv?end=9999-12-31",
+        "/notifications/?before=99999999999999999999",
+    ],
+)
+def test_out_of_range_arguments_show_the_page_not_an_error(app, client, auth, url):
+    student = auth.login_as("student")
+    with app.app_context():
+        fund(student.id, 3)
+    response = client.get(url)
+    assert response.status_code == 200
+    if "history?" in url:
+        assert len(entry_ids(response.get_data(as_text=True))) == 1
