@@ -4,13 +4,14 @@ Amounts are integers (tokens, US cents); these only format them.
 """
 
 
-def _is_int(value) -> bool:
+def is_whole(value) -> bool:
+    """Whether `value` is an integer amount: an int, and not a bool (which is one in Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def usd(cents: int, signed: bool = False) -> str:
     """Format integer cents as dollars: 1234 -> "$12.34", -5 -> "-$0.05"."""
-    if not _is_int(cents):
+    if not is_whole(cents):
         raise TypeError(f"money is integer cents, not {type(cents).__name__}")
     sign = "-" if cents < 0 else ("+" if signed and cents > 0 else "")
     dollars, rest = divmod(abs(cents), 100)
@@ -19,7 +20,7 @@ def usd(cents: int, signed: bool = False) -> str:
 
 def tokens(count: int, signed: bool = False) -> str:
     """Format a token count: 1 -> "1 token", 1500 -> "1,500 tokens", signed -> "+10 tokens"."""
-    if not _is_int(count):
+    if not is_whole(count):
         raise TypeError(f"tokens are whole numbers, not {type(count).__name__}")
     sign = "-" if count < 0 else ("+" if signed and count > 0 else "")
     unit = "token" if abs(count) == 1 else "tokens"

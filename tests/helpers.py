@@ -29,6 +29,11 @@ def csrf_from(html: str) -> str:
     return match.group(1)
 
 
+def text_of(html: str) -> str:
+    """The page's text with tags removed and whitespace collapsed, as a reader sees it."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
 def post_form(client, url: str, data: dict | None = None, page: str | None = None, **kwargs):
     """POST `data` to `url` the way a browser would: with the CSRF token of `page`."""
     html = client.get(page or url, follow_redirects=True).get_data(as_text=True)

@@ -71,6 +71,7 @@ from soma.models import (
     Wallet,
     utcnow,
 )
+from soma.money import is_whole
 
 entries = JournalEntry.__table__
 postings = Posting.__table__
@@ -123,10 +124,6 @@ class PostedEntry:
     replayed: bool = False
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _digest(kind: str, tokens: int, legs: list[Leg], reference, closes: int | None) -> str:
     canonical = json.dumps(
         {
@@ -145,12 +142,12 @@ def _validate(kind: str, key: str, tokens: int, legs: list[Leg]) -> None:
     EntryKind(kind)
     if not key or len(key) > 200:
         raise InvalidPosting("an entry needs an idempotency key of 1 to 200 characters")
-    if not _is_int(tokens) or tokens < 0:
+    if not is_whole(tokens) or tokens < 0:
         raise InvalidPosting("an entry's tokens are a whole number, not negative")
     if len(legs) < 2:
         raise InvalidPosting("an entry has two or more postings")
     for leg in legs:
-        if not _is_int(leg.amount) or leg.amount == 0:
+        if not is_whole(leg.amount) or leg.amount == 0:
             raise InvalidPosting("a posting is a whole, non-zero number of tokens")
         Bucket(leg.bucket)
     if sum(leg.amount for leg in legs) != 0:

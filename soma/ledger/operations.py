@@ -12,6 +12,7 @@ from soma.extensions import db
 from soma.ledger.core import Leg, PostedEntry, platform_account, post, user_account
 from soma.ledger.errors import InvalidPosting
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
+from soma.money import is_whole
 
 A, L = Bucket.AVAILABLE, Bucket.LOCKED
 
@@ -28,7 +29,7 @@ CLOSES = {
 
 
 def _positive(tokens: int) -> int:
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+    if not is_whole(tokens) or tokens <= 0:
         raise InvalidPosting("an amount of tokens is a positive whole number")
     return tokens
 
@@ -164,7 +165,7 @@ def settle(
     if (to_user_id is None) == (to_platform is None):
         raise InvalidPosting("settle pays exactly one payee")
     user_id, held, hold_check = _hold_facts(kind, hold_entry_id, holder_id, held)
-    if not isinstance(charge, int) or isinstance(charge, bool) or not 0 < charge <= held:
+    if not is_whole(charge) or not 0 < charge <= held:
         raise InvalidPosting(f"a settle charges 1 to {held} tokens, not {charge}")
     payer = user_account(user_id)
     payee = user_account(to_user_id) if to_user_id is not None else platform_account(to_platform)

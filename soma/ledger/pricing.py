@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from soma.extensions import db
 from soma.models import PricingUserType, TokenPricing, utcnow
+from soma.money import is_whole
 
 ROUNDINGS = {"half_up": ROUND_HALF_UP, "up": ROUND_CEILING, "down": ROUND_FLOOR}
 
@@ -57,10 +58,14 @@ def tokens_value_cents(
 
 def class_cost(minutes: int, at: datetime | None = None) -> int:
     """Tokens a class of `minutes` costs: ceil(minutes * tokens per hour / 60)."""
-    if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes <= 0:
+    return class_cost_at(minutes, get_token_pricing(PricingUserType.STUDENT, at))
+
+
+def class_cost_at(minutes: int, pricing: TokenPricing) -> int:
+    """`class_cost` at a student pricing row the caller already holds."""
+    if not is_whole(minutes) or minutes <= 0:
         raise ValueError("a class lasts a positive whole number of minutes")
-    rate = get_token_pricing(PricingUserType.STUDENT, at).class_tokens_per_hour
-    return -(-minutes * rate // 60)
+    return -(-minutes * pricing.class_tokens_per_hour // 60)
 
 
 def publish_pricing(

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from soma.extensions import db
-from soma.ledger.pricing import class_cost, get_token_pricing, tokens_to_cents
+from soma.ledger.pricing import class_cost_at, get_token_pricing, tokens_to_cents
 from soma.models import PricingUserType, Role, TokenPricing, User, Wallet, utcnow
 
 LOW_BALANCE_MINUTES = 60
@@ -19,7 +19,7 @@ class WalletSummary:
     locked: int
     pricing: TokenPricing
     value_cents: int
-    one_hour_cost: int
+    one_hour_cost: int | None  # for students, who see the low-balance banner
     low_balance: bool
 
     @property
@@ -48,7 +48,9 @@ def wallet_summary(user: User, now: datetime | None = None) -> WalletSummary:
     now = now or utcnow()
     wallet = wallet_of(user.id)
     pricing = get_token_pricing(pricing_type(user), now)
-    one_hour = class_cost(LOW_BALANCE_MINUTES, now)
+    # A student's own pricing row carries the class rate; teachers see no banner.
+    is_student = user.role == Role.STUDENT
+    one_hour = class_cost_at(LOW_BALANCE_MINUTES, pricing) if is_student else None
     total = wallet.available + wallet.locked
     return WalletSummary(
         wallet_id=wallet.id,
@@ -57,5 +59,5 @@ def wallet_summary(user: User, now: datetime | None = None) -> WalletSummary:
         pricing=pricing,
         value_cents=tokens_to_cents(total, pricing),
         one_hour_cost=one_hour,
-        low_balance=user.role == Role.STUDENT and wallet.available < one_hour,
+        low_balance=is_student and wallet.available < one_hour,
     )

@@ -8,11 +8,7 @@ from sqlalchemy import func, select
 from soma import ledger
 from soma.extensions import db
 from soma.models import EntryKind, Gift, JournalEntry, Notification
-from tests.helpers import balances, csrf_from, fund, make_user
-
-
-def text_of(html: str) -> str:
-    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+from tests.helpers import balances, csrf_from, fund, make_user, text_of
 
 
 def review(client, email, tokens, note=""):

@@ -9,7 +9,7 @@ import pytest
 
 from soma import ledger
 from soma.models import EntryKind, PlatformAccount
-from tests.helpers import balances, fund, make_user
+from tests.helpers import balances, fund, make_user, text_of
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -17,11 +17,6 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 def entry_ids(html: str) -> list[int]:
     """The entry ids of the history rows on a page, top to bottom."""
     return [int(m) for m in re.findall(r'data-entry="(\d+)"', html)]
-
-
-def text_of(html: str) -> str:
-    """The page's text with tags removed and whitespace collapsed."""
-    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
 def test_wallet_shows_available_locked_total_and_value_at_student_rate(app, client, auth):
