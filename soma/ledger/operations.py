@@ -5,6 +5,7 @@ an idempotency key: a repeat returns the first entry and moves nothing more.
 """
 
 from datetime import datetime
+from typing import TypedDict, Unpack
 
 from sqlalchemy import bindparam, select
 
@@ -15,6 +16,16 @@ from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Postin
 from soma.money import is_whole
 
 A, L = Bucket.AVAILABLE, Bucket.LOCKED
+
+
+class EntryDetails(TypedDict, total=False):
+    """What every operation passes on to its entry unchanged (see `core.post`)."""
+
+    reference: tuple[str, int] | None  # the object the entry concerns
+    memo: str
+    actor_id: int | None  # who asked for it
+    now: datetime | None  # when it happened (default: now)
+
 
 HOLD_KINDS = {EntryKind.CLASS_HOLD, EntryKind.WITHDRAWAL_HOLD}
 
@@ -41,10 +52,7 @@ def credit(
     key: str,
     kind: str = EntryKind.PURCHASE,
     source: PlatformAccount = PlatformAccount.ISSUANCE,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Add `tokens` to a user's available balance from a platform account."""
     tokens = _positive(tokens)
@@ -52,9 +60,7 @@ def credit(
         Leg(platform_account(source), A, -tokens),
         Leg(user_account(user_id), A, tokens),
     ]
-    return post(
-        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
-    )
+    return post(kind, key, legs, tokens=tokens, **details)
 
 
 def debit(
@@ -64,10 +70,7 @@ def debit(
     key: str,
     kind: str = EntryKind.REFUND,
     to: PlatformAccount = PlatformAccount.ISSUANCE,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Take `tokens` out of a user's available balance back to a platform account."""
     tokens = _positive(tokens)
@@ -75,9 +78,7 @@ def debit(
         Leg(user_account(user_id), A, -tokens),
         Leg(platform_account(to), A, tokens),
     ]
-    return post(
-        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
-    )
+    return post(kind, key, legs, tokens=tokens, **details)
 
 
 def hold(
@@ -86,10 +87,7 @@ def hold(
     *,
     key: str,
     kind: str = EntryKind.CLASS_HOLD,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Move `tokens` of a user's available balance to locked."""
     if kind not in HOLD_KINDS:
@@ -97,9 +95,7 @@ def hold(
     tokens = _positive(tokens)
     account = user_account(user_id)
     legs = [Leg(account, A, -tokens), Leg(account, L, tokens)]
-    return post(
-        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
-    )
+    return post(kind, key, legs, tokens=tokens, **details)
 
 
 # Built once: settling is hot, and a prebuilt statement skips SQLAlchemy's query building.
@@ -150,10 +146,7 @@ def settle(
     kind: str = EntryKind.CLASS_SETTLE,
     holder_id: int | None = None,
     held: int | None = None,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Close a hold: `charge` tokens go to the payee, the rest back to available.
 
@@ -179,12 +172,9 @@ def settle(
         key,
         legs,
         tokens=charge,
-        reference=reference,
-        memo=memo,
-        actor_id=actor_id,
         closes_entry_id=hold_entry_id,
         hold_check=hold_check,
-        now=now,
+        **details,
     )
 
 
@@ -195,10 +185,7 @@ def release(
     kind: str = EntryKind.CLASS_RELEASE,
     holder_id: int | None = None,
     held: int | None = None,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Close a hold by returning all of it to the user's available balance.
 
@@ -212,12 +199,9 @@ def release(
         key,
         legs,
         tokens=held,
-        reference=reference,
-        memo=memo,
-        actor_id=actor_id,
         closes_entry_id=hold_entry_id,
         hold_check=hold_check,
-        now=now,
+        **details,
     )
 
 
@@ -228,10 +212,7 @@ def transfer(
     *,
     key: str,
     kind: str = EntryKind.GIFT,
-    reference: tuple[str, int] | None = None,
-    memo: str = "",
-    actor_id: int | None = None,
-    now: datetime | None = None,
+    **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Move `tokens` from one user's available balance to another's."""
     tokens = _positive(tokens)
@@ -241,6 +222,4 @@ def transfer(
         Leg(user_account(from_user_id), A, -tokens),
         Leg(user_account(to_user_id), A, tokens),
     ]
-    return post(
-        kind, key, legs, tokens=tokens, reference=reference, memo=memo, actor_id=actor_id, now=now
-    )
+    return post(kind, key, legs, tokens=tokens, **details)
