@@ -5,7 +5,8 @@ asserts nothing. Two figures:
 
 1. Ledger operations per second: WORKERS processes, each with its own app and
    engine, loop `hold 10 tokens` then `settle` it (fully or partly) to their own
-   teacher, one `with ledger.atomic():` per operation. The settle is told the
+   teacher, each operation a transaction of its own (`own_transaction=True`:
+   one statement in autocommit, one round trip). The settle is told the
    hold's student and amount, as a class session that recorded its hold does,
    so the ledger checks them inside the entry's statement instead of reading
    the hold first. Beside it, pgbench's
@@ -16,9 +17,12 @@ asserts nothing. Two figures:
    branches than clients the clients would mostly queue on those row locks and
    pgbench would be a weak baseline. The ledger workers each use their own two
    wallets, as different users mostly do. Also printed, for context: one worker
-   against one pgbench client, the round trips of a hold and of a settle, the
-   workers' CPU per operation, and 8 workers with the pool's pre-ping
-   (DATABASE_POOL_PRE_PING=1), which costs a round trip per transaction.
+   against one pgbench client, the round trips of a hold and of a settle (read
+   off libpq's protocol trace), the workers' CPU per operation, 8 workers with
+   the pool's pre-ping (DATABASE_POOL_PRE_PING=1), which costs a round trip per
+   transaction, and 8 workers posting in the session's transaction instead
+   (`with ledger.atomic():`, BEGIN and COMMIT around the statement), the way
+   an operation that writes more than its entry runs.
 2. The history page (`soma.wallet.history.history_page`) of a wallet with
    HISTORY_ENTRIES journal entries: page 1 against a page ~90% deep, with and
    without a kind filter, median of several runs, and the query plan.
@@ -44,6 +48,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from datetime import UTC, datetime
@@ -199,20 +204,34 @@ def describe(run: dict) -> str:
     )
 
 
-def _one_cycle(ledger, student: int, teacher: int, tag: str, n: int) -> tuple[float, float]:
-    """Hold, then settle; return the time each operation ended."""
+def _hold(ledger, student: int, key: str, alone: bool):
+    if alone:
+        return ledger.hold(student, HOLD, key=key, own_transaction=True)
     with ledger.atomic():
-        held = ledger.hold(student, HOLD, key=f"{tag}-{n}-h")
+        return ledger.hold(student, HOLD, key=key)
+
+
+def _settle(ledger, held, charge: int, student: int, teacher: int, key: str, alone: bool):
+    facts = {"to_user_id": teacher, "holder_id": student, "held": HOLD}
+    if alone:
+        return ledger.settle(held.id, charge, key=key, own_transaction=True, **facts)
+    with ledger.atomic():
+        return ledger.settle(held.id, charge, key=key, **facts)
+
+
+def _one_cycle(ledger, student, teacher, tag: str, n: int, alone=True) -> tuple[float, float]:
+    """Hold, then settle; return the time each operation ended.
+
+    `alone`: each operation a transaction of its own; else in the session's.
+    """
+    held = _hold(ledger, student, f"{tag}-{n}-h", alone)
     t_hold = time.perf_counter()
     charge = HOLD if n % 2 else HOLD - 3
-    with ledger.atomic():
-        ledger.settle(
-            held.id, charge, key=f"{tag}-{n}-s", to_user_id=teacher, holder_id=student, held=HOLD
-        )
+    _settle(ledger, held, charge, student, teacher, f"{tag}-{n}-s", alone)
     return t_hold, time.perf_counter()
 
 
-def ledger_worker(name, pair, tag, overrides, ready, go, results) -> None:
+def ledger_worker(name, pair, tag, overrides, alone, ready, go, results) -> None:
     """One worker process: its own app and engine; hold/settle until the time is up."""
     try:
         from soma import ledger
@@ -221,7 +240,7 @@ def ledger_worker(name, pair, tag, overrides, ready, go, results) -> None:
         app = make_app(name, **overrides)
         with app.app_context():
             student, teacher = pair
-            _one_cycle(ledger, student, teacher, f"{tag}-ready", 0)  # connect, compile
+            _one_cycle(ledger, student, teacher, f"{tag}-ready", 0, alone)  # connect, compile
             ready.put(os.getpid())
             go.wait()
             begin = time.perf_counter() + WARMUP
@@ -231,7 +250,7 @@ def ledger_worker(name, pair, tag, overrides, ready, go, results) -> None:
             last = time.perf_counter()
             while last < end:
                 n += 1
-                for finished in _one_cycle(ledger, student, teacher, tag, n):
+                for finished in _one_cycle(ledger, student, teacher, tag, n, alone):
                     if begin <= finished < end:
                         ops += 1
                         latencies.append(finished - last)
@@ -246,15 +265,20 @@ def ledger_worker(name, pair, tag, overrides, ready, go, results) -> None:
         ready.put(None)
 
 
-def run_ledger(name: str, pairs: list[tuple[int, int]], workers: int, **overrides) -> dict:
-    """Ops/s of `workers` processes over SECONDS after WARMUP (app settings `overrides`)."""
+def run_ledger(
+    name: str, pairs: list[tuple[int, int]], workers: int, alone: bool = True, **overrides
+) -> dict:
+    """Ops/s of `workers` processes over SECONDS after WARMUP (app settings `overrides`).
+
+    `alone`: each operation a transaction of its own; else in the session's.
+    """
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     tag = f"run{workers}-{secrets.token_hex(3)}"
     processes = [
         context.Process(
             target=ledger_worker,
-            args=(name, pairs[i], f"{tag}-{i}", overrides, ready, go, results),
+            args=(name, pairs[i], f"{tag}-{i}", overrides, alone, ready, go, results),
         )
         for i in range(workers)
     ]
@@ -285,51 +309,64 @@ def run_ledger(name: str, pairs: list[tuple[int, int]], workers: int, **override
     }
 
 
-def round_trips_per_op(name: str, pair: tuple[int, int], cycles: int = 50) -> dict:
-    """Count what one hold and one settle send the server, one round trip each.
+def round_trips_per_op(name: str, pair: tuple[int, int], alone: bool, cycles: int = 50) -> dict:
+    """Count the round trips of one hold and one settle, from libpq's protocol trace.
 
-    The pool's pre-ping (a `SELECT 1` when the session takes a connection, once
-    per transaction), the BEGIN psycopg sends before the first statement, the
-    statements, and the COMMIT.
+    Every connection the pool hands out is traced while it is out; each
+    ReadyForQuery the server sends ends one round trip, named by the first
+    message the client sent in it (a simple query's first word, or "statement"
+    for an extended-protocol statement). A pre-ping, which SQLAlchemy sends
+    before handing the connection out, is counted from the pool's events.
     """
     from soma import ledger
     from soma.extensions import db
 
     app = make_app(name)
     counts = {"hold": {}, "settle": {}}
-    current = {}
-    with app.app_context():
+    with tempfile.TemporaryFile("w+") as trace, app.app_context():
         engine = db.engine
-        pre_ping = engine.pool._pre_ping
+        pre_pings = []
 
-        def bump(what):
-            current[what] = current.get(what, 0) + 1
+        def start(dbapi_connection, *_):
+            if engine.pool._pre_ping:
+                pre_pings.append(1)
+            dbapi_connection.pgconn.trace(trace.fileno())
+            dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
 
-        listeners = [
-            (engine.pool, "checkout", lambda *a: bump("1 pre-ping") if pre_ping else None),
-            (engine, "begin", lambda *a: bump("2 BEGIN")),
-            (engine, "before_cursor_execute", lambda *a, **k: bump("3 statements")),
-            (engine, "commit", lambda *a: bump("4 COMMIT")),
-        ]
+        def stop(dbapi_connection, *_):
+            dbapi_connection.pgconn.untrace()
+
+        def count(op: str, run, *args):
+            """Run `run(*args)`, tallying its round trips under `op`; return what it returns."""
+            trace.seek(0, os.SEEK_END)
+            begin = trace.tell()
+            pre_pings.clear()
+            result = run(*args)
+            trace.seek(begin)
+            tally = counts[op]
+            if pre_pings:
+                tally["pre-ping"] = tally.get("pre-ping", 0) + len(pre_pings)
+            first = None
+            for line in trace.read().splitlines():
+                direction, _, message, *rest = line.split("\t")
+                if direction == "F" and first is None:
+                    quoted = rest[0].strip().split('"')
+                    first = quoted[1].split()[0] if message == "Query" else "statement"
+                if direction == "B" and message == "ReadyForQuery":
+                    tally[first] = tally.get(first, 0) + 1
+                    first = None
+            return result
+
+        listeners = [(engine.pool, "checkout", start), (engine.pool, "checkin", stop)]
         for target, name_, fn in listeners:
             event.listen(target, name_, fn)
         student, teacher = pair
         tag = f"count-{secrets.token_hex(3)}"
-        _one_cycle(ledger, student, teacher, tag + "-warm", 0)
+        _one_cycle(ledger, student, teacher, tag + "-warm", 0, alone)
         for n in range(1, cycles + 1):
-            current.clear()
-            with ledger.atomic():
-                held = ledger.hold(student, HOLD, key=f"{tag}-{n}-h")
-            for k, v in current.items():
-                counts["hold"][k] = counts["hold"].get(k, 0) + v
-            current.clear()
-            with ledger.atomic():
-                ledger.settle(
-                    held.id, HOLD - 3, key=f"{tag}-{n}-s", to_user_id=teacher,
-                    holder_id=student, held=HOLD,
-                )  # fmt: skip
-            for k, v in current.items():
-                counts["settle"][k] = counts["settle"].get(k, 0) + v
+            held = count("hold", _hold, ledger, student, f"{tag}-{n}-h", alone)
+            charge, settle_key = HOLD - 3, f"{tag}-{n}-s"
+            count("settle", _settle, ledger, held, charge, student, teacher, settle_key, alone)
         for target, name_, fn in listeners:
             event.remove(target, name_, fn)
         db.session.remove()
@@ -601,7 +638,8 @@ def main() -> int:
         ledger_db = dbs.create("ledger", template=template)
         history_db = dbs.create("history", template=template)
         pairs = make_pairs(ledger_db, WORKERS)
-        counted = round_trips_per_op(ledger_db, pairs[0])
+        counted = round_trips_per_op(ledger_db, pairs[0], alone=True)
+        counted_in_session = round_trips_per_op(ledger_db, pairs[0], alone=False)
 
         pgbench_db = None
         if pgbench:
@@ -621,11 +659,12 @@ def main() -> int:
         # transaction). Every other figure uses the app's own engine options.
         options = {**current_engine_options(), "pool_pre_ping": True}
         pinged = run_ledger(ledger_db, pairs, WORKERS, SQLALCHEMY_ENGINE_OPTIONS=options)
+        in_session = run_ledger(ledger_db, pairs, WORKERS, alone=False)
         single = run_ledger(ledger_db, pairs, 1)
         base_single = run_pgbench(pgbench, pgbench_db, 1) if pgbench else None
 
         print()
-        print("1. Ledger throughput (hold and settle alternately, one transaction each)")
+        print("1. Ledger throughput (hold and settle alternately, each its own transaction)")
         rows = [
             ("ledger, 1 worker", f"{single['ops_per_s']:9.0f} ops/s", describe(single)),
             (f"ledger, {WORKERS} workers", f"{multi['ops_per_s']:9.0f} ops/s", describe(multi)),
@@ -648,12 +687,18 @@ def main() -> int:
              describe(pinged) + (f"; ratio {pinged['ops_per_s'] / base['tps']:.2f}"
                                  if base else ""))
         )  # fmt: skip
+        rows.append(
+            (f"(ledger, {WORKERS}, in session tx)", f"{in_session['ops_per_s']:9.0f} ops/s",
+             describe(in_session) + (f"; ratio {in_session['ops_per_s'] / base['tps']:.2f}"
+                                     if base else ""))
+        )  # fmt: skip
         for label, figure, note in rows:
             print(f"  {label:<28}{figure:>16}   {note}")
-        for op, c in counted.items():
-            trips = sum(c.values())
-            detail = ", ".join(f"{k[2:]} {v:g}" for k, v in sorted(c.items()))
-            print(f"  {op + ' round trips':<28}{trips:>16.1f}   {detail}")
+        for how, tallies in (("", counted), (" in session tx", counted_in_session)):
+            for op, c in tallies.items():
+                trips = sum(c.values())
+                detail = ", ".join(f"{k} {v:g}" for k, v in sorted(c.items()))
+                print(f"  {op + ' round trips' + how:<32}{trips:>12.1f}   {detail}")
 
         print()
         n = HISTORY_ENTRIES

@@ -15,11 +15,19 @@ On PostgreSQL the three steps are one statement (a chain of CTEs, see
 an entry costs one round trip and little Python; on SQLite they are separate
 statements. Either way the order, the locks and the refusals are the same.
 
-Nothing here commits: the caller commits the whole money operation at once,
-or rolls it all back (see `atomic`). The fixed lock order holds within one
-entry; a transaction that posts several entries touching the same wallets in
-different orders can deadlock (PostgreSQL then aborts it and nothing moves),
-so a money operation is best one entry per transaction.
+By default nothing here commits: the entry joins the session's transaction,
+and the caller commits the whole money operation at once, or rolls it all back
+(see `atomic`). An entry that is a money operation on its own can instead be
+posted with `own_transaction=True`: it is then written and committed in a
+transaction of its own, apart from the session's. On PostgreSQL that is the
+entry's one statement in autocommit, one round trip in all; the statement
+raises (see migration 0004) rather than return a refusal, so a refused entry
+writes nothing.
+
+The fixed lock order holds within one entry; a transaction that posts several
+entries touching the same wallets in different orders can deadlock (PostgreSQL
+then aborts it and nothing moves), so a money operation is best one entry per
+transaction.
 """
 
 import hashlib
@@ -31,16 +39,19 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import NoReturn
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Integer,
     String,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     true,
@@ -49,6 +60,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.exc import DBAPIError
 
 from soma.extensions import db
 from soma.ledger.errors import (
@@ -255,8 +267,14 @@ def _hold_check_alone():
     return select(_hold_matches())
 
 
+# The SQLSTATE of `soma_refuse_entry` (migration 0004).
+REFUSED_SQLSTATE = "SM001"
+
+
 @cache
-def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...], guarded: bool):
+def _whole_entry_statement(
+    shape: tuple[tuple[bool, tuple[str, ...]], ...], guarded: bool, strict: bool
+):
     """PostgreSQL: the entry's INSERT, its wallets' UPDATEs and its postings, in one statement.
 
     `shape` gives, for each account in lock order, whether it is a platform
@@ -271,9 +289,14 @@ def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...], guar
     Each UPDATE waits for the one before it (its WHERE reads the previous CTE),
     so the rows are locked in the fixed order, as by separate statements. A
     refused UPDATE returns no row, which stops every later UPDATE and the
-    postings. It returns the entry id (NULL on conflict), the number of postings,
-    per wallet whether it was updated, and when `guarded`, whether the hold the
-    entry closes is what the caller said (see `_hold_matches`).
+    postings. It returns the entry id (NULL on conflict) and the step that
+    refused it: NULL if none; when `guarded`, the number of wallets if the hold
+    the entry closes is not what the caller said (see `_hold_matches`); else the
+    index of the first wallet not updated.
+
+    When `strict`, a refusal is raised instead: the statement passes the step
+    to `soma_refuse_entry` (migration 0004), which fails the whole statement
+    unless the step is NULL. That is what lets the entry run in autocommit.
     """
     binds = _entry_binds()
     entry = _entry_insert(postgresql, binds).cte("entry")
@@ -306,11 +329,21 @@ def _whole_entry_statement(shape: tuple[tuple[bool, tuple[str, ...]], ...], guar
         .returning(postings.c.id)
         .cte("written")
     )
+    # Step i is wallet i; step len(shape) is the hold, checked first: a caller
+    # wrong about the hold is told so, whatever the wallets would have said.
+    checks = [(step, exists().select_from(wallet)) for step, wallet in enumerate(updated)]
+    if guarded:
+        checks.insert(0, (len(updated), _hold_matches()))
+    refused_at = case(
+        (~exists().select_from(entry), null()),
+        *((~check, step) for step, check in checks),
+    )
+    if strict:
+        refused_at = func.soma_refuse_entry(refused_at, type_=Integer())
     return select(
         select(entry.c.id).scalar_subquery(),
+        refused_at,
         select(func.count()).select_from(written).scalar_subquery(),
-        *(exists().select_from(wallet) for wallet in updated),
-        *([_hold_matches()] if guarded else []),
     )
 
 
@@ -326,15 +359,23 @@ def post(
     closes_entry_id: int | None = None,
     hold_check: tuple[int, int, str] | None = None,
     now: datetime | None = None,
+    own_transaction: bool = False,
 ) -> PostedEntry:
     """Write one balanced entry in the current transaction; repeat-safe by `key`.
 
     `hold_check` (holder's user id, tokens held, kind of hold) makes the entry verify, in the
     same statement, that `closes_entry_id` is that hold; InvalidPosting if not.
 
+    With `own_transaction`, the entry is written and committed in a transaction of
+    its own on a connection of its own, whatever the session is doing, and is
+    durable when this returns (one round trip on PostgreSQL). Use it for an entry
+    that is a whole money operation; never for one that must commit or roll back
+    together with other writes. On SQLite it waits for any write the session holds.
+
     Raises InsufficientTokens when a wallet would go negative, IdempotencyConflict
     when `key` was used with other content, AlreadySettled when the hold named by
-    `closes_entry_id` is already closed. On any of them the caller must roll back.
+    `closes_entry_id` is already closed. On any of them nothing was written; in
+    the session's transaction, the caller must roll back.
     """
     _validate(kind, key, tokens, legs)
     if now is not None and now.tzinfo is None:
@@ -358,6 +399,12 @@ def post(
     }
     if hold_check is not None:
         values["p_holder"], values["p_held"], values["p_hold_kind"] = hold_check
+    if own_transaction:
+        entry_id = _post_alone(values, accounts)
+        if entry_id is None:
+            with db.engine.connect() as connection:
+                return _replay(connection, key, digest, closes_entry_id)
+        return PostedEntry(entry_id, kind, tokens, key)
     connection = db.session.connection()
     try:
         if connection.dialect.name == "postgresql":
@@ -372,19 +419,19 @@ def post(
         connection.invalidate()
         raise
     if entry_id is None:
-        return _replay(key, digest, closes_entry_id)
+        return _replay(connection, key, digest, closes_entry_id)
     return PostedEntry(entry_id, kind, tokens, key)
 
 
 @cache
-def _whole_entry_sql(shape: tuple, guarded: bool) -> tuple[str, dict]:
-    """The statement's SQL text for the driver, and its constant parameters.
+def _whole_entry_sql(shape: tuple, guarded: bool, strict: bool = False) -> str:
+    """The statement's SQL text for the driver, its constants written in.
 
     Compiled once per shape: running the text skips SQLAlchemy's per-execution
     cache-key walk of a large statement, the ledger's hottest path.
     """
     dialect = PGDialect_psycopg()
-    compiled = _whole_entry_statement(shape, guarded).compile(dialect=dialect)
+    compiled = _whole_entry_statement(shape, guarded, strict).compile(dialect=dialect)
     ours = {name: None for name in compiled.binds if name.startswith("p_")}
     sql = str(compiled)
     # The statement's own constants (0, 'locked', the pricing user types) are
@@ -396,27 +443,91 @@ def _whole_entry_sql(shape: tuple, guarded: bool) -> tuple[str, dict]:
         if render is None:
             raise InvalidPosting(f"cannot write the constant {name} into the statement")
         sql = sql.replace(f"%({name})s", render(value))
-    return sql, {}
+    # One line: the driver caches its parsing of statements up to 4 kB only.
+    # (The constants written in hold no whitespace.)
+    return " ".join(sql.split())
 
 
-def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
-    """Steps 1 to 3 in one round trip (PostgreSQL); return the entry id, None on conflict."""
+def _one_statement(values: dict, accounts, strict: bool) -> str:
+    """The entry's statement for PostgreSQL; adds each wallet's values to `values`."""
     shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
-    guarded = "p_held" in values
     for i, (account, deltas) in enumerate(accounts):
         values[f"p_owner{i}"] = account.platform or account.user_id
         values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
         values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
-    sql, constants = _whole_entry_sql(shape, guarded)
-    entry_id, _, *updated = connection.exec_driver_sql(sql, {**constants, **values}).one()
-    hold_ok = updated.pop() if guarded else True
-    if entry_id is not None:
-        if not hold_ok:
-            _wrong_hold(values)
-        if not all(updated):
-            account, deltas = accounts[updated.index(False)]
-            _refuse(account, deltas)
+    return _whole_entry_sql(shape, "p_held" in values, strict)
+
+
+def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
+    """Steps 1 to 3 in one round trip (PostgreSQL); return the entry id, None on conflict."""
+    sql = _one_statement(values, accounts, strict=False)
+    entry_id, refused_at, _ = connection.exec_driver_sql(sql, values).one()
+    if refused_at is not None:
+        _refused_at(connection, refused_at, values, accounts)
     return entry_id
+
+
+def _refused_at(connection, step: int, values: dict, accounts) -> NoReturn:
+    """Raise for the entry's first failed check: a wallet's UPDATE, or the hold after them."""
+    if step == len(accounts):
+        _wrong_hold(values)
+    _refuse(connection, *accounts[step])
+
+
+def _post_alone(values: dict, accounts) -> int | None:
+    """Write and commit the entry in a transaction of its own; the entry id, None on conflict."""
+    if db.engine.dialect.name != "postgresql":
+        with db.engine.begin() as connection:
+            return _post_step_by_step(connection, values, accounts)
+    sql = _one_statement(values, accounts, strict=True)
+    try:
+        return _autocommit_row(sql, values)[0]
+    except _Refused as refused:
+        with db.engine.connect() as connection:
+            _refused_at(connection, refused.step, values, accounts)
+
+
+class _Refused(Exception):
+    def __init__(self, step: int):
+        self.step = step
+
+
+def _autocommit_row(sql: str, values: dict) -> tuple:
+    """Run one statement on a pooled connection in autocommit, as a transaction of its own.
+
+    The driver's own connection is used directly: this is the ledger's hottest
+    path, and a statement in autocommit needs no BEGIN, no COMMIT and none of
+    SQLAlchemy's transaction bookkeeping. Errors come out as SQLAlchemy's, and a
+    lost connection is dropped from the pool, as SQLAlchemy would do.
+    """
+    pooled = db.engine.raw_connection()
+    driver = pooled.driver_connection
+    try:
+        driver.autocommit = True
+        try:
+            return driver.execute(sql, values).fetchone()
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except psycopg.Error as error:
+        if error.sqlstate == REFUSED_SQLSTATE:
+            raise _Refused(int(error.diag.message_detail)) from None
+        lost = db.engine.dialect.is_disconnect(error, driver, None)
+        if lost:
+            # As SQLAlchemy does on a disconnect: drop this connection, and have
+            # the pool renew every connection made before it (the server is gone
+            # or was restarted, so they are all dead).
+            db.engine.pool._invalidate(pooled, error)
+        raise DBAPIError.instance(
+            sql,
+            values,
+            error,
+            psycopg.Error,
+            connection_invalidated=lost,
+            dialect=db.engine.dialect,
+        ) from error
+    finally:
+        pooled.close()
 
 
 def _wrong_hold(values: dict) -> NoReturn:
@@ -471,7 +582,7 @@ def _apply(connection, account: Account, deltas: dict[str, int]) -> tuple[int, i
         },
     ).first()
     if row is None:
-        _refuse(account, deltas)
+        _refuse(connection, account, deltas)
     return row.id, row.available, row.locked
 
 
@@ -482,7 +593,7 @@ def _balances_query(platform: bool):
     return select(wallets.c.available, wallets.c.locked).where(owner == bindparam("p_owner"))
 
 
-def _refuse(account: Account, deltas: dict[str, int]) -> NoReturn:
+def _refuse(connection, account: Account, deltas: dict[str, int]) -> NoReturn:
     """Raise why the wallet's UPDATE matched no row: no such wallet, or a bucket too low.
 
     The bucket at fault is one the entry takes from. The balances are read again
@@ -491,7 +602,7 @@ def _refuse(account: Account, deltas: dict[str, int]) -> NoReturn:
     """
     d_available = deltas.get(Bucket.AVAILABLE, 0)
     d_locked = deltas.get(Bucket.LOCKED, 0)
-    current = db.session.execute(
+    current = connection.execute(
         _balances_query(account.platform is not None),
         {"p_owner": account.platform or account.user_id},
     ).first()
@@ -508,8 +619,8 @@ _REPLAY = select(entries.c.id, entries.c.kind, entries.c.tokens, entries.c.reque
 )
 
 
-def _replay(key: str, digest: str, closes_entry_id: int | None) -> PostedEntry:
-    existing = db.session.execute(_REPLAY, {"p_key": key}).first()
+def _replay(connection, key: str, digest: str, closes_entry_id: int | None) -> PostedEntry:
+    existing = connection.execute(_REPLAY, {"p_key": key}).first()
     if existing is None:
         if closes_entry_id is not None:
             raise AlreadySettled(closes_entry_id)

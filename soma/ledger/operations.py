@@ -25,6 +25,10 @@ class EntryDetails(TypedDict, total=False):
     memo: str
     actor_id: int | None  # who asked for it
     now: datetime | None  # when it happened (default: now)
+    # Write and commit the entry in a transaction of its own, apart from the
+    # session's: one round trip on PostgreSQL. Only for an entry that is a whole
+    # money operation (see `core.post`).
+    own_transaction: bool
 
 
 HOLD_KINDS = {EntryKind.CLASS_HOLD, EntryKind.WITHDRAWAL_HOLD}

@@ -3,6 +3,10 @@
 Each racing worker is a thread with its own app context, so its own session and
 its own database connection; a barrier makes them start together. The app here
 has a pool wide enough for every worker to hold a connection at once.
+
+The races run each operation both ways (the `how` fixture): in the session's
+transaction, committed by `atomic()`, and as a transaction of its own
+(`own_transaction=True`: one statement in autocommit).
 """
 
 import threading
@@ -52,17 +56,26 @@ def wide_app(app):
         db.engine.dispose()
 
 
-def race(app, work: list[Callable[[], object]]) -> list[tuple[str, object]]:
+@pytest.fixture(params=["session", "own"])
+def how(request) -> dict:
+    """How each racing operation runs: in the session's transaction, or in one of its own."""
+    return {"own_transaction": True} if request.param == "own" else {}
+
+
+def race(app, work: list[Callable[[], object]], how: dict | None = None):
     """Run each callable in its own thread and transaction, all released at once.
 
-    Returns, in order, ("ok", result) or ("error", exception) for each.
+    Returns, in order, ("ok", result) or ("error", exception) for each. With
+    `how` asking for own transactions, the operations take their own pooled
+    connections, so the session does not hold one of its own.
     """
     barrier = threading.Barrier(len(work))
     outcomes: list[tuple[str, object] | None] = [None] * len(work)
 
     def run(index: int, fn: Callable[[], object]) -> None:
         with app.app_context():
-            db.session.connection()  # connect before the start line, not after it
+            if not how:
+                db.session.connection()  # connect before the start line, not after it
             barrier.wait(timeout=THREAD_TIMEOUT)
             try:
                 with atomic():
@@ -197,14 +210,15 @@ def test_append_only_triggers_fire_for_each_table_and_operation(app):
 # 2. Racing holds --------------------------------------------------------------------------
 
 
-def test_twenty_racing_holds_succeed_exactly_as_far_as_the_balance_covers(app, wide_app):
+def test_twenty_racing_holds_succeed_exactly_as_far_as_the_balance_covers(app, wide_app, how):
     balance, amount, workers = 100, 15, 20
     with app.app_context():
         student = funded_student(balance, "holds:credit")
 
     outcomes = race(
         wide_app,
-        [lambda n=n: hold(student, amount, key=f"holds:{n}") for n in range(workers)],
+        [lambda n=n: hold(student, amount, key=f"holds:{n}", **how) for n in range(workers)],
+        how,
     )
 
     winners = balance // amount
@@ -255,17 +269,19 @@ def test_racing_transfers_out_of_one_wallet_never_overdraw_it(app, wide_app):
 
 
 @pytest.mark.parametrize("operation", ["credit", "hold"])
-def test_ten_requests_with_one_key_move_tokens_once_and_share_one_entry(app, wide_app, operation):
+def test_ten_requests_with_one_key_move_tokens_once_and_share_one_entry(
+    app, wide_app, operation, how
+):
     with app.app_context():
         student = funded_student(100, "same:credit")
         issuance_before = platform_balance(PlatformAccount.ISSUANCE)
 
     def request():
         if operation == "credit":
-            return credit(student, 40, key="same:key")
-        return hold(student, 40, key="same:key")
+            return credit(student, 40, key="same:key", **how)
+        return hold(student, 40, key="same:key", **how)
 
-    outcomes = race(wide_app, [request] * 10)
+    outcomes = race(wide_app, [request] * 10, how)
 
     assert errors(outcomes) == []
     results = ok(outcomes)
@@ -287,12 +303,16 @@ def test_ten_requests_with_one_key_move_tokens_once_and_share_one_entry(app, wid
         assert run_audit() == []
 
 
-def test_ten_requests_with_one_key_and_different_content_let_exactly_one_through(app, wide_app):
+def test_ten_requests_with_one_key_and_different_content_let_exactly_one_through(
+    app, wide_app, how
+):
     with app.app_context():
         student = funded_student(100, "clash:credit")
 
     outcomes = race(
-        wide_app, [lambda n=n: credit(student, n + 1, key="clash:key") for n in range(10)]
+        wide_app,
+        [lambda n=n: credit(student, n + 1, key="clash:key", **how) for n in range(10)],
+        how,
     )
 
     (winner,) = ok(outcomes)
@@ -310,7 +330,7 @@ def test_ten_requests_with_one_key_and_different_content_let_exactly_one_through
 
 
 @pytest.mark.parametrize("round_", range(3))
-def test_racing_settles_and_releases_close_a_hold_exactly_once(app, wide_app, round_):
+def test_racing_settles_and_releases_close_a_hold_exactly_once(app, wide_app, round_, how):
     with app.app_context():
         student = funded_student(100, "close:credit")
         teacher = new_user("teacher")
@@ -320,13 +340,17 @@ def test_racing_settles_and_releases_close_a_hold_exactly_once(app, wide_app, ro
 
     work = []
     for n, charge in enumerate([30, 30, 20, 10]):
-        work.append(lambda n=n, c=charge: settle(held.id, c, to_user_id=teacher, key=f"s{n}"))
-    work.append(lambda: settle(held.id, 5, to_platform=PlatformAccount.FEES, key="fee"))
+        work.append(
+            lambda n=n, c=charge: settle(held.id, c, to_user_id=teacher, key=f"s{n}", **how)
+        )
+    work.append(lambda: settle(held.id, 5, to_platform=PlatformAccount.FEES, key="fee", **how))
     for n in range(4):
-        work.append(lambda n=n: release(held.id, key=f"r{n}"))
+        # Some tell the hold's facts (one statement), some let the ledger read them.
+        told = {"holder_id": student, "held": 30} if n % 2 else {}
+        work.append(lambda n=n, told=told: release(held.id, key=f"r{n}", **told, **how))
     work = work[round_:] + work[:round_]  # vary who starts where
 
-    outcomes = race(wide_app, work)
+    outcomes = race(wide_app, work, how)
 
     (winner,) = ok(outcomes)
     assert len(errors(outcomes)) == len(work) - 1
@@ -390,7 +414,7 @@ def test_transfers_both_ways_at_once_do_not_deadlock_and_conserve_tokens(app, wi
         assert run_audit() == []
 
 
-def test_holds_settled_both_ways_at_once_do_not_deadlock(app, wide_app):
+def test_holds_settled_both_ways_at_once_do_not_deadlock(app, wide_app, how):
     """A settle writes to payer and payee; in opposite directions it must still not deadlock."""
     with app.app_context():
         alice = funded_student(500, "cross:alice")
@@ -402,11 +426,13 @@ def test_holds_settled_both_ways_at_once_do_not_deadlock(app, wide_app):
             # Booking and settling are separate requests: one entry per transaction.
             # (The lock order is fixed per entry, not across several in one transaction.)
             with atomic():
-                held = hold(payer, 10, key=f"cross:hold:{thread}:{i}")
+                held = hold(payer, 10, key=f"cross:hold:{thread}:{i}", **how)
             with atomic():
-                settle(held.id, 6, to_user_id=payee, key=f"cross:settle:{thread}:{i}")
+                told = {"holder_id": payer, "held": 10} if i % 2 else {}
+                key = f"cross:settle:{thread}:{i}"
+                settle(held.id, 6, to_user_id=payee, key=key, **told, **how)
 
-    outcomes = race(wide_app, [lambda t=t: cross(t) for t in range(6)])
+    outcomes = race(wide_app, [lambda t=t: cross(t) for t in range(6)], how)
 
     assert errors(outcomes) == []
     with app.app_context():

@@ -4,7 +4,8 @@ Hypothesis drives credits, debits, holds, settles (full and partial, to a teache
 to the fees account), releases, transfers, replays of earlier keys and reuses of a key
 with other content across three students and a teacher. After each step the ledger is
 checked by SQL (SPEC §2): every entry sums to zero, every cached balance is the sum of
-its postings, nothing is negative, and every wallet holds what the model says.
+its postings, nothing is negative, and every wallet holds what the model says. Requests
+alternate between the session's transaction and one of their own (`own_transaction`).
 
 The database is one per test; each example starts with new users (and keys) of its own.
 """
@@ -83,6 +84,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.prefix = f"ex{next(EXAMPLES)}:"
         self.keys = itertools.count()
+        self.requests = itertools.count()
         made = [make_user("student") for _ in range(STUDENTS)] + [make_user("teacher")]
         db.session.commit()
         self.users = [user.id for user in made]
@@ -93,25 +95,29 @@ class LedgerMachine(RuleBasedStateMachine):
         self.fees = start[PlatformAccount.FEES.value][0]
         self.held: dict[int, tuple[int, int]] = {}  # hold entry id -> (user id, tokens)
         self.closed: set[int] = set()
-        self.done: list[tuple[Callable[[], PostedEntry], PostedEntry]] = []
+        self.done: list[tuple[Callable[..., PostedEntry], PostedEntry]] = []
 
     # Doing ---------------------------------------------------------------------------------
 
     def key(self, what: str) -> str:
         return f"{self.prefix}{what}:{next(self.keys)}"
 
-    def succeeds(self, action: Callable[[], PostedEntry]) -> PostedEntry:
+    def how(self) -> dict:
+        """Every other request runs as a transaction of its own, the rest in the session's."""
+        return {"own_transaction": True} if next(self.requests) % 2 else {}
+
+    def succeeds(self, action: Callable[..., PostedEntry]) -> PostedEntry:
         with atomic():
-            entry = action()
+            entry = action(**self.how())
         assert not entry.replayed
         assert entry.id not in {earlier.id for _, earlier in self.done}
         self.done.append((action, entry))
         return entry
 
-    def refused(self, action: Callable[[], PostedEntry], error: type[Exception]) -> None:
+    def refused(self, action: Callable[..., PostedEntry], error: type[Exception]) -> None:
         before = snapshot()
         with pytest.raises(error), atomic():
-            action()
+            action(**self.how())
         assert snapshot() == before, "a refused request changed the ledger"
 
     def available(self, index: int) -> int:
@@ -127,14 +133,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(who=anyone, amount=purchase)
     def buy(self, who, amount):
         user_id, key = self.users[who], self.key("credit")
-        self.succeeds(lambda: credit(user_id, amount, key=key))
+        self.succeeds(lambda **how: credit(user_id, amount, key=key, **how))
         self.model[user_id][0] += amount
         self.issuance -= amount
 
     @rule(who=anyone, amount=tokens)
     def refund(self, who, amount):
         user_id, key = self.users[who], self.key("debit")
-        action = lambda: debit(user_id, amount, key=key)  # noqa: E731
+        action = lambda **how: debit(user_id, amount, key=key, **how)  # noqa: E731
         if amount > self.available(who):
             self.refused(action, InsufficientTokens)
             return
@@ -145,7 +151,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(who=student, amount=tokens)
     def book(self, who, amount):
         user_id, key = self.users[who], self.key("hold")
-        action = lambda: hold(user_id, amount, key=key)  # noqa: E731
+        action = lambda **how: hold(user_id, amount, key=key, **how)  # noqa: E731
         if amount > self.available(who):
             self.refused(action, InsufficientTokens)
             return
@@ -166,13 +172,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def settling(
         self, hold_id: int, charge: int, to_fees: bool, tell: bool = False
-    ) -> Callable[[], PostedEntry]:
+    ) -> Callable[..., PostedEntry]:
         key, told = self.key("settle"), self.told(hold_id, tell)
         if to_fees:
-            return lambda: settle(
-                hold_id, charge, to_platform=PlatformAccount.FEES, key=key, **told
+            return lambda **how: settle(
+                hold_id, charge, to_platform=PlatformAccount.FEES, key=key, **told, **how
             )
-        return lambda: settle(hold_id, charge, to_user_id=self.teacher, key=key, **told)
+        return lambda **how: settle(
+            hold_id, charge, to_user_id=self.teacher, key=key, **told, **how
+        )
 
     @precondition(lambda self: self.open_holds())
     @rule(which=pick, full=st.booleans(), charge=tokens, to_fees=st.booleans(), tell=st.booleans())
@@ -196,7 +204,7 @@ class LedgerMachine(RuleBasedStateMachine):
         hold_id = self.open_holds()[which % len(self.open_holds())]
         payer, held = self.held[hold_id]
         key, told = self.key("release"), self.told(hold_id, tell)
-        self.succeeds(lambda: release(hold_id, key=key, **told))
+        self.succeeds(lambda **how: release(hold_id, key=key, **told, **how))
         self.closed.add(hold_id)
         self.model[payer][1] -= held
         self.model[payer][0] += held
@@ -208,7 +216,7 @@ class LedgerMachine(RuleBasedStateMachine):
         hold_id = closed[which % len(closed)]
         if release_it:
             key = self.key("release")
-            self.refused(lambda: release(hold_id, key=key), AlreadySettled)
+            self.refused(lambda **how: release(hold_id, key=key, **how), AlreadySettled)
         else:
             self.refused(self.settling(hold_id, self.held[hold_id][1], to_fees), AlreadySettled)
 
@@ -216,7 +224,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def gift(self, sender, offset, amount):
         receiver = (sender + offset) % len(self.users)
         from_id, to_id, key = self.users[sender], self.users[receiver], self.key("transfer")
-        action = lambda: transfer(from_id, to_id, amount, key=key)  # noqa: E731
+        action = lambda **how: transfer(from_id, to_id, amount, key=key, **how)  # noqa: E731
         if amount > self.available(sender):
             self.refused(action, InsufficientTokens)
             return
@@ -230,7 +238,7 @@ class LedgerMachine(RuleBasedStateMachine):
         action, first = self.done[which % len(self.done)]
         before = snapshot()
         with atomic():
-            again = action()
+            again = action(**self.how())
         assert again == PostedEntry(
             first.id, first.kind, first.tokens, first.idempotency_key, replayed=True
         )
@@ -243,7 +251,8 @@ class LedgerMachine(RuleBasedStateMachine):
         user_id = self.users[who]
         # No rule credits this much, so the content always differs from the key's first use.
         self.refused(
-            lambda: credit(user_id, 1000 + which, key=first.idempotency_key), IdempotencyConflict
+            lambda **how: credit(user_id, 1000 + which, key=first.idempotency_key, **how),
+            IdempotencyConflict,
         )
 
     # Invariants ----------------------------------------------------------------------------
