@@ -1,6 +1,7 @@
 """`flask soma ...`: demo data, account administration and the ledger audit."""
 
 import secrets
+import time
 
 import click
 from flask import current_app
@@ -10,7 +11,7 @@ from soma import ledger
 from soma.auth import service
 from soma.errors import SomaError
 from soma.extensions import db
-from soma.models import EntryKind, PlatformAccount, Role
+from soma.models import EntryKind, PlatformAccount, Role, utcnow
 
 soma_cli = AppGroup("soma", help="Soma's own commands.")
 
@@ -92,3 +93,32 @@ def audit() -> None:
     for violation in violations:
         click.echo(f"  - {violation}", err=True)
     raise SystemExit(1)
+
+
+@soma_cli.command("sweep")
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Repeat the pass every N seconds until stopped (Ctrl-C). Without it, run one pass.",
+)
+def sweep(every: int | None) -> None:
+    """Settle classes that have run their time, and end those paused past the limit."""
+    from soma.classes.service import sweep as sweep_once
+
+    try:
+        while True:
+            result = sweep_once()
+            db.session.remove()
+            if result.completed or result.ended_early or result.failed or every is None:
+                click.echo(
+                    f"{utcnow():%H:%M:%S} sweep: {result.completed} completed, "
+                    f"{result.ended_early} ended early (paused too long), {result.failed} failed"
+                )
+            if every is None:
+                if result.failed:
+                    raise SystemExit(1)
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return

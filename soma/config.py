@@ -16,6 +16,7 @@ ENV_SETTINGS = {
     "RATELIMIT_STORAGE_URI": "memory://",
     "LOGIN_RATE_LIMIT": "5 per minute",
     "PROXY_FIX_X_FOR": "0",
+    "CLASS_PAUSE_LIMIT_MINUTES": "30",
 }
 
 
@@ -78,11 +79,21 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
+        "CLASS_PAUSE_LIMIT_MINUTES": _positive_int(settings, "CLASS_PAUSE_LIMIT_MINUTES", 30),
+        # A callable returning the aware UTC time; tests pass a clock they move.
+        "SOMA_CLOCK": None,
         "TESTING": env == "testing",
     }
     # A test passes Flask keys directly (TESTING, WTF_CSRF_ENABLED, ...).
     config.update({k: v for k, v in settings.items() if k not in ENV_SETTINGS})
     return config
+
+
+def _positive_int(settings: dict, name: str, default: int) -> int:
+    raw = str(settings.get(name) or default).strip()
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, not {raw!r}")
+    return int(raw)
 
 
 def _flag(value) -> bool:

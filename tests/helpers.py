@@ -78,3 +78,21 @@ def balances(user_id: int) -> tuple[int, int]:
         select(Wallet.available, Wallet.locked).where(Wallet.user_id == user_id)
     ).one()
     return row.available, row.locked
+
+
+class FakeClock:
+    """A clock a test moves by hand; install it as the app's `SOMA_CLOCK`."""
+
+    def __init__(self, start=None):
+        from datetime import UTC, datetime
+
+        self.now = start or datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float = 0, minutes: float = 0):
+        from datetime import timedelta
+
+        self.now += timedelta(seconds=seconds, minutes=minutes)
+        return self.now

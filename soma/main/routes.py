@@ -4,6 +4,7 @@ from flask import Blueprint, jsonify, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import text
 
+from soma.classes.service import dashboard_for
 from soma.extensions import db, limiter
 from soma.models import Role
 from soma.security import role_required
@@ -37,14 +38,22 @@ def dashboard():
 @role_required(Role.STUDENT)
 def student_home():
     """The student's home page."""
-    return render_template("main/student.html", summary=wallet_summary(current_user))
+    return render_template(
+        "main/student.html",
+        summary=wallet_summary(current_user),
+        classes=dashboard_for(current_user),
+    )
 
 
 @bp.get("/teacher")
 @role_required(Role.TEACHER)
 def teacher_home():
     """The teacher's home page."""
-    return render_template("main/teacher.html", summary=wallet_summary(current_user))
+    return render_template(
+        "main/teacher.html",
+        summary=wallet_summary(current_user),
+        classes=dashboard_for(current_user),
+    )
 
 
 @bp.get("/healthz")

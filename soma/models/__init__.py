@@ -1,6 +1,7 @@
 """All models, imported here so that Alembic and the app see every table."""
 
 from soma.models.base import Base, UTCDateTime, utcnow
+from soma.models.classes import ClassEvent, ClassSession, ClassStatus
 from soma.models.gift import Gift
 from soma.models.ledger import (
     ENTRY_KIND_LABELS,
@@ -22,6 +23,9 @@ __all__ = [
     "SOURCE_ACCOUNTS",
     "Base",
     "Bucket",
+    "ClassEvent",
+    "ClassSession",
+    "ClassStatus",
     "EntryKind",
     "Gift",
     "JournalEntry",

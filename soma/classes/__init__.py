@@ -1,0 +1,1 @@
+"""Class sessions: booking, the live clock, and settlement through the ledger (SPEC §3, §4)."""

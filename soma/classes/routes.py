@@ -1,0 +1,273 @@
+"""Booking, the live class tracker, its timer fragment, and the teacher's controls.
+
+The tracker page holds two htmx regions:
+- `#timer` polls GET /classes/<id>/timer every second while the class is not
+  final. The fragment carries the status it shows (`seen`); when the server's
+  differs, the answer fires `class-changed`. A final class's fragment has no
+  trigger, so the polling stops.
+- `#panel` (the controls and the viewer's balance) reloads on `class-changed`.
+The controls are forms: htmx posts them and swaps the panel (and the timer,
+out of band); without JavaScript they post and the page reloads.
+"""
+
+import secrets
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from soma import clock
+from soma.classes import service
+from soma.classes.forms import ActionForm, BookingForm
+from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMove, active_at
+from soma.errors import SomaError
+from soma.extensions import db
+from soma.ledger import InsufficientTokens, get_token_pricing
+from soma.ledger.pricing import class_cost_at
+from soma.models import ClassStatus, PricingUserType, Role
+from soma.models.classes import DURATIONS, ClassSession
+from soma.security import role_required
+
+bp = Blueprint("classes", __name__, url_prefix="/classes")
+
+ACTIONS = {
+    "start": Action.START,
+    "pause": Action.PAUSE,
+    "resume": Action.RESUME,
+    "end": Action.END_EARLY,
+    "abort": Action.ABORT,
+    "cancel": Action.CANCEL,
+}
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _class_or_404(class_id: int) -> ClassSession:
+    session = service.class_for(current_user, class_id)
+    if session is None:
+        abort(404)
+    return session
+
+
+# Booking ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    minutes: int
+    cost: int
+    affordable: int  # how many such classes the available balance covers
+    short: int  # tokens missing for one
+
+
+def _quotes(available: int) -> list[Quote]:
+    pricing = get_token_pricing(PricingUserType.STUDENT, clock.now())
+    quotes = []
+    for minutes in DURATIONS:
+        cost = class_cost_at(minutes, pricing)
+        quotes.append(Quote(minutes, cost, available // cost, max(0, cost - available)))
+    return quotes
+
+
+def _booking_page(form: BookingForm, status: int = 200):
+    available, _ = service.wallet_balances(current_user.id)
+    if not form.key.data:
+        form.key.data = secrets.token_urlsafe(16)
+    return render_template(
+        "classes/new.html", form=form, quotes=_quotes(available), available=available
+    ), status
+
+
+@bp.get("/new")
+@role_required(Role.STUDENT)
+def new():
+    """The booking form, with what each duration costs and what the student can afford."""
+    form = BookingForm(teachers=service.teachers())
+    chosen = request.args.get("teacher", type=int)
+    if chosen:
+        form.teacher.data = chosen
+    return _booking_page(form)
+
+
+@bp.post("/new")
+@role_required(Role.STUDENT)
+def create():
+    """Book the class; a double submit finds the first booking."""
+    form = BookingForm(teachers=service.teachers())
+    if not form.validate_on_submit():
+        return _booking_page(form, 422)
+    start = form.start.data.replace(tzinfo=clock.now().tzinfo)
+    try:
+        session = service.book(
+            current_user,
+            form.teacher.data,
+            form.title.data or "",
+            start,
+            form.duration.data,
+            form.key.data or secrets.token_urlsafe(16),
+        )
+    except service.BookingError as error:
+        field = getattr(form, error.field or "teacher")
+        field.errors = [*field.errors, error.message]
+        return _booking_page(form, 422)
+    flash(f"Booked: “{session.title}”.", "success")
+    return redirect(url_for("classes.show", class_id=session.id), 303)
+
+
+# The tracker -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """What the timer shows, computed from the class and the server's `now`."""
+
+    session: ClassSession
+    active: int
+    left: int
+    percent: int
+    token_status: str
+    end_reason: str | None
+
+    @property
+    def elapsed_text(self) -> str:
+        return _mm_ss(self.active)
+
+    @property
+    def left_text(self) -> str:
+        return _mm_ss(self.left)
+
+
+def _mm_ss(seconds: int) -> str:
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def _token_status(session: ClassSession) -> str:
+    cost, status = session.cost_tokens, ClassStatus(session.status)
+    if status == ClassStatus.SCHEDULED:
+        return f"{cost} tokens will be held when the class starts"
+    if status in (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED):
+        return f"{cost} tokens locked"
+    if status == ClassStatus.CANCELLED:
+        return "No tokens moved"
+    charged = session.charged_tokens or 0
+    returned = cost - charged
+    if not charged:
+        return f"{cost} tokens returned to the student"
+    text = f"{charged} tokens paid to the teacher"
+    return text + (f", {returned} returned to the student" if returned else "")
+
+
+def tracker_for(session: ClassSession) -> Tracker:
+    active = active_at(service.clock_of(session), clock.now())
+    planned = session.planned_seconds
+    reason = END_REASON_LABELS[EndReason(session.end_reason)] if session.end_reason else None
+    return Tracker(
+        session=session,
+        active=active,
+        left=planned - active,
+        percent=100 * active // planned,
+        token_status=_token_status(session),
+        end_reason=reason,
+    )
+
+
+def _panel_context(session: ClassSession, error: str | None = None) -> dict:
+    available, locked = service.wallet_balances(current_user.id)
+    return {
+        "session": session,
+        "error": error,
+        "available": available,
+        "locked": locked,
+        "is_teacher": current_user.id == session.teacher_id,
+        "is_student": current_user.id == session.student_id,
+        "is_admin": current_user.role == Role.ADMIN,
+        "form": ActionForm(),
+    }
+
+
+@bp.get("/<int:class_id>")
+@login_required
+def show(class_id: int):
+    """The class tracker: status, the live timer, tokens, balance, and the controls."""
+    session = service.settle_if_due(_class_or_404(class_id))
+    return _show_page(session)
+
+
+def _show_page(session: ClassSession, error: str | None = None, status: int = 200):
+    return render_template(
+        "classes/show.html",
+        tracker=tracker_for(session),
+        events=service.events_of(session.id),
+        **_panel_context(session, error),
+    ), status
+
+
+@bp.get("/<int:class_id>/timer")
+@login_required
+def timer(class_id: int):
+    """The timer fragment, polled every second: one query for the class (plus the user's)."""
+    session = service.settle_if_due(_class_or_404(class_id))
+    headers = {}
+    if request.args.get("seen") != session.status:
+        headers["HX-Trigger"] = "class-changed"
+    return render_template("classes/_timer.html", tracker=tracker_for(session)), 200, headers
+
+
+@bp.get("/<int:class_id>/panel")
+@login_required
+def panel(class_id: int):
+    """The controls and the viewer's balance; reloaded when the class changes."""
+    session = _class_or_404(class_id)
+    return render_template("classes/_panel.html", **_panel_context(session))
+
+
+@bp.post("/<int:class_id>/<name>")
+@login_required
+def control(class_id: int, name: str):
+    """Start, pause, resume, end, abort or cancel the class."""
+    action = ACTIONS.get(name)
+    if action is None:
+        abort(404)
+    session = _class_or_404(class_id)
+    form = ActionForm()
+    if not form.validate_on_submit():
+        return _answer(session, "This form has expired. Reload the page and try again.", 400)
+    try:
+        session = service.act(session, action, current_user)
+    except PermissionError:
+        abort(403)
+    except InsufficientTokens as error:
+        db.session.rollback()
+        return _answer(_reload(class_id), _short_of_tokens(session, error), 409)
+    except (InvalidMove, SomaError) as error:
+        db.session.rollback()
+        return _answer(_reload(class_id), error.message, error.status)
+    if not _is_htmx():
+        return redirect(url_for("classes.show", class_id=session.id), 303)
+    return _answer(session, None, 200)
+
+
+def _reload(class_id: int) -> ClassSession:
+    return _class_or_404(class_id)
+
+
+def _short_of_tokens(session: ClassSession, error: InsufficientTokens) -> str:
+    if current_user.id == session.teacher_id:
+        return (
+            f"The student cannot afford this class: it costs {error.needed} tokens and "
+            f"they have {error.available} available. Nothing was changed."
+        )
+    return str(error)
+
+
+def _answer(session: ClassSession, error: str | None, status: int):
+    """The panel (and, out of band, the timer) for htmx; else the whole page."""
+    if not _is_htmx():
+        return _show_page(session, error, status)
+    return render_template(
+        "classes/_panel_and_timer.html",
+        tracker=tracker_for(session),
+        **_panel_context(session, error),
+    ), status

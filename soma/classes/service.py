@@ -1,0 +1,454 @@
+"""Booking classes, moving them through their states, and settling them through the ledger.
+
+Every change of a class is one transaction: a conditional UPDATE of the class
+row on the version it was read at (a compare-and-set: of two racing requests
+exactly one matches), the event, and the ledger's entry for it (the hold at
+start; the settle or release at the end, whose idempotency key is the class's
+own, so a class closes once even were the row check bypassed). The class row
+is always written before the wallets, the same order everywhere.
+
+A class falls due when its active time reaches the planned time, or when it
+stays paused past the limit. Whoever looks first settles it: the tracker's
+poll, a teacher's action, or the sweeper (`sweep`), which finds due classes
+through the indexed `due_at` and `paused_at`.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, or_, select, true, update
+from sqlalchemy.exc import IntegrityError
+
+from soma import clock, ledger
+from soma.classes.machine import Action, Clock, InvalidMove, Ledger, Move, decide, due
+from soma.errors import SomaError
+from soma.extensions import db
+from soma.ledger.pricing import class_cost
+from soma.models import EntryKind, Role, User, Wallet
+from soma.models.classes import (
+    DURATIONS,
+    FINAL_STATUSES,
+    ClassEvent,
+    ClassSession,
+    ClassStatus,
+)
+from soma.notifications.service import notify
+
+# Tries of a compare-and-set before giving up: each miss means another request
+# changed the class first, and the next try decides again on what it did.
+ATTEMPTS = 3
+
+TEACHER_ACTIONS = frozenset(
+    {Action.START, Action.PAUSE, Action.RESUME, Action.END_EARLY, Action.ABORT}
+)
+
+
+class BookingError(SomaError):
+    status = 400
+    title = "Cannot book that class"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class ClassBusy(SomaError):
+    title = "Try again"
+
+    def __init__(self):
+        super().__init__("This class changed several times at once. Reload the page and try again.")
+
+
+def class_path(class_id: int) -> str:
+    """The tracker's path, for links written outside a request (the sweeper's notifications)."""
+    return f"/classes/{class_id}"
+
+
+def pause_limit() -> timedelta:
+    return timedelta(minutes=current_app.config["CLASS_PAUSE_LIMIT_MINUTES"])
+
+
+def clock_of(session: ClassSession) -> Clock:
+    return Clock(
+        status=ClassStatus(session.status),
+        scheduled_start=session.scheduled_start,
+        planned_seconds=session.planned_seconds,
+        cost=session.cost_tokens,
+        active_seconds=session.active_seconds,
+        running_since=session.running_since,
+        paused_at=session.paused_at,
+    )
+
+
+# Reading ---------------------------------------------------------------------------------
+
+
+def visible_to(viewer: User):
+    """The WHERE clause of the classes `viewer` may see: their own, or all for an admin."""
+    if viewer.role == Role.ADMIN:
+        return true()
+    return or_(ClassSession.student_id == viewer.id, ClassSession.teacher_id == viewer.id)
+
+
+def class_for(viewer: User, class_id: int) -> ClassSession | None:
+    """The class, read fresh, if `viewer` may see it; None otherwise (the caller answers 404)."""
+    return db.session.scalars(
+        select(ClassSession)
+        .where(ClassSession.id == class_id, visible_to(viewer))
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    upcoming: list[ClassSession]
+    past: list[ClassSession]
+
+
+def dashboard_for(user: User, past_limit: int = 10) -> Dashboard:
+    """A user's classes not yet over (soonest first) and the latest ones that are."""
+    mine = or_(ClassSession.student_id == user.id, ClassSession.teacher_id == user.id)
+    final = ClassSession.status.in_([s.value for s in FINAL_STATUSES])
+    upcoming = db.session.scalars(
+        select(ClassSession).where(mine, ~final).order_by(ClassSession.scheduled_start)
+    ).all()
+    past = db.session.scalars(
+        select(ClassSession)
+        .where(mine, final)
+        .order_by(ClassSession.scheduled_start.desc(), ClassSession.id.desc())
+        .limit(past_limit)
+    ).all()
+    return Dashboard(list(upcoming), list(past))
+
+
+def teachers() -> list[User]:
+    return list(
+        db.session.scalars(
+            select(User).where(User.role == Role.TEACHER).order_by(User.display_name, User.id)
+        )
+    )
+
+
+def events_of(class_id: int) -> list[ClassEvent]:
+    return list(
+        db.session.scalars(
+            select(ClassEvent).where(ClassEvent.class_id == class_id).order_by(ClassEvent.id)
+        )
+    )
+
+
+# Booking ---------------------------------------------------------------------------------
+
+
+def book(
+    student: User,
+    teacher_id: int,
+    title: str,
+    start: datetime,
+    duration_minutes: int,
+    key: str,
+    now: datetime | None = None,
+) -> ClassSession:
+    """Book a class; a repeated `key` returns the first booking. Raises BookingError."""
+    now = now or clock.now()
+    existing = db.session.scalars(
+        select(ClassSession).where(ClassSession.booking_key == key)
+    ).first()
+    if existing is not None:
+        if existing.student_id != student.id:
+            raise BookingError("This booking form was already used. Reload the page.")
+        return existing
+    if student.role != Role.STUDENT:
+        raise BookingError("Only students book classes.")
+    teacher = db.session.get(User, teacher_id) if teacher_id else None
+    if teacher is None or teacher.role != Role.TEACHER:
+        raise BookingError("Choose one of our teachers.", "teacher")
+    if duration_minutes not in DURATIONS:
+        allowed = ", ".join(map(str, DURATIONS))
+        raise BookingError(f"A class lasts {allowed} minutes.", "duration")
+    if start.tzinfo is None:
+        raise BookingError("Give the start time with its time zone.", "start")
+    if start <= now:
+        raise BookingError("Choose a start time in the future.", "start")
+    title = " ".join(title.split())[:120] or f"Class with {teacher.display_name}"
+    session = ClassSession(
+        booking_key=key,
+        student_id=student.id,
+        teacher_id=teacher.id,
+        title=title,
+        scheduled_start=start,
+        duration_minutes=duration_minutes,
+        cost_tokens=class_cost(duration_minutes, now),
+        created_at=now,
+    )
+    db.session.add(session)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return book(student, teacher_id, title, start, duration_minutes, key, now)
+    notify(
+        teacher.id,
+        "class_booked",
+        f"{student.display_name} booked “{title}” for {start:%d %b %Y, %H:%M} UTC.",
+        link=class_path(session.id),
+    )
+    db.session.commit()
+    return session
+
+
+# Acting ----------------------------------------------------------------------------------
+
+
+def act(session: ClassSession, action: Action, actor: User, now: datetime | None = None):
+    """Apply a person's `action` to the class; return the class as it now is.
+
+    Raises InvalidMove (409) when the action does not apply, PermissionError
+    when `actor` may not take it, InsufficientTokens when the student cannot
+    afford the start. On any of them nothing changed. A class that has fallen
+    due is settled first; the action then finds it over.
+    """
+    _check_allowed(session, action, actor)
+    now = now or clock.now()
+    for _ in range(ATTEMPTS):
+        session = settle_if_due(session, now)
+        state, version = _read(session)
+        move = decide(state, action, now, pause_limit())
+        if _apply(session, version, move, actor.id):
+            return session
+        session = _reload(session.id)
+    raise ClassBusy()
+
+
+def settle_if_due(session: ClassSession, now: datetime | None = None) -> ClassSession:
+    """Settle the class if it has run its time or paused too long; return it as it now is.
+
+    Safe to call from any number of requests at once: one settles, the others
+    find it settled.
+    """
+    now = now or clock.now()
+    for _ in range(ATTEMPTS):
+        state, version = _read(session)
+        move = due(state, now, pause_limit())
+        if move is None or _apply(session, version, move, None):
+            return session
+        session = _reload(session.id)
+    raise ClassBusy()
+
+
+def _read(session: ClassSession) -> tuple[Clock, int]:
+    """The class's clock and the version it belongs to, from one load of the row."""
+    return clock_of(session), session.version
+
+
+def _check_allowed(session: ClassSession, action: Action, actor: User) -> None:
+    is_teacher = actor.id == session.teacher_id
+    is_student = actor.id == session.student_id
+    is_admin = actor.role == Role.ADMIN
+    if action == Action.CANCEL:
+        allowed = is_teacher or is_student or is_admin
+    elif action == Action.ABORT:
+        allowed = is_teacher or is_admin
+    elif action in TEACHER_ACTIONS:
+        allowed = is_teacher
+    else:
+        allowed = False  # the system's own actions
+    if not allowed:
+        raise PermissionError(f"{actor.role} {actor.id} may not {action} class {session.id}")
+
+
+def _reload(class_id: int) -> ClassSession:
+    return db.session.scalars(
+        select(ClassSession)
+        .where(ClassSession.id == class_id)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _apply(session: ClassSession, version: int, move: Move, actor_id: int | None) -> bool:
+    """Write `move` if the class is still at `version`; False if another request won.
+
+    One transaction: the class row, its event, the ledger entry and the
+    notifications. Any error rolls all of it back.
+    """
+    values = {
+        "status": move.status.value,
+        "version": version + 1,
+        "active_seconds": move.active_seconds,
+        "running_since": move.running_since,
+        "due_at": move.due_at,
+        "paused_at": move.paused_at,
+    }
+    if move.action == Action.START:
+        values["started_at"] = move.at
+    if move.is_final:
+        values.update(ended_at=move.at, end_reason=move.end_reason.value)
+        values["charged_tokens"] = move.charge
+    class_id = session.id
+    try:
+        with ledger.atomic():
+            claimed = db.session.execute(
+                update(ClassSession)
+                .where(ClassSession.id == class_id, ClassSession.version == version)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if claimed != 1:
+                raise _Lost()
+            db.session.add(
+                ClassEvent(
+                    class_id=class_id,
+                    kind=move.event.value,
+                    at=move.at,
+                    actor_id=actor_id,
+                    active_seconds=move.active_seconds,
+                )
+            )
+            entries = _move_tokens(session, move, actor_id)
+            if entries:
+                db.session.execute(
+                    update(ClassSession)
+                    .where(ClassSession.id == class_id)
+                    .values(**entries)
+                    .execution_options(synchronize_session=False)
+                )
+            if move.is_final:
+                _notify_end(session, move)
+    except _Lost:
+        return False
+    db.session.expire(session)
+    return True
+
+
+class _Lost(Exception):
+    """Another request changed the class first."""
+
+
+def _move_tokens(session: ClassSession, move: Move, actor_id: int | None) -> dict:
+    """The ledger's entry for `move`, in the current transaction; the entry ids to record."""
+    details = {
+        "reference": ("class", session.id),
+        "memo": session.title,
+        "actor_id": actor_id,
+        "now": move.at,
+    }
+    if move.ledger == Ledger.HOLD:
+        held = ledger.hold(
+            session.student_id,
+            session.cost_tokens,
+            key=f"class:{session.id}:hold",
+            kind=EntryKind.CLASS_HOLD,
+            **details,
+        )
+        return {"hold_entry_id": held.id}
+    if move.ledger is None:
+        return {}
+    facts = {"holder_id": session.student_id, "held": session.cost_tokens}
+    # One key for however the class closes: it can close only once.
+    key = f"class:{session.id}:close"
+    if move.ledger == Ledger.SETTLE:
+        closing = ledger.settle(
+            session.hold_entry_id,
+            move.charge,
+            key=key,
+            to_user_id=session.teacher_id,
+            **facts,
+            **details,
+        )
+    else:
+        closing = ledger.release(session.hold_entry_id, key=key, **facts, **details)
+    return {"closing_entry_id": closing.id}
+
+
+def _notify_end(session: ClassSession, move: Move) -> None:
+    link = class_path(session.id)
+    title = session.title
+    returned = session.cost_tokens - move.charge
+    if move.status == ClassStatus.CANCELLED:
+        for user_id in (session.student_id, session.teacher_id):
+            notify(user_id, "class_cancelled", f"“{title}” was cancelled.", link)
+        return
+    if move.status == ClassStatus.ABORTED:
+        notify(session.student_id, "class_aborted",
+               f"“{title}” was aborted; your {returned} tokens were returned.", link)  # fmt: skip
+        notify(session.teacher_id, "class_aborted", f"“{title}” was aborted.", link)
+        return
+    student_text = f"“{title}” ended: {move.charge} tokens paid"
+    if returned:
+        student_text += f", {returned} returned to you"
+    notify(session.student_id, "class_completed", student_text + ".", link)
+    notify(session.teacher_id, "class_completed",
+           f"“{title}” ended: you earned {move.charge} tokens.", link)  # fmt: skip
+
+
+# The sweeper -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    completed: int
+    ended_early: int
+    failed: int
+
+
+def sweep(now: datetime | None = None, limit: int = 500) -> SweepResult:
+    """One pass: settle every class that has run its time or stayed paused too long."""
+    now = now or clock.now()
+    cutoff = now - pause_limit()
+    due_ids = db.session.scalars(
+        select(ClassSession.id)
+        .where(
+            or_(
+                and_(
+                    ClassSession.status == ClassStatus.IN_PROGRESS.value,
+                    ClassSession.due_at <= now,
+                ),
+                and_(
+                    ClassSession.status == ClassStatus.PAUSED.value,
+                    ClassSession.paused_at <= cutoff,
+                ),
+            )
+        )
+        .order_by(ClassSession.id)
+        .limit(limit)
+    ).all()
+    db.session.rollback()  # end the read: each class settles in a transaction of its own
+    completed = ended_early = failed = 0
+    for class_id in due_ids:
+        try:
+            session = settle_if_due(_reload(class_id), now)
+        except Exception:
+            db.session.rollback()
+            current_app.logger.exception("sweeper: class %s could not be settled", class_id)
+            failed += 1
+            continue
+        if session.status == ClassStatus.COMPLETED:
+            completed += 1
+        elif session.status == ClassStatus.ENDED_EARLY:
+            ended_early += 1
+    return SweepResult(completed, ended_early, failed)
+
+
+# The tracker's figures -------------------------------------------------------------------
+
+
+def wallet_balances(user_id: int) -> tuple[int, int]:
+    row = db.session.execute(
+        select(Wallet.available, Wallet.locked).where(Wallet.user_id == user_id)
+    ).one()
+    return row.available, row.locked
+
+
+__all__ = [
+    "Action",
+    "BookingError",
+    "ClassBusy",
+    "InvalidMove",
+    "act",
+    "book",
+    "class_for",
+    "dashboard_for",
+    "settle_if_due",
+    "sweep",
+]

@@ -1,0 +1,414 @@
+"""Classes through the pages: booking, the teacher's controls, the tracker, the sweeper.
+
+Time is the app's clock (`SOMA_CLOCK`), a FakeClock the tests move.
+"""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from soma import ledger
+from soma.classes import service
+from soma.extensions import db, limiter
+from soma.models import ClassEvent, ClassSession, JournalEntry
+from tests.helpers import FakeClock, balances, csrf_from, fund, make_user, text_of
+
+START = "2026-11-24T10:00"
+
+
+@pytest.fixture
+def clock(app):
+    fake = FakeClock()  # 24 Nov 2026, 09:00 UTC
+    app.config["SOMA_CLOCK"] = fake
+    return fake
+
+
+@pytest.fixture
+def people(app, clock):
+    with app.app_context():
+        student = make_user("student", name="Sam Student")
+        teacher = make_user("teacher", name="Tara Teacher")
+        other_teacher = make_user("teacher", name="Otto Other")
+        other_student = make_user("student", name="Olga Other")
+        fund(student.id, 25)
+        return {
+            "student": student.id,
+            "teacher": teacher.id,
+            "other_teacher": other_teacher.id,
+            "other_student": other_student.id,
+            "emails": {
+                "student": student.email,
+                "teacher": teacher.email,
+                "other_teacher": other_teacher.email,
+                "other_student": other_student.email,
+            },
+        }
+
+
+def login(client, auth, people, who: str):
+    """Log in as `who`; these tests switch people more often than the log-in limit allows."""
+    with client.application.app_context():
+        limiter.reset()
+    auth.logout()
+    response = auth.login(people["emails"][who])
+    assert response.status_code == 302
+
+
+def book(client, people, minutes=60, start=START, title="Fractions", key="k1"):
+    page = client.get("/classes/new").get_data(as_text=True)
+    return client.post(
+        "/classes/new",
+        data={
+            "csrf_token": csrf_from(page),
+            "teacher": people["teacher"],
+            "title": title,
+            "start": start,
+            "duration": minutes,
+            "key": key,
+        },
+    )
+
+
+@pytest.fixture
+def booked(app, client, auth, people):
+    """A 60-minute class at 10:00, booked by the student; the teacher is logged in."""
+    login(client, auth, people, "student")
+    response = book(client, people)
+    assert response.status_code == 303
+    class_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    login(client, auth, people, "teacher")
+    return class_id
+
+
+def control(client, class_id: int, name: str, htmx: bool = True):
+    page = client.get(f"/classes/{class_id}").get_data(as_text=True)
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(
+        f"/classes/{class_id}/{name}", data={"csrf_token": csrf_from(page)}, headers=headers
+    )
+
+
+def the_class(app, class_id: int) -> ClassSession:
+    with app.app_context():
+        session = db.session.get(ClassSession, class_id)
+        db.session.expunge(session)
+        return session
+
+
+def entries_for(app, class_id: int) -> list[tuple[str, int]]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "class", JournalEntry.reference_id == class_id)
+            .order_by(JournalEntry.id)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+def money(app, people) -> tuple:
+    with app.app_context():
+        return balances(people["student"]), balances(people["teacher"])
+
+
+# Booking -----------------------------------------------------------------------------------
+
+
+def test_the_booking_page_shows_costs_and_what_the_student_can_afford(client, auth, people):
+    login(client, auth, people, "student")
+    text = text_of(client.get("/classes/new").get_data(as_text=True))
+    assert "You have 25 tokens available." in text
+    assert "60 minutes 10 tokens you can afford 2 such classes" in text
+    assert "30 minutes 5 tokens you can afford 5 such classes" in text
+    assert "45 minutes 8 tokens you can afford 3 such classes" in text
+    assert "120 minutes 20 tokens you can afford 1 such class " in text
+    assert "Tara Teacher" in text and "Otto Other" in text
+
+
+def test_the_booking_page_says_how_many_tokens_are_missing(app, client, auth, people):
+    with app.app_context():
+        ledger.transfer(people["student"], people["other_student"], 20, key="drain")
+        db.session.commit()
+    login(client, auth, people, "student")
+    text = text_of(client.get("/classes/new").get_data(as_text=True))
+    assert "60 minutes 10 tokens you need 5 more tokens · buy tokens" in text
+    assert "30 minutes 5 tokens you can afford 1 such class " in text
+
+
+def test_booking_a_class_freezes_its_cost_and_shows_it_to_both_sides(app, client, auth, people):
+    login(client, auth, people, "student")
+    response = book(client, people, minutes=45, title="  Algebra   basics ")
+    assert response.status_code == 303
+    class_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    session = the_class(app, class_id)
+    assert (session.title, session.duration_minutes, session.cost_tokens) == (
+        "Algebra basics",
+        45,
+        8,
+    )
+    assert (session.status, session.student_id, session.teacher_id) == (
+        "scheduled",
+        people["student"],
+        people["teacher"],
+    )
+    again = book(client, people, minutes=45, title="Algebra basics")  # a double submit
+    assert again.headers["Location"] == response.headers["Location"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ClassSession)) == 1
+
+    home = text_of(client.get("/student").get_data(as_text=True))
+    assert (
+        "Upcoming Algebra basics · 24 Nov 2026, 10:00 UTC · 45 min · 8 tokens · with Tara Teacher"
+        in home
+    )
+    login(client, auth, people, "teacher")
+    home = text_of(client.get("/teacher").get_data(as_text=True))
+    assert "Algebra basics · 24 Nov 2026, 10:00 UTC · 45 min · 8 tokens · with Sam Student" in home
+    assert money(app, people) == ((25, 0), (0, 0))  # booking holds nothing
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"start": "2026-11-24T08:59"}, "Choose a start time in the future."),
+        ({"start": ""}, "Choose a date and a time, in UTC."),
+        ({"teacher": "999999"}, "Choose one of our teachers."),
+        ({"teacher": "other_student"}, "Choose one of our teachers."),
+        ({"duration": "50"}, "A class lasts 30, 45, 60, 90, 120 minutes."),
+        ({"duration": "sixty"}, "A class lasts 30, 45, 60, 90, 120 minutes."),
+    ],
+)
+def test_a_booking_with_a_bad_field_is_refused_on_that_field(
+    app, client, auth, people, change, message
+):
+    login(client, auth, people, "student")
+    page = client.get("/classes/new").get_data(as_text=True)
+    data = {"csrf_token": csrf_from(page), "teacher": people["teacher"], "title": "x",
+            "start": START, "duration": "60", "key": "bad"}  # fmt: skip
+    data.update(change)
+    if data["teacher"] == "other_student":
+        data["teacher"] = people["other_student"]
+    response = client.post("/classes/new", data=data)
+    assert response.status_code == 422
+    assert message in text_of(response.get_data(as_text=True))
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ClassSession)) == 0
+
+
+def test_either_side_can_cancel_a_scheduled_class_and_nothing_moves(
+    app, client, auth, people, booked
+):
+    response = control(client, booked, "cancel", htmx=False)
+    assert response.status_code == 303
+    assert the_class(app, booked).status == "cancelled"
+    assert entries_for(app, booked) == []
+    page = text_of(client.get(f"/classes/{booked}").get_data(as_text=True))
+    assert "Cancelled" in page and "No tokens moved" in page
+    assert "The class was cancelled before it started." in page
+
+
+# The teacher's controls --------------------------------------------------------------------
+
+
+def test_start_holds_the_cost_and_the_tracker_shows_it(app, client, auth, people, booked, clock):
+    clock.advance(minutes=55)  # 09:55, five minutes early
+    response = control(client, booked, "start")
+    assert response.status_code == 200
+    fragment = text_of(response.get_data(as_text=True))
+    assert "In progress" in fragment and "10 tokens locked" in fragment
+    assert money(app, people) == ((15, 10), (0, 0))
+    assert entries_for(app, booked) == [("class_hold", 10)]
+    session = the_class(app, booked)
+    assert session.hold_entry_id is not None
+    assert session.due_at == clock.now + timedelta(minutes=60)
+
+    clock.advance(seconds=75)
+    timer = client.get(f"/classes/{booked}/timer?seen=in_progress")
+    text = text_of(timer.get_data(as_text=True))
+    assert "Elapsed 01:15" in text and "Time left 58:45" in text
+    assert 'hx-trigger="every 1s"' in timer.get_data(as_text=True)
+    assert "HX-Trigger" not in timer.headers  # nothing changed since the page last saw it
+
+    login(client, auth, people, "student")
+    page = text_of(client.get(f"/classes/{booked}").get_data(as_text=True))
+    assert "Your balance: 15 tokens available · 10 tokens locked" in page
+    assert "Elapsed 01:15" in page
+
+
+def test_a_start_too_early_or_unaffordable_changes_nothing(
+    app, client, auth, people, booked, clock
+):
+    response = control(client, booked, "start")  # 09:00, an hour early
+    assert response.status_code == 409
+    assert "can be started from 24 Nov 2026, 09:50 UTC" in text_of(response.get_data(as_text=True))
+
+    with app.app_context():
+        ledger.transfer(people["student"], people["other_student"], 19, key="drain")
+        db.session.commit()
+    clock.advance(minutes=50)
+    response = control(client, booked, "start")
+    assert response.status_code == 409
+    text = text_of(response.get_data(as_text=True))
+    assert (
+        "The student cannot afford this class: it costs 10 tokens and they have 6 available."
+        in text
+    )
+    assert the_class(app, booked).status == "scheduled"
+    assert entries_for(app, booked) == []
+    assert money(app, people) == ((6, 0), (0, 0))
+
+    login(client, auth, people, "student")
+    page = text_of(client.get(f"/classes/{booked}").get_data(as_text=True))
+    assert "This class needs 10 tokens when it starts and you have 6 tokens. Buy tokens" in page
+
+
+def test_pause_and_resume_freeze_and_continue_the_clock(app, client, auth, people, booked, clock):
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    clock.advance(minutes=10)
+    assert control(client, booked, "pause").status_code == 200
+    clock.advance(minutes=5)
+    text = text_of(client.get(f"/classes/{booked}/timer?seen=paused").get_data(as_text=True))
+    assert "Paused" in text and "Elapsed 10:00" in text and "Time left 50:00" in text
+    assert control(client, booked, "resume").status_code == 200
+    clock.advance(seconds=30)
+    text = text_of(client.get(f"/classes/{booked}/timer?seen=in_progress").get_data(as_text=True))
+    assert "Elapsed 10:30" in text
+    with app.app_context():
+        kinds = db.session.scalars(
+            select(ClassEvent.kind).where(ClassEvent.class_id == booked).order_by(ClassEvent.id)
+        ).all()
+        assert kinds == ["start", "pause", "resume"]
+
+
+def test_invalid_moves_get_409_and_change_nothing(app, client, auth, people, booked, clock):
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    assert control(client, booked, "start").status_code == 409
+    control(client, booked, "pause")
+    before = the_class(app, booked)
+    response = control(client, booked, "pause")
+    assert response.status_code == 409
+    assert "This class is already paused." in text_of(response.get_data(as_text=True))
+    after = the_class(app, booked)
+    assert (after.status, after.version, after.active_seconds) == ("paused", before.version, 0)
+    control(client, booked, "abort")
+    response = control(client, booked, "resume", htmx=False)  # a plain form: the whole page
+    assert response.status_code == 409
+    text = text_of(response.get_data(as_text=True))
+    assert "This class is over; it cannot be resumed now." in text
+    assert "Elapsed" in text  # the tracker page, with the error next to the controls
+    assert entries_for(app, booked) == [("class_hold", 10), ("class_release", 10)]
+    assert money(app, people) == ((25, 0), (0, 0))
+
+
+def test_only_the_classes_teacher_acts_and_only_its_people_see_it(
+    app, client, auth, people, booked, clock
+):
+    clock.advance(minutes=60)
+    login(client, auth, people, "student")
+    assert control(client, booked, "start").status_code == 403
+    login(client, auth, people, "other_teacher")
+    assert client.get(f"/classes/{booked}").status_code == 404
+    assert client.get(f"/classes/{booked}/timer").status_code == 404
+    login(client, auth, people, "other_student")
+    assert client.get(f"/classes/{booked}").status_code == 404
+    assert the_class(app, booked).status == "scheduled"
+    with app.app_context():
+        admin_email = make_user("admin").email
+        limiter.reset()
+    auth.logout()
+    auth.login(admin_email)
+    assert "Fractions" in client.get(f"/classes/{booked}").get_data(as_text=True)
+
+
+# Completion --------------------------------------------------------------------------------
+
+
+def test_the_timer_settles_a_due_class_once_and_stops_polling(
+    app, client, auth, people, booked, clock
+):
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    clock.advance(minutes=59, seconds=59)
+    timer = client.get(f"/classes/{booked}/timer?seen=in_progress")
+    assert "Time left 00:01" in text_of(timer.get_data(as_text=True))
+    clock.advance(seconds=1)
+    timer = client.get(f"/classes/{booked}/timer?seen=in_progress")
+    html = timer.get_data(as_text=True)
+    assert "Completed" in text_of(html) and "10 tokens paid to the teacher" in text_of(html)
+    assert "Elapsed 60:00" in text_of(html) and "Time left 00:00" in text_of(html)
+    assert "hx-trigger" not in html  # the polling stops
+    assert timer.headers["HX-Trigger"] == "class-changed"  # the balance refreshes
+    for _ in range(3):  # more polls, a page load, the sweeper: nothing more moves
+        client.get(f"/classes/{booked}/timer?seen=in_progress")
+    client.get(f"/classes/{booked}")
+    with app.app_context():
+        assert service.sweep() == service.SweepResult(0, 0, 0)
+    assert entries_for(app, booked) == [("class_hold", 10), ("class_settle", 10)]
+    assert money(app, people) == ((15, 0), (10, 0))
+    session = the_class(app, booked)
+    assert (session.status, session.end_reason, session.charged_tokens) == (
+        "completed",
+        "completed",
+        10,
+    )
+    panel = text_of(client.get(f"/classes/{booked}/panel").get_data(as_text=True))
+    assert "Your balance: 10 tokens available · 0 tokens locked" in panel
+    with app.app_context():
+        assert ledger.run_audit() == []
+
+
+def test_ending_early_charges_pro_rata(app, client, auth, people, booked, clock):
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    clock.advance(minutes=21)
+    response = control(client, booked, "end")
+    text = text_of(response.get_data(as_text=True))
+    assert (
+        "Ended early" in text and "4 tokens paid to the teacher, 6 returned to the student" in text
+    )
+    assert money(app, people) == ((21, 0), (4, 0))
+    with app.app_context():
+        messages = [n.message for n in db.session.scalars(select(ledger_notifications()))]
+    assert "“Fractions” ended: 4 tokens paid, 6 returned to you." in messages
+    assert "“Fractions” ended: you earned 4 tokens." in messages
+
+
+def ledger_notifications():
+    from soma.models import Notification
+
+    return Notification
+
+
+def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
+    app, client, auth, people, clock, runner
+):
+    login(client, auth, people, "student")
+    ids = []
+    for n in range(3):
+        response = book(client, people, minutes=30, key=f"sweep{n}", title=f"Class {n}")
+        ids.append(int(response.headers["Location"].rsplit("/", 1)[1]))
+    login(client, auth, people, "teacher")
+    clock.advance(minutes=60)
+    for class_id in ids:
+        control(client, class_id, "start")
+    control(client, ids[1], "pause")  # paused at once: 0 active seconds
+    clock.advance(minutes=5)
+    control(client, ids[2], "pause")  # paused after 5 minutes
+    clock.advance(minutes=29)
+    result = runner.invoke(args=["soma", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "1 completed, 1 ended early (paused too long), 0 failed" in result.output
+    statuses = [the_class(app, class_id).status for class_id in ids]
+    assert statuses == ["completed", "ended_early", "paused"]
+    clock.advance(minutes=2)
+    with app.app_context():
+        assert service.sweep() == service.SweepResult(0, 1, 0)
+    # 5 + (0 back in full) + ceil(5 x 300/1800) = 1
+    assert entries_for(app, ids[0]) == [("class_hold", 5), ("class_settle", 5)]
+    assert entries_for(app, ids[1]) == [("class_hold", 5), ("class_release", 5)]
+    assert entries_for(app, ids[2]) == [("class_hold", 5), ("class_settle", 1)]
+    assert money(app, people) == ((25 - 5 - 1, 0), (6, 0))
+    with app.app_context():
+        assert ledger.run_audit() == []
