@@ -19,9 +19,12 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 ## run: set up, migrate SQLite, create demo accounts, serve on http://127.0.0.1:5000
+## with the sweeper beside it; Ctrl-C stops both
 run: $(VENV)/.installed
 	$(BIN)/flask db upgrade
 	$(BIN)/flask soma demo
+	@$(BIN)/flask soma sweep --every 10 & sweeper=$$!; \
+	trap 'kill $$sweeper 2>/dev/null; wait $$sweeper 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
 ## test: set up and run every suite (unit, PostgreSQL, browser)

@@ -96,3 +96,22 @@ class FakeClock:
 
         self.now += timedelta(seconds=seconds, minutes=minutes)
         return self.now
+
+
+class ShiftedClock:
+    """The real time plus an offset a test can move: timers run, and days pass at will."""
+
+    def __init__(self):
+        from datetime import timedelta
+
+        self.offset = timedelta()
+
+    def __call__(self):
+        from soma.models import utcnow
+
+        return utcnow() + self.offset
+
+    def advance(self, seconds: float = 0, minutes: float = 0):
+        from datetime import timedelta
+
+        self.offset += timedelta(seconds=seconds, minutes=minutes)

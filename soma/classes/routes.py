@@ -184,6 +184,7 @@ def _panel_context(session: ClassSession, error: str | None = None) -> dict:
         "is_student": current_user.id == session.student_id,
         "is_admin": current_user.role == Role.ADMIN,
         "form": ActionForm(),
+        "events": service.events_of(session.id),
     }
 
 
@@ -199,7 +200,6 @@ def _show_page(session: ClassSession, error: str | None = None, status: int = 20
     return render_template(
         "classes/show.html",
         tracker=tracker_for(session),
-        events=service.events_of(session.id),
         **_panel_context(session, error),
     ), status
 

@@ -1,0 +1,96 @@
+"""A live class in two browsers: the teacher starts, pauses and resumes; the student watches."""
+
+import re
+import time
+from datetime import timedelta
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from soma.classes import service
+from tests.browser.test_wallet_browser import log_in
+from tests.helpers import ShiftedClock, balances, fund, make_user
+
+
+@pytest.fixture
+def shifted(app):
+    clock = ShiftedClock()
+    app.config["SOMA_CLOCK"] = clock
+    return clock
+
+
+def elapsed_seconds(page: Page) -> int:
+    minutes, seconds = page.get_by_test_id("elapsed").inner_text().split(":")
+    return int(minutes) * 60 + int(seconds)
+
+
+def test_a_class_runs_live_for_both_sides_and_settles_once(
+    app, live_server, page: Page, browser: Browser, shifted
+):
+    with app.app_context():
+        student = make_user("student", email="sam@example.com", name="Sam Student")
+        teacher = make_user("teacher", email="tara@example.com", name="Tara Teacher")
+        fund(student.id, 30)
+        booked = service.book(
+            student, teacher.id, "Fractions", shifted() + timedelta(minutes=5), 30, key="live"
+        )
+        class_url = f"{live_server}/classes/{booked.id}"
+        student_id, teacher_id = student.id, teacher.id
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    log_in(page, live_server, "sam@example.com")
+    page.goto(class_url)
+    expect(page.get_by_test_id("status")).to_have_text("Scheduled")
+    expect(page.get_by_test_id("viewer-available")).to_have_text("30 tokens")
+
+    teacher_context = browser.new_context()
+    try:
+        teacher_page = teacher_context.new_page()
+        teacher_page.set_default_timeout(10_000)
+        teacher_page.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(teacher_page, live_server, "tara@example.com")
+        teacher_page.goto(class_url)
+        teacher_page.get_by_test_id("control-start").click()
+        expect(teacher_page.get_by_test_id("status")).to_have_text("In progress")
+
+        # The student's page sees the start and the hold, with no reload.
+        expect(page.get_by_test_id("status")).to_have_text("In progress")
+        expect(page.get_by_test_id("token-status")).to_have_text("5 tokens locked")
+        expect(page.get_by_test_id("viewer-available")).to_have_text("25 tokens")
+        expect(page.get_by_test_id("viewer-locked")).to_have_text("5 tokens")
+
+        first = elapsed_seconds(page)
+        time.sleep(2.5)
+        assert elapsed_seconds(page) >= first + 2
+
+        teacher_page.get_by_test_id("control-pause").click()
+        expect(page.get_by_test_id("status")).to_have_text("Paused")
+        frozen = elapsed_seconds(page)
+        time.sleep(2)
+        assert elapsed_seconds(page) == frozen
+        assert elapsed_seconds(teacher_page) == frozen
+
+        teacher_page.get_by_test_id("control-resume").click()
+        expect(page.get_by_test_id("status")).to_have_text("In progress")
+        time.sleep(2.2)
+        assert elapsed_seconds(page) >= frozen + 2
+
+        shifted.advance(minutes=30)  # the rest of the class passes
+        expect(page.get_by_test_id("status")).to_have_text("Completed")
+        expect(page.get_by_test_id("token-status")).to_have_text("5 tokens paid to the teacher")
+        expect(page.get_by_test_id("elapsed")).to_have_text("30:00")
+        expect(page.get_by_test_id("viewer-available")).to_have_text("25 tokens")
+        expect(page.get_by_test_id("viewer-locked")).to_have_text("0 tokens")
+        expect(teacher_page.get_by_test_id("status")).to_have_text("Completed")
+        expect(teacher_page.get_by_test_id("viewer-available")).to_have_text("5 tokens")
+        # The polling has stopped: the final timer carries no trigger.
+        expect(page.get_by_test_id("timer")).not_to_have_attribute("hx-trigger", re.compile(".*"))
+        expect(teacher_page.get_by_test_id("control-pause")).to_have_count(0)
+    finally:
+        teacher_context.close()
+
+    with app.app_context():
+        assert balances(student_id) == (25, 0)
+        assert balances(teacher_id) == (5, 0)
+    assert errors == []
