@@ -400,6 +400,14 @@ def post(
     if hold_check is not None:
         values["p_holder"], values["p_held"], values["p_hold_kind"] = hold_check
     if own_transaction:
+        session = db.session()
+        if session.in_transaction() and _session_has_written(session.connection()):
+            # The entry would wait for the session's row locks, which the session
+            # releases only after this returns: it would wait forever.
+            raise InvalidPosting(
+                "an entry of its own cannot be posted while the session's transaction "
+                "holds writes: commit them first, or post the entry in that transaction"
+            )
         entry_id = _post_alone(values, accounts)
         if entry_id is None:
             with db.engine.connect() as connection:
@@ -498,17 +506,17 @@ def _autocommit_row(sql: str, values: dict) -> tuple:
     The driver's own connection is used directly: this is the ledger's hottest
     path, and a statement in autocommit needs no BEGIN, no COMMIT and none of
     SQLAlchemy's transaction bookkeeping. Errors come out as SQLAlchemy's, and a
-    lost connection is dropped from the pool, as SQLAlchemy would do.
+    lost connection is dropped from the pool, as SQLAlchemy would do. The
+    connection goes back to the pool out of autocommit, or not at all: any
+    other interruption (a timeout's signal, say) leaves its state unknown, so
+    it is dropped. (Then, as after any error here, the entry may or may not
+    have been written: retry with the same key to find out.)
     """
     pooled = db.engine.raw_connection()
     driver = pooled.driver_connection
     try:
         driver.autocommit = True
-        try:
-            return driver.execute(sql, values).fetchone()
-        finally:
-            if not driver.closed:
-                driver.autocommit = False
+        return driver.execute(sql, values).fetchone()
     except psycopg.Error as error:
         if error.sqlstate == REFUSED_SQLSTATE:
             raise _Refused(int(error.diag.message_detail)) from None
@@ -523,11 +531,39 @@ def _autocommit_row(sql: str, values: dict) -> tuple:
             values,
             error,
             psycopg.Error,
+            hide_parameters=db.engine.hide_parameters,
             connection_invalidated=lost,
             dialect=db.engine.dialect,
         ) from error
+    except BaseException:
+        pooled.invalidate()
+        raise
     finally:
+        _back_out_of_autocommit(pooled, driver)
         pooled.close()
+
+
+def _back_out_of_autocommit(pooled, driver) -> None:
+    """Leave the connection fit for the session's transactions, or drop it from the pool."""
+    if not pooled.is_valid:
+        return
+    try:
+        idle = driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if idle:
+            driver.autocommit = False
+    except psycopg.Error:
+        idle = False
+    if not idle or driver.autocommit:
+        pooled.invalidate()
+
+
+def _session_has_written(connection) -> bool:
+    """Whether the session's open transaction holds writes (so row locks) of its own."""
+    if connection.dialect.name == "postgresql":
+        return connection.exec_driver_sql(
+            "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
+        ).scalar()
+    return connection.connection.dbapi_connection.in_transaction  # SQLite: a write began it
 
 
 def _wrong_hold(values: dict) -> NoReturn:

@@ -5,14 +5,17 @@ whole (soma_refuse_entry, migration 0004) since there is no transaction to roll
 back; then what only PostgreSQL can show.
 """
 
+import psycopg
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from soma import ledger
 from soma.extensions import db
+from soma.ledger import InsufficientTokens, InvalidPosting
 from soma.models import JournalEntry, Notification
 from tests.helpers import balances, make_user
+from tests.postgres.conftest import postgres_server_url
 from tests.unit.test_own_transaction import (  # noqa: F401 (collected here with the PostgreSQL app)
     OWN,
     counts,
@@ -31,18 +34,85 @@ def notifications_of(user_id: int) -> int:
     )
 
 
-def test_an_entry_of_its_own_stays_when_the_session_rolls_back_and_the_other_way_round(app):
+def test_an_entry_of_its_own_stays_when_the_session_that_read_rolls_back(app):
     with app.app_context():
         student = make_user("student").id
-        db.session.add(Notification(user_id=student, kind="test", message="pending"))
-        db.session.flush()  # written in the session's open transaction, not committed
-
+        assert balances(student) == (0, 0)  # the session's transaction is open, and read only
         posted = ledger.credit(student, 25, key="own:apart", **OWN)
         db.session.rollback()
-
         assert balances(student) == (25, 0)
         assert db.session.get(JournalEntry, posted.id) is not None
-        assert notifications_of(student) == 0
+
+
+def test_an_entry_of_its_own_is_refused_while_the_session_holds_writes(app):
+    """Else it would wait for the session's row locks, and the session for it: forever."""
+    with app.app_context():
+        student, other = make_user("student").id, make_user("student").id
+        ledger.credit(student, 10, key="own:in-session")  # locks issuance; not committed
+        with pytest.raises(InvalidPosting, match="holds writes"):
+            ledger.credit(other, 5, key="own:blocked", **OWN)
+        db.session.add(Notification(user_id=student, kind="test", message="pending"))
+        db.session.commit()
+        assert balances(student) == (10, 0)
+        assert balances(other) == (0, 0)
+        db.session.add(Notification(user_id=other, kind="test", message="pending"))
+        db.session.flush()  # any write counts, not only the ledger's
+        with pytest.raises(InvalidPosting, match="holds writes"):
+            ledger.credit(other, 5, key="own:blocked", **OWN)
+        db.session.rollback()
+        assert ledger.credit(other, 5, key="own:blocked", **OWN).replayed is False
+        assert notifications_of(other) == 0
+        assert balances(other) == (5, 0)
+
+
+@pytest.mark.parametrize("first", ["written", "refused"])
+def test_the_connection_goes_back_to_the_pool_out_of_autocommit(app, first):
+    """A leaked autocommit would let the session commit half a refused entry."""
+    with app.app_context():
+        recipient, sender = make_user("student").id, make_user("student").id
+        db.session.close()  # one pooled connection in play: the entry takes it...
+        ledger.credit(sender, 3, key="own:three", **OWN)
+        if first == "refused":
+            with pytest.raises(InsufficientTokens):
+                ledger.transfer(sender, recipient, 10, key="own:refused", **OWN)
+        raw = db.engine.raw_connection()
+        assert raw.driver_connection.autocommit is False
+        raw.close()
+        before = counts()
+        # ...then the session: its refused two-wallet entry must leave nothing.
+        with pytest.raises(InsufficientTokens), ledger.atomic():
+            ledger.transfer(sender, recipient, 10, key="own:in-session")
+        assert counts() == before
+        assert balances(recipient) == (0, 0)
+
+
+def test_an_interrupted_entry_drops_its_connection(app, monkeypatch):
+    """A timeout's exception mid-statement: the connection's state is unknown, so it goes."""
+    with app.app_context():
+        student = make_user("student").id
+        db.session.close()
+
+        class Interrupted(BaseException):
+            pass
+
+        real_execute = psycopg.Connection.execute
+        used = []
+
+        def interrupted(self, *args, **kwargs):
+            used.append(self)
+            real_execute(self, *args, **kwargs)
+            raise Interrupted()
+
+        monkeypatch.setattr(psycopg.Connection, "execute", interrupted)
+        with pytest.raises(Interrupted):
+            ledger.credit(student, 7, key="own:interrupted", **OWN)
+        monkeypatch.undo()
+        (connection,) = used
+        assert connection.closed  # dropped, not returned to the pool
+        # Whether it was written is found out by asking again with the same key.
+        again = ledger.credit(student, 7, key="own:interrupted", **OWN)
+        assert again.replayed
+        assert balances(student) == (7, 0)
 
 
 def test_the_refusal_is_the_statement_failing_as_a_whole(app):
@@ -59,22 +129,25 @@ def test_the_refusal_is_the_statement_failing_as_a_whole(app):
 def test_a_lost_connection_fails_the_entry_cleanly_and_the_next_one_reconnects(app):
     with app.app_context():
         student = make_user("student").id
-        ledger.credit(student, 10, key="own:before", **OWN)  # the pool now holds a connection
         db.session.commit()
-        db.session.close()  # and so does nothing else
+        db.session.close()
+        held = [db.engine.raw_connection() for _ in range(3)]
+        for connection in held:  # the pool now holds three idle connections
+            connection.close()
+        assert db.engine.pool.checkedin() == 3
         # The server drops every connection of this database (as on a restart).
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+        with psycopg.connect(postgres_server_url(), autocommit=True) as admin:
             admin.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [db.engine.url.database],
             )
         with pytest.raises(DBAPIError) as lost:
             ledger.credit(student, 10, key="own:during", **OWN)
         assert lost.value.connection_invalidated
 
+        # The pool renews the other two dead connections too: the next entry works.
         again = ledger.credit(student, 10, key="own:during", **OWN)
         assert not again.replayed  # the failed attempt wrote nothing
-        assert balances(student) == (20, 0)
+        assert balances(student) == (10, 0)
         assert ledger.run_audit() == []

@@ -172,3 +172,15 @@ def test_a_settle_told_the_wrong_hold_writes_nothing(app):
         assert counts() == before
         assert (balances(ann), balances(bea), balances(teacher)) == ((10, 10), (10, 10), (0, 0))
         assert ledger.run_audit() == []
+
+
+def test_an_entry_of_its_own_is_refused_while_the_session_holds_ledger_writes(app):
+    """It would wait for the session's locks (on SQLite, the database's write lock)."""
+    with app.app_context():
+        student, other = make_user("student").id, make_user("student").id
+        ledger.credit(student, 10, key="own:in-session")  # in the session, not committed
+        with pytest.raises(InvalidPosting, match="holds writes"):
+            ledger.credit(other, 5, key="own:blocked", **OWN)
+        db.session.commit()
+        ledger.credit(other, 5, key="own:after", **OWN)
+        assert (balances(student), balances(other)) == ((10, 0), (5, 0))
