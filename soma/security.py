@@ -3,8 +3,8 @@
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Flask, abort
-from flask_login import current_user, login_required
+from flask import Flask, abort, request
+from flask_login import UserMixin, current_user, login_required
 
 from soma.extensions import db, login_manager
 from soma.models import User
@@ -23,13 +23,34 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
+# Endpoints on the hot path that read the user's row themselves, in the same
+# query as what they show (see SessionUser). Every other endpoint loads the User.
+SESSION_USER_ENDPOINTS: set[str] = set()
+
+
+class SessionUser(UserMixin):
+    """The user a valid session names, before their row is read.
+
+    Flask-Login has checked the session (its signature and, with strong session
+    protection, the client it was made for). The endpoint that gets this in
+    place of a User reads the user's row in its own query and answers 404 when
+    there is none; it must not use anything but `id`.
+    """
+
+    def __init__(self, user_id: int):
+        self.id = user_id
+
+
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
+def load_user(user_id: str) -> User | SessionUser | None:
     """Return the logged-in user for the session, or None."""
     try:
-        return db.session.get(User, int(user_id))
+        user_id = int(user_id)
     except ValueError:
         return None
+    if request.endpoint in SESSION_USER_ENDPOINTS:
+        return SessionUser(user_id)
+    return db.session.get(User, user_id)
 
 
 def role_required(*roles: str):

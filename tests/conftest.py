@@ -9,7 +9,7 @@ import pytest
 
 from soma import create_app
 from soma.extensions import db, limiter
-from tests.helpers import DEFAULT_PASSWORD, make_user, post_form
+from tests.helpers import DEFAULT_PASSWORD, FakeClock, make_user, post_form
 
 TEST_SETTINGS = {
     "SOMA_ENV": "testing",
@@ -63,6 +63,14 @@ def app(sqlite_template, tmp_path):
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def clock(app):
+    """The app's clock, moved by hand: 24 Nov 2026, 09:00 UTC until the test moves it."""
+    fake = FakeClock()
+    app.config["SOMA_CLOCK"] = fake
+    return fake
 
 
 @pytest.fixture

@@ -21,14 +21,15 @@ from soma.classes import service
 from soma.classes.forms import ActionForm, BookingForm
 from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMove, active_at
 from soma.errors import SomaError
-from soma.extensions import db
+from soma.extensions import db, limiter
 from soma.ledger import InsufficientTokens, get_token_pricing
 from soma.ledger.pricing import class_cost_at
-from soma.models import ClassStatus, PricingUserType, Role
+from soma.models import ClassStatus, PricingUserType, Role, User
 from soma.models.classes import DURATIONS, ClassSession
-from soma.security import role_required
+from soma.security import SESSION_USER_ENDPOINTS, role_required
 
 bp = Blueprint("classes", __name__, url_prefix="/classes")
+SESSION_USER_ENDPOINTS.add("classes.timer")
 
 ACTIONS = {
     "start": Action.START,
@@ -205,10 +206,24 @@ def _show_page(session: ClassSession, error: str | None = None, status: int = 20
 
 
 @bp.get("/<int:class_id>/timer")
+@limiter.exempt  # polled every second by design; it only reads
 @login_required
 def timer(class_id: int):
-    """The timer fragment, polled every second: one query for the class (plus the user's)."""
-    session = service.settle_if_due(_class_or_404(class_id))
+    """The timer fragment, polled every second: one query, for the class and the viewer.
+
+    `current_user` here is a SessionUser (see soma.security): only its id is used,
+    and the viewer's row is read with the class.
+
+    A class that has fallen due is settled here, then read again as the tracker does.
+    """
+    session = service.view_for(current_user.id, class_id)
+    if session is None:
+        abort(404)
+    if service.due(service.clock_of(session), clock.now(), service.pause_limit()) is not None:
+        found = service.class_for(db.session.get(User, current_user.id), class_id)
+        if found is None:
+            abort(404)
+        session = service.settle_if_due(found)
     headers = {}
     if request.args.get("seen") != session.status:
         headers["HX-Trigger"] = "class-changed"

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, true, update
+from sqlalchemy import and_, bindparam, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger
+from soma.classes import audit as _audit  # noqa: F401 (registers the audit's class check)
 from soma.classes.machine import Action, Clock, InvalidMove, Ledger, Move, decide, due
 from soma.errors import SomaError
 from soma.extensions import db
+from soma.fastread import read_one
 from soma.ledger.pricing import class_cost
 from soma.models import EntryKind, Role, User, Wallet
 from soma.models.classes import (
@@ -69,7 +71,7 @@ def pause_limit() -> timedelta:
     return timedelta(minutes=current_app.config["CLASS_PAUSE_LIMIT_MINUTES"])
 
 
-def clock_of(session: ClassSession) -> Clock:
+def clock_of(session: "ClassSession | ClassView") -> Clock:
     return Clock(
         status=ClassStatus(session.status),
         scheduled_start=session.scheduled_start,
@@ -98,6 +100,49 @@ def class_for(viewer: User, class_id: int) -> ClassSession | None:
         .where(ClassSession.id == class_id, visible_to(viewer))
         .execution_options(populate_existing=True)
     ).first()
+
+
+@dataclass(frozen=True)
+class ClassView:
+    """A class's row as the timer reads it: plain values, no ORM instance to build."""
+
+    id: int
+    status: str
+    scheduled_start: datetime
+    duration_minutes: int
+    cost_tokens: int
+    active_seconds: int
+    running_since: datetime | None
+    paused_at: datetime | None
+    charged_tokens: int | None
+    end_reason: str | None
+
+    planned_seconds = ClassSession.planned_seconds
+    status_label = ClassSession.status_label
+    is_final = ClassSession.is_final
+
+
+_VIEW_COLUMNS = [getattr(ClassSession, name) for name in ClassView.__dataclass_fields__]
+# The class, if the viewer's row exists and they are its student, its teacher or an admin.
+_VIEW = (
+    select(*_VIEW_COLUMNS)
+    .join(User, User.id == bindparam("viewer_id"))
+    .where(
+        ClassSession.id == bindparam("class_id"),
+        or_(
+            User.role == Role.ADMIN.value,
+            ClassSession.student_id == User.id,
+            ClassSession.teacher_id == User.id,
+        ),
+    )
+)
+
+
+def view_for(viewer_id: int, class_id: int) -> ClassView | None:
+    """`class_for` for the timer's hot path: one prebuilt query that also reads the
+    viewer's row (the timer is given only the session's user id), plain values."""
+    row = read_one(_VIEW, {"class_id": class_id, "viewer_id": viewer_id})
+    return ClassView(*row) if row is not None else None
 
 
 @dataclass(frozen=True)
@@ -227,12 +272,18 @@ def settle_if_due(session: ClassSession, now: datetime | None = None) -> ClassSe
     Safe to call from any number of requests at once: one settles, the others
     find it settled.
     """
-    now = now or clock.now()
+    return _settle_due(session, now or clock.now())[0]
+
+
+def _settle_due(session: ClassSession, now: datetime) -> tuple[ClassSession, Move | None]:
+    """`settle_if_due`, also returning the move this call made (None if it made none)."""
     for _ in range(ATTEMPTS):
         state, version = _read(session)
         move = due(state, now, pause_limit())
-        if move is None or _apply(session, version, move, None):
-            return session
+        if move is None:
+            return session, None
+        if _apply(session, version, move, None):
+            return session, move
         session = _reload(session.id)
     raise ClassBusy()
 
@@ -417,15 +468,17 @@ def sweep(now: datetime | None = None, limit: int = 500) -> SweepResult:
     completed = ended_early = failed = 0
     for class_id in due_ids:
         try:
-            session = settle_if_due(_reload(class_id), now)
+            _, move = _settle_due(_reload(class_id), now)
         except Exception:
             db.session.rollback()
             current_app.logger.exception("sweeper: class %s could not be settled", class_id)
             failed += 1
             continue
-        if session.status == ClassStatus.COMPLETED:
+        if move is None:
+            continue  # settled meanwhile by a poll or another sweeper
+        if move.status == ClassStatus.COMPLETED:
             completed += 1
-        elif session.status == ClassStatus.ENDED_EARLY:
+        else:
             ended_early += 1
     return SweepResult(completed, ended_early, failed)
 

@@ -56,6 +56,13 @@ def teacher_home():
     )
 
 
+@bp.get("/livez")
+@limiter.exempt
+def livez():
+    """Answer that this process serves requests; asks nothing of the database (for probes)."""
+    return jsonify(status="ok")
+
+
 @bp.get("/healthz")
 @limiter.exempt
 def healthz():

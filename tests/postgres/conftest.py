@@ -69,3 +69,24 @@ def app(postgres_template):
             db.session.remove()
             db.engine.dispose()
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+WORKERS_MAX = 20
+
+
+@pytest.fixture
+def wide_app(app):
+    """A second app on the test's database, with a connection for every racing worker."""
+    wide = make_app(
+        app.config["SQLALCHEMY_DATABASE_URI"],
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "pool_pre_ping": True,
+            "pool_size": WORKERS_MAX + 5,
+            "max_overflow": 5,
+            "pool_timeout": 10,
+        },
+    )
+    yield wide
+    with wide.app_context():
+        db.session.remove()
+        db.engine.dispose()

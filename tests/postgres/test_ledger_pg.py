@@ -31,29 +31,10 @@ from soma.ledger import (
     transfer,
 )
 from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
-from tests.conftest import make_app
 from tests.helpers import make_user
 
 WORKERS_MAX = 20
 THREAD_TIMEOUT = 60
-
-
-@pytest.fixture
-def wide_app(app):
-    """A second app on the test's database, with a connection for every racing worker."""
-    wide = make_app(
-        app.config["SQLALCHEMY_DATABASE_URI"],
-        SQLALCHEMY_ENGINE_OPTIONS={
-            "pool_pre_ping": True,
-            "pool_size": WORKERS_MAX + 5,
-            "max_overflow": 5,
-            "pool_timeout": 10,
-        },
-    )
-    yield wide
-    with wide.app_context():
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture(params=["session", "own"])

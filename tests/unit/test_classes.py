@@ -6,22 +6,15 @@ Time is the app's clock (`SOMA_CLOCK`), a FakeClock the tests move.
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from soma import ledger
 from soma.classes import service
 from soma.extensions import db, limiter
 from soma.models import ClassEvent, ClassSession, JournalEntry
-from tests.helpers import FakeClock, balances, csrf_from, fund, make_user, text_of
+from tests.helpers import balances, csrf_from, fund, make_user, text_of
 
 START = "2026-11-24T10:00"
-
-
-@pytest.fixture
-def clock(app):
-    fake = FakeClock()  # 24 Nov 2026, 09:00 UTC
-    app.config["SOMA_CLOCK"] = fake
-    return fake
 
 
 @pytest.fixture
@@ -412,3 +405,26 @@ def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
     assert money(app, people) == ((25 - 5 - 1, 0), (6, 0))
     with app.app_context():
         assert ledger.run_audit() == []
+
+
+def test_the_timer_poll_answers_with_one_query(app, client, booked, clock):
+    """The hot path: every open class page calls it every second. Its one query reads
+    the class and the viewer's row together (on PostgreSQL: see test_classes_pg)."""
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    clock.advance(seconds=42)
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        response = client.get(f"/classes/{booked}/timer?seen=in_progress")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert "Elapsed 00:42" in text_of(response.get_data(as_text=True))
+    assert len(statements) == 1, statements
+    assert "FROM class_sessions JOIN users" in statements[0]

@@ -136,6 +136,9 @@ def test_healthz_503_when_database_does_not_answer(tmp_path):
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "error", "database": "unavailable"}
+    # The liveness probe asks nothing of the database: the process is up.
+    live = app.test_client().get("/livez")
+    assert (live.status_code, live.get_json()) == (200, {"status": "ok"})
 
 
 def test_login_rate_limit_gives_429_with_retry_time(app, client):

@@ -1,0 +1,254 @@
+"""Benchmark the class timer endpoint under load: gunicorn, 2 workers, PostgreSQL.
+
+Run by `make bench` (or `.venv/bin/python bench/timer.py`). It prints figures, it
+asserts nothing.
+
+CLASSES classes are in progress, each with its own student and teacher. The
+app runs under gunicorn (2 gthread workers of THREADS threads, as deployed) on
+its own PostgreSQL database. CLIENTS load processes each keep one HTTP/1.1
+connection open and send requests back to back for SECONDS, each as a student
+logged in with their own session cookie, going round the classes:
+
+- the timer: GET /classes/<id>/timer?seen=in_progress, as every open tracker
+  page does every second (the user's row, the class's row, a fragment);
+- the constant: GET /livez, a fixed answer of the same app (no database).
+
+They take turns over ROUNDS rounds; the figures are medians, and the ratio
+timer/constant is the target (0.5 or more).
+
+Settings (environment):
+    SOMA_BENCH_POSTGRES_URL   server, default postgresql://postgres@127.0.0.1:5432/postgres
+    SOMA_BENCH_SECONDS        measured seconds per run (6)
+    SOMA_BENCH_ROUNDS         turns of each endpoint (3)
+    SOMA_BENCH_CLASSES        classes in progress (200)
+"""
+
+import http.client
+import multiprocessing
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+from _common import ROOT, SERVER_URL, Databases, database_url, make_app, migrate
+from sqlalchemy.engine import make_url
+
+SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", "6"))
+ROUNDS = int(os.environ.get("SOMA_BENCH_ROUNDS", "3"))
+CLASSES = int(os.environ.get("SOMA_BENCH_CLASSES", "200"))
+WORKERS = 2
+THREADS = 4
+CLIENTS = 4
+WARMUP = 1.0
+PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
+SECRET_KEY = "bench-secret-key-for-the-timer-benchmark"  # noqa: S105
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seed(name: str) -> list[tuple[str, int]]:
+    """CLASSES classes in progress; return (student email, class id) for each."""
+    from werkzeug.security import generate_password_hash
+
+    from soma import ledger
+    from soma.classes import service
+    from soma.classes.machine import Action
+    from soma.extensions import db
+    from soma.models import User, utcnow
+
+    app = make_app(name)
+    hashed = generate_password_hash(PASSWORD)  # once: hashing is slow on purpose
+    classes = []
+    with app.app_context():
+        for i in range(CLASSES):
+            student = User(email=f"s{i}@bench.example", display_name=f"Student {i}",
+                           password_hash=hashed, role="student")  # fmt: skip
+            teacher = User(email=f"t{i}@bench.example", display_name=f"Teacher {i}",
+                           password_hash=hashed, role="teacher")  # fmt: skip
+            db.session.add_all([student, teacher])
+            db.session.flush()
+            ledger.open_wallet(student.id)
+            ledger.open_wallet(teacher.id)
+            db.session.commit()
+            ledger.credit(student.id, 100, key=f"bench-fund-{i}", own_transaction=True)
+            booked = service.book(
+                student, teacher.id, f"Class {i}", utcnow() + timedelta(minutes=5), 120, f"b{i}"
+            )
+            service.act(booked, Action.START, teacher)
+            classes.append((student.email, booked.id))
+        db.session.remove()
+        db.engine.dispose()
+    return classes
+
+
+class Server:
+    """gunicorn serving the app on `name`, stopped on exit."""
+
+    def __init__(self, name: str):
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "SOMA_ENV": "production",
+            "SECRET_KEY": SECRET_KEY,
+            "DATABASE_URL": make_url(database_url(name)).render_as_string(hide_password=False),
+            "LOGIN_RATE_LIMIT": "100000 per minute",
+            "RATELIMIT_STORAGE_URI": "memory://",
+        }
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        command = [gunicorn, "--workers", str(WORKERS), "--worker-class", "gthread",
+                   "--threads", str(THREADS), "--bind", f"127.0.0.1:{self.port}",
+                   "--log-level", "warning", "app:app"]  # fmt: skip
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env)
+
+    def __enter__(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/livez")
+                if connection.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("gunicorn did not answer within 30 s")
+
+    def __exit__(self, *_):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def log_in(port: int, email: str) -> str:
+    """Log in through the form; return the session cookie."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/login")
+    response = connection.getresponse()
+    page = response.read().decode()
+    cookie = session_cookie(response)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    token = token or re.search(r'"X-CSRFToken": "([^"]+)"', page)
+    body = urlencode({"email": email, "password": PASSWORD, "csrf_token": token.group(1)})
+    connection.request("POST", "/login", body, {
+        "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
+    })  # fmt: skip
+    response = connection.getresponse()
+    response.read()
+    if response.status != 302:
+        raise RuntimeError(f"log-in as {email} answered {response.status}")
+    return session_cookie(response)
+
+
+def session_cookie(response) -> str:
+    """The `session=...` pair of the response's Set-Cookie headers."""
+    for header in response.headers.get_all("Set-Cookie") or []:
+        pair = header.split(";", 1)[0]
+        if pair.startswith("session="):
+            return pair
+    raise RuntimeError("the response set no session cookie")
+
+
+def client(port, targets, go, results) -> None:
+    """Send requests back to back on one connection; report the count and latencies."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    go.wait()
+    begin = time.perf_counter() + WARMUP
+    end = begin + SECONDS
+    count, latencies, n = 0, [], 0
+    while True:
+        path, cookie = targets[n % len(targets)]
+        n += 1
+        started = time.perf_counter()
+        if started >= end:
+            break
+        connection.request("GET", path, headers={"Cookie": cookie, "HX-Request": "true"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            results.put(("error", f"{path} answered {response.status}"))
+            return
+        finished = time.perf_counter()
+        if begin <= started:
+            count += 1
+            latencies.append(finished - started)
+    results.put(("ok", count, latencies))
+
+
+def run(port: int, targets: list[tuple[str, str]]) -> dict:
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    shares = [targets[i::CLIENTS] for i in range(CLIENTS)]
+    processes = [
+        context.Process(target=client, args=(port, share, go, results)) for share in shares
+    ]
+    for process in processes:
+        process.start()
+    time.sleep(0.5)
+    go.set()
+    outcomes = [results.get(timeout=WARMUP + SECONDS + 60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    failed = [outcome[1] for outcome in outcomes if outcome[0] == "error"]
+    if failed:
+        raise RuntimeError(failed[0])
+    latencies = sorted(x for _, _, lat in outcomes for x in lat)
+    return {
+        "rps": sum(count for _, count, _ in outcomes) / SECONDS,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def main() -> int:
+    started = time.perf_counter()
+    print(f"Soma timer benchmark on {make_url(SERVER_URL).render_as_string()}")
+    print(
+        f"gunicorn {WORKERS} gthread workers x {THREADS} threads; {CLIENTS} client processes, "
+        f"one keep-alive connection each; {CLASSES} classes in progress; {SECONDS:g} s per run "
+        f"after {WARMUP:g} s, {ROUNDS} rounds; {os.cpu_count()} CPUs"
+    )
+    with Databases() as dbs:
+        name = dbs.create("timer")
+        migrate(name)
+        classes = seed(name)
+        with Server(name) as server:
+            cookies = {email: log_in(server.port, email) for email, _ in classes}
+            timers = [(f"/classes/{class_id}/timer?seen=in_progress", cookies[email])
+                      for email, class_id in classes]  # fmt: skip
+            constant = [("/livez", cookie) for _, cookie in timers]
+            constants, timed = [], []
+            for _ in range(ROUNDS):
+                constants.append(run(server.port, constant))
+                timed.append(run(server.port, timers))
+    base = sorted(constants, key=lambda r: r["rps"])[(ROUNDS - 1) // 2]
+    timer = sorted(timed, key=lambda r: r["rps"])[(ROUNDS - 1) // 2]
+
+    def describe(r):
+        return f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+
+    print()
+    print("Timer endpoint against a constant endpoint of the same app, same load")
+    rows = [
+        ("GET /livez (constant)", f"{base['rps']:9.0f} req/s", describe(base)),
+        ("GET /classes/<id>/timer", f"{timer['rps']:9.0f} req/s", describe(timer)),
+        ("ratio timer/constant", f"{timer['rps'] / base['rps']:9.2f}",
+         "target >= 0.5; per round " + ", ".join(
+             f"{t['rps'] / b['rps']:.2f} ({t['rps']:.0f}/{b['rps']:.0f})"
+             for t, b in zip(timed, constants, strict=True))),
+    ]  # fmt: skip
+    for label, figure, note in rows:
+        print(f"  {label:<26}{figure:>14}   {note}")
+    print()
+    print(f"bench/timer.py finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

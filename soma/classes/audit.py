@@ -1,0 +1,84 @@
+"""The audit's check of classes (SPEC §2.10): every finished class settled exactly once."""
+
+from sqlalchemy import case, func, select
+
+from soma.extensions import db
+from soma.ledger.audit import Violation, audit_check
+from soma.models import ClassSession, EntryKind, JournalEntry
+from soma.models.classes import ClassStatus
+
+CLOSING = (EntryKind.CLASS_SETTLE.value, EntryKind.CLASS_RELEASE.value)
+NOT_STARTED = (ClassStatus.SCHEDULED, ClassStatus.CANCELLED)
+RUNNING = (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED)
+
+
+@audit_check
+def classes_settle_exactly_once() -> list[Violation]:
+    """Each class's entries match its status: none before it starts, one hold while it
+    runs, and once it is over one hold and one closing entry that charged what it says."""
+    entries = (
+        select(
+            JournalEntry.reference_id.label("class_id"),
+            func.sum(case((JournalEntry.kind == EntryKind.CLASS_HOLD.value, 1), else_=0)).label(
+                "holds"
+            ),
+            func.sum(case((JournalEntry.kind.in_(CLOSING), 1), else_=0)).label("closes"),
+            func.max(
+                case((JournalEntry.kind == EntryKind.CLASS_HOLD.value, JournalEntry.id))
+            ).label("hold_id"),
+            func.max(case((JournalEntry.kind.in_(CLOSING), JournalEntry.id))).label("close_id"),
+            func.sum(
+                case(
+                    (JournalEntry.kind == EntryKind.CLASS_SETTLE.value, JournalEntry.tokens),
+                    else_=0,
+                )
+            ).label("paid"),
+            func.max(
+                case((JournalEntry.kind == EntryKind.CLASS_HOLD.value, JournalEntry.tokens))
+            ).label("held"),
+        )
+        .where(JournalEntry.reference_type == "class")
+        .group_by(JournalEntry.reference_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(
+            ClassSession.id,
+            ClassSession.status,
+            ClassSession.cost_tokens,
+            ClassSession.charged_tokens,
+            ClassSession.hold_entry_id,
+            ClassSession.closing_entry_id,
+            func.coalesce(entries.c.holds, 0),
+            func.coalesce(entries.c.closes, 0),
+            entries.c.hold_id,
+            entries.c.close_id,
+            func.coalesce(entries.c.paid, 0),
+            entries.c.held,
+        ).outerjoin(entries, entries.c.class_id == ClassSession.id)
+    ).all()
+    found = []
+    for (class_id, status, cost, charged, hold_ref, close_ref,
+         holds, closes, hold_id, close_id, paid, held) in rows:  # fmt: skip
+        problems = []
+        if status in NOT_STARTED:
+            if holds or closes:
+                problems.append(f"has {holds} hold(s) and {closes} closing entries before starting")
+        elif status in RUNNING:
+            if (holds, closes) != (1, 0) or hold_ref != hold_id:
+                problems.append(f"runs with {holds} hold(s) and {closes} closing entries")
+        else:
+            if (holds, closes) != (1, 1):
+                problems.append(
+                    f"ended with {holds} hold(s) and {closes} closing entries, not 1 and 1"
+                )
+            elif (hold_ref, close_ref) != (hold_id, close_id):
+                problems.append("records other entries than the ledger holds for it")
+            elif paid != charged:
+                problems.append(f"says it charged {charged} tokens but the ledger paid {paid}")
+            elif status == ClassStatus.COMPLETED and paid != cost:
+                problems.append(f"completed but paid {paid} of its {cost} tokens")
+        if holds and held != cost:
+            problems.append(f"held {held} tokens for a class that costs {cost}")
+        found.extend(Violation("class-settlement", f"class {class_id} {p}") for p in problems)
+    return found
