@@ -428,3 +428,17 @@ def test_the_timer_poll_answers_with_one_query(app, client, booked, clock):
     assert "Elapsed 00:42" in text_of(response.get_data(as_text=True))
     assert len(statements) == 1, statements
     assert "FROM class_sessions JOIN users" in statements[0]
+
+
+def test_sweep_every_repeats_its_pass_until_stopped(app, runner, clock, monkeypatch):
+    passes = []
+
+    def sleep(seconds):
+        passes.append(seconds)
+        if len(passes) == 3:
+            raise KeyboardInterrupt  # Ctrl-C
+
+    monkeypatch.setattr("soma.cli.time.sleep", sleep)
+    result = runner.invoke(args=["soma", "sweep", "--every", "7"])
+    assert result.exit_code == 0, result.output
+    assert passes == [7, 7, 7]

@@ -134,3 +134,13 @@ def test_code_is_ruff_clean():
         [*ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_the_pause_limit_is_a_positive_whole_number_of_minutes(tmp_path):
+    settings = {"SOMA_ENV": "testing", "SECRET_KEY": "x"}
+    assert build_config(settings, str(tmp_path))["CLASS_PAUSE_LIMIT_MINUTES"] == 30
+    config = build_config({**settings, "CLASS_PAUSE_LIMIT_MINUTES": "5"}, str(tmp_path))
+    assert config["CLASS_PAUSE_LIMIT_MINUTES"] == 5
+    for bad in ("0", "-3", "ten", "1.5"):
+        with pytest.raises(ConfigError, match="CLASS_PAUSE_LIMIT_MINUTES"):
+            build_config({**settings, "CLASS_PAUSE_LIMIT_MINUTES": bad}, str(tmp_path))
