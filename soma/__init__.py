@@ -70,6 +70,7 @@ def register_blueprints(app: Flask) -> None:
     from soma.gifts.routes import bp as gifts_bp
     from soma.main.routes import bp as main_bp
     from soma.notifications.routes import bp as notifications_bp
+    from soma.purchases.routes import bp as purchases_bp
     from soma.wallet.routes import bp as wallet_bp
 
     app.register_blueprint(main_bp)
@@ -77,6 +78,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(wallet_bp)
     app.register_blueprint(gifts_bp)
     app.register_blueprint(classes_bp)
+    app.register_blueprint(purchases_bp)
     app.register_blueprint(notifications_bp)
     app.register_blueprint(admin_bp)
 

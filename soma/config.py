@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -17,6 +18,7 @@ ENV_SETTINGS = {
     "LOGIN_RATE_LIMIT": "5 per minute",
     "PROXY_FIX_X_FOR": "0",
     "CLASS_PAUSE_LIMIT_MINUTES": "30",
+    "MPESA_KES_PER_USD": "",
 }
 
 
@@ -80,6 +82,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
         "CLASS_PAUSE_LIMIT_MINUTES": _positive_int(settings, "CLASS_PAUSE_LIMIT_MINUTES", 30),
+        "MPESA_KES_PER_USD": _rate(settings, "MPESA_KES_PER_USD"),
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",
@@ -87,6 +90,20 @@ def build_config(settings: dict, instance_path: str) -> dict:
     # A test passes Flask keys directly (TESTING, WTF_CSRF_ENABLED, ...).
     config.update({k: v for k, v in settings.items() if k not in ENV_SETTINGS})
     return config
+
+
+def _rate(settings: dict, name: str) -> str:
+    """A positive decimal rate, kept as text (read with Decimal); empty means unset."""
+    raw = str(settings.get(name) or "").strip()
+    if not raw:
+        return ""
+    try:
+        valid = Decimal(raw) > 0
+    except InvalidOperation:
+        valid = False
+    if not valid:
+        raise ConfigError(f"{name} must be a positive number such as 129.50, not {raw!r}")
+    return raw
 
 
 def _positive_int(settings: dict, name: str, default: int) -> int:

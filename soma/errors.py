@@ -20,6 +20,16 @@ class SomaError(Exception):
         self.message = message
 
 
+class FieldRefusal(SomaError):
+    """A form's request refused for a reason the user can fix; `field` names the field at fault."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
 TITLES = {
     400: "Bad request",
     403: "Not allowed",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from soma import clock, ledger
 from soma.classes import audit as _audit  # noqa: F401 (registers the audit's class check)
 from soma.classes.machine import Action, Clock, InvalidMove, Ledger, Move, decide, due
-from soma.errors import SomaError
+from soma.errors import FieldRefusal, SomaError
 from soma.extensions import db
 from soma.fastread import read_one
 from soma.ledger.pricing import class_cost
@@ -46,13 +46,10 @@ TEACHER_ACTIONS = frozenset(
 )
 
 
-class BookingError(SomaError):
-    status = 400
-    title = "Cannot book that class"
+class BookingError(FieldRefusal):
+    """A class that cannot be booked as asked."""
 
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+    title = "Cannot book that class"
 
 
 class ClassBusy(SomaError):

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from soma import ledger
 from soma.auth.service import find_user_by_email
-from soma.errors import SomaError
+from soma.errors import FieldRefusal
 from soma.extensions import db
 from soma.ledger.audit import Violation, audit_check
 from soma.ledger.pricing import tokens_value_cents
@@ -19,14 +19,11 @@ from soma.wallet.service import wallet_of
 MAX_NOTE_LENGTH = 200
 
 
-class GiftRefused(SomaError):
-    """A gift that cannot be given; `field` names the form field at fault."""
+class GiftRefused(FieldRefusal):
+    """A gift that cannot be given."""
 
     title = "Gift not sent"
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+    status = 409
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,14 @@ from soma.models.ledger import (
 )
 from soma.models.notification import Notification
 from soma.models.pricing import PricingUserType, TokenPricing
+from soma.models.purchase import (
+    Provider,
+    ProviderEvent,
+    Purchase,
+    PurchaseEvent,
+    PurchaseStatus,
+    TokenPackage,
+)
 from soma.models.user import SIGNUP_ROLES, Role, User
 
 __all__ = [
@@ -33,7 +41,13 @@ __all__ = [
     "PlatformAccount",
     "Posting",
     "PricingUserType",
+    "Provider",
+    "ProviderEvent",
+    "Purchase",
+    "PurchaseEvent",
+    "PurchaseStatus",
     "Role",
+    "TokenPackage",
     "TokenPricing",
     "UTCDateTime",
     "User",

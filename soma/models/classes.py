@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from soma.models.base import Base, BigId, UTCDateTime, utcnow
+from soma.models.base import Base, BigId, UTCDateTime, one_of, utcnow
 
 
 class ClassStatus(enum.StrEnum):
@@ -57,14 +57,10 @@ class ClassEventKind(enum.StrEnum):
 DURATIONS = (30, 45, 60, 90, 120)
 
 
-def _one_of(column: str, values) -> str:
-    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
-
-
 class ClassSession(Base):
     __tablename__ = "class_sessions"
     __table_args__ = (
-        CheckConstraint(_one_of("status", ClassStatus), name="status_known"),
+        CheckConstraint(one_of("status", ClassStatus), name="status_known"),
         CheckConstraint(
             f"duration_minutes IN ({', '.join(map(str, DURATIONS))})", name="duration_allowed"
         ),
@@ -125,7 +121,7 @@ class ClassEvent(Base):
 
     __tablename__ = "class_events"
     __table_args__ = (
-        CheckConstraint(_one_of("kind", ClassEventKind), name="kind_known"),
+        CheckConstraint(one_of("kind", ClassEventKind), name="kind_known"),
         Index("ix_class_events_class_id_id", "class_id", "id"),
     )
 

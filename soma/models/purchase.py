@@ -1,0 +1,163 @@
+"""Buying tokens: the packages on sale, purchases, their status history, and provider events.
+
+A purchase is what the student asked for and what the provider says of it. The
+ledger's PURCHASE entry (and BONUS entry, if any), keyed by the purchase, is
+what credits the tokens: a purchase is credited once, whoever reports it paid.
+"""
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from soma.models.base import Base, BigId, UTCDateTime, one_of, utcnow
+
+
+class PurchaseStatus(enum.StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+    DISPUTED = "disputed"
+
+
+class Provider(enum.StrEnum):
+    STRIPE = "stripe"
+    MPESA = "mpesa"
+    SANDBOX = "sandbox"
+
+
+PROVIDER_LABELS = {
+    Provider.STRIPE: "Card (Stripe)",
+    Provider.MPESA: "M-Pesa",
+    Provider.SANDBOX: "Test payment (sandbox)",
+}
+
+STATUS_LABELS = {
+    PurchaseStatus.PENDING: "Processing",
+    PurchaseStatus.PAID: "Paid",
+    PurchaseStatus.FAILED: "Failed",
+    PurchaseStatus.EXPIRED: "Expired",
+    PurchaseStatus.REFUNDED: "Refunded",
+    PurchaseStatus.DISPUTED: "Disputed",
+}
+
+# Custom amounts a student may buy, in tokens.
+CUSTOM_MIN, CUSTOM_MAX = 10, 10_000
+
+
+class TokenPackage(Base):
+    """A package on sale. Admins change the offer by adding packages and retiring old ones."""
+
+    __tablename__ = "token_packages"
+    __table_args__ = (
+        CheckConstraint("tokens > 0", name="tokens_positive"),
+        CheckConstraint("bonus_tokens >= 0", name="bonus_not_negative"),
+        CheckConstraint("price_cents > 0", name="price_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    bonus_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    price_cents: Mapped[int] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Purchase(Base):
+    __tablename__ = "purchases"
+    __table_args__ = (
+        CheckConstraint(one_of("status", PurchaseStatus), name="status_known"),
+        CheckConstraint(one_of("provider", Provider), name="provider_known"),
+        CheckConstraint("tokens > 0", name="tokens_positive"),
+        CheckConstraint("bonus_tokens >= 0", name="bonus_not_negative"),
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(
+            "refunded_minor >= 0 AND refunded_minor <= amount_minor", name="refund_within"
+        ),
+        Index("ix_purchases_user_id_id", "user_id", "id"),
+        UniqueConstraint("checkout_session_id", name="uq_purchases_checkout_session_id"),
+        UniqueConstraint("checkout_request_id", name="uq_purchases_checkout_request_id"),
+        UniqueConstraint("receipt", name="uq_purchases_receipt"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The student's buy-form nonce: a double submit finds the first purchase.
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    package_id: Mapped[int | None] = mapped_column(ForeignKey("token_packages.id"))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    bonus_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the student pays, in the currency's minor unit (US cents; whole shillings for KES).
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    provider: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=PurchaseStatus.PENDING.value)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    # The provider's references.
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    checkout_request_id: Mapped[str | None] = mapped_column(String(255))
+    receipt: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    failure_reason: Mapped[str | None] = mapped_column(String(255))
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Tokens a refund could not take back because they were spent (the account is flagged).
+    shortfall_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    credited_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    user = relationship("User")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens + self.bonus_tokens
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS[PurchaseStatus(self.status)]
+
+    @property
+    def provider_label(self) -> str:
+        return PROVIDER_LABELS[Provider(self.provider)]
+
+
+class PurchaseEvent(Base):
+    """A change of a purchase's status: from what, to what, why, and when."""
+
+    __tablename__ = "purchase_events"
+    __table_args__ = (Index("ix_purchase_events_purchase_id_id", "purchase_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64))  # "sandbox", "stripe:evt_...", "admin:3"
+    note: Mapped[str] = mapped_column(String(255), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ProviderEvent(Base):
+    """A provider's notification, recorded once by its id: a repeat is acknowledged, not redone."""
+
+    __tablename__ = "provider_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_provider_events_event"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,1 @@
+"""Buying tokens: packages and custom amounts, providers, and fulfilment through the ledger."""

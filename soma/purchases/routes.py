@@ -1,0 +1,158 @@
+"""The buy page, the sandbox checkout, a purchase's status page, and the purchase history."""
+
+import secrets
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from soma.models import Provider, PurchaseStatus, Role
+from soma.purchases import service
+from soma.purchases.forms import CUSTOM, BuyForm, SandboxForm
+from soma.security import role_required
+from soma.wallet.service import wallet_summary
+
+bp = Blueprint("purchases", __name__, url_prefix="/buy")
+
+
+def _buy_page(form: BuyForm | None = None, status: int = 200):
+    quotes = service.package_quotes()
+    offered = service.providers()
+    form = form or BuyForm(quotes=quotes, providers=offered)
+    if not form.key.data:
+        form.key.data = secrets.token_urlsafe(16)
+    if not form.package.data and quotes:
+        form.package.data = str(quotes[1].package_id if len(quotes) > 1 else quotes[0].package_id)
+    return render_template(
+        "purchases/buy.html",
+        form=form,
+        quotes=quotes,
+        providers=offered,
+        kes_rate=service.kes_per_usd(),
+        summary=wallet_summary(current_user),
+        custom_min=service.CUSTOM_MIN,
+        custom_max=service.CUSTOM_MAX,
+    ), status
+
+
+@bp.get("/")
+@role_required(Role.STUDENT)
+def buy():
+    """Packages, a custom amount, and the payment methods on offer."""
+    return _buy_page()
+
+
+@bp.post("/")
+@role_required(Role.STUDENT)
+def start():
+    """Record the purchase and send the student to pay."""
+    form = BuyForm(quotes=service.package_quotes(), providers=service.providers())
+    if not form.validate_on_submit():
+        return _buy_page(form, 422)
+    try:
+        if form.package.data == CUSTOM:
+            if form.custom_tokens.data is None:
+                raise service.PurchaseRefused("Enter how many tokens to buy.", "custom_tokens")
+            chosen = service.quote(custom_tokens=form.custom_tokens.data)
+        else:
+            chosen = service.quote(package_id=_int_or_refuse(form.package.data))
+        provider = _provider_or_refuse(form.provider.data)
+        purchase = service.start(current_user, chosen, provider, form.key.data)
+    except service.PurchaseRefused as error:
+        field = getattr(form, error.field or "package")
+        field.errors = [*field.errors, error.message]
+        return _buy_page(form, 422)
+    if purchase.provider == Provider.SANDBOX:
+        return redirect(url_for("purchases.sandbox", purchase_id=purchase.id), 303)
+    abort(501)  # no other provider is offered yet (see service.providers)
+
+
+def _int_or_refuse(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise service.PurchaseRefused(
+            "That package is not on sale. Choose another.", "package"
+        ) from None
+
+
+def _provider_or_refuse(value: str) -> Provider:
+    try:
+        return Provider(value)
+    except ValueError:
+        raise service.PurchaseRefused(
+            "Choose one of the payment methods offered.", "provider"
+        ) from None
+
+
+def _own_purchase(purchase_id: int):
+    purchase = service.purchase_for(current_user, purchase_id)
+    if purchase is None:
+        abort(404)
+    return purchase
+
+
+# The sandbox checkout ------------------------------------------------------------------------
+
+
+def _sandbox_purchase(purchase_id: int):
+    if not service.sandbox_allowed():
+        abort(404)
+    purchase = _own_purchase(purchase_id)
+    if purchase.provider != Provider.SANDBOX or purchase.user_id != current_user.id:
+        abort(404)
+    return purchase
+
+
+@bp.get("/sandbox/<int:purchase_id>")
+@role_required(Role.STUDENT)
+def sandbox(purchase_id: int):
+    """A local checkout page, clearly a test: no money moves, only test tokens."""
+    purchase = _sandbox_purchase(purchase_id)
+    if purchase.status != PurchaseStatus.PENDING:
+        return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
+    return render_template("purchases/sandbox.html", purchase=purchase, form=SandboxForm())
+
+
+@bp.post("/sandbox/<int:purchase_id>/<outcome>")
+@role_required(Role.STUDENT)
+def sandbox_outcome(purchase_id: int, outcome: str):
+    """Pay or Fail: the same fulfilment path as a real provider's confirmation."""
+    purchase = _sandbox_purchase(purchase_id)
+    if outcome not in ("pay", "fail") or not SandboxForm().validate_on_submit():
+        abort(400)
+    if outcome == "pay":
+        service.fulfil(purchase.id, "sandbox", receipt=f"SANDBOX-{purchase.id}")
+    else:
+        service.fail(purchase.id, "sandbox", "The test payment was declined.")
+    return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
+
+
+# Status and history ----------------------------------------------------------------------------
+
+
+@bp.get("/purchases/<int:purchase_id>")
+@role_required(Role.STUDENT, Role.ADMIN)
+def show(purchase_id: int):
+    """A purchase's status; while it is processing, the status polls itself."""
+    purchase = _own_purchase(purchase_id)
+    return render_template(
+        "purchases/show.html", purchase=purchase, summary=wallet_summary(purchase.user)
+    )
+
+
+@bp.get("/purchases/<int:purchase_id>/status")
+@role_required(Role.STUDENT, Role.ADMIN)
+def status(purchase_id: int):
+    """The status fragment; once the purchase is settled it stops polling and refreshes."""
+    purchase = _own_purchase(purchase_id)
+    headers = {}
+    if purchase.status != PurchaseStatus.PENDING and request.args.get("seen") == "pending":
+        headers["HX-Trigger"] = "purchase-settled"
+    return render_template("purchases/_status.html", purchase=purchase), 200, headers
+
+
+@bp.get("/purchases")
+@role_required(Role.STUDENT)
+def history():
+    """The student's purchases: status, amount, provider and receipt."""
+    return render_template("purchases/history.html", purchases=service.history(current_user))

@@ -1,0 +1,58 @@
+"""Purchases on PostgreSQL: the page tests again, and many confirmations racing for one purchase."""
+
+from sqlalchemy import select
+
+from soma import ledger
+from soma.extensions import db
+from soma.models import JournalEntry, Purchase, PurchaseEvent
+from soma.purchases import service
+from tests.helpers import balances, make_user
+from tests.postgres.test_ledger_pg import errors, ok, race
+from tests.unit.test_purchases import (  # noqa: F401 (collected here with the PostgreSQL app)
+    student,
+    test_a_custom_amount_costs_ten_cents_a_token,
+    test_a_double_submitted_buy_form_makes_one_purchase,
+    test_a_failed_payment_credits_nothing_until_the_provider_confirms_it,
+    test_a_package_bought_in_the_sandbox_is_credited_with_its_bonus_once,
+    test_another_students_purchase_is_not_found,
+    test_bad_input_is_refused_clearly_and_changes_nothing,
+    test_the_audit_names_a_paid_purchase_that_was_never_credited,
+)
+
+
+def test_ten_confirmations_of_one_purchase_credit_it_once(app, wide_app):
+    with app.app_context():
+        user = make_user("student")
+        chosen = next(q for q in service.package_quotes() if q.bonus_tokens)
+        purchase = service.start(user, chosen, service.Provider.SANDBOX, "race")
+        purchase_id, user_id = purchase.id, user.id
+
+    # A webhook, its retries and the success page, all at once; one says it failed.
+    work = [lambda n=n: service.fulfil(purchase_id, f"confirm-{n}") for n in range(9)]
+    work.insert(4, lambda: service.fail(purchase_id, "late-failure", "declined"))
+    outcomes = race(wide_app, work)
+
+    assert errors(outcomes) == []
+    assert len(ok(outcomes)) == 10
+    with app.app_context():
+        kinds = db.session.execute(
+            select(JournalEntry.kind, JournalEntry.tokens)
+            .where(
+                JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id
+            )
+            .order_by(JournalEntry.id)
+        ).all()
+        assert [tuple(k) for k in kinds] == [
+            ("purchase", chosen.tokens),
+            ("bonus", chosen.bonus_tokens),
+        ]
+        assert balances(user_id) == (chosen.total_tokens, 0)
+        assert db.session.get(Purchase, purchase_id).status == "paid"
+        moves = db.session.scalars(
+            select(PurchaseEvent.to_status)
+            .where(PurchaseEvent.purchase_id == purchase_id)
+            .order_by(PurchaseEvent.id)
+        ).all()
+        # Paid once; a failure may come first (then the payment is believed) or not at all.
+        assert moves in (["pending", "paid"], ["pending", "failed", "paid"])
+        assert ledger.run_audit() == []
