@@ -19,6 +19,9 @@ ENV_SETTINGS = {
     "PROXY_FIX_X_FOR": "0",
     "CLASS_PAUSE_LIMIT_MINUTES": "30",
     "MPESA_KES_PER_USD": "",
+    "STRIPE_SECRET_KEY": "",
+    "STRIPE_WEBHOOK_SECRET": "",
+    "STRIPE_API_BASE": "",
 }
 
 
@@ -83,6 +86,9 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
         "CLASS_PAUSE_LIMIT_MINUTES": _positive_int(settings, "CLASS_PAUSE_LIMIT_MINUTES", 30),
         "MPESA_KES_PER_USD": _rate(settings, "MPESA_KES_PER_USD"),
+        "STRIPE_SECRET_KEY": settings.get("STRIPE_SECRET_KEY") or "",
+        "STRIPE_WEBHOOK_SECRET": settings.get("STRIPE_WEBHOOK_SECRET") or "",
+        "STRIPE_API_BASE": settings.get("STRIPE_API_BASE") or "",
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",

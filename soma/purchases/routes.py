@@ -2,11 +2,12 @@
 
 import secrets
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+import stripe
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from soma.models import Provider, PurchaseStatus, Role
-from soma.purchases import service
+from soma.purchases import service, stripe_checkout
 from soma.purchases.forms import CUSTOM, BuyForm, SandboxForm
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
@@ -63,7 +64,16 @@ def start():
         return _buy_page(form, 422)
     if purchase.provider == Provider.SANDBOX:
         return redirect(url_for("purchases.sandbox", purchase_id=purchase.id), 303)
-    abort(501)  # no other provider is offered yet (see service.providers)
+    if purchase.status != PurchaseStatus.PENDING:  # a double submit of a finished purchase
+        return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
+    try:
+        checkout_url = stripe_checkout.start_checkout(purchase)
+    except stripe.StripeError:
+        current_app.logger.exception("stripe: no checkout session for purchase %s", purchase.id)
+        service.fail(purchase.id, "stripe:create", "The card payment could not be started.")
+        form.provider.errors = ["Card payments are not answering right now. Please try again."]
+        return _buy_page(form, 503)
+    return redirect(checkout_url, 303)
 
 
 def _int_or_refuse(value: str) -> int:
@@ -135,8 +145,13 @@ def sandbox_outcome(purchase_id: int, outcome: str):
 def show(purchase_id: int):
     """A purchase's status; while it is processing, the status polls itself."""
     purchase = _own_purchase(purchase_id)
+    if purchase.provider == Provider.STRIPE and request.args.get("session_id"):
+        purchase = stripe_checkout.check_session(purchase)  # back from Stripe: ask it
     return render_template(
-        "purchases/show.html", purchase=purchase, summary=wallet_summary(purchase.user)
+        "purchases/show.html",
+        purchase=purchase,
+        summary=wallet_summary(purchase.user),
+        cancelled=bool(request.args.get("cancelled")),
     )
 
 

@@ -76,10 +76,15 @@ def _kes(usd_cents: int) -> int | None:
 def providers() -> list[Provider]:
     """The providers a student may choose now, in the order offered.
 
-    The sandbox is offered outside production. (Stripe and M-Pesa join this
-    list when their clients land: see issue 5's note.)
+    Stripe when its keys are set. The sandbox when no provider is configured,
+    never in production. (M-Pesa joins when its client lands.)
     """
-    return [Provider.SANDBOX] if sandbox_allowed() else []
+    from soma.purchases import stripe_checkout
+
+    offered = [Provider.STRIPE] if stripe_checkout.configured() else []
+    if not offered and sandbox_allowed():
+        offered.append(Provider.SANDBOX)
+    return offered
 
 
 def sandbox_allowed() -> bool:

@@ -5,7 +5,8 @@ from sqlalchemy import select
 from soma import ledger
 from soma.extensions import db
 from soma.models import JournalEntry, Purchase, PurchaseEvent
-from soma.purchases import service
+from soma.purchases import service, stripe_checkout
+from tests.fakes.stripe_server import FakeStripe, event, signed
 from tests.helpers import balances, make_user
 from tests.postgres.test_ledger_pg import errors, ok, race
 from tests.unit.test_purchases import (  # noqa: F401 (collected here with the PostgreSQL app)
@@ -17,6 +18,15 @@ from tests.unit.test_purchases import (  # noqa: F401 (collected here with the P
     test_another_students_purchase_is_not_found,
     test_bad_input_is_refused_clearly_and_changes_nothing,
     test_the_audit_names_a_paid_purchase_that_was_never_credited,
+)
+from tests.unit.test_stripe import (  # noqa: F401
+    SECRET,
+    checkout,
+    fake_stripe,
+    stripe_on,
+    test_an_async_payment_is_credited_once_in_either_order,
+    test_the_same_event_five_times_credits_once,
+    test_the_success_page_asks_stripe_and_credits_before_the_webhook,
 )
 
 
@@ -55,4 +65,40 @@ def test_ten_confirmations_of_one_purchase_credit_it_once(app, wide_app):
         ).all()
         # Paid once; a failure may come first (then the payment is believed) or not at all.
         assert moves in (["pending", "paid"], ["pending", "failed", "paid"])
+        assert ledger.run_audit() == []
+
+
+def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client, auth):
+    fake = FakeStripe().start()
+    try:
+        settings = {"STRIPE_SECRET_KEY": "sk_test_soma", "STRIPE_WEBHOOK_SECRET": SECRET,
+                    "STRIPE_API_BASE": fake.url}  # fmt: skip
+        app.config.update(settings)
+        wide_app.config.update(settings)
+        student = auth.login_as("student")
+        purchase_id, session_id = checkout(app, client, tokens=250)
+        body, header = signed(event("checkout.session.completed", fake.pay(session_id)), SECRET)
+
+        def success_page():
+            return stripe_checkout.check_session(db.session.get(Purchase, purchase_id))
+
+        def webhook():
+            return stripe_checkout.handle_webhook(body, header)
+
+        outcomes = race(wide_app, [success_page, webhook] * 5)
+    finally:
+        fake.stop()
+
+    assert errors(outcomes) == []
+    with app.app_context():
+        kinds = db.session.execute(
+            select(JournalEntry.kind, JournalEntry.tokens)
+            .where(
+                JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id
+            )
+            .order_by(JournalEntry.id)
+        ).all()
+        assert [tuple(k) for k in kinds] == [("purchase", 250), ("bonus", 10)]
+        assert balances(student.id) == (260, 0)
+        assert db.session.get(Purchase, purchase_id).status == "paid"
         assert ledger.run_audit() == []

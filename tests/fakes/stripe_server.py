@@ -1,0 +1,173 @@
+"""A small fake of the Stripe API, for the real `stripe` SDK to talk to in tests.
+
+It serves the endpoints Soma calls (create and retrieve a Checkout Session) on
+127.0.0.1 at a free port, replays its first answer to a repeated
+Idempotency-Key as Stripe does, and signs webhook events the way Stripe signs
+them. Tests move a session along (`pay`, `expire`) and read what was asked.
+"""
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+
+def unflatten(pairs: list[tuple[str, str]]) -> dict:
+    """Stripe's form encoding (a[b][0][c]=v) back into nested dicts and lists."""
+    root: dict = {}
+    for key, value in pairs:
+        parts = key.replace("]", "").split("[")
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if isinstance(node, dict):
+        if node and all(k.isdigit() for k in node):
+            return [_lists(node[k]) for k in sorted(node, key=int)]
+        return {k: _lists(v) for k, v in node.items()}
+    return node
+
+
+class FakeStripe:
+    def __init__(self):
+        self.sessions: dict[str, dict] = {}
+        self.requests: list[dict] = []
+        self.replies: dict[str, tuple[int, dict]] = {}
+        self.lock = threading.Lock()
+        self.fail_next = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Request-Id", "req_" + secrets.token_hex(6))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                params = unflatten(
+                    parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True)
+                )
+                key = self.headers.get("Idempotency-Key")
+                with fake.lock:
+                    fake.requests.append(
+                        {
+                            "method": "POST",
+                            "path": self.path,
+                            "params": params,
+                            "idempotency_key": key,
+                            "authorization": self.headers.get("Authorization"),
+                        }
+                    )
+                    if key and key in fake.replies:
+                        return self._reply(*fake.replies[key])
+                    if fake.fail_next:
+                        fake.fail_next -= 1
+                        return self._reply(500, {"error": {"type": "api_error", "message": "down"}})
+                    if self.path != "/v1/checkout/sessions":
+                        return self._reply(404, {"error": {"type": "invalid_request_error"}})
+                    reply = (200, fake._create_session(params))
+                    if key:
+                        fake.replies[key] = reply
+                return self._reply(*reply)
+
+            def do_GET(self):
+                with fake.lock:
+                    fake.requests.append({"method": "GET", "path": self.path})
+                    prefix = "/v1/checkout/sessions/"
+                    session_id = self.path.split("?")[0][len(prefix) :]
+                    if self.path.startswith(prefix) and session_id in fake.sessions:
+                        return self._reply(200, fake.sessions[session_id])
+                missing = {"type": "invalid_request_error", "message": "No such checkout session"}
+                return self._reply(404, {"error": missing})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _create_session(self, params: dict) -> dict:
+        session_id = "cs_test_" + secrets.token_hex(12)
+        (item,) = params["line_items"]
+        amount = int(item["price_data"]["unit_amount"]) * int(item["quantity"])
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": params["mode"],
+            "status": "open",
+            "payment_status": "unpaid",
+            "amount_total": amount,
+            "currency": item["price_data"]["currency"],
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata", {}),
+            "payment_intent": None,
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
+            "url": f"{self.url}/pay/{session_id}",
+        }
+        self.sessions[session_id] = session
+        return session
+
+    # Moving a session along, as the customer and Stripe would --------------------------
+
+    def pay(self, session_id: str, payment_status: str = "paid") -> dict:
+        with self.lock:
+            session = self.sessions[session_id]
+            intent = session["payment_intent"] or "pi_" + secrets.token_hex(8)
+            session.update(status="complete", payment_status=payment_status, payment_intent=intent)
+            return dict(session)
+
+    def settle_async(self, session_id: str) -> dict:
+        with self.lock:
+            self.sessions[session_id]["payment_status"] = "paid"
+            return dict(self.sessions[session_id])
+
+    def expire(self, session_id: str) -> dict:
+        with self.lock:
+            self.sessions[session_id].update(status="expired")
+            return dict(self.sessions[session_id])
+
+    def created(self) -> list[dict]:
+        return [r for r in self.requests if r["method"] == "POST"]
+
+
+def event(kind: str, obj: dict, event_id: str | None = None) -> dict:
+    return {
+        "id": event_id or "evt_" + secrets.token_hex(10),
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "livemode": False,
+        "api_version": "2025-01-27.acacia",
+        "data": {"object": obj},
+    }
+
+
+def signed(payload: dict | str, secret: str, timestamp: int | None = None) -> tuple[bytes, str]:
+    """The body and Stripe-Signature header Stripe would send for `payload`."""
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    stamp = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
+    return body.encode(), f"t={stamp},v1={mac}"
