@@ -1,5 +1,6 @@
 """Form pieces every feature shares."""
 
+from flask_wtf import FlaskForm
 from wtforms import EmailField
 from wtforms.validators import DataRequired, Email, Length
 
@@ -20,3 +21,7 @@ def email_field(label: str, missing: str) -> EmailField:
             Length(max=254),
         ],
     )
+
+
+class ActionForm(FlaskForm):
+    """A button that changes something: only its CSRF token."""

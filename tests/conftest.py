@@ -9,6 +9,7 @@ import pytest
 
 from soma import create_app
 from soma.extensions import db, limiter
+from tests.fakes.stripe_server import FakeStripe
 from tests.helpers import DEFAULT_PASSWORD, FakeClock, make_user, post_form
 
 TEST_SETTINGS = {
@@ -71,6 +72,28 @@ def clock(app):
     fake = FakeClock()
     app.config["SOMA_CLOCK"] = fake
     return fake
+
+
+STRIPE_WEBHOOK_SECRET = "whsec_test_soma"
+
+
+@pytest.fixture
+def fake_stripe():
+    """A fake Stripe API on 127.0.0.1 (tests/fakes/stripe_server.py)."""
+    fake = FakeStripe().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def stripe_on(app, fake_stripe):
+    """The app's Stripe keys set, its API pointed at the fake; yields the fake."""
+    app.config.update(
+        STRIPE_SECRET_KEY="sk_test_soma",
+        STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        STRIPE_API_BASE=fake_stripe.url,
+    )
+    return fake_stripe
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from flask_wtf import FlaskForm
 from wtforms import DateTimeLocalField, HiddenField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length
 
-from soma.forms import strip
+from soma.forms import ActionForm, strip  # noqa: F401 (the controls' form)
 from soma.models.classes import DURATIONS
 
 
@@ -45,7 +45,3 @@ class BookingForm(FlaskForm):
             SelectChoice(teacher.id, teacher.display_name) for teacher in teachers
         ]
         self.teacher.validate_choice = False  # the service says who is a teacher
-
-
-class ActionForm(FlaskForm):
-    """A class control: only its CSRF token."""

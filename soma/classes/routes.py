@@ -18,10 +18,11 @@ from flask_login import current_user, login_required
 
 from soma import clock
 from soma.classes import service
-from soma.classes.forms import ActionForm, BookingForm
+from soma.classes.forms import BookingForm
 from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMove, active_at
 from soma.errors import SomaError
 from soma.extensions import db, limiter
+from soma.forms import ActionForm
 from soma.ledger import InsufficientTokens, get_token_pricing
 from soma.ledger.pricing import class_cost_at
 from soma.models import ClassStatus, PricingUserType, Role, User

@@ -114,8 +114,13 @@ class Purchase(Base):
     phone: Mapped[str | None] = mapped_column(String(16))
     failure_reason: Mapped[str | None] = mapped_column(String(255))
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Tokens a refund could not take back because they were spent (the account is flagged).
+    # Tokens a refund or dispute could not take back because they were spent
+    # (the account is flagged).
     shortfall_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # An open or lost dispute: the amount disputed, and the tokens taken back for
+    # it (returned if the dispute is won).
+    disputed_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    dispute_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     credited_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

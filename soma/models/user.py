@@ -33,6 +33,10 @@ class User(UserMixin, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when the account needs an admin's look: a refund or dispute took back
+    # tokens that were already spent (see soma.purchases.service).
+    flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    flag_reason: Mapped[str | None] = mapped_column(String(255))
 
     wallet = relationship("Wallet", back_populates="user", uselist=False)
 

@@ -27,7 +27,3 @@ class BuyForm(FlaskForm):
             self.provider.data = providers[0].value
         self.package.validate_choice = False  # the service says what is on sale
         self.provider.validate_choice = False  # and which providers are offered
-
-
-class SandboxForm(FlaskForm):
-    """Pay or Fail on the sandbox checkout: only its CSRF token."""

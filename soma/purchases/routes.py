@@ -6,9 +6,10 @@ import stripe
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from soma.forms import ActionForm
 from soma.models import Provider, PurchaseStatus, Role
 from soma.purchases import service, stripe_checkout
-from soma.purchases.forms import CUSTOM, BuyForm, SandboxForm
+from soma.purchases.forms import CUSTOM, BuyForm
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
 
@@ -120,7 +121,7 @@ def sandbox(purchase_id: int):
     purchase = _sandbox_purchase(purchase_id)
     if purchase.status != PurchaseStatus.PENDING:
         return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
-    return render_template("purchases/sandbox.html", purchase=purchase, form=SandboxForm())
+    return render_template("purchases/sandbox.html", purchase=purchase, form=ActionForm())
 
 
 @bp.post("/sandbox/<int:purchase_id>/<outcome>")
@@ -128,7 +129,7 @@ def sandbox(purchase_id: int):
 def sandbox_outcome(purchase_id: int, outcome: str):
     """Pay or Fail: the same fulfilment path as a real provider's confirmation."""
     purchase = _sandbox_purchase(purchase_id)
-    if outcome not in ("pay", "fail") or not SandboxForm().validate_on_submit():
+    if outcome not in ("pay", "fail") or not ActionForm().validate_on_submit():
         abort(400)
     if outcome == "pay":
         service.fulfil(purchase.id, "sandbox", receipt=f"SANDBOX-{purchase.id}")

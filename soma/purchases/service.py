@@ -20,7 +20,7 @@ from soma import clock, ledger
 from soma.errors import FieldRefusal, SomaError
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
-from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User
+from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User, Wallet
 from soma.models.purchase import (
     CUSTOM_MAX,
     CUSTOM_MIN,
@@ -247,14 +247,14 @@ def _move(
 
 
 def _retrying(work) -> None:
-    """Run `work` in a transaction, again if the purchase changed under it."""
+    """Run `work` in a transaction, again if the purchase or a balance changed under it."""
     for _ in range(3):
         try:
             with ledger.atomic():
                 work()
             return
-        except _Stale:
-            continue
+        except (_Stale, ledger.InsufficientTokens):
+            continue  # (a refund read a balance that was spent meanwhile: read it again)
     raise SomaError("This purchase changed several times at once. Reload the page.")
 
 
@@ -321,6 +321,201 @@ def expire(purchase_id: int, source: str) -> Purchase:
     pending = (P.PENDING.value,)
     _retrying(lambda: _move(purchase_id, pending, P.EXPIRED, source, "The checkout expired."))
     return _fresh(purchase_id)
+
+
+# Refunds and disputes ------------------------------------------------------------------------
+
+CREDITED = (P.PAID.value, P.REFUNDED.value, P.DISPUTED.value)
+
+
+def _locked(purchase_id: int) -> Purchase:
+    return db.session.scalars(
+        select(Purchase)
+        .where(Purchase.id == purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _share(tokens: int, part_minor: int, whole_minor: int) -> int:
+    """The tokens `part_minor` of `whole_minor` bought: ceil(tokens x part / whole)."""
+    return -(-tokens * part_minor // whole_minor)
+
+
+def _take_back(purchase: Purchase, from_minor: int, to_minor: int, key: str) -> tuple[int, int]:
+    """Take back the tokens the money from `from_minor` to `to_minor` bought; (taken, short).
+
+    Purchased tokens go back to issuance and bonus tokens to promotions, as far
+    as the student's available balance goes: a balance never goes negative.
+    What could not be taken (already spent) is the shortfall.
+    """
+    whole = purchase.amount_minor
+    due_tokens = _share(purchase.tokens, to_minor, whole) - _share(
+        purchase.tokens, from_minor, whole
+    )
+    due_bonus = _share(purchase.bonus_tokens, to_minor, whole) - _share(
+        purchase.bonus_tokens, from_minor, whole
+    )
+    available = db.session.scalar(
+        select(Wallet.available).where(Wallet.user_id == purchase.user_id)
+    )
+    tokens = min(due_tokens, available)
+    bonus = min(due_bonus, available - tokens)
+    details = {"reference": ("purchase", purchase.id), "memo": f"Refund of purchase #{purchase.id}"}
+    if tokens:
+        ledger.debit(
+            purchase.user_id,
+            tokens,
+            key=f"{key}:tokens",
+            kind=EntryKind.REFUND,
+            to=PlatformAccount.ISSUANCE,
+            **details,
+        )
+    if bonus:
+        ledger.debit(
+            purchase.user_id,
+            bonus,
+            key=f"{key}:bonus",
+            kind=EntryKind.REFUND,
+            to=PlatformAccount.PROMOTIONS,
+            **details,
+        )
+    return tokens + bonus, due_tokens + due_bonus - tokens - bonus
+
+
+def _flag(user_id: int, reason: str) -> None:
+    db.session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(flagged_at=clock.now(), flag_reason=reason[:255])
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _record(purchase: Purchase, to: PurchaseStatus, source: str, note: str, **values) -> None:
+    now = clock.now()
+    db.session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase.id)
+        .values(status=to.value, version=Purchase.version + 1, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.add(
+        PurchaseEvent(
+            purchase_id=purchase.id,
+            from_status=purchase.status,
+            to_status=to.value,
+            source=source,
+            note=note[:255],
+            at=now,
+        )
+    )
+
+
+def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase:
+    """Bring the purchase's refunded amount up to `refunded_total_minor` (a running total,
+    as Stripe reports it), taking back the tokens that money bought. Idempotent: a
+    total already reached changes nothing. Full refund: the purchase is `refunded`."""
+
+    def work():
+        purchase = _locked(purchase_id)
+        if purchase.status not in CREDITED:
+            raise PurchaseRefused("Only a paid purchase can be refunded.")
+        target = min(refunded_total_minor, purchase.amount_minor)
+        if target <= purchase.refunded_minor:
+            return
+        key = f"purchase:{purchase_id}:refund:{target}"
+        taken, short = _take_back(purchase, purchase.refunded_minor, target, key)
+        full = target == purchase.amount_minor
+        status = P.REFUNDED if full else PurchaseStatus(purchase.status)
+        note = f"refunded {money_text(purchase, target)} in all; {taken} tokens taken back"
+        if short:
+            note += f", {short} already spent"
+            _flag(
+                purchase.user_id, f"Refund of purchase #{purchase_id}: {short} tokens already spent"
+            )
+        _record(
+            purchase,
+            status,
+            source,
+            note,
+            refunded_minor=target,
+            shortfall_tokens=purchase.shortfall_tokens + short,
+        )
+        notify(
+            purchase.user_id,
+            "purchase_refunded",
+            f"Purchase #{purchase_id} was refunded ({money_text(purchase, target)} in all); "
+            f"{taken} tokens were taken back from your wallet.",
+            link=f"/buy/purchases/{purchase_id}",
+        )
+
+    _retrying(work)
+    return _fresh(purchase_id)
+
+
+def dispute_opened(purchase_id: int, disputed_minor: int, source: str) -> Purchase:
+    """The buyer's bank disputes the payment: take back the tokens it bought, once."""
+
+    def work():
+        purchase = _locked(purchase_id)
+        if purchase.status not in (P.PAID.value, P.REFUNDED.value) or purchase.disputed_minor:
+            return
+        amount = min(disputed_minor, purchase.amount_minor - purchase.refunded_minor)
+        if amount <= 0:
+            return
+        key = f"purchase:{purchase_id}:dispute"
+        end = purchase.refunded_minor + amount
+        taken, short = _take_back(purchase, purchase.refunded_minor, end, key)
+        if short:
+            _flag(purchase.user_id, f"Dispute on purchase #{purchase_id}: {short} tokens spent")
+        _record(
+            purchase,
+            P.DISPUTED,
+            source,
+            f"disputed {money_text(purchase, amount)}; {taken} tokens held back, {short} short",
+            disputed_minor=amount,
+            dispute_tokens=taken,
+            shortfall_tokens=purchase.shortfall_tokens + short,
+        )
+
+    _retrying(work)
+    return _fresh(purchase_id)
+
+
+def dispute_closed(purchase_id: int, won: bool, source: str) -> Purchase:
+    """The dispute is over. Won: the tokens taken for it come back. Lost: they stay taken."""
+
+    def work():
+        purchase = _locked(purchase_id)
+        if purchase.status != P.DISPUTED.value or not won:
+            return
+        if purchase.dispute_tokens:
+            ledger.credit(
+                purchase.user_id,
+                purchase.dispute_tokens,
+                key=f"purchase:{purchase_id}:dispute-won",
+                kind=EntryKind.ADJUSTMENT,
+                source=PlatformAccount.ISSUANCE,
+                reference=("purchase", purchase_id),
+                memo=f"Dispute on purchase #{purchase_id} won: tokens returned",
+            )
+        back = P.REFUNDED if purchase.refunded_minor == purchase.amount_minor else P.PAID
+        _record(
+            purchase,
+            back,
+            source,
+            "dispute won; tokens returned",
+            disputed_minor=0,
+            dispute_tokens=0,
+        )
+
+    _retrying(work)
+    return _fresh(purchase_id)
+
+
+def money_text(purchase: Purchase, minor: int) -> str:
+    return f"${minor / 100:,.2f}" if purchase.currency == "USD" else f"KES {minor:,}"
 
 
 def _fresh(purchase_id: int) -> Purchase:

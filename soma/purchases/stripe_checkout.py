@@ -133,8 +133,45 @@ def _act(event) -> None:
         else:
             _apply_session(purchase, obj, source)
         return
-    # charge.refunded and charge.dispute.* are acknowledged; acting on them comes next.
-    current_app.logger.info("stripe: %s acknowledged, not acted on", event.type)
+    if event.type in ("charge.refunded", "charge.dispute.created", "charge.dispute.closed"):
+        purchase = _purchase_of_intent(obj.get("payment_intent"))
+        if purchase is None:
+            current_app.logger.warning(
+                "stripe: %s for unknown payment %s", event.type, obj.get("payment_intent")
+            )
+            return
+        if event.type == "charge.refunded":
+            service.refund(purchase.id, int(obj.get("amount_refunded") or 0), source)
+        elif event.type == "charge.dispute.created":
+            service.dispute_opened(purchase.id, int(obj.get("amount") or 0), source)
+        else:
+            service.dispute_closed(purchase.id, obj.get("status") == "won", source)
+        return
+    current_app.logger.info("stripe: %s acknowledged; nothing to do", event.type)
+
+
+def _purchase_of_intent(payment_intent: str | None) -> Purchase | None:
+    if not payment_intent:
+        return None
+    return db.session.scalars(
+        select(Purchase).where(
+            Purchase.payment_intent_id == payment_intent, Purchase.provider == Provider.STRIPE
+        )
+    ).first()
+
+
+def refund_payment(purchase: Purchase, refunded_total_minor: int) -> None:
+    """Ask Stripe to refund up to `refunded_total_minor` in all (an admin's refund).
+
+    The refund is keyed by the purchase and the total, so asking twice refunds once.
+    """
+    amount = refunded_total_minor - purchase.refunded_minor
+    if amount <= 0 or not purchase.payment_intent_id:
+        return
+    client().v1.refunds.create(
+        params={"payment_intent": purchase.payment_intent_id, "amount": amount},
+        options={"idempotency_key": f"soma-refund-{purchase.id}-{refunded_total_minor}"},
+    )
 
 
 def _purchase_of_session(session: dict) -> Purchase | None:
@@ -158,8 +195,13 @@ def _apply_session(purchase: Purchase, session: dict, source: str) -> Purchase |
     if (amount, currency) != (purchase.amount_minor, purchase.currency):
         current_app.logger.error(
             "stripe: session %s paid %s %s for purchase %s of %s %s; not credited",
-            session["id"], amount, currency, purchase.id, purchase.amount_minor, purchase.currency,
-        )  # fmt: skip
+            session["id"],
+            amount,
+            currency,
+            purchase.id,
+            purchase.amount_minor,
+            purchase.currency,
+        )
         return None
     return service.fulfil(
         purchase.id,

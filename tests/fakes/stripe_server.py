@@ -79,9 +79,12 @@ class FakeStripe:
                     if fake.fail_next:
                         fake.fail_next -= 1
                         return self._reply(500, {"error": {"type": "api_error", "message": "down"}})
-                    if self.path != "/v1/checkout/sessions":
+                    if self.path == "/v1/checkout/sessions":
+                        reply = (200, fake._create_session(params))
+                    elif self.path == "/v1/refunds":
+                        reply = (200, fake._create_refund(params))
+                    else:
                         return self._reply(404, {"error": {"type": "invalid_request_error"}})
-                    reply = (200, fake._create_session(params))
                     if key:
                         fake.replies[key] = reply
                 return self._reply(*reply)
@@ -129,6 +132,18 @@ class FakeStripe:
         }
         self.sessions[session_id] = session
         return session
+
+    def _create_refund(self, params: dict) -> dict:
+        return {
+            "id": "re_" + secrets.token_hex(10),
+            "object": "refund",
+            "amount": int(params["amount"]),
+            "payment_intent": params["payment_intent"],
+            "status": "succeeded",
+        }
+
+    def refunds(self) -> list[dict]:
+        return [r["params"] for r in self.requests if r.get("path") == "/v1/refunds"]
 
     # Moving a session along, as the customer and Stripe would --------------------------
 

@@ -19,11 +19,15 @@ from tests.unit.test_purchases import (  # noqa: F401 (collected here with the P
     test_bad_input_is_refused_clearly_and_changes_nothing,
     test_the_audit_names_a_paid_purchase_that_was_never_credited,
 )
+from tests.unit.test_refunds import (  # noqa: F401
+    test_a_dispute_holds_the_tokens_back_until_it_is_decided,
+    test_a_refund_after_the_tokens_were_spent_flags_the_account_and_never_goes_negative,
+    test_an_admin_refunds_in_part_then_in_full,
+    test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once,
+)
 from tests.unit.test_stripe import (  # noqa: F401
     SECRET,
     checkout,
-    fake_stripe,
-    stripe_on,
     test_an_async_payment_is_credited_once_in_either_order,
     test_the_same_event_five_times_credits_once,
     test_the_success_page_asks_stripe_and_credits_before_the_webhook,

@@ -13,28 +13,10 @@ from sqlalchemy import select
 from soma import ledger
 from soma.extensions import db
 from soma.models import JournalEntry, Purchase, PurchaseEvent
-from tests.fakes.stripe_server import FakeStripe, event, signed
+from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
+from tests.fakes.stripe_server import event, signed
 from tests.helpers import balances, text_of
 from tests.unit.test_purchases import buy, package_id
-
-SECRET = "whsec_test_soma"
-
-
-@pytest.fixture
-def fake_stripe():
-    fake = FakeStripe().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def stripe_on(app, fake_stripe):
-    app.config.update(
-        STRIPE_SECRET_KEY="sk_test_soma",
-        STRIPE_WEBHOOK_SECRET=SECRET,
-        STRIPE_API_BASE=fake_stripe.url,
-    )
-    return fake_stripe
 
 
 @pytest.fixture
