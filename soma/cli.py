@@ -108,7 +108,17 @@ def sweep(every: int | None) -> None:
 
     try:
         while True:
-            result = sweep_once()
+            try:
+                result = sweep_once()
+            except Exception:
+                # The database restarting, say: log it and try again next pass,
+                # rather than leave unwatched classes holding tokens.
+                db.session.remove()
+                if every is None:
+                    raise
+                current_app.logger.exception("sweep: the pass failed; trying again")
+                time.sleep(every)
+                continue
             db.session.remove()
             if result.completed or result.ended_early or result.failed or every is None:
                 click.echo(

@@ -1,7 +1,8 @@
 """The audit's check of classes (SPEC §2.10): every finished class settled exactly once."""
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, exists, func, select
 
+from soma.classes.machine import pro_rata
 from soma.extensions import db
 from soma.ledger.audit import Violation, audit_check
 from soma.models import ClassSession, EntryKind, JournalEntry
@@ -49,6 +50,8 @@ def classes_settle_exactly_once() -> list[Violation]:
             ClassSession.charged_tokens,
             ClassSession.hold_entry_id,
             ClassSession.closing_entry_id,
+            ClassSession.active_seconds,
+            ClassSession.duration_minutes,
             func.coalesce(entries.c.holds, 0),
             func.coalesce(entries.c.closes, 0),
             entries.c.hold_id,
@@ -58,7 +61,7 @@ def classes_settle_exactly_once() -> list[Violation]:
         ).outerjoin(entries, entries.c.class_id == ClassSession.id)
     ).all()
     found = []
-    for (class_id, status, cost, charged, hold_ref, close_ref,
+    for (class_id, status, cost, charged, hold_ref, close_ref, active, minutes,
          holds, closes, hold_id, close_id, paid, held) in rows:  # fmt: skip
         problems = []
         if status in NOT_STARTED:
@@ -76,9 +79,35 @@ def classes_settle_exactly_once() -> list[Violation]:
                 problems.append("records other entries than the ledger holds for it")
             elif paid != charged:
                 problems.append(f"says it charged {charged} tokens but the ledger paid {paid}")
-            elif status == ClassStatus.COMPLETED and paid != cost:
-                problems.append(f"completed but paid {paid} of its {cost} tokens")
+            elif paid != _due(status, cost, active, minutes * 60):
+                due = _due(status, cost, active, minutes * 60)
+                problems.append(
+                    f"is {status} after {active} active seconds, so owes {due} tokens, "
+                    f"but paid {paid}"
+                )
         if holds and held != cost:
             problems.append(f"held {held} tokens for a class that costs {cost}")
         found.extend(Violation("class-settlement", f"class {class_id} {p}") for p in problems)
     return found
+
+
+def _due(status: str, cost: int, active_seconds: int, planned_seconds: int) -> int:
+    """What a finished class should have paid the teacher (SPEC §3)."""
+    if status == ClassStatus.COMPLETED:
+        return cost
+    if status == ClassStatus.ENDED_EARLY:
+        return pro_rata(cost, active_seconds, planned_seconds)
+    return 0  # aborted
+
+
+@audit_check
+def class_entries_name_a_class() -> list[Violation]:
+    """Every entry that says it concerns a class concerns one that exists."""
+    orphans = db.session.scalars(
+        select(JournalEntry.id)
+        .where(JournalEntry.reference_type == "class")
+        .where(~exists().where(ClassSession.id == JournalEntry.reference_id))
+    ).all()
+    return [
+        Violation("class-settlement", f"entry {entry_id} names no class") for entry_id in orphans
+    ]

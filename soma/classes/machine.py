@@ -189,6 +189,12 @@ def _start(clock: Clock, now: datetime) -> Move:
             f"This class can be started from {opens:%d %b %Y, %H:%M} UTC, "
             "10 minutes before its scheduled start."
         )
+    closes = clock.scheduled_start + timedelta(seconds=clock.planned_seconds)
+    if now >= closes:
+        raise InvalidMove(
+            f"This class was booked to end by {closes:%d %b %Y, %H:%M} UTC; it can no longer "
+            "be started. Cancel it, and the student can book another."
+        )
     return Move(
         Action.START,
         S.IN_PROGRESS,

@@ -27,6 +27,7 @@ from soma.ledger import InsufficientTokens, get_token_pricing
 from soma.ledger.pricing import class_cost_at
 from soma.models import ClassStatus, PricingUserType, Role, User
 from soma.models.classes import DURATIONS, ClassSession
+from soma.money import tokens
 from soma.security import SESSION_USER_ENDPOINTS, role_required
 
 bp = Blueprint("classes", __name__, url_prefix="/classes")
@@ -148,17 +149,17 @@ def _mm_ss(seconds: int) -> str:
 def _token_status(session: ClassSession) -> str:
     cost, status = session.cost_tokens, ClassStatus(session.status)
     if status == ClassStatus.SCHEDULED:
-        return f"{cost} tokens will be held when the class starts"
+        return f"{tokens(cost)} will be held when the class starts"
     if status in (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED):
-        return f"{cost} tokens locked"
+        return f"{tokens(cost)} locked"
     if status == ClassStatus.CANCELLED:
         return "No tokens moved"
     charged = session.charged_tokens or 0
     returned = cost - charged
     if not charged:
-        return f"{cost} tokens returned to the student"
-    text = f"{charged} tokens paid to the teacher"
-    return text + (f", {returned} returned to the student" if returned else "")
+        return f"{tokens(cost)} returned to the student"
+    text = f"{tokens(charged)} paid to the teacher"
+    return text + (f", {returned:,} returned to the student" if returned else "")
 
 
 def tracker_for(session: ClassSession) -> Tracker:
@@ -221,7 +222,8 @@ def timer(class_id: int):
     if session is None:
         abort(404)
     if service.due(service.clock_of(session), clock.now(), service.pause_limit()) is not None:
-        found = service.class_for(db.session.get(User, current_user.id), class_id)
+        viewer = db.session.get(User, current_user.id)
+        found = service.class_for(viewer, class_id) if viewer is not None else None
         if found is None:
             abort(404)
         session = service.settle_if_due(found)

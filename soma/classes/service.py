@@ -35,6 +35,7 @@ from soma.models.classes import (
     ClassSession,
     ClassStatus,
 )
+from soma.money import tokens
 from soma.notifications.service import notify
 
 # Tries of a compare-and-set before giving up: each miss means another request
@@ -375,11 +376,14 @@ class _Lost(Exception):
 
 def _move_tokens(session: ClassSession, move: Move, actor_id: int | None) -> dict:
     """The ledger's entry for `move`, in the current transaction; the entry ids to record."""
+    # The entry is dated when it is written: a completion found late still ended
+    # at `move.at` (the class's event says so), but the ledger's order is the
+    # order money moved, which wallet histories and their running balances follow.
     details = {
         "reference": ("class", session.id),
         "memo": session.title,
         "actor_id": actor_id,
-        "now": move.at,
+        "now": clock.now(),
     }
     if move.ledger == Ledger.HOLD:
         held = ledger.hold(
@@ -418,16 +422,24 @@ def _notify_end(session: ClassSession, move: Move) -> None:
             notify(user_id, "class_cancelled", f"“{title}” was cancelled.", link)
         return
     if move.status == ClassStatus.ABORTED:
-        notify(session.student_id, "class_aborted",
-               f"“{title}” was aborted; your {returned} tokens were returned.", link)  # fmt: skip
+        notify(
+            session.student_id,
+            "class_aborted",
+            f"“{title}” was aborted; your {tokens(returned)} were returned.",
+            link,
+        )
         notify(session.teacher_id, "class_aborted", f"“{title}” was aborted.", link)
         return
-    student_text = f"“{title}” ended: {move.charge} tokens paid"
+    student_text = f"“{title}” ended: {tokens(move.charge)} paid"
     if returned:
-        student_text += f", {returned} returned to you"
+        student_text += f", {returned:,} returned to you"
     notify(session.student_id, "class_completed", student_text + ".", link)
-    notify(session.teacher_id, "class_completed",
-           f"“{title}” ended: you earned {move.charge} tokens.", link)  # fmt: skip
+    notify(
+        session.teacher_id,
+        "class_completed",
+        f"“{title}” ended: you earned {tokens(move.charge)}.",
+        link,
+    )
 
 
 # The sweeper -----------------------------------------------------------------------------

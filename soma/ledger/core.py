@@ -60,9 +60,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.exc import DBAPIError
 
 from soma.extensions import db
+from soma.fastread import autocommit_row
 from soma.ledger.errors import (
     AlreadySettled,
     IdempotencyConflict,
@@ -501,60 +501,11 @@ class _Refused(Exception):
 
 
 def _autocommit_row(sql: str, values: dict) -> tuple:
-    """Run one statement on a pooled connection in autocommit, as a transaction of its own.
-
-    The driver's own connection is used directly: this is the ledger's hottest
-    path, and a statement in autocommit needs no BEGIN, no COMMIT and none of
-    SQLAlchemy's transaction bookkeeping. Errors come out as SQLAlchemy's, and a
-    lost connection is dropped from the pool, as SQLAlchemy would do. The
-    connection goes back to the pool out of autocommit, or not at all: any
-    other interruption (a timeout's signal, say) leaves its state unknown, so
-    it is dropped. (Then, as after any error here, the entry may or may not
-    have been written: retry with the same key to find out.)
-    """
-    pooled = db.engine.raw_connection()
-    driver = pooled.driver_connection
+    """The entry's statement in autocommit (see soma.fastread); SM001 becomes _Refused."""
     try:
-        driver.autocommit = True
-        return driver.execute(sql, values).fetchone()
-    except psycopg.Error as error:
-        if error.sqlstate == REFUSED_SQLSTATE:
-            raise _Refused(int(error.diag.message_detail)) from None
-        lost = db.engine.dialect.is_disconnect(error, driver, None)
-        if lost:
-            # As SQLAlchemy does on a disconnect: drop this connection, and have
-            # the pool renew every connection made before it (the server is gone
-            # or was restarted, so they are all dead).
-            db.engine.pool._invalidate(pooled, error)
-        raise DBAPIError.instance(
-            sql,
-            values,
-            error,
-            psycopg.Error,
-            hide_parameters=db.engine.hide_parameters,
-            connection_invalidated=lost,
-            dialect=db.engine.dialect,
-        ) from error
-    except BaseException:
-        pooled.invalidate()
-        raise
-    finally:
-        _back_out_of_autocommit(pooled, driver)
-        pooled.close()
-
-
-def _back_out_of_autocommit(pooled, driver) -> None:
-    """Leave the connection fit for the session's transactions, or drop it from the pool."""
-    if not pooled.is_valid:
-        return
-    try:
-        idle = driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if idle:
-            driver.autocommit = False
-    except psycopg.Error:
-        idle = False
-    if not idle or driver.autocommit:
-        pooled.invalidate()
+        return autocommit_row(sql, values, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
+    except psycopg.Error as error:  # only the refusal is kept raw
+        raise _Refused(int(error.diag.message_detail)) from None
 
 
 def _session_has_written(connection) -> bool:

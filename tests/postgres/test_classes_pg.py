@@ -18,13 +18,17 @@ from tests.unit.test_classes import (  # noqa: F401 (collected here with the Pos
     booked,
     control,
     people,
+    test_a_failure_after_the_class_row_is_claimed_rolls_everything_back,
     test_a_start_too_early_or_unaffordable_changes_nothing,
     test_booking_a_class_freezes_its_cost_and_shows_it_to_both_sides,
     test_ending_early_charges_pro_rata,
     test_invalid_moves_get_409_and_change_nothing,
     test_pause_and_resume_freeze_and_continue_the_clock,
     test_start_holds_the_cost_and_the_tracker_shows_it,
+    test_the_audit_recomputes_an_early_ending_from_its_active_time,
+    test_the_sweeper_completes_a_resumed_class_and_dates_the_payment_when_it_is_made,
     test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long,
+    test_the_timer_ends_a_class_paused_too_long,
     test_the_timer_settles_a_due_class_once_and_stops_polling,
 )
 

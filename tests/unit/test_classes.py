@@ -278,13 +278,15 @@ def test_invalid_moves_get_409_and_change_nothing(app, client, auth, people, boo
     clock.advance(minutes=60)
     control(client, booked, "start")
     assert control(client, booked, "start").status_code == 409
+    clock.advance(minutes=3)
     control(client, booked, "pause")
     before = the_class(app, booked)
+    clock.advance(minutes=1)
     response = control(client, booked, "pause")
     assert response.status_code == 409
     assert "This class is already paused." in text_of(response.get_data(as_text=True))
     after = the_class(app, booked)
-    assert (after.status, after.version, after.active_seconds) == ("paused", before.version, 0)
+    assert (after.status, after.version, after.active_seconds) == ("paused", before.version, 180)
     control(client, booked, "abort")
     response = control(client, booked, "resume", htmx=False)  # a plain form: the whole page
     assert response.status_code == 409
@@ -442,3 +444,97 @@ def test_sweep_every_repeats_its_pass_until_stopped(app, runner, clock, monkeypa
     result = runner.invoke(args=["soma", "sweep", "--every", "7"])
     assert result.exit_code == 0, result.output
     assert passes == [7, 7, 7]
+
+
+def test_a_class_can_be_started_until_its_booked_end_and_not_after(app, client, booked, clock):
+    clock.advance(minutes=120)  # 11:00: the 60-minute class booked for 10:00 is over
+    response = control(client, booked, "start")
+    assert response.status_code == 409
+    assert "booked to end by 24 Nov 2026, 11:00 UTC; it can no longer be started" in text_of(
+        response.get_data(as_text=True)
+    )
+    assert entries_for(app, booked) == []
+    assert control(client, booked, "cancel").status_code == 200
+
+
+def test_the_timer_ends_a_class_paused_too_long(app, client, auth, people, booked, clock):
+    clock.advance(minutes=60)
+    control(client, booked, "start")
+    clock.advance(minutes=5)
+    control(client, booked, "pause")
+    clock.advance(minutes=31)
+    text = text_of(client.get(f"/classes/{booked}/timer?seen=paused").get_data(as_text=True))
+    assert "Ended early" in text and "1 token paid to the teacher, 9 returned" in text
+    assert "The class was paused too long and ended early." in text
+    assert money(app, people) == ((24, 0), (1, 0))
+
+
+def test_a_failure_after_the_class_row_is_claimed_rolls_everything_back(
+    app, people, booked, clock, monkeypatch
+):
+    clock.advance(minutes=60)
+
+    def broken_hold(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("soma.classes.service.ledger.hold", broken_hold)
+    with app.app_context():
+        session = db.session.get(ClassSession, booked)
+        teacher = db.session.get(ClassSession, booked).teacher
+        with pytest.raises(RuntimeError):
+            service.act(session, service.Action.START, teacher)
+    after = the_class(app, booked)
+    assert (after.status, after.version, after.hold_entry_id) == ("scheduled", 0, None)
+    with app.app_context():
+        assert (
+            db.session.scalars(select(ClassEvent).where(ClassEvent.class_id == booked)).all() == []
+        )
+    assert money(app, people) == ((25, 0), (0, 0))
+
+
+def test_the_sweeper_completes_a_resumed_class_and_dates_the_payment_when_it_is_made(
+    app, client, people, booked, clock
+):
+    clock.advance(minutes=60)  # 10:00
+    control(client, booked, "start")
+    clock.advance(minutes=20)
+    control(client, booked, "pause")
+    clock.advance(minutes=10)
+    control(client, booked, "resume")  # 10:30, 40 minutes left: due at 11:10
+    assert the_class(app, booked).due_at == clock.now + timedelta(minutes=40)
+    clock.advance(minutes=100)  # 12:10: nobody watched; the sweeper comes an hour late
+    with app.app_context():
+        assert service.sweep() == service.SweepResult(1, 0, 0)
+        complete = db.session.scalars(
+            select(ClassEvent).where(ClassEvent.class_id == booked, ClassEvent.kind == "complete")
+        ).one()
+        assert complete.at == clock.now - timedelta(minutes=60)  # it ended at 11:10
+        settle = db.session.scalars(
+            select(JournalEntry).where(
+                JournalEntry.reference_id == booked, JournalEntry.kind == "class_settle"
+            )
+        ).one()
+        assert settle.created_at == clock.now  # the money moved now, in ledger order
+    assert money(app, people) == ((15, 0), (10, 0))
+
+
+def test_the_audit_recomputes_an_early_ending_from_its_active_time(app, people, booked, clock):
+    clock.advance(minutes=60)
+    with app.app_context():
+        session = db.session.get(ClassSession, booked)
+        teacher = session.teacher
+        service.act(session, service.Action.START, teacher)
+        clock.advance(minutes=6)
+        service.act(db.session.get(ClassSession, booked), service.Action.END_EARLY, teacher)
+        assert ledger.run_audit() == []
+        db.session.execute(
+            ClassSession.__table__.update()
+            .where(ClassSession.id == booked)
+            .values(active_seconds=3000)
+        )
+        db.session.commit()
+        (violation,) = ledger.run_audit()
+        assert str(violation) == (
+            f"class-settlement: class {booked} is ended_early after 3000 active seconds, "
+            "so owes 9 tokens, but paid 1"
+        )
