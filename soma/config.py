@@ -22,6 +22,13 @@ ENV_SETTINGS = {
     "STRIPE_SECRET_KEY": "",
     "STRIPE_WEBHOOK_SECRET": "",
     "STRIPE_API_BASE": "",
+    "MPESA_BASE_URL": "https://sandbox.safaricom.co.ke",
+    "MPESA_CONSUMER_KEY": "",
+    "MPESA_CONSUMER_SECRET": "",
+    "MPESA_SHORTCODE": "",
+    "MPESA_PASSKEY": "",
+    "MPESA_CALLBACK_SECRET": "",
+    "MPESA_CALLBACK_BASE": "",
 }
 
 
@@ -89,6 +96,11 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "STRIPE_SECRET_KEY": settings.get("STRIPE_SECRET_KEY") or "",
         "STRIPE_WEBHOOK_SECRET": settings.get("STRIPE_WEBHOOK_SECRET") or "",
         "STRIPE_API_BASE": settings.get("STRIPE_API_BASE") or "",
+        **{
+            name: settings.get(name) or ENV_SETTINGS[name]
+            for name in ENV_SETTINGS
+            if name.startswith("MPESA_") and name != "MPESA_KES_PER_USD"
+        },
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",

@@ -8,7 +8,7 @@ from flask_login import current_user
 
 from soma.forms import ActionForm
 from soma.models import Provider, PurchaseStatus, Role
-from soma.purchases import service, stripe_checkout
+from soma.purchases import daraja, mpesa, service, stripe_checkout
 from soma.purchases.forms import CUSTOM, BuyForm
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
@@ -58,7 +58,13 @@ def start():
         else:
             chosen = service.quote(package_id=_int_or_refuse(form.package.data))
         provider = _provider_or_refuse(form.provider.data)
-        purchase = service.start(current_user, chosen, provider, form.key.data)
+        phone = None
+        if provider == Provider.MPESA:
+            try:
+                phone = daraja.normalise_phone(form.phone.data or "")
+            except daraja.InvalidPhone as error:
+                raise service.PurchaseRefused(str(error), "phone") from None
+        purchase = service.start(current_user, chosen, provider, form.key.data, phone=phone)
     except service.PurchaseRefused as error:
         field = getattr(form, error.field or "package")
         field.errors = [*field.errors, error.message]
@@ -66,6 +72,16 @@ def start():
     if purchase.provider == Provider.SANDBOX:
         return redirect(url_for("purchases.sandbox", purchase_id=purchase.id), 303)
     if purchase.status != PurchaseStatus.PENDING:  # a double submit of a finished purchase
+        return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
+    if purchase.provider == Provider.MPESA:
+        if purchase.checkout_request_id is None:
+            try:
+                mpesa.start_stk(purchase)
+            except daraja.DarajaError:
+                current_app.logger.exception("mpesa: no STK push for purchase %s", purchase.id)
+                service.fail(purchase.id, "mpesa:push", "M-Pesa could not be reached.")
+                form.phone.errors = ["M-Pesa is not answering right now. Please try again."]
+                return _buy_page(form, 503)
         return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
     try:
         checkout_url = stripe_checkout.start_checkout(purchase)
@@ -161,6 +177,8 @@ def show(purchase_id: int):
 def status(purchase_id: int):
     """The status fragment; once the purchase is settled it stops polling and refreshes."""
     purchase = _own_purchase(purchase_id)
+    if purchase.provider == Provider.MPESA:
+        purchase = mpesa.recheck(purchase)  # a late callback: ask Daraja now and then
     headers = {}
     if purchase.status != PurchaseStatus.PENDING and request.args.get("seen") == "pending":
         headers["HX-Trigger"] = "purchase-settled"

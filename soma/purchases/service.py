@@ -77,11 +77,13 @@ def providers() -> list[Provider]:
     """The providers a student may choose now, in the order offered.
 
     Stripe when its keys are set. The sandbox when no provider is configured,
-    never in production. (M-Pesa joins when its client lands.)
+    never in production. M-Pesa when Daraja's keys and the shilling rate are set.
     """
-    from soma.purchases import stripe_checkout
+    from soma.purchases import mpesa, stripe_checkout
 
     offered = [Provider.STRIPE] if stripe_checkout.configured() else []
+    if mpesa.configured():
+        offered.append(Provider.MPESA)
     if not offered and sandbox_allowed():
         offered.append(Provider.SANDBOX)
     return offered

@@ -1,9 +1,11 @@
 """Payment providers' webhooks: no session, no CSRF; each is authenticated by its signature."""
 
-from flask import Blueprint, abort, jsonify, request
+import hmac
+
+from flask import Blueprint, abort, current_app, jsonify, request
 
 from soma.extensions import csrf, limiter
-from soma.purchases import stripe_checkout
+from soma.purchases import mpesa, stripe_checkout
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -19,3 +21,19 @@ def stripe_events():
         request.get_data(cache=False), request.headers.get("Stripe-Signature")
     )
     return jsonify(answer), status
+
+
+@bp.post("/mpesa/<secret>/stk")
+@csrf.exempt
+@limiter.exempt
+def mpesa_stk(secret: str):
+    """Safaricom's STK callback; authenticated by the secret in its path (404 otherwise)."""
+    expected = current_app.config.get("MPESA_CALLBACK_SECRET") or ""
+    if not mpesa.configured() or not hmac.compare_digest(secret, expected):
+        abort(404)
+    body = request.get_json(silent=True)
+    try:
+        mpesa.handle_callback(body or {})
+    except ValueError:
+        return jsonify(ResultCode=1, ResultDesc="Rejected: not an STK callback"), 400
+    return jsonify(ResultCode=0, ResultDesc="Accepted")

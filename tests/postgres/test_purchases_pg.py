@@ -9,6 +9,11 @@ from soma.purchases import service, stripe_checkout
 from tests.fakes.stripe_server import FakeStripe, event, signed
 from tests.helpers import balances, make_user
 from tests.postgres.test_ledger_pg import errors, ok, race
+from tests.unit.test_mpesa import (  # noqa: F401
+    fake_daraja,
+    test_a_paid_callback_is_confirmed_then_credited_once,
+    test_a_receipt_credits_one_purchase_only,
+)
 from tests.unit.test_purchases import (  # noqa: F401 (collected here with the PostgreSQL app)
     student,
     test_a_custom_amount_costs_ten_cents_a_token,

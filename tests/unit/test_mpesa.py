@@ -1,0 +1,202 @@
+"""M-Pesa STK push through our Daraja client, against a fake Daraja server on 127.0.0.1."""
+
+import pytest
+from sqlalchemy import func, select
+
+from soma import ledger
+from soma.extensions import db
+from soma.models import JournalEntry, Purchase
+from soma.purchases import daraja
+from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
+from tests.helpers import balances, csrf_from, text_of
+from tests.unit.test_purchases import package_id
+
+CALLBACK_SECRET = "cb-" + "s3cret" * 5
+
+
+@pytest.fixture
+def fake_daraja(app):
+    fake = FakeDaraja().start()
+    app.config.update(
+        MPESA_BASE_URL=fake.url,
+        MPESA_CONSUMER_KEY=KEY,
+        MPESA_CONSUMER_SECRET=SECRET,
+        MPESA_SHORTCODE="174379",
+        MPESA_PASSKEY="passkey",
+        MPESA_CALLBACK_SECRET=CALLBACK_SECRET,
+        MPESA_KES_PER_USD="129.50",
+    )
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def student(app, auth, fake_daraja):
+    return auth.login_as("student", name="Wanjiru Mpesa")
+
+
+def pay_by_mpesa(app, client, tokens=100, phone="0712 345 678", key="m1"):
+    page = client.get("/buy/").get_data(as_text=True)
+    return client.post("/buy/", data={
+        "csrf_token": csrf_from(page), "package": str(package_id(app, tokens)),
+        "provider": "mpesa", "phone": phone, "key": key,
+    })  # fmt: skip
+
+
+def started(app, client, fake, tokens=100, key="m1") -> tuple[int, str]:
+    response = pay_by_mpesa(app, client, tokens, key=key)
+    assert response.status_code == 303, text_of(response.get_data(as_text=True))
+    purchase_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    return purchase_id, fake.pushes[-1]["CheckoutRequestID"]
+
+
+def send(client, body: dict, secret: str = CALLBACK_SECRET):
+    return client.post(f"/webhooks/mpesa/{secret}/stk", json=body)
+
+
+def purchase(app, purchase_id: int) -> Purchase:
+    with app.app_context():
+        found = db.session.get(Purchase, purchase_id)
+        db.session.expunge(found)
+        return found
+
+
+def credited(app, purchase_id: int) -> list[tuple[str, int]]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "purchase")
+            .where(JournalEntry.reference_id == purchase_id)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("typed", "normalised"),
+    [("0712345678", "254712345678"), ("0712 345 678", "254712345678"),
+     ("+254 712-345-678", "254712345678"), ("254112345678", "254112345678"),
+     ("712345678", "254712345678")],
+)  # fmt: skip
+def test_kenyan_phone_numbers_are_normalised(typed, normalised):
+    assert daraja.normalise_phone(typed) == normalised
+
+
+@pytest.mark.parametrize("typed", ["", "12345", "0812345678", "+1 415 555 0100", "07123456789"])
+def test_other_numbers_are_refused(typed):
+    with pytest.raises(daraja.InvalidPhone):
+        daraja.normalise_phone(typed)
+
+
+def test_an_stk_push_asks_the_phone_for_the_price_in_shillings(app, client, student, fake_daraja):
+    assert "M-Pesa" in text_of(client.get("/buy/").get_data(as_text=True))
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    (push,) = fake_daraja.pushes
+    assert push["Amount"] == 1295  # $10.00 at 129.50
+    assert push["PartyA"] == push["PhoneNumber"] == "254712345678"
+    assert push["BusinessShortCode"] == push["PartyB"] == "174379"
+    assert push["TransactionType"] == "CustomerPayBillOnline"
+    assert push["AccountReference"] == f"SOMA{purchase_id}"
+    assert push["CallBackURL"] == f"http://localhost/webhooks/mpesa/{CALLBACK_SECRET}/stk"
+    bought = purchase(app, purchase_id)
+    assert (bought.currency, bought.amount_minor, bought.checkout_request_id) == (
+        "KES",
+        1295,
+        checkout_id,
+    )
+    page = text_of(client.get(f"/buy/purchases/{purchase_id}").get_data(as_text=True))
+    assert "Check your phone. Enter your M-Pesa PIN to pay KES 1,295." in page
+
+
+def test_a_paid_callback_is_confirmed_then_credited_once(app, client, student, fake_daraja):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    fake_daraja.finish(checkout_id, "0")
+    body = callback(checkout_id, "0", amount=1295, receipt="NLJ7RT61SV")
+    answers = [send(client, body) for _ in range(3)]  # Safaricom retries
+    assert [a.get_json() for a in answers] == [{"ResultCode": 0, "ResultDesc": "Accepted"}] * 3
+    assert fake_daraja.queries == [checkout_id]  # confirmed once, then known
+    bought = purchase(app, purchase_id)
+    assert (bought.status, bought.receipt) == ("paid", "NLJ7RT61SV")
+    assert credited(app, purchase_id) == [("purchase", 100)]
+    with app.app_context():
+        assert balances(student.id) == (100, 0)
+        assert ledger.run_audit() == []
+    history = text_of(client.get("/buy/purchases").get_data(as_text=True))
+    assert "100 tokens KES 1,295 M-Pesa Paid NLJ7RT61SV" in history
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [("1032", "You cancelled the M-Pesa request on your phone."),
+     ("1037", "M-Pesa could not reach your phone in time."),
+     ("1", "Your M-Pesa balance is too low for this payment.")],
+)  # fmt: skip
+def test_a_cancelled_timed_out_or_unfunded_request_says_so_plainly(
+    app, client, student, fake_daraja, code, message
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    assert send(client, callback(checkout_id, code)).status_code == 200
+    bought = purchase(app, purchase_id)
+    assert bought.status == "failed"
+    page = text_of(client.get(f"/buy/purchases/{purchase_id}").get_data(as_text=True))
+    assert f"The payment did not go through. {message}" in page
+    assert credited(app, purchase_id) == []
+
+
+def test_a_callback_the_status_query_does_not_confirm_credits_nothing(
+    app, client, student, fake_daraja
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    fake_daraja.finish(checkout_id, "1032")  # Daraja itself says it was cancelled
+    send(client, callback(checkout_id, "0", amount=1295))
+    assert purchase(app, purchase_id).status == "pending"
+    assert credited(app, purchase_id) == []
+
+
+def test_a_receipt_credits_one_purchase_only(app, client, student, fake_daraja):
+    first_id, first = started(app, client, fake_daraja, key="a")
+    second_id, second = started(app, client, fake_daraja, key="b")
+    for checkout_id in (first, second):
+        fake_daraja.finish(checkout_id, "0")
+    send(client, callback(first, "0", amount=1295, receipt="NLJSAME001"))
+    send(client, callback(second, "0", amount=1295, receipt="NLJSAME001"))  # replayed receipt
+    assert purchase(app, first_id).status == "paid"
+    assert purchase(app, second_id).status == "pending"
+    assert credited(app, second_id) == []
+
+
+def test_a_wrong_secret_is_not_found_and_moves_nothing(app, client, student, fake_daraja):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    fake_daraja.finish(checkout_id, "0")
+    assert send(client, callback(checkout_id, "0", amount=1295), secret="guess").status_code == 404
+    assert purchase(app, purchase_id).status == "pending"
+
+
+def test_an_invalid_phone_is_refused_and_nothing_is_pushed(app, client, student, fake_daraja):
+    response = pay_by_mpesa(app, client, phone="0812 000 000")
+    assert response.status_code == 422
+    assert "Enter a Kenyan M-Pesa number" in text_of(response.get_data(as_text=True))
+    assert fake_daraja.pushes == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Purchase)) == 0
+
+
+def test_the_token_is_fetched_once_and_reused(app, client, student, fake_daraja):
+    started(app, client, fake_daraja, key="a")
+    started(app, client, fake_daraja, key="b")
+    assert len(fake_daraja.pushes) == 2
+    assert fake_daraja.token_requests == 1
+
+
+def test_a_lost_callback_is_caught_by_the_status_page(
+    app, client, student, fake_daraja, monkeypatch
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
+    fake_daraja.finish(checkout_id, "0")
+    fragment = client.get(f"/buy/purchases/{purchase_id}/status?seen=pending")
+    assert "100 tokens credited" in text_of(fragment.get_data(as_text=True))
+    assert credited(app, purchase_id) == [("purchase", 100)]
+    # The callback, late, changes nothing more (and fills in the receipt).
+    send(client, callback(checkout_id, "0", amount=1295, receipt="NLJLATE001"))
+    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert purchase(app, purchase_id).receipt == "NLJLATE001"
