@@ -103,13 +103,16 @@ def audit() -> None:
     help="Repeat the pass every N seconds until stopped (Ctrl-C). Without it, run one pass.",
 )
 def sweep(every: int | None) -> None:
-    """Settle classes that have run their time, and end those paused past the limit."""
+    """Settle classes that have run their time and end those paused past the limit; ask
+    M-Pesa about payments whose callback is late."""
     from soma.classes.service import sweep as sweep_once
+    from soma.purchases.mpesa import recheck_pending as recheck_mpesa
 
     try:
         while True:
             try:
                 result = sweep_once()
+                recheck_mpesa()  # payments whose callback never came
             except Exception:
                 # The database restarting, say: log it and try again next pass,
                 # rather than leave unwatched classes holding tokens.

@@ -108,9 +108,13 @@ def refund(purchase_id: int):
         return _purchase_page(purchase, f"Stripe refused the refund: {error.user_message}", 502)
     except purchases.PurchaseRefused as error:
         return _purchase_page(purchase, error.message, 409)
-    flash(
-        f"Refunded {purchases.money_text(purchase, amount)} of purchase #{purchase.id}.", "success"
-    )
+    message = f"Refunded {purchases.money_text(purchase, amount)} of purchase #{purchase.id}."
+    if purchase.provider == Provider.MPESA:
+        message += (
+            " The tokens are taken back; send the shillings back through M-Pesa yourself"
+            " (Soma does not move M-Pesa money back)."
+        )
+    flash(message, "success")
     return redirect(url_for("admin.purchase_detail", purchase_id=purchase.id), 303)
 
 

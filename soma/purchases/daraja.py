@@ -40,7 +40,9 @@ class InvalidPhone(ValueError):
     pass
 
 
-_PHONE = re.compile(r"^(?:\+?254|0)?([71]\d{8})$")
+_PHONE = re.compile(r"^(?:\+?254|0)?([71][0-9]{8})$", re.ASCII)
+# The status query's answer while the customer has not answered the prompt yet.
+STILL_PROCESSING = "500.001.1001"
 
 
 def normalise_phone(text: str) -> str:
@@ -76,6 +78,11 @@ class StkStatus:
     @property
     def paid(self) -> bool:
         return self.result_code == "0"
+
+    @property
+    def final(self) -> bool:
+        """Whether the customer's answer is known (4999: Daraja is still processing it)."""
+        return self.result_code not in (None, "4999")
 
 
 class Daraja:
@@ -158,7 +165,8 @@ class Daraja:
         except ValueError:
             answer = {}
         # The status query answers 500 "being processed" while the customer decides.
-        if response.status_code >= 400 and not (pending_ok and answer):
+        processing = pending_ok and answer.get("errorCode") == STILL_PROCESSING
+        if response.status_code >= 400 and not processing:
             raise DarajaError(f"Daraja answered {response.status_code}: {answer or response.text}")
         return answer
 

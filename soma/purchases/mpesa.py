@@ -6,7 +6,9 @@ status query before anything is credited. Each callback (its
 CheckoutRequestID and result) is handled once; a receipt credits one purchase.
 """
 
+import secrets
 import time
+from decimal import Decimal
 
 from flask import current_app, request
 from sqlalchemy import select, update
@@ -31,19 +33,42 @@ def callback_url() -> str:
     return f"{base.rstrip('/')}/webhooks/mpesa/{current_app.config['MPESA_CALLBACK_SECRET']}/stk"
 
 
-def start_stk(purchase: Purchase) -> str:
-    """Ask the student's phone for their PIN; record the CheckoutRequestID. DarajaError if not."""
-    push = daraja.client().stk_push(
-        purchase.phone, purchase.amount_minor, f"SOMA{purchase.id}", callback_url()
-    )
+def start_stk(purchase: Purchase) -> bool:
+    """Ask the student's phone for their PIN, once per purchase; record the CheckoutRequestID.
+
+    Returns False if another request (a double submit) is already pushing it.
+    DarajaError if Daraja refuses or cannot be reached.
+    """
+    claim = f"claim:{secrets.token_hex(8)}"
+    claimed = db.session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase.id, Purchase.checkout_request_id.is_(None))
+        .values(checkout_request_id=claim)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        return False
+    try:
+        push = daraja.client().stk_push(
+            purchase.phone, purchase.amount_minor, f"SOMA{purchase.id}", callback_url()
+        )
+    except daraja.DarajaError:
+        # Daraja may have sent the prompt even so (a time-out after it accepted):
+        # logged for an admin to reconcile with Safaricom's statement.
+        current_app.logger.error(
+            "mpesa: STK push for purchase %s failed; if the student paid anyway, reconcile by hand",
+            purchase.id,
+        )
+        raise
     db.session.execute(
         update(Purchase)
-        .where(Purchase.id == purchase.id)
+        .where(Purchase.id == purchase.id, Purchase.checkout_request_id == claim)
         .values(checkout_request_id=push.checkout_request_id)
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
-    return push.customer_message
+    return True
 
 
 def handle_callback(body: dict) -> None:
@@ -74,7 +99,8 @@ def handle_callback(body: dict) -> None:
             item.get("Name"): item.get("Value")
             for item in (callback.get("CallbackMetadata") or {}).get("Item", [])
         }
-        _confirm_and_fulfil(purchase, checkout_id, items)
+        if not _confirm_and_fulfil(purchase, checkout_id, items):
+            return  # not confirmed yet: not recorded, so a repeat (or the sweeper) tries again
     else:
         message = daraja.result_message(code, callback.get("ResultDesc", ""))
         service.fail(purchase.id, f"mpesa:{checkout_id}", message)
@@ -85,9 +111,14 @@ def handle_callback(body: dict) -> None:
         db.session.rollback()
 
 
-def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> None:
+def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> bool:
+    """Credit a payment the callback reports, once the status query confirms it.
+
+    Returns whether the callback is settled (credited, or refused for good);
+    False when Daraja could not confirm it yet.
+    """
     amount, receipt = items.get("Amount"), items.get("MpesaReceiptNumber")
-    if amount is not None and int(float(amount)) != purchase.amount_minor:
+    if amount is not None and Decimal(str(amount)) != purchase.amount_minor:
         current_app.logger.error(
             "mpesa: %s paid KES %s for purchase %s of KES %s; not credited",
             checkout_id,
@@ -95,7 +126,7 @@ def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> No
             purchase.id,
             purchase.amount_minor,
         )
-        return
+        return True
     if receipt:
         owner = db.session.scalar(select(Purchase.id).where(Purchase.receipt == str(receipt)))
         if owner not in (None, purchase.id):
@@ -105,16 +136,21 @@ def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> No
                 owner,
                 purchase.id,
             )
-            return
-    status = daraja.client().stk_status(checkout_id)
+            return True
+    try:
+        status = daraja.client().stk_status(checkout_id)
+    except daraja.DarajaError:
+        current_app.logger.warning("mpesa: could not confirm %s yet", checkout_id)
+        return False
     if not status.paid:
-        current_app.logger.error(
-            "mpesa: callback says %s paid, the status query says %s (%s)",
-            checkout_id,
-            status.result_code,
-            status.result_desc,
-        )
-        return
+        if status.final:
+            current_app.logger.error(
+                "mpesa: callback says %s paid, the status query says %s (%s)",
+                checkout_id,
+                status.result_code,
+                status.result_desc,
+            )
+        return status.final
     refs = {"receipt": str(receipt)} if receipt else {}
     fulfilled = service.fulfil(purchase.id, f"mpesa:{checkout_id}", **refs)
     if receipt and fulfilled.receipt is None:  # paid earlier through the status query
@@ -125,15 +161,20 @@ def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> No
             .execution_options(synchronize_session=False)
         )
         db.session.commit()
+    return True
 
 
 def recheck(purchase: Purchase) -> Purchase:
     """A pending purchase whose callback is late: ask Daraja (now and then) how it went."""
-    if purchase.status != PurchaseStatus.PENDING or not purchase.checkout_request_id:
+    checkout_id = purchase.checkout_request_id
+    if (
+        purchase.status != PurchaseStatus.PENDING
+        or not checkout_id
+        or checkout_id.startswith("claim:")
+    ):
         return purchase
     now = time.monotonic()
     age = (service.clock.now() - purchase.created_at).total_seconds()
-    checkout_id = purchase.checkout_request_id
     if age < RECHECK_AFTER or now - _last_check.get(checkout_id, 0.0) < RECHECK_EVERY:
         return purchase
     _last_check[checkout_id] = now
@@ -144,8 +185,27 @@ def recheck(purchase: Purchase) -> Purchase:
     source = f"mpesa:query:{purchase.checkout_request_id}"
     if status.paid:
         return service.fulfil(purchase.id, source)
-    if status.result_code is not None:
+    if status.final:
         return service.fail(
             purchase.id, source, daraja.result_message(status.result_code, status.result_desc)
         )
     return purchase
+
+
+def recheck_pending(limit: int = 100) -> int:
+    """The sweeper's pass: ask Daraja about pending M-Pesa purchases whose callback is late,
+    so a payment is credited even when nobody keeps the status page open. How many settled."""
+    if not configured():
+        return 0
+    pending = db.session.scalars(
+        select(Purchase)
+        .where(Purchase.provider == Provider.MPESA, Purchase.status == PurchaseStatus.PENDING)
+        .where(Purchase.checkout_request_id.is_not(None))
+        .order_by(Purchase.id)
+        .limit(limit)
+    ).all()
+    settled = 0
+    for purchase in pending:
+        if recheck(purchase).status != PurchaseStatus.PENDING:
+            settled += 1
+    return settled

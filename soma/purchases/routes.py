@@ -76,7 +76,7 @@ def start():
     if purchase.provider == Provider.MPESA:
         if purchase.checkout_request_id is None:
             try:
-                mpesa.start_stk(purchase)
+                mpesa.start_stk(purchase)  # (a double submit finds it claimed: no second push)
             except daraja.DarajaError:
                 current_app.logger.exception("mpesa: no STK push for purchase %s", purchase.id)
                 service.fail(purchase.id, "mpesa:push", "M-Pesa could not be reached.")

@@ -30,6 +30,7 @@ from soma.models.purchase import (
     PurchaseStatus,
     TokenPackage,
 )
+from soma.money import tokens, usd
 from soma.notifications.service import notify
 from soma.purchases import audit as _audit  # noqa: F401 (registers the audit's purchase check)
 
@@ -344,6 +345,17 @@ def _share(tokens: int, part_minor: int, whole_minor: int) -> int:
     return -(-tokens * part_minor // whole_minor)
 
 
+def _shares(purchase: Purchase, minor: int) -> tuple[int, int]:
+    """The purchased and bonus tokens the first `minor` of the price bought (ceil)."""
+    whole = purchase.amount_minor
+    return _share(purchase.tokens, minor, whole), _share(purchase.bonus_tokens, minor, whole)
+
+
+def _covered(purchase: Purchase) -> int:
+    """How much of the price has had its tokens taken back: refunds and an open dispute."""
+    return min(purchase.amount_minor, purchase.refunded_minor + purchase.disputed_minor)
+
+
 def _take_back(purchase: Purchase, from_minor: int, to_minor: int, key: str) -> tuple[int, int]:
     """Take back the tokens the money from `from_minor` to `to_minor` bought; (taken, short).
 
@@ -351,13 +363,9 @@ def _take_back(purchase: Purchase, from_minor: int, to_minor: int, key: str) -> 
     as the student's available balance goes: a balance never goes negative.
     What could not be taken (already spent) is the shortfall.
     """
-    whole = purchase.amount_minor
-    due_tokens = _share(purchase.tokens, to_minor, whole) - _share(
-        purchase.tokens, from_minor, whole
-    )
-    due_bonus = _share(purchase.bonus_tokens, to_minor, whole) - _share(
-        purchase.bonus_tokens, from_minor, whole
-    )
+    tokens_to, bonus_to = _shares(purchase, to_minor)
+    tokens_from, bonus_from = _shares(purchase, from_minor)
+    due_tokens, due_bonus = tokens_to - tokens_from, bonus_to - bonus_from
     available = db.session.scalar(
         select(Wallet.available).where(Wallet.user_id == purchase.user_id)
     )
@@ -417,7 +425,9 @@ def _record(purchase: Purchase, to: PurchaseStatus, source: str, note: str, **va
 def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase:
     """Bring the purchase's refunded amount up to `refunded_total_minor` (a running total,
     as Stripe reports it), taking back the tokens that money bought. Idempotent: a
-    total already reached changes nothing. Full refund: the purchase is `refunded`."""
+    total already reached changes nothing. Full refund: the purchase is `refunded`
+    (or stays `disputed` while a dispute is open: its tokens are already taken, so a
+    refund of the same money takes nothing more)."""
 
     def work():
         purchase = _locked(purchase_id)
@@ -426,10 +436,14 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
         target = min(refunded_total_minor, purchase.amount_minor)
         if target <= purchase.refunded_minor:
             return
+        before = _covered(purchase)
+        after = min(purchase.amount_minor, target + purchase.disputed_minor)
         key = f"purchase:{purchase_id}:refund:{target}"
-        taken, short = _take_back(purchase, purchase.refunded_minor, target, key)
-        full = target == purchase.amount_minor
-        status = P.REFUNDED if full else PurchaseStatus(purchase.status)
+        taken, short = _take_back(purchase, before, after, key)
+        if purchase.status == P.DISPUTED.value:
+            status = P.DISPUTED
+        else:
+            status = P.REFUNDED if target == purchase.amount_minor else P.PAID
         note = f"refunded {money_text(purchase, target)} in all; {taken} tokens taken back"
         if short:
             note += f", {short} already spent"
@@ -448,7 +462,7 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
             purchase.user_id,
             "purchase_refunded",
             f"Purchase #{purchase_id} was refunded ({money_text(purchase, target)} in all); "
-            f"{taken} tokens were taken back from your wallet.",
+            f"{tokens(taken)} {'was' if taken == 1 else 'were'} taken back from your wallet.",
             link=f"/buy/purchases/{purchase_id}",
         )
 
@@ -456,19 +470,19 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
     return _fresh(purchase_id)
 
 
-def dispute_opened(purchase_id: int, disputed_minor: int, source: str) -> Purchase:
-    """The buyer's bank disputes the payment: take back the tokens it bought, once."""
+def dispute_opened(purchase_id: int, dispute_id: str, disputed_minor: int, source: str):
+    """The buyer's bank disputes the payment: hold back the tokens it bought, once per dispute."""
 
     def work():
         purchase = _locked(purchase_id)
-        if purchase.status not in (P.PAID.value, P.REFUNDED.value) or purchase.disputed_minor:
-            return
+        if purchase.status not in (P.PAID.value, P.REFUNDED.value):
+            return  # not credited, or a dispute already open
         amount = min(disputed_minor, purchase.amount_minor - purchase.refunded_minor)
         if amount <= 0:
             return
-        key = f"purchase:{purchase_id}:dispute"
-        end = purchase.refunded_minor + amount
-        taken, short = _take_back(purchase, purchase.refunded_minor, end, key)
+        start = _covered(purchase)
+        key = f"purchase:{purchase_id}:dispute:{dispute_id}"
+        taken, short = _take_back(purchase, start, start + amount, key)
         if short:
             _flag(purchase.user_id, f"Dispute on purchase #{purchase_id}: {short} tokens spent")
         _record(
@@ -485,29 +499,48 @@ def dispute_opened(purchase_id: int, disputed_minor: int, source: str) -> Purcha
     return _fresh(purchase_id)
 
 
-def dispute_closed(purchase_id: int, won: bool, source: str) -> Purchase:
-    """The dispute is over. Won: the tokens taken for it come back. Lost: they stay taken."""
+def dispute_closed(purchase_id: int, dispute_id: str, won: bool, source: str) -> Purchase:
+    """The dispute is over. Won: the tokens held back for money not refunded meanwhile come
+    back (purchased ones from issuance, bonus from promotions). Lost: they stay taken."""
 
     def work():
         purchase = _locked(purchase_id)
         if purchase.status != P.DISPUTED.value or not won:
             return
-        if purchase.dispute_tokens:
+        refunded = min(purchase.amount_minor, purchase.refunded_minor)
+        tokens_to, bonus_to = _shares(purchase, _covered(purchase))
+        tokens_from, bonus_from = _shares(purchase, refunded)
+        back_tokens = min(tokens_to - tokens_from, purchase.dispute_tokens)
+        back_bonus = min(bonus_to - bonus_from, purchase.dispute_tokens - back_tokens)
+        details = {
+            "reference": ("purchase", purchase_id),
+            "memo": f"Dispute on purchase #{purchase_id} won: tokens returned",
+        }
+        key = f"purchase:{purchase_id}:dispute-won:{dispute_id}"
+        if back_tokens:
             ledger.credit(
                 purchase.user_id,
-                purchase.dispute_tokens,
-                key=f"purchase:{purchase_id}:dispute-won",
+                back_tokens,
+                key=f"{key}:tokens",
                 kind=EntryKind.ADJUSTMENT,
                 source=PlatformAccount.ISSUANCE,
-                reference=("purchase", purchase_id),
-                memo=f"Dispute on purchase #{purchase_id} won: tokens returned",
+                **details,
             )
-        back = P.REFUNDED if purchase.refunded_minor == purchase.amount_minor else P.PAID
+        if back_bonus:
+            ledger.credit(
+                purchase.user_id,
+                back_bonus,
+                key=f"{key}:bonus",
+                kind=EntryKind.ADJUSTMENT,
+                source=PlatformAccount.PROMOTIONS,
+                **details,
+            )
+        back = P.REFUNDED if refunded == purchase.amount_minor else P.PAID
         _record(
             purchase,
             back,
             source,
-            "dispute won; tokens returned",
+            f"dispute won; {back_tokens + back_bonus} tokens returned",
             disputed_minor=0,
             dispute_tokens=0,
         )
@@ -517,7 +550,7 @@ def dispute_closed(purchase_id: int, won: bool, source: str) -> Purchase:
 
 
 def money_text(purchase: Purchase, minor: int) -> str:
-    return f"${minor / 100:,.2f}" if purchase.currency == "USD" else f"KES {minor:,}"
+    return usd(minor) if purchase.currency == "USD" else f"KES {minor:,}"
 
 
 def _fresh(purchase_id: int) -> Purchase:
@@ -528,7 +561,7 @@ def _fresh(purchase_id: int) -> Purchase:
 
 def _memo(purchase: Purchase) -> str:
     price = (
-        f"${purchase.amount_minor / 100:,.2f}"
+        usd(purchase.amount_minor)
         if purchase.currency == "USD"
         else f"KES {purchase.amount_minor:,}"
     )

@@ -102,7 +102,12 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
     )
     if seen is not None:
         return {"received": True, "duplicate": True}, 200
-    _act(event)
+    try:
+        _act(event)
+    except RetryLater as later:
+        db.session.rollback()
+        current_app.logger.info("stripe: %s; asking Stripe to send %s again", later, event.id)
+        return {"received": True, "retry": True}, 503
     db.session.add(
         ProviderEvent(provider=Provider.STRIPE.value, event_id=event.id, kind=event.type)
     )
@@ -140,24 +145,46 @@ def _act(event) -> None:
                 "stripe: %s for unknown payment %s", event.type, obj.get("payment_intent")
             )
             return
+        if purchase.status not in service.CREDITED:
+            # Its payment is not credited yet (the completed event is still on
+            # its way): answer so that Stripe sends this again later.
+            raise RetryLater(f"{event.type} before purchase {purchase.id} was credited")
         if event.type == "charge.refunded":
             service.refund(purchase.id, int(obj.get("amount_refunded") or 0), source)
         elif event.type == "charge.dispute.created":
-            service.dispute_opened(purchase.id, int(obj.get("amount") or 0), source)
+            service.dispute_opened(purchase.id, obj["id"], int(obj.get("amount") or 0), source)
         else:
-            service.dispute_closed(purchase.id, obj.get("status") == "won", source)
+            # warning_closed: an inquiry that never became a chargeback; no money left.
+            won = obj.get("status") in ("won", "warning_closed")
+            service.dispute_closed(purchase.id, obj["id"], won, source)
         return
     current_app.logger.info("stripe: %s acknowledged; nothing to do", event.type)
 
 
+class RetryLater(Exception):
+    """An event that cannot be acted on yet; it is not recorded, and Stripe sends it again."""
+
+
 def _purchase_of_intent(payment_intent: str | None) -> Purchase | None:
+    """The purchase a payment intent paid: by the stored id, else by the intent's metadata."""
     if not payment_intent:
         return None
-    return db.session.scalars(
+    purchase = db.session.scalars(
         select(Purchase).where(
             Purchase.payment_intent_id == payment_intent, Purchase.provider == Provider.STRIPE
         )
     ).first()
+    if purchase is not None:
+        return purchase
+    try:
+        intent = client().v1.payment_intents.retrieve(payment_intent)
+    except stripe.StripeError as error:
+        raise RetryLater(f"cannot read payment intent {payment_intent}") from error
+    reference = (intent.to_dict().get("metadata") or {}).get("purchase_id")
+    if not reference or not str(reference).isdigit():
+        return None
+    found = db.session.get(Purchase, int(reference))
+    return found if found is not None and found.provider == Provider.STRIPE else None
 
 
 def refund_payment(purchase: Purchase, refunded_total_minor: int) -> None:
@@ -168,9 +195,11 @@ def refund_payment(purchase: Purchase, refunded_total_minor: int) -> None:
     amount = refunded_total_minor - purchase.refunded_minor
     if amount <= 0 or not purchase.payment_intent_id:
         return
+    # Keyed by where this refund starts: two admins refunding the same purchase at
+    # once send the same key with different amounts, and Stripe refuses the second.
     client().v1.refunds.create(
         params={"payment_intent": purchase.payment_intent_id, "amount": amount},
-        options={"idempotency_key": f"soma-refund-{purchase.id}-{refunded_total_minor}"},
+        options={"idempotency_key": f"soma-refund-{purchase.id}-from-{purchase.refunded_minor}"},
     )
 
 

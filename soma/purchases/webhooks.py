@@ -29,7 +29,7 @@ def stripe_events():
 def mpesa_stk(secret: str):
     """Safaricom's STK callback; authenticated by the secret in its path (404 otherwise)."""
     expected = current_app.config.get("MPESA_CALLBACK_SECRET") or ""
-    if not mpesa.configured() or not hmac.compare_digest(secret, expected):
+    if not mpesa.configured() or not hmac.compare_digest(secret.encode(), expected.encode()):
         abort(404)
     body = request.get_json(silent=True)
     try:

@@ -20,6 +20,7 @@ class FakeDaraja:
         self.pushes: list[dict] = []
         self.results: dict[str, tuple[str, str]] = {}  # CheckoutRequestID -> (code, desc)
         self.queries: list[str] = []
+        self.query_error: tuple[int, dict] | None = None  # e.g. (429, {...}): every query fails
         self.lock = threading.Lock()
         fake = self
 
@@ -66,6 +67,8 @@ class FakeDaraja:
                     if self.path == "/mpesa/stkpushquery/v1/query":
                         checkout_id = body["CheckoutRequestID"]
                         fake.queries.append(checkout_id)
+                        if fake.query_error:
+                            return self._reply(*fake.query_error)
                         if checkout_id not in fake.results:
                             return self._reply(
                                 500,

@@ -40,6 +40,7 @@ class FakeStripe:
     def __init__(self):
         self.sessions: dict[str, dict] = {}
         self.requests: list[dict] = []
+        self.made_refunds: list[dict] = []
         self.replies: dict[str, tuple[int, dict]] = {}
         self.lock = threading.Lock()
         self.fail_next = 0
@@ -75,7 +76,15 @@ class FakeStripe:
                         }
                     )
                     if key and key in fake.replies:
-                        return self._reply(*fake.replies[key])
+                        sent, reply = fake.replies[key]
+                        if sent != params:  # as Stripe: a key is for one request only
+                            error = {
+                                "type": "idempotency_error",
+                                "message": "Keys for idempotent requests can only be used "
+                                "with the same parameters they were first used with.",
+                            }
+                            return self._reply(400, {"error": error})
+                        return self._reply(*reply)
                     if fake.fail_next:
                         fake.fail_next -= 1
                         return self._reply(500, {"error": {"type": "api_error", "message": "down"}})
@@ -86,12 +95,25 @@ class FakeStripe:
                     else:
                         return self._reply(404, {"error": {"type": "invalid_request_error"}})
                     if key:
-                        fake.replies[key] = reply
+                        fake.replies[key] = (params, reply)
                 return self._reply(*reply)
 
             def do_GET(self):
                 with fake.lock:
                     fake.requests.append({"method": "GET", "path": self.path})
+                    intents = "/v1/payment_intents/"
+                    if self.path.startswith(intents):
+                        intent_id = self.path.split("?")[0][len(intents) :]
+                        for session in fake.sessions.values():
+                            if session["payment_intent"] == intent_id:
+                                return self._reply(
+                                    200,
+                                    {
+                                        "id": intent_id,
+                                        "object": "payment_intent",
+                                        "metadata": session["metadata"],
+                                    },
+                                )
                     prefix = "/v1/checkout/sessions/"
                     session_id = self.path.split("?")[0][len(prefix) :]
                     if self.path.startswith(prefix) and session_id in fake.sessions:
@@ -134,6 +156,7 @@ class FakeStripe:
         return session
 
     def _create_refund(self, params: dict) -> dict:
+        self.made_refunds.append(params)
         return {
             "id": "re_" + secrets.token_hex(10),
             "object": "refund",
@@ -143,7 +166,8 @@ class FakeStripe:
         }
 
     def refunds(self) -> list[dict]:
-        return [r["params"] for r in self.requests if r.get("path") == "/v1/refunds"]
+        """The refunds made (a refused request makes none)."""
+        return list(self.made_refunds)
 
     # Moving a session along, as the customer and Stripe would --------------------------
 

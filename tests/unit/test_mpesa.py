@@ -200,3 +200,52 @@ def test_a_lost_callback_is_caught_by_the_status_page(
     send(client, callback(checkout_id, "0", amount=1295, receipt="NLJLATE001"))
     assert credited(app, purchase_id) == [("purchase", 100)]
     assert purchase(app, purchase_id).receipt == "NLJLATE001"
+
+
+def test_a_paid_callback_daraja_cannot_confirm_yet_is_settled_later_by_the_sweeper(
+    app, client, student, fake_daraja, runner, monkeypatch
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    fake_daraja.finish(checkout_id, "0")
+    fake_daraja.query_error = (
+        429,
+        {"errorCode": "429.001.01", "errorMessage": "Too many requests"},
+    )
+    body = callback(checkout_id, "0", amount=1295, receipt="NLJRATE001")
+    assert send(client, body).status_code == 200
+    assert purchase(app, purchase_id).status == "pending"  # not confirmed, not given up
+    fake_daraja.query_error = None
+    monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
+    result = runner.invoke(args=["soma", "sweep"])  # nobody has the status page open
+    assert result.exit_code == 0, result.output
+    assert purchase(app, purchase_id).status == "paid"
+    send(client, body)  # the callback again: fills in the receipt, credits nothing more
+    assert purchase(app, purchase_id).receipt == "NLJRATE001"
+    assert credited(app, purchase_id) == [("purchase", 100)]
+
+
+def test_a_still_processing_answer_does_not_fail_the_purchase(
+    app, client, student, fake_daraja, monkeypatch
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
+    fake_daraja.finish(checkout_id, "4999", "The transaction is still under processing")
+    client.get(f"/buy/purchases/{purchase_id}/status?seen=pending")
+    assert purchase(app, purchase_id).status == "pending"
+
+
+def test_a_purchase_is_pushed_to_the_phone_once(app, client, student, fake_daraja):
+    purchase_id, _ = started(app, client, fake_daraja)
+    with app.test_request_context():
+        from soma.purchases import mpesa
+
+        assert mpesa.start_stk(db.session.get(Purchase, purchase_id)) is False
+    again = pay_by_mpesa(app, client)  # the same form, submitted again
+    assert again.status_code == 303
+    assert len(fake_daraja.pushes) == 1
+
+
+def test_a_strange_secret_or_foreign_digits_are_refused(app, client, student, fake_daraja):
+    assert send(client, {"Body": {}}, secret="sécret").status_code == 404
+    with pytest.raises(daraja.InvalidPhone):
+        daraja.normalise_phone("07" + "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668")

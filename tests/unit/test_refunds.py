@@ -185,3 +185,68 @@ def test_a_dispute_holds_the_tokens_back_until_it_is_decided(app, client, auth, 
             assert purchase.status == "disputed"
             assert balances(purchase.user_id) == (0, 0)
         assert ledger.run_audit() == []
+
+
+def test_a_refund_during_a_dispute_takes_nothing_twice(app):
+    purchase_id, user_id = paid_purchase(app, tokens=100)
+    with app.app_context():
+        ledger.credit(user_id, 500, key="more-tokens")  # other tokens the student holds
+        db.session.commit()
+        service.dispute_opened(purchase_id, "dp_1", 1000, "stripe:evt_d")
+        assert balances(user_id) == (500, 0)
+        service.refund(purchase_id, 1000, "stripe:evt_r")  # the same money, refunded
+        assert balances(user_id) == (500, 0)
+        purchase = db.session.get(Purchase, purchase_id)
+        assert (purchase.status, purchase.shortfall_tokens) == ("disputed", 0)
+        service.dispute_closed(purchase_id, "dp_1", True, "stripe:evt_w")
+        assert balances(user_id) == (500, 0)  # won, but the money was refunded: nothing back
+        assert db.session.get(Purchase, purchase_id).status == "refunded"
+        assert db.session.get(User, user_id).flagged_at is None
+        assert ledger.run_audit() == []
+
+
+def test_a_won_dispute_returns_bonus_tokens_to_where_they_came_from(app):
+    purchase_id, user_id = paid_purchase(app, tokens=250)
+    with app.app_context():
+        before = platform(PlatformAccount.ISSUANCE), platform(PlatformAccount.PROMOTIONS)
+        service.dispute_opened(purchase_id, "dp_2", 2500, "stripe:evt_d")
+        assert balances(user_id) == (0, 0)
+        service.dispute_closed(purchase_id, "dp_2", True, "stripe:evt_w")
+        assert balances(user_id) == (260, 0)
+        assert (platform(PlatformAccount.ISSUANCE), platform(PlatformAccount.PROMOTIONS)) == before
+        assert db.session.get(Purchase, purchase_id).status == "paid"
+
+
+def test_a_refund_stripe_reports_before_the_payment_is_credited_comes_back_later(
+    app, client, auth, stripe_on
+):
+    auth.login_as("student")
+    purchase_id, session_id = checkout(app, client)
+    paid = stripe_on.pay(session_id)
+    charge = {"id": "ch_2", "object": "charge", "payment_intent": paid["payment_intent"],
+              "amount_refunded": 1000}  # fmt: skip
+    refunded = event("charge.refunded", charge)
+    assert post_event(client, refunded).status_code == 503  # not credited yet: send it again
+    post_event(client, event("checkout.session.completed", paid))
+    assert post_event(client, refunded).status_code == 200  # Stripe's retry
+    with app.app_context():
+        purchase = db.session.get(Purchase, purchase_id)
+        assert (purchase.status, purchase.refunded_minor) == ("refunded", 1000)
+        assert balances(purchase.user_id) == (0, 0)
+        assert ledger.run_audit() == []
+
+
+def test_two_admins_refunding_at_once_cannot_both_refund_at_stripe(app, client, auth, stripe_on):
+    import stripe
+
+    from soma.purchases import stripe_checkout
+
+    auth.login_as("student")
+    purchase_id, session_id = checkout(app, client)
+    post_event(client, event("checkout.session.completed", stripe_on.pay(session_id)))
+    with app.app_context():
+        purchase = db.session.get(Purchase, purchase_id)
+        stripe_checkout.refund_payment(purchase, 500)  # one admin: $5
+        with pytest.raises(stripe.StripeError):
+            stripe_checkout.refund_payment(purchase, 1000)  # the other, from the same start: $10
+    assert len(stripe_on.refunds()) == 1
