@@ -18,6 +18,22 @@ def usd(cents: int, signed: bool = False) -> str:
     return f"{sign}${dollars:,}.{rest:02d}"
 
 
+def kes(shillings: int) -> str:
+    """Format whole shillings: 1295 -> "KES 1,295"."""
+    if not is_whole(shillings):
+        raise TypeError(f"shillings are whole numbers, not {type(shillings).__name__}")
+    return f"KES {shillings:,}"
+
+
+def amount(minor: int, currency: str) -> str:
+    """An amount in its currency's minor unit: 1000 USD -> "$10.00", 1295 KES -> "KES 1,295"."""
+    if currency == "USD":
+        return usd(minor)
+    if currency == "KES":
+        return kes(minor)
+    raise ValueError(f"no format for {currency}")
+
+
 def tokens(count: int, signed: bool = False) -> str:
     """Format a token count: 1 -> "1 token", 1500 -> "1,500 tokens", signed -> "+10 tokens"."""
     if not is_whole(count):
@@ -33,7 +49,9 @@ def when(moment) -> str:
 
 
 def register_money_filters(app) -> None:
-    """Add the `usd`, `tokens` and `when` template filters."""
+    """Add the `usd`, `kes`, `amount`, `tokens` and `when` template filters."""
     app.add_template_filter(usd, "usd")
+    app.add_template_filter(kes, "kes")
+    app.add_template_filter(amount, "amount")
     app.add_template_filter(tokens, "tokens")
     app.add_template_filter(when, "when")

@@ -7,6 +7,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from sqlalchemy import func, select
 
+from soma import money
 from soma.extensions import db
 from soma.forms import ActionForm
 from soma.models import Provider, Purchase, PurchaseEvent, Role, User
@@ -108,7 +109,7 @@ def refund(purchase_id: int):
         return _purchase_page(purchase, f"Stripe refused the refund: {error.user_message}", 502)
     except purchases.PurchaseRefused as error:
         return _purchase_page(purchase, error.message, 409)
-    message = f"Refunded {purchases.money_text(purchase, amount)} of purchase #{purchase.id}."
+    message = f"Refunded {money.amount(amount, purchase.currency)} of purchase #{purchase.id}."
     if purchase.provider == Provider.MPESA:
         message += (
             " The tokens are taken back; send the shillings back through M-Pesa yourself"
@@ -133,5 +134,5 @@ def _minor_units(text: str, purchase: Purchase) -> int:
     if minor != minor.to_integral_value() or minor <= 0:
         raise ValueError("Enter a positive amount in whole cents, such as 5.00.")
     if minor > left:
-        raise ValueError(f"At most {purchases.money_text(purchase, left)} is left to refund.")
+        raise ValueError(f"At most {money.amount(left, purchase.currency)} is left to refund.")
     return int(minor)

@@ -258,17 +258,13 @@ def control(class_id: int, name: str):
         abort(403)
     except InsufficientTokens as error:
         db.session.rollback()
-        return _answer(_reload(class_id), _short_of_tokens(session, error), 409)
+        return _answer(_class_or_404(class_id), _short_of_tokens(session, error), 409)
     except (InvalidMove, SomaError) as error:
         db.session.rollback()
-        return _answer(_reload(class_id), error.message, error.status)
+        return _answer(_class_or_404(class_id), error.message, error.status)
     if not _is_htmx():
         return redirect(url_for("classes.show", class_id=session.id), 303)
     return _answer(session, None, 200)
-
-
-def _reload(class_id: int) -> ClassSession:
-    return _class_or_404(class_id)
 
 
 def _short_of_tokens(session: ClassSession, error: InsufficientTokens) -> str:

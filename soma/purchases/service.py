@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from soma import clock, ledger
+from soma import clock, ledger, money
 from soma.errors import FieldRefusal, SomaError
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
@@ -30,7 +30,7 @@ from soma.models.purchase import (
     PurchaseStatus,
     TokenPackage,
 )
-from soma.money import tokens, usd
+from soma.money import tokens
 from soma.notifications.service import notify
 from soma.purchases import audit as _audit  # noqa: F401 (registers the audit's purchase check)
 
@@ -261,6 +261,45 @@ def _retrying(work) -> None:
     raise SomaError("This purchase changed several times at once. Reload the page.")
 
 
+# A purchase's tokens come from issuance and its bonus from promotions; whatever
+# moves them later (a refund, a dispute) moves each part against its own account.
+PARTS = (("tokens", PlatformAccount.ISSUANCE), ("bonus", PlatformAccount.PROMOTIONS))
+
+
+def _give(purchase: Purchase, amounts: tuple[int, int], key: str, kinds, memos):
+    """Credit the student (purchased part, bonus part), each from its own platform account,
+    keyed `<key>:tokens` and `<key>:bonus`; return the first entry written, if any."""
+    first = None
+    for (part, account), amount, kind, memo in zip(PARTS, amounts, kinds, memos, strict=True):
+        if amount:
+            entry = ledger.credit(
+                purchase.user_id,
+                amount,
+                key=f"{key}:{part}",
+                kind=kind,
+                source=account,
+                reference=("purchase", purchase.id),
+                memo=memo,
+            )
+            first = first or entry
+    return first
+
+
+def _take(purchase: Purchase, amounts: tuple[int, int], key: str, memo: str) -> None:
+    """Debit the student (purchased part, bonus part) back to each part's platform account."""
+    for (part, account), amount in zip(PARTS, amounts, strict=True):
+        if amount:
+            ledger.debit(
+                purchase.user_id,
+                amount,
+                key=f"{key}:{part}",
+                kind=EntryKind.REFUND,
+                to=account,
+                reference=("purchase", purchase.id),
+                memo=memo,
+            )
+
+
 def fulfil(purchase_id: int, source: str, **refs) -> Purchase:
     """The provider says the purchase is paid: credit its tokens, exactly once.
 
@@ -272,26 +311,13 @@ def fulfil(purchase_id: int, source: str, **refs) -> Purchase:
         purchase = _move(purchase_id, PAYABLE, P.PAID, source, failure_reason=None, **refs)
         if purchase is None:
             return
-        reference = ("purchase", purchase_id)
-        entry = ledger.credit(
-            purchase.user_id,
-            purchase.tokens,
-            key=f"purchase:{purchase_id}:tokens",
-            kind=EntryKind.PURCHASE,
-            source=PlatformAccount.ISSUANCE,
-            reference=reference,
-            memo=_memo(purchase),
+        entry = _give(
+            purchase,
+            (purchase.tokens, purchase.bonus_tokens),
+            f"purchase:{purchase_id}",
+            kinds=(EntryKind.PURCHASE, EntryKind.BONUS),
+            memos=(_memo(purchase), f"Bonus with purchase #{purchase_id}"),
         )
-        if purchase.bonus_tokens:
-            ledger.credit(
-                purchase.user_id,
-                purchase.bonus_tokens,
-                key=f"purchase:{purchase_id}:bonus",
-                kind=EntryKind.BONUS,
-                source=PlatformAccount.PROMOTIONS,
-                reference=reference,
-                memo=f"Bonus with purchase #{purchase_id}",
-            )
         db.session.execute(
             update(Purchase)
             .where(Purchase.id == purchase_id)
@@ -371,25 +397,7 @@ def _take_back(purchase: Purchase, from_minor: int, to_minor: int, key: str) -> 
     )
     tokens = min(due_tokens, available)
     bonus = min(due_bonus, available - tokens)
-    details = {"reference": ("purchase", purchase.id), "memo": f"Refund of purchase #{purchase.id}"}
-    if tokens:
-        ledger.debit(
-            purchase.user_id,
-            tokens,
-            key=f"{key}:tokens",
-            kind=EntryKind.REFUND,
-            to=PlatformAccount.ISSUANCE,
-            **details,
-        )
-    if bonus:
-        ledger.debit(
-            purchase.user_id,
-            bonus,
-            key=f"{key}:bonus",
-            kind=EntryKind.REFUND,
-            to=PlatformAccount.PROMOTIONS,
-            **details,
-        )
+    _take(purchase, (tokens, bonus), key, f"Refund of purchase #{purchase.id}")
     return tokens + bonus, due_tokens + due_bonus - tokens - bonus
 
 
@@ -436,6 +444,7 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
         target = min(refunded_total_minor, purchase.amount_minor)
         if target <= purchase.refunded_minor:
             return
+        total = money.amount(target, purchase.currency)
         before = _covered(purchase)
         after = min(purchase.amount_minor, target + purchase.disputed_minor)
         key = f"purchase:{purchase_id}:refund:{target}"
@@ -444,7 +453,7 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
             status = P.DISPUTED
         else:
             status = P.REFUNDED if target == purchase.amount_minor else P.PAID
-        note = f"refunded {money_text(purchase, target)} in all; {taken} tokens taken back"
+        note = f"refunded {total} in all; {taken} tokens taken back"
         if short:
             note += f", {short} already spent"
             _flag(
@@ -461,7 +470,7 @@ def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase
         notify(
             purchase.user_id,
             "purchase_refunded",
-            f"Purchase #{purchase_id} was refunded ({money_text(purchase, target)} in all); "
+            f"Purchase #{purchase_id} was refunded ({total} in all); "
             f"{tokens(taken)} {'was' if taken == 1 else 'were'} taken back from your wallet.",
             link=f"/buy/purchases/{purchase_id}",
         )
@@ -489,7 +498,8 @@ def dispute_opened(purchase_id: int, dispute_id: str, disputed_minor: int, sourc
             purchase,
             P.DISPUTED,
             source,
-            f"disputed {money_text(purchase, amount)}; {taken} tokens held back, {short} short",
+            f"disputed {money.amount(amount, purchase.currency)}; "
+            f"{taken} tokens held back, {short} short",
             disputed_minor=amount,
             dispute_tokens=taken,
             shortfall_tokens=purchase.shortfall_tokens + short,
@@ -512,29 +522,14 @@ def dispute_closed(purchase_id: int, dispute_id: str, won: bool, source: str) ->
         tokens_from, bonus_from = _shares(purchase, refunded)
         back_tokens = min(tokens_to - tokens_from, purchase.dispute_tokens)
         back_bonus = min(bonus_to - bonus_from, purchase.dispute_tokens - back_tokens)
-        details = {
-            "reference": ("purchase", purchase_id),
-            "memo": f"Dispute on purchase #{purchase_id} won: tokens returned",
-        }
-        key = f"purchase:{purchase_id}:dispute-won:{dispute_id}"
-        if back_tokens:
-            ledger.credit(
-                purchase.user_id,
-                back_tokens,
-                key=f"{key}:tokens",
-                kind=EntryKind.ADJUSTMENT,
-                source=PlatformAccount.ISSUANCE,
-                **details,
-            )
-        if back_bonus:
-            ledger.credit(
-                purchase.user_id,
-                back_bonus,
-                key=f"{key}:bonus",
-                kind=EntryKind.ADJUSTMENT,
-                source=PlatformAccount.PROMOTIONS,
-                **details,
-            )
+        memo = f"Dispute on purchase #{purchase_id} won: tokens returned"
+        _give(
+            purchase,
+            (back_tokens, back_bonus),
+            f"purchase:{purchase_id}:dispute-won:{dispute_id}",
+            kinds=(EntryKind.ADJUSTMENT, EntryKind.ADJUSTMENT),
+            memos=(memo, memo),
+        )
         back = P.REFUNDED if refunded == purchase.amount_minor else P.PAID
         _record(
             purchase,
@@ -549,10 +544,6 @@ def dispute_closed(purchase_id: int, dispute_id: str, won: bool, source: str) ->
     return _fresh(purchase_id)
 
 
-def money_text(purchase: Purchase, minor: int) -> str:
-    return usd(minor) if purchase.currency == "USD" else f"KES {minor:,}"
-
-
 def _fresh(purchase_id: int) -> Purchase:
     return db.session.scalars(
         select(Purchase).where(Purchase.id == purchase_id).execution_options(populate_existing=True)
@@ -560,9 +551,5 @@ def _fresh(purchase_id: int) -> Purchase:
 
 
 def _memo(purchase: Purchase) -> str:
-    price = (
-        usd(purchase.amount_minor)
-        if purchase.currency == "USD"
-        else f"KES {purchase.amount_minor:,}"
-    )
+    price = money.amount(purchase.amount_minor, purchase.currency)
     return f"Bought {purchase.tokens:,} tokens for {price} ({purchase.provider_label})"

@@ -8,12 +8,13 @@ import base64
 import json
 import secrets
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.fakes import FakeServer, JsonHandler
 
 KEY, SECRET = "consumer-key", "consumer-secret"
 
 
-class FakeDaraja:
+class FakeDaraja(FakeServer):
     def __init__(self):
         self.token = "tok_" + secrets.token_hex(8)
         self.token_requests = 0
@@ -24,18 +25,7 @@ class FakeDaraja:
         self.lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 expected = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
                 if not self.path.startswith("/oauth/v1/generate"):
@@ -89,17 +79,7 @@ class FakeDaraja:
                         )
                 return self._reply(404, {"errorMessage": "not found"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     def finish(self, checkout_id: str, code: str, desc: str = "") -> None:
         """How the customer answered: "0" paid, "1032" cancelled, "1037" timed out, ..."""

@@ -12,8 +12,9 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
+
+from tests.fakes import FakeServer, JsonHandler
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict:
@@ -36,7 +37,7 @@ def _lists(node):
     return node
 
 
-class FakeStripe:
+class FakeStripe(FakeServer):
     def __init__(self):
         self.sessions: dict[str, dict] = {}
         self.requests: list[dict] = []
@@ -46,18 +47,9 @@ class FakeStripe:
         self.fail_next = 0
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Request-Id", "req_" + secrets.token_hex(6))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
+            def extra_headers(self):
+                return {"Request-Id": "req_" + secrets.token_hex(6)}
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -121,17 +113,7 @@ class FakeStripe:
                 missing = {"type": "invalid_request_error", "message": "No such checkout session"}
                 return self._reply(404, {"error": missing})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     def _create_session(self, params: dict) -> dict:
         session_id = "cs_test_" + secrets.token_hex(12)

@@ -4,7 +4,7 @@ from sqlalchemy import select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Purchase, PurchaseEvent
+from soma.models import Purchase, PurchaseEvent
 from soma.purchases import service, stripe_checkout
 from tests.fakes.stripe_server import FakeStripe, event, signed
 from tests.helpers import balances, make_user
@@ -15,6 +15,7 @@ from tests.unit.test_mpesa import (  # noqa: F401
     test_a_receipt_credits_one_purchase_only,
 )
 from tests.unit.test_purchases import (  # noqa: F401 (collected here with the PostgreSQL app)
+    credits_of,
     student,
     test_a_custom_amount_costs_ten_cents_a_token,
     test_a_double_submitted_buy_form_makes_one_purchase,
@@ -53,18 +54,11 @@ def test_ten_confirmations_of_one_purchase_credit_it_once(app, wide_app):
 
     assert errors(outcomes) == []
     assert len(ok(outcomes)) == 10
+    assert credits_of(app, purchase_id) == [
+        ("purchase", chosen.tokens),
+        ("bonus", chosen.bonus_tokens),
+    ]
     with app.app_context():
-        kinds = db.session.execute(
-            select(JournalEntry.kind, JournalEntry.tokens)
-            .where(
-                JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id
-            )
-            .order_by(JournalEntry.id)
-        ).all()
-        assert [tuple(k) for k in kinds] == [
-            ("purchase", chosen.tokens),
-            ("bonus", chosen.bonus_tokens),
-        ]
         assert balances(user_id) == (chosen.total_tokens, 0)
         assert db.session.get(Purchase, purchase_id).status == "paid"
         moves = db.session.scalars(
@@ -99,15 +93,8 @@ def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client,
         fake.stop()
 
     assert errors(outcomes) == []
+    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
     with app.app_context():
-        kinds = db.session.execute(
-            select(JournalEntry.kind, JournalEntry.tokens)
-            .where(
-                JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id
-            )
-            .order_by(JournalEntry.id)
-        ).all()
-        assert [tuple(k) for k in kinds] == [("purchase", 250), ("bonus", 10)]
         assert balances(student.id) == (260, 0)
         assert db.session.get(Purchase, purchase_id).status == "paid"
         assert ledger.run_audit() == []

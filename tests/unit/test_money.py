@@ -64,3 +64,14 @@ def test_templates_use_the_usd_and_tokens_filters(app):
             "{{ 123456|usd }} {{ 5|usd(signed=True) }} {{ 1|tokens }} {{ -3|tokens(True) }}"
         )
     assert shown == "$1,234.56 +$0.05 1 token -3 tokens"
+
+
+def test_amounts_are_shown_in_their_own_currency():
+    from soma.money import amount, kes
+
+    assert amount(1000, "USD") == "$10.00"
+    assert amount(1295, "KES") == kes(1295) == "KES 1,295"
+    with pytest.raises(ValueError):
+        amount(100, "EUR")
+    with pytest.raises(TypeError):
+        kes(12.5)

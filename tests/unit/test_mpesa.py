@@ -5,11 +5,11 @@ from sqlalchemy import func, select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Purchase
+from soma.models import Purchase
 from soma.purchases import daraja
 from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
 from tests.helpers import balances, csrf_from, text_of
-from tests.unit.test_purchases import package_id
+from tests.unit.test_purchases import credits_of, package_id
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
 
@@ -61,16 +61,6 @@ def purchase(app, purchase_id: int) -> Purchase:
         return found
 
 
-def credited(app, purchase_id: int) -> list[tuple[str, int]]:
-    with app.app_context():
-        rows = db.session.execute(
-            select(JournalEntry.kind, JournalEntry.tokens)
-            .where(JournalEntry.reference_type == "purchase")
-            .where(JournalEntry.reference_id == purchase_id)
-        ).all()
-        return [tuple(row) for row in rows]
-
-
 @pytest.mark.parametrize(
     ("typed", "normalised"),
     [("0712345678", "254712345678"), ("0712 345 678", "254712345678"),
@@ -116,7 +106,7 @@ def test_a_paid_callback_is_confirmed_then_credited_once(app, client, student, f
     assert fake_daraja.queries == [checkout_id]  # confirmed once, then known
     bought = purchase(app, purchase_id)
     assert (bought.status, bought.receipt) == ("paid", "NLJ7RT61SV")
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
     with app.app_context():
         assert balances(student.id) == (100, 0)
         assert ledger.run_audit() == []
@@ -139,7 +129,7 @@ def test_a_cancelled_timed_out_or_unfunded_request_says_so_plainly(
     assert bought.status == "failed"
     page = text_of(client.get(f"/buy/purchases/{purchase_id}").get_data(as_text=True))
     assert f"The payment did not go through. {message}" in page
-    assert credited(app, purchase_id) == []
+    assert credits_of(app, purchase_id) == []
 
 
 def test_a_callback_the_status_query_does_not_confirm_credits_nothing(
@@ -149,7 +139,7 @@ def test_a_callback_the_status_query_does_not_confirm_credits_nothing(
     fake_daraja.finish(checkout_id, "1032")  # Daraja itself says it was cancelled
     send(client, callback(checkout_id, "0", amount=1295))
     assert purchase(app, purchase_id).status == "pending"
-    assert credited(app, purchase_id) == []
+    assert credits_of(app, purchase_id) == []
 
 
 def test_a_receipt_credits_one_purchase_only(app, client, student, fake_daraja):
@@ -161,7 +151,7 @@ def test_a_receipt_credits_one_purchase_only(app, client, student, fake_daraja):
     send(client, callback(second, "0", amount=1295, receipt="NLJSAME001"))  # replayed receipt
     assert purchase(app, first_id).status == "paid"
     assert purchase(app, second_id).status == "pending"
-    assert credited(app, second_id) == []
+    assert credits_of(app, second_id) == []
 
 
 def test_a_wrong_secret_is_not_found_and_moves_nothing(app, client, student, fake_daraja):
@@ -195,10 +185,10 @@ def test_a_lost_callback_is_caught_by_the_status_page(
     fake_daraja.finish(checkout_id, "0")
     fragment = client.get(f"/buy/purchases/{purchase_id}/status?seen=pending")
     assert "100 tokens credited" in text_of(fragment.get_data(as_text=True))
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
     # The callback, late, changes nothing more (and fills in the receipt).
     send(client, callback(checkout_id, "0", amount=1295, receipt="NLJLATE001"))
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
     assert purchase(app, purchase_id).receipt == "NLJLATE001"
 
 
@@ -221,7 +211,7 @@ def test_a_paid_callback_daraja_cannot_confirm_yet_is_settled_later_by_the_sweep
     assert purchase(app, purchase_id).status == "paid"
     send(client, body)  # the callback again: fills in the receipt, credits nothing more
     assert purchase(app, purchase_id).receipt == "NLJRATE001"
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
 
 
 def test_a_still_processing_answer_does_not_fail_the_purchase(

@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Purchase, PurchaseEvent
+from soma.models import Purchase, PurchaseEvent
 from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import balances, text_of
-from tests.unit.test_purchases import buy, package_id
+from tests.unit.test_purchases import buy, credits_of, package_id
 
 
 @pytest.fixture
@@ -43,17 +43,6 @@ def post_event(client, payload: dict, secret: str = SECRET, timestamp: int | Non
         data=body,
         headers={"Stripe-Signature": header, "Content-Type": "application/json"},
     )
-
-
-def credited(app, purchase_id: int) -> list[tuple[str, int]]:
-    with app.app_context():
-        rows = db.session.execute(
-            select(JournalEntry.kind, JournalEntry.tokens)
-            .where(JournalEntry.reference_type == "purchase")
-            .where(JournalEntry.reference_id == purchase_id)
-            .order_by(JournalEntry.id)
-        ).all()
-        return [tuple(row) for row in rows]
 
 
 def status_of(app, purchase_id: int) -> str:
@@ -86,7 +75,7 @@ def test_checkout_session_is_created_once_with_everything_stripe_needs(
     )
     assert params["cancel_url"] == f"http://localhost/buy/purchases/{purchase_id}?cancelled=1"
     assert status_of(app, purchase_id) == "pending"
-    assert credited(app, purchase_id) == []
+    assert credits_of(app, purchase_id) == []
 
 
 @pytest.mark.parametrize("case", ["bad signature", "no signature", "stale", "other secret"])
@@ -107,7 +96,7 @@ def test_a_webhook_not_signed_now_by_stripe_is_refused_and_moves_nothing(
         response = post_event(client, payload, secret="whsec_someone_else")
     assert response.status_code == 400
     assert status_of(app, purchase_id) == "pending"
-    assert credited(app, purchase_id) == []
+    assert credits_of(app, purchase_id) == []
 
 
 def test_the_same_event_five_times_credits_once(app, client, student, stripe_on):
@@ -116,7 +105,7 @@ def test_the_same_event_five_times_credits_once(app, client, student, stripe_on)
     answers = [post_event(client, payload) for _ in range(5)]
     assert [a.status_code for a in answers] == [200] * 5
     assert [a.get_json().get("duplicate", False) for a in answers] == [False] + [True] * 4
-    assert credited(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
     with app.app_context():
         purchase = db.session.get(Purchase, purchase_id)
         assert purchase.status == "paid"
@@ -136,10 +125,10 @@ def test_an_async_payment_is_credited_once_in_either_order(app, client, student,
     assert post_event(client, first).status_code == 200
     if order == "completed first":
         assert status_of(app, purchase_id) == "pending"  # unpaid: not credited yet
-        assert credited(app, purchase_id) == []
+        assert credits_of(app, purchase_id) == []
     assert post_event(client, second).status_code == 200
     assert status_of(app, purchase_id) == "paid"
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
 
 
 def test_a_failed_async_payment_and_an_expired_session_credit_nothing(
@@ -154,7 +143,7 @@ def test_a_failed_async_payment_and_an_expired_session_credit_nothing(
 
     assert status_of(app, failed_id) == "failed"
     assert status_of(app, expired_id) == "expired"
-    assert credited(app, failed_id) == credited(app, expired_id) == []
+    assert credits_of(app, failed_id) == credits_of(app, expired_id) == []
     text = text_of(client.get(f"/buy/purchases/{expired_id}").get_data(as_text=True))
     assert "The checkout expired before it was paid. Nothing was charged." in text
     with app.app_context():
@@ -175,10 +164,10 @@ def test_the_success_page_asks_stripe_and_credits_before_the_webhook(
     page = client.get(f"/buy/purchases/{purchase_id}?session_id={session_id}")
     assert "100 tokens credited to your wallet." in text_of(page.get_data(as_text=True))
     assert post_event(client, event("checkout.session.completed", paid)).status_code == 200
-    assert credited(app, purchase_id) == [("purchase", 100)]
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
 
 
-def test_a_session_that_paid_another_amount_is_not_credited(app, client, student, stripe_on):
+def test_a_session_that_paid_another_amount_is_not_credits_of(app, client, student, stripe_on):
     purchase_id, session_id = checkout(app, client)
     paid = stripe_on.pay(session_id)
     assert (
@@ -190,7 +179,7 @@ def test_a_session_that_paid_another_amount_is_not_credited(app, client, student
     other = {**paid, "id": "cs_test_someone_elses"}
     assert post_event(client, event("checkout.session.completed", other)).status_code == 200
     assert status_of(app, purchase_id) == "pending"
-    assert credited(app, purchase_id) == []
+    assert credits_of(app, purchase_id) == []
 
 
 def test_when_stripe_does_not_answer_the_student_is_told_and_nothing_is_pending(
