@@ -104,15 +104,19 @@ def audit() -> None:
 )
 def sweep(every: int | None) -> None:
     """Settle classes that have run their time and end those paused past the limit; ask
-    M-Pesa about payments whose callback is late."""
+    M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts."""
     from soma.classes.service import sweep as sweep_once
     from soma.purchases.mpesa import recheck_pending as recheck_mpesa
+    from soma.purchases.service import expire_abandoned
+    from soma.purchases.stripe_checkout import recheck_stale as recheck_stripe
 
     try:
         while True:
             try:
                 result = sweep_once()
                 recheck_mpesa()  # payments whose callback never came
+                recheck_stripe()  # checkouts that should have expired by now
+                expire_abandoned()  # checkouts nobody will finish
             except Exception:
                 # The database restarting, say: log it and try again next pass,
                 # rather than leave unwatched classes holding tokens.
@@ -135,3 +139,35 @@ def sweep(every: int | None) -> None:
             time.sleep(every)
     except KeyboardInterrupt:
         return
+
+
+@soma_cli.command("reconcile-mpesa")
+@click.option("--payment", type=click.IntRange(min=1, max=2**63 - 1), help="An unmatched payment.")
+@click.option("--purchase", type=click.IntRange(min=1, max=2**63 - 1), help="The purchase it paid.")
+def reconcile_mpesa(payment: int | None, purchase: int | None) -> None:
+    """Match M-Pesa payments kept as unmatched to the purchases they paid, and credit them.
+
+    With --payment and --purchase, match that payment to that purchase. Without,
+    match each unmatched payment that exactly one purchase fits (same phone and
+    amount, made in the day before it was paid); list the others.
+    """
+    from soma.purchases import mpesa
+
+    if (payment is None) != (purchase is None):
+        raise click.UsageError("give both --payment and --purchase, or neither")
+    if payment is not None:
+        try:
+            credited = mpesa.match(payment, purchase, "cli")
+        except mpesa.MatchRefused as refused:
+            raise click.ClickException(refused.message) from None
+        click.echo(f"Payment {payment} credited purchase #{credited.id}.")
+        return
+    done = mpesa.reconcile("cli")
+    if not done:
+        click.echo("No unmatched M-Pesa payments.")
+    for unmatched, credited, what in done:
+        target = f" → purchase #{credited.id}" if credited else ""
+        click.echo(
+            f"  {unmatched.receipt}  KES {unmatched.amount_minor:,}  {unmatched.phone or '?'}"
+            f"{target}: {what}"
+        )

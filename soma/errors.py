@@ -30,6 +30,13 @@ class FieldRefusal(SomaError):
         self.field = field
 
 
+class KeyReused(SomaError):
+    """A form's one-time key sent again with other content: refused, never taken as the first."""
+
+    status = 409
+    title = "This form was already used"
+
+
 TITLES = {
     400: "Bad request",
     403: "Not allowed",

@@ -2,7 +2,6 @@
 
 from decimal import Decimal, InvalidOperation
 
-import stripe
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
@@ -10,9 +9,9 @@ from sqlalchemy import func, select
 from soma import money
 from soma.extensions import db
 from soma.forms import ActionForm
-from soma.models import Provider, Purchase, PurchaseEvent, Role, User
-from soma.purchases import service as purchases
-from soma.purchases import stripe_checkout
+from soma.models import Purchase, PurchaseEvent, Role, UnmatchedPayment, User
+from soma.providers import stripe as stripe_provider
+from soma.purchases import mpesa, reversals
 from soma.security import role_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -74,15 +73,23 @@ def _purchase_page(purchase: Purchase, error: str | None = None, status: int = 2
         .where(PurchaseEvent.purchase_id == purchase.id)
         .order_by(PurchaseEvent.id)
     ).all()
+    found = reversals.reversals_of(purchase.id)
     return render_template(
-        "admin/purchase.html", purchase=purchase, events=events, error=error, form=ActionForm()
+        "admin/purchase.html",
+        purchase=purchase,
+        events=events,
+        reversals=found,
+        totals=reversals.totals(found),
+        refundable=reversals.refundable(purchase, found),
+        error=error,
+        form=ActionForm(),
     ), status
 
 
 @bp.get("/purchases/<int:purchase_id>")
 @role_required(Role.ADMIN)
 def purchase_detail(purchase_id: int):
-    """A purchase, its history, and the refund form."""
+    """A purchase, its refunds and disputes, its history, and the refund form."""
     purchase = db.session.get(Purchase, purchase_id) or abort(404)
     return _purchase_page(purchase)
 
@@ -90,49 +97,82 @@ def purchase_detail(purchase_id: int):
 @bp.post("/purchases/<int:purchase_id>/refund")
 @role_required(Role.ADMIN)
 def refund(purchase_id: int):
-    """Refund a purchase in full or in part: the provider first, then the tokens."""
+    """Refund a purchase in full or in part: the money goes back first, then the tokens."""
     purchase = db.session.get(Purchase, purchase_id) or abort(404)
     if not ActionForm().validate_on_submit():
         return _purchase_page(purchase, "This form has expired. Reload the page.", 400)
+    left = reversals.refundable(purchase, reversals.reversals_of(purchase.id))
     try:
-        amount = _minor_units(request.form.get("amount", ""), purchase)
+        amount = _minor_units(request.form.get("amount", ""), purchase, left)
+        reversals.refund_by_admin(purchase.id, amount, current_user.id)
     except ValueError as error:
         return _purchase_page(purchase, str(error), 422)
-    total = purchase.refunded_minor + amount
-    source = f"admin:{current_user.id}"
-    try:
-        if purchase.provider == Provider.STRIPE:
-            stripe_checkout.refund_payment(purchase, total)
-        purchases.refund(purchase.id, total, source)
-    except stripe.StripeError as error:
+    except stripe_provider.StripeError as error:
         current_app.logger.exception("stripe: refund of purchase %s failed", purchase.id)
         return _purchase_page(purchase, f"Stripe refused the refund: {error.user_message}", 502)
-    except purchases.PurchaseRefused as error:
+    except reversals.RefundRefused as error:
+        db.session.rollback()
         return _purchase_page(purchase, error.message, 409)
-    message = f"Refunded {money.amount(amount, purchase.currency)} of purchase #{purchase.id}."
-    if purchase.provider == Provider.MPESA:
-        message += (
-            " The tokens are taken back; send the shillings back through M-Pesa yourself"
-            " (Soma does not move M-Pesa money back)."
-        )
-    flash(message, "success")
+    flash(
+        f"Refunded {money.amount(amount, purchase.currency)} of purchase #{purchase.id}.", "success"
+    )
     return redirect(url_for("admin.purchase_detail", purchase_id=purchase.id), 303)
 
 
-def _minor_units(text: str, purchase: Purchase) -> int:
+def _minor_units(text: str, purchase: Purchase, left: int) -> int:
     """The refund asked for, in the purchase's minor units; ValueError with the reason."""
-    left = purchase.amount_minor - purchase.refunded_minor
     if left <= 0:
-        raise ValueError("This purchase is refunded in full; nothing is left to refund.")
-    if not text.strip():
+        raise ValueError("Nothing is left to refund on this purchase.")
+    text = text.strip()
+    if not text:
         return left  # the rest, in full
+    if len(text) > 20:
+        raise ValueError("Enter the amount to refund, such as 5.00.")
     try:
-        amount = Decimal(text.strip().lstrip("$"))
+        amount = Decimal(text.lstrip("$"))
     except InvalidOperation:
         raise ValueError("Enter the amount to refund, such as 5.00.") from None
+    if not amount.is_finite() or amount.adjusted() > 12:
+        raise ValueError("Enter the amount to refund, such as 5.00.")
     minor = amount * 100 if purchase.currency == "USD" else amount
     if minor != minor.to_integral_value() or minor <= 0:
         raise ValueError("Enter a positive amount in whole cents, such as 5.00.")
     if minor > left:
         raise ValueError(f"At most {money.amount(left, purchase.currency)} is left to refund.")
     return int(minor)
+
+
+# Unmatched M-Pesa payments ---------------------------------------------------------------
+
+
+@bp.get("/payments/unmatched")
+@role_required(Role.ADMIN)
+def unmatched_payments():
+    """M-Pesa payments for requests we did not know, with the purchases each may have paid."""
+    payments = mpesa.unmatched()
+    return render_template(
+        "admin/unmatched.html",
+        payments=[(payment, mpesa.candidates(payment)) for payment in payments],
+        form=ActionForm(),
+    )
+
+
+@bp.post("/payments/unmatched/<int:payment_id>/match")
+@role_required(Role.ADMIN)
+def match_payment(payment_id: int):
+    """Match an unmatched payment to the purchase it paid, and credit that purchase."""
+    payment = db.session.get(UnmatchedPayment, payment_id) or abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    text = request.form.get("purchase_id", "").strip()
+    if not text.isdigit() or len(text) > 18:
+        flash("Enter the number of the purchase this payment paid.", "error")
+        return redirect(url_for("admin.unmatched_payments"), 303)
+    try:
+        purchase = mpesa.match(payment.id, int(text), f"admin:{current_user.id}")
+    except mpesa.MatchRefused as error:
+        db.session.rollback()
+        flash(error.message, "error")
+        return redirect(url_for("admin.unmatched_payments"), 303)
+    flash(f"Payment {payment.receipt} credited purchase #{purchase.id}.", "success")
+    return redirect(url_for("admin.purchase_detail", purchase_id=purchase.id), 303)

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from soma.errors import SomaError
 from soma.models.classes import FINAL_STATUSES, ClassEventKind, ClassStatus
 
-S = ClassStatus
-
 # A teacher may start a class from this long before its scheduled start.
 START_WINDOW = timedelta(minutes=10)
 
@@ -32,7 +30,7 @@ class Action(enum.StrEnum):
     EXPIRE = "expire"
 
 
-class Ledger(enum.StrEnum):
+class MoneyStep(enum.StrEnum):
     """What the move asks of the ledger."""
 
     HOLD = "hold"  # hold the cost
@@ -65,7 +63,7 @@ class InvalidMove(SomaError):
 
 
 @dataclass(frozen=True)
-class Clock:
+class ClassClock:
     """What the machine needs of a class."""
 
     status: ClassStatus
@@ -90,7 +88,7 @@ class Move:
     due_at: datetime | None = None
     paused_at: datetime | None = None
     end_reason: EndReason | None = None
-    ledger: Ledger | None = None
+    ledger: MoneyStep | None = None
     charge: int | None = None  # tokens paid to the teacher, once final
 
     @property
@@ -98,13 +96,13 @@ class Move:
         return self.status in FINAL_STATUSES
 
 
-def active_at(clock: Clock, now: datetime) -> int:
+def active_at(clock: ClassClock, now: datetime) -> int:
     """Whole seconds of active time at `now`, never past the planned time."""
     return min(_uncapped_active(clock, now), clock.planned_seconds)
 
 
-def _uncapped_active(clock: Clock, now: datetime) -> int:
-    if clock.status == S.IN_PROGRESS and clock.running_since is not None:
+def _uncapped_active(clock: ClassClock, now: datetime) -> int:
+    if clock.status == ClassStatus.IN_PROGRESS and clock.running_since is not None:
         running = max(0, int((now - clock.running_since).total_seconds()))
         return clock.active_seconds + running
     return clock.active_seconds
@@ -116,28 +114,31 @@ def pro_rata(cost: int, active_seconds: int, planned_seconds: int) -> int:
     return -(-cost * active // planned_seconds)
 
 
-def due(clock: Clock, now: datetime, pause_limit: timedelta) -> Move | None:
+def due(clock: ClassClock, now: datetime, pause_limit: timedelta) -> Move | None:
     """The system's move if the class has run its time or its pause has expired, else None."""
-    if clock.status == S.IN_PROGRESS and _uncapped_active(clock, now) >= clock.planned_seconds:
+    if (
+        clock.status == ClassStatus.IN_PROGRESS
+        and _uncapped_active(clock, now) >= clock.planned_seconds
+    ):
         remaining = clock.planned_seconds - clock.active_seconds
         return Move(
             Action.COMPLETE,
-            S.COMPLETED,
+            ClassStatus.COMPLETED,
             ClassEventKind.COMPLETE,
             at=min(now, clock.running_since + timedelta(seconds=remaining)),
             active_seconds=clock.planned_seconds,
             end_reason=EndReason.COMPLETED,
-            ledger=Ledger.SETTLE,
+            ledger=MoneyStep.SETTLE,
             charge=clock.cost,
         )
-    if clock.status == S.PAUSED and now - clock.paused_at >= pause_limit:
+    if clock.status == ClassStatus.PAUSED and now - clock.paused_at >= pause_limit:
         return _end_early(
             clock, Action.EXPIRE, clock.paused_at + pause_limit, EndReason.PAUSED_TOO_LONG
         )
     return None
 
 
-def decide(clock: Clock, action: Action, now: datetime, pause_limit: timedelta) -> Move:
+def decide(clock: ClassClock, action: Action, now: datetime, pause_limit: timedelta) -> Move:
     """The move `action` makes at `now`; InvalidMove if it does not apply.
 
     A class that has fallen due (see `due`) must be settled first: every action
@@ -154,18 +155,18 @@ def decide(clock: Clock, action: Action, now: datetime, pause_limit: timedelta) 
     return handler(clock, now)
 
 
-def _refuse(clock: Clock, action: Action) -> InvalidMove:
+def _refuse(clock: ClassClock, action: Action) -> InvalidMove:
     status = clock.status
     if status in FINAL_STATUSES:
-        word = "cancelled" if status == S.CANCELLED else "over"
+        word = "cancelled" if status == ClassStatus.CANCELLED else "over"
         return InvalidMove(f"This class is {word}; it cannot be {_PAST[action]} now.")
-    if status == S.SCHEDULED:
+    if status == ClassStatus.SCHEDULED:
         return InvalidMove(f"This class has not started yet; it cannot be {_PAST[action]}.")
     if action == Action.START:
         return InvalidMove("This class has already started.")
     if action == Action.CANCEL:
         return InvalidMove("This class has started; end it or abort it instead of cancelling.")
-    if status == S.PAUSED:
+    if status == ClassStatus.PAUSED:
         return InvalidMove("This class is already paused.")
     return InvalidMove("This class is already running.")
 
@@ -180,8 +181,8 @@ _PAST = {
 }
 
 
-def _start(clock: Clock, now: datetime) -> Move:
-    if clock.status != S.SCHEDULED:
+def _start(clock: ClassClock, now: datetime) -> Move:
+    if clock.status != ClassStatus.SCHEDULED:
         raise _refuse(clock, Action.START)
     opens = clock.scheduled_start - START_WINDOW
     if now < opens:
@@ -197,22 +198,22 @@ def _start(clock: Clock, now: datetime) -> Move:
         )
     return Move(
         Action.START,
-        S.IN_PROGRESS,
+        ClassStatus.IN_PROGRESS,
         ClassEventKind.START,
         at=now,
         active_seconds=0,
         running_since=now,
         due_at=now + timedelta(seconds=clock.planned_seconds),
-        ledger=Ledger.HOLD,
+        ledger=MoneyStep.HOLD,
     )
 
 
-def _pause(clock: Clock, now: datetime) -> Move:
-    if clock.status != S.IN_PROGRESS:
+def _pause(clock: ClassClock, now: datetime) -> Move:
+    if clock.status != ClassStatus.IN_PROGRESS:
         raise _refuse(clock, Action.PAUSE)
     return Move(
         Action.PAUSE,
-        S.PAUSED,
+        ClassStatus.PAUSED,
         ClassEventKind.PAUSE,
         at=now,
         active_seconds=active_at(clock, now),
@@ -220,13 +221,13 @@ def _pause(clock: Clock, now: datetime) -> Move:
     )
 
 
-def _resume(clock: Clock, now: datetime) -> Move:
-    if clock.status != S.PAUSED:
+def _resume(clock: ClassClock, now: datetime) -> Move:
+    if clock.status != ClassStatus.PAUSED:
         raise _refuse(clock, Action.RESUME)
     remaining = clock.planned_seconds - clock.active_seconds
     return Move(
         Action.RESUME,
-        S.IN_PROGRESS,
+        ClassStatus.IN_PROGRESS,
         ClassEventKind.RESUME,
         at=now,
         active_seconds=clock.active_seconds,
@@ -235,48 +236,48 @@ def _resume(clock: Clock, now: datetime) -> Move:
     )
 
 
-def _end_early(clock: Clock, action: Action, at: datetime, reason: EndReason) -> Move:
+def _end_early(clock: ClassClock, action: Action, at: datetime, reason: EndReason) -> Move:
     active = active_at(clock, at)
     charge = pro_rata(clock.cost, active, clock.planned_seconds)
     return Move(
         action,
-        S.ENDED_EARLY,
+        ClassStatus.ENDED_EARLY,
         ClassEventKind.END_EARLY,
         at=at,
         active_seconds=active,
         end_reason=reason,
-        ledger=Ledger.SETTLE if charge else Ledger.RELEASE,
+        ledger=MoneyStep.SETTLE if charge else MoneyStep.RELEASE,
         charge=charge,
     )
 
 
-def _end_by_teacher(clock: Clock, now: datetime) -> Move:
-    if clock.status not in (S.IN_PROGRESS, S.PAUSED):
+def _end_by_teacher(clock: ClassClock, now: datetime) -> Move:
+    if clock.status not in (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED):
         raise _refuse(clock, Action.END_EARLY)
     return _end_early(clock, Action.END_EARLY, now, EndReason.ENDED_BY_TEACHER)
 
 
-def _abort(clock: Clock, now: datetime) -> Move:
-    if clock.status not in (S.IN_PROGRESS, S.PAUSED):
+def _abort(clock: ClassClock, now: datetime) -> Move:
+    if clock.status not in (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED):
         raise _refuse(clock, Action.ABORT)
     return Move(
         Action.ABORT,
-        S.ABORTED,
+        ClassStatus.ABORTED,
         ClassEventKind.ABORT,
         at=now,
         active_seconds=active_at(clock, now),
         end_reason=EndReason.ABORTED,
-        ledger=Ledger.RELEASE,
+        ledger=MoneyStep.RELEASE,
         charge=0,
     )
 
 
-def _cancel(clock: Clock, now: datetime) -> Move:
-    if clock.status != S.SCHEDULED:
+def _cancel(clock: ClassClock, now: datetime) -> Move:
+    if clock.status != ClassStatus.SCHEDULED:
         raise _refuse(clock, Action.CANCEL)
     return Move(
         Action.CANCEL,
-        S.CANCELLED,
+        ClassStatus.CANCELLED,
         ClassEventKind.CANCEL,
         at=now,
         active_seconds=0,

@@ -20,10 +20,10 @@ from flask import current_app
 from sqlalchemy import and_, bindparam, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
-from soma import clock, ledger
+from soma import clock, ledger, transitions
 from soma.classes import audit as _audit  # noqa: F401 (registers the audit's class check)
-from soma.classes.machine import Action, Clock, InvalidMove, Ledger, Move, decide, due
-from soma.errors import FieldRefusal, SomaError
+from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Move, decide, due
+from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
 from soma.fastread import read_one
 from soma.ledger.pricing import class_cost
@@ -40,7 +40,7 @@ from soma.notifications.service import notify
 
 # Tries of a compare-and-set before giving up: each miss means another request
 # changed the class first, and the next try decides again on what it did.
-ATTEMPTS = 3
+ATTEMPTS = transitions.ATTEMPTS
 
 TEACHER_ACTIONS = frozenset(
     {Action.START, Action.PAUSE, Action.RESUME, Action.END_EARLY, Action.ABORT}
@@ -69,8 +69,8 @@ def pause_limit() -> timedelta:
     return timedelta(minutes=current_app.config["CLASS_PAUSE_LIMIT_MINUTES"])
 
 
-def clock_of(session: "ClassSession | ClassView") -> Clock:
-    return Clock(
+def clock_of(session: "ClassSession | ClassView") -> ClassClock:
+    return ClassClock(
         status=ClassStatus(session.status),
         scheduled_start=session.scheduled_start,
         planned_seconds=session.planned_seconds,
@@ -201,6 +201,11 @@ def book(
     if existing is not None:
         if existing.student_id != student.id:
             raise BookingError("This booking form was already used. Reload the page.")
+        if _booked(existing) != _booking(teacher_id, title, start, duration_minutes):
+            raise KeyReused(
+                f"This booking form was already used for another class (#{existing.id}). "
+                "Reload the booking page to book a new one."
+            )
         return existing
     if student.role != Role.STUDENT:
         raise BookingError("Only students book classes.")
@@ -214,7 +219,7 @@ def book(
         raise BookingError("Give the start time with its time zone.", "start")
     if start <= now:
         raise BookingError("Choose a start time in the future.", "start")
-    title = " ".join(title.split())[:120] or f"Class with {teacher.display_name}"
+    title = _title(title, teacher)
     session = ClassSession(
         booking_key=key,
         student_id=student.id,
@@ -239,6 +244,21 @@ def book(
     )
     db.session.commit()
     return session
+
+
+def _title(title: str, teacher: User | None) -> str:
+    name = teacher.display_name if teacher is not None else ""
+    return " ".join(title.split())[:120] or f"Class with {name}"
+
+
+def _booking(teacher_id: int, title: str, start: datetime, duration_minutes: int) -> tuple:
+    """What a booking form asks for, to compare with a repeat of its key."""
+    teacher = db.session.get(User, teacher_id) if teacher_id else None
+    return (teacher_id, _title(title, teacher), start, duration_minutes)
+
+
+def _booked(session: ClassSession) -> tuple:
+    return (session.teacher_id, session.title, session.scheduled_start, session.duration_minutes)
 
 
 # Acting ----------------------------------------------------------------------------------
@@ -286,7 +306,7 @@ def _settle_due(session: ClassSession, now: datetime) -> tuple[ClassSession, Mov
     raise ClassBusy()
 
 
-def _read(session: ClassSession) -> tuple[Clock, int]:
+def _read(session: ClassSession) -> tuple[ClassClock, int]:
     """The class's clock and the version it belongs to, from one load of the row."""
     return clock_of(session), session.version
 
@@ -323,7 +343,6 @@ def _apply(session: ClassSession, version: int, move: Move, actor_id: int | None
     """
     values = {
         "status": move.status.value,
-        "version": version + 1,
         "active_seconds": move.active_seconds,
         "running_since": move.running_since,
         "due_at": move.due_at,
@@ -337,13 +356,7 @@ def _apply(session: ClassSession, version: int, move: Move, actor_id: int | None
     class_id = session.id
     try:
         with ledger.atomic():
-            claimed = db.session.execute(
-                update(ClassSession)
-                .where(ClassSession.id == class_id, ClassSession.version == version)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if claimed != 1:
+            if not transitions.compare_and_set(ClassSession, class_id, version, values):
                 raise _Lost()
             db.session.add(
                 ClassEvent(
@@ -385,7 +398,7 @@ def _move_tokens(session: ClassSession, move: Move, actor_id: int | None) -> dic
         "actor_id": actor_id,
         "now": clock.now(),
     }
-    if move.ledger == Ledger.HOLD:
+    if move.ledger == MoneyStep.HOLD:
         held = ledger.hold(
             session.student_id,
             session.cost_tokens,
@@ -399,7 +412,7 @@ def _move_tokens(session: ClassSession, move: Move, actor_id: int | None) -> dic
     facts = {"holder_id": session.student_id, "held": session.cost_tokens}
     # One key for however the class closes: it can close only once.
     key = f"class:{session.id}:close"
-    if move.ledger == Ledger.SETTLE:
+    if move.ledger == MoneyStep.SETTLE:
         closing = ledger.settle(
             session.hold_entry_id,
             move.charge,

@@ -15,8 +15,6 @@ from soma.ledger.errors import InvalidPosting
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
 from soma.money import is_whole
 
-A, L = Bucket.AVAILABLE, Bucket.LOCKED
-
 
 class EntryDetails(TypedDict, total=False):
     """What every operation passes on to its entry unchanged (see `core.post`)."""
@@ -61,8 +59,8 @@ def credit(
     """Add `tokens` to a user's available balance from a platform account."""
     tokens = _positive(tokens)
     legs = [
-        Leg(platform_account(source), A, -tokens),
-        Leg(user_account(user_id), A, tokens),
+        Leg(platform_account(source), Bucket.AVAILABLE, -tokens),
+        Leg(user_account(user_id), Bucket.AVAILABLE, tokens),
     ]
     return post(kind, key, legs, tokens=tokens, **details)
 
@@ -79,8 +77,8 @@ def debit(
     """Take `tokens` out of a user's available balance back to a platform account."""
     tokens = _positive(tokens)
     legs = [
-        Leg(user_account(user_id), A, -tokens),
-        Leg(platform_account(to), A, tokens),
+        Leg(user_account(user_id), Bucket.AVAILABLE, -tokens),
+        Leg(platform_account(to), Bucket.AVAILABLE, tokens),
     ]
     return post(kind, key, legs, tokens=tokens, **details)
 
@@ -98,7 +96,7 @@ def hold(
         raise InvalidPosting(f"{kind} is not a kind of hold")
     tokens = _positive(tokens)
     account = user_account(user_id)
-    legs = [Leg(account, A, -tokens), Leg(account, L, tokens)]
+    legs = [Leg(account, Bucket.AVAILABLE, -tokens), Leg(account, Bucket.LOCKED, tokens)]
     return post(kind, key, legs, tokens=tokens, **details)
 
 
@@ -107,7 +105,7 @@ _HELD = (
     select(Wallet.user_id, Posting.amount, JournalEntry.kind)
     .join(Wallet, Wallet.id == Posting.wallet_id)
     .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-    .where(Posting.entry_id == bindparam("p_hold"), Posting.bucket == L.value)
+    .where(Posting.entry_id == bindparam("p_hold"), Posting.bucket == Bucket.LOCKED.value)
 )
 
 
@@ -168,9 +166,9 @@ def settle(
     payee = user_account(to_user_id) if to_user_id is not None else platform_account(to_platform)
     if payee == payer:
         raise InvalidPosting("a hold is not settled to its own wallet")
-    legs = [Leg(payer, L, -held), Leg(payee, A, charge)]
+    legs = [Leg(payer, Bucket.LOCKED, -held), Leg(payee, Bucket.AVAILABLE, charge)]
     if held > charge:
-        legs.append(Leg(payer, A, held - charge))
+        legs.append(Leg(payer, Bucket.AVAILABLE, held - charge))
     return post(
         kind,
         key,
@@ -197,7 +195,7 @@ def release(
     """
     user_id, held, hold_check = _hold_facts(kind, hold_entry_id, holder_id, held)
     account = user_account(user_id)
-    legs = [Leg(account, L, -held), Leg(account, A, held)]
+    legs = [Leg(account, Bucket.LOCKED, -held), Leg(account, Bucket.AVAILABLE, held)]
     return post(
         kind,
         key,
@@ -223,7 +221,7 @@ def transfer(
     if from_user_id == to_user_id:
         raise InvalidPosting("a transfer goes to another wallet")
     legs = [
-        Leg(user_account(from_user_id), A, -tokens),
-        Leg(user_account(to_user_id), A, tokens),
+        Leg(user_account(from_user_id), Bucket.AVAILABLE, -tokens),
+        Leg(user_account(to_user_id), Bucket.AVAILABLE, tokens),
     ]
     return post(kind, key, legs, tokens=tokens, **details)

@@ -15,12 +15,15 @@ from soma.models.ledger import (
 )
 from soma.models.notification import Notification
 from soma.models.pricing import PricingUserType, TokenPricing
+from soma.models.provider import EventStatus, ProviderEvent, UnmatchedPayment
 from soma.models.purchase import (
     Provider,
-    ProviderEvent,
     Purchase,
     PurchaseEvent,
+    PurchaseReversal,
     PurchaseStatus,
+    ReversalKind,
+    ReversalStatus,
     TokenPackage,
 )
 from soma.models.user import SIGNUP_ROLES, Role, User
@@ -35,6 +38,7 @@ __all__ = [
     "ClassSession",
     "ClassStatus",
     "EntryKind",
+    "EventStatus",
     "Gift",
     "JournalEntry",
     "Notification",
@@ -45,11 +49,15 @@ __all__ = [
     "ProviderEvent",
     "Purchase",
     "PurchaseEvent",
+    "PurchaseReversal",
     "PurchaseStatus",
+    "ReversalKind",
+    "ReversalStatus",
     "Role",
     "TokenPackage",
     "TokenPricing",
     "UTCDateTime",
+    "UnmatchedPayment",
     "User",
     "Wallet",
     "utcnow",

@@ -53,6 +53,9 @@ STATUS_LABELS = {
     PurchaseStatus.DISPUTED: "Disputed",
 }
 
+# A purchase whose tokens were credited: paid, and perhaps reversed since.
+CREDITED = (PurchaseStatus.PAID.value, PurchaseStatus.REFUNDED.value, PurchaseStatus.DISPUTED.value)
+
 # Custom amounts a student may buy, in tokens.
 CUSTOM_MIN, CUSTOM_MAX = 10, 10_000
 
@@ -84,9 +87,6 @@ class Purchase(Base):
         CheckConstraint("tokens > 0", name="tokens_positive"),
         CheckConstraint("bonus_tokens >= 0", name="bonus_not_negative"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
-        CheckConstraint(
-            "refunded_minor >= 0 AND refunded_minor <= amount_minor", name="refund_within"
-        ),
         Index("ix_purchases_user_id_id", "user_id", "id"),
         UniqueConstraint("checkout_session_id", name="uq_purchases_checkout_session_id"),
         UniqueConstraint("checkout_request_id", name="uq_purchases_checkout_request_id"),
@@ -110,17 +110,12 @@ class Purchase(Base):
     checkout_session_id: Mapped[str | None] = mapped_column(String(255))
     payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     checkout_request_id: Mapped[str | None] = mapped_column(String(255))
+    merchant_request_id: Mapped[str | None] = mapped_column(String(255))
+    # When an STK push was first asked for: one push per purchase, even on a double submit.
+    push_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     receipt: Mapped[str | None] = mapped_column(String(255))
     phone: Mapped[str | None] = mapped_column(String(16))
     failure_reason: Mapped[str | None] = mapped_column(String(255))
-    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Tokens a refund or dispute could not take back because they were spent
-    # (the account is flagged).
-    shortfall_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    # An open or lost dispute: the amount disputed, and the tokens taken back for
-    # it (returned if the dispute is won).
-    disputed_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    dispute_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     credited_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -130,6 +125,10 @@ class Purchase(Base):
     @property
     def total_tokens(self) -> int:
         return self.tokens + self.bonus_tokens
+
+    @property
+    def credited(self) -> bool:
+        return self.status in CREDITED
 
     @property
     def status_label(self) -> str:
@@ -155,14 +154,92 @@ class PurchaseEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class ProviderEvent(Base):
-    """A provider's notification, recorded once by its id: a repeat is acknowledged, not redone."""
+class ReversalKind(enum.StrEnum):
+    REFUND = "refund"
+    DISPUTE = "dispute"
 
-    __tablename__ = "provider_events"
-    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_provider_events_event"),)
+
+class ReversalStatus(enum.StrEnum):
+    # a refund
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # (or cancelled): the money never went back
+    # a dispute
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+# The statuses in which a reversal's money is (or may be) gone back to the buyer, so the
+# tokens it bought are taken back; in the others they are returned.
+REVERSAL_ACTIVE = (
+    ReversalStatus.PENDING.value,
+    ReversalStatus.SUCCEEDED.value,
+    ReversalStatus.OPEN.value,
+    ReversalStatus.LOST.value,
+)
+
+REVERSAL_LABELS = {
+    ReversalStatus.PENDING: "Refund pending",
+    ReversalStatus.SUCCEEDED: "Refunded",
+    ReversalStatus.FAILED: "Refund failed",
+    ReversalStatus.OPEN: "Dispute open",
+    ReversalStatus.WON: "Dispute won",
+    ReversalStatus.LOST: "Dispute lost",
+}
+
+
+class PurchaseReversal(Base):
+    """One refund or one dispute of a purchase, as its provider reports it.
+
+    `tokens_taken` and `bonus_taken` are what its ledger entries (keyed by the
+    reversal) hold back from the student now, purchased tokens and bonus apart;
+    `tokens_short` and `bonus_short` what it should hold back but could not,
+    because the student had spent them (the shortfall, for which the account is
+    flagged).
+    """
+
+    __tablename__ = "purchase_reversals"
+    __table_args__ = (
+        UniqueConstraint("provider_ref", name="uq_purchase_reversals_provider_ref"),
+        CheckConstraint(one_of("kind", ReversalKind), name="kind_known"),
+        CheckConstraint(one_of("status", ReversalStatus), name="status_known"),
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(
+            "tokens_taken >= 0 AND bonus_taken >= 0 AND tokens_short >= 0 AND bonus_short >= 0",
+            name="taken_not_negative",
+        ),
+        Index("ix_purchase_reversals_purchase_id_id", "purchase_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider: Mapped[str] = mapped_column(String(16))
-    event_id: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(64))
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # The provider's own id of the refund or dispute (ours for a sandbox refund).
+    provider_ref: Mapped[str] = mapped_column(String(255))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    tokens_taken: Mapped[int] = mapped_column(BigInteger, default=0)
+    bonus_taken: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_short: Mapped[int] = mapped_column(BigInteger, default=0)
+    bonus_short: Mapped[int] = mapped_column(BigInteger, default=0)
+    # How many ledger entries it has written: the next one's key.
+    moves: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def active(self) -> bool:
+        return self.status in REVERSAL_ACTIVE
+
+    @property
+    def taken(self) -> int:
+        return self.tokens_taken + self.bonus_taken
+
+    @property
+    def shortfall(self) -> int:
+        return self.tokens_short + self.bonus_short
+
+    @property
+    def status_label(self) -> str:
+        return REVERSAL_LABELS[ReversalStatus(self.status)]

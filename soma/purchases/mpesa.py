@@ -1,31 +1,47 @@
-"""M-Pesa purchases: the STK push, its callback, and the status query that confirms it.
+"""Buying through M-Pesa: the STK push, its callback, the status query, unmatched payments.
 
 The callback at POST /webhooks/mpesa/<secret>/stk is trusted only as far as
 the secret in its path; a payment it reports is confirmed with Daraja's STK
 status query before anything is credited. Each callback (its
-CheckoutRequestID and result) is handled once; a receipt credits one purchase.
+CheckoutRequestID and result) is recorded once; a receipt credits one purchase.
+
+A push whose answer never came (a time-out) may still reach the phone, and the
+student may pay: the purchase stays pending, and a paid callback for a request
+we do not know is kept as an unmatched payment, never discarded, until
+`reconcile` (the sweeper, `flask soma reconcile-mpesa`, or an admin) matches it
+to its purchase and credits it through the same `service.fulfil`.
 """
 
-import secrets
 import time
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from flask import current_app, request
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
+from soma import clock
+from soma.errors import SomaError
 from soma.extensions import db
-from soma.models import Provider, ProviderEvent, Purchase, PurchaseStatus
-from soma.purchases import daraja, service
+from soma.models import Provider, Purchase, PurchaseStatus, UnmatchedPayment
+from soma.providers import daraja, inbox
+from soma.purchases import service
 
 # The status page asks Daraja itself, for a purchase still pending this long
 # after its push (a lost callback), at most this often.
 RECHECK_AFTER, RECHECK_EVERY = 30.0, 10.0
 _last_check: dict[str, float] = {}  # by CheckoutRequestID
+# An unmatched payment is matched to a purchase of its phone and amount made
+# at most this long before it was paid.
+MATCH_WINDOW = timedelta(hours=24)
+NAIROBI = daraja.NAIROBI
+
+
+class MatchRefused(SomaError):
+    title = "Cannot match that payment"
 
 
 def configured() -> bool:
-    return daraja.configured() and service.kes_per_usd() is not None
+    return service.mpesa_offered()
 
 
 def callback_url() -> str:
@@ -34,16 +50,16 @@ def callback_url() -> str:
 
 
 def start_stk(purchase: Purchase) -> bool:
-    """Ask the student's phone for their PIN, once per purchase; record the CheckoutRequestID.
+    """Ask the student's phone for their PIN, once per purchase; record Daraja's ids.
 
-    Returns False if another request (a double submit) is already pushing it.
-    DarajaError if Daraja refuses or cannot be reached.
+    Returns False if another request (a double submit) already pushed it.
+    DarajaError if Daraja refused or was never reached (the purchase fails);
+    OutcomeUnknown if the push may have gone out (the purchase stays pending).
     """
-    claim = f"claim:{secrets.token_hex(8)}"
     claimed = db.session.execute(
         update(Purchase)
-        .where(Purchase.id == purchase.id, Purchase.checkout_request_id.is_(None))
-        .values(checkout_request_id=claim)
+        .where(Purchase.id == purchase.id, Purchase.push_started_at.is_(None))
+        .values(push_started_at=clock.now())
         .execution_options(synchronize_session=False)
     ).rowcount
     db.session.commit()
@@ -53,136 +69,179 @@ def start_stk(purchase: Purchase) -> bool:
         push = daraja.client().stk_push(
             purchase.phone, purchase.amount_minor, f"SOMA{purchase.id}", callback_url()
         )
-    except daraja.DarajaError:
-        # Daraja may have sent the prompt even so (a time-out after it accepted):
-        # logged for an admin to reconcile with Safaricom's statement.
-        current_app.logger.error(
-            "mpesa: STK push for purchase %s failed; if the student paid anyway, reconcile by hand",
+    except daraja.OutcomeUnknown:
+        current_app.logger.warning(
+            "mpesa: no answer to the STK push of purchase %s; it stays pending, and a payment "
+            "that comes is kept as unmatched and reconciled",
             purchase.id,
         )
         raise
     db.session.execute(
         update(Purchase)
-        .where(Purchase.id == purchase.id, Purchase.checkout_request_id == claim)
-        .values(checkout_request_id=push.checkout_request_id)
+        .where(Purchase.id == purchase.id, Purchase.checkout_request_id.is_(None))
+        .values(
+            checkout_request_id=push.checkout_request_id[:255],
+            merchant_request_id=push.merchant_request_id[:255] or None,
+        )
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
     return True
 
 
-def handle_callback(body: dict) -> None:
-    """Act on one STK callback; ValueError if it is not one."""
+def handle_callback(body: dict, raw: bytes | str) -> inbox.Answer:
+    """Record and act on one STK callback; ValueError if it is not one."""
     try:
         callback = body["Body"]["stkCallback"]
         checkout_id = str(callback["CheckoutRequestID"])
         code = str(callback["ResultCode"])
     except (KeyError, TypeError) as error:
         raise ValueError("not an STK callback") from error
-    event_id = f"{checkout_id}:{code}"
-    seen = db.session.scalar(
-        select(ProviderEvent.id).where(
-            ProviderEvent.provider == Provider.MPESA.value, ProviderEvent.event_id == event_id
-        )
+    if not 0 < len(checkout_id) <= 128 or not code.isascii() or len(code) > 16:
+        raise ValueError("not an STK callback")
+    items = _items(callback.get("CallbackMetadata"))
+    return inbox.receive(
+        "mpesa",
+        f"{checkout_id}:{code}",
+        "stk",
+        raw,
+        lambda: _act(checkout_id, code, str(callback.get("ResultDesc") or ""), items),
     )
-    if seen is not None:
-        return
+
+
+def _items(metadata) -> dict:
+    items = metadata.get("Item") if isinstance(metadata, dict) else None
+    if not isinstance(items, list):
+        return {}
+    return {
+        item.get("Name"): item.get("Value")
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("Name"), str)
+    }
+
+
+def _act(checkout_id: str, code: str, desc: str, items: dict) -> None:
     purchase = db.session.scalars(
         select(Purchase).where(
             Purchase.checkout_request_id == checkout_id, Purchase.provider == Provider.MPESA
         )
     ).first()
     if purchase is None:
-        current_app.logger.warning("mpesa: callback for unknown request %s", checkout_id)
-    elif code == "0":
-        items = {
-            item.get("Name"): item.get("Value")
-            for item in (callback.get("CallbackMetadata") or {}).get("Item", [])
-        }
-        if not _confirm_and_fulfil(purchase, checkout_id, items):
-            return  # not confirmed yet: not recorded, so a repeat (or the sweeper) tries again
-    else:
-        message = daraja.result_message(code, callback.get("ResultDesc", ""))
-        service.fail(purchase.id, f"mpesa:{checkout_id}", message)
-    db.session.add(ProviderEvent(provider=Provider.MPESA.value, event_id=event_id, kind="stk"))
+        if code != "0":
+            raise inbox.Ignore(f"request {checkout_id} is not ours, and nothing was paid")
+        _keep_unmatched(checkout_id, items)
+        return
+    if code != "0":
+        service.fail(purchase.id, f"mpesa:{checkout_id}", daraja.result_message(code, desc))
+        return
+    _confirm_and_fulfil(purchase, checkout_id, items)
+
+
+def _amount(value) -> int | None:
     try:
-        db.session.commit()
-    except IntegrityError:  # the same callback, at the same moment, in another worker
-        db.session.rollback()
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or amount != amount.to_integral_value() or not 0 < amount < 10**12:
+        return None
+    return int(amount)
 
 
-def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> bool:
+def _paid_at(value) -> datetime:
+    """M-Pesa's TransactionDate (20261124093012, Nairobi time) as UTC; now if unreadable."""
+    try:
+        local = datetime.strptime(str(value), "%Y%m%d%H%M%S").replace(tzinfo=NAIROBI)
+    except ValueError:
+        return clock.now()
+    return local.astimezone(UTC)
+
+
+def _keep_unmatched(checkout_id: str, items: dict) -> None:
+    """A payment for a request we do not know: keep it for matching, never discard it."""
+    receipt, amount = items.get("MpesaReceiptNumber"), _amount(items.get("Amount"))
+    if not isinstance(receipt, str) or not 0 < len(receipt) <= 64 or amount is None:
+        raise inbox.Ignore(f"a payment for unknown request {checkout_id} without receipt/amount")
+    phone = str(items.get("PhoneNumber") or "")
+    exists = db.session.scalar(
+        select(UnmatchedPayment.id).where(UnmatchedPayment.receipt == receipt)
+    )
+    if exists is not None:
+        return
+    db.session.add(
+        UnmatchedPayment(
+            provider=Provider.MPESA.value,
+            receipt=receipt,
+            checkout_request_id=checkout_id,
+            phone=phone[:16] if phone.isdigit() else None,
+            amount_minor=amount,
+            currency="KES",
+            paid_at=_paid_at(items.get("TransactionDate")),
+            received_at=clock.now(),
+        )
+    )
+    db.session.commit()
+    current_app.logger.warning(
+        "mpesa: payment %s of KES %s for unknown request %s kept as unmatched",
+        receipt,
+        amount,
+        checkout_id,
+    )
+
+
+def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> None:
     """Credit a payment the callback reports, once the status query confirms it.
 
-    Returns whether the callback is settled (credited, or refused for good);
-    False when Daraja could not confirm it yet.
+    inbox.RetryLater when Daraja could not confirm it yet; inbox.Ignore when it is refused.
     """
     amount, receipt = items.get("Amount"), items.get("MpesaReceiptNumber")
-    if amount is not None and Decimal(str(amount)) != purchase.amount_minor:
-        current_app.logger.error(
-            "mpesa: %s paid KES %s for purchase %s of KES %s; not credited",
-            checkout_id,
-            amount,
-            purchase.id,
-            purchase.amount_minor,
+    if amount is not None and _amount(amount) != purchase.amount_minor:
+        raise inbox.Ignore(
+            f"{checkout_id} paid KES {str(amount)[:20]} for purchase {purchase.id} of "
+            f"KES {purchase.amount_minor}; not credited"
         )
-        return True
+    receipt = str(receipt)[:64] if receipt else None
     if receipt:
-        owner = db.session.scalar(select(Purchase.id).where(Purchase.receipt == str(receipt)))
+        owner = db.session.scalar(select(Purchase.id).where(Purchase.receipt == receipt))
         if owner not in (None, purchase.id):
-            current_app.logger.error(
-                "mpesa: receipt %s already credited purchase %s; not %s",
-                receipt,
-                owner,
-                purchase.id,
-            )
-            return True
+            raise inbox.Ignore(f"receipt {receipt} already credited purchase {owner}")
     try:
         status = daraja.client().stk_status(checkout_id)
-    except daraja.DarajaError:
-        current_app.logger.warning("mpesa: could not confirm %s yet", checkout_id)
-        return False
+    except daraja.DarajaError as error:
+        raise inbox.RetryLater(f"could not confirm {checkout_id} yet") from error
     if not status.paid:
         if status.final:
-            current_app.logger.error(
-                "mpesa: callback says %s paid, the status query says %s (%s)",
-                checkout_id,
-                status.result_code,
-                status.result_desc,
+            raise inbox.Ignore(
+                f"the callback says {checkout_id} paid; the status query says "
+                f"{status.result_code} ({status.result_desc[:80]})"
             )
-        return status.final
-    refs = {"receipt": str(receipt)} if receipt else {}
+        raise inbox.RetryLater(f"{checkout_id} is still being processed")
+    refs = {"receipt": receipt} if receipt else {}
     fulfilled = service.fulfil(purchase.id, f"mpesa:{checkout_id}", **refs)
     if receipt and fulfilled.receipt is None:  # paid earlier through the status query
         db.session.execute(
             update(Purchase)
             .where(Purchase.id == purchase.id, Purchase.receipt.is_(None))
-            .values(receipt=str(receipt))
+            .values(receipt=receipt)
             .execution_options(synchronize_session=False)
         )
         db.session.commit()
-    return True
 
 
 def recheck(purchase: Purchase) -> Purchase:
     """A pending purchase whose callback is late: ask Daraja (now and then) how it went."""
     checkout_id = purchase.checkout_request_id
-    if (
-        purchase.status != PurchaseStatus.PENDING
-        or not checkout_id
-        or checkout_id.startswith("claim:")
-    ):
+    if purchase.status != PurchaseStatus.PENDING or not checkout_id:
         return purchase
     now = time.monotonic()
-    age = (service.clock.now() - purchase.created_at).total_seconds()
+    age = (clock.now() - purchase.created_at).total_seconds()
     if age < RECHECK_AFTER or now - _last_check.get(checkout_id, 0.0) < RECHECK_EVERY:
         return purchase
     _last_check[checkout_id] = now
     try:
-        status = daraja.client().stk_status(purchase.checkout_request_id)
+        status = daraja.client().stk_status(checkout_id)
     except daraja.DarajaError:
         return purchase
-    source = f"mpesa:query:{purchase.checkout_request_id}"
+    source = f"mpesa:query:{checkout_id}"
     if status.paid:
         return service.fulfil(purchase.id, source)
     if status.final:
@@ -194,7 +253,11 @@ def recheck(purchase: Purchase) -> Purchase:
 
 def recheck_pending(limit: int = 100) -> int:
     """The sweeper's pass: ask Daraja about pending M-Pesa purchases whose callback is late,
-    so a payment is credited even when nobody keeps the status page open. How many settled."""
+    so a payment is credited even when nobody keeps the status page open. How many settled.
+
+    Only purchases Daraja gave an id for are asked about (the others expire, see
+    `service.expire_abandoned`), least recently looked at first.
+    """
     if not configured():
         return 0
     pending = db.session.scalars(
@@ -209,3 +272,106 @@ def recheck_pending(limit: int = 100) -> int:
         if recheck(purchase).status != PurchaseStatus.PENDING:
             settled += 1
     return settled
+
+
+# Unmatched payments ------------------------------------------------------------------------
+
+
+def unmatched(limit: int = 100) -> list[UnmatchedPayment]:
+    return list(
+        db.session.scalars(
+            select(UnmatchedPayment)
+            .where(UnmatchedPayment.purchase_id.is_(None))
+            .order_by(UnmatchedPayment.id)
+            .limit(limit)
+        )
+    )
+
+
+def candidates(payment: UnmatchedPayment) -> list[Purchase]:
+    """The purchases `payment` may have paid: M-Pesa, not credited, of its phone and amount,
+    with no Daraja id of their own, made in the day before it was paid."""
+    return list(
+        db.session.scalars(
+            select(Purchase)
+            .where(
+                Purchase.provider == Provider.MPESA.value,
+                Purchase.status.in_(service.PAYABLE),
+                Purchase.checkout_request_id.is_(None),
+                Purchase.receipt.is_(None),
+                Purchase.phone == payment.phone,
+                Purchase.amount_minor == payment.amount_minor,
+                Purchase.created_at <= payment.paid_at,
+                Purchase.created_at >= payment.paid_at - MATCH_WINDOW,
+            )
+            .order_by(Purchase.id)
+            .limit(10)
+        )
+    )
+
+
+def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
+    """Match an unmatched payment to the purchase it paid, and credit that purchase, in one
+    transaction: one purchase per receipt, one receipt per purchase. MatchRefused if not."""
+    payment = db.session.get(UnmatchedPayment, payment_id)
+    purchase = db.session.get(Purchase, purchase_id)
+    if payment is None or purchase is None:
+        raise MatchRefused("No such payment or purchase.")
+    if payment.purchase_id is not None:
+        raise MatchRefused(f"Payment {payment.receipt} is already matched.")
+    if purchase.provider != Provider.MPESA or purchase.status not in service.PAYABLE:
+        raise MatchRefused(f"Purchase #{purchase.id} is not an M-Pesa purchase waiting to be paid.")
+    if purchase.checkout_request_id not in (None, payment.checkout_request_id):
+        raise MatchRefused(f"Purchase #{purchase.id} belongs to another M-Pesa request.")
+    if purchase.amount_minor != payment.amount_minor:
+        raise MatchRefused(
+            f"Purchase #{purchase.id} costs KES {purchase.amount_minor:,}; the payment was "
+            f"KES {payment.amount_minor:,}."
+        )
+    try:
+        confirmed = daraja.client().stk_status(payment.checkout_request_id)
+    except daraja.DarajaError:
+        raise MatchRefused("M-Pesa cannot confirm the payment right now; try again.") from None
+    if not confirmed.paid:
+        raise MatchRefused(
+            f"M-Pesa does not confirm request {payment.checkout_request_id} as paid."
+        )
+
+    def claim():
+        taken = db.session.execute(
+            update(UnmatchedPayment)
+            .where(UnmatchedPayment.id == payment_id, UnmatchedPayment.purchase_id.is_(None))
+            .values(purchase_id=purchase_id, matched_at=clock.now(), matched_by=by[:64])
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken != 1:
+            raise MatchRefused(f"Payment {payment.receipt} is already matched.")
+
+    fulfilled = service.fulfil(
+        purchase_id,
+        f"mpesa:match:{by}"[:64],
+        claim=claim,
+        receipt=payment.receipt,
+        checkout_request_id=payment.checkout_request_id,
+    )
+    if fulfilled.receipt != payment.receipt:
+        raise MatchRefused(f"Purchase #{purchase_id} was paid meanwhile by another payment.")
+    return fulfilled
+
+
+def reconcile(by: str = "reconcile") -> list[tuple[UnmatchedPayment, Purchase | None, str]]:
+    """Match every unmatched payment that has exactly one candidate purchase; return what
+    was done with each: (payment, purchase or None, what happened)."""
+    done = []
+    for payment in unmatched():
+        found = candidates(payment)
+        if len(found) != 1:
+            why = "no purchase fits" if not found else f"{len(found)} purchases fit; match by hand"
+            done.append((payment, None, why))
+            continue
+        try:
+            done.append((payment, match(payment.id, found[0].id, by), "matched and credited"))
+        except MatchRefused as refused:
+            db.session.rollback()
+            done.append((payment, None, refused.message))
+    return done

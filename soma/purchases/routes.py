@@ -2,13 +2,14 @@
 
 import secrets
 
-import stripe
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from soma.forms import ActionForm
 from soma.models import Provider, PurchaseStatus, Role
-from soma.purchases import daraja, mpesa, service, stripe_checkout
+from soma.providers import daraja
+from soma.providers import stripe as stripe_provider
+from soma.purchases import mpesa, reversals, service, stripe_checkout
 from soma.purchases.forms import CUSTOM, BuyForm
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
@@ -74,9 +75,11 @@ def start():
     if purchase.status != PurchaseStatus.PENDING:  # a double submit of a finished purchase
         return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
     if purchase.provider == Provider.MPESA:
-        if purchase.checkout_request_id is None:
+        if purchase.push_started_at is None:
             try:
                 mpesa.start_stk(purchase)  # (a double submit finds it claimed: no second push)
+            except daraja.OutcomeUnknown:
+                pass  # it may reach the phone: the status page waits, and asks
             except daraja.DarajaError:
                 current_app.logger.exception("mpesa: no STK push for purchase %s", purchase.id)
                 service.fail(purchase.id, "mpesa:push", "M-Pesa could not be reached.")
@@ -85,7 +88,7 @@ def start():
         return redirect(url_for("purchases.show", purchase_id=purchase.id), 303)
     try:
         checkout_url = stripe_checkout.start_checkout(purchase)
-    except stripe.StripeError:
+    except stripe_provider.StripeError:
         current_app.logger.exception("stripe: no checkout session for purchase %s", purchase.id)
         service.fail(purchase.id, "stripe:create", "The card payment could not be started.")
         form.provider.errors = ["Card payments are not answering right now. Please try again."]
@@ -167,6 +170,7 @@ def show(purchase_id: int):
     return render_template(
         "purchases/show.html",
         purchase=purchase,
+        reversed=reversals.totals(reversals.reversals_of(purchase.id)),
         summary=wallet_summary(purchase.user),
         cancelled=bool(request.args.get("cancelled")),
     )

@@ -10,17 +10,18 @@ purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from soma import clock, ledger, money
-from soma.errors import FieldRefusal, SomaError
+from soma import clock, ledger, money, transitions
+from soma.errors import FieldRefusal, KeyReused
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
-from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User, Wallet
+from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User
 from soma.models.purchase import (
     CUSTOM_MAX,
     CUSTOM_MIN,
@@ -30,14 +31,15 @@ from soma.models.purchase import (
     PurchaseStatus,
     TokenPackage,
 )
-from soma.money import tokens
 from soma.notifications.service import notify
+from soma.providers import daraja, sandbox
+from soma.providers import stripe as stripe_provider
 from soma.purchases import audit as _audit  # noqa: F401 (registers the audit's purchase check)
 
-P = PurchaseStatus
 # A payment the provider confirms is credited even after we gave up waiting:
 # the student's money was taken.
-PAYABLE = (P.PENDING.value, P.FAILED.value, P.EXPIRED.value)
+PAYABLE = (PurchaseStatus.PENDING.value, PurchaseStatus.FAILED.value, PurchaseStatus.EXPIRED.value)
+PENDING = (PurchaseStatus.PENDING.value,)
 
 
 class PurchaseRefused(FieldRefusal):
@@ -74,24 +76,26 @@ def _kes(usd_cents: int) -> int | None:
     return math.ceil(Decimal(usd_cents) * rate / 100)
 
 
+def mpesa_offered() -> bool:
+    return daraja.configured() and kes_per_usd() is not None
+
+
 def providers() -> list[Provider]:
     """The providers a student may choose now, in the order offered.
 
     Stripe when its keys are set. The sandbox when no provider is configured,
     never in production. M-Pesa when Daraja's keys and the shilling rate are set.
     """
-    from soma.purchases import mpesa, stripe_checkout
-
-    offered = [Provider.STRIPE] if stripe_checkout.configured() else []
-    if mpesa.configured():
+    offered = [Provider.STRIPE] if stripe_provider.configured() else []
+    if mpesa_offered():
         offered.append(Provider.MPESA)
-    if not offered and sandbox_allowed():
+    if not offered and sandbox.allowed():
         offered.append(Provider.SANDBOX)
     return offered
 
 
 def sandbox_allowed() -> bool:
-    return current_app.config["SOMA_ENV"] != "production"
+    return sandbox.allowed()
 
 
 def packages() -> list[TokenPackage]:
@@ -141,6 +145,11 @@ def start(user: User, chosen: Quote, provider: Provider, key: str, phone: str | 
     if existing is not None:
         if existing.user_id != user.id:
             raise PurchaseRefused("This form was already used. Reload the page.")
+        if _asked(existing) != _asking(chosen, provider, phone):
+            raise KeyReused(
+                "This form was already used for a different purchase "
+                f"(#{existing.id}). Reload the buy page to start a new one."
+            )
         return existing
     if user.role != Role.STUDENT:
         raise PurchaseRefused("Only students buy tokens.")
@@ -170,7 +179,7 @@ def start(user: User, chosen: Quote, provider: Provider, key: str, phone: str | 
             PurchaseEvent(
                 purchase_id=purchase.id,
                 from_status=None,
-                to_status=P.PENDING.value,
+                to_status=PurchaseStatus.PENDING.value,
                 source="student",
                 at=now,
             )
@@ -180,6 +189,19 @@ def start(user: User, chosen: Quote, provider: Provider, key: str, phone: str | 
         db.session.rollback()
         return start(user, chosen, provider, key, phone)
     return purchase
+
+
+def _asked(purchase: Purchase) -> tuple:
+    """What a purchase was asked for, to compare with a repeat of its key."""
+    kes = purchase.currency == "KES"
+    return (purchase.package_id, purchase.tokens, purchase.bonus_tokens, purchase.provider,
+            purchase.phone if kes else None)  # fmt: skip
+
+
+def _asking(chosen: Quote, provider: Provider, phone: str | None) -> tuple:
+    kes = provider == Provider.MPESA
+    return (chosen.package_id, chosen.tokens, chosen.bonus_tokens, provider.value,
+            phone if kes else None)  # fmt: skip
 
 
 def purchase_for(user: User, purchase_id: int) -> Purchase | None:
@@ -201,64 +223,38 @@ def history(user: User, limit: int = 50) -> list[Purchase]:
     )
 
 
-class _Stale(Exception):
-    """The purchase changed between reading and writing it (SQLite has no row locks)."""
-
-
-def _move(
-    purchase_id: int,
-    allowed: tuple[str, ...],
-    to: PurchaseStatus,
-    source: str,
-    note: str = "",
-    **values,
-) -> Purchase | None:
-    """Move the purchase from one of `allowed` to `to` in the current transaction.
-
-    Returns the purchase if this call moved it; None if it is not in `allowed`
-    (another call moved it first, or it is past that point). The row is read
-    locked (FOR UPDATE on PostgreSQL), so the history records the true change.
-    """
+def move(purchase: Purchase, to: PurchaseStatus, source: str, note: str = "", **values) -> None:
+    """Move `purchase` (as read, locked) to `to` with its history row, in the current
+    transaction; transitions.Stale if it changed meanwhile."""
     now = clock.now()
-    current = db.session.scalars(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    if current.status not in allowed:
-        return None
-    moved = db.session.execute(
-        update(Purchase)
-        .where(Purchase.id == purchase_id, Purchase.version == current.version)
-        .values(status=to.value, version=Purchase.version + 1, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if moved != 1:
-        raise _Stale()
-    db.session.add(
+    transitions.change(
+        purchase,
+        {"status": to.value, "updated_at": now, **values},
         PurchaseEvent(
-            purchase_id=purchase_id,
-            from_status=current.status,
+            purchase_id=purchase.id,
+            from_status=purchase.status,
             to_status=to.value,
-            source=source,
+            source=source[:64],
             note=note[:255],
             at=now,
-        )
+        ),
     )
-    return current
 
 
-def _retrying(work) -> None:
-    """Run `work` in a transaction, again if the purchase or a balance changed under it."""
-    for _ in range(3):
-        try:
-            with ledger.atomic():
-                work()
-            return
-        except (_Stale, ledger.InsufficientTokens):
-            continue  # (a refund read a balance that was spent meanwhile: read it again)
-    raise SomaError("This purchase changed several times at once. Reload the page.")
+def locked(purchase_id: int) -> Purchase:
+    return transitions.locked(Purchase, purchase_id)
+
+
+def _move_from(
+    purchase_id: int, allowed: tuple[str, ...], to: PurchaseStatus, source: str, note="", **values
+) -> Purchase | None:
+    """Move the purchase from one of `allowed` to `to`; None if it is elsewhere (another call
+    moved it first, or it is past that point)."""
+    purchase = locked(purchase_id)
+    if purchase.status not in allowed:
+        return None
+    move(purchase, to, source, note, **values)
+    return purchase
 
 
 # A purchase's tokens come from issuance and its bonus from promotions; whatever
@@ -266,62 +262,44 @@ def _retrying(work) -> None:
 PARTS = (("tokens", PlatformAccount.ISSUANCE), ("bonus", PlatformAccount.PROMOTIONS))
 
 
-def _give(purchase: Purchase, amounts: tuple[int, int], key: str, kinds, memos):
-    """Credit the student (purchased part, bonus part), each from its own platform account,
-    keyed `<key>:tokens` and `<key>:bonus`; return the first entry written, if any."""
-    first = None
-    for (part, account), amount, kind, memo in zip(PARTS, amounts, kinds, memos, strict=True):
-        if amount:
-            entry = ledger.credit(
-                purchase.user_id,
-                amount,
-                key=f"{key}:{part}",
-                kind=kind,
-                source=account,
-                reference=("purchase", purchase.id),
-                memo=memo,
-            )
-            first = first or entry
-    return first
-
-
-def _take(purchase: Purchase, amounts: tuple[int, int], key: str, memo: str) -> None:
-    """Debit the student (purchased part, bonus part) back to each part's platform account."""
-    for (part, account), amount in zip(PARTS, amounts, strict=True):
-        if amount:
-            ledger.debit(
-                purchase.user_id,
-                amount,
-                key=f"{key}:{part}",
-                kind=EntryKind.REFUND,
-                to=account,
-                reference=("purchase", purchase.id),
-                memo=memo,
-            )
-
-
-def fulfil(purchase_id: int, source: str, **refs) -> Purchase:
+def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
     """The provider says the purchase is paid: credit its tokens, exactly once.
 
     `refs` records the provider's references (payment_intent_id, receipt, ...).
+    `claim`, if given, runs in the same transaction once this call credits the
+    purchase (matching a payment to it, say), and refuses the whole by raising.
     Safe to call any number of times, from any number of places at once.
     """
 
     def work():
-        purchase = _move(purchase_id, PAYABLE, P.PAID, source, failure_reason=None, **refs)
+        purchase = _move_from(
+            purchase_id, PAYABLE, PurchaseStatus.PAID, source, failure_reason=None, **refs
+        )
         if purchase is None:
             return
-        entry = _give(
-            purchase,
-            (purchase.tokens, purchase.bonus_tokens),
-            f"purchase:{purchase_id}",
-            kinds=(EntryKind.PURCHASE, EntryKind.BONUS),
-            memos=(_memo(purchase), f"Bonus with purchase #{purchase_id}"),
-        )
+        if claim is not None:
+            claim()
+        memos = (_memo(purchase), f"Bonus with purchase #{purchase_id}")
+        kinds = (EntryKind.PURCHASE, EntryKind.BONUS)
+        first = None
+        for (part, account), amount, kind, memo in zip(
+            PARTS, (purchase.tokens, purchase.bonus_tokens), kinds, memos, strict=True
+        ):
+            if amount:
+                entry = ledger.credit(
+                    purchase.user_id,
+                    amount,
+                    key=f"purchase:{purchase_id}:{part}",
+                    kind=kind,
+                    source=account,
+                    reference=("purchase", purchase.id),
+                    memo=memo,
+                )
+                first = first or entry
         db.session.execute(
             update(Purchase)
             .where(Purchase.id == purchase_id)
-            .values(credited_entry_id=entry.id)
+            .values(credited_entry_id=first.id)
             .execution_options(synchronize_session=False)
         )
         notify(
@@ -332,219 +310,76 @@ def fulfil(purchase_id: int, source: str, **refs) -> Purchase:
             link=f"/buy/purchases/{purchase_id}",
         )
 
-    _retrying(work)
-    return _fresh(purchase_id)
+    transitions.retrying(work, "This purchase")
+    return fresh(purchase_id)
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:
     """The payment did not go through; only a pending purchase can fail."""
-    pending = (P.PENDING.value,)
-    _retrying(
-        lambda: _move(purchase_id, pending, P.FAILED, source, reason, failure_reason=reason[:255])
+    transitions.retrying(
+        lambda: _move_from(
+            purchase_id,
+            PENDING,
+            PurchaseStatus.FAILED,
+            source,
+            reason,
+            failure_reason=reason[:255],
+        ),
+        "This purchase",
     )
-    return _fresh(purchase_id)
+    return fresh(purchase_id)
 
 
-def expire(purchase_id: int, source: str) -> Purchase:
+def expire(purchase_id: int, source: str, note: str = "The checkout expired.") -> Purchase:
     """The checkout was abandoned; only a pending purchase expires."""
-    pending = (P.PENDING.value,)
-    _retrying(lambda: _move(purchase_id, pending, P.EXPIRED, source, "The checkout expired."))
-    return _fresh(purchase_id)
+    transitions.retrying(
+        lambda: _move_from(purchase_id, PENDING, PurchaseStatus.EXPIRED, source, note),
+        "This purchase",
+    )
+    return fresh(purchase_id)
 
 
-# Refunds and disputes ------------------------------------------------------------------------
-
-CREDITED = (P.PAID.value, P.REFUNDED.value, P.DISPUTED.value)
-
-
-def _locked(purchase_id: int) -> Purchase:
-    return db.session.scalars(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+# Pending purchases nobody will finish: a sandbox checkout left open, an M-Pesa
+# purchase never pushed (or whose push we never heard back about).
+SANDBOX_PENDING_LIMIT = timedelta(minutes=30)
+UNPUSHED_LIMIT = timedelta(minutes=15)
 
 
-def _share(tokens: int, part_minor: int, whole_minor: int) -> int:
-    """The tokens `part_minor` of `whole_minor` bought: ceil(tokens x part / whole)."""
-    return -(-tokens * part_minor // whole_minor)
+def expire_abandoned(now: datetime | None = None, limit: int = 500) -> int:
+    """The sweeper's pass over abandoned pending purchases; how many expired.
 
-
-def _shares(purchase: Purchase, minor: int) -> tuple[int, int]:
-    """The purchased and bonus tokens the first `minor` of the price bought (ceil)."""
-    whole = purchase.amount_minor
-    return _share(purchase.tokens, minor, whole), _share(purchase.bonus_tokens, minor, whole)
-
-
-def _covered(purchase: Purchase) -> int:
-    """How much of the price has had its tokens taken back: refunds and an open dispute."""
-    return min(purchase.amount_minor, purchase.refunded_minor + purchase.disputed_minor)
-
-
-def _take_back(purchase: Purchase, from_minor: int, to_minor: int, key: str) -> tuple[int, int]:
-    """Take back the tokens the money from `from_minor` to `to_minor` bought; (taken, short).
-
-    Purchased tokens go back to issuance and bonus tokens to promotions, as far
-    as the student's available balance goes: a balance never goes negative.
-    What could not be taken (already spent) is the shortfall.
+    Each expires on its own; a payment that comes in for one later is still
+    credited (a provider's confirmation credits an expired purchase too).
     """
-    tokens_to, bonus_to = _shares(purchase, to_minor)
-    tokens_from, bonus_from = _shares(purchase, from_minor)
-    due_tokens, due_bonus = tokens_to - tokens_from, bonus_to - bonus_from
-    available = db.session.scalar(
-        select(Wallet.available).where(Wallet.user_id == purchase.user_id)
+    now = now or clock.now()
+    pending = Purchase.status == PurchaseStatus.PENDING.value
+    sandbox_old = (Purchase.provider == Provider.SANDBOX.value) & (
+        Purchase.created_at <= now - SANDBOX_PENDING_LIMIT
     )
-    tokens = min(due_tokens, available)
-    bonus = min(due_bonus, available - tokens)
-    _take(purchase, (tokens, bonus), key, f"Refund of purchase #{purchase.id}")
-    return tokens + bonus, due_tokens + due_bonus - tokens - bonus
-
-
-def _flag(user_id: int, reason: str) -> None:
-    db.session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(flagged_at=clock.now(), flag_reason=reason[:255])
-        .execution_options(synchronize_session=False)
+    unpushed_old = (
+        (Purchase.provider == Provider.MPESA.value)
+        & Purchase.checkout_request_id.is_(None)
+        & (Purchase.created_at <= now - UNPUSHED_LIMIT)
     )
-
-
-def _record(purchase: Purchase, to: PurchaseStatus, source: str, note: str, **values) -> None:
-    now = clock.now()
-    db.session.execute(
-        update(Purchase)
-        .where(Purchase.id == purchase.id)
-        .values(status=to.value, version=Purchase.version + 1, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.add(
-        PurchaseEvent(
-            purchase_id=purchase.id,
-            from_status=purchase.status,
-            to_status=to.value,
-            source=source,
-            note=note[:255],
-            at=now,
-        )
-    )
-
-
-def refund(purchase_id: int, refunded_total_minor: int, source: str) -> Purchase:
-    """Bring the purchase's refunded amount up to `refunded_total_minor` (a running total,
-    as Stripe reports it), taking back the tokens that money bought. Idempotent: a
-    total already reached changes nothing. Full refund: the purchase is `refunded`
-    (or stays `disputed` while a dispute is open: its tokens are already taken, so a
-    refund of the same money takes nothing more)."""
-
-    def work():
-        purchase = _locked(purchase_id)
-        if purchase.status not in CREDITED:
-            raise PurchaseRefused("Only a paid purchase can be refunded.")
-        target = min(refunded_total_minor, purchase.amount_minor)
-        if target <= purchase.refunded_minor:
-            return
-        total = money.amount(target, purchase.currency)
-        before = _covered(purchase)
-        after = min(purchase.amount_minor, target + purchase.disputed_minor)
-        key = f"purchase:{purchase_id}:refund:{target}"
-        taken, short = _take_back(purchase, before, after, key)
-        if purchase.status == P.DISPUTED.value:
-            status = P.DISPUTED
+    rows = db.session.execute(
+        select(Purchase.id, Purchase.provider, Purchase.push_started_at)
+        .where(pending, sandbox_old | unpushed_old)
+        .order_by(Purchase.id)
+        .limit(limit)
+    ).all()
+    db.session.rollback()
+    for purchase_id, provider, pushed in rows:
+        if provider == Provider.SANDBOX.value:
+            note = "The test checkout was left unfinished."
+        elif pushed is None:
+            note = "The M-Pesa request was never sent."
         else:
-            status = P.REFUNDED if target == purchase.amount_minor else P.PAID
-        note = f"refunded {total} in all; {taken} tokens taken back"
-        if short:
-            note += f", {short} already spent"
-            _flag(
-                purchase.user_id, f"Refund of purchase #{purchase_id}: {short} tokens already spent"
-            )
-        _record(
-            purchase,
-            status,
-            source,
-            note,
-            refunded_minor=target,
-            shortfall_tokens=purchase.shortfall_tokens + short,
-        )
-        notify(
-            purchase.user_id,
-            "purchase_refunded",
-            f"Purchase #{purchase_id} was refunded ({total} in all); "
-            f"{tokens(taken)} {'was' if taken == 1 else 'were'} taken back from your wallet.",
-            link=f"/buy/purchases/{purchase_id}",
-        )
-
-    _retrying(work)
-    return _fresh(purchase_id)
+            note = "M-Pesa never confirmed the request; a payment that arrives is still credited."
+        expire(purchase_id, "sweeper", note)
+    return len(rows)
 
 
-def dispute_opened(purchase_id: int, dispute_id: str, disputed_minor: int, source: str):
-    """The buyer's bank disputes the payment: hold back the tokens it bought, once per dispute."""
-
-    def work():
-        purchase = _locked(purchase_id)
-        if purchase.status not in (P.PAID.value, P.REFUNDED.value):
-            return  # not credited, or a dispute already open
-        amount = min(disputed_minor, purchase.amount_minor - purchase.refunded_minor)
-        if amount <= 0:
-            return
-        start = _covered(purchase)
-        key = f"purchase:{purchase_id}:dispute:{dispute_id}"
-        taken, short = _take_back(purchase, start, start + amount, key)
-        if short:
-            _flag(purchase.user_id, f"Dispute on purchase #{purchase_id}: {short} tokens spent")
-        _record(
-            purchase,
-            P.DISPUTED,
-            source,
-            f"disputed {money.amount(amount, purchase.currency)}; "
-            f"{taken} tokens held back, {short} short",
-            disputed_minor=amount,
-            dispute_tokens=taken,
-            shortfall_tokens=purchase.shortfall_tokens + short,
-        )
-
-    _retrying(work)
-    return _fresh(purchase_id)
-
-
-def dispute_closed(purchase_id: int, dispute_id: str, won: bool, source: str) -> Purchase:
-    """The dispute is over. Won: the tokens held back for money not refunded meanwhile come
-    back (purchased ones from issuance, bonus from promotions). Lost: they stay taken."""
-
-    def work():
-        purchase = _locked(purchase_id)
-        if purchase.status != P.DISPUTED.value or not won:
-            return
-        refunded = min(purchase.amount_minor, purchase.refunded_minor)
-        tokens_to, bonus_to = _shares(purchase, _covered(purchase))
-        tokens_from, bonus_from = _shares(purchase, refunded)
-        back_tokens = min(tokens_to - tokens_from, purchase.dispute_tokens)
-        back_bonus = min(bonus_to - bonus_from, purchase.dispute_tokens - back_tokens)
-        memo = f"Dispute on purchase #{purchase_id} won: tokens returned"
-        _give(
-            purchase,
-            (back_tokens, back_bonus),
-            f"purchase:{purchase_id}:dispute-won:{dispute_id}",
-            kinds=(EntryKind.ADJUSTMENT, EntryKind.ADJUSTMENT),
-            memos=(memo, memo),
-        )
-        back = P.REFUNDED if refunded == purchase.amount_minor else P.PAID
-        _record(
-            purchase,
-            back,
-            source,
-            f"dispute won; {back_tokens + back_bonus} tokens returned",
-            disputed_minor=0,
-            dispute_tokens=0,
-        )
-
-    _retrying(work)
-    return _fresh(purchase_id)
-
-
-def _fresh(purchase_id: int) -> Purchase:
+def fresh(purchase_id: int) -> Purchase:
     return db.session.scalars(
         select(Purchase).where(Purchase.id == purchase_id).execution_options(populate_existing=True)
     ).one()

@@ -1,37 +1,40 @@
-"""Stripe Checkout through the official `stripe` SDK: sessions, the webhook, the success page.
+"""Buying through Stripe Checkout: sessions, the success page, and the webhook's events.
 
-Configured by STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE (tests
-point the last at a fake Stripe server). Every confirmation ends in
-`service.fulfil`, `fail` or `expire`, which act once per purchase whoever calls.
+Every confirmation ends in `service.fulfil`, `fail` or `expire`, which act once
+per purchase whoever calls; every refund and dispute in `reversals.report`,
+which folds any number of reports, in any order, into one record each.
 """
 
-import stripe
+from datetime import datetime, timedelta
+
 from flask import current_app, url_for
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
+from soma import clock
 from soma.extensions import db
-from soma.models import Provider, ProviderEvent, Purchase, PurchaseStatus
-from soma.purchases import service
+from soma.models import Provider, Purchase, PurchaseStatus
+from soma.providers import inbox
+from soma.providers import stripe as stripe_provider
+from soma.purchases import reversals, service
+
+# Stripe expires an unpaid Checkout Session after 24 hours; a pending purchase
+# this much older than that is asked about.
+SESSION_LIFETIME = timedelta(hours=24)
+SESSION_ASK_AFTER = SESSION_LIFETIME + timedelta(hours=1)
+NO_SESSION_LIMIT = timedelta(minutes=15)
+
+SESSION_EVENTS = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+)
+REFUND_EVENTS = ("charge.refund.updated", "refund.created", "refund.updated", "refund.failed")
+DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
 
 
 def configured() -> bool:
-    config = current_app.config
-    return bool(config.get("STRIPE_SECRET_KEY") and config.get("STRIPE_WEBHOOK_SECRET"))
-
-
-def client() -> stripe.StripeClient:
-    """The app's Stripe client, made once per app."""
-    clients = current_app.extensions.setdefault("soma_stripe", {})
-    if "client" not in clients:
-        config = current_app.config
-        base = config.get("STRIPE_API_BASE") or None
-        clients["client"] = stripe.StripeClient(
-            config["STRIPE_SECRET_KEY"],
-            base_addresses={"api": base} if base else None,
-            max_network_retries=2,
-        )
-    return clients["client"]
+    return stripe_provider.configured()
 
 
 def start_checkout(purchase: Purchase) -> str:
@@ -40,7 +43,7 @@ def start_checkout(purchase: Purchase) -> str:
     if purchase.bonus_tokens:
         name += f" + {purchase.bonus_tokens:,} bonus"
     ours = {"purchase_id": str(purchase.id)}
-    session = client().v1.checkout.sessions.create(
+    session = stripe_provider.client().v1.checkout.sessions.create(
         params={
             "mode": "payment",
             "line_items": [
@@ -80,95 +83,99 @@ def check_session(purchase: Purchase) -> Purchase:
     if purchase.status != PurchaseStatus.PENDING or not purchase.checkout_session_id:
         return purchase
     try:
-        session = client().v1.checkout.sessions.retrieve(purchase.checkout_session_id)
-    except stripe.StripeError:
+        session = stripe_provider.client().v1.checkout.sessions.retrieve(
+            purchase.checkout_session_id
+        )
+    except stripe_provider.StripeError:
         current_app.logger.warning("stripe: could not retrieve %s", purchase.checkout_session_id)
         return purchase
     return _apply_session(purchase, session.to_dict(), "stripe:success-page") or purchase
 
 
 def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
-    """Verify, record and act on one webhook event; return the JSON answer and status."""
+    """Verify, record once and act on one webhook event; return the JSON answer and status."""
     try:
-        event = client().construct_event(
-            payload, signature, current_app.config["STRIPE_WEBHOOK_SECRET"]
-        )
-    except (ValueError, stripe.SignatureVerificationError):
+        event = stripe_provider.verified_event(payload, signature, "STRIPE_WEBHOOK_SECRET")
+    except stripe_provider.BadSignature:
         return {"error": "invalid payload or signature"}, 400
-    seen = db.session.scalar(
-        select(ProviderEvent.id).where(
-            ProviderEvent.provider == Provider.STRIPE.value, ProviderEvent.event_id == event.id
-        )
-    )
-    if seen is not None:
-        return {"received": True, "duplicate": True}, 200
     try:
-        _act(event)
-    except RetryLater as later:
-        db.session.rollback()
-        current_app.logger.info("stripe: %s; asking Stripe to send %s again", later, event.id)
-        return {"received": True, "retry": True}, 503
-    db.session.add(
-        ProviderEvent(provider=Provider.STRIPE.value, event_id=event.id, kind=event.type)
-    )
-    try:
-        db.session.commit()
-    except IntegrityError:  # the same event, handled at the same moment by another worker
-        db.session.rollback()
-    return {"received": True}, 200
+        event_id, kind, obj = str(event["id"]), str(event["type"]), event["data"]["object"]
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            raise TypeError("no object")
+        answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
+    except (KeyError, TypeError, ValueError):
+        return {"error": "not an event Soma understands"}, 400
+    reply = {"received": True, "status": answer.value}
+    if answer is inbox.Answer.DUPLICATE:
+        reply["duplicate"] = True
+    return reply, answer.http_status
 
 
-def _act(event) -> None:
-    obj = event.data.object.to_dict()
-    source = f"stripe:{event.id}"
-    if event.type in (
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "checkout.session.async_payment_failed",
-        "checkout.session.expired",
-    ):
+def _act(event_id: str, kind: str, obj: dict) -> None:
+    source = f"stripe:{event_id}"
+    if kind in SESSION_EVENTS:
         purchase = _purchase_of_session(obj)
         if purchase is None:
-            current_app.logger.warning("stripe: %s for unknown session %s", event.type, obj["id"])
-            return
-        if event.type == "checkout.session.async_payment_failed":
+            raise inbox.Ignore(f"session {obj['id']} is not one of our purchases")
+        if kind == "checkout.session.async_payment_failed":
             service.fail(purchase.id, source, "The payment was declined.")
-        elif event.type == "checkout.session.expired":
+        elif kind == "checkout.session.expired":
             service.expire(purchase.id, source)
-        else:
-            _apply_session(purchase, obj, source)
+        elif _apply_session(purchase, obj, source) is None:
+            raise inbox.Ignore(f"session {obj['id']} is not paid in full")
         return
-    if event.type in ("charge.refunded", "charge.dispute.created", "charge.dispute.closed"):
+    if kind == "charge.refunded":
         purchase = _purchase_of_intent(obj.get("payment_intent"))
-        if purchase is None:
-            current_app.logger.warning(
-                "stripe: %s for unknown payment %s", event.type, obj.get("payment_intent")
-            )
-            return
-        if purchase.status not in service.CREDITED:
-            # Its payment is not credited yet (the completed event is still on
-            # its way): answer so that Stripe sends this again later.
-            raise RetryLater(f"{event.type} before purchase {purchase.id} was credited")
-        if event.type == "charge.refunded":
-            service.refund(purchase.id, int(obj.get("amount_refunded") or 0), source)
-        elif event.type == "charge.dispute.created":
-            service.dispute_opened(purchase.id, obj["id"], int(obj.get("amount") or 0), source)
-        else:
-            # warning_closed: an inquiry that never became a chargeback; no money left.
-            won = obj.get("status") in ("won", "warning_closed")
-            service.dispute_closed(purchase.id, obj["id"], won, source)
+        refunds = (obj.get("refunds") or {}).get("data")
+        if refunds is None:  # not sent with the charge: ask Stripe for them
+            refunds = _refunds_of(obj.get("payment_intent"))
+        for refund in refunds:
+            _report_refund(purchase, refund, source)
         return
-    current_app.logger.info("stripe: %s acknowledged; nothing to do", event.type)
+    if kind in REFUND_EVENTS:
+        _report_refund(_purchase_of_intent(obj.get("payment_intent")), obj, source)
+        return
+    if kind in DISPUTE_EVENTS:
+        purchase = _purchase_of_intent(obj.get("payment_intent"))
+        status = reversals.stripe_dispute_status(obj.get("status"))
+        _report(purchase, obj["id"], status, obj.get("amount"), source)
+        return
+    raise inbox.Ignore(f"{kind}: nothing to do")
 
 
-class RetryLater(Exception):
-    """An event that cannot be acted on yet; it is not recorded, and Stripe sends it again."""
+def _report_refund(purchase: Purchase, refund: dict, source: str) -> None:
+    status = reversals.stripe_refund_status(refund.get("status"))
+    _report(purchase, str(refund["id"]), status, refund.get("amount"), source)
 
 
-def _purchase_of_intent(payment_intent: str | None) -> Purchase | None:
-    """The purchase a payment intent paid: by the stored id, else by the intent's metadata."""
-    if not payment_intent:
-        return None
+def _report(purchase: Purchase, ref: str, status, amount, source: str) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise inbox.Ignore(f"{ref} has no amount")
+    try:
+        reversals.report(purchase.id, ref, status, amount, source)
+    except reversals.NotCreditedYet as error:
+        # Its payment is not credited yet (the completed event is still on its
+        # way): answer so that Stripe sends this again later.
+        raise inbox.RetryLater(str(error)) from None
+
+
+def _refunds_of(payment_intent: str | None) -> list[dict]:
+    try:
+        listed = stripe_provider.client().v1.refunds.list(
+            params={"payment_intent": payment_intent, "limit": 100}
+        )
+    except stripe_provider.StripeError as error:
+        raise inbox.RetryLater(f"cannot list the refunds of {payment_intent}") from error
+    return [refund.to_dict() for refund in listed.data]
+
+
+def _purchase_of_intent(payment_intent) -> Purchase:
+    """The purchase a payment intent paid: by the stored id, else by the intent's metadata.
+
+    inbox.Ignore if it is none of ours; RetryLater if Stripe cannot be asked now.
+    """
+    if not isinstance(payment_intent, str) or not payment_intent:
+        raise inbox.Ignore("no payment intent")
     purchase = db.session.scalars(
         select(Purchase).where(
             Purchase.payment_intent_id == payment_intent, Purchase.provider == Provider.STRIPE
@@ -177,39 +184,26 @@ def _purchase_of_intent(payment_intent: str | None) -> Purchase | None:
     if purchase is not None:
         return purchase
     try:
-        intent = client().v1.payment_intents.retrieve(payment_intent)
-    except stripe.StripeError as error:
-        raise RetryLater(f"cannot read payment intent {payment_intent}") from error
-    reference = (intent.to_dict().get("metadata") or {}).get("purchase_id")
-    if not reference or not str(reference).isdigit():
+        intent = stripe_provider.client().v1.payment_intents.retrieve(payment_intent)
+    except stripe_provider.StripeError as error:
+        raise inbox.RetryLater(f"cannot read payment intent {payment_intent}") from error
+    found = _ours(intent.to_dict().get("metadata"))
+    if found is None:
+        raise inbox.Ignore(f"payment {payment_intent} is not one of our purchases")
+    return found
+
+
+def _ours(metadata, fallback=None) -> Purchase | None:
+    reference = (metadata or {}).get("purchase_id") or fallback
+    if not reference or not str(reference).isdigit() or len(str(reference)) > 18:
         return None
     found = db.session.get(Purchase, int(reference))
     return found if found is not None and found.provider == Provider.STRIPE else None
 
 
-def refund_payment(purchase: Purchase, refunded_total_minor: int) -> None:
-    """Ask Stripe to refund up to `refunded_total_minor` in all (an admin's refund).
-
-    The refund is keyed by the purchase and the total, so asking twice refunds once.
-    """
-    amount = refunded_total_minor - purchase.refunded_minor
-    if amount <= 0 or not purchase.payment_intent_id:
-        return
-    # Keyed by where this refund starts: two admins refunding the same purchase at
-    # once send the same key with different amounts, and Stripe refuses the second.
-    client().v1.refunds.create(
-        params={"payment_intent": purchase.payment_intent_id, "amount": amount},
-        options={"idempotency_key": f"soma-refund-{purchase.id}-from-{purchase.refunded_minor}"},
-    )
-
-
 def _purchase_of_session(session: dict) -> Purchase | None:
-    metadata = session.get("metadata") or {}
-    reference = metadata.get("purchase_id") or session.get("client_reference_id")
-    if not reference or not str(reference).isdigit():
-        return None
-    purchase = db.session.get(Purchase, int(reference))
-    if purchase is None or purchase.provider != Provider.STRIPE:
+    purchase = _ours(session.get("metadata"), session.get("client_reference_id"))
+    if purchase is None:
         return None
     if purchase.checkout_session_id not in (None, session["id"]):
         return None  # another session's event: never ours to credit
@@ -220,7 +214,7 @@ def _apply_session(purchase: Purchase, session: dict, source: str) -> Purchase |
     """Fulfil the purchase if the session is paid, in full, in its currency."""
     if session.get("payment_status") != "paid":
         return None  # paid later by an async method, or never: its own event says
-    amount, currency = session.get("amount_total"), (session.get("currency") or "").upper()
+    amount, currency = session.get("amount_total"), str(session.get("currency") or "").upper()
     if (amount, currency) != (purchase.amount_minor, purchase.currency):
         current_app.logger.error(
             "stripe: session %s paid %s %s for purchase %s of %s %s; not credited",
@@ -232,9 +226,49 @@ def _apply_session(purchase: Purchase, session: dict, source: str) -> Purchase |
             purchase.currency,
         )
         return None
+    intent = session.get("payment_intent")
     return service.fulfil(
         purchase.id,
         source,
         checkout_session_id=session["id"],
-        payment_intent_id=session.get("payment_intent"),
+        payment_intent_id=intent if isinstance(intent, str) else None,
     )
+
+
+def recheck_stale(now: datetime | None = None, limit: int = 100) -> int:
+    """The sweeper's pass: a pending Stripe purchase whose session should have expired is
+    asked about (paid: credited; expired: expired); one whose session was never made
+    expires. How many were settled."""
+    if not configured():
+        return 0
+    now = now or clock.now()
+    rows = db.session.execute(
+        select(Purchase.id, Purchase.checkout_session_id)
+        .where(
+            Purchase.provider == Provider.STRIPE.value,
+            Purchase.status == PurchaseStatus.PENDING.value,
+            Purchase.created_at <= now - NO_SESSION_LIMIT,
+        )
+        .order_by(Purchase.updated_at, Purchase.id)
+        .limit(limit)
+    ).all()
+    db.session.rollback()
+    settled = 0
+    for purchase_id, session_id in rows:
+        purchase = service.fresh(purchase_id)
+        if session_id is None:
+            service.expire(purchase_id, "sweeper", "The card checkout was never opened.")
+            settled += 1
+            continue
+        if purchase.created_at > now - SESSION_ASK_AFTER:
+            continue
+        try:
+            session = stripe_provider.client().v1.checkout.sessions.retrieve(session_id).to_dict()
+        except stripe_provider.StripeError:
+            continue
+        if session.get("status") == "expired":
+            service.expire(purchase_id, "stripe:sweeper")
+            settled += 1
+        elif _apply_session(purchase, session, "stripe:sweeper") is not None:
+            settled += 1
+    return settled

@@ -31,9 +31,12 @@ def mpesa_stk(secret: str):
     expected = current_app.config.get("MPESA_CALLBACK_SECRET") or ""
     if not mpesa.configured() or not hmac.compare_digest(secret.encode(), expected.encode()):
         abort(404)
+    raw = request.get_data(cache=True)
     body = request.get_json(silent=True)
     try:
-        mpesa.handle_callback(body or {})
+        answer = mpesa.handle_callback(body if isinstance(body, dict) else {}, raw)
     except ValueError:
         return jsonify(ResultCode=1, ResultDesc="Rejected: not an STK callback"), 400
+    if answer.http_status != 200:
+        return jsonify(ResultCode=1, ResultDesc="Not yet: send it again"), answer.http_status
     return jsonify(ResultCode=0, ResultDesc="Accepted")

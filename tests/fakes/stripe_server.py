@@ -42,6 +42,7 @@ class FakeStripe(FakeServer):
         self.sessions: dict[str, dict] = {}
         self.requests: list[dict] = []
         self.made_refunds: list[dict] = []
+        self.refund_objects: dict[str, dict] = {}
         self.replies: dict[str, tuple[int, dict]] = {}
         self.lock = threading.Lock()
         self.fail_next = 0
@@ -93,6 +94,18 @@ class FakeStripe(FakeServer):
             def do_GET(self):
                 with fake.lock:
                     fake.requests.append({"method": "GET", "path": self.path})
+                    if self.path.startswith("/v1/refunds?"):
+                        query = dict(parse_qsl(self.path.split("?", 1)[1]))
+                        listed = [
+                            refund
+                            for refund in fake.refund_objects.values()
+                            if refund["payment_intent"] == query.get("payment_intent")
+                        ]
+                        return self._reply(
+                            200,
+                            {"object": "list", "data": listed, "has_more": False,
+                             "url": "/v1/refunds"},
+                        )  # fmt: skip
                     intents = "/v1/payment_intents/"
                     if self.path.startswith(intents):
                         intent_id = self.path.split("?")[0][len(intents) :]
@@ -139,13 +152,32 @@ class FakeStripe(FakeServer):
 
     def _create_refund(self, params: dict) -> dict:
         self.made_refunds.append(params)
-        return {
+        refund = {
             "id": "re_" + secrets.token_hex(10),
             "object": "refund",
             "amount": int(params["amount"]),
             "payment_intent": params["payment_intent"],
-            "status": "succeeded",
+            "metadata": params.get("metadata", {}),
+            "status": self.refund_status_on_create,
         }
+        self.refund_objects[refund["id"]] = refund
+        return refund
+
+    refund_status_on_create = "succeeded"
+
+    def refund(self, refund_id: str, **changes) -> dict:
+        """A refund as Stripe now has it, changed by `changes` (a later status, say)."""
+        with self.lock:
+            self.refund_objects[refund_id].update(changes)
+            return dict(self.refund_objects[refund_id])
+
+    def add_refund(self, payment_intent: str, amount: int, status: str = "succeeded") -> dict:
+        """A refund made at Stripe, as from its dashboard: Soma hears of it by webhook."""
+        with self.lock:
+            refund = {"id": "re_" + secrets.token_hex(10), "object": "refund", "amount": amount,
+                      "payment_intent": payment_intent, "metadata": {}, "status": status}  # fmt: skip
+            self.refund_objects[refund["id"]] = refund
+            return dict(refund)
 
     def refunds(self) -> list[dict]:
         """The refunds made (a refused request makes none)."""

@@ -5,8 +5,8 @@ from sqlalchemy import func, select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import Purchase
-from soma.purchases import daraja
+from soma.models import ProviderEvent, Purchase
+from soma.providers import daraja
 from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
 from tests.helpers import balances, csrf_from, text_of
 from tests.unit.test_purchases import credits_of, package_id
@@ -202,8 +202,12 @@ def test_a_paid_callback_daraja_cannot_confirm_yet_is_settled_later_by_the_sweep
         {"errorCode": "429.001.01", "errorMessage": "Too many requests"},
     )
     body = callback(checkout_id, "0", amount=1295, receipt="NLJRATE001")
-    assert send(client, body).status_code == 200
+    assert send(client, body).status_code == 503  # send it again: recorded as to be retried
     assert purchase(app, purchase_id).status == "pending"  # not confirmed, not given up
+    with app.app_context():
+        (kept,) = db.session.scalars(select(ProviderEvent)).all()
+        assert (kept.status, kept.attempts) == ("retry", 1)
+        assert "NLJRATE001" in kept.body
     fake_daraja.query_error = None
     monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
     result = runner.invoke(args=["soma", "sweep"])  # nobody has the status page open

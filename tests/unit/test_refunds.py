@@ -5,8 +5,18 @@ from sqlalchemy import select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Notification, PlatformAccount, Purchase, User, Wallet
-from soma.purchases import service
+from soma.models import (
+    JournalEntry,
+    Notification,
+    PlatformAccount,
+    ProviderEvent,
+    Purchase,
+    PurchaseReversal,
+    User,
+    Wallet,
+)
+from soma.providers.stripe import StripeError
+from soma.purchases import reversals, service
 from tests.fakes.stripe_server import event
 from tests.helpers import balances, csrf_from, make_user, text_of
 from tests.unit.test_stripe import checkout, post_event
@@ -27,10 +37,11 @@ def platform(code: PlatformAccount) -> int:
 
 
 def refunds_of(purchase_id: int) -> list[tuple[str, int]]:
+    """The entries of the purchase's reversals, in order: (kind, tokens)."""
+    ids = select(PurchaseReversal.id).where(PurchaseReversal.purchase_id == purchase_id)
     rows = db.session.execute(
         select(JournalEntry.kind, JournalEntry.tokens)
-        .where(JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id)
-        .where(JournalEntry.kind.in_(["refund", "adjustment"]))
+        .where(JournalEntry.reference_type == "reversal", JournalEntry.reference_id.in_(ids))
         .order_by(JournalEntry.id)
     ).all()
     return [tuple(row) for row in rows]
@@ -60,16 +71,19 @@ def test_an_admin_refunds_in_part_then_in_full(app, client, auth):
         assert db.session.get(Purchase, purchase_id).status == "paid"
     page = text_of(client.get(f"/admin/purchases/{purchase_id}").get_data(as_text=True))
     assert "Refunded $5.00" in page
-    assert "paid → paid · admin:" in page and "refunded $5.00 in all; 52 tokens taken back" in page
+    assert (
+        "paid → paid · admin:" in page and "refunds $5.00, disputes $0.00; 52 tokens taken" in page
+    )
 
     assert admin_refund(client, purchase_id).status_code == 303  # the rest
     with app.app_context():
         purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.refunded_minor, purchase.shortfall_tokens) == (
-            "refunded",
-            2500,
-            0,
-        )
+        assert purchase.status == "refunded"
+        found = reversals.reversals_of(purchase_id)
+        assert [(r.kind, r.amount_minor, r.status, r.taken, r.shortfall) for r in found] == [
+            ("refund", 500, "succeeded", 52, 0),
+            ("refund", 2000, "succeeded", 208, 0),
+        ]
         assert balances(user_id) == (0, 0)
         assert refunds_of(purchase_id) == [
             ("refund", 50),
@@ -84,15 +98,19 @@ def test_an_admin_refunds_in_part_then_in_full(app, client, auth):
             select(Notification.message).where(Notification.user_id == user_id)
         ).all()
         assert (
-            f"Purchase #{purchase_id} was refunded ($25.00 in all); "
-            "208 tokens were taken back from your wallet."
+            f"Purchase #{purchase_id} was refunded or disputed: 208 tokens taken back from "
+            "your wallet."
         ) in messages
         assert ledger.run_audit() == []
     again = admin_refund(client, purchase_id)  # a refunded purchase offers no more refund
     assert again.status_code == 422
-    assert "nothing is left to refund" in text_of(again.get_data(as_text=True))
+    assert "Nothing is left to refund" in text_of(again.get_data(as_text=True))
     with app.app_context():
         assert balances(user_id) == (0, 0)
+
+
+def report(purchase_id, ref, status, amount, source="stripe:evt"):
+    return reversals.report(purchase_id, ref, status, amount, source)
 
 
 def test_a_refund_after_the_tokens_were_spent_flags_the_account_and_never_goes_negative(app):
@@ -101,22 +119,24 @@ def test_a_refund_after_the_tokens_were_spent_flags_the_account_and_never_goes_n
         friend = make_user("student").id
         ledger.transfer(user_id, friend, 70, key="spent")
         db.session.commit()
-        service.refund(purchase_id, 1000, "stripe:evt_refund")
-        service.refund(purchase_id, 1000, "stripe:evt_refund")  # the event again
+        report(purchase_id, "re_1", "succeeded", 1000)
+        report(purchase_id, "re_1", "succeeded", 1000)  # the event again
         purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.shortfall_tokens) == ("refunded", 70)
+        (refund,) = reversals.reversals_of(purchase_id)
+        assert (purchase.status, refund.taken, refund.shortfall) == ("refunded", 30, 70)
         assert balances(user_id) == (0, 0)
         assert refunds_of(purchase_id) == [("refund", 30)]
         user = db.session.get(User, user_id)
         assert user.flagged_at is not None
-        assert user.flag_reason == f"Refund of purchase #{purchase_id}: 70 tokens already spent"
+        assert user.flag_reason == f"Purchase #{purchase_id}: 70 tokens reversed were already spent"
         assert ledger.run_audit() == []
 
 
 @pytest.mark.parametrize(
     ("amount", "message"),
     [("30.00", "At most $25.00 is left to refund."), ("abc", "Enter the amount to refund"),
-     ("0", "Enter a positive amount in whole cents"), ("1.005", "whole cents")],
+     ("0", "Enter a positive amount in whole cents"), ("1.005", "whole cents"),
+     ("sNaN", "Enter the amount to refund"), ("1e999999999", "Enter the amount to refund")],
 )  # fmt: skip
 def test_a_bad_refund_amount_is_refused_and_moves_nothing(app, client, auth, amount, message):
     purchase_id, user_id = paid_purchase(app)
@@ -136,43 +156,116 @@ def test_only_admins_refund(app, client, auth):
     assert client.post(f"/admin/purchases/{purchase_id}/refund").status_code in (400, 403)
 
 
-def test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once(
-    app, client, auth, stripe_on
-):
+def stripe_paid(app, client, auth, stripe_on) -> tuple[int, dict]:
     auth.login_as("student")
     purchase_id, session_id = checkout(app, client)
     paid = stripe_on.pay(session_id)
-    post_event(client, event("checkout.session.completed", paid))
+    assert post_event(client, event("checkout.session.completed", paid)).status_code == 200
     auth.logout()
-    auth.login_as("admin")
+    return purchase_id, paid
 
+
+def test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once(
+    app, client, auth, stripe_on
+):
+    purchase_id, paid = stripe_paid(app, client, auth, stripe_on)
+    auth.login_as("admin")
     assert admin_refund(client, purchase_id, "4.00").status_code == 303
-    assert stripe_on.refunds() == [{"payment_intent": paid["payment_intent"], "amount": "400"}]
+    assert stripe_on.refunds() == [
+        {"payment_intent": paid["payment_intent"], "amount": "400",
+         "metadata": {"purchase_id": str(purchase_id)}}
+    ]  # fmt: skip
+    (ours,) = stripe_on.refund_objects.values()
+    other = stripe_on.add_refund(paid["payment_intent"], 600)  # made in Stripe's dashboard
     charge = {"id": "ch_1", "object": "charge", "payment_intent": paid["payment_intent"],
-              "amount_refunded": 400}  # fmt: skip
-    post_event(client, event("charge.refunded", charge))  # Stripe confirms the same refund
-    post_event(client, event("charge.refunded", {**charge, "amount_refunded": 1000}))
+              "amount_refunded": 1000}  # fmt: skip
+    post_event(client, event("charge.refunded", charge))  # lists both refunds from Stripe
+    post_event(client, event("refund.updated", ours))  # the admin's, again
+    post_event(client, event("refund.created", other))  # the other, again
     with app.app_context():
         purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.refunded_minor) == ("refunded", 1000)
-        assert refunds_of(purchase_id) == [("refund", 40), ("refund", 60)]
+        assert purchase.status == "refunded"
+        assert {r.provider_ref: r.taken for r in reversals.reversals_of(purchase_id)} == {
+            ours["id"]: 40,
+            other["id"]: 60,
+        }
+        assert sorted(refunds_of(purchase_id)) == [("refund", 40), ("refund", 60)]
         assert balances(purchase.user_id) == (0, 0)
         assert ledger.run_audit() == []
 
 
+def test_a_stripe_refund_that_fails_later_gives_the_tokens_back(app, client, auth, stripe_on):
+    purchase_id, paid = stripe_paid(app, client, auth, stripe_on)
+    auth.login_as("admin")
+    assert admin_refund(client, purchase_id, "10.00").status_code == 303
+    with app.app_context():
+        user_id = db.session.get(Purchase, purchase_id).user_id
+        assert balances(user_id) == (0, 0)
+    (refund,) = stripe_on.refund_objects.values()
+    failed = stripe_on.refund(refund["id"], status="failed")
+    assert post_event(client, event("charge.refund.updated", failed)).status_code == 200
+    post_event(client, event("refund.updated", {**failed, "status": "succeeded"}))  # older news
+    with app.app_context():
+        assert db.session.get(Purchase, purchase_id).status == "paid"
+        assert balances(user_id) == (100, 0)
+        assert refunds_of(purchase_id) == [("refund", 100), ("adjustment", 100)]
+        assert ledger.run_audit() == []
+    page = text_of(client.get(f"/admin/purchases/{purchase_id}").get_data(as_text=True))
+    assert "Refund failed" in page
+
+
+def test_an_mpesa_purchase_cannot_be_refunded_from_soma_and_keeps_its_tokens(app, client, auth):
+    with app.app_context():
+        user = make_user("student")
+        purchase = service.Purchase(
+            idempotency_key="mpesa-1", user_id=user.id, tokens=100, bonus_tokens=0,
+            amount_minor=1295, currency="KES", provider="mpesa", phone="254712345678",
+        )  # fmt: skip
+        db.session.add(purchase)
+        db.session.commit()
+        service.fulfil(purchase.id, "mpesa:test", receipt="NLJ0001")
+        purchase_id, user_id = purchase.id, user.id
+    auth.login_as("admin")
+    response = admin_refund(client, purchase_id, "")
+    assert response.status_code == 409
+    assert "M-Pesa payments cannot be refunded from Soma yet" in text_of(
+        response.get_data(as_text=True)
+    )
+    with app.app_context():
+        assert balances(user_id) == (100, 0)
+        assert reversals.reversals_of(purchase_id) == []
+
+
+def test_a_stripe_purchase_with_no_payment_on_record_is_not_refunded(app, client, auth, stripe_on):
+    purchase_id, _ = stripe_paid(app, client, auth, stripe_on)
+    with app.app_context():
+        db.session.execute(
+            Purchase.__table__.update()
+            .where(Purchase.id == purchase_id)
+            .values(payment_intent_id=None)
+        )
+        db.session.commit()
+        user_id = db.session.get(Purchase, purchase_id).user_id
+    auth.login_as("admin")
+    response = admin_refund(client, purchase_id, "")
+    assert response.status_code == 409
+    assert "Stripe has no payment on record" in text_of(response.get_data(as_text=True))
+    assert stripe_on.refunds() == []
+    with app.app_context():
+        assert balances(user_id) == (100, 0)
+
+
 @pytest.mark.parametrize("outcome", ["won", "lost"])
 def test_a_dispute_holds_the_tokens_back_until_it_is_decided(app, client, auth, stripe_on, outcome):
-    auth.login_as("student")
-    purchase_id, session_id = checkout(app, client)
-    paid = stripe_on.pay(session_id)
-    post_event(client, event("checkout.session.completed", paid))
+    purchase_id, paid = stripe_paid(app, client, auth, stripe_on)
     dispute = {"id": "dp_1", "object": "dispute", "payment_intent": paid["payment_intent"],
                "amount": 1000, "status": "needs_response"}  # fmt: skip
     assert post_event(client, event("charge.dispute.created", dispute)).status_code == 200
     post_event(client, event("charge.dispute.created", dispute))  # again: nothing more
     with app.app_context():
         purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.dispute_tokens) == ("disputed", 100)
+        (held,) = reversals.reversals_of(purchase_id)
+        assert (purchase.status, held.status, held.taken) == ("disputed", "open", 100)
         assert balances(purchase.user_id) == (0, 0)
     post_event(client, event("charge.dispute.closed", {**dispute, "status": outcome}))
     with app.app_context():
@@ -187,34 +280,74 @@ def test_a_dispute_holds_the_tokens_back_until_it_is_decided(app, client, auth, 
         assert ledger.run_audit() == []
 
 
-def test_a_refund_during_a_dispute_takes_nothing_twice(app):
+def test_regression_a_dispute_closed_won_before_it_was_created_takes_nothing(
+    app, client, auth, stripe_on
+):
+    purchase_id, paid = stripe_paid(app, client, auth, stripe_on)
+    dispute = {"id": "dp_9", "object": "dispute", "payment_intent": paid["payment_intent"],
+               "amount": 1000, "status": "won"}  # fmt: skip
+    post_event(client, event("charge.dispute.closed", dispute))
+    post_event(client, event("charge.dispute.created", {**dispute, "status": "needs_response"}))
+    with app.app_context():
+        purchase = db.session.get(Purchase, purchase_id)
+        (closed,) = reversals.reversals_of(purchase_id)
+        assert (purchase.status, closed.status, closed.taken) == ("paid", "won", 0)
+        assert balances(purchase.user_id) == (100, 0)
+        assert refunds_of(purchase_id) == []
+        assert ledger.run_audit() == []
+
+
+def test_regression_a_refund_during_a_dispute_takes_nothing_twice(app):
     purchase_id, user_id = paid_purchase(app, tokens=100)
     with app.app_context():
         ledger.credit(user_id, 500, key="more-tokens")  # other tokens the student holds
         db.session.commit()
-        service.dispute_opened(purchase_id, "dp_1", 1000, "stripe:evt_d")
+        report(purchase_id, "dp_1", "open", 1000)
         assert balances(user_id) == (500, 0)
-        service.refund(purchase_id, 1000, "stripe:evt_r")  # the same money, refunded
+        report(purchase_id, "re_1", "succeeded", 1000)  # the same money, refunded
         assert balances(user_id) == (500, 0)
-        purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.shortfall_tokens) == ("disputed", 0)
-        service.dispute_closed(purchase_id, "dp_1", True, "stripe:evt_w")
+        assert db.session.get(Purchase, purchase_id).status == "disputed"
+        report(purchase_id, "dp_1", "won", 1000)
         assert balances(user_id) == (500, 0)  # won, but the money was refunded: nothing back
         assert db.session.get(Purchase, purchase_id).status == "refunded"
         assert db.session.get(User, user_id).flagged_at is None
         assert ledger.run_audit() == []
 
 
-def test_a_won_dispute_returns_bonus_tokens_to_where_they_came_from(app):
+def test_regression_a_refund_failed_after_the_tokens_were_spent_returns_them(app):
+    purchase_id, user_id = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, "re_2", "pending", 1000)
+        assert balances(user_id) == (0, 0)
+        friend = make_user("student").id
+        ledger.credit(user_id, 30, key="topped-up")
+        ledger.transfer(user_id, friend, 30, key="spent-again")
+        db.session.commit()
+        report(purchase_id, "re_2", "failed", 1000)
+        assert balances(user_id) == (100, 0)  # every token it took comes back
+        assert db.session.get(Purchase, purchase_id).status == "paid"
+        assert ledger.run_audit() == []
+
+
+def test_a_won_dispute_returns_its_own_tokens_clears_its_shortfall_and_the_flag(app):
     purchase_id, user_id = paid_purchase(app, tokens=250)
     with app.app_context():
         before = platform(PlatformAccount.ISSUANCE), platform(PlatformAccount.PROMOTIONS)
-        service.dispute_opened(purchase_id, "dp_2", 2500, "stripe:evt_d")
-        assert balances(user_id) == (0, 0)
-        service.dispute_closed(purchase_id, "dp_2", True, "stripe:evt_w")
-        assert balances(user_id) == (260, 0)
+        friend = make_user("student").id
+        ledger.transfer(user_id, friend, 200, key="spent")
+        db.session.commit()
+        report(purchase_id, "dp_2", "open", 2500)
+        (dispute,) = reversals.reversals_of(purchase_id)
+        assert (dispute.tokens_taken, dispute.bonus_taken, dispute.shortfall) == (60, 0, 200)
+        assert db.session.get(User, user_id).flagged_at is not None
+        report(purchase_id, "dp_2", "won", 2500)
+        (dispute,) = reversals.reversals_of(purchase_id)
+        assert (dispute.taken, dispute.shortfall) == (0, 0)
+        assert balances(user_id) == (60, 0)
         assert (platform(PlatformAccount.ISSUANCE), platform(PlatformAccount.PROMOTIONS)) == before
+        assert db.session.get(User, user_id).flagged_at is None
         assert db.session.get(Purchase, purchase_id).status == "paid"
+        assert ledger.run_audit() == []
 
 
 def test_a_refund_stripe_reports_before_the_payment_is_credited_comes_back_later(
@@ -223,30 +356,39 @@ def test_a_refund_stripe_reports_before_the_payment_is_credited_comes_back_later
     auth.login_as("student")
     purchase_id, session_id = checkout(app, client)
     paid = stripe_on.pay(session_id)
-    charge = {"id": "ch_2", "object": "charge", "payment_intent": paid["payment_intent"],
-              "amount_refunded": 1000}  # fmt: skip
-    refunded = event("charge.refunded", charge)
+    refund = stripe_on.add_refund(paid["payment_intent"], 1000)
+    refunded = event("refund.created", refund)
     assert post_event(client, refunded).status_code == 503  # not credited yet: send it again
     post_event(client, event("checkout.session.completed", paid))
     assert post_event(client, refunded).status_code == 200  # Stripe's retry
     with app.app_context():
         purchase = db.session.get(Purchase, purchase_id)
-        assert (purchase.status, purchase.refunded_minor) == ("refunded", 1000)
+        assert purchase.status == "refunded"
         assert balances(purchase.user_id) == (0, 0)
+        kept = db.session.scalars(
+            select(ProviderEvent).where(ProviderEvent.event_id == refunded["id"])
+        ).one()
+        assert (kept.status, kept.attempts) == ("handled", 2)
         assert ledger.run_audit() == []
 
 
 def test_two_admins_refunding_at_once_cannot_both_refund_at_stripe(app, client, auth, stripe_on):
-    import stripe
-
-    from soma.purchases import stripe_checkout
-
-    auth.login_as("student")
-    purchase_id, session_id = checkout(app, client)
-    post_event(client, event("checkout.session.completed", stripe_on.pay(session_id)))
+    purchase_id, _ = stripe_paid(app, client, auth, stripe_on)
     with app.app_context():
-        purchase = db.session.get(Purchase, purchase_id)
-        stripe_checkout.refund_payment(purchase, 500)  # one admin: $5
-        with pytest.raises(stripe.StripeError):
-            stripe_checkout.refund_payment(purchase, 1000)  # the other, from the same start: $10
+        admin = make_user("admin")
+        reversals.refund_by_admin(purchase_id, 500, admin.id)  # one admin: $5
+        with pytest.raises(StripeError):
+            stripe_client_refund(purchase_id, 1000, before=0)  # from the same start: $10
     assert len(stripe_on.refunds()) == 1
+
+
+def stripe_client_refund(purchase_id: int, amount: int, before: int):
+    """What a second admin's refund sends, having read the purchase before the first."""
+    from soma.providers import stripe as stripe_provider
+
+    purchase = db.session.get(Purchase, purchase_id)
+    stripe_provider.client().v1.refunds.create(
+        params={"payment_intent": purchase.payment_intent_id, "amount": amount,
+                "metadata": {"purchase_id": str(purchase_id)}},
+        options={"idempotency_key": f"soma-refund-{purchase_id}-from-{before}"},
+    )  # fmt: skip

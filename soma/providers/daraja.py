@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import requests
+import urllib3
 from flask import current_app
 
 NAIROBI = timezone(timedelta(hours=3))  # Daraja's timestamps are East Africa Time
@@ -34,6 +35,11 @@ RESULT_MESSAGES = {
 
 class DarajaError(Exception):
     """Daraja did not do what was asked (unreachable, refused, or an unexpected answer)."""
+
+
+class OutcomeUnknown(DarajaError):
+    """The request may have reached Daraja, but no answer came back (a time-out, a connection
+    lost after sending, a server error): whether it was done is not known, and must be asked."""
 
 
 class InvalidPhone(ValueError):
@@ -117,6 +123,8 @@ class Daraja:
         return base64.b64encode(raw).decode(), stamp
 
     def stk_push(self, phone: str, amount: int, reference: str, callback_url: str) -> StkPush:
+        """Ask the phone for its PIN. DarajaError if refused; OutcomeUnknown if it may have
+        been sent (the customer may then pay, and the callback still comes)."""
         password, stamp = self._password()
         answer = self._authorized("/mpesa/stkpush/v1/processrequest", {
             "BusinessShortCode": self.shortcode,
@@ -130,7 +138,7 @@ class Daraja:
             "CallBackURL": callback_url,
             "AccountReference": reference,
             "TransactionDesc": "Soma tokens",
-        })  # fmt: skip
+        }, sent_matters=True)  # fmt: skip
         if str(answer.get("ResponseCode")) != "0" or not answer.get("CheckoutRequestID"):
             raise DarajaError(answer.get("errorMessage") or answer.get("ResponseDescription")
                               or f"STK push refused: {answer}")  # fmt: skip
@@ -151,15 +159,29 @@ class Daraja:
 
     # HTTP ----------------------------------------------------------------------------------
 
-    def _authorized(self, path: str, body: dict, pending_ok: bool = False) -> dict:
+    def _authorized(
+        self, path: str, body: dict, pending_ok: bool = False, sent_matters: bool = False
+    ) -> dict:
         headers = {"Authorization": f"Bearer {self.token()}"}
-        return self._call("POST", path, json=body, headers=headers, pending_ok=pending_ok)
+        return self._call(
+            "POST", path, json=body, headers=headers, pending_ok=pending_ok,
+            sent_matters=sent_matters,
+        )  # fmt: skip
 
-    def _call(self, method: str, path: str, pending_ok: bool = False, **kwargs) -> dict:
+    def _call(
+        self, method: str, path: str, pending_ok: bool = False, sent_matters: bool = False,
+        **kwargs,
+    ) -> dict:  # fmt: skip
+        """One request. With `sent_matters` (a request that does something, like a push),
+        an error after the request may have been sent is OutcomeUnknown, not DarajaError."""
         try:
             response = self.http.request(method, self.base_url + path, timeout=TIMEOUT, **kwargs)
         except requests.RequestException as error:
+            if sent_matters and not _never_sent(error):
+                raise OutcomeUnknown(f"no answer from Daraja: {error}") from error
             raise DarajaError(f"Daraja unreachable: {error}") from error
+        if sent_matters and response.status_code >= 500:
+            raise OutcomeUnknown(f"Daraja answered {response.status_code}: {response.text[:200]}")
         try:
             answer = response.json()
         except ValueError:
@@ -169,6 +191,14 @@ class Daraja:
         if response.status_code >= 400 and not processing:
             raise DarajaError(f"Daraja answered {response.status_code}: {answer or response.text}")
         return answer
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """Whether the request surely never left: no connection was ever made."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0] if error.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def client() -> Daraja:

@@ -1,0 +1,46 @@
+"""The configured Stripe client (the official SDK) and webhook verification.
+
+Configured by STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE (tests
+point the last at a fake Stripe server). Knows nothing of what the money is for.
+"""
+
+import stripe
+from flask import current_app
+
+StripeError = stripe.StripeError
+
+
+class BadSignature(ValueError):
+    """A webhook body that is not Stripe's: bad, missing or stale signature, or not JSON."""
+
+
+def configured() -> bool:
+    config = current_app.config
+    return bool(config.get("STRIPE_SECRET_KEY") and config.get("STRIPE_WEBHOOK_SECRET"))
+
+
+def client() -> stripe.StripeClient:
+    """The app's Stripe client, made once per app."""
+    clients = current_app.extensions.setdefault("soma_stripe", {})
+    if "client" not in clients:
+        config = current_app.config
+        base = config.get("STRIPE_API_BASE") or None
+        clients["client"] = stripe.StripeClient(
+            config["STRIPE_SECRET_KEY"],
+            base_addresses={"api": base} if base else None,
+            max_network_retries=2,
+        )
+    return clients["client"]
+
+
+def verified_event(payload: bytes, signature: str | None, secret_setting: str) -> dict:
+    """The event Stripe signed, as a plain dict; BadSignature if it is not Stripe's.
+
+    `secret_setting` names the config key of the endpoint's signing secret (each
+    webhook endpoint has its own).
+    """
+    try:
+        event = client().construct_event(payload, signature, current_app.config[secret_setting])
+    except (ValueError, stripe.SignatureVerificationError) as error:
+        raise BadSignature(str(error)) from None
+    return event.to_dict()
