@@ -174,8 +174,14 @@ class FakeStripe(FakeServer):
     def add_refund(self, payment_intent: str, amount: int, status: str = "succeeded") -> dict:
         """A refund made at Stripe, as from its dashboard: Soma hears of it by webhook."""
         with self.lock:
-            refund = {"id": "re_" + secrets.token_hex(10), "object": "refund", "amount": amount,
-                      "payment_intent": payment_intent, "metadata": {}, "status": status}  # fmt: skip
+            refund = {
+                "id": "re_" + secrets.token_hex(10),
+                "object": "refund",
+                "amount": amount,
+                "payment_intent": payment_intent,
+                "metadata": {},
+                "status": status,
+            }
             self.refund_objects[refund["id"]] = refund
             return dict(refund)
 

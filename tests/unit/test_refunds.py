@@ -195,7 +195,7 @@ def test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once(
 
 
 def test_a_stripe_refund_that_fails_later_gives_the_tokens_back(app, client, auth, stripe_on):
-    purchase_id, paid = stripe_paid(app, client, auth, stripe_on)
+    purchase_id, _ = stripe_paid(app, client, auth, stripe_on)
     auth.login_as("admin")
     assert admin_refund(client, purchase_id, "10.00").status_code == 303
     with app.app_context():

@@ -71,8 +71,13 @@ def stripe_events(outcome, refunds, dispute, session, intent) -> list[dict]:
     }[outcome]
     for ref, amount, path in refunds:
         for step, status in enumerate(REFUND_PATHS[path]):
-            refund = {"id": f"{ref}_{intent}", "object": "refund", "amount": amount, "payment_intent": intent,
-                      "status": status}  # fmt: skip
+            refund = {
+                "id": f"{ref}_{intent}",
+                "object": "refund",
+                "amount": amount,
+                "payment_intent": intent,
+                "status": status,
+            }
             kind = "refund.created" if step == 0 else "charge.refund.updated"
             events.append(event(kind, refund))
             if status == "succeeded":  # the charge's own event, listing the refund
@@ -81,8 +86,13 @@ def stripe_events(outcome, refunds, dispute, session, intent) -> list[dict]:
                 events.append(event("charge.refunded", charge))
     if dispute:
         amount, ending = dispute
-        body = {"id": f"dp_{intent}", "object": "dispute", "amount": amount, "payment_intent": intent,
-                "status": "needs_response"}  # fmt: skip
+        body = {
+            "id": f"dp_{intent}",
+            "object": "dispute",
+            "amount": amount,
+            "payment_intent": intent,
+            "status": "needs_response",
+        }
         events.append(event("charge.dispute.created", body))
         if ending != "open":
             events.append(event("charge.dispute.closed", {**body, "status": ending}))
@@ -168,8 +178,9 @@ def test_every_order_of_stripe_events_ends_where_the_model_says(
         found = reversals.reversals_of(purchase_id)
         taken = sum(r.taken for r in found)
         short = sum(r.shortfall for r in found)
-        assert (sum(r.tokens_taken + r.tokens_short for r in found),
-                sum(r.bonus_taken + r.bonus_short for r in found)) == (tokens_back, bonus_back)  # fmt: skip
+        held_tokens = sum(r.tokens_taken + r.tokens_short for r in found)
+        held_bonus = sum(r.bonus_taken + r.bonus_short for r in found)
+        assert (held_tokens, held_bonus) == (tokens_back, bonus_back)
         credited = 260 if status in ("paid", "refunded", "disputed") else 0
         assert balances(user_id) == (credited - spent - taken, 0)
         if not spent:
