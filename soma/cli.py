@@ -149,7 +149,7 @@ def reconcile_mpesa(payment: int | None, purchase: int | None) -> None:
 
     With --payment and --purchase, match that payment to that purchase. Without,
     match each unmatched payment that exactly one purchase fits (same phone and
-    amount, made in the day before it was paid); list the others.
+    amount, made in the day before it reached us); list the others.
     """
     from soma.purchases import mpesa
 

@@ -290,7 +290,7 @@ def unmatched(limit: int = 100) -> list[UnmatchedPayment]:
 
 def candidates(payment: UnmatchedPayment) -> list[Purchase]:
     """The purchases `payment` may have paid: M-Pesa, not credited, of its phone and amount,
-    with no Daraja id of their own, made in the day before it was paid."""
+    with no Daraja id of their own, made in the day before it reached us."""
     return list(
         db.session.scalars(
             select(Purchase)
@@ -301,8 +301,9 @@ def candidates(payment: UnmatchedPayment) -> list[Purchase]:
                 Purchase.receipt.is_(None),
                 Purchase.phone == payment.phone,
                 Purchase.amount_minor == payment.amount_minor,
-                Purchase.created_at <= payment.paid_at,
-                Purchase.created_at >= payment.paid_at - MATCH_WINDOW,
+                # (by when it reached us: the phone's own clock may be off)
+                Purchase.created_at <= payment.received_at,
+                Purchase.created_at >= payment.received_at - MATCH_WINDOW,
             )
             .order_by(Purchase.id)
             .limit(10)

@@ -8,6 +8,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 
 from tests.fakes import FakeServer, JsonHandler
 
@@ -22,6 +23,8 @@ class FakeDaraja(FakeServer):
         self.results: dict[str, tuple[str, str]] = {}  # CheckoutRequestID -> (code, desc)
         self.queries: list[str] = []
         self.query_error: tuple[int, dict] | None = None  # e.g. (429, {...}): every query fails
+        # Accept a push, then answer too late (the client times out): sent, outcome unknown.
+        self.push_hangs = 0.0
         self.lock = threading.Lock()
         fake = self
 
@@ -44,6 +47,8 @@ class FakeDaraja(FakeServer):
                     if self.path == "/mpesa/stkpush/v1/processrequest":
                         checkout_id = "ws_CO_" + secrets.token_hex(10)
                         fake.pushes.append({**body, "CheckoutRequestID": checkout_id})
+                        if fake.push_hangs:
+                            time.sleep(fake.push_hangs)
                         return self._reply(
                             200,
                             {

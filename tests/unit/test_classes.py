@@ -146,6 +146,11 @@ def test_booking_a_class_freezes_its_cost_and_shows_it_to_both_sides(app, client
     )
     again = book(client, people, minutes=45, title="Algebra basics")  # a double submit
     assert again.headers["Location"] == response.headers["Location"]
+    other = book(client, people, minutes=60, title="Algebra basics")  # same key, other class
+    assert other.status_code == 409
+    assert "This booking form was already used for another class" in text_of(
+        other.get_data(as_text=True)
+    )
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ClassSession)) == 1
 

@@ -1,14 +1,17 @@
 """M-Pesa STK push through our Daraja client, against a fake Daraja server on 127.0.0.1."""
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import ProviderEvent, Purchase
+from soma.models import ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment, User
 from soma.providers import daraja
+from soma.purchases import service
 from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, csrf_from, make_user, text_of
 from tests.unit.test_purchases import credits_of, package_id
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
@@ -243,3 +246,134 @@ def test_a_strange_secret_or_foreign_digits_are_refused(app, client, student, fa
     assert send(client, {"Body": {}}, secret="sécret").status_code == 404
     with pytest.raises(daraja.InvalidPhone):
         daraja.normalise_phone("07" + "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668")
+
+
+# A push whose answer never came, and payments we cannot match ----------------------------
+
+
+def test_a_push_whose_answer_never_came_stays_pending_and_its_payment_is_kept_then_credited(
+    app, client, student, fake_daraja, runner, monkeypatch
+):
+    monkeypatch.setattr("soma.providers.daraja.TIMEOUT", 0.3)
+    fake_daraja.push_hangs = 0.8  # Daraja takes the push, but its answer comes too late
+    response = pay_by_mpesa(app, client)
+    assert response.status_code == 303  # to the status page: it may still reach the phone
+    purchase_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    pending = purchase(app, purchase_id)
+    assert (pending.status, pending.checkout_request_id) == ("pending", None)
+    assert pending.push_started_at is not None
+    (push,) = fake_daraja.pushes
+    checkout_id = push["CheckoutRequestID"]
+
+    fake_daraja.finish(checkout_id, "0")  # the student paid on their phone anyway
+    body = callback(checkout_id, "0", amount=1295, receipt="NLJLOST001")
+    assert send(client, body).status_code == 200
+    assert send(client, body).status_code == 200  # again: kept once
+    with app.app_context():
+        (kept,) = db.session.scalars(select(UnmatchedPayment)).all()
+        assert (kept.receipt, kept.phone, kept.amount_minor, kept.purchase_id) == (
+            "NLJLOST001",
+            "254712345678",
+            1295,
+            None,
+        )
+        assert balances(student.id) == (0, 0)
+
+    result = runner.invoke(args=["soma", "reconcile-mpesa"])
+    assert result.exit_code == 0, result.output
+    assert f"NLJLOST001  KES 1,295  254712345678 → purchase #{purchase_id}" in result.output
+    paid = purchase(app, purchase_id)
+    assert (paid.status, paid.receipt, paid.checkout_request_id) == (
+        "paid",
+        "NLJLOST001",
+        checkout_id,
+    )
+    with app.app_context():
+        assert balances(student.id) == (100, 0)
+        assert db.session.get(UnmatchedPayment, kept.id).purchase_id == purchase_id
+        assert ledger.run_audit() == []
+    again = runner.invoke(args=["soma", "reconcile-mpesa"])
+    assert "No unmatched M-Pesa payments." in again.output
+    assert credits_of(app, purchase_id) == [("purchase", 100)]
+
+
+def test_an_admin_matches_a_payment_two_purchases_fit_once_and_only_once(
+    app, client, auth, fake_daraja, runner
+):
+    with app.app_context():
+        buyer = make_user("student")
+        quote = service.quote(package_id=package_id(app, 100))
+        first = service.start(buyer, quote, service.Provider.MPESA, "k1", phone="254712345678")
+        second = service.start(buyer, quote, service.Provider.MPESA, "k2", phone="254712345678")
+        first_id, second_id, buyer_id = first.id, second.id, buyer.id
+    fake_daraja.finish("ws_CO_lost", "0")
+    body = callback("ws_CO_lost", "0", amount=1295, receipt="NLJTWO0001")
+    assert send(client, body).status_code == 200
+    result = runner.invoke(args=["soma", "reconcile-mpesa"])
+    assert "2 purchases fit; match by hand" in result.output
+    assert purchase(app, first_id).status == "pending"
+
+    auth.login_as("admin")
+    page = client.get("/admin/payments/unmatched").get_data(as_text=True)
+    assert "NLJTWO0001" in text_of(page) and f"#{first_id}" in text_of(page)
+    with app.app_context():
+        payment_id = db.session.scalar(select(UnmatchedPayment.id))
+    url = f"/admin/payments/unmatched/{payment_id}/match"
+    response = client.post(url, data={"csrf_token": csrf_from(page), "purchase_id": second_id})
+    assert response.status_code == 303
+    assert purchase(app, second_id).status == "paid"
+    again = client.post(
+        url, data={"csrf_token": csrf_from(page), "purchase_id": first_id}, follow_redirects=True
+    )
+    assert "is already matched" in text_of(again.get_data(as_text=True))
+    assert purchase(app, first_id).status == "pending"
+    with app.app_context():
+        assert balances(buyer_id) == (100, 0)
+        assert ledger.run_audit() == []
+
+
+def test_a_payment_that_fits_no_purchase_is_kept_and_listed_not_credited(
+    app, client, fake_daraja, runner
+):
+    body = callback("ws_CO_stranger", "0", amount=777, receipt="NLJSTRANGE")
+    assert send(client, body).status_code == 200
+    result = runner.invoke(args=["soma", "reconcile-mpesa"])
+    assert "NLJSTRANGE  KES 777  254712345678: no purchase fits" in result.output
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(UnmatchedPayment)) == 1
+
+
+def test_unpushed_purchases_expire_and_never_starve_the_recheck(
+    app, client, student, fake_daraja, runner, monkeypatch
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    with app.app_context():
+        buyer = db.session.get(User, student.id)
+        quote = service.quote(package_id=package_id(app, 100))
+        unpushed = [
+            service.start(buyer, quote, service.Provider.MPESA, f"u{i}", phone="254712345678").id
+            for i in range(105)
+        ]
+        old = clock_now() - timedelta(minutes=16)
+        db.session.execute(update(Purchase).where(Purchase.id.in_(unpushed)).values(created_at=old))
+        db.session.commit()
+    fake_daraja.finish(checkout_id, "0")  # its callback is lost; the sweeper must ask
+    monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
+    result = runner.invoke(args=["soma", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert purchase(app, purchase_id).status == "paid"
+    with app.app_context():
+        statuses = db.session.scalars(
+            select(Purchase.status).where(Purchase.id.in_(unpushed)).distinct()
+        ).all()
+        assert statuses == ["expired"]
+        note = db.session.scalars(
+            select(PurchaseEvent.note).where(PurchaseEvent.purchase_id == unpushed[0])
+        ).all()
+        assert "The M-Pesa request was never sent." in note
+
+
+def clock_now():
+    from soma import clock
+
+    return clock.now()

@@ -139,8 +139,14 @@ def test_a_double_submitted_buy_form_makes_one_purchase(app, client, student):
     first = purchase_id_of(buy(client, package=package_id(app, 100), key="same"))
     again = purchase_id_of(buy(client, package=package_id(app, 100), key="same"))
     assert first == again
+    other = buy(client, package=package_id(app, 250), key="same")  # same key, other content
+    assert other.status_code == 409
+    assert f"This form was already used for a different purchase (#{first})" in text_of(
+        other.get_data(as_text=True)
+    )
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Purchase)) == 1
+        assert db.session.get(Purchase, first).tokens == 100
 
 
 @pytest.mark.parametrize(
