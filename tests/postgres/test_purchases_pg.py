@@ -98,3 +98,55 @@ def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client,
         assert balances(student.id) == (260, 0)
         assert db.session.get(Purchase, purchase_id).status == "paid"
         assert ledger.run_audit() == []
+
+
+def test_refunds_disputes_and_spending_racing_on_one_purchase_lose_and_make_no_token(
+    app, wide_app
+):
+    from soma.models import PlatformAccount, User
+    from soma.purchases import reversals
+    from tests.postgres.test_ledger_pg import platform_balance
+
+    with app.app_context():
+        user = make_user("student")
+        friend = make_user("student").id
+        chosen = next(q for q in service.package_quotes() if q.tokens == 250)
+        purchase = service.start(user, chosen, service.Provider.SANDBOX, "race-reversals")
+        service.fulfil(purchase.id, "sandbox")
+        purchase_id, user_id = purchase.id, user.id
+        before = (
+            platform_balance(PlatformAccount.ISSUANCE),
+            platform_balance(PlatformAccount.PROMOTIONS),
+        )
+
+    def refund():
+        return reversals.report(purchase_id, "re_race", "succeeded", 1000, "stripe:evt_r")
+
+    def dispute():
+        return reversals.report(purchase_id, "dp_race", "open", 1500, "stripe:evt_d")
+
+    def spend(n):
+        return ledger.transfer(user_id, friend, 40, key=f"spend-{n}")
+
+    work = [refund] * 4 + [dispute] * 3 + [lambda n=n: spend(n) for n in range(3)]
+    outcomes = race(wide_app, work)
+    assert all(isinstance(e, ledger.InsufficientTokens) for e in errors(outcomes)), errors(outcomes)
+
+    with app.app_context():
+        found = reversals.reversals_of(purchase_id)
+        assert sorted((r.provider_ref, r.status) for r in found) == [
+            ("dp_race", "open"),
+            ("re_race", "succeeded"),
+        ]
+        spent = balances(friend)[0]
+        taken = sum(r.taken for r in found)
+        short = sum(r.shortfall for r in found)
+        assert taken + short == 260  # every token of the money reversed, held back or owed
+        assert balances(user_id) == (260 - spent - taken, 0)
+        tokens_taken = sum(r.tokens_taken for r in found)
+        bonus_taken = sum(r.bonus_taken for r in found)
+        assert platform_balance(PlatformAccount.ISSUANCE) == before[0] + tokens_taken
+        assert platform_balance(PlatformAccount.PROMOTIONS) == before[1] + bonus_taken
+        assert (db.session.get(User, user_id).flagged_at is not None) == (short > 0)
+        assert db.session.get(Purchase, purchase_id).status == "disputed"
+        assert ledger.run_audit() == []
