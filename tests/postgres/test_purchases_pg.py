@@ -100,9 +100,7 @@ def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client,
         assert ledger.run_audit() == []
 
 
-def test_refunds_disputes_and_spending_racing_on_one_purchase_lose_and_make_no_token(
-    app, wide_app
-):
+def test_refunds_disputes_and_spending_racing_on_one_purchase_lose_and_make_no_token(app, wide_app):
     from soma.models import PlatformAccount, User
     from soma.purchases import reversals
     from tests.postgres.test_ledger_pg import platform_balance
