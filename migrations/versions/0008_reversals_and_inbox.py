@@ -34,6 +34,11 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade():
     sqlite = op.get_bind().dialect.name == "sqlite"
+    # Read the old counters before anything is written: on SQLite the first write
+    # opens a transaction, inside which foreign keys can no longer be switched off.
+    legacy = _legacy_reversals()
+    if sqlite:
+        op.execute("PRAGMA foreign_keys=OFF")
     op.create_table(
         "purchase_reversals",
         sa.Column("id", BigId, nullable=False),
@@ -98,10 +103,6 @@ def upgrade():
     )
     op.create_index("ix_unmatched_payments_open", "unmatched_payments", ["purchase_id", "id"])
 
-    _legacy_reversals()
-
-    if sqlite:
-        op.execute("PRAGMA foreign_keys=OFF")
     with op.batch_alter_table("purchases") as batch:
         batch.drop_constraint(op.f("ck_purchases_refund_within"), type_="check")
         batch.drop_column("refunded_minor")
@@ -130,84 +131,99 @@ def upgrade():
         )
     if sqlite:
         op.execute("PRAGMA foreign_keys=ON")
+    if legacy:
+        op.bulk_insert(_REVERSALS, legacy)
 
 
-def _legacy_reversals():
-    """A reversal row for each purchase's refunded or disputed counters, so the amounts and
-    tokens they recorded live on in the new model."""
+_REVERSALS = sa.table(
+    "purchase_reversals",
+    *(sa.column(name) for name in (
+        "purchase_id", "kind", "provider_ref", "amount_minor", "status", "tokens_taken",
+        "bonus_taken", "tokens_short", "bonus_short", "moves", "created_at", "resolved_at",
+    )),
+)  # fmt: skip
+
+
+def _legacy_reversals() -> list[dict]:
+    """Reversal rows for each purchase's old refund and dispute counters, so the amounts
+    and tokens they recorded live on in the new model.
+
+    A dispute keeps its Stripe id (its old keys hold it), so its later events find
+    it. Refunds were kept as a running total: they become one "legacy:refund:<id>"
+    row, which the refunds Stripe later reports from before this migration are
+    folded into (`reversals.report`). The old shortfall, one total per purchase,
+    goes to the dispute as far as it is short, the rest to the refunds.
+    """
     bind = op.get_bind()
     rows = bind.execute(
         sa.text(
-            "SELECT id, refunded_minor, shortfall_tokens, disputed_minor, dispute_tokens, "
-            "updated_at FROM purchases WHERE refunded_minor > 0 OR disputed_minor > 0"
+            "SELECT id, tokens, bonus_tokens, amount_minor, refunded_minor, shortfall_tokens, "
+            "disputed_minor FROM purchases "
+            "WHERE refunded_minor > 0 OR disputed_minor > 0 OR shortfall_tokens > 0 "
+            "OR id IN (SELECT reference_id FROM journal_entries WHERE reference_type = "
+            "'purchase' AND kind = 'adjustment')"
         )
     ).all()
-    reversals = sa.table(
-        "purchase_reversals",
-        *(sa.column(name) for name in (
-            "purchase_id", "kind", "provider_ref", "amount_minor", "status", "tokens_taken",
-            "bonus_taken", "tokens_short", "bonus_short", "moves", "created_at", "resolved_at",
-        )),
-    )  # fmt: skip
     now = datetime.now(UTC)
-    for purchase_id, refunded, shortfall, disputed, _dispute_tokens, updated in rows:
-        taken = _taken(bind, purchase_id)
+    made = []
+    for purchase_id, tokens, bonus, whole, refunded, shortfall, disputed in rows:
+        taken, disputes = _taken(bind, purchase_id)
+        if disputed and not any(status == "open" for status, _, _ in disputes.values()):
+            disputes[f"legacy:dispute:{purchase_id}"] = ("open", 0, 0)
+        base = {"purchase_id": purchase_id, "moves": 0, "created_at": now, "bonus_short": 0}
+        dispute_short = 0
+        for dispute_id, (status, dispute_tokens, dispute_bonus) in disputes.items():
+            amount = disputed if status == "open" and disputed else whole
+            if status == "open":
+                owed = sum(
+                    -(-part * min(refunded + amount, whole) // whole)
+                    - -(-part * min(refunded, whole) // whole)
+                    for part in (tokens, bonus)
+                )
+                dispute_short = max(0, min(shortfall, owed - dispute_tokens - dispute_bonus))
+            made.append({
+                **base, "kind": "dispute", "provider_ref": dispute_id, "amount_minor": amount,
+                "status": status, "tokens_taken": dispute_tokens, "bonus_taken": dispute_bonus,
+                "tokens_short": dispute_short if status == "open" else 0,
+                "resolved_at": None if status == "open" else now,
+            })  # fmt: skip
         if refunded:
-            bind.execute(
-                reversals.insert().values(
-                    purchase_id=purchase_id,
-                    kind="refund",
-                    provider_ref=f"legacy:refund:{purchase_id}",
-                    amount_minor=refunded,
-                    status="succeeded",
-                    tokens_taken=taken["refund:tokens"],
-                    bonus_taken=taken["refund:bonus"],
-                    tokens_short=shortfall,
-                    bonus_short=0,
-                    moves=0,
-                    created_at=updated or now,
-                    resolved_at=updated or now,
-                )
-            )
-        if disputed:
-            bind.execute(
-                reversals.insert().values(
-                    purchase_id=purchase_id,
-                    kind="dispute",
-                    provider_ref=f"legacy:dispute:{purchase_id}",
-                    amount_minor=disputed,
-                    status="open",
-                    tokens_taken=taken["dispute:tokens"],
-                    bonus_taken=taken["dispute:bonus"],
-                    tokens_short=0,
-                    bonus_short=0,
-                    moves=0,
-                    created_at=updated or now,
-                    resolved_at=None,
-                )
-            )
+            made.append({
+                **base, "kind": "refund", "provider_ref": f"legacy:refund:{purchase_id}",
+                "amount_minor": refunded, "status": "succeeded",
+                "tokens_taken": taken["tokens"], "bonus_taken": taken["bonus"],
+                "tokens_short": max(0, shortfall - dispute_short), "resolved_at": now,
+            })  # fmt: skip
+    return made
 
 
-def _taken(bind, purchase_id: int) -> dict[str, int]:
-    """Tokens the old keys took back and returned, by reversal kind and part."""
-    taken = {f"{kind}:{part}": 0 for kind in ("refund", "dispute") for part in ("tokens", "bonus")}
+def _taken(bind, purchase_id: int):
+    """What the old keys took back for refunds, (tokens, bonus); and for each dispute by its
+    Stripe id: (open or won, tokens held back, bonus held back)."""
+    refunds = {"tokens": 0, "bonus": 0}
+    disputes: dict[str, list] = {}
     entries = bind.execute(
         sa.text(
-            "SELECT idempotency_key, kind, tokens FROM journal_entries "
+            "SELECT idempotency_key, tokens FROM journal_entries "
             "WHERE reference_type = 'purchase' AND reference_id = :id "
-            "AND kind IN ('refund', 'adjustment')"
+            "AND kind IN ('refund', 'adjustment') ORDER BY id"
         ),
         {"id": purchase_id},
     ).all()
-    for key, _kind, tokens in entries:
-        part = "bonus" if key.endswith(":bonus") else "tokens"
-        if ":refund:" in key:
-            taken[f"refund:{part}"] += tokens
-        elif ":dispute-won:" in key:
-            taken[f"dispute:{part}"] -= tokens
-        elif ":dispute:" in key:
-            taken[f"dispute:{part}"] += tokens
-    return {name: max(0, value) for name, value in taken.items()}
+    for key, count in entries:
+        # purchase:<id>:refund:<total>:<part>, purchase:<id>:dispute:<dp>:<part>,
+        # purchase:<id>:dispute-won:<dp>:<part>
+        _, _, what, reference, part = key.split(":", 4)
+        index = 1 if part == "tokens" else 2
+        if what == "refund":
+            refunds[part] += count
+        elif what == "dispute":
+            disputes.setdefault(reference, ["open", 0, 0])[index] += count
+        elif what == "dispute-won":
+            held = disputes.setdefault(reference, ["open", 0, 0])
+            held[0] = "won"
+            held[index] -= count
+    return refunds, {ref: (s, max(0, t), max(0, b)) for ref, (s, t, b) in disputes.items()}
 
 
 def downgrade():

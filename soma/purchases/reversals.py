@@ -17,6 +17,7 @@ negative. The purchase's status is derived from its reversals.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import exists, select, update
 
@@ -136,13 +137,20 @@ def totals(reversals: list[PurchaseReversal]) -> Totals:
 
 
 def report(
-    purchase_id: int, provider_ref: str, status: ReversalStatus, amount_minor: int, source: str
+    purchase_id: int,
+    provider_ref: str,
+    status: ReversalStatus,
+    amount_minor: int,
+    source: str,
+    made_at: datetime | None = None,
 ) -> PurchaseReversal:
     """Fold one provider report of a refund or dispute into its record, and bring the
     tokens held back to what every active reversal is due. Safe to repeat, in any order.
 
     NotCreditedYet if the purchase's payment is not credited yet (the provider is
-    asked to report it again later).
+    asked to report it again later). `made_at` is when the provider made it, if it
+    says: a refund made before refunds were records of their own is folded into
+    the purchase's legacy refund row (see migration 0008), not counted again.
     """
     status = ReversalStatus(status)
     if not 0 < amount_minor < 2**62:
@@ -158,6 +166,8 @@ def report(
             .execution_options(populate_existing=True)
         ).first()
         now = clock.now()
+        if reversal is None and made_at is not None and KIND_OF[status] == ReversalKind.REFUND:
+            reversal = _fold_into_legacy(purchase_id, provider_ref, amount_minor, made_at)
         if reversal is None:
             reversal = PurchaseReversal(
                 purchase_id=purchase_id,
@@ -188,6 +198,26 @@ def report(
     return transitions.retrying(work, "This purchase", also=(ledger.InsufficientTokens,))
 
 
+def _fold_into_legacy(
+    purchase_id: int, provider_ref: str, amount_minor: int, made_at: datetime
+) -> PurchaseReversal | None:
+    """A refund the purchase's legacy row already counts: the row takes its id when the
+    amounts agree, or gives up that much of its amount for a row of its own."""
+    legacy = db.session.scalars(
+        select(PurchaseReversal).where(
+            PurchaseReversal.provider_ref == f"legacy:refund:{purchase_id}",
+            PurchaseReversal.created_at > made_at,
+        )
+    ).first()
+    if legacy is None or legacy.amount_minor < amount_minor:
+        return None
+    if legacy.amount_minor == amount_minor:
+        legacy.provider_ref = provider_ref
+        return legacy
+    legacy.amount_minor -= amount_minor
+    return None
+
+
 def _rebalance(purchase: Purchase, source: str) -> None:
     """Bring every reversal of `purchase` to what it is due, in the current transaction;
     then derive the purchase's status and the account's flag."""
@@ -195,38 +225,46 @@ def _rebalance(purchase: Purchase, source: str) -> None:
     owed = due(purchase, reversals)
     # The balance is read under the wallet's lock: nothing spends or credits it
     # until this transaction ends, so a shortfall recorded here is real.
+    parts = ("tokens", "bonus")
+    # First every reversal that holds more than it is due gives back (or forgives
+    # a shortfall it never took); only then do the others take, from the balance
+    # those returns refilled: what one reversal returns another may be due.
+    returned_now = 0
+    for reversal in reversals:
+        gives = [0, 0]
+        for index, part in enumerate(parts):
+            taken = getattr(reversal, f"{part}_taken")
+            short = getattr(reversal, f"{part}_short")
+            excess = taken + short - owed[reversal.id][index]
+            if excess > 0:
+                forgiven = min(excess, short)  # never taken: nothing to give back
+                gives[index] = excess - forgiven
+                setattr(reversal, f"{part}_taken", taken - gives[index])
+                setattr(reversal, f"{part}_short", short - forgiven)
+        if any(gives):
+            _post(purchase, reversal, (0, 0), tuple(gives))
+            returned_now += sum(gives)
+    # The balance is read under the wallet's lock: nothing spends or credits it
+    # until this transaction ends, so a shortfall recorded here is real.
     available = db.session.scalar(
         select(Wallet.available).where(Wallet.user_id == purchase.user_id).with_for_update()
     )
-    taken_now = returned_now = short_now = 0
+    taken_now = short_now = 0
     for reversal in reversals:
-        takes, gives = [], []
-        for index, part in enumerate(("tokens", "bonus")):
+        takes = [0, 0]
+        for index, part in enumerate(parts):
             taken = getattr(reversal, f"{part}_taken")
             short = getattr(reversal, f"{part}_short")
-            target = owed[reversal.id][index]
-            if target > taken + short:
-                need = target - taken - short
-                take = min(need, available)
-                available -= take
-                takes.append(take)
-                gives.append(0)
-                taken, short = taken + take, short + need - take
-                short_now += need - take
-            else:
-                excess = taken + short - target
-                forgiven = min(excess, short)  # never taken: nothing to give back
-                give = excess - forgiven
-                takes.append(0)
-                gives.append(give)
-                taken, short = taken - give, short - forgiven
-            setattr(reversal, f"{part}_taken", taken)
-            setattr(reversal, f"{part}_short", short)
-        if any(takes) or any(gives):
-            _post(purchase, reversal, tuple(takes), tuple(gives))
+            need = owed[reversal.id][index] - taken - short
+            if need > 0:
+                takes[index] = min(need, available)
+                available -= takes[index]
+                short_now += need - takes[index]
+                setattr(reversal, f"{part}_taken", taken + takes[index])
+                setattr(reversal, f"{part}_short", short + need - takes[index])
+        if any(takes):
+            _post(purchase, reversal, tuple(takes), (0, 0))
             taken_now += sum(takes)
-            returned_now += sum(gives)
-            available += sum(gives)
     db.session.flush()
     status = derived_status(purchase, reversals)
     left = totals(reversals)

@@ -5,7 +5,7 @@ per purchase whoever calls; every refund and dispute in `reversals.report`,
 which folds any number of reports, in any order, into one record each.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import current_app, url_for
 from sqlalchemy import select, update
@@ -145,14 +145,20 @@ def _act(event_id: str, kind: str, obj: dict) -> None:
 
 def _report_refund(purchase: Purchase, refund: dict, source: str) -> None:
     status = reversals.stripe_refund_status(refund.get("status"))
-    _report(purchase, str(refund["id"]), status, refund.get("amount"), source)
+    created = refund.get("created")
+    made_at = None
+    if isinstance(created, int) and not isinstance(created, bool) and 0 < created < 2**33:
+        made_at = datetime.fromtimestamp(created, UTC)
+    _report(purchase, str(refund["id"]), status, refund.get("amount"), source, made_at)
 
 
-def _report(purchase: Purchase, ref: str, status, amount, source: str) -> None:
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+def _report(purchase: Purchase, ref: str, status, amount, source: str, made_at=None) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 2**62:
         raise inbox.Ignore(f"{ref} has no amount")
+    if not 0 < len(ref) <= 255:
+        raise inbox.Ignore("a reference of 1 to 255 characters")
     try:
-        reversals.report(purchase.id, ref, status, amount, source)
+        reversals.report(purchase.id, ref, status, amount, source, made_at)
     except reversals.NotCreditedYet as error:
         # Its payment is not credited yet (the completed event is still on its
         # way): answer so that Stripe sends this again later.

@@ -159,6 +159,7 @@ class FakeStripe(FakeServer):
             "payment_intent": params["payment_intent"],
             "metadata": params.get("metadata", {}),
             "status": self.refund_status_on_create,
+            "created": int(time.time()),
         }
         self.refund_objects[refund["id"]] = refund
         return refund
@@ -181,6 +182,7 @@ class FakeStripe(FakeServer):
                 "payment_intent": payment_intent,
                 "metadata": {},
                 "status": status,
+                "created": int(time.time()),
             }
             self.refund_objects[refund["id"]] = refund
             return dict(refund)

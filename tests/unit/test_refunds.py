@@ -392,3 +392,36 @@ def stripe_client_refund(purchase_id: int, amount: int, before: int):
                 "metadata": {"purchase_id": str(purchase_id)}},
         options={"idempotency_key": f"soma-refund-{purchase_id}-from-{before}"},
     )  # fmt: skip
+
+
+def test_regression_a_refund_then_a_dispute_won_on_the_same_money_keeps_the_refund(app):
+    purchase_id, user_id = paid_purchase(app, tokens=250)
+    with app.app_context():
+        report(purchase_id, "re_1", "succeeded", 2500)
+        report(purchase_id, "dp_1", "open", 2500)  # what the refund held moves to the dispute
+        assert balances(user_id) == (0, 0)
+        report(purchase_id, "dp_1", "won", 2500)  # and back: nothing for the student
+        assert balances(user_id) == (0, 0)
+        found = reversals.reversals_of(purchase_id)
+        assert [(r.provider_ref, r.taken, r.shortfall) for r in found] == [
+            ("re_1", 260, 0),
+            ("dp_1", 0, 0),
+        ]
+        assert db.session.get(User, user_id).flagged_at is None
+        assert db.session.get(Purchase, purchase_id).status == "refunded"
+        assert ledger.run_audit() == []
+
+
+def test_regression_what_one_refund_returns_another_takes_with_no_false_shortfall(app):
+    purchase_id, user_id = paid_purchase(app, tokens=250)
+    with app.app_context():
+        report(purchase_id, "re_b", "succeeded", 1)
+        report(purchase_id, "re_a", "pending", 1)
+        friend = make_user("student").id
+        ledger.transfer(user_id, friend, balances(user_id)[0], key="all-spent")
+        db.session.commit()
+        report(purchase_id, "re_a", "failed", 1)
+        assert balances(user_id) == (0, 0)
+        assert sum(r.shortfall for r in reversals.reversals_of(purchase_id)) == 0
+        assert db.session.get(User, user_id).flagged_at is None
+        assert ledger.run_audit() == []
