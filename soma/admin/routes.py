@@ -1,5 +1,6 @@
 """The admin area."""
 
+import secrets
 from decimal import Decimal, InvalidOperation
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
@@ -81,6 +82,7 @@ def _purchase_page(purchase: Purchase, error: str | None = None, status: int = 2
         reversals=found,
         totals=reversals.totals(found),
         refundable=reversals.refundable(purchase, found),
+        refund_key=secrets.token_urlsafe(16),
         error=error,
         form=ActionForm(),
     ), status
@@ -104,7 +106,8 @@ def refund(purchase_id: int):
     left = reversals.refundable(purchase, reversals.reversals_of(purchase.id))
     try:
         amount = _minor_units(request.form.get("amount", ""), purchase, left)
-        reversals.refund_by_admin(purchase.id, amount, current_user.id)
+        key = request.form.get("key", "")
+        reversals.refund_by_admin(purchase.id, amount, current_user.id, key)
     except ValueError as error:
         return _purchase_page(purchase, str(error), 422)
     except stripe_provider.StripeError as error:

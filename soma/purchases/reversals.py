@@ -16,6 +16,7 @@ the account is flagged until no shortfall is left. A balance never goes
 negative. The purchase's status is derived from its reversals.
 """
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -362,11 +363,16 @@ def refundable(purchase: Purchase, reversals: list[PurchaseReversal]) -> int:
     return max(0, purchase.amount_minor - totals(reversals).reversed_minor)
 
 
-def refund_by_admin(purchase_id: int, amount_minor: int, admin_id: int) -> PurchaseReversal:
+def refund_by_admin(
+    purchase_id: int, amount_minor: int, admin_id: int, key: str
+) -> PurchaseReversal:
     """Refund `amount_minor` of a purchase: the money goes back first, then the tokens.
 
+    `key` is the refund form's one-time key: the form sent twice refunds once.
     Refused, taking nothing, when there is no way to send the money back.
     """
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", key or ""):
+        raise RefundRefused("This form has expired. Reload the page.")
     purchase = service.fresh(purchase_id)
     if purchase.provider == Provider.MPESA:
         raise RefundRefused(
@@ -378,15 +384,14 @@ def refund_by_admin(purchase_id: int, amount_minor: int, admin_id: int) -> Purch
         raise RefundRefused(
             f"At most {money.amount(left, purchase.currency)} of this purchase can be refunded."
         )
-    before = purchase.amount_minor - left
     if purchase.provider == Provider.STRIPE:
         if not purchase.payment_intent_id:
             raise RefundRefused(
                 "Stripe has no payment on record for this purchase, so no money can go back. "
                 "Nothing was changed."
             )
-        # Keyed by where this refund starts: two admins refunding at once send the
-        # same key with different amounts, and Stripe refuses the second.
+        # Keyed by the form: a double submit is one refund at Stripe. Two admins'
+        # refunds are two, and Stripe refuses one that passes what is left to refund.
         refund = (
             stripe_provider.client()
             .v1.refunds.create(
@@ -395,17 +400,17 @@ def refund_by_admin(purchase_id: int, amount_minor: int, admin_id: int) -> Purch
                     "amount": amount_minor,
                     "metadata": {"purchase_id": str(purchase_id)},
                 },
-                options={"idempotency_key": f"soma-refund-{purchase_id}-from-{before}"},
+                options={"idempotency_key": f"soma-refund-{purchase_id}-{key}"},
             )
             .to_dict()
         )
         ref, status = refund["id"], stripe_refund_status(refund.get("status"))
         amount_minor = int(refund.get("amount") or amount_minor)
     else:
-        ref, status = f"sandbox:refund:{purchase_id}:from:{before}", ReversalStatus.SUCCEEDED
+        ref, status = f"sandbox:refund:{purchase_id}:{key}", ReversalStatus.SUCCEEDED
     reversal = report(purchase_id, ref, status, amount_minor, f"admin:{admin_id}")
     if reversal.amount_minor != amount_minor:
-        raise RefundRefused("Another refund of this purchase was just made. Reload the page.")
+        raise RefundRefused("This form was already used for another refund. Reload the page.")
     return reversal
 
 
