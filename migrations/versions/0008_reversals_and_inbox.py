@@ -111,6 +111,7 @@ def upgrade():
         batch.drop_column("dispute_tokens")
         batch.add_column(sa.Column("merchant_request_id", sa.String(length=255), nullable=True))
         batch.add_column(sa.Column("push_started_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("checked_at", sa.DateTime(timezone=True), nullable=True))
     # The old STK claim lived in checkout_request_id as "claim:<hex>".
     op.execute(
         "UPDATE purchases SET push_started_at = created_at WHERE checkout_request_id IS NOT NULL"
@@ -235,6 +236,7 @@ def downgrade():
         for column in ("handled_at", "attempts", "body", "note", "status"):
             batch.drop_column(column)
     with op.batch_alter_table("purchases") as batch:
+        batch.drop_column("checked_at")
         batch.drop_column("push_started_at")
         batch.drop_column("merchant_request_id")
         batch.add_column(

@@ -113,6 +113,9 @@ class Purchase(Base):
     merchant_request_id: Mapped[str | None] = mapped_column(String(255))
     # When an STK push was first asked for: one push per purchase, even on a double submit.
     push_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the sweeper last asked the provider about it: each pass asks the least
+    # recently asked first, so no pile of stuck purchases hides a newer one.
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     receipt: Mapped[str | None] = mapped_column(String(255))
     phone: Mapped[str | None] = mapped_column(String(16))
     failure_reason: Mapped[str | None] = mapped_column(String(255))

@@ -8,7 +8,7 @@ CheckoutRequestID and result) is recorded once; a receipt credits one purchase.
 A push whose answer never came (a time-out) may still reach the phone, and the
 student may pay: the purchase stays pending, and a paid callback for a request
 we do not know is kept as an unmatched payment, never discarded, until
-`reconcile` (the sweeper, `flask soma reconcile-mpesa`, or an admin) matches it
+`reconcile` (`flask soma reconcile-mpesa`, or an admin) matches it
 to its purchase and credits it through the same `service.fulfil`.
 """
 
@@ -195,9 +195,11 @@ def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> No
     """
     amount, receipt = items.get("Amount"), items.get("MpesaReceiptNumber")
     if amount is not None and _amount(amount) != purchase.amount_minor:
+        # Money arrived, but not the price: never credited as the purchase, never lost.
+        _keep_unmatched(checkout_id, items)
         raise inbox.Ignore(
             f"{checkout_id} paid KES {str(amount)[:20]} for purchase {purchase.id} of "
-            f"KES {purchase.amount_minor}; not credited"
+            f"KES {purchase.amount_minor}; kept as an unmatched payment"
         )
     receipt = str(receipt)[:64] if receipt else None
     if receipt:
@@ -256,17 +258,14 @@ def recheck_pending(limit: int = 100) -> int:
     so a payment is credited even when nobody keeps the status page open. How many settled.
 
     Only purchases Daraja gave an id for are asked about (the others expire, see
-    `service.expire_abandoned`), least recently looked at first.
+    `service.expire_abandoned`), the least recently asked first, so a pile of
+    purchases Daraja cannot answer for never hides a newer one.
     """
     if not configured():
         return 0
-    pending = db.session.scalars(
-        select(Purchase)
-        .where(Purchase.provider == Provider.MPESA, Purchase.status == PurchaseStatus.PENDING)
-        .where(Purchase.checkout_request_id.is_not(None))
-        .order_by(Purchase.id)
-        .limit(limit)
-    ).all()
+    pending = service.least_recently_checked(
+        Provider.MPESA, limit, Purchase.checkout_request_id.is_not(None)
+    )
     settled = 0
     for purchase in pending:
         if recheck(purchase).status != PurchaseStatus.PENDING:
@@ -290,7 +289,7 @@ def unmatched(limit: int = 100) -> list[UnmatchedPayment]:
 
 def candidates(payment: UnmatchedPayment) -> list[Purchase]:
     """The purchases `payment` may have paid: M-Pesa, not credited, of its phone and amount,
-    with no Daraja id of their own, made in the day before it reached us."""
+    pushed but with no Daraja id of their own, made in the day before it reached us."""
     return list(
         db.session.scalars(
             select(Purchase)
@@ -298,6 +297,7 @@ def candidates(payment: UnmatchedPayment) -> list[Purchase]:
                 Purchase.provider == Provider.MPESA.value,
                 Purchase.status.in_(service.PAYABLE),
                 Purchase.checkout_request_id.is_(None),
+                Purchase.push_started_at.is_not(None),  # a push went out, or may have
                 Purchase.receipt.is_(None),
                 Purchase.phone == payment.phone,
                 Purchase.amount_minor == payment.amount_minor,

@@ -379,6 +379,32 @@ def expire_abandoned(now: datetime | None = None, limit: int = 500) -> int:
     return len(rows)
 
 
+def least_recently_checked(provider: Provider, limit: int, *conditions) -> list[Purchase]:
+    """Pending purchases of `provider` (meeting `conditions`), the least recently asked
+    about first, each marked as asked now."""
+    found = list(
+        db.session.scalars(
+            select(Purchase)
+            .where(
+                Purchase.provider == provider.value,
+                Purchase.status == PurchaseStatus.PENDING.value,
+                *conditions,
+            )
+            .order_by(Purchase.checked_at.asc().nulls_first(), Purchase.id)
+            .limit(limit)
+        )
+    )
+    if found:
+        db.session.execute(
+            update(Purchase)
+            .where(Purchase.id.in_([purchase.id for purchase in found]))
+            .values(checked_at=clock.now())
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+    return found
+
+
 def fresh(purchase_id: int) -> Purchase:
     return db.session.scalars(
         select(Purchase).where(Purchase.id == purchase_id).execution_options(populate_existing=True)

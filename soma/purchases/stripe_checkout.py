@@ -248,17 +248,12 @@ def recheck_stale(now: datetime | None = None, limit: int = 100) -> int:
     if not configured():
         return 0
     now = now or clock.now()
-    rows = db.session.execute(
-        select(Purchase.id, Purchase.checkout_session_id)
-        .where(
-            Purchase.provider == Provider.STRIPE.value,
-            Purchase.status == PurchaseStatus.PENDING.value,
-            Purchase.created_at <= now - NO_SESSION_LIMIT,
+    rows = [
+        (purchase.id, purchase.checkout_session_id)
+        for purchase in service.least_recently_checked(
+            Provider.STRIPE, limit, Purchase.created_at <= now - NO_SESSION_LIMIT
         )
-        .order_by(Purchase.updated_at, Purchase.id)
-        .limit(limit)
-    ).all()
-    db.session.rollback()
+    ]
     settled = 0
     for purchase_id, session_id in rows:
         purchase = service.fresh(purchase_id)
