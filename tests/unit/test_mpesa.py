@@ -306,6 +306,12 @@ def test_an_admin_matches_a_payment_two_purchases_fit_once_and_only_once(
         first = service.start(buyer, quote, service.Provider.MPESA, "k1", phone="254712345678")
         second = service.start(buyer, quote, service.Provider.MPESA, "k2", phone="254712345678")
         first_id, second_id, buyer_id = first.id, second.id, buyer.id
+        db.session.execute(  # both pushed; neither answer came back
+            update(Purchase)
+            .where(Purchase.id.in_([first_id, second_id]))
+            .values(push_started_at=clock_now())
+        )
+        db.session.commit()
     fake_daraja.finish("ws_CO_lost", "0")
     body = callback("ws_CO_lost", "0", amount=1295, receipt="NLJTWO0001")
     assert send(client, body).status_code == 200
