@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import flask_migrate
 import psycopg
 import pytest
+from jinja2 import BytecodeCache
 from psycopg import sql
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
@@ -214,6 +216,8 @@ def postgres_database():
         require("PostgreSQL", f"cannot connect to {url}: {str(error).splitlines()[0]}")
     database = PostgresDatabase(f"soma_test_{os.getpid()}_{secrets.token_hex(3)}")
     admin_sql(f'CREATE DATABASE "{database.name}"')
+    # Commits need not wait for the disk: a test's database outlives no crash.
+    admin_sql(f'ALTER DATABASE "{database.name}" SET synchronous_commit = off')
     try:
         migrate_database(database.url)
         database.snapshot()
@@ -234,11 +238,39 @@ def database_url(backend, request, tmp_path) -> str:
     return database.url
 
 
+class CompiledTemplates(BytecodeCache):
+    """Jinja's compiled templates, kept in memory for the run and shared by every test's app
+    (each app has its own Jinja environment, and would compile each page again). A template
+    whose source changed is compiled afresh: the key includes the source's checksum."""
+
+    def __init__(self):
+        self.compiled = {}
+
+    def load_bytecode(self, bucket):
+        code = self.compiled.get((bucket.key, bucket.checksum))
+        if code is not None:
+            bucket.code = code
+
+    def dump_bytecode(self, bucket):
+        self.compiled[(bucket.key, bucket.checksum)] = bucket.code
+
+
+COMPILED_TEMPLATES = CompiledTemplates()
+
+
+def unsynced_sqlite(dbapi_connection, _record) -> None:
+    """Skip SQLite's fsync on each commit: a test's database outlives no crash."""
+    dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+
 @pytest.fixture
 def app(database_url):
     """An app on a freshly migrated database of the test's backend."""
     app = make_app(database_url)
+    app.jinja_env.bytecode_cache = COMPILED_TEMPLATES
     with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", unsynced_sqlite)
         limiter.reset()
     yield app
     with app.app_context():
