@@ -34,8 +34,9 @@ test: $(VENV)/.installed-dev
 test-unit: $(VENV)/.installed-dev
 	$(BIN)/pytest tests/unit
 
+# every test's PostgreSQL half, tests/postgres/ included
 test-postgres: $(VENV)/.installed-dev
-	$(BIN)/pytest tests/postgres
+	$(BIN)/pytest -m postgres
 
 test-browser: $(VENV)/.installed-dev
 	$(BIN)/pytest tests/browser

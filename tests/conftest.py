@@ -1,16 +1,31 @@
-"""Fixtures for every suite: an app on a freshly migrated SQLite file, its clients, auth."""
+"""Fixtures for every suite: an app on SQLite and on PostgreSQL, its clients, auth.
+
+Every test that uses the database (through `app`, or anything built on it) runs once on
+each backend: `test_x[sqlite]` and `test_x[postgresql]`, the latter marked `postgres`.
+tests/postgres/ runs on PostgreSQL only and tests/browser/ on SQLite only; a test that
+only makes sense on some backends says so with `@pytest.mark.backends("sqlite")`.
+"""
 
 import os
+import secrets
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import flask_migrate
+import psycopg
 import pytest
+from jinja2 import BytecodeCache
+from psycopg import sql
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from werkzeug.security import generate_password_hash
 
 from soma import create_app
 from soma.extensions import db, limiter
+from tests.builders import make_user
 from tests.fakes.stripe_server import FakeStripe
-from tests.helpers import DEFAULT_PASSWORD, FakeClock, make_user, post_form
+from tests.helpers import DEFAULT_PASSWORD, FakeClock, post_form, postgres_server_url, require
 
 TEST_SETTINGS = {
     "SOMA_ENV": "testing",
@@ -35,7 +50,6 @@ def migrate_database(database_url: str) -> None:
 
 def pytest_report_header(config):
     from tests.browser.conftest import CHROMIUM
-    from tests.postgres.conftest import postgres_server_url
 
     ci = "required (CI=true)" if os.environ.get("CI", "").lower() in {"1", "true"} else "optional"
     return [
@@ -44,26 +58,234 @@ def pytest_report_header(config):
     ]
 
 
+TESTS = Path(__file__).parent
+BACKENDS = {
+    "sqlite": pytest.param("sqlite", id="sqlite"),
+    "postgresql": pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+}
+
+
+# Tests that break the database SQLite's way (PRAGMA, SQLite's trigger names), in a module
+# being rewritten on another branch; it should mark them `backends("sqlite")` itself.
+SQLITE_ONLY = {
+    "tests/unit/test_audit_and_demo.py::test_audit_names_an_unbalanced_entry",
+    "tests/unit/test_audit_and_demo.py::test_audit_names_a_hold_closed_with_the_wrong_amount",
+    "tests/unit/test_audit_and_demo.py::test_audit_names_a_negative_balance",
+}
+
+
+def suite_backends(path: Path) -> tuple[str, ...]:
+    """The backends a test file runs on unless a test says otherwise."""
+    if (TESTS / "postgres") in path.parents:
+        return ("postgresql",)  # the PostgreSQL-only suite: races, autocommit
+    if (TESTS / "browser") in path.parents:
+        return ("sqlite",)  # Chromium is slow; the pages' queries run on both in unit/
+    return ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """Run each test that uses the database once per backend."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker:
+        names = marker.args
+    elif metafunc.definition.nodeid in SQLITE_ONLY:
+        names = ("sqlite",)
+    else:
+        names = suite_backends(metafunc.definition.path)
+    metafunc.parametrize("backend", [BACKENDS[name] for name in names], indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out tests a module imported from another: they run where they are written,
+    on every backend, already. (tests/postgres/test_purchases_pg.py still imports some.)"""
+    imported = [
+        item
+        for item in items
+        if isinstance(item, pytest.Function)
+        and item.module is not None
+        and getattr(item.function, "__module__", item.module.__name__) != item.module.__name__
+    ]
+    if imported:
+        config.hook.pytest_deselected(items=imported)
+        left_out = {id(item) for item in imported}
+        items[:] = [item for item in items if id(item) not in left_out]
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """The database this test runs on: "sqlite" or "postgresql"."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory):
-    """A migrated SQLite file, copied for each test."""
+    """A migrated SQLite file (one per xdist worker), copied for each test."""
     path = tmp_path_factory.mktemp("template") / "soma.db"
     migrate_database(f"sqlite:///{path}")
     return path
 
 
+def postgres_database_url(name: str) -> str:
+    """The server URL with its database replaced by `name`."""
+    return make_url(postgres_server_url()).set(database=name).render_as_string(hide_password=False)
+
+
+def admin_sql(statement: str) -> None:
+    """Run one statement on the server's maintenance database, outside a transaction."""
+    with psycopg.connect(postgres_server_url(), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(statement)
+
+
+class PostgresDatabase:
+    """One migrated database for the run (per xdist worker), emptied before each test.
+
+    Emptying is a few milliseconds where cloning a template was a second: every row is
+    deleted (with triggers off, so the append-only ledger tables allow it), the rows the
+    migrations seed (platform wallets, pricing, packages) are put back from a copy in the
+    `soma_test` schema, and every sequence is set back to where the migrations left it.
+    """
+
+    SEED_SCHEMA = "soma_test"
+
+    def __init__(self, name: str):
+        self.name = name
+        self.url = postgres_database_url(name)
+        self.reset_script = sql.SQL("")
+
+    def connect(self):
+        conn_url = make_url(self.url).set(drivername="postgresql")
+        return psycopg.connect(
+            conn_url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+        )
+
+    def snapshot(self) -> None:
+        """Copy the seeded rows and sequence positions; build the script that restores them."""
+        seed = sql.Identifier(self.SEED_SCHEMA)
+        with self.connect() as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename <> 'alembic_version' ORDER BY tablename"
+                )
+            ]
+            sequences = conn.execute(
+                "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+            ).fetchall()
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(seed))
+            tables, seeded = [], []
+            for name in names:
+                table, copy = sql.Identifier("public", name), sql.Identifier(self.SEED_SCHEMA, name)
+                tables.append(table)
+                if conn.execute(sql.SQL("SELECT EXISTS (TABLE {})").format(table)).fetchone()[0]:
+                    conn.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(copy, table))
+                    seeded.append((table, copy))
+        steps = [
+            sql.SQL("SET LOCAL session_replication_role = replica"),
+            sql.SQL("SET LOCAL lock_timeout = '10s'"),
+        ]
+        steps += [sql.SQL("DELETE FROM {}").format(table) for table in tables]
+        steps += [
+            sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE TABLE {}").format(table, copy)
+            for table, copy in seeded
+        ]
+        steps += [
+            sql.SQL("SELECT setval({}, {}, {})").format(
+                sql.Literal(f'public."{name}"'), last or 1, last is not None
+            )
+            for name, last in sequences
+        ]
+        self.reset_script = sql.SQL("BEGIN; {}; COMMIT").format(sql.SQL("; ").join(steps))
+
+    def reset(self) -> None:
+        """Put the database back as the migrations left it."""
+        with self.connect() as conn:
+            conn.execute(self.reset_script)
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """This run's PostgreSQL database, migrated to head; dropped at the end."""
+    url = postgres_server_url()
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            pass
+    except psycopg.Error as error:
+        require("PostgreSQL", f"cannot connect to {url}: {str(error).splitlines()[0]}")
+    database = PostgresDatabase(f"soma_test_{os.getpid()}_{secrets.token_hex(3)}")
+    admin_sql(f'CREATE DATABASE "{database.name}"')
+    # Commits need not wait for the disk: a test's database outlives no crash.
+    admin_sql(f'ALTER DATABASE "{database.name}" SET synchronous_commit = off')
+    try:
+        migrate_database(database.url)
+        database.snapshot()
+        yield database
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
+
+
 @pytest.fixture
-def app(sqlite_template, tmp_path):
-    """An app on its own migrated SQLite file."""
-    path = tmp_path / "soma.db"
-    shutil.copyfile(sqlite_template, path)
-    app = make_app(f"sqlite:///{path}")
+def database_url(backend, request, tmp_path) -> str:
+    """A database as the migrations leave it, on this test's backend."""
+    if backend == "sqlite":
+        path = tmp_path / "soma.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    database = request.getfixturevalue("postgres_database")
+    database.reset()
+    return database.url
+
+
+class CompiledTemplates(BytecodeCache):
+    """Jinja's compiled templates, kept in memory for the run and shared by every test's app
+    (each app has its own Jinja environment, and would compile each page again). A template
+    whose source changed is compiled afresh: the key includes the source's checksum."""
+
+    def __init__(self):
+        self.compiled = {}
+
+    def load_bytecode(self, bucket):
+        code = self.compiled.get((bucket.key, bucket.checksum))
+        if code is not None:
+            bucket.code = code
+
+    def dump_bytecode(self, bucket):
+        self.compiled[(bucket.key, bucket.checksum)] = bucket.code
+
+
+COMPILED_TEMPLATES = CompiledTemplates()
+
+
+def unsynced_sqlite(dbapi_connection, _record) -> None:
+    """Skip SQLite's fsync on each commit: a test's database outlives no crash."""
+    dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+
+@pytest.fixture
+def app(database_url):
+    """An app on a freshly migrated database of the test's backend."""
+    app = make_app(database_url)
+    app.jinja_env.bytecode_cache = COMPILED_TEMPLATES
     with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", unsynced_sqlite)
         limiter.reset()
     yield app
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashes(monkeypatch):
+    """Hash passwords in one round: a real hash takes a third of a second, and every
+    user a test builds or logs in as would pay it. Checking still works the same way."""
+    monkeypatch.setattr(
+        "soma.models.user.generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1"),
+    )
 
 
 @pytest.fixture

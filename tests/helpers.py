@@ -1,18 +1,31 @@
-"""Helpers shared by the suites: service checks, CSRF-aware posting, test data builders."""
+"""Helpers shared by the suites: service checks, CSRF-aware posting, reading balances, clocks.
+
+Test data is built in tests/builders.py; `make_user`, `fund` and `DEFAULT_PASSWORD` are
+importable from here too, for the modules that still import them from here.
+"""
 
 import os
 import re
+import threading
+from collections.abc import Callable
 
 import pytest
 
-from soma.auth import service
-from soma.models import User
+from soma.extensions import db
+from soma.ledger import atomic
+from tests.builders import DEFAULT_PASSWORD, fund, make_user
+
+__all__ = ["DEFAULT_PASSWORD", "fund", "make_user"]  # re-exported from tests.builders
 
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-DEFAULT_PASSWORD = "correct-horse-battery"
+POSTGRES_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 _CSRF_META = re.compile(r'"X-CSRFToken": "([^"]+)"')
+
+
+def postgres_server_url() -> str:
+    """The PostgreSQL server the tests use (SOMA_TEST_POSTGRES_URL), at its maintenance database."""
+    return os.environ.get("SOMA_TEST_POSTGRES_URL", POSTGRES_DEFAULT_URL)
 
 
 def require(service_name: str, reason: str):
@@ -40,38 +53,10 @@ def post_form(client, url: str, data: dict | None = None, page: str | None = Non
     return client.post(url, data={**(data or {}), "csrf_token": csrf_from(html)}, **kwargs)
 
 
-def make_user(
-    role: str = "student",
-    email: str | None = None,
-    name: str | None = None,
-    password: str = DEFAULT_PASSWORD,
-) -> User:
-    """Create a user straight through the service (needs an app context)."""
-    make_user.counter += 1
-    email = email or f"{role}{make_user.counter}@example.com"
-    return service.create_user(email, name or f"{role.title()} {make_user.counter}", password, role)
-
-
-make_user.counter = 0
-
-
-def fund(user_id: int, tokens: int, key: str | None = None, **kwargs):
-    """Credit `tokens` to a user through the ledger, as a purchase (needs an app context)."""
-    from soma import ledger
-
-    fund.counter += 1
-    with ledger.atomic():
-        return ledger.credit(user_id, tokens, key=key or f"test:fund:{fund.counter}", **kwargs)
-
-
-fund.counter = 0
-
-
 def balances(user_id: int) -> tuple[int, int]:
     """The user's (available, locked), read fresh from the database."""
     from sqlalchemy import select
 
-    from soma.extensions import db
     from soma.models import Wallet
 
     row = db.session.execute(
@@ -115,3 +100,45 @@ class ShiftedClock:
         from datetime import timedelta
 
         self.offset += timedelta(seconds=seconds, minutes=minutes)
+
+
+THREAD_TIMEOUT = 60
+
+
+def race(app, work: list[Callable[[], object]], how: dict | None = None):
+    """Run each callable in its own thread and transaction, all released at once.
+
+    Returns, in order, ("ok", result) or ("error", exception) for each. With
+    `how` asking for own transactions, the operations take their own pooled
+    connections, so the session does not hold one of its own.
+    """
+    barrier = threading.Barrier(len(work))
+    outcomes: list[tuple[str, object] | None] = [None] * len(work)
+
+    def run(index: int, fn: Callable[[], object]) -> None:
+        with app.app_context():
+            if not how:
+                db.session.connection()  # connect before the start line, not after it
+            barrier.wait(timeout=THREAD_TIMEOUT)
+            try:
+                with atomic():
+                    outcomes[index] = ("ok", fn())
+            except Exception as error:
+                outcomes[index] = ("error", error)
+
+    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(work)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(THREAD_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads), "a worker hung (deadlock?)"
+    assert all(outcome is not None for outcome in outcomes), outcomes
+    return outcomes
+
+
+def ok(outcomes):
+    return [value for status, value in outcomes if status == "ok"]
+
+
+def errors(outcomes):
+    return [value for status, value in outcomes if status == "error"]

@@ -8,8 +8,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from soma.classes import service
-from tests.browser.test_wallet_browser import log_in
-from tests.helpers import ShiftedClock, balances, fund, make_user
+from tests.browser.actions import log_in
+from tests.builders import fund, make_user
+from tests.helpers import ShiftedClock, balances
 
 
 @pytest.fixture

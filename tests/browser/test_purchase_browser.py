@@ -2,8 +2,9 @@
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_wallet_browser import log_in
-from tests.helpers import balances, make_user
+from tests.browser.actions import log_in
+from tests.builders import make_user
+from tests.helpers import balances
 
 
 def test_a_student_buys_a_package_in_the_sandbox(app, live_server, page: Page):

@@ -6,17 +6,11 @@ from datetime import UTC, datetime, timedelta
 from playwright.sync_api import Page, expect
 
 from soma.models import EntryKind, PlatformAccount
-from tests.helpers import DEFAULT_PASSWORD, balances, fund, make_user
+from tests.browser.actions import log_in
+from tests.builders import fund, make_user
+from tests.helpers import balances
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-def log_in(page: Page, live_server: str, email: str):
-    page.goto(f"{live_server}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(DEFAULT_PASSWORD)
-    page.locator("main form").get_by_role("button", name="Log in").click()
-    expect(page.get_by_test_id("nav-user")).to_be_visible()
 
 
 def test_history_filters_update_the_table_and_the_url_and_back_works(app, live_server, page: Page):

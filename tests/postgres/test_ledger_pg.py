@@ -11,7 +11,6 @@ transaction, committed by `atomic()`, and as a transaction of its own
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -31,55 +30,16 @@ from soma.ledger import (
     transfer,
 )
 from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
-from tests.helpers import make_user
+from tests.builders import fund, make_user
+from tests.helpers import THREAD_TIMEOUT, errors, ok, race
 
 WORKERS_MAX = 20
-THREAD_TIMEOUT = 60
 
 
 @pytest.fixture(params=["session", "own"])
 def how(request) -> dict:
     """How each racing operation runs: in the session's transaction, or in one of its own."""
     return {"own_transaction": True} if request.param == "own" else {}
-
-
-def race(app, work: list[Callable[[], object]], how: dict | None = None):
-    """Run each callable in its own thread and transaction, all released at once.
-
-    Returns, in order, ("ok", result) or ("error", exception) for each. With
-    `how` asking for own transactions, the operations take their own pooled
-    connections, so the session does not hold one of its own.
-    """
-    barrier = threading.Barrier(len(work))
-    outcomes: list[tuple[str, object] | None] = [None] * len(work)
-
-    def run(index: int, fn: Callable[[], object]) -> None:
-        with app.app_context():
-            if not how:
-                db.session.connection()  # connect before the start line, not after it
-            barrier.wait(timeout=THREAD_TIMEOUT)
-            try:
-                with atomic():
-                    outcomes[index] = ("ok", fn())
-            except Exception as error:
-                outcomes[index] = ("error", error)
-
-    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(work)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(THREAD_TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads), "a worker hung (deadlock?)"
-    assert all(outcome is not None for outcome in outcomes), outcomes
-    return outcomes
-
-
-def ok(outcomes):
-    return [value for status, value in outcomes if status == "ok"]
-
-
-def errors(outcomes):
-    return [value for status, value in outcomes if status == "error"]
 
 
 def new_user(role: str = "student") -> int:
@@ -119,8 +79,7 @@ def nothing_negative() -> bool:
 
 def funded_student(tokens: int, key: str) -> int:
     user_id = new_user("student")
-    with atomic():
-        credit(user_id, tokens, key=key)
+    fund(user_id, tokens, key=key)
     return user_id
 
 

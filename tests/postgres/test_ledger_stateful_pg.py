@@ -7,7 +7,7 @@ checked by SQL (SPEC §2): every entry sums to zero, every cached balance is the
 its postings, nothing is negative, and every wallet holds what the model says. Requests
 alternate between the session's transaction and one of their own (`own_transaction`).
 
-The database is one per test; each example starts with new users (and keys) of its own.
+The database starts each test as migrated; each example starts with new users (and keys) of its own.
 """
 
 import itertools
@@ -42,7 +42,7 @@ from soma.ledger import (
     transfer,
 )
 from soma.models import PlatformAccount
-from tests.helpers import make_user
+from tests.builders import make_user
 
 STUDENTS = 3
 EXAMPLES = itertools.count()

@@ -1,8 +1,8 @@
 """Entries of their own on PostgreSQL: one statement in autocommit, apart from the session.
 
-The SQLite tests run here again, where a refusal must fail the statement as a
-whole (soma_refuse_entry, migration 0004) since there is no transaction to roll
-back; then what only PostgreSQL can show.
+tests/unit/test_own_transaction.py runs on PostgreSQL too, where a refusal must fail the
+statement as a whole (soma_refuse_entry, migration 0004) since there is no transaction to
+roll back. Here is what only PostgreSQL can show.
 """
 
 import psycopg
@@ -13,19 +13,18 @@ from sqlalchemy.exc import DBAPIError
 from soma import ledger
 from soma.extensions import db
 from soma.ledger import InsufficientTokens, InvalidPosting
-from soma.models import JournalEntry, Notification
-from tests.helpers import balances, make_user
-from tests.postgres.conftest import postgres_server_url
-from tests.unit.test_own_transaction import (  # noqa: F401 (collected here with the PostgreSQL app)
-    OWN,
-    counts,
-    test_a_class_paid_for_entry_by_entry_moves_every_token_once,
-    test_a_hold_closes_once_whichever_way_it_is_closed,
-    test_a_refused_entry_of_its_own_writes_nothing_and_says_why,
-    test_a_repeated_key_replays_and_other_content_is_refused,
-    test_a_settle_told_the_wrong_hold_writes_nothing,
-    test_an_entry_of_its_own_is_committed_when_the_call_returns,
-)
+from soma.models import JournalEntry, Notification, Posting
+from tests.builders import make_user
+from tests.helpers import balances, postgres_server_url
+
+OWN = {"own_transaction": True}
+
+
+def counts() -> tuple[int, int]:
+    return (
+        db.session.scalar(select(func.count()).select_from(JournalEntry)),
+        db.session.scalar(select(func.count()).select_from(Posting)),
+    )
 
 
 def notifications_of(user_id: int) -> int:

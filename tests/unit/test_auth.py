@@ -1,10 +1,13 @@
 """Sign-up, log-in and log-out, as a user sees them and as they are stored."""
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from soma.extensions import db
 from soma.models import User
-from tests.helpers import DEFAULT_PASSWORD, make_user, post_form
+from tests.builders import DEFAULT_PASSWORD, make_user
+from tests.helpers import post_form
 
 
 def count_users() -> int:
@@ -86,6 +89,28 @@ def test_signup_form_errors_for_bad_email_missing_name_and_mismatch(app, auth):
     assert "The two passwords differ." in page
     with app.app_context():
         assert count_users() == 0
+
+
+def test_signup_login_and_healthz(app, client, auth):
+    response = auth.signup(email="pg@example.com", name="Pat Postgres", role="teacher")
+    assert response.status_code == 302
+    assert "Pat Postgres" in client.get("/teacher").get_data(as_text=True)
+    auth.logout()
+    assert auth.login("PG@example.com").status_code == 302
+    assert client.get("/healthz").get_json() == {"status": "ok", "database": "ok"}
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "pg@example.com"))
+        assert user.role == "teacher"
+        assert user.created_at.tzinfo is not None
+
+
+def test_database_refuses_bad_roles_and_uppercase_email(app):
+    with app.app_context():
+        for email, role in [("ok@example.com", "superuser"), ("Upper@Example.com", "student")]:
+            db.session.add(User(email=email, display_name="X", password_hash="x", role=role))
+            with pytest.raises(IntegrityError):
+                db.session.flush()
+            db.session.rollback()
 
 
 def test_login_and_logout(app, client, auth):

@@ -10,9 +10,11 @@ from sqlalchemy import event, func, select
 
 from soma import ledger
 from soma.classes import service
+from soma.classes.machine import Action
 from soma.extensions import db, limiter
 from soma.models import ClassEvent, ClassSession, JournalEntry
-from tests.helpers import balances, csrf_from, fund, make_user, text_of
+from tests.builders import fund, make_user
+from tests.helpers import balances, csrf_from, text_of
 
 START = "2026-11-24T10:00"
 
@@ -414,6 +416,9 @@ def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
         assert ledger.run_audit() == []
 
 
+# PostgreSQL's read goes through the driver, past these events: there the test is
+# tests/postgres/test_classes_pg.py, read off libpq's protocol trace.
+@pytest.mark.backends("sqlite")
 def test_the_timer_poll_answers_with_one_query(app, client, booked, clock):
     """The hot path: every open class page calls it every second. Its one query reads
     the class and the viewer's row together (on PostgreSQL: see test_classes_pg)."""
@@ -542,4 +547,27 @@ def test_the_audit_recomputes_an_early_ending_from_its_active_time(app, people, 
         assert str(violation) == (
             f"class-settlement: class {booked} is ended_early after 3000 active seconds, "
             "so owes 9 tokens, but paid 1"
+        )
+
+
+def test_the_audit_names_a_class_that_says_it_charged_what_the_ledger_did_not(app, clock):
+    with app.app_context():
+        student, teacher = make_user("student"), make_user("teacher")
+        fund(student.id, 20)
+        session = service.book(
+            student, teacher.id, "Audit", clock.now + timedelta(minutes=5), 60, "a"
+        )
+        service.act(session, Action.START, teacher)
+        clock.advance(minutes=20)
+        service.act(session, Action.END_EARLY, teacher)
+        assert ledger.run_audit() == []
+        db.session.execute(
+            ClassSession.__table__.update()
+            .where(ClassSession.id == session.id)
+            .values(charged_tokens=10)
+        )
+        db.session.commit()
+        (violation,) = ledger.run_audit()
+        assert str(violation) == (
+            f"class-settlement: class {session.id} says it charged 10 tokens but the ledger paid 4"
         )

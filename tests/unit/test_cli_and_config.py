@@ -5,8 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flask_migrate
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from soma.config import ENV_SETTINGS, ConfigError, build_config, database_uri
 from soma.extensions import db
@@ -80,9 +81,24 @@ def test_demo_refuses_production(tmp_path):
     assert "never created in production" in result.output
 
 
+def test_runs_on_each_backend_with_its_driver(app, backend):
+    drivers = {"sqlite": ("sqlite", "pysqlite"), "postgresql": ("postgresql", "psycopg")}
+    with app.app_context():
+        assert (db.engine.dialect.name, db.engine.dialect.driver) == drivers[backend]
+
+
 def test_models_and_migrations_agree(runner):
     result = runner.invoke(args=["db", "check"])
     assert result.exit_code == 0, result.output
+
+
+def test_migrations_downgrade_to_base_and_back(app, runner):
+    with app.app_context():
+        flask_migrate.downgrade(revision="base")
+        assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+        db.session.remove()
+        flask_migrate.upgrade()
+    assert runner.invoke(args=["db", "check"]).exit_code == 0
 
 
 def test_production_needs_a_secret_key_and_a_database(tmp_path):

@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 from soma import ledger
 from soma.extensions import db
 from soma.models import EntryKind, Gift, JournalEntry, Notification
-from tests.helpers import balances, csrf_from, fund, make_user, text_of
+from tests.builders import fund, make_user
+from tests.helpers import balances, csrf_from, text_of
 
 
 def review(client, email, tokens, note=""):

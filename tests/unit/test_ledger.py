@@ -1,4 +1,4 @@
-"""The ledger on SQLite: what each money operation moves, writes and refuses."""
+"""The ledger on each database: what each money operation moves, writes and refuses."""
 
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
@@ -6,14 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
-from werkzeug.security import generate_password_hash
 
 from soma import ledger
 from soma.extensions import db
 from soma.ledger.core import Leg, platform_account, post, user_account
 from soma.ledger.pricing import tokens_value_cents
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
-from tests.helpers import make_user
+from tests.builders import fund, make_user
 
 A, L = Bucket.AVAILABLE, Bucket.LOCKED
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -69,26 +68,12 @@ def entry(entry_id: int) -> JournalEntry:
     return db.session.get(JournalEntry, entry_id)
 
 
-def fund(user_id: int, tokens: int, **kwargs):
-    with ledger.atomic():
-        return ledger.credit(user_id, tokens, key=key("fund"), **kwargs)
-
-
 def snapshot() -> tuple:
     """Everything the ledger holds, to prove a refused operation changed nothing."""
     return (
         db.session.execute(text("SELECT * FROM wallets ORDER BY id")).all(),
         db.session.execute(text("SELECT * FROM journal_entries ORDER BY id")).all(),
         db.session.execute(text("SELECT * FROM postings ORDER BY id")).all(),
-    )
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch):
-    """Passwords play no part here: hash them in one round so that users build fast."""
-    monkeypatch.setattr(
-        "soma.models.user.generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1"),
     )
 
 
@@ -731,7 +716,8 @@ def test_post_writes_a_balanced_adjustment_of_several_legs(student):
 
 
 def test_entries_and_postings_are_append_only(student, teacher):
-    """SQLite's triggers abort with SQLITE_CONSTRAINT, which SQLAlchemy raises as IntegrityError."""
+    """The triggers abort (SQLite: SQLITE_CONSTRAINT, PostgreSQL: restrict_violation), which
+    SQLAlchemy raises as IntegrityError."""
     fund(student, 30)
     with ledger.atomic():
         held = ledger.hold(student, 10, key=key())
@@ -755,7 +741,8 @@ def test_entries_and_postings_are_append_only(student, teacher):
 
 def test_the_database_refuses_a_negative_user_balance(student):
     fund(student, 3)
-    with pytest.raises(IntegrityError, match="CHECK constraint failed"):
+    refusal = "CHECK constraint failed|violates check constraint"  # SQLite's | PostgreSQL's
+    with pytest.raises(IntegrityError, match=refusal):
         db.session.execute(
             text("UPDATE wallets SET available = available - 4 WHERE user_id = :id"),
             {"id": student},

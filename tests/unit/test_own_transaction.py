@@ -1,8 +1,8 @@
 """Entries posted with `own_transaction=True`: written and committed on their own.
 
-On PostgreSQL such an entry is one statement in autocommit, so these tests run
-there too (tests/postgres/test_own_transaction_pg.py); on SQLite it is the usual
-statements in a transaction of their own.
+On PostgreSQL such an entry is one statement in autocommit (what only PostgreSQL can
+show is in tests/postgres/test_own_transaction_pg.py); on SQLite it is the usual
+statements in a transaction of their own. These tests run on both.
 """
 
 import pytest
@@ -12,7 +12,8 @@ from soma import ledger
 from soma.extensions import db
 from soma.ledger import AlreadySettled, IdempotencyConflict, InsufficientTokens, InvalidPosting
 from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
-from tests.helpers import balances, make_user
+from tests.builders import make_user
+from tests.helpers import balances
 
 OWN = {"own_transaction": True}
 

@@ -8,7 +8,8 @@ from soma import ledger
 from soma.extensions import db
 from soma.ledger import InsufficientTokens, InvalidPosting
 from soma.models import JournalEntry, Posting
-from tests.helpers import balances, fund, make_user
+from tests.builders import fund, make_user
+from tests.helpers import balances
 
 
 def counts() -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.builders import make_user
+
 PAGES = {
     "/student": ("student", "Book live classes"),
     "/teacher": ("teacher", "Teach live classes"),
@@ -37,8 +39,6 @@ def test_dashboard_sends_each_role_home(client, auth, role, home):
 
 
 def test_admin_sees_every_user_by_role(client, auth, app):
-    from tests.helpers import make_user
-
     with app.app_context():
         make_user("student", email="s1@example.com")
         make_user("student", email="s2@example.com")

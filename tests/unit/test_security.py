@@ -6,8 +6,9 @@ from sqlalchemy import func, select
 from soma.extensions import db
 from soma.models import User
 from soma.security import is_safe_next
+from tests.builders import DEFAULT_PASSWORD, make_user
 from tests.conftest import make_app
-from tests.helpers import DEFAULT_PASSWORD, csrf_from, make_user
+from tests.helpers import csrf_from
 
 
 def test_post_without_csrf_token_gets_400_and_changes_nothing(app, client):

@@ -6,10 +6,14 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from soma import ledger
-from soma.models import EntryKind, PlatformAccount
-from tests.helpers import balances, fund, make_user, text_of
+from soma.extensions import db
+from soma.models import EntryKind, JournalEntry, PlatformAccount, Wallet
+from soma.wallet.history import history_page
+from tests.builders import fund, make_user
+from tests.helpers import balances, text_of
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -294,3 +298,28 @@ def test_out_of_range_arguments_show_the_page_not_an_error(app, client, auth, ur
     assert response.status_code == 200
     if "history?" in url:
         assert len(entry_ids(response.get_data(as_text=True))) == 1
+
+
+def test_history_keyset_pages_cover_every_entry_once(app):
+    with app.app_context():
+        student_id = make_user("student").id
+        ids = []
+        for i in range(60):
+            # Pairs share an instant, so the entry id must break the tie.
+            ids.append(fund(student_id, 1, now=T0 + timedelta(minutes=i // 2)).id)
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == student_id))
+
+        seen, cursor = [], None
+        while True:
+            page = history_page(wallet_id, cursor=cursor, limit=7)
+            seen += [row.entry_id for row in page.rows]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        created = dict(db.session.execute(select(JournalEntry.id, JournalEntry.created_at)).all())
+        assert seen == sorted(ids, key=lambda i: (created[i], i), reverse=True)
+        assert [row.available_after for row in history_page(wallet_id, limit=3).rows] == [
+            60,
+            59,
+            58,
+        ]
