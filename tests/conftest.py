@@ -98,8 +98,8 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Leave out tests a module imported from another: they run where they are written,
-    on every backend, already. (tests/postgres/test_purchases_pg.py still imports some.)"""
+    """Refuse a test module that imports another's tests: each test runs where it is
+    written, on every backend, and shared steps live in builders.py, buying.py, helpers.py."""
     imported = [
         item
         for item in items
@@ -108,9 +108,8 @@ def pytest_collection_modifyitems(config, items):
         and getattr(item.function, "__module__", item.module.__name__) != item.module.__name__
     ]
     if imported:
-        config.hook.pytest_deselected(items=imported)
-        left_out = {id(item) for item in imported}
-        items[:] = [item for item in items if id(item) not in left_out]
+        names = sorted({item.nodeid.split("[")[0] for item in imported})
+        raise pytest.UsageError(f"tests imported from another test module: {names}")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Purchases on PostgreSQL: the page tests again, and many confirmations racing for one purchase."""
+"""Purchases on PostgreSQL: confirmations, refunds and disputes racing for one purchase."""
 
 from sqlalchemy import select
 
@@ -6,38 +6,11 @@ from soma import ledger
 from soma.extensions import db
 from soma.models import Purchase, PurchaseEvent
 from soma.purchases import service, stripe_checkout
+from tests.builders import make_user
+from tests.buying import checkout, credits_of
+from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
 from tests.fakes.stripe_server import FakeStripe, event, signed
-from tests.helpers import balances, make_user
-from tests.postgres.test_ledger_pg import errors, ok, race
-from tests.unit.test_mpesa import (  # noqa: F401
-    fake_daraja,
-    test_a_paid_callback_is_confirmed_then_credited_once,
-    test_a_receipt_credits_one_purchase_only,
-)
-from tests.unit.test_purchases import (  # noqa: F401 (collected here with the PostgreSQL app)
-    credits_of,
-    student,
-    test_a_custom_amount_costs_ten_cents_a_token,
-    test_a_double_submitted_buy_form_makes_one_purchase,
-    test_a_failed_payment_credits_nothing_until_the_provider_confirms_it,
-    test_a_package_bought_in_the_sandbox_is_credited_with_its_bonus_once,
-    test_another_students_purchase_is_not_found,
-    test_bad_input_is_refused_clearly_and_changes_nothing,
-    test_the_audit_names_a_paid_purchase_that_was_never_credited,
-)
-from tests.unit.test_refunds import (  # noqa: F401
-    test_a_dispute_holds_the_tokens_back_until_it_is_decided,
-    test_a_refund_after_the_tokens_were_spent_flags_the_account_and_never_goes_negative,
-    test_an_admin_refunds_in_part_then_in_full,
-    test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once,
-)
-from tests.unit.test_stripe import (  # noqa: F401
-    SECRET,
-    checkout,
-    test_an_async_payment_is_credited_once_in_either_order,
-    test_the_same_event_five_times_credits_once,
-    test_the_success_page_asks_stripe_and_credits_before_the_webhook,
-)
+from tests.helpers import balances, errors, ok, race
 
 
 def test_ten_confirmations_of_one_purchase_credit_it_once(app, wide_app):

@@ -10,9 +10,10 @@ from soma.extensions import db
 from soma.models import ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment, User
 from soma.providers import daraja
 from soma.purchases import service
+from tests.builders import make_user
+from tests.buying import credits_of, package_id
 from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
-from tests.helpers import balances, csrf_from, make_user, text_of
-from tests.unit.test_purchases import credits_of, package_id
+from tests.helpers import balances, csrf_from, text_of
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
 

@@ -5,30 +5,17 @@ from sqlalchemy import func, select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Notification, Purchase, PurchaseEvent, User
+from soma.models import Notification, Purchase, PurchaseEvent, User
 from soma.purchases import service
+from tests.builders import make_user
+from tests.buying import buy, credits_of, package_id
 from tests.conftest import make_app
-from tests.helpers import balances, csrf_from, make_user, text_of
+from tests.helpers import balances, csrf_from, text_of
 
 
 @pytest.fixture
 def student(app, auth):
     return auth.login_as("student", name="Pat Payer")
-
-
-def buy(client, package=None, custom=None, provider="sandbox", key="buy-1"):
-    page = client.get("/buy/").get_data(as_text=True)
-    data = {"csrf_token": csrf_from(page), "provider": provider, "key": key}
-    if package is not None:
-        data["package"] = package
-    if custom is not None:
-        data["package"], data["custom_tokens"] = "custom", custom
-    return client.post("/buy/", data=data)
-
-
-def package_id(app, tokens: int) -> int:
-    with app.app_context():
-        return next(q.package_id for q in service.package_quotes() if q.tokens == tokens)
 
 
 def sandbox(client, purchase_id: int, outcome: str):
@@ -41,17 +28,6 @@ def sandbox(client, purchase_id: int, outcome: str):
 def purchase_id_of(response) -> int:
     assert response.status_code == 303, response.get_data(as_text=True)
     return int(response.headers["Location"].rstrip("/").rsplit("/", 1)[1])
-
-
-def credits_of(app, purchase_id: int) -> list[tuple[str, int]]:
-    with app.app_context():
-        rows = db.session.execute(
-            select(JournalEntry.kind, JournalEntry.tokens)
-            .where(JournalEntry.reference_type == "purchase")
-            .where(JournalEntry.reference_id == purchase_id)
-            .order_by(JournalEntry.id)
-        ).all()
-        return [tuple(row) for row in rows]
 
 
 def test_the_buy_page_offers_the_packages_a_custom_amount_and_the_sandbox(client, student):

@@ -18,9 +18,10 @@ from soma.models import (
     Wallet,
 )
 from soma.purchases import reversals, service
+from tests.builders import make_user
+from tests.buying import checkout, post_event
 from tests.fakes.stripe_server import event
-from tests.helpers import balances, csrf_from, make_user, text_of
-from tests.unit.test_stripe import checkout, post_event
+from tests.helpers import balances, csrf_from, text_of
 
 
 def paid_purchase(app, tokens: int = 250) -> tuple[int, int]:

@@ -18,9 +18,10 @@ from soma import ledger
 from soma.extensions import db
 from soma.models import PlatformAccount, Purchase, User, Wallet
 from soma.purchases import reversals, service, stripe_checkout
+from tests.builders import make_user
 from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.fakes.stripe_server import event, signed
-from tests.helpers import balances, make_user
+from tests.helpers import balances
 
 PACKAGE = 250  # 250 tokens + 10 bonus for $25.00
 WHOLE = 2500

@@ -13,36 +13,15 @@ from sqlalchemy import select
 from soma import ledger
 from soma.extensions import db
 from soma.models import Purchase, PurchaseEvent
+from tests.buying import buy, checkout, credits_of, package_id, post_event
 from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import balances, text_of
-from tests.unit.test_purchases import buy, credits_of, package_id
 
 
 @pytest.fixture
 def student(app, auth, stripe_on):
     return auth.login_as("student", name="Cara Card")
-
-
-def checkout(app, client, tokens=100) -> tuple[int, str]:
-    """Buy a package by card; return the purchase id and its Checkout Session id."""
-    response = buy(client, package=package_id(app, tokens), provider="stripe", key=f"k{tokens}")
-    assert response.status_code == 303, text_of(response.get_data(as_text=True))
-    session_id = response.headers["Location"].rsplit("/", 1)[1]
-    with app.app_context():
-        purchase = db.session.scalars(
-            select(Purchase).where(Purchase.checkout_session_id == session_id)
-        ).one()
-        return purchase.id, session_id
-
-
-def post_event(client, payload: dict, secret: str = SECRET, timestamp: int | None = None):
-    body, header = signed(payload, secret, timestamp)
-    return client.post(
-        "/webhooks/stripe",
-        data=body,
-        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
-    )
 
 
 def status_of(app, purchase_id: int) -> str:

@@ -1,0 +1,57 @@
+"""Buying tokens as a student's browser does: the buy form, Stripe's checkout and webhook."""
+
+from sqlalchemy import select
+
+from soma.extensions import db
+from soma.models import JournalEntry, Purchase
+from soma.purchases import service
+from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
+from tests.fakes.stripe_server import signed
+from tests.helpers import csrf_from, text_of
+
+
+def buy(client, package=None, custom=None, provider="sandbox", key="buy-1"):
+    page = client.get("/buy/").get_data(as_text=True)
+    data = {"csrf_token": csrf_from(page), "provider": provider, "key": key}
+    if package is not None:
+        data["package"] = package
+    if custom is not None:
+        data["package"], data["custom_tokens"] = "custom", custom
+    return client.post("/buy/", data=data)
+
+
+def package_id(app, tokens: int) -> int:
+    with app.app_context():
+        return next(q.package_id for q in service.package_quotes() if q.tokens == tokens)
+
+
+def credits_of(app, purchase_id: int) -> list[tuple[str, int]]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "purchase")
+            .where(JournalEntry.reference_id == purchase_id)
+            .order_by(JournalEntry.id)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+def checkout(app, client, tokens=100) -> tuple[int, str]:
+    """Buy a package by card; return the purchase id and its Checkout Session id."""
+    response = buy(client, package=package_id(app, tokens), provider="stripe", key=f"k{tokens}")
+    assert response.status_code == 303, text_of(response.get_data(as_text=True))
+    session_id = response.headers["Location"].rsplit("/", 1)[1]
+    with app.app_context():
+        purchase = db.session.scalars(
+            select(Purchase).where(Purchase.checkout_session_id == session_id)
+        ).one()
+        return purchase.id, session_id
+
+
+def post_event(client, payload: dict, secret: str = SECRET, timestamp: int | None = None):
+    body, header = signed(payload, secret, timestamp)
+    return client.post(
+        "/webhooks/stripe",
+        data=body,
+        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+    )
