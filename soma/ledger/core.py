@@ -70,7 +70,7 @@ from soma.ledger.errors import (
     InvalidPosting,
     LedgerError,
 )
-from soma.ledger.pricing import pricing_in_force_query
+from soma.ledger.pricing import value_cents_sql
 from soma.models import (
     Bucket,
     EntryKind,
@@ -78,7 +78,6 @@ from soma.models import (
     PlatformAccount,
     Posting,
     PricingUserType,
-    TokenPricing,
     UTCDateTime,
     Wallet,
     utcnow,
@@ -168,12 +167,6 @@ def _validate(kind: str, key: str, tokens: int, legs: list[Leg]) -> None:
         raise InvalidPosting("an entry posts once to each bucket of a wallet")
 
 
-def _value_cents(user_type: str, tokens, at):
-    """SQL for the value of `tokens` at the rate in force at `at`, rounded half up."""
-    cents = (tokens * TokenPricing.usd_cents * 2 + TokenPricing.tokens) // (TokenPricing.tokens * 2)
-    return pricing_in_force_query(user_type, at).with_only_columns(cents).scalar_subquery()
-
-
 # Every statement is built once, with bound parameters (named `p_...`), so that
 # SQLAlchemy's compiled cache and psycopg's prepared statements serve every entry.
 
@@ -197,8 +190,8 @@ def _entry_insert(dialect_module, binds: dict):
             idempotency_key=bindparam("p_key", type_=String()),
             request_digest=bindparam("p_digest", type_=String()),
             tokens=tokens,
-            usd_cents=_value_cents(PricingUserType.STUDENT, tokens, now),
-            teacher_usd_cents=_value_cents(PricingUserType.TEACHER, tokens, now),
+            usd_cents=value_cents_sql(PricingUserType.STUDENT, tokens, now),
+            teacher_usd_cents=value_cents_sql(PricingUserType.TEACHER, tokens, now),
             reference_type=bindparam("p_reference_type", type_=String()),
             reference_id=bindparam("p_reference_id", type_=BigInteger()),
             closes_entry_id=bindparam("p_closes_entry_id", type_=BigInteger()),

@@ -32,7 +32,6 @@ from soma.models.purchase import (
 )
 from soma.money import tokens
 from soma.notifications.service import notify
-from soma.purchases import audit as _audit  # noqa: F401 (registers the audit's purchase check)
 
 P = PurchaseStatus
 # A payment the provider confirms is credited even after we gave up waiting:

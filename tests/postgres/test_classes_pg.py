@@ -7,7 +7,7 @@ from datetime import timedelta
 import psycopg
 from sqlalchemy import event, select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.classes import service
 from soma.classes.machine import Action, InvalidMove
 from soma.extensions import db
@@ -85,7 +85,7 @@ def test_ten_threads_completing_sweeping_and_polling_one_due_class_settle_it_onc
         )
         assert balances(student_id) == (40, 0)
         assert balances(teacher_id) == (10, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_the_audit_names_a_class_that_says_it_charged_what_the_ledger_did_not(app, clock):
@@ -98,14 +98,14 @@ def test_the_audit_names_a_class_that_says_it_charged_what_the_ledger_did_not(ap
         service.act(session, Action.START, teacher)
         clock.advance(minutes=20)
         service.act(session, Action.END_EARLY, teacher)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
         db.session.execute(
             ClassSession.__table__.update()
             .where(ClassSession.id == session.id)
             .values(charged_tokens=10)
         )
         db.session.commit()
-        (violation,) = ledger.run_audit()
+        (violation,) = run_audit()
         assert str(violation) == (
             f"class-settlement: class {session.id} says it charged 10 tokens but the ledger paid 4"
         )

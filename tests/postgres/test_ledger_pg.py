@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.ledger import (
     AlreadySettled,
@@ -26,7 +27,6 @@ from soma.ledger import (
     credit,
     hold,
     release,
-    run_audit,
     settle,
     transfer,
 )

@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import func, select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import Purchase
 from soma.purchases import daraja
@@ -109,7 +109,7 @@ def test_a_paid_callback_is_confirmed_then_credited_once(app, client, student, f
     assert credits_of(app, purchase_id) == [("purchase", 100)]
     with app.app_context():
         assert balances(student.id) == (100, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     history = text_of(client.get("/buy/purchases").get_data(as_text=True))
     assert "100 tokens KES 1,295 M-Pesa Paid NLJ7RT61SV" in history
 

@@ -2,15 +2,14 @@
 
 from sqlalchemy import case, func, select
 
+from soma.audit.violation import Violation
 from soma.extensions import db
-from soma.ledger.audit import Violation, audit_check
 from soma.models import EntryKind, JournalEntry, Purchase
 from soma.models.purchase import PurchaseStatus
 
 CREDITED = (PurchaseStatus.PAID, PurchaseStatus.REFUNDED, PurchaseStatus.DISPUTED)
 
 
-@audit_check
 def purchases_credited_exactly_once() -> list[Violation]:
     """A paid purchase has one purchase entry of its tokens and, if it has a bonus, one
     bonus entry of it; a purchase never paid has neither."""
