@@ -21,6 +21,7 @@ CHECKS: list[Callable[[], list[Violation]]] = [
     ledger.entry_tokens_match_postings,
     ledger.postings_repeat_their_entry,
     ledger.entry_values_match_pricing,
+    ledger.posting_chains_hold,
     classes.classes_settle_exactly_once,
     classes.class_entries_name_a_class,
     classes.class_entries_move_its_own_parties_tokens,

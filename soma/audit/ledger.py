@@ -9,6 +9,7 @@ from sqlalchemy.orm import aliased
 
 from soma.audit.violation import Violation
 from soma.extensions import db
+from soma.ledger.core import chain_link
 from soma.ledger.operations import HOLD_KINDS
 from soma.ledger.pricing import value_cents_sql
 from soma.models import (
@@ -19,6 +20,9 @@ from soma.models import (
     PricingUserType,
     Wallet,
 )
+
+# Postings read at a time while the chains are recomputed: memory stays bounded.
+CHAIN_BATCH = 5000
 
 # Kinds whose tokens are what the payee got: the held tokens less those returned.
 SETTLE_KINDS = (EntryKind.CLASS_SETTLE.value, EntryKind.WITHDRAWAL_PAID.value)
@@ -248,4 +252,81 @@ def entry_values_match_pricing() -> list[Violation]:
             f"then makes it {student_cents} and {teacher_cents}",
         )
         for entry_id, usd, teacher_usd, student_cents, teacher_cents in rows
+    ]
+
+
+def posting_chains_hold() -> list[Violation]:
+    """Recompute every wallet's hash chain (see soma.ledger.core) and name, per wallet,
+    the first broken link: a posting edited past the append-only triggers no longer
+    hashes to what it says, though every balance may still add up. Seq has no gaps."""
+    rows = db.session.execute(
+        select(
+            Posting.wallet_id,
+            Posting.seq,
+            Posting.id,
+            Posting.entry_id,
+            Posting.bucket,
+            Posting.amount,
+            Posting.available_after,
+            Posting.locked_after,
+            Posting.hash,
+        )
+        .order_by(Posting.wallet_id, Posting.seq)
+        .execution_options(yield_per=CHAIN_BATCH)
+    )
+    found = []
+    wallet_id, seq, link, broken = None, 0, "", False
+    for row in rows:
+        if row.wallet_id != wallet_id:
+            wallet_id, seq, link, broken = row.wallet_id, 0, "", False
+        if broken:
+            continue
+        if row.seq != seq + 1:
+            found.append(
+                Violation(
+                    "posting-chain",
+                    f"wallet {wallet_id} jumps from seq {seq} to seq {row.seq} (posting {row.id})",
+                )
+            )
+            broken = True
+            continue
+        seq = row.seq
+        content = (row.bucket, row.amount, row.available_after, row.locked_after)
+        link = chain_link(link, row.entry_id, wallet_id, seq, *content)
+        if link != row.hash:
+            found.append(
+                Violation(
+                    "posting-chain",
+                    f"wallet {wallet_id} breaks at seq {seq} (posting {row.id}): its content "
+                    "and the chain before it do not hash to its hash",
+                )
+            )
+            broken = True
+    return found + _heads_not_last_postings()
+
+
+def _heads_not_last_postings() -> list[Violation]:
+    """Each wallet's chain head is its last posting's seq and hash (0 and '' if none)."""
+    last_seq = (
+        select(Posting.wallet_id, func.max(Posting.seq).label("seq"))
+        .group_by(Posting.wallet_id)
+        .subquery()
+    )
+    last = aliased(Posting)
+    seq = func.coalesce(last_seq.c.seq, 0)
+    link = func.coalesce(last.hash, "")
+    rows = db.session.execute(
+        select(Wallet.id, Wallet.head_seq, seq)
+        .outerjoin(last_seq, last_seq.c.wallet_id == Wallet.id)
+        .outerjoin(last, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
+        .where(or_(Wallet.head_seq != seq, Wallet.head_hash != link))
+        .order_by(Wallet.id)
+    ).all()
+    return [
+        Violation(
+            "posting-chain",
+            f"wallet {wallet_id}'s head says seq {head_seq} but its last posting is seq "
+            f"{last_posted}, or their hashes differ",
+        )
+        for wallet_id, head_seq, last_posted in rows
     ]

@@ -119,13 +119,19 @@ def test_audit_names_an_unbalanced_entry(ctx, runner):
 
     violations = run_audit()
     assert Violation("entry-unbalanced", f"entry {entry_id} postings sum to 1, not 0") in violations
-    # The student's posting now says 51 tokens came in, so the entry's 50 disagree too.
-    assert checks(violations) == {"entry-unbalanced", "balance-mismatch", "entry-tokens-mismatch"}
+    # The student's posting now says 51 tokens came in, so the entry's 50 disagree too,
+    # and the posting no longer hashes to its link in the wallet's chain.
+    assert checks(violations) == {
+        "entry-unbalanced",
+        "balance-mismatch",
+        "entry-tokens-mismatch",
+        "posting-chain",
+    }
     assert any(f"wallet {wallet_id} (user {student})" in v.detail for v in violations)
 
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 1
-    assert "Audit FAILED: 3 violation(s)." in result.stderr
+    assert "Audit FAILED: 4 violation(s)." in result.stderr
     assert f"entry-unbalanced: entry {entry_id} postings sum to 1, not 0" in result.stderr
 
 
@@ -151,7 +157,12 @@ def test_audit_names_a_hold_closed_with_the_wrong_amount(ctx):
         )
         in violations
     )
-    assert checks(violations) == {"hold-closed-wrong", "entry-unbalanced", "balance-mismatch"}
+    assert checks(violations) == {
+        "hold-closed-wrong",
+        "entry-unbalanced",
+        "balance-mismatch",
+        "posting-chain",
+    }
 
 
 def test_audit_names_an_entry_without_postings(ctx, runner):
