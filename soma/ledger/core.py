@@ -38,8 +38,9 @@ consecutive numbers, available first, each chained to the one before. The
 wallet row keeps the head (`head_seq`, `head_hash`) and the hash before it
 (`prior_hash`), which PostgreSQL's UPDATE ... RETURNING, seeing new values
 only, needs for an entry's first of two postings. The same encoding is computed
-in SQL on PostgreSQL (`_link_sql`), in Python on SQLite and by the audit
-(`chain_link`); a posting edited past the append-only triggers no longer hashes
+in SQL on PostgreSQL (`soma_link` and `soma_links`, migration 0009, called from
+the wallet's UPDATE), and in Python on SQLite and by the audit (`chain_link`,
+`wallet_links`); a posting edited past the append-only triggers no longer hashes
 to what it says, and the audit names the first such link.
 
 The fixed lock order holds within one entry; a transaction that posts several

@@ -129,3 +129,46 @@ def test_an_upgraded_database_chains_its_postings_as_the_ledger_would_have(app):
         with pytest.raises(Exception, match="append-only"):
             db.session.execute(text("UPDATE postings SET amount = 1"))
         db.session.rollback()
+
+
+def test_the_audits_ledger_checks_name_corruptions_on_postgresql_too(app):
+    """locked-not-open-holds, entry-tokens-mismatch and entry-value-mismatch, as SQL there."""
+    with app.app_context():
+        student = funded_student(50)
+        with ledger.atomic():
+            hold = ledger.hold(student, 10, key="hold")
+        with ledger.atomic():
+            ledger.release(hold.id, key="release")
+        assert run_audit() == []
+        db.session.execute(
+            text("ALTER TABLE journal_entries DISABLE TRIGGER journal_entries_append_only")
+        )
+        db.session.execute(
+            text(
+                "UPDATE journal_entries SET closes_entry_id = NULL "
+                "WHERE idempotency_key = 'release'"
+            )
+        )
+        db.session.execute(
+            text("UPDATE journal_entries SET tokens = 9 WHERE idempotency_key = 'hold'")
+        )
+        db.session.execute(
+            text("ALTER TABLE journal_entries ENABLE TRIGGER journal_entries_append_only")
+        )
+        db.session.commit()
+        own = wallet(student)
+        assert run_audit() == [
+            Violation(
+                "locked-not-open-holds",
+                f"wallet {own.id} (user {student}) has 0 locked but its open holds lock 10",
+            ),
+            Violation(
+                "entry-tokens-mismatch",
+                f"class_hold entry {hold.id} says 9 tokens but its postings move 10",
+            ),
+            Violation(
+                "entry-value-mismatch",
+                f"entry {hold.id} is worth 100 and 40 cents but the pricing in force then makes "
+                "it 90 and 36",
+            ),
+        ]
