@@ -9,9 +9,9 @@ walks (wallet_id, seq) and (wallet_id, kind, seq) instead of the created_at
 indexes.
 
 PostgreSQL computes the links inside the entry's one statement, under the
-wallet's row lock, with `soma_link`, `soma_links` and their two views
-`soma_head` / `soma_prior` (the new head and the hash before it once an entry
-posted to the wallet as it was).
+wallet's row lock, with `soma_link` (one link) and `soma_head` / `soma_prior`
+(the wallet's new head, and the hash before it, once an entry posted to the
+wallet as it was). All three are plain SQL, so the planner can inline them.
 
 Existing postings are chained here, per wallet in order of posting id (the
 order they were written in: a wallet's row lock was held from its UPDATE to
@@ -45,43 +45,33 @@ CREATE FUNCTION soma_link(previous text, entry_id bigint, wallet_id integer, seq
     AS $$ SELECT encode(sha256(convert_to(concat_ws('|', previous, entry_id, wallet_id, seq,
         bucket, amount, available_after, locked_after), 'UTF8')), 'hex') $$;
 
-CREATE FUNCTION soma_links(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
-    RETURNS text[] LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    seq bigint := w.head_seq;
-    prior text := w.head_hash;
-    head text := w.head_hash;
-BEGIN
-    -- A bucket with a delta of 0 is not posted to; available chains before locked.
-    IF d_available <> 0 THEN
-        seq := seq + 1;
-        prior := head;
-        head := soma_link(prior, entry_id, w.id, seq, 'available', d_available,
-                          w.available + d_available, w.locked + d_locked);
-    END IF;
-    IF d_locked <> 0 THEN
-        seq := seq + 1;
-        prior := head;
-        head := soma_link(prior, entry_id, w.id, seq, 'locked', d_locked,
-                          w.available + d_available, w.locked + d_locked);
-    END IF;
-    RETURN ARRAY[prior, head];
-END
-$$;
-
-CREATE FUNCTION soma_head(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
-    RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT (soma_links(w, entry_id, d_available, d_locked))[2] $$;
-
+-- The hash before that head: the entry's first posting of two, else the old head.
 CREATE FUNCTION soma_prior(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
-    RETURNS text LANGUAGE sql IMMUTABLE
-    AS $$ SELECT (soma_links(w, entry_id, d_available, d_locked))[1] $$;
+    RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN d_available <> 0 AND d_locked <> 0 THEN soma_link(w.head_hash, entry_id, w.id,
+            w.head_seq + 1, 'available', d_available, w.available + d_available,
+            w.locked + d_locked)
+        ELSE w.head_hash
+    END $$;
+
+-- The wallet's new head once an entry posts d_available and d_locked (0: that bucket is
+-- not posted to) to w, the wallet as it was: available chains first, then locked.
+CREATE FUNCTION soma_head(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
+    RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN d_locked = 0 THEN soma_link(w.head_hash, entry_id, w.id, w.head_seq + 1,
+            'available', d_available, w.available + d_available, w.locked + d_locked)
+        WHEN d_available = 0 THEN soma_link(w.head_hash, entry_id, w.id, w.head_seq + 1,
+            'locked', d_locked, w.available + d_available, w.locked + d_locked)
+        ELSE soma_link(soma_prior(w, entry_id, d_available, d_locked), entry_id, w.id,
+            w.head_seq + 2, 'locked', d_locked, w.available + d_available, w.locked + d_locked)
+    END $$;
 """
 
 DROP_LINK_FUNCTIONS = """
 DROP FUNCTION soma_prior(wallets, bigint, bigint, bigint);
 DROP FUNCTION soma_head(wallets, bigint, bigint, bigint);
-DROP FUNCTION soma_links(wallets, bigint, bigint, bigint);
 DROP FUNCTION soma_link(text, bigint, integer, bigint, text, bigint, bigint, bigint);
 """
 

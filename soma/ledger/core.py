@@ -38,8 +38,8 @@ consecutive numbers, available first, each chained to the one before. The
 wallet row keeps the head (`head_seq`, `head_hash`) and the hash before it
 (`prior_hash`), which PostgreSQL's UPDATE ... RETURNING, seeing new values
 only, needs for an entry's first of two postings. The same encoding is computed
-in SQL on PostgreSQL (`soma_link` and `soma_links`, migration 0009, called from
-the wallet's UPDATE), and in Python on SQLite and by the audit (`chain_link`,
+in SQL on PostgreSQL (`soma_link`, `soma_head` and `soma_prior`, migration 0009,
+called from the wallet's UPDATE), and in Python on SQLite and by the audit (`chain_link`,
 `wallet_links`); a posting edited past the append-only triggers no longer hashes
 to what it says, and the audit names the first such link.
 
@@ -212,7 +212,7 @@ def wallet_links(
     """The (seq, hash) of each posting an entry makes to one wallet, in BUCKET_ORDER.
 
     `deltas` maps a bucket to its amount, `after` is (available, locked) once the
-    entry applied. What `soma_links` (migration 0009) computes in PostgreSQL.
+    entry applied. What `soma_head` and `soma_prior` (migration 0009) compute in PostgreSQL.
     """
     links = []
     for bucket in BUCKET_ORDER:
