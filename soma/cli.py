@@ -8,6 +8,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from soma import ledger
+from soma.audit import run_audit
 from soma.auth import service
 from soma.errors import SomaError
 from soma.extensions import db
@@ -85,7 +86,7 @@ def _give_demo_bonus(user_id: int) -> None:
 @soma_cli.command("audit")
 def audit() -> None:
     """Check the ledger's invariants; exit 1 naming each violation, or 0 when all hold."""
-    violations = ledger.run_audit()
+    violations = run_audit()
     if not violations:
         click.echo("Audit passed: every ledger invariant holds.")
         return

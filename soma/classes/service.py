@@ -21,7 +21,6 @@ from sqlalchemy import and_, bindparam, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, transitions
-from soma.classes import audit as _audit  # noqa: F401 (registers the audit's class check)
 from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Move, decide, due
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db

@@ -3,16 +3,15 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from soma import ledger
 from soma.auth.service import find_user_by_email
 from soma.errors import FieldRefusal
 from soma.extensions import db
-from soma.ledger.audit import Violation, audit_check
 from soma.ledger.pricing import tokens_value_cents
-from soma.models import EntryKind, Gift, JournalEntry, PricingUserType, Role, User
+from soma.models import EntryKind, Gift, PricingUserType, Role, User
 from soma.notifications.service import notify
 from soma.wallet.service import wallet_of
 
@@ -154,50 +153,3 @@ def _first_outcome(key: str, email: str, tokens: int, note: str) -> Gift | None:
 def _memo(sender: User, recipient: User, note: str) -> str:
     memo = f"Gift from {sender.display_name} to {recipient.display_name}"
     return f"{memo}: {note}" if note else memo
-
-
-@audit_check
-def gifts_transferred_once() -> list[Violation]:
-    """Every gift moved its tokens in one GIFT entry; every entry naming a gift names a real one."""
-    entries = (
-        select(
-            JournalEntry.reference_id.label("gift_id"),
-            func.count().label("count"),
-            func.sum(JournalEntry.tokens).label("tokens"),
-        )
-        .where(JournalEntry.kind == EntryKind.GIFT, JournalEntry.reference_type == "gift")
-        .group_by(JournalEntry.reference_id)
-        .subquery()
-    )
-    rows = db.session.execute(
-        select(Gift.id, Gift.tokens, entries.c.count, entries.c.tokens)
-        .outerjoin(entries, entries.c.gift_id == Gift.id)
-        .where(
-            or_(
-                entries.c.count.is_(None),
-                entries.c.count != 1,
-                entries.c.tokens != Gift.tokens,
-            )
-        )
-    ).all()
-    found = [
-        Violation(
-            "gift-not-transferred-once",
-            f"gift {gift_id} of {tokens} tokens has {count or 0} GIFT entries "
-            f"moving {moved or 0} tokens",
-        )
-        for gift_id, tokens, count, moved in rows
-    ]
-    orphans = db.session.execute(
-        select(JournalEntry.id)
-        .outerjoin(
-            Gift,
-            and_(JournalEntry.reference_type == "gift", JournalEntry.reference_id == Gift.id),
-        )
-        .where(JournalEntry.reference_type == "gift", Gift.id.is_(None))
-    ).scalars()
-    found += [
-        Violation("gift-entry-without-gift", f"entry {entry_id} names a gift that does not exist")
-        for entry_id in orphans
-    ]
-    return found

@@ -1,6 +1,5 @@
 """The ledger: the only writer of money. Views, webhooks and commands call these."""
 
-from soma.ledger.audit import Violation, run_audit
 from soma.ledger.core import PostedEntry, atomic, open_wallet
 from soma.ledger.errors import (
     AlreadySettled,
@@ -24,7 +23,6 @@ __all__ = [
     "InvalidPosting",
     "LedgerError",
     "PostedEntry",
-    "Violation",
     "atomic",
     "class_cost",
     "credit",
@@ -34,7 +32,6 @@ __all__ = [
     "open_wallet",
     "publish_pricing",
     "release",
-    "run_audit",
     "settle",
     "tokens_value_cents",
     "transfer",

@@ -24,6 +24,25 @@ entry's one statement in autocommit, one round trip in all; the statement
 raises (see migration 0004) rather than return a refusal, so a refused entry
 writes nothing.
 
+Every posting is a link in its wallet's chain. Under the wallet's row lock (the
+UPDATE of step 2) the posting draws the wallet's next sequence number and hashes
+the wallet's head with its own content:
+
+    hash = hex(SHA-256(UTF-8("|".join([previous hash, entry id, wallet id, seq,
+                                        bucket, amount, available after, locked after]))))
+
+integers in decimal with a leading "-" when negative, the previous hash as 64
+lowercase hex digits ('' for a wallet's first posting). An entry posting both
+buckets of one wallet (a hold, a release, a settle's payer) gives them
+consecutive numbers, available first, each chained to the one before. The
+wallet row keeps the head (`head_seq`, `head_hash`) and the hash before it
+(`prior_hash`), which PostgreSQL's UPDATE ... RETURNING, seeing new values
+only, needs for an entry's first of two postings. The same encoding is computed
+in SQL on PostgreSQL (`soma_link`, `soma_head` and `soma_prior`, migration 0009,
+called from the wallet's UPDATE), and in Python on SQLite and by the audit (`chain_link`,
+`wallet_links`); a posting edited past the append-only triggers no longer hashes
+to what it says, and the audit names the first such link.
+
 The fixed lock order holds within one entry; a transaction that posts several
 entries touching the same wallets in different orders can deadlock (PostgreSQL
 then aborts it and nothing moves), so a money operation is best one entry per
@@ -32,6 +51,7 @@ transaction.
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +71,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -70,7 +91,7 @@ from soma.ledger.errors import (
     InvalidPosting,
     LedgerError,
 )
-from soma.ledger.pricing import pricing_in_force_query
+from soma.ledger.pricing import value_cents_sql
 from soma.models import (
     Bucket,
     EntryKind,
@@ -78,7 +99,6 @@ from soma.models import (
     PlatformAccount,
     Posting,
     PricingUserType,
-    TokenPricing,
     UTCDateTime,
     Wallet,
     utcnow,
@@ -168,10 +188,41 @@ def _validate(kind: str, key: str, tokens: int, legs: list[Leg]) -> None:
         raise InvalidPosting("an entry posts once to each bucket of a wallet")
 
 
-def _value_cents(user_type: str, tokens, at):
-    """SQL for the value of `tokens` at the rate in force at `at`, rounded half up."""
-    cents = (tokens * TokenPricing.usd_cents * 2 + TokenPricing.tokens) // (TokenPricing.tokens * 2)
-    return pricing_in_force_query(user_type, at).with_only_columns(cents).scalar_subquery()
+BUCKET_ORDER = (Bucket.AVAILABLE.value, Bucket.LOCKED.value)  # within one wallet's entry
+
+
+def chain_link(
+    previous: str,
+    entry_id: int,
+    wallet_id: int,
+    seq: int,
+    bucket: str,
+    amount: int,
+    available_after: int,
+    locked_after: int,
+) -> str:
+    """The hash of one posting chained to `previous` (see the module's docstring)."""
+    fields = (previous, entry_id, wallet_id, seq, bucket, amount, available_after, locked_after)
+    return hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()
+
+
+def wallet_links(
+    head_seq: int, head_hash: str, wallet_id: int, entry_id: int, deltas: dict, after: tuple
+) -> list[tuple[int, str]]:
+    """The (seq, hash) of each posting an entry makes to one wallet, in BUCKET_ORDER.
+
+    `deltas` maps a bucket to its amount, `after` is (available, locked) once the
+    entry applied. What `soma_head` and `soma_prior` (migration 0009) compute in PostgreSQL.
+    """
+    links = []
+    for bucket in BUCKET_ORDER:
+        if deltas.get(bucket):
+            head_seq += 1
+            head_hash = chain_link(
+                head_hash, entry_id, wallet_id, head_seq, bucket, deltas[bucket], *after
+            )
+            links.append((head_seq, head_hash))
+    return links
 
 
 # Every statement is built once, with bound parameters (named `p_...`), so that
@@ -197,8 +248,8 @@ def _entry_insert(dialect_module, binds: dict):
             idempotency_key=bindparam("p_key", type_=String()),
             request_digest=bindparam("p_digest", type_=String()),
             tokens=tokens,
-            usd_cents=_value_cents(PricingUserType.STUDENT, tokens, now),
-            teacher_usd_cents=_value_cents(PricingUserType.TEACHER, tokens, now),
+            usd_cents=value_cents_sql(PricingUserType.STUDENT, tokens, now),
+            teacher_usd_cents=value_cents_sql(PricingUserType.TEACHER, tokens, now),
             reference_type=bindparam("p_reference_type", type_=String()),
             reference_id=bindparam("p_reference_id", type_=BigInteger()),
             closes_entry_id=bindparam("p_closes_entry_id", type_=BigInteger()),
@@ -211,11 +262,15 @@ def _entry_insert(dialect_module, binds: dict):
     )
 
 
-def _wallet_update(platform: bool, suffix: str = ""):
+def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None):
     """UPDATE one wallet by its owner, RETURNING its new state; no row if refused.
 
     The deltas are `p_available<suffix>` and `p_locked<suffix>` (0 for a bucket
-    not posted to); the WHERE clause refuses a balance going negative.
+    not posted to); the WHERE clause refuses a balance going negative. With
+    `chain` (the buckets posted, in BUCKET_ORDER, and the SQL of the entry's id),
+    the UPDATE also moves the wallet's chain head past those postings, computed
+    from the head it replaces (PostgreSQL); without it the head is left as it is,
+    for the caller to move (SQLite).
     """
     d_available = bindparam(f"p_{Bucket.AVAILABLE.value}{suffix}", type_=BigInteger())
     d_locked = bindparam(f"p_{Bucket.LOCKED.value}{suffix}", type_=BigInteger())
@@ -225,11 +280,31 @@ def _wallet_update(platform: bool, suffix: str = ""):
     else:
         owner = wallets.c.user_id == bindparam(f"p_owner{suffix}", type_=Integer())
         available_ok = wallets.c.available + d_available >= 0
+    values = {
+        "available": wallets.c.available + d_available,
+        "locked": wallets.c.locked + d_locked,
+    }
+    if chain is not None:
+        buckets, entry_id = chain
+        # The functions (migration 0009) take the row as it was before this UPDATE.
+        links = (literal_column(wallets.name), entry_id, d_available, d_locked)
+        values.update(
+            head_seq=wallets.c.head_seq + len(buckets),
+            head_hash=func.soma_head(*links, type_=String()),
+            prior_hash=func.soma_prior(*links, type_=String()),
+        )
     return (
         update(wallets)
         .where(owner, and_(available_ok, wallets.c.locked + d_locked >= 0))
-        .values(available=wallets.c.available + d_available, locked=wallets.c.locked + d_locked)
-        .returning(wallets.c.id, wallets.c.available, wallets.c.locked)
+        .values(**values)
+        .returning(
+            wallets.c.id,
+            wallets.c.available,
+            wallets.c.locked,
+            wallets.c.head_seq,
+            wallets.c.head_hash,
+            wallets.c.prior_hash,
+        )
     )
 
 
@@ -301,13 +376,17 @@ def _whole_entry_statement(
     binds = _entry_binds()
     entry = _entry_insert(postgresql, binds).cte("entry")
     previous, updated = entry, []
-    for i, (platform, _) in enumerate(shape):
-        statement = _wallet_update(platform, str(i)).where(exists().select_from(previous))
+    for i, (platform, buckets) in enumerate(shape):
+        # entry.id makes it UPDATE ... FROM entry: no row to update without an entry.
+        statement = _wallet_update(platform, str(i), (buckets, entry.c.id))
+        statement = statement.where(exists().select_from(previous))
         previous = statement.cte(f"wallet{i}")
         updated.append(previous)
     every_row = entry
     for wallet in updated:
         every_row = every_row.join(wallet, true())
+    # The wallet's UPDATE returned its new head: its last posting here is the head,
+    # and the one before (of two) is the prior link.
     legs = [
         select(
             entry.c.id,
@@ -318,14 +397,27 @@ def _whole_entry_statement(
             wallet.c.locked,
             binds["kind"],
             binds["now"],
+            wallet.c.head_seq - (len(buckets) - n) if n < len(buckets) else wallet.c.head_seq,
+            wallet.c.head_hash if n == len(buckets) else wallet.c.prior_hash,
         ).select_from(every_row)
         for i, (wallet, (_, buckets)) in enumerate(zip(updated, shape, strict=True))
-        for bucket in buckets
+        for n, bucket in enumerate(buckets, start=1)
     ]
-    columns = ["entry_id", "wallet_id", "bucket", "amount", "available_after", "locked_after"]
+    columns = [
+        "entry_id",
+        "wallet_id",
+        "bucket",
+        "amount",
+        "available_after",
+        "locked_after",
+        "kind",
+        "created_at",
+        "seq",
+        "hash",
+    ]
     written = (
         insert(postings)
-        .from_select([*columns, "kind", "created_at"], union_all(*legs))
+        .from_select(columns, union_all(*legs))
         .returning(postings.c.id)
         .cte("written")
     )
@@ -452,8 +544,13 @@ def _whole_entry_sql(shape: tuple, guarded: bool, strict: bool = False) -> str:
             raise InvalidPosting(f"cannot write the constant {name} into the statement")
         sql = sql.replace(f"%({name})s", render(value))
     # One line: the driver caches its parsing of statements up to 4 kB only.
-    # (The constants written in hold no whitespace.)
-    return " ".join(sql.split())
+    # (The constants written in hold no whitespace, comma or " AS ".) Column
+    # aliases are dropped too: the INSERT and the result read columns by position.
+    sql = " ".join(sql.split())
+    return _ALIAS.sub("", sql).replace(", ", ",")
+
+
+_ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
 
 
 def _one_statement(values: dict, accounts, strict: bool) -> str:
@@ -533,33 +630,61 @@ def _post_step_by_step(connection, values: dict, accounts) -> int | None:
         return None
     rows = []
     for account, deltas in accounts:
-        wallet_id, available, locked = _apply(connection, account, deltas)
-        for bucket, amount in deltas.items():
+        wallet = _apply(connection, account, deltas)
+        # SQLite has one writer at a time: the head read with the UPDATE stays ours.
+        after = (wallet.available, wallet.locked)
+        links = wallet_links(wallet.head_seq, wallet.head_hash, wallet.id, entry_id, deltas, after)
+        prior = links[-2][1] if len(links) > 1 else wallet.head_hash
+        for (bucket, amount), (seq, link) in zip(deltas.items(), links, strict=True):
             rows.append(
                 {
                     "entry_id": entry_id,
-                    "wallet_id": wallet_id,
+                    "wallet_id": wallet.id,
                     "bucket": bucket,
                     "amount": amount,
-                    "available_after": available,
-                    "locked_after": locked,
+                    "available_after": wallet.available,
+                    "locked_after": wallet.locked,
                     "kind": values["p_kind"],
                     "created_at": values["p_now"],
+                    "seq": seq,
+                    "hash": link,
                 }
             )
+        seq, head = links[-1]
+        connection.execute(
+            _HEAD_UPDATE, {"p_wallet": wallet.id, "p_seq": seq, "p_head": head, "p_prior": prior}
+        )
     connection.execute(insert(postings), rows)
     return entry_id
 
 
+_HEAD_UPDATE = (
+    update(wallets)
+    .where(wallets.c.id == bindparam("p_wallet"))
+    .values(
+        head_seq=bindparam("p_seq"),
+        head_hash=bindparam("p_head"),
+        prior_hash=bindparam("p_prior"),
+    )
+)
+
+
 def _deltas_by_account(legs: list[Leg]) -> dict[Account, dict[str, int]]:
+    """Each account's deltas by bucket, in BUCKET_ORDER: the order its postings chain in."""
     deltas: dict[Account, dict[str, int]] = {}
     for leg in legs:
         deltas.setdefault(leg.account, {})[Bucket(leg.bucket).value] = leg.amount
-    return deltas
+    return {
+        account: {bucket: by_bucket[bucket] for bucket in BUCKET_ORDER if bucket in by_bucket}
+        for account, by_bucket in deltas.items()
+    }
 
 
-def _apply(connection, account: Account, deltas: dict[str, int]) -> tuple[int, int, int]:
-    """Add `deltas` to the wallet unless a balance would go negative; return its new state."""
+def _apply(connection, account: Account, deltas: dict[str, int]):
+    """Add `deltas` to the wallet unless a balance would go negative; return its new row.
+
+    The row's chain head is the one before this entry: this UPDATE leaves it alone.
+    """
     row = connection.execute(
         _wallet_update_alone(account.platform is not None),
         {
@@ -570,7 +695,7 @@ def _apply(connection, account: Account, deltas: dict[str, int]) -> tuple[int, i
     ).first()
     if row is None:
         _refuse(connection, account, deltas)
-    return row.id, row.available, row.locked
+    return row
 
 
 @cache
@@ -638,6 +763,7 @@ __all__ = [
     "Leg",
     "PostedEntry",
     "atomic",
+    "chain_link",
     "open_wallet",
     "platform_account",
     "post",

@@ -26,6 +26,16 @@ def pricing_in_force_query(user_type: str, at: datetime):
     )
 
 
+def value_cents_sql(user_type: str, tokens, at):
+    """SQL for the value of `tokens` at the rate in force at `at`, rounded half up.
+
+    `tokens` and `at` may be parameters or columns: the ledger freezes an entry's value
+    with it, and the audit recomputes every entry's value with it.
+    """
+    cents = (tokens * TokenPricing.usd_cents * 2 + TokenPricing.tokens) // (TokenPricing.tokens * 2)
+    return pricing_in_force_query(user_type, at).with_only_columns(cents).scalar_subquery()
+
+
 def get_token_pricing(user_type: str, at: datetime | None = None) -> TokenPricing:
     """Return the pricing of `user_type` in force at `at` (now); raises PricingMissing."""
     user_type = PricingUserType(user_type)

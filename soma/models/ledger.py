@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     String,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -90,6 +91,12 @@ class Wallet(Base):
     available: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     locked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The head of the wallet's posting chain (see soma.ledger.core): the seq and hash of
+    # its last posting, and the hash of the one before it, which an entry posting two
+    # buckets returns for its first posting. 0 and '' before the first posting.
+    head_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    head_hash: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
+    prior_hash: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
 
     user = relationship("User", back_populates="wallet")
 
@@ -149,15 +156,17 @@ class Posting(Base):
 
     `available_after` and `locked_after` are the wallet's balances once the
     whole entry applied; `kind` and `created_at` repeat the entry's so that a
-    wallet's history is one index range scan.
+    wallet's history is one index range scan. `seq` numbers the wallet's postings
+    1, 2, 3... in the order they were written, and `hash` chains each to the one
+    before (see soma.ledger.core).
     """
 
     __tablename__ = "postings"
     __table_args__ = (
         CheckConstraint("bucket IN ('available', 'locked')", name="bucket_known"),
         CheckConstraint("amount <> 0", name="amount_not_zero"),
-        Index("ix_postings_wallet_history", "wallet_id", "created_at", "entry_id"),
-        Index("ix_postings_wallet_kind_history", "wallet_id", "kind", "created_at", "entry_id"),
+        Index("uq_postings_wallet_seq", "wallet_id", "seq", unique=True),
+        Index("ix_postings_wallet_kind_seq", "wallet_id", "kind", "seq"),
         Index("ix_postings_entry_id", "entry_id"),
     )
 
@@ -170,5 +179,7 @@ class Posting(Base):
     locked_after: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
 
     entry: Mapped[JournalEntry] = relationship(back_populates="postings", viewonly=True)

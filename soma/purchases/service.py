@@ -34,7 +34,6 @@ from soma.models.purchase import (
 from soma.notifications.service import notify
 from soma.providers import daraja, sandbox
 from soma.providers import stripe as stripe_provider
-from soma.purchases import audit as _audit  # noqa: F401 (registers the audit's purchase check)
 
 # A payment the provider confirms is credited even after we gave up waiting:
 # the student's money was taken.

@@ -1,51 +1,51 @@
 """A wallet's transaction history: one row per entry, newest first, keyset-paginated.
 
-The query walks `ix_postings_wallet_history` (or `ix_postings_wallet_kind_history`
-when a kind is chosen) backwards from the cursor, so page 1000 costs what page 1
-does. A cursor is the (created_at, entry_id) of the last row shown.
+A wallet's postings are numbered by `seq` in the order they were written (its
+hash chain, see soma.ledger.core), so newest first is seq descending. The query
+walks `uq_postings_wallet_seq` (or `ix_postings_wallet_kind_seq` when a kind is
+chosen) backwards from the cursor, so page 1000 costs what page 1 does. A cursor
+is the lowest seq of the last row shown.
 """
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import BigInteger, case, cast, func, select, tuple_
+from sqlalchemy import BigInteger, case, cast, func, select
 
 from soma.extensions import db
 from soma.models import ENTRY_KIND_LABELS, Bucket, EntryKind, JournalEntry, Posting
 
 PAGE_SIZE = 25
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
-MAX_ID = 2**63  # ids are BIGINT
+MAX_SEQ = 2**63  # seq is BIGINT
+# An entry posts to at most two buckets of one wallet, so two postings a row.
+POSTINGS_PER_ENTRY = 2
 
 
 @dataclass(frozen=True)
 class Cursor:
-    created_at: datetime
-    entry_id: int
+    """Where a page ends: rows continue below this seq of the wallet."""
+
+    seq: int
 
     def encode(self) -> str:
-        return f"{(self.created_at - EPOCH) // MICROSECOND}.{self.entry_id}"
+        return str(self.seq)
 
     @classmethod
     def decode(cls, text: str | None) -> "Cursor | None":
         """Parse a cursor from a URL; None for a missing or malformed one (page 1)."""
-        if not text:
+        if not text or not text.isdigit():
             return None
-        try:
-            micros, entry_id = (int(part) for part in text.split(".", 1))
-            created_at = EPOCH + micros * MICROSECOND
-        except (ValueError, OverflowError):
+        seq = int(text)
+        if not 0 < seq < MAX_SEQ:
             return None
-        if not 0 < entry_id < MAX_ID:
-            return None
-        return cls(created_at, entry_id)
+        return cls(seq)
 
 
 @dataclass(frozen=True)
 class HistoryRow:
     entry_id: int
+    seq: int  # the lowest of the entry's postings on this wallet
     created_at: datetime
     kind: str
     memo: str
@@ -69,7 +69,7 @@ class HistoryRow:
 
     @property
     def cursor(self) -> Cursor:
-        return Cursor(self.created_at, self.entry_id)
+        return Cursor(self.seq)
 
     def value_cents(self, user_type: str) -> int:
         """The entry's frozen USD value at the rate of `user_type` ("student" or "teacher")."""
@@ -99,35 +99,52 @@ def _history_query(
     if end:
         conditions.append(Posting.created_at < end)
     if cursor:
-        conditions.append(
-            tuple_(Posting.created_at, Posting.entry_id) < (cursor.created_at, cursor.entry_id)
+        conditions.append(Posting.seq < cursor.seq)
+    # The newest postings that can make `limit` rows. Only the oldest entry among
+    # them may be cut in two, and when there are that many postings there is at
+    # least one entry more than `limit`, so the cut one is never shown.
+    recent = (
+        select(
+            Posting.entry_id,
+            Posting.seq,
+            Posting.created_at,
+            Posting.bucket,
+            Posting.amount,
+            Posting.available_after,
+            Posting.locked_after,
         )
+        .where(*conditions)
+        .order_by(Posting.seq.desc())
+        .limit(POSTINGS_PER_ENTRY * limit + 1)
+        .subquery()
+    )
     available = Bucket.AVAILABLE.value
     page = (
         select(
-            Posting.entry_id,
-            Posting.created_at,
+            recent.c.entry_id,
+            func.min(recent.c.seq).label("seq"),
+            func.min(recent.c.created_at).label("created_at"),
             # PostgreSQL sums BIGINT as NUMERIC; the cast keeps tokens integers.
             cast(
-                func.sum(case((Posting.bucket == available, Posting.amount), else_=0)),
+                func.sum(case((recent.c.bucket == available, recent.c.amount), else_=0)),
                 BigInteger,
             ).label("available_change"),
             cast(
-                func.sum(case((Posting.bucket != available, Posting.amount), else_=0)),
+                func.sum(case((recent.c.bucket != available, recent.c.amount), else_=0)),
                 BigInteger,
             ).label("locked_change"),
-            func.max(Posting.available_after).label("available_after"),
-            func.max(Posting.locked_after).label("locked_after"),
+            func.max(recent.c.available_after).label("available_after"),
+            func.max(recent.c.locked_after).label("locked_after"),
         )
-        .where(*conditions)
-        .group_by(Posting.created_at, Posting.entry_id)
-        .order_by(Posting.created_at.desc(), Posting.entry_id.desc())
+        .group_by(recent.c.entry_id)
+        .order_by(func.min(recent.c.seq).desc())
         .limit(limit)
         .subquery()
     )
     return (
         select(
             page.c.entry_id,
+            page.c.seq,
             page.c.created_at,
             JournalEntry.kind,
             JournalEntry.memo,
@@ -142,7 +159,7 @@ def _history_query(
             JournalEntry.reference_id,
         )
         .join(JournalEntry, JournalEntry.id == page.c.entry_id)
-        .order_by(page.c.created_at.desc(), page.c.entry_id.desc())
+        .order_by(page.c.seq.desc())
     )
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import psycopg
 from sqlalchemy import event, select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.classes import service
 from soma.classes.machine import Action, InvalidMove
 from soma.extensions import db
@@ -68,7 +68,7 @@ def test_ten_threads_completing_sweeping_and_polling_one_due_class_settle_it_onc
         )
         assert balances(student_id) == (40, 0)
         assert balances(teacher_id) == (10, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_the_timer_poll_is_one_round_trip(app, client, auth, clock):

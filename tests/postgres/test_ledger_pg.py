@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.ledger import (
     AlreadySettled,
@@ -25,7 +26,6 @@ from soma.ledger import (
     credit,
     hold,
     release,
-    run_audit,
     settle,
     transfer,
 )

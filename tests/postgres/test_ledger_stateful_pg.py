@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import text
 
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.ledger import (
     AlreadySettled,
@@ -37,7 +38,6 @@ from soma.ledger import (
     debit,
     hold,
     release,
-    run_audit,
     settle,
     transfer,
 )

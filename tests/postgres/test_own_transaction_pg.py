@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.ledger import InsufficientTokens, InvalidPosting
 from soma.models import JournalEntry, Notification, Posting
@@ -149,4 +150,4 @@ def test_a_lost_connection_fails_the_entry_cleanly_and_the_next_one_reconnects(a
         again = ledger.credit(student, 10, key="own:during", **OWN)
         assert not again.replayed  # the failed attempt wrote nothing
         assert balances(student) == (10, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []

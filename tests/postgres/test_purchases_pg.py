@@ -3,6 +3,7 @@
 from sqlalchemy import select
 
 from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import Purchase, PurchaseEvent
 from soma.purchases import service, stripe_checkout
@@ -41,7 +42,7 @@ def test_ten_confirmations_of_one_purchase_credit_it_once(app, wide_app):
         ).all()
         # Paid once; a failure may come first (then the payment is believed) or not at all.
         assert moves in (["pending", "paid"], ["pending", "failed", "paid"])
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client, auth):
@@ -70,7 +71,7 @@ def test_the_success_page_racing_the_webhook_credits_once(app, wide_app, client,
     with app.app_context():
         assert balances(student.id) == (260, 0)
         assert db.session.get(Purchase, purchase_id).status == "paid"
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_refunds_disputes_and_spending_racing_on_one_purchase_lose_and_make_no_token(app, wide_app):
@@ -120,4 +121,4 @@ def test_refunds_disputes_and_spending_racing_on_one_purchase_lose_and_make_no_t
         assert platform_balance(PlatformAccount.PROMOTIONS) == before[1] + bonus_taken
         assert (db.session.get(User, user_id).flagged_at is not None) == (short > 0)
         assert db.session.get(Purchase, purchase_id).status == "disputed"
-        assert ledger.run_audit() == []
+        assert run_audit() == []

@@ -4,7 +4,7 @@ import threading
 
 from sqlalchemy import func, select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.gifts.service import give_gift
 from soma.models import Gift, Notification, User
@@ -42,4 +42,4 @@ def test_a_gift_confirmed_twice_at_once_is_given_once(app):
         assert balances(bea_id) == (30, 0)
         assert db.session.scalar(select(func.count()).select_from(Gift)) == 1
         assert db.session.scalar(select(func.count()).select_from(Notification)) == 1
-        assert ledger.run_audit() == []
+        assert run_audit() == []

@@ -5,8 +5,8 @@ from sqlalchemy import func, select, text
 from werkzeug.security import generate_password_hash
 
 from soma import ledger
+from soma.audit import Violation, run_audit
 from soma.extensions import db
-from soma.ledger.audit import Violation
 from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, User, Wallet
 from tests.helpers import make_user
 
@@ -61,7 +61,7 @@ def busy_ledger() -> tuple[int, int, int]:
 
 
 def test_audit_passes_on_a_new_ledger(ctx, runner):
-    assert ledger.run_audit() == []
+    assert run_audit() == []
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 0, result.output
     assert "Audit passed" in result.stdout
@@ -72,7 +72,7 @@ def test_audit_passes_after_every_kind_of_money_operation(ctx, runner):
     assert (wallet_of(student).available, wallet_of(student).locked) == (48, 0)
     assert (wallet_of(teacher).available, wallet_of(friend).available) == (0, 3)
 
-    assert ledger.run_audit() == []
+    assert run_audit() == []
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 0, result.output
     assert "Audit passed" in result.stdout
@@ -87,7 +87,7 @@ def test_audit_names_a_wallet_whose_balance_does_not_match_its_postings(ctx, run
     )
     db.session.commit()
 
-    violations = ledger.run_audit()
+    violations = run_audit()
     assert violations == [
         Violation(
             "balance-mismatch",
@@ -117,14 +117,21 @@ def test_audit_names_an_unbalanced_entry(ctx, runner):
     )
     db.session.commit()
 
-    violations = ledger.run_audit()
+    violations = run_audit()
     assert Violation("entry-unbalanced", f"entry {entry_id} postings sum to 1, not 0") in violations
-    assert checks(violations) == {"entry-unbalanced", "balance-mismatch"}
+    # The student's posting now says 51 tokens came in, so the entry's 50 disagree too,
+    # and the posting no longer hashes to its link in the wallet's chain.
+    assert checks(violations) == {
+        "entry-unbalanced",
+        "balance-mismatch",
+        "entry-tokens-mismatch",
+        "posting-chain",
+    }
     assert any(f"wallet {wallet_id} (user {student})" in v.detail for v in violations)
 
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 1
-    assert "Audit FAILED: 2 violation(s)." in result.stderr
+    assert "Audit FAILED: 4 violation(s)." in result.stderr
     assert f"entry-unbalanced: entry {entry_id} postings sum to 1, not 0" in result.stderr
 
 
@@ -142,7 +149,7 @@ def test_audit_names_a_hold_closed_with_the_wrong_amount(ctx):
     )
     db.session.commit()
 
-    violations = ledger.run_audit()
+    violations = run_audit()
     assert (
         Violation(
             "hold-closed-wrong",
@@ -150,7 +157,12 @@ def test_audit_names_a_hold_closed_with_the_wrong_amount(ctx):
         )
         in violations
     )
-    assert checks(violations) == {"hold-closed-wrong", "entry-unbalanced", "balance-mismatch"}
+    assert checks(violations) == {
+        "hold-closed-wrong",
+        "entry-unbalanced",
+        "balance-mismatch",
+        "posting-chain",
+    }
 
 
 def test_audit_names_an_entry_without_postings(ctx, runner):
@@ -164,7 +176,7 @@ def test_audit_names_an_entry_without_postings(ctx, runner):
     db.session.commit()
     entry_id = db.session.scalar(select(func.max(JournalEntry.id)))
 
-    assert ledger.run_audit() == [
+    assert run_audit() == [
         Violation("entry-incomplete", f"entry {entry_id} has 0 posting(s), not 2 or more")
     ]
     result = runner.invoke(args=["soma", "audit"])
@@ -179,7 +191,7 @@ def test_audit_names_a_negative_balance(ctx):
     db.session.commit()
     fees_id = db.session.scalar(select(Wallet.id).where(Wallet.code == "fees"))
 
-    violations = ledger.run_audit()
+    violations = run_audit()
     assert Violation("negative-balance", f"wallet {fees_id} (fees) has -3 available, 0 locked") in (
         violations
     )
@@ -216,6 +228,6 @@ def test_demo_gives_the_demo_student_a_bonus_from_promotions_once(ctx, runner):
     ).all()
     assert postings == [("promotions", None, -100), (None, student.id, 100)]
 
-    assert ledger.run_audit() == []
+    assert run_audit() == []
     audit = runner.invoke(args=["soma", "audit"])
     assert audit.exit_code == 0, audit.output

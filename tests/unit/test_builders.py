@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import ClassSession, JournalEntry, Purchase
 from tests.builders import (
@@ -41,7 +41,7 @@ def test_a_funded_wallet_is_credited_through_the_ledger(ctx):
     assert balances(student.id) == (40, 0)
     (entry,) = db.session.scalars(select(JournalEntry)).all()
     assert (entry.kind, entry.tokens) == ("purchase", 40)
-    assert ledger.run_audit() == []
+    assert run_audit() == []
 
 
 def test_a_paid_purchase_is_paid_and_credited_once(ctx):
@@ -51,7 +51,7 @@ def test_a_paid_purchase_is_paid_and_credited_once(ctx):
     assert db.session.get(Purchase, custom.id).status == "paid"
     assert kinds_for("purchase", custom.id) == [("purchase", 30)]
     assert balances(student.id) == (30 + package.total_tokens, 0)
-    assert ledger.run_audit() == []
+    assert run_audit() == []
 
 
 # The cost of an hour is 10 tokens; ten minutes of it, 2.
@@ -75,4 +75,4 @@ def test_a_class_is_brought_to_each_state_and_its_tokens_move_with_it(ctx, clock
     assert balances(student.id) == student_money
     assert balances(teacher.id) == teacher_money
     assert kinds_for("class", session.id) == entries
-    assert ledger.run_audit() == []
+    assert run_audit() == []

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment, User
 from soma.providers import daraja
@@ -113,7 +113,7 @@ def test_a_paid_callback_is_confirmed_then_credited_once(app, client, student, f
     assert credits_of(app, purchase_id) == [("purchase", 100)]
     with app.app_context():
         assert balances(student.id) == (100, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     history = text_of(client.get("/buy/purchases").get_data(as_text=True))
     assert "100 tokens KES 1,295 M-Pesa Paid NLJ7RT61SV" in history
 
@@ -292,7 +292,7 @@ def test_a_push_whose_answer_never_came_stays_pending_and_its_payment_is_kept_th
     with app.app_context():
         assert balances(student.id) == (100, 0)
         assert db.session.get(UnmatchedPayment, kept.id).purchase_id == purchase_id
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     again = runner.invoke(args=["soma", "reconcile-mpesa"])
     assert "No unmatched M-Pesa payments." in again.output
     assert credits_of(app, purchase_id) == [("purchase", 100)]
@@ -336,7 +336,7 @@ def test_an_admin_matches_a_payment_two_purchases_fit_once_and_only_once(
     assert purchase(app, first_id).status == "pending"
     with app.app_context():
         assert balances(buyer_id) == (100, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_a_payment_that_fits_no_purchase_is_kept_and_listed_not_credited(

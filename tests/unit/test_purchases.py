@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import func, select
 
-from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import Notification, Purchase, PurchaseEvent, User
 from soma.purchases import service
@@ -76,7 +76,7 @@ def test_a_package_bought_in_the_sandbox_is_credited_with_its_bonus_once(app, cl
             select(Notification.message).where(Notification.user_id == student.id)
         ).all()
         assert messages == [f"260 tokens were added to your wallet (purchase #{purchase_id})."]
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
 
     history = text_of(client.get("/buy/purchases").get_data(as_text=True))
@@ -201,7 +201,7 @@ def test_the_audit_names_a_paid_purchase_that_was_never_credited(app, client, st
             Purchase.__table__.update().where(Purchase.id == purchase_id).values(status="paid")
         )
         db.session.commit()
-        (violation,) = ledger.run_audit()
+        (violation,) = run_audit()
         assert str(violation).startswith(
             f"purchase-credit: purchase {purchase_id} is paid but was credited 0 time(s)"
         )

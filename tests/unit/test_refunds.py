@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import (
     JournalEntry,
@@ -105,7 +106,7 @@ def test_an_admin_refunds_in_part_then_in_full(app, client, auth):
             f"Purchase #{purchase_id} was refunded or disputed: 208 tokens taken back from "
             "your wallet."
         ) in messages
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     again = admin_refund(client, purchase_id)  # a refunded purchase offers no more refund
     assert again.status_code == 422
     assert "Nothing is left to refund" in text_of(again.get_data(as_text=True))
@@ -133,7 +134,7 @@ def test_a_refund_after_the_tokens_were_spent_flags_the_account_and_never_goes_n
         user = db.session.get(User, user_id)
         assert user.flagged_at is not None
         assert user.flag_reason == f"Purchase #{purchase_id}: 70 tokens reversed were already spent"
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_stripe_refunds_through_the_admin_and_the_webhook_take_tokens_back_once(
         }
         assert sorted(refunds_of(purchase_id)) == [("refund", 40), ("refund", 60)]
         assert balances(purchase.user_id) == (0, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_a_stripe_refund_that_fails_later_gives_the_tokens_back(app, client, auth, stripe_on):
@@ -213,7 +214,7 @@ def test_a_stripe_refund_that_fails_later_gives_the_tokens_back(app, client, aut
         assert db.session.get(Purchase, purchase_id).status == "paid"
         assert balances(user_id) == (100, 0)
         assert refunds_of(purchase_id) == [("refund", 100), ("adjustment", 100)]
-        assert ledger.run_audit() == []
+        assert run_audit() == []
     page = text_of(client.get(f"/admin/purchases/{purchase_id}").get_data(as_text=True))
     assert "Refund failed" in page
 
@@ -281,7 +282,7 @@ def test_a_dispute_holds_the_tokens_back_until_it_is_decided(app, client, auth, 
         else:
             assert purchase.status == "disputed"
             assert balances(purchase.user_id) == (0, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_regression_a_dispute_closed_won_before_it_was_created_takes_nothing(
@@ -298,7 +299,7 @@ def test_regression_a_dispute_closed_won_before_it_was_created_takes_nothing(
         assert (purchase.status, closed.status, closed.taken) == ("paid", "won", 0)
         assert balances(purchase.user_id) == (100, 0)
         assert refunds_of(purchase_id) == []
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_regression_a_refund_during_a_dispute_takes_nothing_twice(app):
@@ -315,7 +316,7 @@ def test_regression_a_refund_during_a_dispute_takes_nothing_twice(app):
         assert balances(user_id) == (500, 0)  # won, but the money was refunded: nothing back
         assert db.session.get(Purchase, purchase_id).status == "refunded"
         assert db.session.get(User, user_id).flagged_at is None
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_regression_a_refund_failed_after_the_tokens_were_spent_returns_them(app):
@@ -330,7 +331,7 @@ def test_regression_a_refund_failed_after_the_tokens_were_spent_returns_them(app
         report(purchase_id, "re_2", "failed", 1000)
         assert balances(user_id) == (100, 0)  # every token it took comes back
         assert db.session.get(Purchase, purchase_id).status == "paid"
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_a_won_dispute_returns_its_own_tokens_clears_its_shortfall_and_the_flag(app):
@@ -351,7 +352,7 @@ def test_a_won_dispute_returns_its_own_tokens_clears_its_shortfall_and_the_flag(
         assert (platform(PlatformAccount.ISSUANCE), platform(PlatformAccount.PROMOTIONS)) == before
         assert db.session.get(User, user_id).flagged_at is None
         assert db.session.get(Purchase, purchase_id).status == "paid"
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_a_refund_stripe_reports_before_the_payment_is_credited_comes_back_later(
@@ -373,7 +374,7 @@ def test_a_refund_stripe_reports_before_the_payment_is_credited_comes_back_later
             select(ProviderEvent).where(ProviderEvent.event_id == refunded["id"])
         ).one()
         assert (kept.status, kept.attempts) == ("handled", 2)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_a_refund_form_sent_twice_refunds_once_and_a_failed_refund_can_be_redone(
@@ -401,7 +402,7 @@ def test_a_refund_form_sent_twice_refunds_once_and_a_failed_refund_can_be_redone
             (500, "succeeded"),
         ]
         assert balances(db.session.get(Purchase, purchase_id).user_id) == (50, 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_regression_a_refund_then_a_dispute_won_on_the_same_money_keeps_the_refund(app):
@@ -419,7 +420,7 @@ def test_regression_a_refund_then_a_dispute_won_on_the_same_money_keeps_the_refu
         ]
         assert db.session.get(User, user_id).flagged_at is None
         assert db.session.get(Purchase, purchase_id).status == "refunded"
-        assert ledger.run_audit() == []
+        assert run_audit() == []
 
 
 def test_regression_what_one_refund_returns_another_takes_with_no_false_shortfall(app):
@@ -434,4 +435,76 @@ def test_regression_what_one_refund_returns_another_takes_with_no_false_shortfal
         assert balances(user_id) == (0, 0)
         assert sum(r.shortfall for r in reversals.reversals_of(purchase_id)) == 0
         assert db.session.get(User, user_id).flagged_at is None
-        assert ledger.run_audit() == []
+        assert run_audit() == []
+
+
+# The audit of reversals ------------------------------------------------------------------
+
+
+def codes(violations) -> set[str]:
+    return {violation.check for violation in violations}
+
+
+def test_the_audit_names_a_stray_refund_entry_that_names_a_purchase(app):
+    purchase_id, user_id = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, "re_1", "succeeded", 500)
+        assert run_audit() == []
+        ledger.debit(  # tokens taken back through the ledger, but by no reversal
+            user_id, 5, key="stray", kind="refund", reference=("purchase", purchase_id)
+        )
+        db.session.commit()
+        found = run_audit()
+        assert codes(found) == {"reversal-entries"}
+        assert str(found[0]) == (
+            f"reversal-entries: purchase {purchase_id}'s refund entries hold back 55 tokens "
+            "and 0 bonus, its reversals say 50 and 0"
+        )
+
+
+def test_the_audit_names_a_refund_entry_that_names_no_reversal(app):
+    purchase_id, user_id = paid_purchase(app, tokens=100)
+    with app.app_context():
+        ledger.debit(user_id, 3, key="orphan", kind="refund", reference=("reversal", 999))
+        db.session.commit()
+        assert codes(run_audit()) == {"reversal-stray"}
+
+
+def test_the_audit_names_a_reversal_whose_record_and_entries_disagree(app):
+    purchase_id, _ = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, "re_1", "succeeded", 500)
+        db.session.execute(
+            PurchaseReversal.__table__.update()
+            .where(PurchaseReversal.provider_ref == "re_1")
+            .values(tokens_taken=40, tokens_short=10)
+        )
+        db.session.commit()
+        assert codes(run_audit()) == {"reversal-entries"}
+
+
+def test_the_audit_names_a_purchase_whose_status_its_reversals_do_not_make(app):
+    purchase_id, _ = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, "re_1", "succeeded", 1000)
+        db.session.execute(
+            Purchase.__table__.update().where(Purchase.id == purchase_id).values(status="paid")
+        )
+        db.session.commit()
+        (found,) = run_audit()
+        assert str(found) == (
+            f"purchase-status: purchase {purchase_id} is paid; its reversals say refunded"
+        )
+
+
+def test_the_audit_names_a_reversal_that_holds_back_other_than_it_is_due(app):
+    purchase_id, _ = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, "re_1", "succeeded", 500)
+        db.session.execute(  # (the record says so, and so do the entries: only the due differs)
+            PurchaseReversal.__table__.update()
+            .where(PurchaseReversal.provider_ref == "re_1")
+            .values(amount_minor=400)
+        )
+        db.session.commit()
+        assert codes(run_audit()) == {"reversal-due"}

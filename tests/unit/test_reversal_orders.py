@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from soma import ledger
+from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import PlatformAccount, Purchase, User, Wallet
 from soma.purchases import reversals, service, stripe_checkout
@@ -195,4 +196,4 @@ def test_every_order_of_stripe_events_ends_where_the_model_says(
         assert issuance == before[0] - (250 if credited else 0) + tokens_taken
         assert promotions == before[1] - (10 if credited else 0) + bonus_taken
         assert (db.session.get(User, user_id).flagged_at is not None) == (short > 0)
-        assert ledger.run_audit() == []
+        assert run_audit() == []

@@ -1,11 +1,13 @@
-"""The audit's check of classes (SPEC §2.10): every finished class settled exactly once."""
+"""The audit's checks of classes (SPEC §2.10): every finished class settled exactly once,
+between the class's own student and teacher."""
 
-from sqlalchemy import case, exists, func, select
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import aliased
 
+from soma.audit.violation import Violation
 from soma.classes.machine import pro_rata
 from soma.extensions import db
-from soma.ledger.audit import Violation, audit_check
-from soma.models import ClassSession, EntryKind, JournalEntry
+from soma.models import ClassSession, EntryKind, JournalEntry, Posting, Wallet
 from soma.models.classes import ClassStatus
 
 CLOSING = (EntryKind.CLASS_SETTLE.value, EntryKind.CLASS_RELEASE.value)
@@ -13,7 +15,6 @@ NOT_STARTED = (ClassStatus.SCHEDULED, ClassStatus.CANCELLED)
 RUNNING = (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED)
 
 
-@audit_check
 def classes_settle_exactly_once() -> list[Violation]:
     """Each class's entries match its status: none before it starts, one hold while it
     runs, and once it is over one hold and one closing entry that charged what it says."""
@@ -100,7 +101,6 @@ def _due(status: str, cost: int, active_seconds: int, planned_seconds: int) -> i
     return 0  # aborted
 
 
-@audit_check
 def class_entries_name_a_class() -> list[Violation]:
     """Every entry that says it concerns a class concerns one that exists."""
     orphans = db.session.scalars(
@@ -111,3 +111,54 @@ def class_entries_name_a_class() -> list[Violation]:
     return [
         Violation("class-settlement", f"entry {entry_id} names no class") for entry_id in orphans
     ]
+
+
+def class_entries_move_its_own_parties_tokens() -> list[Violation]:
+    """A class's hold and release touch only its student's wallet; its settle also pays its
+    teacher, once, and nobody else: tokens held for one class never pay another teacher."""
+    student_wallet = aliased(Wallet)
+    teacher_wallet = aliased(Wallet)
+    settle = JournalEntry.kind == EntryKind.CLASS_SETTLE.value
+    to_teacher = Posting.wallet_id == teacher_wallet.id
+    # A posting on another wallet than the student's, unless it is a settle paying the teacher.
+    stray = and_(
+        Posting.wallet_id != student_wallet.id,
+        or_(~settle, ~to_teacher),
+    )
+    rows = db.session.execute(
+        select(
+            JournalEntry.id,
+            JournalEntry.kind,
+            ClassSession.id,
+            func.sum(case((stray, 1), else_=0)),
+            func.sum(case((and_(to_teacher, Posting.amount > 0), 1), else_=0)),
+        )
+        .join(ClassSession, ClassSession.id == JournalEntry.reference_id)
+        .join(student_wallet, student_wallet.user_id == ClassSession.student_id)
+        .join(teacher_wallet, teacher_wallet.user_id == ClassSession.teacher_id)
+        .join(Posting, Posting.entry_id == JournalEntry.id)
+        .where(JournalEntry.reference_type == "class")
+        .group_by(JournalEntry.id, JournalEntry.kind, ClassSession.id)
+        .having(
+            or_(
+                func.sum(case((stray, 1), else_=0)) > 0,
+                and_(
+                    settle, func.sum(case((and_(to_teacher, Posting.amount > 0), 1), else_=0)) != 1
+                ),
+            )
+        )
+        .order_by(JournalEntry.id)
+    ).all()
+    return [
+        Violation("class-wrong-party", _wrong_party(class_id, kind, entry_id, strays, paid))
+        for entry_id, kind, class_id, strays, paid in rows
+    ]
+
+
+def _wrong_party(class_id: int, kind: str, entry_id: int, strays: int, paid: int) -> str:
+    detail = f"class {class_id}'s {kind} entry {entry_id}"
+    if strays:
+        detail += f" posts to {strays} wallet(s) of neither its student nor its teacher"
+    if kind == EntryKind.CLASS_SETTLE and paid != 1:
+        detail += f"{',' if strays else ''} pays its teacher {paid} time(s), not once"
+    return detail

@@ -1,0 +1,53 @@
+"""The audit's check of gifts: each gift moved its tokens in exactly one entry."""
+
+from sqlalchemy import and_, func, or_, select
+
+from soma.audit.violation import Violation
+from soma.extensions import db
+from soma.models import EntryKind, Gift, JournalEntry
+
+
+def gifts_transferred_once() -> list[Violation]:
+    """Every gift moved its tokens in one GIFT entry; every entry naming a gift names a real one."""
+    entries = (
+        select(
+            JournalEntry.reference_id.label("gift_id"),
+            func.count().label("count"),
+            func.sum(JournalEntry.tokens).label("tokens"),
+        )
+        .where(JournalEntry.kind == EntryKind.GIFT, JournalEntry.reference_type == "gift")
+        .group_by(JournalEntry.reference_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(Gift.id, Gift.tokens, entries.c.count, entries.c.tokens)
+        .outerjoin(entries, entries.c.gift_id == Gift.id)
+        .where(
+            or_(
+                entries.c.count.is_(None),
+                entries.c.count != 1,
+                entries.c.tokens != Gift.tokens,
+            )
+        )
+    ).all()
+    found = [
+        Violation(
+            "gift-not-transferred-once",
+            f"gift {gift_id} of {tokens} tokens has {count or 0} GIFT entries "
+            f"moving {moved or 0} tokens",
+        )
+        for gift_id, tokens, count, moved in rows
+    ]
+    orphans = db.session.execute(
+        select(JournalEntry.id)
+        .outerjoin(
+            Gift,
+            and_(JournalEntry.reference_type == "gift", JournalEntry.reference_id == Gift.id),
+        )
+        .where(JournalEntry.reference_type == "gift", Gift.id.is_(None))
+    ).scalars()
+    found += [
+        Violation("gift-entry-without-gift", f"entry {entry_id} names a gift that does not exist")
+        for entry_id in orphans
+    ]
+    return found

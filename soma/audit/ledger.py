@@ -1,0 +1,332 @@
+"""The audit's checks of the ledger itself: entries, postings and wallet balances.
+
+Each is one set-based query (or, for the chains, one ordered stream), so the
+audit's cost grows with the ledger's rows, not with round trips.
+"""
+
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import aliased
+
+from soma.audit.violation import Violation
+from soma.extensions import db
+from soma.ledger.core import chain_link
+from soma.ledger.operations import HOLD_KINDS
+from soma.ledger.pricing import value_cents_sql
+from soma.models import (
+    Bucket,
+    EntryKind,
+    JournalEntry,
+    Posting,
+    PricingUserType,
+    Wallet,
+)
+
+# Postings read at a time while the chains are recomputed: memory stays bounded.
+CHAIN_BATCH = 5000
+
+# Kinds whose tokens are what the payee got: the held tokens less those returned.
+SETTLE_KINDS = (EntryKind.CLASS_SETTLE.value, EntryKind.WITHDRAWAL_PAID.value)
+
+
+def entries_sum_to_zero() -> list[Violation]:
+    rows = db.session.execute(
+        select(Posting.entry_id, func.sum(Posting.amount))
+        .group_by(Posting.entry_id)
+        .having(func.sum(Posting.amount) != 0)
+    ).all()
+    return [
+        Violation("entry-unbalanced", f"entry {entry_id} postings sum to {total}, not 0")
+        for entry_id, total in rows
+    ]
+
+
+def entries_have_two_postings() -> list[Violation]:
+    rows = db.session.execute(
+        select(JournalEntry.id, func.count(Posting.id))
+        .outerjoin(Posting, Posting.entry_id == JournalEntry.id)
+        .group_by(JournalEntry.id)
+        .having(func.count(Posting.id) < 2)
+    ).all()
+    return [
+        Violation("entry-incomplete", f"entry {entry_id} has {count} posting(s), not 2 or more")
+        for entry_id, count in rows
+    ]
+
+
+def balances_match_postings() -> list[Violation]:
+    sums = (
+        select(
+            Posting.wallet_id,
+            func.sum(case((Posting.bucket == Bucket.AVAILABLE, Posting.amount), else_=0)).label(
+                "available"
+            ),
+            func.sum(case((Posting.bucket == Bucket.LOCKED, Posting.amount), else_=0)).label(
+                "locked"
+            ),
+        )
+        .group_by(Posting.wallet_id)
+        .subquery()
+    )
+    available = func.coalesce(sums.c.available, 0)
+    locked = func.coalesce(sums.c.locked, 0)
+    rows = db.session.execute(
+        select(
+            Wallet.id,
+            Wallet.user_id,
+            Wallet.code,
+            Wallet.available,
+            Wallet.locked,
+            available,
+            locked,
+        )
+        .outerjoin(sums, sums.c.wallet_id == Wallet.id)
+        .where(or_(Wallet.available != available, Wallet.locked != locked))
+    ).all()
+    return [
+        Violation(
+            "balance-mismatch",
+            f"wallet {w_id} ({code or f'user {user_id}'}) holds {cached_a} available and "
+            f"{cached_l} locked, but its postings sum to {posted_a} and {posted_l}",
+        )
+        for w_id, user_id, code, cached_a, cached_l, posted_a, posted_l in rows
+    ]
+
+
+def no_negative_balances() -> list[Violation]:
+    rows = db.session.execute(
+        select(Wallet.id, Wallet.user_id, Wallet.code, Wallet.available, Wallet.locked).where(
+            or_(and_(Wallet.available < 0, ~Wallet.is_source), Wallet.locked < 0)
+        )
+    ).all()
+    return [
+        Violation(
+            "negative-balance",
+            f"wallet {w_id} ({code or f'user {user_id}'}) has {a} available, {lk} locked",
+        )
+        for w_id, user_id, code, a, lk in rows
+    ]
+
+
+def holds_close_with_their_amount() -> list[Violation]:
+    """A settle or release gives up exactly the tokens its hold locked, from that wallet."""
+    closing = aliased(JournalEntry)
+    hold_leg = aliased(Posting)
+    close_leg = aliased(Posting)
+    rows = db.session.execute(
+        select(closing.id, closing.closes_entry_id, hold_leg.amount, close_leg.amount)
+        .join(
+            hold_leg,
+            and_(hold_leg.entry_id == closing.closes_entry_id, hold_leg.bucket == Bucket.LOCKED),
+        )
+        .outerjoin(
+            close_leg,
+            and_(
+                close_leg.entry_id == closing.id,
+                close_leg.bucket == Bucket.LOCKED,
+                close_leg.wallet_id == hold_leg.wallet_id,
+            ),
+        )
+        .where(closing.closes_entry_id.is_not(None))
+        .where(or_(close_leg.amount.is_(None), close_leg.amount != -hold_leg.amount))
+    ).all()
+    return [
+        Violation(
+            "hold-closed-wrong",
+            f"entry {entry_id} closes hold {hold_id} of {held} tokens but unlocks "
+            f"{-(unlocked or 0)}",
+        )
+        for entry_id, hold_id, held, unlocked in rows
+    ]
+
+
+def locked_equals_open_holds() -> list[Violation]:
+    """A user's locked tokens are exactly those of their holds that nothing has closed yet."""
+    closing = aliased(JournalEntry)
+    open_holds = (
+        select(Posting.wallet_id, func.sum(Posting.amount).label("held"))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(
+            JournalEntry.kind.in_([kind.value for kind in HOLD_KINDS]),
+            Posting.bucket == Bucket.LOCKED.value,
+            ~exists().where(closing.closes_entry_id == JournalEntry.id),
+        )
+        .group_by(Posting.wallet_id)
+        .subquery()
+    )
+    held = func.coalesce(open_holds.c.held, 0)
+    rows = db.session.execute(
+        select(Wallet.id, Wallet.user_id, Wallet.locked, held)
+        .outerjoin(open_holds, open_holds.c.wallet_id == Wallet.id)
+        .where(Wallet.user_id.is_not(None), Wallet.locked != held)
+        .order_by(Wallet.id)
+    ).all()
+    return [
+        Violation(
+            "locked-not-open-holds",
+            f"wallet {wallet_id} (user {user_id}) has {locked} locked but its open holds "
+            f"lock {open_held}",
+        )
+        for wallet_id, user_id, locked, open_held in rows
+    ]
+
+
+def entry_tokens_match_postings() -> list[Violation]:
+    """An entry's tokens are what its postings moved (see soma.ledger.operations): for a
+    settle, what the payee got; for every other kind, the sum of its positive postings
+    (a hold's locked amount, a release's returned amount, a credit's or a transfer's)."""
+    payer = (
+        select(Posting.entry_id, Posting.wallet_id)
+        .where(Posting.bucket == Bucket.LOCKED.value, Posting.amount < 0)
+        .subquery()
+    )
+    to_payee = and_(
+        Posting.amount > 0, or_(payer.c.wallet_id.is_(None), Posting.wallet_id != payer.c.wallet_id)
+    )
+    moved = case(
+        (JournalEntry.kind.in_(SETTLE_KINDS), func.sum(case((to_payee, Posting.amount), else_=0))),
+        else_=func.sum(case((Posting.amount > 0, Posting.amount), else_=0)),
+    )
+    rows = db.session.execute(
+        select(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens, moved)
+        .join(Posting, Posting.entry_id == JournalEntry.id)
+        .outerjoin(payer, payer.c.entry_id == JournalEntry.id)
+        .group_by(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens)
+        .having(JournalEntry.tokens != moved)
+        .order_by(JournalEntry.id)
+    ).all()
+    return [
+        Violation(
+            "entry-tokens-mismatch",
+            f"{kind} entry {entry_id} says {tokens} tokens but its postings move {posted}",
+        )
+        for entry_id, kind, tokens, posted in rows
+    ]
+
+
+def postings_repeat_their_entry() -> list[Violation]:
+    """A posting's kind and time are copies of its entry's (history reads them from it)."""
+    rows = db.session.execute(
+        select(Posting.id, Posting.entry_id)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(
+            or_(Posting.kind != JournalEntry.kind, Posting.created_at != JournalEntry.created_at)
+        )
+        .order_by(Posting.id)
+    ).all()
+    return [
+        Violation(
+            "posting-entry-mismatch",
+            f"posting {posting_id} differs from its entry {entry_id} in kind or time",
+        )
+        for posting_id, entry_id in rows
+    ]
+
+
+def entry_values_match_pricing() -> list[Violation]:
+    """An entry's frozen USD values are its tokens at the rates in force when it was made."""
+    student = value_cents_sql(PricingUserType.STUDENT, JournalEntry.tokens, JournalEntry.created_at)
+    teacher = value_cents_sql(PricingUserType.TEACHER, JournalEntry.tokens, JournalEntry.created_at)
+    values = select(
+        JournalEntry.id.label("entry_id"),
+        JournalEntry.usd_cents,
+        JournalEntry.teacher_usd_cents,
+        student.label("student_cents"),
+        teacher.label("teacher_cents"),
+    ).subquery()
+    rows = db.session.execute(
+        select(values)
+        .where(
+            or_(
+                values.c.student_cents.is_(None),
+                values.c.teacher_cents.is_(None),
+                values.c.usd_cents != values.c.student_cents,
+                values.c.teacher_usd_cents != values.c.teacher_cents,
+            )
+        )
+        .order_by(values.c.entry_id)
+    ).all()
+    return [
+        Violation(
+            "entry-value-mismatch",
+            f"entry {entry_id} is worth {usd} and {teacher_usd} cents but the pricing in force "
+            f"then makes it {student_cents} and {teacher_cents}",
+        )
+        for entry_id, usd, teacher_usd, student_cents, teacher_cents in rows
+    ]
+
+
+def posting_chains_hold() -> list[Violation]:
+    """Recompute every wallet's hash chain (see soma.ledger.core) and name, per wallet,
+    the first broken link: a posting edited past the append-only triggers no longer
+    hashes to what it says, though every balance may still add up. Seq has no gaps."""
+    rows = db.session.execute(
+        select(
+            Posting.wallet_id,
+            Posting.seq,
+            Posting.id,
+            Posting.entry_id,
+            Posting.bucket,
+            Posting.amount,
+            Posting.available_after,
+            Posting.locked_after,
+            Posting.hash,
+        )
+        .order_by(Posting.wallet_id, Posting.seq)
+        .execution_options(yield_per=CHAIN_BATCH)
+    )
+    found = []
+    wallet_id, seq, link, broken = None, 0, "", False
+    for row in rows:
+        if row.wallet_id != wallet_id:
+            wallet_id, seq, link, broken = row.wallet_id, 0, "", False
+        if broken:
+            continue
+        if row.seq != seq + 1:
+            found.append(
+                Violation(
+                    "posting-chain",
+                    f"wallet {wallet_id} jumps from seq {seq} to seq {row.seq} (posting {row.id})",
+                )
+            )
+            broken = True
+            continue
+        seq = row.seq
+        content = (row.bucket, row.amount, row.available_after, row.locked_after)
+        link = chain_link(link, row.entry_id, wallet_id, seq, *content)
+        if link != row.hash:
+            found.append(
+                Violation(
+                    "posting-chain",
+                    f"wallet {wallet_id} breaks at seq {seq} (posting {row.id}): its content "
+                    "and the chain before it do not hash to its hash",
+                )
+            )
+            broken = True
+    return found + _heads_not_last_postings()
+
+
+def _heads_not_last_postings() -> list[Violation]:
+    """Each wallet's chain head is its last posting's seq and hash (0 and '' if none)."""
+    last_seq = (
+        select(Posting.wallet_id, func.max(Posting.seq).label("seq"))
+        .group_by(Posting.wallet_id)
+        .subquery()
+    )
+    last = aliased(Posting)
+    seq = func.coalesce(last_seq.c.seq, 0)
+    link = func.coalesce(last.hash, "")
+    rows = db.session.execute(
+        select(Wallet.id, Wallet.head_seq, seq)
+        .outerjoin(last_seq, last_seq.c.wallet_id == Wallet.id)
+        .outerjoin(last, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
+        .where(or_(Wallet.head_seq != seq, Wallet.head_hash != link))
+        .order_by(Wallet.id)
+    ).all()
+    return [
+        Violation(
+            "posting-chain",
+            f"wallet {wallet_id}'s head says seq {head_seq} but its last posting is seq "
+            f"{last_posted}, or their hashes differ",
+        )
+        for wallet_id, head_seq, last_posted in rows
+    ]

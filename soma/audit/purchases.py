@@ -1,0 +1,170 @@
+"""The audit's checks of purchases (SPEC §2.10): every paid purchase credited exactly once;
+every refund and dispute's tokens held back as its record says, and the status it makes."""
+
+from sqlalchemy import and_, case, func, or_, select
+
+from soma.audit.violation import Violation
+from soma.extensions import db
+from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, Purchase, Wallet
+from soma.models.purchase import CREDITED, PurchaseReversal
+from soma.purchases.reversals import derived_status, due
+
+
+def purchases_credited_exactly_once() -> list[Violation]:
+    """A paid purchase has one purchase entry of its tokens and, if it has a bonus, one
+    bonus entry of it; a purchase never paid has neither."""
+    kind = JournalEntry.kind
+    entries = (
+        select(
+            JournalEntry.reference_id.label("purchase_id"),
+            func.sum(case((kind == EntryKind.PURCHASE.value, 1), else_=0)).label("credits"),
+            func.sum(case((kind == EntryKind.PURCHASE.value, JournalEntry.tokens), else_=0)).label(
+                "credited"
+            ),
+            func.sum(case((kind == EntryKind.BONUS.value, 1), else_=0)).label("bonuses"),
+            func.sum(case((kind == EntryKind.BONUS.value, JournalEntry.tokens), else_=0)).label(
+                "bonus"
+            ),
+        )
+        .where(JournalEntry.reference_type == "purchase")
+        .group_by(JournalEntry.reference_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(
+            Purchase.id,
+            Purchase.status,
+            Purchase.tokens,
+            Purchase.bonus_tokens,
+            func.coalesce(entries.c.credits, 0),
+            func.coalesce(entries.c.credited, 0),
+            func.coalesce(entries.c.bonuses, 0),
+            func.coalesce(entries.c.bonus, 0),
+        ).outerjoin(entries, entries.c.purchase_id == Purchase.id)
+    ).all()
+    found = []
+    for purchase_id, status, tokens, bonus_tokens, credits, credited, bonuses, bonus in rows:
+        if status in CREDITED:
+            expected = (1, tokens, 1 if bonus_tokens else 0, bonus_tokens)
+            if (credits, credited, bonuses, bonus) != expected:
+                found.append(
+                    f"purchase {purchase_id} is {status} but was credited {credits} time(s) "
+                    f"with {credited} tokens and {bonuses} bonus entr(ies) of {bonus}; "
+                    f"it should be once with {tokens} tokens and a bonus of {bonus_tokens}"
+                )
+        elif credits or bonuses:
+            found.append(f"purchase {purchase_id} is {status} but was credited {credited} tokens")
+    return [Violation("purchase-credit", detail) for detail in found]
+
+
+REVERSING = (EntryKind.REFUND.value, EntryKind.ADJUSTMENT.value)
+PARTS = {PlatformAccount.ISSUANCE.value: 0, PlatformAccount.PROMOTIONS.value: 1}
+
+
+def reversal_entries_match_their_reversals() -> list[Violation]:
+    """Every refund and adjustment entry belongs to a purchase's reversal (or, from before
+    reversals were records, to the purchase itself), and each purchase's such entries net
+    to what its reversals say they hold back: purchased tokens in issuance, bonus in
+    promotions. A stray entry naming a purchase shows as a mismatch."""
+    owner = case(
+        (JournalEntry.reference_type == "reversal", PurchaseReversal.purchase_id),
+        (JournalEntry.reference_type == "purchase", Purchase.id),
+    )
+    reversal_of_entry = and_(
+        JournalEntry.reference_type == "reversal", PurchaseReversal.id == JournalEntry.reference_id
+    )
+    purchase_of_entry = and_(
+        JournalEntry.reference_type == "purchase", Purchase.id == JournalEntry.reference_id
+    )
+    netted = db.session.execute(
+        select(owner, Wallet.code, func.sum(Posting.amount))
+        .select_from(JournalEntry)
+        .join(Posting, Posting.entry_id == JournalEntry.id)
+        .join(Wallet, Wallet.id == Posting.wallet_id)
+        .outerjoin(PurchaseReversal, reversal_of_entry)
+        .outerjoin(Purchase, purchase_of_entry)
+        .where(JournalEntry.kind.in_(REVERSING), Wallet.code.in_(list(PARTS)))
+        .group_by(owner, Wallet.code)
+    ).all()
+    found: list[Violation] = []
+    moved: dict[int, list[int]] = {}
+    for purchase_id, code, amount in netted:
+        if purchase_id is None:
+            found.append(
+                Violation("reversal-stray", f"{amount} tokens refunded to {code} for no reversal")
+            )
+            continue
+        moved.setdefault(purchase_id, [0, 0])[PARTS[code]] += int(amount)
+    held = {
+        purchase_id: [int(tokens), int(bonus)]
+        for purchase_id, tokens, bonus in db.session.execute(
+            select(
+                PurchaseReversal.purchase_id,
+                func.sum(PurchaseReversal.tokens_taken),
+                func.sum(PurchaseReversal.bonus_taken),
+            ).group_by(PurchaseReversal.purchase_id)
+        )
+    }
+    for purchase_id in sorted(set(moved) | set(held)):
+        entries, records = moved.get(purchase_id, [0, 0]), held.get(purchase_id, [0, 0])
+        if entries != records:
+            found.append(
+                Violation(
+                    "reversal-entries",
+                    f"purchase {purchase_id}'s refund entries hold back {entries[0]} tokens and "
+                    f"{entries[1]} bonus, its reversals say {records[0]} and {records[1]}",
+                )
+            )
+    return found
+
+
+def purchase_status_follows_reversals() -> list[Violation]:
+    """A credited purchase's status is what its reversals make it (paid, refunded or
+    disputed), and each reversal holds back or is owed exactly what the set of active
+    reversals makes it due. (Purchases refunded before reversals were records keep the
+    old scheme's rounding, so only their status is checked.)"""
+    by_purchase: dict[int, list[PurchaseReversal]] = {}
+    for reversal in db.session.scalars(select(PurchaseReversal).order_by(PurchaseReversal.id)):
+        by_purchase.setdefault(reversal.purchase_id, []).append(reversal)
+    legacy = set(
+        db.session.scalars(
+            select(JournalEntry.reference_id)
+            .where(JournalEntry.reference_type == "purchase", JournalEntry.kind.in_(REVERSING))
+            .distinct()
+        )
+    )
+    found = []
+    looked_at = db.session.scalars(
+        select(Purchase).where(
+            Purchase.status.in_(CREDITED),
+            or_(Purchase.status != "paid", Purchase.id.in_(select(PurchaseReversal.purchase_id))),
+        )
+    )
+    for purchase in looked_at:
+        mine = by_purchase.get(purchase.id, [])
+        expected = derived_status(purchase, mine)
+        if purchase.status != expected:
+            found.append(
+                Violation(
+                    "purchase-status",
+                    f"purchase {purchase.id} is {purchase.status}; its reversals say {expected}",
+                )
+            )
+        if purchase.id in legacy:
+            continue
+        owed = due(purchase, mine)
+        for reversal in mine:
+            holds = (
+                reversal.tokens_taken + reversal.tokens_short,
+                reversal.bonus_taken + reversal.bonus_short,
+            )
+            if holds != owed[reversal.id]:
+                found.append(
+                    Violation(
+                        "reversal-due",
+                        f"reversal {reversal.provider_ref} of purchase {purchase.id} holds "
+                        f"{holds[0]} tokens and {holds[1]} bonus (taken or owed); it is due "
+                        f"{owed[reversal.id][0]} and {owed[reversal.id][1]}",
+                    )
+                )
+    return found

@@ -1,0 +1,14 @@
+"""What a failed check reports."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant: the check's code and what, exactly, is wrong."""
+
+    check: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.detail}"
