@@ -463,7 +463,7 @@ def test_the_audit_names_a_stray_refund_entry_that_names_a_purchase(app):
 
 
 def test_the_audit_names_a_refund_entry_that_names_no_reversal(app):
-    purchase_id, user_id = paid_purchase(app, tokens=100)
+    _, user_id = paid_purchase(app, tokens=100)
     with app.app_context():
         ledger.debit(user_id, 3, key="orphan", kind="refund", reference=("reversal", 999))
         db.session.commit()
