@@ -65,15 +65,6 @@ BACKENDS = {
 }
 
 
-# Tests that break the database SQLite's way (PRAGMA, SQLite's trigger names), in a module
-# being rewritten on another branch; it should mark them `backends("sqlite")` itself.
-SQLITE_ONLY = {
-    "tests/unit/test_audit_and_demo.py::test_audit_names_an_unbalanced_entry",
-    "tests/unit/test_audit_and_demo.py::test_audit_names_a_hold_closed_with_the_wrong_amount",
-    "tests/unit/test_audit_and_demo.py::test_audit_names_a_negative_balance",
-}
-
-
 def suite_backends(path: Path) -> tuple[str, ...]:
     """The backends a test file runs on unless a test says otherwise."""
     if (TESTS / "postgres") in path.parents:
@@ -88,12 +79,7 @@ def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("backends")
-    if marker:
-        names = marker.args
-    elif metafunc.definition.nodeid in SQLITE_ONLY:
-        names = ("sqlite",)
-    else:
-        names = suite_backends(metafunc.definition.path)
+    names = marker.args if marker else suite_backends(metafunc.definition.path)
     metafunc.parametrize("backend", [BACKENDS[name] for name in names], indirect=True)
 
 

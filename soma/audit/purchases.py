@@ -62,10 +62,11 @@ PARTS = {PlatformAccount.ISSUANCE.value: 0, PlatformAccount.PROMOTIONS.value: 1}
 
 
 def reversal_entries_match_their_reversals() -> list[Violation]:
-    """Every refund and adjustment entry belongs to a purchase's reversal (or, from before
-    reversals were records, to the purchase itself), and each purchase's such entries net
-    to what its reversals say they hold back: purchased tokens in issuance, bonus in
-    promotions. A stray entry naming a purchase shows as a mismatch."""
+    """Every refund and adjustment entry that names a reversal or a purchase (before
+    reversals were records, refunds named the purchase) names one that exists, and each
+    purchase's such entries net to what its reversals say they hold back: purchased
+    tokens in issuance, bonus in promotions. A stray entry naming a purchase shows as a
+    mismatch. (The ledger's own operations may debit with no reference at all.)"""
     owner = case(
         (JournalEntry.reference_type == "reversal", PurchaseReversal.purchase_id),
         (JournalEntry.reference_type == "purchase", Purchase.id),
@@ -83,7 +84,11 @@ def reversal_entries_match_their_reversals() -> list[Violation]:
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .outerjoin(PurchaseReversal, reversal_of_entry)
         .outerjoin(Purchase, purchase_of_entry)
-        .where(JournalEntry.kind.in_(REVERSING), Wallet.code.in_(list(PARTS)))
+        .where(
+            JournalEntry.kind.in_(REVERSING),
+            JournalEntry.reference_type.in_(("reversal", "purchase")),
+            Wallet.code.in_(list(PARTS)),
+        )
         .group_by(owner, Wallet.code)
     ).all()
     found: list[Violation] = []

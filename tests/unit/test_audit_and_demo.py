@@ -103,6 +103,7 @@ def test_audit_names_a_wallet_whose_balance_does_not_match_its_postings(ctx, run
     assert "Audit passed" not in result.output
 
 
+@pytest.mark.backends("sqlite")  # SQLite's own trigger names and PRAGMA
 def test_audit_names_an_unbalanced_entry(ctx, runner):
     """Postings are append-only, so the corruption first needs the trigger gone."""
     student, _, _ = busy_ledger()
@@ -135,6 +136,7 @@ def test_audit_names_an_unbalanced_entry(ctx, runner):
     assert f"entry-unbalanced: entry {entry_id} postings sum to 1, not 0" in result.stderr
 
 
+@pytest.mark.backends("sqlite")  # SQLite's own trigger names and PRAGMA
 def test_audit_names_a_hold_closed_with_the_wrong_amount(ctx):
     busy_ledger()
     settle_id, hold_id = db.session.execute(
@@ -184,6 +186,7 @@ def test_audit_names_an_entry_without_postings(ctx, runner):
     assert f"entry-incomplete: entry {entry_id}" in result.stderr
 
 
+@pytest.mark.backends("sqlite")  # SQLite's own trigger names and PRAGMA
 def test_audit_names_a_negative_balance(ctx):
     """The CHECK constraint refuses a negative balance, so the corruption first disables it."""
     db.session.execute(text("PRAGMA ignore_check_constraints = ON"))

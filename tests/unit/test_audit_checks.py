@@ -32,7 +32,12 @@ def cheap_password_hashes(monkeypatch):
 
 
 def allow_edits(*tables: str) -> None:
-    """Drop the SQLite append-only UPDATE triggers (migration 0002) of `tables`."""
+    """Let this transaction edit append-only `tables`, as an attacker with the database
+    would: on SQLite drop their UPDATE triggers (migration 0002); on PostgreSQL switch
+    triggers off until the transaction ends."""
+    if db.session.connection().dialect.name == "postgresql":
+        db.session.execute(text("SET LOCAL session_replication_role = replica"))
+        return
     for table in tables:
         db.session.execute(text(f"DROP TRIGGER {table}_append_only_update"))
 

@@ -14,7 +14,7 @@ from soma.ledger.pricing import tokens_value_cents
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
 from tests.builders import fund, make_user
 
-A, L = Bucket.AVAILABLE, Bucket.LOCKED
+AVAILABLE, LOCKED = Bucket.AVAILABLE, Bucket.LOCKED
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 _keys = itertools.count(1)
 
@@ -122,8 +122,8 @@ def test_credit_issues_tokens_and_issuance_goes_negative(student):
     assert written.closes_entry_id is None
     assert written.created_at == T0
     assert postings_of(posted.id) == {
-        ("issuance", A): (-10, -10, 0),
-        (f"user:{student}", A): (10, 10, 0),
+        ("issuance", AVAILABLE): (-10, -10, 0),
+        (f"user:{student}", AVAILABLE): (10, 10, 0),
     }
 
     fund(student, 15)
@@ -151,8 +151,8 @@ def test_bonus_credit_comes_from_promotions(student):
     assert entry(posted.id).kind == EntryKind.BONUS
     assert (entry(posted.id).usd_cents, entry(posted.id).teacher_usd_cents) == (1000, 400)
     assert postings_of(posted.id) == {
-        ("promotions", A): (-100, -100, 0),
-        (f"user:{student}", A): (100, 100, 0),
+        ("promotions", AVAILABLE): (-100, -100, 0),
+        (f"user:{student}", AVAILABLE): (100, 100, 0),
     }
 
 
@@ -168,8 +168,8 @@ def test_debit_returns_tokens_to_issuance(student):
     assert (written.reference_type, written.reference_id) == ("purchase", 3)
     assert (written.usd_cents, written.teacher_usd_cents) == (120, 48)
     assert postings_of(posted.id) == {
-        ("issuance", A): (12, -18, 0),
-        (f"user:{student}", A): (-12, 18, 0),
+        ("issuance", AVAILABLE): (12, -18, 0),
+        (f"user:{student}", AVAILABLE): (-12, 18, 0),
     }
 
 
@@ -186,8 +186,8 @@ def test_hold_moves_tokens_from_available_to_locked(student):
     assert (written.reference_type, written.reference_id) == ("class", 7)
     assert (written.usd_cents, written.teacher_usd_cents) == (100, 40)
     assert postings_of(posted.id) == {
-        (f"user:{student}", A): (-10, 20, 10),
-        (f"user:{student}", L): (10, 20, 10),
+        (f"user:{student}", AVAILABLE): (-10, 20, 10),
+        (f"user:{student}", LOCKED): (10, 20, 10),
     }
 
 
@@ -205,8 +205,8 @@ def test_full_settle_pays_the_teacher_and_empties_the_hold(student, teacher):
     assert written.closes_entry_id == held.id
     assert (written.usd_cents, written.teacher_usd_cents) == (100, 40)
     assert postings_of(settled.id) == {
-        (f"user:{student}", L): (-10, 20, 0),
-        (f"user:{teacher}", A): (10, 10, 0),
+        (f"user:{student}", LOCKED): (-10, 20, 0),
+        (f"user:{teacher}", AVAILABLE): (10, 10, 0),
     }
 
 
@@ -227,9 +227,9 @@ def test_partial_settle_returns_the_rest_to_available(student, teacher):
     )
     assert (written.usd_cents, written.teacher_usd_cents) == (80, 32)
     assert postings_of(settled.id) == {
-        (f"user:{student}", L): (-10, 22, 0),
-        (f"user:{student}", A): (2, 22, 0),
-        (f"user:{teacher}", A): (8, 8, 0),
+        (f"user:{student}", LOCKED): (-10, 22, 0),
+        (f"user:{student}", AVAILABLE): (2, 22, 0),
+        (f"user:{teacher}", AVAILABLE): (8, 8, 0),
     }
 
 
@@ -254,8 +254,8 @@ def test_withdrawal_hold_settles_to_the_redemption_account(teacher):
     assert (written.kind, written.tokens) == (EntryKind.WITHDRAWAL_PAID, 30)
     assert (written.usd_cents, written.teacher_usd_cents) == (300, 120)
     assert postings_of(paid.id) == {
-        (f"user:{teacher}", L): (-30, 20, 0),
-        ("redemption", A): (30, 30, 0),
+        (f"user:{teacher}", LOCKED): (-30, 20, 0),
+        ("redemption", AVAILABLE): (30, 30, 0),
     }
 
 
@@ -276,8 +276,8 @@ def test_release_returns_the_whole_hold_to_available(student):
     assert written.closes_entry_id == held.id
     assert (written.reference_type, written.reference_id) == ("class", 7)
     assert postings_of(released.id) == {
-        (f"user:{student}", L): (-10, 30, 0),
-        (f"user:{student}", A): (10, 30, 0),
+        (f"user:{student}", LOCKED): (-10, 30, 0),
+        (f"user:{student}", AVAILABLE): (10, 30, 0),
     }
 
 
@@ -294,8 +294,8 @@ def test_transfer_moves_tokens_between_users(student, other_student):
     assert (written.kind, written.tokens, written.memo) == (EntryKind.GIFT, 7, "For you")
     assert (written.usd_cents, written.teacher_usd_cents) == (70, 28)
     assert postings_of(posted.id) == {
-        (f"user:{student}", A): (-7, 23, 0),
-        (f"user:{other_student}", A): (7, 7, 0),
+        (f"user:{student}", AVAILABLE): (-7, 23, 0),
+        (f"user:{other_student}", AVAILABLE): (7, 7, 0),
     }
 
 
@@ -654,8 +654,8 @@ def test_posting_to_a_user_without_a_wallet_moves_nothing(student):
 
 def _legs(student: int, *amounts) -> list[Leg]:
     """Legs on issuance, then the student's available, then the student's locked bucket."""
-    buckets = [(platform_account("issuance"), A), (user_account(student), A)]
-    buckets.append((user_account(student), L))
+    buckets = [(platform_account("issuance"), AVAILABLE), (user_account(student), AVAILABLE)]
+    buckets.append((user_account(student), LOCKED))
     return [
         Leg(account, bucket, amount)
         for (account, bucket), amount in zip(buckets[: len(amounts)], amounts, strict=True)
@@ -686,9 +686,9 @@ def test_post_refuses_an_invalid_entry(student):
 
 def test_post_refuses_two_postings_to_the_same_bucket(student):
     legs = [
-        Leg(platform_account("issuance"), A, -10),
-        Leg(user_account(student), A, 4),
-        Leg(user_account(student), A, 6),
+        Leg(platform_account("issuance"), AVAILABLE, -10),
+        Leg(user_account(student), AVAILABLE, 4),
+        Leg(user_account(student), AVAILABLE, 6),
     ]
     with pytest.raises(ledger.InvalidPosting, match="once to each bucket"), ledger.atomic():
         post(EntryKind.ADJUSTMENT, key(), legs, tokens=10)
@@ -698,9 +698,9 @@ def test_post_refuses_two_postings_to_the_same_bucket(student):
 def test_post_writes_a_balanced_adjustment_of_several_legs(student):
     fund(student, 20)
     legs = [
-        Leg(user_account(student), A, -5),
-        Leg(user_account(student), L, 2),
-        Leg(platform_account("fees"), A, 3),
+        Leg(user_account(student), AVAILABLE, -5),
+        Leg(user_account(student), LOCKED, 2),
+        Leg(platform_account("fees"), AVAILABLE, 3),
     ]
     with ledger.atomic():
         posted = post(EntryKind.ADJUSTMENT, key(), legs, tokens=5, memo="m" * 600)
@@ -709,9 +709,9 @@ def test_post_writes_a_balanced_adjustment_of_several_legs(student):
     assert platform("fees") == 3
     assert entry(posted.id).memo == "m" * 500
     assert postings_of(posted.id) == {
-        ("fees", A): (3, 3, 0),
-        (f"user:{student}", A): (-5, 15, 2),
-        (f"user:{student}", L): (2, 15, 2),
+        ("fees", AVAILABLE): (3, 3, 0),
+        (f"user:{student}", AVAILABLE): (-5, 15, 2),
+        (f"user:{student}", LOCKED): (2, 15, 2),
     }
 
 

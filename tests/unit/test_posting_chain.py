@@ -18,7 +18,7 @@ from soma.extensions import db
 from soma.ledger.core import chain_link
 from soma.models import EntryKind, JournalEntry, Posting, Wallet
 from soma.wallet.history import Cursor, history_page, iter_history
-from tests.helpers import make_user
+from tests.builders import make_user
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +27,15 @@ def cheap_password_hashes(monkeypatch):
         "soma.models.user.generate_password_hash",
         lambda password: generate_password_hash(password, method="pbkdf2:sha256:1"),
     )
+
+
+def allow_edits() -> None:
+    """Edit postings past their append-only trigger, as an attacker with the database would:
+    on SQLite drop it; on PostgreSQL switch triggers off until the transaction ends."""
+    if db.session.connection().dialect.name == "postgresql":
+        db.session.execute(text("SET LOCAL session_replication_role = replica"))
+    else:
+        db.session.execute(text("DROP TRIGGER postings_append_only_update"))
 
 
 def wallet(user_id: int) -> Wallet:
@@ -93,7 +102,7 @@ def test_the_audit_names_the_link_where_a_posting_was_edited_past_the_triggers(c
     student, _ = student_with_history()
     own = wallet(student)
     edited = postings_of(own.id)[4]  # seq 5, hold:2's locked posting
-    db.session.execute(text("DROP TRIGGER postings_append_only_update"))
+    allow_edits()
     db.session.execute(
         text("UPDATE postings SET available_after = available_after + 5 WHERE id = :id"),
         {"id": edited.id},
@@ -114,7 +123,7 @@ def test_the_audit_names_two_postings_whose_amounts_were_swapped(ctx):
     student, _ = student_with_history()
     own = wallet(student)
     available, locked = postings_of(own.id)[1:3]  # hold:1: -10 available, +10 locked
-    db.session.execute(text("DROP TRIGGER postings_append_only_update"))
+    allow_edits()
     db.session.execute(
         text("UPDATE postings SET bucket = CASE bucket WHEN 'available' THEN 'locked' "
              "ELSE 'available' END, amount = -amount WHERE id IN (:a, :l)"),
@@ -134,7 +143,7 @@ def test_the_audit_names_a_gap_in_a_wallets_numbers_and_a_head_that_is_not_its_l
     student, _ = student_with_history()
     own = wallet(student)
     last = postings_of(own.id)[-1]
-    db.session.execute(text("DROP TRIGGER postings_append_only_update"))
+    allow_edits()
     db.session.execute(text("UPDATE postings SET seq = 12 WHERE id = :id"), {"id": last.id})
     db.session.commit()
     assert run_audit() == [
