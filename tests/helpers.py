@@ -142,3 +142,24 @@ def ok(outcomes):
 
 def errors(outcomes):
     return [value for status, value in outcomes if status == "error"]
+
+
+def wallet_row(user_id: int):
+    """The user's wallet row, read fresh."""
+    from sqlalchemy import select
+
+    from soma.models import Wallet
+
+    db.session.expire_all()
+    return db.session.scalar(select(Wallet).where(Wallet.user_id == user_id))
+
+
+def postings_of(wallet_id: int) -> list:
+    """A wallet's postings in the order of its chain."""
+    from sqlalchemy import select
+
+    from soma.models import Posting
+
+    return db.session.scalars(
+        select(Posting).where(Posting.wallet_id == wallet_id).order_by(Posting.seq)
+    ).all()

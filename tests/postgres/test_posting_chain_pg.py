@@ -11,22 +11,12 @@ from soma import ledger
 from soma.audit import Violation, run_audit
 from soma.extensions import db
 from soma.ledger.core import chain_link
-from soma.models import Posting, Wallet
-from tests.helpers import make_user
+from soma.models import Posting
+from tests.builders import make_user
+from tests.helpers import postings_of, wallet_row
 
 WORKERS = 16
 THREAD_TIMEOUT = 60
-
-
-def wallet(user_id: int) -> Wallet:
-    db.session.expire_all()
-    return db.session.scalar(select(Wallet).where(Wallet.user_id == user_id))
-
-
-def postings_of(wallet_id: int) -> list[Posting]:
-    return db.session.scalars(
-        select(Posting).where(Posting.wallet_id == wallet_id).order_by(Posting.seq)
-    ).all()
 
 
 def funded_student(tokens: int) -> int:
@@ -74,7 +64,7 @@ def test_racing_entries_on_one_wallet_number_and_chain_it_without_gaps(
     assert failures == []
 
     with app.app_context():
-        own = wallet(student)
+        own = wallet_row(student)
         postings = postings_of(own.id)
         # 1 credit, 8 holds of 2 postings, then 8 holds (2), 4 releases (2), 4 credits (1).
         assert len(postings) == 1 + 2 * 8 + 2 * 8 + 2 * 4 + 4
@@ -94,7 +84,7 @@ def test_the_audit_names_a_posting_edited_with_the_append_only_trigger_disabled(
         with ledger.atomic():
             ledger.hold(student, 10, key="hold")
             ledger.credit(student, 5, key="more")
-        own = wallet(student)
+        own = wallet_row(student)
         edited = postings_of(own.id)[2]  # seq 3: the hold's locked posting
         db.session.execute(text("ALTER TABLE postings DISABLE TRIGGER postings_append_only"))
         db.session.execute(
@@ -156,7 +146,7 @@ def test_the_audits_ledger_checks_name_corruptions_on_postgresql_too(app):
             text("ALTER TABLE journal_entries ENABLE TRIGGER journal_entries_append_only")
         )
         db.session.commit()
-        own = wallet(student)
+        own = wallet_row(student)
         assert run_audit() == [
             Violation(
                 "locked-not-open-holds",

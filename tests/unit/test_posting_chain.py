@@ -16,9 +16,10 @@ from soma import ledger
 from soma.audit import Violation, run_audit
 from soma.extensions import db
 from soma.ledger.core import chain_link
-from soma.models import EntryKind, JournalEntry, Posting, Wallet
+from soma.models import EntryKind, JournalEntry
 from soma.wallet.history import Cursor, history_page, iter_history
 from tests.builders import make_user
+from tests.helpers import postings_of, wallet_row
 
 
 @pytest.fixture(autouse=True)
@@ -36,17 +37,6 @@ def allow_edits() -> None:
         db.session.execute(text("SET LOCAL session_replication_role = replica"))
     else:
         db.session.execute(text("DROP TRIGGER postings_append_only_update"))
-
-
-def wallet(user_id: int) -> Wallet:
-    db.session.expire_all()
-    return db.session.scalar(select(Wallet).where(Wallet.user_id == user_id))
-
-
-def postings_of(wallet_id: int) -> list[Posting]:
-    return db.session.scalars(
-        select(Posting).where(Posting.wallet_id == wallet_id).order_by(Posting.seq)
-    ).all()
 
 
 def entry_id(key: str) -> int:
@@ -70,7 +60,7 @@ def student_with_history() -> tuple[int, int]:
 
 def test_a_wallets_postings_are_numbered_without_gaps_and_chained_in_order(ctx):
     student, teacher = student_with_history()
-    own = wallet(student)
+    own = wallet_row(student)
     postings = postings_of(own.id)
     # A hold posts available then locked; so do a settle's payer and a release.
     assert [(p.seq, p.entry_id, p.bucket, p.amount) for p in postings] == [
@@ -92,7 +82,7 @@ def test_a_wallets_postings_are_numbered_without_gaps_and_chained_in_order(ctx):
         previous = posting.hash
     assert (own.head_seq, own.head_hash) == (10, postings[-1].hash)
     assert own.prior_hash == postings[-2].hash
-    paid = wallet(teacher)
+    paid = wallet_row(teacher)
     assert (paid.head_seq, paid.head_hash) == (1, postings_of(paid.id)[0].hash)
     assert run_audit() == []
 
@@ -100,7 +90,7 @@ def test_a_wallets_postings_are_numbered_without_gaps_and_chained_in_order(ctx):
 def test_the_audit_names_the_link_where_a_posting_was_edited_past_the_triggers(ctx):
     """Its balance after is not checked by any balance check: only the chain sees it."""
     student, _ = student_with_history()
-    own = wallet(student)
+    own = wallet_row(student)
     edited = postings_of(own.id)[4]  # seq 5, hold:2's locked posting
     allow_edits()
     db.session.execute(
@@ -121,7 +111,7 @@ def test_the_audit_names_two_postings_whose_amounts_were_swapped(ctx):
     """Swapping the 50 of the purchase and the -4 of the gift between two wallets' rows
     is caught by the sums too; swapping within one entry's two legs only by the chain."""
     student, _ = student_with_history()
-    own = wallet(student)
+    own = wallet_row(student)
     available, locked = postings_of(own.id)[1:3]  # hold:1: -10 available, +10 locked
     allow_edits()
     db.session.execute(
@@ -141,7 +131,7 @@ def test_the_audit_names_two_postings_whose_amounts_were_swapped(ctx):
 
 def test_the_audit_names_a_gap_in_a_wallets_numbers_and_a_head_that_is_not_its_last(ctx):
     student, _ = student_with_history()
-    own = wallet(student)
+    own = wallet_row(student)
     last = postings_of(own.id)[-1]
     allow_edits()
     db.session.execute(text("UPDATE postings SET seq = 12 WHERE id = :id"), {"id": last.id})
@@ -161,12 +151,12 @@ def test_the_audit_names_a_gap_in_a_wallets_numbers_and_a_head_that_is_not_its_l
 def test_an_upgraded_database_chains_the_postings_written_before_the_chain(app, ctx):
     """Migration 0009 numbers and chains existing postings per wallet in id order."""
     student, _ = student_with_history()
-    before = {p.id: (p.seq, p.hash) for p in postings_of(wallet(student).id)}
+    before = {p.id: (p.seq, p.hash) for p in postings_of(wallet_row(student).id)}
     db.session.commit()
     flask_migrate.downgrade(revision="0007")
     flask_migrate.upgrade()
     db.session.expire_all()
-    after = {p.id: (p.seq, p.hash) for p in postings_of(wallet(student).id)}
+    after = {p.id: (p.seq, p.hash) for p in postings_of(wallet_row(student).id)}
     # The ledger posted each entry's buckets available first, so its ids are in seq order
     # and the backfill gives back the very same chain.
     assert after == before
@@ -192,7 +182,7 @@ def test_history_orders_by_seq_and_pages_whole_entries(ctx):
         ledger.hold(student, 4, key="hold:2", now=at)
         ledger.hold(student, 3, key="hold:3", now=at)
     order = ["hold:3", "hold:2", "late", "hold:1", "buy"]
-    own = wallet(student).id
+    own = wallet_row(student).id
     rows = history_page(own, limit=10).rows
     assert [row.entry_id for row in rows] == [entry_id(key) for key in order]
     assert [(row.available_change, row.locked_change) for row in rows[:2]] == [(-3, 3), (-4, 4)]
