@@ -152,8 +152,9 @@ def _legacy_reversals() -> list[dict]:
     A dispute keeps its Stripe id (its old keys hold it), so its later events find
     it. Refunds were kept as a running total: they become one "legacy:refund:<id>"
     row, which the refunds Stripe later reports from before this migration are
-    folded into (`reversals.report`). The old shortfall, one total per purchase,
-    goes to the dispute as far as it is short, the rest to the refunds.
+    folded into (`reversals.report`); a dispute whose id no key holds (it took no
+    tokens) becomes "legacy:dispute:<id>", which its next Stripe event adopts. Each
+    row's shortfall, per part, is what the old scheme owed it less what it took.
     """
     bind = op.get_bind()
     rows = bind.execute(
@@ -167,35 +168,42 @@ def _legacy_reversals() -> list[dict]:
     ).all()
     now = datetime.now(UTC)
     made = []
-    for purchase_id, tokens, bonus, whole, refunded, shortfall, disputed in rows:
+    for purchase_id, tokens, bonus, whole, refunded, _shortfall, disputed in rows:
         taken, disputes = _taken(bind, purchase_id)
         if disputed and not any(status == "open" for status, _, _ in disputes.values()):
             disputes[f"legacy:dispute:{purchase_id}"] = ("open", 0, 0)
-        base = {"purchase_id": purchase_id, "moves": 0, "created_at": now, "bonus_short": 0}
-        dispute_short = 0
+        base = {"purchase_id": purchase_id, "moves": 0, "created_at": now}
+
         for dispute_id, (status, dispute_tokens, dispute_bonus) in disputes.items():
             amount = disputed if status == "open" and disputed else whole
+            short = (0, 0)
             if status == "open":
-                owed = sum(
-                    -(-part * min(refunded + amount, whole) // whole)
-                    - -(-part * min(refunded, whole) // whole)
-                    for part in (tokens, bonus)
-                )
-                dispute_short = max(0, min(shortfall, owed - dispute_tokens - dispute_bonus))
+                due_tokens, due_bonus = _owed((tokens, bonus), whole, refunded, refunded + amount)
+                short = (max(0, due_tokens - dispute_tokens), max(0, due_bonus - dispute_bonus))
             made.append({
                 **base, "kind": "dispute", "provider_ref": dispute_id, "amount_minor": amount,
                 "status": status, "tokens_taken": dispute_tokens, "bonus_taken": dispute_bonus,
-                "tokens_short": dispute_short if status == "open" else 0,
+                "tokens_short": short[0], "bonus_short": short[1],
                 "resolved_at": None if status == "open" else now,
             })  # fmt: skip
         if refunded:
+            due_tokens, due_bonus = _owed((tokens, bonus), whole, 0, refunded)
             made.append({
                 **base, "kind": "refund", "provider_ref": f"legacy:refund:{purchase_id}",
                 "amount_minor": refunded, "status": "succeeded",
                 "tokens_taken": taken["tokens"], "bonus_taken": taken["bonus"],
-                "tokens_short": max(0, shortfall - dispute_short), "resolved_at": now,
+                "tokens_short": max(0, due_tokens - taken["tokens"]),
+                "bonus_short": max(0, due_bonus - taken["bonus"]), "resolved_at": now,
             })  # fmt: skip
     return made
+
+
+def _owed(parts: tuple[int, int], whole: int, start: int, end: int) -> tuple[int, ...]:
+    """What the money from `start` to `end` of `whole` bought of each part (ceil)."""
+    return tuple(
+        -(-part * min(end, whole) // whole) - -(-part * min(start, whole) // whole)
+        for part in parts
+    )
 
 
 def _taken(bind, purchase_id: int):

@@ -68,7 +68,9 @@ def purchase_list():
     return render_template("admin/purchases.html", purchases=page, next_before=next_before)
 
 
-def _purchase_page(purchase: Purchase, error: str | None = None, status: int = 200):
+def _purchase_page(
+    purchase: Purchase, error: str | None = None, status: int = 200, key: str | None = None
+):
     events = db.session.scalars(
         select(PurchaseEvent)
         .where(PurchaseEvent.purchase_id == purchase.id)
@@ -82,7 +84,7 @@ def _purchase_page(purchase: Purchase, error: str | None = None, status: int = 2
         reversals=found,
         totals=reversals.totals(found),
         refundable=reversals.refundable(purchase, found),
-        refund_key=secrets.token_urlsafe(16),
+        refund_key=key or secrets.token_urlsafe(16),
         error=error,
         form=ActionForm(),
     ), status
@@ -112,6 +114,14 @@ def refund(purchase_id: int):
         return _purchase_page(purchase, str(error), 422)
     except stripe_provider.StripeError as error:
         current_app.logger.exception("stripe: refund of purchase %s failed", purchase.id)
+        if stripe_provider.outcome_unknown(error):
+            # It may have been made: the form keeps its key, so sending it again asks
+            # Stripe for the same refund, never a second one.
+            message = (
+                "Stripe did not answer, so the refund may or may not have been made. "
+                "Send the form again: it will not refund twice."
+            )
+            return _purchase_page(purchase, message, 502, key=request.form.get("key"))
         return _purchase_page(purchase, f"Stripe refused the refund: {error.user_message}", 502)
     except reversals.RefundRefused as error:
         db.session.rollback()

@@ -14,6 +14,12 @@ class BadSignature(ValueError):
     """A webhook body that is not Stripe's: bad, missing or stale signature, or not JSON."""
 
 
+def outcome_unknown(error: stripe.StripeError) -> bool:
+    """Whether a request may have been done though it failed: no answer, or a server error."""
+    status = getattr(error, "http_status", None)
+    return isinstance(error, stripe.APIConnectionError) or (status is not None and status >= 500)
+
+
 def configured() -> bool:
     config = current_app.config
     return bool(config.get("STRIPE_SECRET_KEY") and config.get("STRIPE_WEBHOOK_SECRET"))

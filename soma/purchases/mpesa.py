@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 
 from flask import current_app, request
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from soma import clock
 from soma.errors import SomaError
@@ -195,10 +196,17 @@ def _confirm_and_fulfil(purchase: Purchase, checkout_id: str, items: dict) -> No
     """
     amount, receipt = items.get("Amount"), items.get("MpesaReceiptNumber")
     if amount is not None and _amount(amount) != purchase.amount_minor:
-        # Money arrived, but not the price: never credited as the purchase, never lost.
+        # Money arrived, but not the price: never credited as the purchase (which fails,
+        # so no status query credits it either), never lost: kept for an admin.
         _keep_unmatched(checkout_id, items)
+        paid = f"KES {str(amount)[:20]}"
+        service.fail(
+            purchase.id,
+            f"mpesa:{checkout_id}",
+            f"M-Pesa reported {paid} paid, not the price; our staff will sort it out with you.",
+        )
         raise inbox.Ignore(
-            f"{checkout_id} paid KES {str(amount)[:20]} for purchase {purchase.id} of "
+            f"{checkout_id} paid {paid} for purchase {purchase.id} of "
             f"KES {purchase.amount_minor}; kept as an unmatched payment"
         )
     receipt = str(receipt)[:64] if receipt else None
@@ -324,6 +332,12 @@ def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
         raise MatchRefused(f"Purchase #{purchase.id} is not an M-Pesa purchase waiting to be paid.")
     if purchase.checkout_request_id not in (None, payment.checkout_request_id):
         raise MatchRefused(f"Purchase #{purchase.id} belongs to another M-Pesa request.")
+    owner = _owner(payment)
+    if owner is not None and owner != purchase.id:
+        raise MatchRefused(
+            f"Payment {payment.receipt} answers purchase #{owner}'s M-Pesa request; "
+            "sort it out with that purchase."
+        )
     if purchase.amount_minor != payment.amount_minor:
         raise MatchRefused(
             f"Purchase #{purchase.id} costs KES {purchase.amount_minor:,}; the payment was "
@@ -360,11 +374,25 @@ def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
     return fulfilled
 
 
+def _owner(payment: UnmatchedPayment) -> int | None:
+    """The purchase whose own M-Pesa request the payment answers, if one has it."""
+    return db.session.scalar(
+        select(Purchase.id).where(Purchase.checkout_request_id == payment.checkout_request_id)
+    )
+
+
 def reconcile(by: str = "reconcile") -> list[tuple[UnmatchedPayment, Purchase | None, str]]:
     """Match every unmatched payment that has exactly one candidate purchase; return what
     was done with each: (payment, purchase or None, what happened)."""
     done = []
     for payment in unmatched():
+        owner = _owner(payment)
+        if owner is not None:
+            # It answers a request we know after all: a callback that came before the
+            # push's answer (the purchase is then credited by its own status query), or
+            # a payment of the wrong amount (that purchase failed; an admin decides).
+            done.append((payment, None, f"answers purchase #{owner}'s request; match by hand"))
+            continue
         found = candidates(payment)
         if len(found) != 1:
             why = "no purchase fits" if not found else f"{len(found)} purchases fit; match by hand"
@@ -375,4 +403,7 @@ def reconcile(by: str = "reconcile") -> list[tuple[UnmatchedPayment, Purchase | 
         except MatchRefused as refused:
             db.session.rollback()
             done.append((payment, None, refused.message))
+        except IntegrityError:  # its receipt or request is another purchase's meanwhile
+            db.session.rollback()
+            done.append((payment, None, "its receipt or request is another purchase's"))
     return done

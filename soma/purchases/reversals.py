@@ -169,6 +169,8 @@ def report(
         now = clock.now()
         if reversal is None and made_at is not None and KIND_OF[status] == ReversalKind.REFUND:
             reversal = _fold_into_legacy(purchase_id, provider_ref, amount_minor, made_at)
+        if reversal is None and KIND_OF[status] == ReversalKind.DISPUTE:
+            reversal = _adopt_legacy_dispute(purchase_id, provider_ref)
         if reversal is None:
             reversal = PurchaseReversal(
                 purchase_id=purchase_id,
@@ -217,6 +219,19 @@ def _fold_into_legacy(
         return legacy
     legacy.amount_minor -= amount_minor
     return None
+
+
+def _adopt_legacy_dispute(purchase_id: int, provider_ref: str) -> PurchaseReversal | None:
+    """A dispute open before disputes were records of their own whose Stripe id was not
+    known (it took no tokens): its row takes the id Stripe now reports (migration 0008)."""
+    legacy = db.session.scalars(
+        select(PurchaseReversal).where(
+            PurchaseReversal.provider_ref == f"legacy:dispute:{purchase_id}"
+        )
+    ).first()
+    if legacy is not None:
+        legacy.provider_ref = provider_ref
+    return legacy
 
 
 def _rebalance(purchase: Purchase, source: str) -> None:

@@ -103,7 +103,8 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             raise TypeError("no object")
         answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
+        db.session.rollback()
         return {"error": "not an event Soma understands"}, 400
     reply = {"received": True, "status": answer.value}
     if answer is inbox.Answer.DUPLICATE:
@@ -126,11 +127,13 @@ def _act(event_id: str, kind: str, obj: dict) -> None:
         return
     if kind == "charge.refunded":
         purchase = _purchase_of_intent(obj.get("payment_intent"))
-        refunds = (obj.get("refunds") or {}).get("data")
+        listed = obj.get("refunds")
+        refunds = listed.get("data") if isinstance(listed, dict) else None
         if refunds is None:  # not sent with the charge: ask Stripe for them
             refunds = _refunds_of(obj.get("payment_intent"))
-        for refund in refunds:
-            _report_refund(purchase, refund, source)
+        for refund in refunds if isinstance(refunds, list) else []:
+            if isinstance(refund, dict) and isinstance(refund.get("id"), str):
+                _report_refund(purchase, refund, source)
         return
     if kind in REFUND_EVENTS:
         _report_refund(_purchase_of_intent(obj.get("payment_intent")), obj, source)
@@ -163,6 +166,8 @@ def _report(purchase: Purchase, ref: str, status, amount, source: str, made_at=N
         # Its payment is not credited yet (the completed event is still on its
         # way): answer so that Stripe sends this again later.
         raise inbox.RetryLater(str(error)) from None
+    except reversals.RefundRefused as refused:  # an id that is another purchase's
+        raise inbox.Ignore(refused.message) from None
 
 
 def _refunds_of(payment_intent: str | None) -> list[dict]:
@@ -200,7 +205,7 @@ def _purchase_of_intent(payment_intent) -> Purchase:
 
 
 def _ours(metadata, fallback=None) -> Purchase | None:
-    reference = (metadata or {}).get("purchase_id") or fallback
+    reference = (metadata if isinstance(metadata, dict) else {}).get("purchase_id") or fallback
     if not reference or not str(reference).isdigit() or len(str(reference)) > 18:
         return None
     found = db.session.get(Purchase, int(reference))

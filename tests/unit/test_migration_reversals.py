@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from soma.extensions import db
+from soma.models import Purchase
 from soma.purchases import reversals
 from tests.conftest import make_app
 from tests.helpers import balances
@@ -55,10 +56,14 @@ def test_old_counters_become_reversals_and_a_later_report_is_not_counted_twice(o
         flask_migrate.upgrade()  # foreign keys point at purchases: SQLite must rebuild it
 
         found = {r.provider_ref: r for pid in (1, 2) for r in reversals.reversals_of(pid)}
-        rows = {ref: (r.kind, r.amount_minor, r.status, r.tokens_short) for ref, r in found.items()}
+        rows = {
+            ref: (r.kind, r.amount_minor, r.status, r.tokens_short, r.bonus_short)
+            for ref, r in found.items()
+        }
+        # No old entry took anything back here: all of what each was due is owed.
         assert rows == {
-            "legacy:refund:1": ("refund", 1000, "succeeded", 0),
-            "legacy:dispute:2": ("dispute", 500, "open", 7),
+            "legacy:refund:1": ("refund", 1000, "succeeded", 100, 4),
+            "legacy:dispute:2": ("dispute", 500, "open", 50, 2),
         }
         claims = db.session.execute(
             text("SELECT checkout_request_id, push_started_at FROM purchases WHERE id = 3")
@@ -73,3 +78,9 @@ def test_old_counters_become_reversals_and_a_later_report_is_not_counted_twice(o
         reversals.report(1, "re_old_b", "succeeded", 600, "stripe:evt", made)
         refs = sorted((r.provider_ref, r.amount_minor) for r in reversals.reversals_of(1))
         assert refs == [("re_old_a", 400), ("re_old_b", 600)]
+
+        # The old dispute's own id, when Stripe next speaks of it, is the same dispute.
+        reversals.report(2, "dp_old", "won", 500, "stripe:evt")
+        (dispute,) = reversals.reversals_of(2)
+        assert (dispute.provider_ref, dispute.status, dispute.shortfall) == ("dp_old", "won", 0)
+        assert db.session.get(Purchase, 2).status == "paid"

@@ -384,3 +384,24 @@ def clock_now():
     from soma import clock
 
     return clock.now()
+
+
+def test_a_payment_of_the_wrong_amount_is_kept_never_credited_and_never_jams_reconcile(
+    app, client, student, fake_daraja, runner, monkeypatch
+):
+    purchase_id, checkout_id = started(app, client, fake_daraja)
+    fake_daraja.finish(checkout_id, "0")
+    body = callback(checkout_id, "0", amount=1000, receipt="NLJSHORT01")  # not KES 1,295
+    assert send(client, body).status_code == 200
+    failed = purchase(app, purchase_id)
+    assert failed.status == "failed" and "not the price" in failed.failure_reason
+    monkeypatch.setattr("soma.purchases.mpesa.RECHECK_AFTER", 0.0)
+    assert runner.invoke(args=["soma", "sweep"]).exit_code == 0  # asks nothing of a failed one
+    assert purchase(app, purchase_id).status == "failed"
+    result = runner.invoke(args=["soma", "reconcile-mpesa"])
+    assert result.exit_code == 0, result.output
+    assert f"answers purchase #{purchase_id}'s request; match by hand" in result.output
+    with app.app_context():
+        (kept,) = db.session.scalars(select(UnmatchedPayment)).all()
+        assert (kept.receipt, kept.amount_minor, kept.purchase_id) == ("NLJSHORT01", 1000, None)
+        assert balances(student.id) == (0, 0)

@@ -508,3 +508,42 @@ def test_the_audit_names_a_reversal_that_holds_back_other_than_it_is_due(app):
         )
         db.session.commit()
         assert codes(run_audit()) == {"reversal-due"}
+
+
+def test_a_refund_stripe_may_have_made_is_sent_again_with_the_same_key(
+    app, client, auth, stripe_on
+):
+    purchase_id, _ = stripe_paid(app, client, auth, stripe_on)
+    auth.login_as("admin")
+    stripe_on.fail_next = 3  # Stripe answers 500 to the request and both of the SDK's retries
+    response = admin_refund(client, purchase_id, "4.00", key="form-key-unknown")
+    assert response.status_code == 502
+    page = response.get_data(as_text=True)
+    assert "the refund may or may not have been made" in text_of(page)
+    assert 'name="key" value="form-key-unknown"' in page
+    assert admin_refund(client, purchase_id, "4.00", key="form-key-unknown").status_code == 303
+    assert admin_refund(client, purchase_id, "4.00", key="form-key-unknown").status_code == 303
+    assert len(stripe_on.refunds()) == 1
+    with app.app_context():
+        assert [r.amount_minor for r in reversals.reversals_of(purchase_id)] == [400]
+
+
+def test_a_refund_id_already_on_another_purchase_is_ignored_not_retried_forever(
+    app, client, auth, stripe_on
+):
+    first, _ = stripe_paid(app, client, auth, stripe_on)
+    with app.app_context():
+        report(first, "re_shared", "succeeded", 100)
+    auth.login_as("student")
+    other, session_id = checkout(app, client, tokens=250)
+    other_paid = stripe_on.pay(session_id)
+    assert post_event(client, event("checkout.session.completed", other_paid)).status_code == 200
+    refund = {"id": "re_shared", "object": "refund", "amount": 100, "status": "succeeded",
+              "payment_intent": other_paid["payment_intent"]}  # fmt: skip
+    assert post_event(client, event("refund.updated", refund)).status_code == 200
+    with app.app_context():
+        assert reversals.reversals_of(other) == []
+        kept = db.session.scalars(
+            select(ProviderEvent).where(ProviderEvent.kind == "refund.updated")
+        ).one()
+        assert kept.status == "ignored"
