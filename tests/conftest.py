@@ -69,8 +69,6 @@ def suite_backends(path: Path) -> tuple[str, ...]:
     """The backends a test file runs on unless a test says otherwise."""
     if (TESTS / "postgres") in path.parents:
         return ("postgresql",)  # the PostgreSQL-only suite: races, autocommit
-    if (TESTS / "browser") in path.parents:
-        return ("sqlite",)  # Chromium is slow; the pages' queries run on both in unit/
     return ("sqlite", "postgresql")
 
 
