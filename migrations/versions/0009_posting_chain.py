@@ -38,15 +38,17 @@ depends_on = None
 BATCH = 5000
 
 LINK_FUNCTIONS = """
+-- STABLE, not IMMUTABLE: concat_ws turns numbers into text through their output functions,
+-- which are stable; a function no more volatile than its body can be inlined.
 CREATE FUNCTION soma_link(previous text, entry_id bigint, wallet_id integer, seq bigint,
         bucket text, amount bigint, available_after bigint, locked_after bigint)
-    RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURNS text LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT encode(sha256(convert_to(concat_ws('|', previous, entry_id, wallet_id, seq,
         bucket, amount, available_after, locked_after), 'UTF8')), 'hex') $$;
 
 -- The hash before that head: the entry's first posting of two, else the old head.
 CREATE FUNCTION soma_prior(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
-    RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    RETURNS text LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN d_available <> 0 AND d_locked <> 0 THEN soma_link(w.head_hash, entry_id, w.id,
             w.head_seq + 1, 'available', d_available, w.available + d_available,
@@ -57,7 +59,7 @@ CREATE FUNCTION soma_prior(w wallets, entry_id bigint, d_available bigint, d_loc
 -- The wallet's new head once an entry posts d_available and d_locked (0: that bucket is
 -- not posted to) to w, the wallet as it was: available chains first, then locked.
 CREATE FUNCTION soma_head(w wallets, entry_id bigint, d_available bigint, d_locked bigint)
-    RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    RETURNS text LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN d_locked = 0 THEN soma_link(w.head_hash, entry_id, w.id, w.head_seq + 1,
             'available', d_available, w.available + d_available, w.locked + d_locked)
