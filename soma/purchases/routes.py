@@ -8,6 +8,7 @@ from flask_login import current_user
 from soma.forms import ActionForm
 from soma.models import Provider, PurchaseStatus, Role
 from soma.providers import daraja
+from soma.providers import sandbox as sandbox_provider
 from soma.providers import stripe as stripe_provider
 from soma.purchases import mpesa, reversals, service, stripe_checkout
 from soma.purchases.forms import CUSTOM, BuyForm
@@ -125,7 +126,7 @@ def _own_purchase(purchase_id: int):
 
 
 def _sandbox_purchase(purchase_id: int):
-    if not service.sandbox_allowed():
+    if not sandbox_provider.allowed():
         abort(404)
     purchase = _own_purchase(purchase_id)
     if purchase.provider != Provider.SANDBOX or purchase.user_id != current_user.id:

@@ -93,10 +93,6 @@ def providers() -> list[Provider]:
     return offered
 
 
-def sandbox_allowed() -> bool:
-    return sandbox.allowed()
-
-
 def packages() -> list[TokenPackage]:
     return list(
         db.session.scalars(

@@ -8,7 +8,7 @@ which folds any number of reports, in any order, into one record each.
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app, url_for
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from soma import clock
 from soma.extensions import db
@@ -253,27 +253,25 @@ def recheck_stale(now: datetime | None = None, limit: int = 100) -> int:
     if not configured():
         return 0
     now = now or clock.now()
-    rows = [
-        (purchase.id, purchase.checkout_session_id)
-        for purchase in service.least_recently_checked(
-            Provider.STRIPE, limit, Purchase.created_at <= now - NO_SESSION_LIMIT
-        )
-    ]
+    due = or_(
+        Purchase.checkout_session_id.is_(None) & (Purchase.created_at <= now - NO_SESSION_LIMIT),
+        Purchase.created_at <= now - SESSION_ASK_AFTER,
+    )
     settled = 0
-    for purchase_id, session_id in rows:
-        purchase = service.fresh(purchase_id)
-        if session_id is None:
-            service.expire(purchase_id, "sweeper", "The card checkout was never opened.")
+    for purchase in service.least_recently_checked(Provider.STRIPE, limit, due):
+        if purchase.checkout_session_id is None:
+            service.expire(purchase.id, "sweeper", "The card checkout was never opened.")
             settled += 1
             continue
-        if purchase.created_at > now - SESSION_ASK_AFTER:
-            continue
         try:
-            session = stripe_provider.client().v1.checkout.sessions.retrieve(session_id).to_dict()
+            session = stripe_provider.client().v1.checkout.sessions.retrieve(
+                purchase.checkout_session_id
+            )
         except stripe_provider.StripeError:
             continue
+        session = session.to_dict()
         if session.get("status") == "expired":
-            service.expire(purchase_id, "stripe:sweeper")
+            service.expire(purchase.id, "stripe:sweeper")
             settled += 1
         elif _apply_session(purchase, session, "stripe:sweeper") is not None:
             settled += 1

@@ -6,13 +6,15 @@ expected; a purchase is credited once.
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import Purchase, PurchaseEvent
+from soma.models import Purchase, PurchaseEvent, User, utcnow
+from soma.purchases import service
 from tests.buying import buy, checkout, credits_of, package_id, post_event
 from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
 from tests.fakes.stripe_server import event, signed
@@ -171,3 +173,36 @@ def test_when_stripe_does_not_answer_the_student_is_told_and_nothing_is_pending(
     with app.app_context():
         (purchase,) = db.session.scalars(select(Purchase)).all()
         assert purchase.status == "failed"
+
+
+def test_the_sweeper_asks_stripe_about_checkouts_that_should_have_expired(
+    app, client, student, stripe_on, runner
+):
+    old_id, old_session = checkout(app, client, tokens=100)
+    young_id, _ = checkout(app, client, tokens=250)
+    with app.app_context():
+        unopened = service.start(
+            db.session.get(User, student.id),
+            service.quote(package_id=package_id(app, 50)),
+            service.Provider.STRIPE,
+            "never-opened",
+        ).id
+        now = utcnow()
+        for purchase_id, age in ((old_id, 26 * 60), (young_id, 120), (unopened, 20)):
+            db.session.execute(
+                update(Purchase)
+                .where(Purchase.id == purchase_id)
+                .values(created_at=now - timedelta(minutes=age))
+            )
+        db.session.commit()
+    stripe_on.expire(old_session)
+    result = runner.invoke(args=["soma", "sweep"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        statuses = {
+            purchase_id: db.session.get(Purchase, purchase_id).status
+            for purchase_id in (old_id, young_id, unopened)
+        }
+    assert statuses == {old_id: "expired", young_id: "pending", unopened: "expired"}
+    asked = [r["path"] for r in stripe_on.requests if r["method"] == "GET"]
+    assert asked == [f"/v1/checkout/sessions/{old_session}"]  # the young one is not asked
