@@ -173,7 +173,7 @@ def _keep_unmatched(checkout_id: str, items: dict) -> None:
             provider=Provider.MPESA.value,
             receipt=receipt,
             checkout_request_id=checkout_id,
-            phone=phone[:16] if phone.isdigit() else None,
+            phone=phone[:16] if phone.isascii() and phone.isdigit() else None,
             amount_minor=amount,
             currency="KES",
             paid_at=_paid_at(items.get("TransactionDate")),

@@ -93,11 +93,10 @@ def derived_status(purchase: Purchase, reversals: list[PurchaseReversal]) -> str
     lost; refunded once its active refunds cover the price; paid otherwise."""
     if purchase.status not in CREDITED:
         return purchase.status
-    active = [reversal for reversal in reversals if reversal.active]
-    if any(reversal.kind == ReversalKind.DISPUTE for reversal in active):
+    reversed_ = totals(reversals)
+    if reversed_.disputed_minor:
         return PurchaseStatus.DISPUTED.value
-    refunded = sum(r.amount_minor for r in active if r.kind == ReversalKind.REFUND)
-    if refunded >= purchase.amount_minor:
+    if reversed_.refunded_minor >= purchase.amount_minor:
         return PurchaseStatus.REFUNDED.value
     return PurchaseStatus.PAID.value
 
