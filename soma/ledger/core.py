@@ -68,6 +68,7 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -322,19 +323,33 @@ def _hold_matches():
     """SQL: entry `p_closes_entry_id` is a `p_hold_kind` hold of `p_held` tokens of `p_holder`.
 
     Postings are append-only, so what this reads cannot change once it is true.
+    The hold's locked posting (a hold has one) is looked up by its entry alone,
+    and its wallet compared after: a probe that also named the wallet could be
+    planned as a walk of the holder's history (the wallet's indexes lead with
+    it), which PostgreSQL did with a generic plan made while the tables were
+    small, so every settle grew slower with the student's classes.
     """
+    closes = bindparam("p_closes_entry_id", type_=BigInteger())
     holder_wallet = (
         select(wallets.c.id)
         .where(wallets.c.user_id == bindparam("p_holder", type_=Integer()))
         .scalar_subquery()
     )
-    return exists().where(
-        postings.c.entry_id == bindparam("p_closes_entry_id", type_=BigInteger()),
-        postings.c.bucket == Bucket.LOCKED.value,
-        postings.c.amount == bindparam("p_held", type_=BigInteger()),
-        postings.c.kind == bindparam("p_hold_kind", type_=String()),
-        postings.c.wallet_id == holder_wallet,
+    held_from = (
+        select(postings.c.wallet_id)
+        .where(
+            postings.c.entry_id == closes,
+            postings.c.bucket == Bucket.LOCKED.value,
+            postings.c.amount == bindparam("p_held", type_=BigInteger()),
+        )
+        .limit(1)
+        .scalar_subquery()
     )
+    is_hold = exists().where(
+        entries.c.id == closes, entries.c.kind == bindparam("p_hold_kind", type_=String())
+    )
+    # No such posting is NULL, which must read as false (a refusal), not as unknown.
+    return and_(is_hold, func.coalesce(held_from == holder_wallet, false()))
 
 
 @cache

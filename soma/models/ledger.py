@@ -167,7 +167,9 @@ class Posting(Base):
         CheckConstraint("amount <> 0", name="amount_not_zero"),
         Index("uq_postings_wallet_seq", "wallet_id", "seq", unique=True),
         Index("ix_postings_wallet_kind_seq", "wallet_id", "kind", "seq"),
-        Index("ix_postings_entry_id", "entry_id"),
+        # One posting per bucket of a wallet in an entry (the ledger merges legs); it also
+        # finds an entry's postings, as the hold check does (see soma.ledger.core).
+        Index("uq_postings_entry_wallet_bucket", "entry_id", "wallet_id", "bucket", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -113,12 +113,18 @@ def test_the_audit_names_two_postings_whose_amounts_were_swapped(ctx):
     student, _ = student_with_history()
     own = wallet_row(student)
     available, locked = postings_of(own.id)[1:3]  # hold:1: -10 available, +10 locked
+    purchase = postings_of(own.id)[0].entry_id
     allow_edits()
-    db.session.execute(
-        text("UPDATE postings SET bucket = CASE bucket WHEN 'available' THEN 'locked' "
-             "ELSE 'available' END, amount = -amount WHERE id IN (:a, :l)"),
-        {"a": available.id, "l": locked.id},
-    )  # fmt: skip
+    # In three steps, as an entry has one posting per bucket of a wallet (a unique index):
+    # the locked leg steps aside to another entry while the available leg takes its place.
+    swap = [
+        ("UPDATE postings SET entry_id = :aside WHERE id = :l", {"aside": purchase}),
+        ("UPDATE postings SET bucket = 'locked', amount = -amount WHERE id = :a", {}),
+        ("UPDATE postings SET entry_id = :entry, bucket = 'available', amount = -amount "
+         "WHERE id = :l", {"entry": locked.entry_id}),
+    ]  # fmt: skip
+    for statement, values in swap:
+        db.session.execute(text(statement), {"a": available.id, "l": locked.id, **values})
     db.session.commit()
     assert run_audit() == [
         Violation(
