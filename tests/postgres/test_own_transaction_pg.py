@@ -151,3 +151,63 @@ def test_a_lost_connection_fails_the_entry_cleanly_and_the_next_one_reconnects(a
         assert not again.replayed  # the failed attempt wrote nothing
         assert balances(student) == (10, 0)
         assert run_audit() == []
+
+
+def _postings_nodes(plan: dict) -> list[dict]:
+    found = [plan] if plan.get("Relation Name") == "postings" and "Index Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += _postings_nodes(child)
+    return found
+
+
+def test_a_settle_finds_its_hold_by_the_entry_whatever_the_holders_history(app, monkeypatch):
+    """The hold check reads the hold's one locked posting, never the holder's history.
+
+    A probe that also named the wallet could be planned as a walk of the wallet's
+    (wallet_id, kind, seq) range, and a generic plan made while the tables were small
+    did so: every settle read every hold the student had made (which plan PostgreSQL
+    picks for such a probe depends on the table's size when the plan is made, so it is
+    the probe's shape that is checked). The settle statement is explained here as a
+    generic plan, as a pooled connection runs it once prepared.
+    """
+    from soma.ledger import core
+
+    statements = []
+    run = core._autocommit_row
+    monkeypatch.setattr(
+        core,
+        "_autocommit_row",
+        lambda sql, values: statements.append((sql, values)) or run(sql, values),
+    )
+    with app.app_context():
+        student, teacher = make_user("student").id, make_user("teacher").id
+        ledger.credit(student, 10_000, key="history:fund", **OWN)
+        for n in range(120):
+            hold = ledger.hold(student, 10, key=f"history:hold:{n}", **OWN)
+            ledger.settle(
+                hold.id, 7, to_user_id=teacher, key=f"history:settle:{n}",
+                holder_id=student, held=10, **OWN,
+            )  # fmt: skip
+        hold = ledger.hold(student, 10, key="history:last", **OWN)
+        db.session.commit()
+        sql, values = statements[-2]  # the last settle's statement
+        values = {**values, "p_key": "history:explained", "p_closes_entry_id": hold.id}
+        connection = db.engine.raw_connection()
+        try:
+            driver = connection.driver_connection
+            driver.execute("SET plan_cache_mode = force_generic_plan")
+            (plan,) = driver.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, values).fetchone()[0]
+            driver.rollback()
+            driver.execute("RESET plan_cache_mode")
+        finally:
+            connection.close()
+    probes = _postings_nodes(plan["Plan"])
+    assert [node["Index Name"] for node in probes] == ["uq_postings_entry_wallet_bucket"]
+    # By the entry alone: a probe naming the wallet too may be planned by a wallet's index.
+    assert "entry_id" in probes[0]["Index Cond"]
+    assert "wallet_id" not in probes[0]["Index Cond"] + probes[0].get("Filter", "")
+    assert probes[0]["Actual Rows"] + probes[0].get("Rows Removed by Filter", 0) == 1
+    with app.app_context():
+        assert balances(student) == (10_000 - 121 * 10 + 120 * 3, 10)
+        assert balances(teacher) == (120 * 7, 0)
+        assert run_audit() == []
