@@ -4,12 +4,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from soma.auth.passwords import password_problem
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.ledger import open_wallet
 from soma.models import SIGNUP_ROLES, Role, User
-
-MIN_PASSWORD_LENGTH = 10
 
 # Checked against when the email is unknown, so a failed log-in takes as long
 # whether or not the account exists.
@@ -40,8 +39,9 @@ def create_user(email: str, display_name: str, password: str, role: str) -> User
     """Create and commit a user; raises EmailTaken or InvalidAccount."""
     if role not in {r.value for r in Role}:
         raise InvalidAccount(f"Unknown role {role!r}.")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidAccount(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
+    problem = password_problem(password, (email, display_name))
+    if problem is not None:
+        raise InvalidAccount(problem)
     display_name = display_name.strip()
     if not display_name:
         raise InvalidAccount("A display name is required.")
