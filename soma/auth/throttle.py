@@ -17,7 +17,7 @@ under a hash of the email, never the email itself.
 import hashlib
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from limits import RateLimitItem, parse
 from limits.storage import MovingWindowSupport
@@ -55,7 +55,7 @@ def paused_until(email: str) -> datetime | None:
     ]
     if not resets:
         return None
-    return datetime.fromtimestamp(math.ceil(max(resets)), tz=UTC)
+    return datetime.fromtimestamp(max(resets), tz=UTC)
 
 
 def record_failure(email: str) -> None:
@@ -81,8 +81,10 @@ def seconds_until(moment: datetime) -> int:
 
 def pause_message(until: datetime) -> str:
     """What a paused account's log-in says: why, and when to try again."""
+    seconds = seconds_until(until)
+    minute_after = until.replace(second=0, microsecond=0) + timedelta(minutes=1)
     return (
         "Too many wrong passwords were tried for this account, so log-in to it is "
-        f"paused to protect it. Try again in {wait_text(seconds_until(until))} "
-        f"(after {until:%H:%M} UTC)."
+        f"paused to protect it. Try again in {wait_text(seconds)} "
+        f"(from {minute_after:%H:%M} UTC)."
     )
