@@ -137,8 +137,8 @@ def end_sessions(user: User) -> None:
 def log_out(user: User) -> None:
     """Log `user` out of every session: this one and any other browser's."""
     end_sessions(user)
-    logout_user()
     forget_session()
+    logout_user()
 
 
 class WrongPassword(SomaError):
