@@ -66,11 +66,16 @@ def load_user(user_id: str) -> User | SessionUser | None:
 
 
 def forget_session() -> None:
-    """Empty this session: the log-in and all it held (its messages, its CSRF token).
+    """Empty this session of the log-in and all it held (its messages, say): the cookie
+    the browser gets back has none of it.
 
-    The cookie the browser gets back has none of it.
+    The CSRF token stays: a form this request may already have rendered (the user
+    is loaded when something first asks for them) must still be accepted.
     """
+    csrf_token = session.get("csrf_token")
     session.clear()
+    if csrf_token is not None:
+        session["csrf_token"] = csrf_token
 
 
 def refuse_ended_session():

@@ -189,3 +189,19 @@ def test_a_session_made_before_session_versions_is_logged_out(app, client, stude
         session.pop("_session_version")
     assert not logged_in_as(client, student)
     assert csrf_from(client.get("/login").get_data(as_text=True))
+
+
+def test_a_form_shown_as_an_ended_session_is_found_still_works(app, client, auth, student):
+    """Ending the session there keeps its CSRF token: a form on that page works."""
+    cookie = saved_cookie(client)
+    auth.logout()
+    browser = replay(app, cookie)
+    page = browser.get("/no-such-page")
+    assert page.status_code == 404
+    assert 'data-testid="nav-user"' not in page.get_data(as_text=True)
+    token = csrf_from(page.get_data(as_text=True))
+    response = browser.post(
+        "/login", data={"email": student.email, "password": DEFAULT_PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert logged_in_as(browser, student)
