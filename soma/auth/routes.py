@@ -107,7 +107,10 @@ def login():
 def logout():
     """Log the current user out of every session of the account."""
     service.log_out(current_user)
-    flash("You have logged out.", "info")
+    flash(
+        "You have logged out. Any other device logged in to your account was logged out too.",
+        "info",
+    )
     return redirect(url_for("main.index"))
 
 
