@@ -1,6 +1,7 @@
 """Log-in throttling: wrong passwords counted per account (whatever the address), only
 failures counted per address, and sign-up's "email taken" answer limited per address."""
 
+import re
 import time
 
 import pytest
@@ -53,6 +54,11 @@ def guesses(app, email: str, count: int, addresses: int = 4, network: str = "203
     ]
 
 
+def masked(page: str, email: str) -> str:
+    """`page` with the email and the wait's figures left out."""
+    return re.sub(r"\d+", "N", page.replace(email, "EMAIL"))
+
+
 @pytest.fixture
 def sam(app):
     with app.app_context():
@@ -80,7 +86,8 @@ def test_an_unknown_email_is_paused_the_same_way(app, sam):
     guesses(app, sam, 10, network="198.18.0")
     known = text_of(from_address(app, "198.51.100.9").login(sam).get_data(as_text=True))
     assert PAUSED in unknown and PAUSED in known
-    assert unknown.replace("nobody@example.com", "EMAIL") == known.replace(sam, "EMAIL")
+    # The same page, but for the email and the time to come back (a few seconds apart).
+    assert masked(unknown, "nobody@example.com") == masked(known, sam)
 
 
 def test_the_pause_is_for_that_account_alone(app, sam):
