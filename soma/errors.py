@@ -1,5 +1,6 @@
 """Domain errors, and one place that renders every error for the user."""
 
+import math
 import time
 
 from flask import Flask, render_template, request
@@ -79,6 +80,16 @@ def retry_after_seconds() -> int | None:
     return max(1, current.reset_at - int(time.time()))
 
 
+def wait_text(seconds: int) -> str:
+    """A wait in words a user reads at a glance: "45 seconds", "15 minutes", "3 hours"."""
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} minutes"
+    return f"{math.ceil(minutes / 60)} hours"
+
+
 def register(app: Flask) -> None:
     """Install the error handlers on `app`."""
 
@@ -99,9 +110,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(429)
     def too_many(error):
         seconds = retry_after_seconds()
-        wait = (
-            f"Please try again in {seconds} second{'s' if seconds != 1 else ''}." if seconds else ""
-        )
+        wait = f"Please try again in {wait_text(seconds)}." if seconds else ""
         body, status = render_error(429, f"You have tried too often. {wait}".strip())
         headers = {"Retry-After": str(seconds)} if seconds else {}
         return body, status, headers

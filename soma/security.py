@@ -3,7 +3,7 @@
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, request
+from flask import Flask, abort, current_app, request, session
 from flask_login import UserMixin, current_user, login_required
 
 from soma.extensions import db, login_manager
@@ -27,6 +27,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
 # query as what they show (see SessionUser). Every other endpoint loads the User.
 SESSION_USER_ENDPOINTS: set[str] = set()
 
+# The user's session version when the session was made (User.session_version).
+# A session whose version is not the user's current one has been ended.
+SESSION_VERSION_KEY = "_session_version"
+
 
 class SessionUser(UserMixin):
     """The user a valid session names, before their row is read.
@@ -34,23 +38,50 @@ class SessionUser(UserMixin):
     Flask-Login has checked the session (its signature and, with strong session
     protection, the client it was made for). The endpoint that gets this in
     place of a User reads the user's row in its own query and answers 404 when
-    there is none; it must not use anything but `id`.
+    there is none; it reads the row's session version in that query too, and
+    answers `refuse_ended_session()` when it is not `session_version`. It must
+    not use anything but `id` and `session_version`.
     """
 
-    def __init__(self, user_id: int):
+    def __init__(self, user_id: int, session_version: int | None):
         self.id = user_id
+        self.session_version = session_version
 
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | SessionUser | None:
-    """Return the logged-in user for the session, or None."""
+    """Return the logged-in user for the session, or None when there is none or it was ended."""
     try:
         user_id = int(user_id)
     except ValueError:
         return None
+    version = session.get(SESSION_VERSION_KEY)
     if request.endpoint in SESSION_USER_ENDPOINTS:
-        return SessionUser(user_id)
-    return db.session.get(User, user_id)
+        return SessionUser(user_id, version)
+    user = db.session.get(User, user_id)
+    if user is None or user.session_version != version:
+        forget_session()
+        return None
+    return user
+
+
+def forget_session() -> None:
+    """Empty this session of the log-in and all it held (its messages, say): the cookie
+    the browser gets back has none of it.
+
+    The CSRF token stays: a form this request may already have rendered (the user
+    is loaded when something first asks for them) must still be accepted.
+    """
+    csrf_token = session.get("csrf_token")
+    session.clear()
+    if csrf_token is not None:
+        session["csrf_token"] = csrf_token
+
+
+def refuse_ended_session():
+    """The answer to a SessionUser whose session has been ended: logged out, as if never in."""
+    forget_session()
+    return current_app.login_manager.unauthorized()
 
 
 def role_required(*roles: str):
@@ -85,6 +116,11 @@ def register(app: Flask) -> None:
     @app.after_request
     def security_headers(response):
         headers = response.headers
+        if request.endpoint != "static" and "_user_id" in session:
+            # A logged-in page (balances, history, classes) is this user's alone:
+            # never stored by the browser or a proxy, so Back after log-out or
+            # the next user of a shared computer cannot bring it up again.
+            headers["Cache-Control"] = "no-store"
         headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")

@@ -1,14 +1,43 @@
-"""Sign-up and log-in forms."""
+"""Sign-up, log-in and password forms."""
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringField
-from wtforms.validators import DataRequired, EqualTo, Length
+from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
-from soma.auth.service import MIN_PASSWORD_LENGTH
+from soma.auth.passwords import MIN_PASSWORD_LENGTH, password_problem
 from soma.forms import email_field, strip
+
+NEW_PASSWORD_HINT = (
+    f"At least {MIN_PASSWORD_LENGTH} characters, and not a common password: "
+    "a few unrelated words work well."
+)
+
+
+class AcceptablePassword:
+    """Refuse a new password that the password rule refuses, saying why.
+
+    The form's `account_details()` gives the account's own email and name, which
+    the password must not be made of.
+    """
+
+    def __call__(self, form, field):
+        problem = password_problem(field.data or "", form.account_details())
+        if problem is not None:
+            raise ValidationError(problem)
+
+
+def new_password_field(label: str) -> PasswordField:
+    return PasswordField(
+        label, validators=[DataRequired(message="Choose a password."), AcceptablePassword()]
+    )
+
+
+def repeat_password_field(label: str, of: str) -> PasswordField:
+    return PasswordField(label, validators=[EqualTo(of, message="The two passwords differ.")])
 
 
 class SignupForm(FlaskForm):
+    password_hint = NEW_PASSWORD_HINT
     role = RadioField(
         "I am a",
         choices=[
@@ -24,21 +53,11 @@ class SignupForm(FlaskForm):
         validators=[DataRequired(message="Tell us your name."), Length(max=80)],
     )
     email = email_field("Email", missing="Enter your email address.")
-    password = PasswordField(
-        "Password",
-        validators=[
-            DataRequired(message="Choose a password."),
-            Length(
-                min=MIN_PASSWORD_LENGTH,
-                max=256,
-                message=f"Use at least {MIN_PASSWORD_LENGTH} characters.",
-            ),
-        ],
-    )
-    confirm = PasswordField(
-        "Repeat password",
-        validators=[EqualTo("password", message="The two passwords differ.")],
-    )
+    password = new_password_field("Password")
+    confirm = repeat_password_field("Repeat password", of="password")
+
+    def account_details(self) -> tuple[str, ...]:
+        return (self.email.data or "", self.display_name.data or "")
 
 
 class LoginForm(FlaskForm):
@@ -46,3 +65,19 @@ class LoginForm(FlaskForm):
         "Email", filters=[strip], validators=[DataRequired(message="Enter your email address.")]
     )
     password = PasswordField("Password", validators=[DataRequired(message="Enter your password.")])
+
+
+class PasswordChangeForm(FlaskForm):
+    password_hint = NEW_PASSWORD_HINT
+    current = PasswordField(
+        "Current password", validators=[DataRequired(message="Enter your current password.")]
+    )
+    password = new_password_field("New password")
+    confirm = repeat_password_field("Repeat the new password", of="password")
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def account_details(self) -> tuple[str, ...]:
+        return (self.user.email, self.user.display_name)

@@ -1,21 +1,53 @@
-"""Sign-up, log-in and log-out pages."""
+"""Sign-up, log-in, log-out and password pages."""
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user, login_required
 
 from soma.auth import service
-from soma.auth.forms import LoginForm, SignupForm
+from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.extensions import limiter
 from soma.security import is_safe_next
 
 bp = Blueprint("auth", __name__)
+
+# Sign-up must say when an email is taken (the account is made and logged in at
+# once; there is no mail to send a neutral answer to), so that answer is what a
+# list of emails would be checked with: few are given per address. Sign-ups of
+# any outcome are limited too, against accounts made in bulk.
+SIGNUP_TAKEN_RATE_LIMIT = "10 per hour;30 per day"
+SIGNUP_RATE_LIMIT = "50 per hour"
+CREDENTIAL_CHANGE_RATE_LIMIT = "10 per hour"
 
 
 def _login_rate_limit() -> str:
     return current_app.config["LOGIN_RATE_LIMIT"]
 
 
+def _did_not_log_in(response) -> bool:
+    """Whether a log-in POST failed (anything but the redirect of a success)."""
+    return response.status_code >= 400
+
+
+def _said_taken(response) -> bool:
+    return bool(g.get("signup_email_taken"))
+
+
+def _per_user() -> str:
+    return f"user:{current_user.get_id()}"
+
+
 @bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit(SIGNUP_RATE_LIMIT, methods=["POST"])
+@limiter.limit(SIGNUP_TAKEN_RATE_LIMIT, methods=["POST"], deduct_when=_said_taken)
 def signup():
     """Create a student or teacher account and log it in."""
     if current_user.is_authenticated:
@@ -27,11 +59,12 @@ def signup():
                 form.email.data, form.display_name.data, form.password.data, form.role.data
             )
         except service.EmailTaken as error:
+            g.signup_email_taken = True
             form.email.errors.append(error.message)
         except service.InvalidAccount as error:
             form.form_errors.append(error.message)
         else:
-            login_user(user)
+            service.log_in(user)
             flash(f"Welcome to Soma, {user.display_name}!", "success")
             return redirect(url_for("main.dashboard"))
     status = 400 if form.is_submitted() else 200
@@ -39,29 +72,72 @@ def signup():
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_rate_limit, methods=["POST"])
+@limiter.limit(_login_rate_limit, methods=["POST"], deduct_when=_did_not_log_in)
 def login():
-    """Log a user in, then go to `next` when it is on this site."""
+    """Log a user in, then go to `next` when it is on this site.
+
+    Only failed attempts count against the address (LOGIN_RATE_LIMIT), and wrong
+    passwords against the account too (soma.auth.throttle): a school's pupils
+    logging in from one address do not use up each other's tries.
+    """
     if current_user.is_authenticated:
         return redirect(url_for("main.dashboard"))
     form = LoginForm()
     next_url = request.args.get("next")
+    status, headers = (400 if form.is_submitted() else 200), {}
     if form.validate_on_submit():
-        user = service.authenticate(form.email.data, form.password.data)
-        if user is None:
-            form.form_errors.append("That email and password do not match an account.")
+        try:
+            user = service.authenticate(form.email.data, form.password.data)
+        except service.AccountPaused as paused:
+            form.form_errors.append(paused.message)
+            status, headers = paused.status, {"Retry-After": str(paused.retry_after)}
         else:
-            login_user(user)
-            flash(f"Welcome back, {user.display_name}.", "success")
-            return redirect(next_url if is_safe_next(next_url) else url_for("main.dashboard"))
-    status = 400 if form.is_submitted() else 200
-    return render_template("auth/login.html", form=form, next_url=next_url), status
+            if user is None:
+                form.form_errors.append("That email and password do not match an account.")
+            else:
+                service.log_in(user)
+                flash(f"Welcome back, {user.display_name}.", "success")
+                return redirect(next_url if is_safe_next(next_url) else url_for("main.dashboard"))
+    page = render_template("auth/login.html", form=form, next_url=next_url)
+    return page, status, headers
 
 
 @bp.post("/logout")
 @login_required
 def logout():
-    """Log the current user out."""
-    logout_user()
-    flash("You have logged out.", "info")
+    """Log the current user out of every session of the account."""
+    service.log_out(current_user)
+    flash(
+        "You have logged out. Any other device logged in to your account was logged out too.",
+        "info",
+    )
     return redirect(url_for("main.index"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+@limiter.limit(CREDENTIAL_CHANGE_RATE_LIMIT, methods=["POST"], key_func=_per_user)
+@limiter.limit(CREDENTIAL_CHANGE_RATE_LIMIT, methods=["POST"])
+def change_password():
+    """Change the password; every other session of the account ends, this one stays."""
+    form = PasswordChangeForm(current_user)
+    status, headers = (400 if form.is_submitted() else 200), {}
+    if form.validate_on_submit():
+        try:
+            service.change_password(current_user, form.current.data, form.password.data)
+        except service.WrongPassword as error:
+            form.current.errors.append(error.message)
+        except service.InvalidAccount as error:
+            form.password.errors.append(error.message)
+        except service.AccountPaused as paused:
+            form.form_errors.append(paused.message)
+            status, headers = paused.status, {"Retry-After": str(paused.retry_after)}
+        else:
+            flash(
+                "Your password is changed. Every other device logged in to your "
+                "account has been logged out.",
+                "success",
+            )
+            return redirect(url_for("main.dashboard"))
+    page = render_template("auth/password.html", form=form)
+    return page, status, headers

@@ -1,15 +1,26 @@
-"""Accounts: creating users and checking credentials."""
+"""Accounts: creating users, checking credentials, and the sessions they log in to.
 
-from sqlalchemy import select
+A session holds the user's session version from when it was made, and is
+valid only while that is still the user's (soma.security.load_user).
+`end_sessions` raises it: every session of the account ends at once, on every
+device and gunicorn worker, as each one's next request reads the user.
+"""
+
+from datetime import datetime
+
+from flask import session
+from flask_login import login_user, logout_user
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from soma.auth import throttle
+from soma.auth.passwords import password_problem
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.ledger import open_wallet
 from soma.models import SIGNUP_ROLES, Role, User
-
-MIN_PASSWORD_LENGTH = 10
+from soma.security import SESSION_VERSION_KEY, forget_session
 
 # Checked against when the email is unknown, so a failed log-in takes as long
 # whether or not the account exists.
@@ -40,8 +51,9 @@ def create_user(email: str, display_name: str, password: str, role: str) -> User
     """Create and commit a user; raises EmailTaken or InvalidAccount."""
     if role not in {r.value for r in Role}:
         raise InvalidAccount(f"Unknown role {role!r}.")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidAccount(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
+    problem = password_problem(password, (email, display_name))
+    if problem is not None:
+        raise InvalidAccount(problem)
     display_name = display_name.strip()
     if not display_name:
         raise InvalidAccount("A display name is required.")
@@ -65,10 +77,92 @@ def sign_up(email: str, display_name: str, password: str, role: str) -> User:
     return create_user(email, display_name, password, role)
 
 
+class AccountPaused(SomaError):
+    """Log-in to an account paused after too many wrong passwords (soma.auth.throttle)."""
+
+    status = 429
+    title = "Log-in paused"
+
+    def __init__(self, until: datetime):
+        super().__init__(throttle.pause_message(until))
+        self.until = until
+
+    @property
+    def retry_after(self) -> int:
+        return throttle.seconds_until(self.until)
+
+
 def authenticate(email: str, password: str) -> User | None:
-    """Return the user whose email and password match, or None."""
+    """Return the user whose email and password match, or None.
+
+    Raises AccountPaused, before the password is checked, when too many wrong
+    passwords were given for `email` (an account's or not). A wrong password
+    counts against the email; a right one clears its count.
+    """
+    until = throttle.paused_until(email)
+    if until is not None:
+        raise AccountPaused(until)
     user = find_user_by_email(email)
     if user is None:
         check_password_hash(_DUMMY_HASH, password)
-        return None
-    return user if user.check_password(password) else None
+    elif user.check_password(password):
+        throttle.clear_failures(email)
+        return user
+    throttle.record_failure(email)
+    return None
+
+
+def log_in(user: User) -> None:
+    """Start a session for `user` in this browser."""
+    login_user(user)
+    session[SESSION_VERSION_KEY] = user.session_version
+
+
+def end_sessions(user: User) -> None:
+    """End every session of `user`, everywhere: each one's next request is logged out.
+
+    Commits (with anything else the caller has pending, so a freeze and the end
+    of the sessions it calls for are one transaction). The version is raised in
+    the database (not from what this process read), so two ends at once both count.
+    """
+    db.session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(session_version=User.session_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()  # expires `user`: its next read gets the new version
+
+
+def log_out(user: User) -> None:
+    """Log `user` out of every session: this one and any other browser's."""
+    end_sessions(user)
+    forget_session()
+    logout_user()
+
+
+class WrongPassword(SomaError):
+    status = 400
+    title = "Password not changed"
+
+
+def change_password(user: User, current: str, new: str) -> None:
+    """Give `user` the password `new` once `current` is theirs; raises WrongPassword,
+    InvalidAccount or AccountPaused. Every other session of the account ends; this
+    one stays logged in.
+
+    A wrong current password counts as a failed log-in for the account: whoever
+    holds a session cannot use this form to guess the password either.
+    """
+    until = throttle.paused_until(user.email)
+    if until is not None:
+        raise AccountPaused(until)
+    if not user.check_password(current):
+        throttle.record_failure(user.email)
+        raise WrongPassword("That is not your current password.")
+    problem = password_problem(new, (user.email, user.display_name))
+    if problem is not None:
+        raise InvalidAccount(problem)
+    user.set_password(new)
+    end_sessions(user)
+    session[SESSION_VERSION_KEY] = user.session_version

@@ -28,7 +28,7 @@ from soma.ledger.pricing import class_cost_at
 from soma.models import ClassStatus, PricingUserType, Role, User
 from soma.models.classes import DURATIONS, ClassSession
 from soma.money import tokens
-from soma.security import SESSION_USER_ENDPOINTS, role_required
+from soma.security import SESSION_USER_ENDPOINTS, refuse_ended_session, role_required
 
 bp = Blueprint("classes", __name__, url_prefix="/classes")
 SESSION_USER_ENDPOINTS.add("classes.timer")
@@ -213,14 +213,18 @@ def _show_page(session: ClassSession, error: str | None = None, status: int = 20
 def timer(class_id: int):
     """The timer fragment, polled every second: one query, for the class and the viewer.
 
-    `current_user` here is a SessionUser (see soma.security): only its id is used,
-    and the viewer's row is read with the class.
+    `current_user` here is a SessionUser (see soma.security): only its id and
+    session version are used, and the viewer's row is read with the class; a
+    session that has been ended is logged out here, as on every other page.
 
     A class that has fallen due is settled here, then read again as the tracker does.
     """
-    session = service.view_for(current_user.id, class_id)
-    if session is None:
+    found = service.view_for(current_user.id, class_id)
+    if found is None:
         abort(404)
+    session, session_version = found
+    if session_version != current_user.session_version:
+        return refuse_ended_session()
     if service.due(service.clock_of(session), clock.now(), service.pause_limit()) is not None:
         viewer = db.session.get(User, current_user.id)
         found = service.class_for(viewer, class_id) if viewer is not None else None

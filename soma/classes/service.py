@@ -120,9 +120,10 @@ class ClassView:
 
 
 _VIEW_COLUMNS = [getattr(ClassSession, name) for name in ClassView.__dataclass_fields__]
-# The class, if the viewer's row exists and they are its student, its teacher or an admin.
+# The class, if the viewer's row exists and they are its student, its teacher or an
+# admin; then the viewer's session version, for the timer to check the session with.
 _VIEW = (
-    select(*_VIEW_COLUMNS)
+    select(*_VIEW_COLUMNS, User.session_version)
     .join(User, User.id == bindparam("viewer_id"))
     .where(
         ClassSession.id == bindparam("class_id"),
@@ -135,11 +136,17 @@ _VIEW = (
 )
 
 
-def view_for(viewer_id: int, class_id: int) -> ClassView | None:
+def view_for(viewer_id: int, class_id: int) -> tuple[ClassView, int] | None:
     """`class_for` for the timer's hot path: one prebuilt query that also reads the
-    viewer's row (the timer is given only the session's user id), plain values."""
+    viewer's row (the timer is given only the session's user id), plain values.
+
+    Returns the class and the viewer's current session version, or None.
+    """
     row = read_one(_VIEW, {"class_id": class_id, "viewer_id": viewer_id})
-    return ClassView(*row) if row is not None else None
+    if row is None:
+        return None
+    *values, session_version = row
+    return ClassView(*values), session_version
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """Give tokens: the form, the confirmation step, then the gift."""
 
-import secrets
-
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
 
@@ -16,8 +14,13 @@ from soma.wallet.service import wallet_summary
 bp = Blueprint("gifts", __name__, url_prefix="/gifts")
 
 # The review step says whether an email belongs to a student; a limit per
-# student keeps it from being used to list the site's accounts.
+# student keeps it from being used to list the site's accounts. Confirming is
+# under the same limit, per student, and under one per address; and it takes only
+# a nonce its review issued, for the gift reviewed, so it tells nothing the
+# review (and its limit) did not.
 REVIEW_RATE_LIMIT = "30 per hour"
+ADDRESS_RATE_LIMIT = "120 per hour"
+NOT_REVIEWED = "This confirmation is not one Soma gave you for this gift. Review the gift again."
 
 
 def _per_user() -> str:
@@ -47,6 +50,7 @@ def new():
 @bp.post("/review")
 @role_required(Role.STUDENT)
 @limiter.limit(REVIEW_RATE_LIMIT, key_func=_per_user)
+@limiter.limit(ADDRESS_RATE_LIMIT)
 def review():
     """Check the gift and ask the student to confirm it."""
     form = GiftForm()
@@ -63,17 +67,27 @@ def review():
         email=form.email.data,
         tokens=form.tokens.data,
         note=form.note.data or "",
-        nonce=secrets.token_urlsafe(24),
+        nonce=service.issue_nonce(
+            current_user.id, form.email.data, form.tokens.data, form.note.data or ""
+        ),
     )
     return render_template("gifts/confirm.html", form=confirm, preview=preview)
 
 
 @bp.post("/confirm")
 @role_required(Role.STUDENT)
+@limiter.limit(REVIEW_RATE_LIMIT, key_func=_per_user)
+@limiter.limit(ADDRESS_RATE_LIMIT)
 def confirm():
-    """Give the gift; a second submit of the same confirmation changes nothing."""
+    """Give the gift reviewed; a second submit of the same confirmation changes nothing."""
     form = ConfirmGiftForm()
     if not form.validate_on_submit():
+        return _form_page(form, 422)
+    reviewed = service.nonce_is_issued(
+        form.nonce.data, current_user.id, form.email.data, form.tokens.data, form.note.data or ""
+    )
+    if not reviewed:
+        form.form_errors.append(NOT_REVIEWED)
         return _form_page(form, 422)
     try:
         gift, created = service.give_gift(

@@ -1,13 +1,19 @@
 """Give tokens to another student: checked, confirmed, then one ledger transfer."""
 
+import base64
+import hashlib
+import hmac
+import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from soma import ledger
-from soma.auth.service import find_user_by_email
+from soma.auth.service import find_user_by_email, normalise_email
 from soma.errors import FieldRefusal
 from soma.extensions import db
 from soma.ledger.pricing import tokens_value_cents
@@ -69,6 +75,36 @@ def preview_gift(sender: User, email: str, tokens: int, note: str = "") -> GiftP
         value_cents=tokens_value_cents(tokens, PricingUserType.STUDENT),
         available_after=available - tokens,
     )
+
+
+# A confirmation's nonce: 16 random characters, then 32 of an HMAC (with the app's
+# secret) of them, the sender and the gift reviewed. Only the review step makes one,
+# so a confirmation is always of a gift its sender reviewed (and was counted for).
+_NONCE_RANDOM_LENGTH = 16
+_NONCE_MAC_LENGTH = 32
+
+
+def issue_nonce(sender_id: int, email: str, tokens: int, note: str) -> str:
+    """The nonce the review step gives its confirmation form, for this sender and gift."""
+    random_part = secrets.token_urlsafe(12)
+    return random_part + _nonce_mac(random_part, sender_id, email, tokens, note)
+
+
+def nonce_is_issued(nonce: str, sender_id: int, email: str, tokens: int, note: str) -> bool:
+    """Whether the review step issued `nonce` to `sender_id` for exactly this gift."""
+    if len(nonce) != _NONCE_RANDOM_LENGTH + _NONCE_MAC_LENGTH:
+        return False
+    random_part, mac = nonce[:_NONCE_RANDOM_LENGTH], nonce[_NONCE_RANDOM_LENGTH:]
+    expected = _nonce_mac(random_part, sender_id, email, tokens, note)
+    return hmac.compare_digest(mac.encode(), expected.encode())
+
+
+def _nonce_mac(random_part: str, sender_id: int, email: str, tokens: int, note: str) -> str:
+    signed = json.dumps(
+        ["gift-confirm", random_part, sender_id, normalise_email(email), tokens, note]
+    )
+    digest = hmac.new(current_app.secret_key.encode(), signed.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:_NONCE_MAC_LENGTH]
 
 
 def _gift_key(sender_id: int, nonce: str) -> str:

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import CheckConstraint, String
+from sqlalchemy import CheckConstraint, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -37,6 +37,9 @@ class User(UserMixin, Base):
     # tokens that were already spent (see soma.purchases.service).
     flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     flag_reason: Mapped[str | None] = mapped_column(String(255))
+    # Copied into the session at log-in and checked on every request: raising it
+    # ends every session made before (soma.auth.service.end_sessions).
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     wallet = relationship("Wallet", back_populates="user", uselist=False)
 

@@ -167,3 +167,40 @@ def test_anonymous_user_is_sent_to_login_with_next(client):
     response = client.get("/student")
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("1234567890", "This is a top-100 common password."),
+        ("password12", "This is a very common password."),
+        ("qwertyuiop", "This is a top-100 common password."),
+        ("aaaaaaaaaaaa", 'Repeats like "aaa" are easy to guess.'),
+    ],
+)
+def test_a_common_password_is_refused_with_the_reason(app, auth, password, reason):
+    response = auth.signup(email="common@example.com", password=password)
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "This password is too easy to guess." in page
+    assert reason.replace('"', "&#34;") in page
+    with app.app_context():
+        assert count_users() == 0
+
+
+def test_a_password_made_of_the_account_name_is_refused(app, auth):
+    response = auth.signup(email="ann.giver@example.com", name="Ann Giver", password="anngiver12")
+    assert response.status_code == 400
+    assert "This password is too easy to guess." in response.get_data(as_text=True)
+    with app.app_context():
+        assert count_users() == 0
+
+
+def test_the_service_refuses_a_common_password_whatever_the_caller(app):
+    from soma.auth.service import InvalidAccount, create_user
+
+    with app.app_context():
+        for password in ("1234567890", "password12", "short"):
+            with pytest.raises(InvalidAccount):
+                create_user("x@example.com", "X", password, "student")
+        assert count_users() == 0

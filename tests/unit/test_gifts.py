@@ -8,8 +8,10 @@ from sqlalchemy import func, select
 from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
+from soma.gifts.routes import ADDRESS_RATE_LIMIT, NOT_REVIEWED, REVIEW_RATE_LIMIT
 from soma.models import EntryKind, Gift, JournalEntry, Notification
 from tests.builders import fund, make_user
+from tests.conftest import AuthActions
 from tests.helpers import balances, csrf_from, text_of
 
 
@@ -151,12 +153,99 @@ def test_a_balance_spent_after_review_is_checked_again_at_confirmation(app, clie
 def test_a_tampered_confirmation_with_a_used_nonce_is_refused(app, client, giver):
     fields = confirmation_of(review(client, "bea@example.com", "5").get_data(as_text=True))
     client.post("/gifts/confirm", data=fields)
-    client.post("/gifts/confirm", data={**fields, "tokens": "45"})
-    page = text_of(client.get("/gifts/new").get_data(as_text=True))
-    assert "This request was already made with different details." in page
+    tampered = client.post("/gifts/confirm", data={**fields, "tokens": "45"})
+    assert tampered.status_code == 422
+    assert NOT_REVIEWED in text_of(tampered.get_data(as_text=True))
     with app.app_context():
         assert balances(giver.id) == (45, 0)
         assert balances(giver.friend_id) == (5, 0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"nonce": "self-made-nonce-0123456789"},
+        {"nonce": "A" * 48},
+        {"email": "cid@example.com"},
+        {"note": "a different note"},
+        {"tokens": "6"},
+    ],
+)
+def test_a_confirmation_review_did_not_issue_is_refused_and_moves_nothing(
+    app, client, giver, change
+):
+    """A self-made nonce, or a real one sent with another gift than the one reviewed."""
+    with app.app_context():
+        make_user("student", email="cid@example.com")
+    fields = confirmation_of(review(client, "bea@example.com", "5").get_data(as_text=True))
+    response = client.post("/gifts/confirm", data={**fields, **change})
+    assert response.status_code == 422
+    assert NOT_REVIEWED in text_of(response.get_data(as_text=True))
+    with app.app_context():
+        assert balances(giver.id) == (50, 0)
+        assert db.session.scalar(select(func.count()).select_from(Gift)) == 0
+        assert db.session.scalar(select(func.count()).select_from(JournalEntry)) == 1  # the fund
+
+
+def test_a_self_made_nonce_tells_nothing_about_an_email(app, client, giver):
+    """Confirmation used to say whether an email was unknown, a teacher's or a student's."""
+    with app.app_context():
+        teacher_email = make_user("teacher").email
+    page = client.get("/gifts/new").get_data(as_text=True)
+    answers = set()
+    for email in ("nobody@example.com", teacher_email, "bea@example.com"):
+        data = {"email": email, "tokens": "5", "note": "", "nonce": "made-up-nonce-12345678"}
+        response = client.post("/gifts/confirm", data={**data, "csrf_token": csrf_from(page)})
+        assert response.status_code == 422
+        text = text_of(response.get_data(as_text=True))
+        answers.add(text.replace(email, "EMAIL"))
+    assert len(answers) == 1
+    with app.app_context():
+        assert balances(giver.id) == (50, 0)
+
+
+def test_another_students_confirmation_is_refused(app, client, auth, giver):
+    fields = confirmation_of(review(client, "bea@example.com", "5").get_data(as_text=True))
+    auth.logout()
+    thief = auth.login_as("student")
+    with app.app_context():
+        fund(thief.id, 50)
+    page = client.get("/gifts/new").get_data(as_text=True)
+    response = client.post("/gifts/confirm", data={**fields, "csrf_token": csrf_from(page)})
+    assert response.status_code == 422
+    with app.app_context():
+        assert balances(thief.id) == (50, 0)
+        assert balances(giver.friend_id) == (0, 0)
+
+
+def test_confirming_gifts_is_rate_limited_per_student_like_reviewing(app, client, giver):
+    allowed = int(REVIEW_RATE_LIMIT.split()[0])
+    page = client.get("/gifts/new").get_data(as_text=True)
+    data = {"email": "nobody@example.com", "tokens": "1", "nonce": "made-up-nonce-12345678"}
+    for _ in range(allowed):
+        response = client.post("/gifts/confirm", data={**data, "csrf_token": csrf_from(page)})
+        assert response.status_code == 422
+    refused = client.post("/gifts/confirm", data={**data, "csrf_token": csrf_from(page)})
+    assert refused.status_code == 429
+    assert "Too many attempts" in refused.get_data(as_text=True)
+
+
+def test_gift_steps_are_rate_limited_per_address(app, client, auth, giver):
+    """Students behind one address share its limit; each keeps their own too."""
+    allowed = int(ADDRESS_RATE_LIMIT.split()[0])
+    per_student = int(REVIEW_RATE_LIMIT.split()[0])
+    for _ in range(allowed // per_student):
+        auth.logout()
+        auth.login_as("student")
+        for _ in range(per_student):
+            assert review(client, "nobody@example.com", "1").status_code == 422
+    auth.logout()
+    auth.login_as("student")
+    assert review(client, "nobody@example.com", "1").status_code == 429
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    AuthActions(elsewhere).login_as("student")
+    assert review(elsewhere, "nobody@example.com", "1").status_code == 422
 
 
 def test_a_confirmation_without_its_nonce_is_refused(app, client, giver):
@@ -215,8 +304,6 @@ def test_a_repeat_that_races_the_first_gift_gets_the_first_gift_not_an_error(
 
 
 def test_reviewing_gifts_is_rate_limited_per_student(app, client, giver):
-    from soma.gifts.routes import REVIEW_RATE_LIMIT
-
     allowed = int(REVIEW_RATE_LIMIT.split()[0])
     for _ in range(allowed):
         assert review(client, "nobody@example.com", "1").status_code == 422

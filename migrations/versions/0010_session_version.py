@@ -1,0 +1,31 @@
+"""The session version: ending every session of an account.
+
+users.session_version is copied into a session at log-in and checked on every
+request; raising it (log-out, a password change, an admin's freeze) ends every
+session made before. A plain ADD COLUMN (no table copy, so SQLite keeps every
+trigger); existing users start at 0, as new ones do.
+
+Revision ID: 0010_session_version
+Revises: 0009
+Create Date: 2026-12-01
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010_session_version"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column(
+        "users",
+        sa.Column("session_version", sa.Integer(), server_default="0", nullable=False),
+    )
+
+
+def downgrade():
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("session_version")
