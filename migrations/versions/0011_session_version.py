@@ -5,16 +5,16 @@ request; raising it (log-out, a password change, an admin's freeze) ends every
 session made before. A plain ADD COLUMN (no table copy, so SQLite keeps every
 trigger); existing users start at 0, as new ones do.
 
-Revision ID: 0010_session_version
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_session_version"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
