@@ -14,7 +14,7 @@ from soma.classes import service
 from soma.classes.machine import Action
 from soma.extensions import db, limiter
 from soma.models import ClassEvent, ClassSession, JournalEntry
-from tests.builders import fund, make_user
+from tests.builders import fund, make_funded_user, make_user
 from tests.helpers import balances, csrf_from, text_of
 
 START = "2026-11-24T10:00"
@@ -384,22 +384,27 @@ def ledger_notifications():
     return Notification
 
 
-def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
-    app, client, auth, people, clock, runner
-):
-    login(client, auth, people, "student")
-    ids = []
-    for n in range(3):
-        response = book(client, people, minutes=30, key=f"sweep{n}", title=f"Class {n}")
-        ids.append(int(response.headers["Location"].rsplit("/", 1)[1]))
-    login(client, auth, people, "teacher")
-    clock.advance(minutes=60)
-    for class_id in ids:
-        control(client, class_id, "start")
-    control(client, ids[1], "pause")  # paused at once: 0 active seconds
-    clock.advance(minutes=5)
-    control(client, ids[2], "pause")  # paused after 5 minutes
-    clock.advance(minutes=29)
+def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(app, clock, runner):
+    """Three classes at once, each of its own teacher and student (a teacher, and a
+    student, have one live class at a time)."""
+    with app.app_context():
+        pairs = [
+            (make_funded_user(5, name=f"Student {n}"), make_user("teacher", name=f"Teacher {n}"))
+            for n in range(3)
+        ]
+        people = [(student.id, teacher.id) for student, teacher in pairs]
+        start = clock() + timedelta(minutes=60)
+        ids = [
+            service.book(student, teacher.id, f"Class {n}", start, 30, key=f"sweep{n}").id
+            for n, (student, teacher) in enumerate(pairs)
+        ]
+        clock.advance(minutes=60)
+        for class_id, (_, teacher) in zip(ids, pairs, strict=True):
+            service.act(db.session.get(ClassSession, class_id), Action.START, teacher)
+        service.act(db.session.get(ClassSession, ids[1]), Action.PAUSE, pairs[1][1])  # at once
+        clock.advance(minutes=5)
+        service.act(db.session.get(ClassSession, ids[2]), Action.PAUSE, pairs[2][1])  # after 5
+        clock.advance(minutes=29)
     result = runner.invoke(args=["soma", "sweep"])
     assert result.exit_code == 0, result.output
     assert "1 completed, 1 ended early (paused too long), 0 failed" in result.output
@@ -412,8 +417,12 @@ def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
     assert entries_for(app, ids[0]) == [("class_hold", 5), ("class_settle", 5)]
     assert entries_for(app, ids[1]) == [("class_hold", 5), ("class_release", 5)]
     assert entries_for(app, ids[2]) == [("class_hold", 5), ("class_settle", 1)]
-    assert money(app, people) == ((25 - 5 - 1, 0), (6, 0))
     with app.app_context():
+        assert [(balances(student), balances(teacher)) for student, teacher in people] == [
+            ((0, 0), (5, 0)),
+            ((5, 0), (0, 0)),
+            ((4, 0), (1, 0)),
+        ]
         assert run_audit() == []
 
 
