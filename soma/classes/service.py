@@ -360,9 +360,10 @@ def _refuse_unaffordable(student_id: int, cost: int, now: datetime) -> None:
     text = f"This class costs {tokens(cost)}. You have {tokens(budget.available)} available"
     if budget.promised_classes:
         classes = "class" if budget.promised_classes == 1 else "classes"
+        verb = "has" if budget.promised_classes == 1 else "have"
         text += (
             f", and {tokens(budget.promised)} of them will be held by the "
-            f"{budget.promised_classes} {classes} you booked that have not started yet"
+            f"{budget.promised_classes} {classes} you booked that {verb} not started yet"
         )
     text += f": you can afford {tokens(budget.free)} more. Buy tokens, or choose a shorter class."
     raise BookingError(text, "duration")
