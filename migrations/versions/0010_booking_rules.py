@@ -54,10 +54,10 @@ LIVE_INDEXES = {
 def upgrade():
     bind = op.get_bind()
     postgres = bind.dialect.name == "postgresql"
+    _refuse_conflicts(bind)  # first: SQLite's DDL is not transactional
     with op.batch_alter_table("class_sessions") as batch:
         batch.add_column(sa.Column("scheduled_end", sa.DateTime(timezone=True), nullable=True))
     _fill_scheduled_end(bind, postgres)
-    _refuse_conflicts(bind)
     with op.batch_alter_table("class_sessions") as batch:
         batch.alter_column(
             "scheduled_end", existing_type=sa.DateTime(timezone=True), nullable=False
@@ -119,7 +119,7 @@ def _refuse_conflicts(bind) -> None:
         sa.column("student_id", sa.Integer()),
         sa.column("status", sa.String()),
         sa.column("scheduled_start", sa.DateTime()),
-        sa.column("scheduled_end", sa.DateTime()),
+        sa.column("duration_minutes", sa.Integer()),
     )
     rows = bind.execute(
         sa.select(sessions)
@@ -128,14 +128,15 @@ def _refuse_conflicts(bind) -> None:
     ).all()
     problems = []
     for who in ("teacher", "student"):
-        latest, live = {}, {}
+        latest_end, live = {}, {}
         for row in rows:
             person = getattr(row, f"{who}_id")
-            before = latest.get(person)
-            if before is not None and row.scheduled_start < before.scheduled_end:
-                problems.append(f"classes {before.id} and {row.id} overlap (same {who})")
-            if before is None or row.scheduled_end > before.scheduled_end:
-                latest[person] = row
+            end = row.scheduled_start + timedelta(minutes=row.duration_minutes)
+            before = latest_end.get(person)
+            if before is not None and row.scheduled_start < before[1]:
+                problems.append(f"classes {before[0]} and {row.id} overlap (same {who})")
+            if before is None or end > before[1]:
+                latest_end[person] = (row.id, end)
             if row.status != "scheduled":
                 if person in live:
                     problems.append(f"classes {live[person]} and {row.id} are both live ({who})")
