@@ -11,8 +11,9 @@ student for [scheduled_start, scheduled_end) until it is final.
   final)`, and the same for student_id. The range is half-open, so a class may
   start when the one before it is booked to end.
 - SQLite has no exclusion constraint. There the booking service's check is the
-  guard: SQLite runs one writer at a time, and the check and the insert are in
-  one transaction.
+  guard: SQLite runs one writer at a time, and a booking starts with a write
+  (of nothing), so its check and its insert happen under that one write lock
+  and a concurrent booking's check sees it (soma.classes.service.book).
 - On both databases, a partial unique index on teacher_id, and one on
   student_id, over the classes in progress or paused: a teacher (or a student)
   has at most one live class. A class may start ten minutes early and run past

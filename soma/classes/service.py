@@ -282,8 +282,21 @@ def _repeat(
 
 
 def _lock_bookings_of(student_id: int) -> None:
-    """Take turns between one student's bookings (PostgreSQL; SQLite has one writer anyway),
-    so that two at once cannot both count the same tokens as free."""
+    """Make the checks that follow and the insert one step, as far as bookings go.
+
+    PostgreSQL: one student's bookings take turns on their row (FOR NO KEY UPDATE, which
+    foreign keys to it do not wait for), so two at once cannot both count the same tokens
+    as free; bookings of one teacher's time by two students are the exclusion
+    constraint's to refuse. SQLite has no row locks and no exclusion constraint: a write
+    that changes nothing takes its single write lock until the commit, so every booking
+    reads what the ones before it wrote, and none writes in between.
+    """
+    if db.session.get_bind().dialect.name == "sqlite":
+        db.session.execute(
+            update(User).where(User.id == student_id).values(id=User.id),
+            execution_options={"synchronize_session": False},
+        )
+        return
     db.session.execute(select(User.id).where(User.id == student_id).with_for_update(key_share=True))
 
 

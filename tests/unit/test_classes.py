@@ -13,9 +13,9 @@ from soma.audit import run_audit
 from soma.classes import service
 from soma.classes.machine import Action
 from soma.extensions import db, limiter
-from soma.models import ClassEvent, ClassSession, JournalEntry
+from soma.models import ClassEvent, ClassSession, JournalEntry, User
 from tests.builders import fund, make_funded_user, make_user
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, csrf_from, errors, ok, race, text_of
 
 START = "2026-11-24T10:00"
 
@@ -825,3 +825,33 @@ def test_the_audit_names_a_class_that_says_it_charged_what_the_ledger_did_not(ap
         assert str(violation) == (
             f"class-settlement: class {session.id} says it charged 10 tokens but the ledger paid 4"
         )
+
+
+def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
+    """On PostgreSQL the exclusion constraint decides (tests/postgres has the race forced
+    past the check); on SQLite the first booking's write lock makes the second wait, and
+    its check then sees the first."""
+    with app.app_context():
+        teacher = make_user("teacher", name="Tara Teacher")
+        students = [make_funded_user(10) for _ in range(2)]
+        teacher_id, student_ids = teacher.id, [student.id for student in students]
+    start = clock() + timedelta(hours=1)
+
+    def booking(student_id: int):
+        def book():
+            student = db.session.get(User, student_id)
+            return service.book(student, teacher_id, "", start, 60, f"slot{student_id}").id
+
+        return book
+
+    outcomes = race(app, [booking(student_id) for student_id in student_ids])
+
+    assert len(ok(outcomes)) == 1, outcomes
+    assert [str(error) for error in errors(outcomes)] == [
+        "Tara Teacher is already booked on 24 Nov 2026 from 10:00 to 11:00 UTC. "
+        "Choose another time."
+    ]
+    winner = student_ids[[status for status, _ in outcomes].index("ok")]
+    assert [row[:2] for row in class_rows(app)] == [(winner, teacher_id)]
+    with app.app_context():
+        assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
