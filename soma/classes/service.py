@@ -223,8 +223,17 @@ def book(
     end = start + timedelta(minutes=duration_minutes)
     cost = class_cost(duration_minutes, now)
     _lock_bookings_of(student.id)
-    _refuse_overlap(student, teacher, start, end)
-    _refuse_unaffordable(student.id, cost, now)
+    try:
+        existing = _booked_with(key)
+        if existing is None:
+            _refuse_overlap(student, teacher, start, end)
+            _refuse_unaffordable(student.id, cost, now)
+    except BookingError:
+        db.session.rollback()  # let go of the lock taken above
+        raise
+    if existing is not None:  # a double submit's twin, booked while this one waited
+        db.session.rollback()
+        return _repeat(existing, student, teacher_id, title, start, duration_minutes)
     session = ClassSession(
         booking_key=key,
         student_id=student.id,

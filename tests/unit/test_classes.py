@@ -855,3 +855,22 @@ def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
     assert [row[:2] for row in class_rows(app)] == [(winner, teacher_id)]
     with app.app_context():
         assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
+
+
+def test_a_double_submit_at_once_books_one_class_and_both_see_it(app, clock):
+    """The second waits for the first (the student's row lock; SQLite's write lock), then
+    finds the first booking by its key: the same class, not a refusal of its own time."""
+    with app.app_context():
+        teacher_id = make_user("teacher").id
+        student_id = make_funded_user(10).id
+    start = clock() + timedelta(hours=1)
+
+    def book():
+        student = db.session.get(User, student_id)
+        return service.book(student, teacher_id, "Twice", start, 60, "one-form").id
+
+    outcomes = race(app, [book, book])
+
+    assert errors(outcomes) == []
+    assert len(set(ok(outcomes))) == 1
+    assert class_rows(app) == [(student_id, teacher_id, "10:00-11:00")]
