@@ -380,12 +380,15 @@ def _refuse_unaffordable(student_id: int, cost: int, now: datetime) -> None:
     if cost <= budget.free:
         return
     text = f"This class costs {tokens(cost)}. You have {tokens(budget.available)} available"
-    if budget.promised_classes:
-        classes = "class" if budget.promised_classes == 1 else "classes"
-        verb = "has" if budget.promised_classes == 1 else "have"
+    if budget.promised_classes == 1:
         text += (
-            f", and {tokens(budget.promised)} of them will be held by the "
-            f"{budget.promised_classes} {classes} you booked that {verb} not started yet"
+            f", and the class you booked that has not started yet will hold "
+            f"{tokens(budget.promised)}"
+        )
+    elif budget.promised_classes:
+        text += (
+            f", and the {budget.promised_classes} classes you booked that have not started yet "
+            f"will hold {tokens(budget.promised)}"
         )
     text += f": you can afford {tokens(budget.free)} more. Buy tokens, or choose a shorter class."
     raise BookingError(text, "duration")

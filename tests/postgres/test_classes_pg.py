@@ -206,9 +206,9 @@ def test_one_student_booking_twice_at_once_cannot_spend_the_same_tokens(app, wid
     [error] = errors(outcomes)
     assert type(error) is service.BookingError
     assert error.message == (
-        "This class costs 10 tokens. You have 10 tokens available, and 10 tokens of them will "
-        "be held by the 1 class you booked that has not started yet: you can afford 0 tokens "
-        "more. Buy tokens, or choose a shorter class."
+        "This class costs 10 tokens. You have 10 tokens available, and the class you booked "
+        "that has not started yet will hold 10 tokens: you can afford 0 tokens more. "
+        "Buy tokens, or choose a shorter class."
     )
     with app.app_context():
         assert len(class_rows()) == 1

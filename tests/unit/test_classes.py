@@ -275,8 +275,8 @@ def test_a_booking_needs_tokens_for_it_and_for_the_classes_not_yet_started(
     booked_id(book(client, people, 60, "2026-11-24T12:00", key="b"))  # 10 tokens
     page = text_of(client.get("/classes/new").get_data(as_text=True))
     assert (
-        "You have 25 tokens available. 20 tokens of them will be held by the 2 classes you "
-        "booked that have not started yet, so you can spend 5 tokens on new bookings. Buy tokens"
+        "You have 25 tokens available. The 2 classes you booked that have not started yet will "
+        "hold 20 tokens when they start, so you can spend 5 tokens on new bookings. Buy tokens"
         in page
     )
     assert "60 minutes 10 tokens you need 5 more tokens · buy tokens" in page
@@ -284,9 +284,9 @@ def test_a_booking_needs_tokens_for_it_and_for_the_classes_not_yet_started(
 
     text = booking_refusal(book(client, people, 60, "2026-11-24T14:00", key="c"))
     assert (
-        "This class costs 10 tokens. You have 25 tokens available, and 20 tokens of them will "
-        "be held by the 2 classes you booked that have not started yet: you can afford 5 tokens "
-        "more. Buy tokens, or choose a shorter class." in text
+        "This class costs 10 tokens. You have 25 tokens available, and the 2 classes you booked "
+        "that have not started yet will hold 20 tokens: you can afford 5 tokens more. "
+        "Buy tokens, or choose a shorter class." in text
     )
     assert len(class_rows(app)) == 2
     booked_id(book(client, people, 30, "2026-11-24T14:00", key="d"))  # 5 tokens: exactly enough
@@ -303,8 +303,8 @@ def test_a_booking_needs_tokens_for_it_and_for_the_classes_not_yet_started(
     login(client, auth, people, "student")
     page = text_of(client.get("/classes/new").get_data(as_text=True))
     assert (
-        "You have 15 tokens available. 15 tokens of them will be held by the 2 classes you "
-        "booked that have not started yet, so you can spend 0 tokens on new bookings." in page
+        "You have 15 tokens available. The 2 classes you booked that have not started yet will "
+        "hold 15 tokens when they start, so you can spend 0 tokens on new bookings." in page
     )
     assert class_rows(app) == first
     assert money(app, people) == ((15, 10), (0, 0))
