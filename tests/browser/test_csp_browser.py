@@ -196,3 +196,32 @@ def test_the_timer_moves_the_progress_bar_without_inline_styles(app, live_server
     assert int(page.locator("#timer progress").get_attribute("value")) >= first + 2
     assert page.locator("[style]").count() == 0
     assert problems == []
+
+
+def test_a_student_booking_a_taken_time_reads_why_on_the_form(
+    app, live_server, page: Page, site, shifted
+):
+    """The refusal is a field error on the booking page (answered 422), which stays clean
+    under the CSP."""
+    problems = []
+    page.add_init_script(REPORT_VIOLATIONS)
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    with app.app_context():
+        make_funded_user(50, email="olga@example.com", name="Olga Other")
+        taken = class_service.class_for(
+            make_user("admin"), site["classes"]["scheduled"]
+        ).scheduled_start
+    log_in(page, live_server, "olga@example.com")
+    page.goto(f"{live_server}/classes/new")
+    expect(page.get_by_test_id("booking-available")).to_have_text("50 tokens")
+    page.get_by_label("Teacher").select_option(label="Tara Teacher")
+    page.get_by_label("Start (UTC)").fill(f"{taken:%Y-%m-%dT%H:%M}")
+    page.get_by_role("button", name="Book the class").click()
+    expect(page.locator("#start-error")).to_have_text(
+        f"Tara Teacher is already booked on {taken:%d %b %Y} from {taken:%H:%M} to "
+        f"{taken + timedelta(hours=1):%H:%M} UTC. Choose another time."
+    )
+    # Chromium logs the page's own status, 422 as meant; nothing else, no CSP violation.
+    assert problems == [
+        "Failed to load resource: the server responded with a status of 422 (UNPROCESSABLE ENTITY)"
+    ]
