@@ -81,8 +81,10 @@ def make_class(
 
     The class is booked at `now` (the app's clock when not given) to start five minutes
     later; each later move happens at the time it would: started at its start, paused or
-    ended early by the teacher ten minutes in, completed when its time has run. The student
-    needs the class's cost in their wallet for any state past scheduled.
+    ended early by the teacher ten minutes in, completed when its time has run. The booking
+    rules hold: the student needs tokens for this class and their other classes not yet
+    started, the class must not overlap another of the teacher's or the student's (give
+    each its own `now`), and a teacher or a student has one class in progress or paused.
     """
     if state not in CLASS_STATES:
         raise ValueError(f"no class state {state!r}; choose one of {CLASS_STATES}")

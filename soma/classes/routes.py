@@ -61,25 +61,25 @@ def _class_or_404(class_id: int) -> ClassSession:
 class Quote:
     minutes: int
     cost: int
-    affordable: int  # how many such classes the available balance covers
+    affordable: int  # how many such classes the tokens not promised to booked classes cover
     short: int  # tokens missing for one
 
 
-def _quotes(available: int) -> list[Quote]:
+def _quotes(free: int) -> list[Quote]:
     pricing = get_token_pricing(PricingUserType.STUDENT, clock.now())
     quotes = []
     for minutes in DURATIONS:
         cost = class_cost_at(minutes, pricing)
-        quotes.append(Quote(minutes, cost, available // cost, max(0, cost - available)))
+        quotes.append(Quote(minutes, cost, free // cost, max(0, cost - free)))
     return quotes
 
 
 def _booking_page(form: BookingForm, status: int = 200):
-    available, _ = service.wallet_balances(current_user.id)
+    budget = service.budget_of(current_user.id)
     if not form.key.data:
         form.key.data = secrets.token_urlsafe(16)
     return render_template(
-        "classes/new.html", form=form, quotes=_quotes(available), available=available
+        "classes/new.html", form=form, quotes=_quotes(budget.free), budget=budget
     ), status
 
 

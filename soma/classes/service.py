@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, or_, select, true, update
+from sqlalchemy import and_, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, transitions
@@ -30,6 +30,8 @@ from soma.models import EntryKind, Role, User, Wallet
 from soma.models.classes import (
     DURATIONS,
     FINAL_STATUSES,
+    HOLDING_STATUSES,
+    OCCUPYING_STATUSES,
     ClassEvent,
     ClassSession,
     ClassStatus,
@@ -199,20 +201,19 @@ def book(
     key: str,
     now: datetime | None = None,
 ) -> ClassSession:
-    """Book a class; a repeated `key` returns the first booking. Raises BookingError."""
+    """Book a class; a repeated `key` returns the first booking. Raises BookingError.
+
+    Refused when the teacher or the student already has a class (not final) whose
+    booked time overlaps this one, and when the student's available tokens do not
+    cover this class and the classes they booked that have not started yet. On
+    PostgreSQL the exclusion constraints refuse an overlap that a concurrent
+    booking made after the check: the loser gets the same message, and nothing
+    of it is written.
+    """
     now = now or clock.now()
-    existing = db.session.scalars(
-        select(ClassSession).where(ClassSession.booking_key == key)
-    ).first()
+    existing = _booked_with(key)
     if existing is not None:
-        if existing.student_id != student.id:
-            raise BookingError("This booking form was already used. Reload the page.")
-        if _booked(existing) != _booking(teacher_id, title, start, duration_minutes):
-            raise KeyReused(
-                f"This booking form was already used for another class (#{existing.id}). "
-                "Reload the booking page to book a new one."
-            )
-        return existing
+        return _repeat(existing, student, teacher_id, title, start, duration_minutes)
     if student.role != Role.STUDENT:
         raise BookingError("Only students book classes.")
     teacher = db.session.get(User, teacher_id) if teacher_id else None
@@ -226,14 +227,29 @@ def book(
     if start <= now:
         raise BookingError("Choose a start time in the future.", "start")
     title = _title(title, teacher)
+    end = start + timedelta(minutes=duration_minutes)
+    cost = class_cost(duration_minutes, now)
+    _lock_bookings_of(student.id)
+    try:
+        existing = _booked_with(key)
+        if existing is None:
+            _refuse_overlap(student, teacher, start, end)
+            _refuse_unaffordable(student.id, cost, now)
+    except BookingError:
+        db.session.rollback()  # let go of the lock taken above
+        raise
+    if existing is not None:  # a double submit's twin, booked while this one waited
+        db.session.rollback()
+        return _repeat(existing, student, teacher_id, title, start, duration_minutes)
     session = ClassSession(
         booking_key=key,
         student_id=student.id,
         teacher_id=teacher.id,
         title=title,
         scheduled_start=start,
+        scheduled_end=end,
         duration_minutes=duration_minutes,
-        cost_tokens=class_cost(duration_minutes, now),
+        cost_tokens=cost,
         created_at=now,
     )
     db.session.add(session)
@@ -241,7 +257,13 @@ def book(
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        return book(student, teacher_id, title, start, duration_minutes, key, now)
+        existing = _booked_with(key)
+        if existing is not None:  # a double submit's twin was first
+            return _repeat(existing, student, teacher_id, title, start, duration_minutes)
+        _refuse_overlap(student, teacher, start, end)  # a concurrent booking took the time
+        raise BookingError(
+            "This time was just taken by another booking. Choose another time.", "start"
+        ) from None
     notify(
         teacher.id,
         "class_booked",
@@ -250,6 +272,133 @@ def book(
     )
     db.session.commit()
     return session
+
+
+def _booked_with(key: str) -> ClassSession | None:
+    return db.session.scalars(select(ClassSession).where(ClassSession.booking_key == key)).first()
+
+
+def _repeat(
+    existing: ClassSession,
+    student: User,
+    teacher_id: int,
+    title: str,
+    start: datetime,
+    duration_minutes: int,
+) -> ClassSession:
+    """The first booking made with a key, if this is the same student asking the same."""
+    if existing.student_id != student.id:
+        raise BookingError("This booking form was already used. Reload the page.")
+    if _booked(existing) != _booking(teacher_id, title, start, duration_minutes):
+        raise KeyReused(
+            f"This booking form was already used for another class (#{existing.id}). "
+            "Reload the booking page to book a new one."
+        )
+    return existing
+
+
+def _lock_bookings_of(student_id: int) -> None:
+    """Make the checks that follow and the insert one step, as far as bookings go.
+
+    PostgreSQL: one student's bookings take turns on their row (FOR NO KEY UPDATE, which
+    foreign keys to it do not wait for), so two at once cannot both count the same tokens
+    as free; bookings of one teacher's time by two students are the exclusion
+    constraint's to refuse. SQLite has no row locks and no exclusion constraint: a write
+    that changes nothing takes its single write lock until the commit, so every booking
+    reads what the ones before it wrote, and none writes in between.
+    """
+    if db.session.get_bind().dialect.name == "sqlite":
+        db.session.execute(
+            update(User).where(User.id == student_id).values(id=User.id),
+            execution_options={"synchronize_session": False},
+        )
+        return
+    db.session.execute(select(User.id).where(User.id == student_id).with_for_update(key_share=True))
+
+
+def overlapping(person, person_id: int, start: datetime, end: datetime) -> ClassSession | None:
+    """The first class not final of `person` (a ClassSession column: teacher_id or
+    student_id) whose booked time overlaps [start, end)."""
+    return db.session.scalars(
+        select(ClassSession)
+        .where(
+            person == person_id,
+            ClassSession.status.in_([status.value for status in OCCUPYING_STATUSES]),
+            ClassSession.scheduled_start < end,
+            ClassSession.scheduled_end > start,
+        )
+        .order_by(ClassSession.scheduled_start)
+        .limit(1)
+    ).first()
+
+
+def _refuse_overlap(student: User, teacher: User, start: datetime, end: datetime) -> None:
+    taken = overlapping(ClassSession.teacher_id, teacher.id, start, end)
+    if taken is not None:
+        raise BookingError(
+            f"{teacher.display_name} is already booked {_span(taken)}. Choose another time.",
+            "start",
+        )
+    taken = overlapping(ClassSession.student_id, student.id, start, end)
+    if taken is not None:
+        raise BookingError(
+            f"You already have a class booked {_span(taken)} (“{taken.title}”). "
+            "Choose another time.",
+            "start",
+        )
+
+
+def _span(session: ClassSession) -> str:
+    start, end = session.scheduled_start, session.scheduled_end
+    return f"on {start:%d %b %Y} from {start:%H:%M} to {end:%H:%M} UTC"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a student can still spend on new bookings."""
+
+    available: int  # the wallet's available tokens
+    promised: int  # the costs of their booked classes that have not started yet
+    promised_classes: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.available - self.promised)
+
+
+def budget_of(student_id: int, now: datetime | None = None) -> Budget:
+    """The student's available tokens, and what their booked classes will hold when they
+    start: those scheduled whose booked time has not ended (a class past its booked end
+    can no longer start, so it will hold nothing)."""
+    now = now or clock.now()
+    available, _ = wallet_balances(student_id)
+    count, promised = db.session.execute(
+        select(func.count(), func.coalesce(func.sum(ClassSession.cost_tokens), 0)).where(
+            ClassSession.student_id == student_id,
+            ClassSession.status == ClassStatus.SCHEDULED.value,
+            ClassSession.scheduled_end > now,
+        )
+    ).one()
+    return Budget(available, int(promised), count)
+
+
+def _refuse_unaffordable(student_id: int, cost: int, now: datetime) -> None:
+    budget = budget_of(student_id, now)
+    if cost <= budget.free:
+        return
+    text = f"This class costs {tokens(cost)}. You have {tokens(budget.available)} available"
+    if budget.promised_classes == 1:
+        text += (
+            f", and the class you booked that has not started yet will hold "
+            f"{tokens(budget.promised)}"
+        )
+    elif budget.promised_classes:
+        text += (
+            f", and the {budget.promised_classes} classes you booked that have not started yet "
+            f"will hold {tokens(budget.promised)}"
+        )
+    text += f": you can afford {tokens(budget.free)} more. Buy tokens, or choose a shorter class."
+    raise BookingError(text, "duration")
 
 
 def _title(title: str, teacher: User | None) -> str:
@@ -284,10 +433,53 @@ def act(session: ClassSession, action: Action, actor: User, now: datetime | None
         session = settle_if_due(session, now)
         state, version = _read(session)
         move = decide(state, action, now, pause_limit())
-        if _apply(session, version, move, actor.id):
+        if move.action == Action.START:
+            _refuse_second_live(session)
+        try:
+            applied = _apply(session, version, move, actor.id)
+        except IntegrityError:
+            if move.action != Action.START:
+                raise
+            # Another class of theirs started at the same time: the unique index refused this.
+            _refuse_second_live(_reload(session.id))
+            raise InvalidMove(_BUSY_ELSEWHERE) from None
+        if applied:
             return session
         session = _reload(session.id)
     raise ClassBusy()
+
+
+_BUSY_ELSEWHERE = "Another class of this teacher or student has just started. Nothing was changed."
+
+
+def live_class_of(person, person_id: int, other_than: int) -> ClassSession | None:
+    """A class in progress or paused of `person` (teacher_id or student_id), other than one."""
+    return db.session.scalars(
+        select(ClassSession)
+        .where(
+            person == person_id,
+            ClassSession.id != other_than,
+            ClassSession.status.in_([status.value for status in HOLDING_STATUSES]),
+        )
+        .limit(1)
+    ).first()
+
+
+def _refuse_second_live(session: ClassSession) -> None:
+    """InvalidMove if the class's teacher, or its student, has another class in progress or
+    paused: one live class at a time each (a unique index on each database backs this)."""
+    other = live_class_of(ClassSession.teacher_id, session.teacher_id, session.id)
+    if other is not None:
+        raise InvalidMove(
+            f"You have another class {other.status_label.lower()}: “{other.title}” "
+            f"(#{other.id}). End it before starting this one. Nothing was changed."
+        )
+    other = live_class_of(ClassSession.student_id, session.student_id, session.id)
+    if other is not None:
+        raise InvalidMove(
+            f"The student is still in another class, which is {other.status_label.lower()}. "
+            "This class can start once it ends. Nothing was changed."
+        )
 
 
 def settle_if_due(session: ClassSession, now: datetime | None = None) -> ClassSession:

@@ -5,12 +5,23 @@ accumulated up to the last pause, plus the time since `running_since` while the
 class runs. `due_at` (while it runs) is when active time reaches the planned
 time; the sweeper finds due classes by it. Every change of state bumps
 `version`, and is written by a conditional UPDATE on it (see soma.classes.service).
+
+A class occupies its teacher and its student for its booked time,
+[scheduled_start, scheduled_end), while it is not final. Two such intervals of
+one teacher, or of one student, never overlap: the booking service checks it,
+and on PostgreSQL an exclusion constraint enforces it (see migration 0010;
+on SQLite a booking's check and insert run under the database's one write lock).
+A class may start up to ten minutes early and run past its booked end while
+paused; what keeps those real times apart is that a teacher, and a student,
+have at most one class in progress or paused at a time (a partial unique index
+on each database).
 """
 
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, text
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from soma.models.base import Base, BigId, UTCDateTime, one_of, utcnow
@@ -31,6 +42,12 @@ FINAL_STATUSES = frozenset(
 )
 # The statuses in which the student's tokens are held.
 HOLDING_STATUSES = frozenset({ClassStatus.IN_PROGRESS, ClassStatus.PAUSED})
+# The statuses in which a class occupies its teacher's and its student's time.
+OCCUPYING_STATUSES = frozenset(set(ClassStatus) - FINAL_STATUSES)
+
+# SQL conditions on a class row's status, for the indexes and constraints below.
+_OCCUPYING = text(one_of("status", sorted(OCCUPYING_STATUSES)))
+_LIVE = text(one_of("status", sorted(HOLDING_STATUSES)))
 
 STATUS_LABELS = {
     ClassStatus.SCHEDULED: "Scheduled",
@@ -75,6 +92,38 @@ class ClassSession(Base):
         Index("ix_class_sessions_teacher_id_scheduled_start", "teacher_id", "scheduled_start"),
         Index("ix_class_sessions_status_due_at", "status", "due_at"),
         Index("ix_class_sessions_status_paused_at", "status", "paused_at"),
+        CheckConstraint("scheduled_end > scheduled_start", name="ends_after_start"),
+        # One class in progress or paused per teacher, and per student.
+        Index(
+            "uq_class_sessions_live_teacher",
+            "teacher_id",
+            unique=True,
+            postgresql_where=_LIVE,
+            sqlite_where=_LIVE,
+        ),
+        Index(
+            "uq_class_sessions_live_student",
+            "student_id",
+            unique=True,
+            postgresql_where=_LIVE,
+            sqlite_where=_LIVE,
+        ),
+        # No two booked times of a teacher, or of a student, overlap (PostgreSQL only:
+        # SQLite has no exclusion constraint; there the booking service's check guards).
+        ExcludeConstraint(
+            ("teacher_id", "="),
+            (text("tstzrange(scheduled_start, scheduled_end)"), "&&"),
+            name="ex_class_sessions_teacher_time",
+            using="gist",
+            where=_OCCUPYING,
+        ).ddl_if(dialect="postgresql"),
+        ExcludeConstraint(
+            ("student_id", "="),
+            (text("tstzrange(scheduled_start, scheduled_end)"), "&&"),
+            name="ex_class_sessions_student_time",
+            using="gist",
+            where=_OCCUPYING,
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -84,6 +133,7 @@ class ClassSession(Base):
     teacher_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     title: Mapped[str] = mapped_column(String(120))
     scheduled_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    scheduled_end: Mapped[datetime] = mapped_column(UTCDateTime())  # start + duration
     duration_minutes: Mapped[int] = mapped_column(Integer)
     cost_tokens: Mapped[int] = mapped_column(BigInteger)  # frozen at booking
     status: Mapped[str] = mapped_column(String(16), default=ClassStatus.SCHEDULED.value)

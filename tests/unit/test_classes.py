@@ -13,9 +13,9 @@ from soma.audit import run_audit
 from soma.classes import service
 from soma.classes.machine import Action
 from soma.extensions import db, limiter
-from soma.models import ClassEvent, ClassSession, JournalEntry
-from tests.builders import fund, make_user
-from tests.helpers import balances, csrf_from, text_of
+from soma.models import ClassEvent, ClassSession, JournalEntry, User
+from tests.builders import fund, make_funded_user, make_user
+from tests.helpers import balances, csrf_from, errors, ok, race, text_of
 
 START = "2026-11-24T10:00"
 
@@ -51,13 +51,13 @@ def login(client, auth, people, who: str):
     assert response.status_code == 302
 
 
-def book(client, people, minutes=60, start=START, title="Fractions", key="k1"):
+def book(client, people, minutes=60, start=START, title="Fractions", key="k1", teacher="teacher"):
     page = client.get("/classes/new").get_data(as_text=True)
     return client.post(
         "/classes/new",
         data={
             "csrf_token": csrf_from(page),
-            "teacher": people["teacher"],
+            "teacher": people[teacher],
             "title": title,
             "start": start,
             "duration": minutes,
@@ -196,6 +196,153 @@ def test_a_booking_with_a_bad_field_is_refused_on_that_field(
         assert db.session.scalar(select(func.count()).select_from(ClassSession)) == 0
 
 
+# Booking rules -----------------------------------------------------------------------------
+
+
+def booked_id(response) -> int:
+    assert response.status_code == 303, text_of(response.get_data(as_text=True))
+    return int(response.headers["Location"].rsplit("/", 1)[1])
+
+
+def class_rows(app) -> list[tuple]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(
+                ClassSession.student_id,
+                ClassSession.teacher_id,
+                ClassSession.scheduled_start,
+                ClassSession.scheduled_end,
+            ).order_by(ClassSession.id)
+        ).all()
+        return [
+            (student, teacher, f"{start:%H:%M}-{end:%H:%M}")
+            for student, teacher, start, end in rows
+        ]
+
+
+def booking_refusal(response) -> str:
+    assert response.status_code == 422
+    return text_of(response.get_data(as_text=True))
+
+
+def test_a_teacher_is_never_booked_twice_at_once(app, client, auth, people):
+    login(client, auth, people, "student")
+    booked_id(book(client, people))  # 10:00-11:00
+    with app.app_context():
+        fund(people["other_student"], 30)
+    login(client, auth, people, "other_student")
+    for start, minutes in [("2026-11-24T10:30", 30), ("2026-11-24T09:30", 45), (START, 120)]:
+        text = booking_refusal(book(client, people, minutes, start, key=f"over{start}{minutes}"))
+        assert (
+            "Tara Teacher is already booked on 24 Nov 2026 from 10:00 to 11:00 UTC. "
+            "Choose another time." in text
+        )
+    # Back to back is not an overlap: the booked times are half-open.
+    booked_id(book(client, people, 30, "2026-11-24T11:00", key="after"))
+    booked_id(book(client, people, 30, "2026-11-24T09:30", key="before"))
+    student, other, teacher = people["student"], people["other_student"], people["teacher"]
+    assert class_rows(app) == [
+        (student, teacher, "10:00-11:00"),
+        (other, teacher, "11:00-11:30"),
+        (other, teacher, "09:30-10:00"),
+    ]
+    assert money(app, people) == ((25, 0), (0, 0))  # a booking holds nothing
+
+
+def test_a_student_never_books_two_classes_at_once(app, client, auth, people):
+    login(client, auth, people, "student")
+    booked_id(book(client, people))  # 10:00-11:00 with Tara
+    response = book(client, people, 30, "2026-11-24T10:45", key="other", teacher="other_teacher")
+    text = booking_refusal(response)
+    assert (
+        "You already have a class booked on 24 Nov 2026 from 10:00 to 11:00 UTC (“Fractions”). "
+        "Choose another time." in text
+    )
+    assert len(class_rows(app)) == 1
+    # Once that class is cancelled, its time is free again.
+    with app.app_context():
+        first = db.session.scalars(select(ClassSession)).one()
+        service.act(first, Action.CANCEL, first.student)
+    booked_id(book(client, people, 30, "2026-11-24T10:45", key="again", teacher="other_teacher"))
+    assert class_rows(app)[1] == (people["student"], people["other_teacher"], "10:45-11:15")
+
+
+def test_a_booking_needs_tokens_for_it_and_for_the_classes_not_yet_started(
+    app, client, auth, people, clock
+):
+    login(client, auth, people, "student")  # 25 tokens
+    booked_id(book(client, people, 60, "2026-11-24T10:00", key="a"))  # 10 tokens
+    booked_id(book(client, people, 60, "2026-11-24T12:00", key="b"))  # 10 tokens
+    page = text_of(client.get("/classes/new").get_data(as_text=True))
+    assert (
+        "You have 25 tokens available. The 2 classes you booked that have not started yet will "
+        "hold 20 tokens when they start, so you can spend 5 tokens on new bookings. Buy tokens"
+        in page
+    )
+    assert "60 minutes 10 tokens you need 5 more tokens · buy tokens" in page
+    assert "30 minutes 5 tokens you can afford 1 such class " in page
+
+    text = booking_refusal(book(client, people, 60, "2026-11-24T14:00", key="c"))
+    assert (
+        "This class costs 10 tokens. You have 25 tokens available, and the 2 classes you booked "
+        "that have not started yet will hold 20 tokens: you can afford 5 tokens more. "
+        "Buy tokens, or choose a shorter class." in text
+    )
+    assert len(class_rows(app)) == 2
+    booked_id(book(client, people, 30, "2026-11-24T14:00", key="d"))  # 5 tokens: exactly enough
+    text = booking_refusal(book(client, people, 30, "2026-11-24T16:00", key="e"))
+    assert "you can afford 0 tokens more" in text
+    assert len(class_rows(app)) == 3
+
+    # A started class holds its cost: it leaves the promised sum as it enters the locked one.
+    clock.advance(minutes=60)  # 10:00
+    login(client, auth, people, "teacher")
+    first = class_rows(app)
+    assert control(client, booked_id_of(app, "10:00"), "start").status_code == 200
+    assert money(app, people) == ((15, 10), (0, 0))
+    login(client, auth, people, "student")
+    page = text_of(client.get("/classes/new").get_data(as_text=True))
+    assert (
+        "You have 15 tokens available. The 2 classes you booked that have not started yet will "
+        "hold 15 tokens when they start, so you can spend 0 tokens on new bookings." in page
+    )
+    assert class_rows(app) == first
+    assert money(app, people) == ((15, 10), (0, 0))
+
+
+def booked_id_of(app, start: str) -> int:
+    with app.app_context():
+        return next(
+            session.id
+            for session in db.session.scalars(select(ClassSession))
+            if f"{session.scheduled_start:%H:%M}" == start
+        )
+
+
+def test_a_student_without_tokens_cannot_book(app, client, auth, people):
+    login(client, auth, people, "other_student")  # 0 tokens
+    page = text_of(client.get("/classes/new").get_data(as_text=True))
+    assert "You have 0 tokens available. Buy tokens" in page
+    text = booking_refusal(book(client, people, 30))
+    assert (
+        "This class costs 5 tokens. You have 0 tokens available: you can afford 0 tokens more. "
+        "Buy tokens, or choose a shorter class." in text
+    )
+    assert class_rows(app) == []
+
+
+def test_a_class_past_its_booked_end_promises_nothing(app, client, auth, people, clock):
+    """A class never started cannot start after its booked end: it will hold nothing."""
+    login(client, auth, people, "student")
+    booked_id(book(client, people, 120, "2026-11-24T10:00", key="missed"))  # 20 tokens
+    assert "you can afford 5 tokens more" in booking_refusal(
+        book(client, people, 60, "2026-11-24T14:00", key="late")
+    )
+    clock.advance(minutes=180)  # 12:00: the missed class can no longer start
+    booked_id(book(client, people, 120, "2026-11-24T14:00", key="late2"))
+    assert [row[2] for row in class_rows(app)] == ["10:00-12:00", "14:00-16:00"]
+
+
 def test_either_side_can_cancel_a_scheduled_class_and_nothing_moves(
     app, client, auth, people, booked
 ):
@@ -325,6 +472,103 @@ def test_only_the_classes_teacher_acts_and_only_its_people_see_it(
     assert "Fractions" in client.get(f"/classes/{booked}").get_data(as_text=True)
 
 
+def test_a_teacher_cannot_start_a_second_class_while_one_is_live(app, client, auth, people, clock):
+    login(client, auth, people, "student")
+    first = booked_id(book(client, people, 60, "2026-11-24T10:00", key="first"))
+    with app.app_context():
+        fund(people["other_student"], 10)
+    login(client, auth, people, "other_student")
+    second = booked_id(book(client, people, 60, "2026-11-24T11:00", key="second"))
+    login(client, auth, people, "teacher")
+    clock.advance(minutes=60)  # 10:00
+    control(client, first, "start")
+    clock.advance(minutes=52)  # 10:52: the second class's start window is open
+    control(client, first, "pause")
+    refusal = (
+        f"You have another class paused: “Fractions” (#{first}). End it before starting this "
+        "one. Nothing was changed."
+    )
+    for htmx in (True, False):  # the panel for htmx, the whole page for a plain form
+        response = control(client, second, "start", htmx=htmx)
+        assert response.status_code == 409
+        assert refusal in text_of(response.get_data(as_text=True))
+    assert (the_class(app, first).status, the_class(app, second).status) == ("paused", "scheduled")
+    assert entries_for(app, second) == []
+    with app.app_context():
+        assert balances(people["other_student"]) == (10, 0)
+    control(client, first, "resume")
+    response = control(client, second, "start")
+    assert "You have another class in progress" in text_of(response.get_data(as_text=True))
+
+    control(client, first, "end")  # ended early at 10:52
+    assert control(client, second, "start").status_code == 200
+    assert (the_class(app, first).status, the_class(app, second).status) == (
+        "ended_early",
+        "in_progress",
+    )
+    assert entries_for(app, second) == [("class_hold", 10)]
+    with app.app_context():
+        assert balances(people["other_student"]) == (0, 10)
+        assert run_audit() == []
+
+
+def test_a_class_cannot_start_while_its_student_is_in_another(app, client, auth, people, clock):
+    login(client, auth, people, "student")
+    first = booked_id(book(client, people, 60, "2026-11-24T10:00", key="first"))
+    second = booked_id(
+        book(client, people, 30, "2026-11-24T11:00", key="second", teacher="other_teacher")
+    )
+    clock.advance(minutes=60)
+    login(client, auth, people, "teacher")
+    control(client, first, "start")
+    clock.advance(minutes=55)  # 10:55: Tara's class runs on; Otto wants to start his
+    login(client, auth, people, "other_teacher")
+    response = control(client, second, "start")
+    assert response.status_code == 409
+    assert (
+        "The student is still in another class, which is in progress. This class can start "
+        "once it ends. Nothing was changed." in text_of(response.get_data(as_text=True))
+    )
+    assert the_class(app, second).status == "scheduled"
+    assert entries_for(app, second) == []
+    assert money(app, people) == ((15, 10), (0, 0))
+
+
+def test_the_database_refuses_a_second_live_class_the_check_missed(
+    app, client, auth, people, clock, monkeypatch
+):
+    """Without the service's check (as under a race), the unique index refuses the start:
+    same 409, nothing written."""
+    login(client, auth, people, "student")
+    first = booked_id(book(client, people, 60, "2026-11-24T10:00", key="first"))
+    with app.app_context():
+        fund(people["other_student"], 10)
+    login(client, auth, people, "other_student")
+    second = booked_id(book(client, people, 60, "2026-11-24T11:00", key="second"))
+    login(client, auth, people, "teacher")
+    clock.advance(minutes=60)
+    control(client, first, "start")
+    clock.advance(minutes=55)
+    with app.app_context():
+        entries_before = db.session.scalar(select(func.count()).select_from(JournalEntry))
+    monkeypatch.setattr(service, "_refuse_second_live", lambda session: None)
+    response = control(client, second, "start")
+    assert response.status_code == 409
+    assert "Another class of this teacher or student has just started. Nothing was changed." in (
+        text_of(response.get_data(as_text=True))
+    )
+    second_class = the_class(app, second)
+    assert (second_class.status, second_class.version, second_class.hold_entry_id) == (
+        "scheduled",
+        0,
+        None,
+    )
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(JournalEntry)) == entries_before
+        assert balances(people["other_student"]) == (10, 0)
+        assert run_audit() == []
+
+
 # Completion --------------------------------------------------------------------------------
 
 
@@ -384,22 +628,27 @@ def ledger_notifications():
     return Notification
 
 
-def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
-    app, client, auth, people, clock, runner
-):
-    login(client, auth, people, "student")
-    ids = []
-    for n in range(3):
-        response = book(client, people, minutes=30, key=f"sweep{n}", title=f"Class {n}")
-        ids.append(int(response.headers["Location"].rsplit("/", 1)[1]))
-    login(client, auth, people, "teacher")
-    clock.advance(minutes=60)
-    for class_id in ids:
-        control(client, class_id, "start")
-    control(client, ids[1], "pause")  # paused at once: 0 active seconds
-    clock.advance(minutes=5)
-    control(client, ids[2], "pause")  # paused after 5 minutes
-    clock.advance(minutes=29)
+def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(app, clock, runner):
+    """Three classes at once, each of its own teacher and student (a teacher, and a
+    student, have one live class at a time)."""
+    with app.app_context():
+        pairs = [
+            (make_funded_user(5, name=f"Student {n}"), make_user("teacher", name=f"Teacher {n}"))
+            for n in range(3)
+        ]
+        people = [(student.id, teacher.id) for student, teacher in pairs]
+        start = clock() + timedelta(minutes=60)
+        ids = [
+            service.book(student, teacher.id, f"Class {n}", start, 30, key=f"sweep{n}").id
+            for n, (student, teacher) in enumerate(pairs)
+        ]
+        clock.advance(minutes=60)
+        for class_id, (_, teacher) in zip(ids, pairs, strict=True):
+            service.act(db.session.get(ClassSession, class_id), Action.START, teacher)
+        service.act(db.session.get(ClassSession, ids[1]), Action.PAUSE, pairs[1][1])  # at once
+        clock.advance(minutes=5)
+        service.act(db.session.get(ClassSession, ids[2]), Action.PAUSE, pairs[2][1])  # after 5
+        clock.advance(minutes=29)
     result = runner.invoke(args=["soma", "sweep"])
     assert result.exit_code == 0, result.output
     assert "1 completed, 1 ended early (paused too long), 0 failed" in result.output
@@ -412,8 +661,12 @@ def test_the_sweeper_settles_due_classes_and_ends_those_paused_too_long(
     assert entries_for(app, ids[0]) == [("class_hold", 5), ("class_settle", 5)]
     assert entries_for(app, ids[1]) == [("class_hold", 5), ("class_release", 5)]
     assert entries_for(app, ids[2]) == [("class_hold", 5), ("class_settle", 1)]
-    assert money(app, people) == ((25 - 5 - 1, 0), (6, 0))
     with app.app_context():
+        assert [(balances(student), balances(teacher)) for student, teacher in people] == [
+            ((0, 0), (5, 0)),
+            ((5, 0), (0, 0)),
+            ((4, 0), (1, 0)),
+        ]
         assert run_audit() == []
 
 
@@ -572,3 +825,52 @@ def test_the_audit_names_a_class_that_says_it_charged_what_the_ledger_did_not(ap
         assert str(violation) == (
             f"class-settlement: class {session.id} says it charged 10 tokens but the ledger paid 4"
         )
+
+
+def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
+    """On PostgreSQL the exclusion constraint decides (tests/postgres has the race forced
+    past the check); on SQLite the first booking's write lock makes the second wait, and
+    its check then sees the first."""
+    with app.app_context():
+        teacher = make_user("teacher", name="Tara Teacher")
+        students = [make_funded_user(10) for _ in range(2)]
+        teacher_id, student_ids = teacher.id, [student.id for student in students]
+    start = clock() + timedelta(hours=1)
+
+    def booking(student_id: int):
+        def book():
+            student = db.session.get(User, student_id)
+            return service.book(student, teacher_id, "", start, 60, f"slot{student_id}").id
+
+        return book
+
+    outcomes = race(app, [booking(student_id) for student_id in student_ids])
+
+    assert len(ok(outcomes)) == 1, outcomes
+    assert [str(error) for error in errors(outcomes)] == [
+        "Tara Teacher is already booked on 24 Nov 2026 from 10:00 to 11:00 UTC. "
+        "Choose another time."
+    ]
+    winner = student_ids[[status for status, _ in outcomes].index("ok")]
+    assert [row[:2] for row in class_rows(app)] == [(winner, teacher_id)]
+    with app.app_context():
+        assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
+
+
+def test_a_double_submit_at_once_books_one_class_and_both_see_it(app, clock):
+    """The second waits for the first (the student's row lock; SQLite's write lock), then
+    finds the first booking by its key: the same class, not a refusal of its own time."""
+    with app.app_context():
+        teacher_id = make_user("teacher").id
+        student_id = make_funded_user(10).id
+    start = clock() + timedelta(hours=1)
+
+    def book():
+        student = db.session.get(User, student_id)
+        return service.book(student, teacher_id, "Twice", start, 60, "one-form").id
+
+    outcomes = race(app, [book, book])
+
+    assert errors(outcomes) == []
+    assert len(set(ok(outcomes))) == 1
+    assert class_rows(app) == [(student_id, teacher_id, "10:00-11:00")]
