@@ -9,7 +9,7 @@ time; the sweeper finds due classes by it. Every change of state bumps
 A class occupies its teacher and its student for its booked time,
 [scheduled_start, scheduled_end), while it is not final. Two such intervals of
 one teacher, or of one student, never overlap: the booking service checks it,
-and on PostgreSQL an exclusion constraint enforces it (see migration 0010;
+and on PostgreSQL an exclusion constraint enforces it (see migration 0012;
 on SQLite a booking's check and insert run under the database's one write lock).
 A class may start up to ten minutes early and run past its booked end while
 paused; what keeps those real times apart is that a teacher, and a student,

@@ -1,4 +1,4 @@
-"""Migration 0010 on a database the old code filled: each class gets its booked end, and
+"""Migration 0012 on a database the old code filled: each class gets its booked end, and
 classes that break the new rules stop the upgrade, named, before anything changes."""
 
 import importlib.util
@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from soma.extensions import db
 from soma.models import ClassSession, UTCDateTime
 
-MIGRATION = Path(__file__).parents[2] / "migrations" / "versions" / "0010_booking_rules.py"
+MIGRATION = Path(__file__).parents[2] / "migrations" / "versions" / "0012_booking_rules.py"
 BOOKED = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
@@ -52,8 +52,8 @@ def old_class(class_id: int, student: int, teacher: int, start: datetime, status
 
 
 @pytest.fixture
-def before_0010(app):
-    """The test's database brought back to the migration before 0010, with users 1-3
+def before_0012(app):
+    """The test's database brought back to the migration before 0012, with users 1-3
     (students 1 and 2, teacher 3) and no classes."""
     _, previous = revisions()
     with app.app_context():
@@ -69,7 +69,7 @@ def before_0010(app):
         db.session.remove()
 
 
-def test_existing_classes_get_their_booked_end(app, before_0010):
+def test_existing_classes_get_their_booked_end(app, before_0012):
     with app.app_context():
         db.session.execute(
             CLASSES.insert(),
@@ -86,7 +86,7 @@ def test_existing_classes_get_their_booked_end(app, before_0010):
         ]
 
 
-def test_overlapping_or_double_live_classes_stop_the_upgrade_until_resolved(app, before_0010):
+def test_overlapping_or_double_live_classes_stop_the_upgrade_until_resolved(app, before_0012):
     with app.app_context():
         db.session.execute(
             CLASSES.insert(),

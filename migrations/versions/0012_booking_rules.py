@@ -24,8 +24,8 @@ the constraints: the upgrade stops, naming the classes, before it changes
 anything. Cancel one class of each pair (nothing is held for a scheduled
 class), then upgrade again.
 
-Revision ID: 0010_booking_rules
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-01
 """
 
@@ -34,8 +34,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_booking_rules"
-down_revision = "0009"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
