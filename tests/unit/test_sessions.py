@@ -8,7 +8,7 @@ from sqlalchemy import select
 from soma.auth import service
 from soma.extensions import db
 from soma.models import User
-from tests.builders import DEFAULT_PASSWORD, make_class, make_user
+from tests.builders import DEFAULT_PASSWORD, make_class, make_funded_user, make_user
 from tests.conftest import AuthActions
 from tests.helpers import csrf_from, post_form, text_of
 
@@ -155,7 +155,7 @@ def test_the_class_timer_refuses_an_ended_session(app, client, auth, clock):
     """The timer reads the session version in its one query; an ended session is logged out."""
     with app.app_context():
         teacher = make_user("teacher")
-        student = make_user("student", email="tim@example.com")
+        student = make_funded_user(100, email="tim@example.com")
         class_id = make_class(student, teacher).id
     auth.login("tim@example.com")
     cookie = saved_cookie(client)
