@@ -5,7 +5,8 @@ from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringF
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from soma.auth.service import MIN_PASSWORD_LENGTH
-from soma.forms import email_field, strip
+from soma.forms import bounded, email_field, strip
+from soma.models import User
 
 
 class SignupForm(FlaskForm):
@@ -21,7 +22,10 @@ class SignupForm(FlaskForm):
     display_name = StringField(
         "Display name",
         filters=[strip],
-        validators=[DataRequired(message="Tell us your name."), Length(max=80)],
+        validators=[
+            DataRequired(message="Tell us your name."),
+            *bounded(User.display_name, "your name"),
+        ],
     )
     email = email_field("Email", missing="Enter your email address.")
     password = PasswordField(
@@ -43,6 +47,8 @@ class SignupForm(FlaskForm):
 
 class LoginForm(FlaskForm):
     email = EmailField(
-        "Email", filters=[strip], validators=[DataRequired(message="Enter your email address.")]
+        "Email",
+        filters=[strip],
+        validators=[DataRequired(message="Enter your email address."), *bounded(User.email)],
     )
     password = PasswordField("Password", validators=[DataRequired(message="Enter your password.")])

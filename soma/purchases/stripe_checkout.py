@@ -12,7 +12,8 @@ from sqlalchemy import or_, select, update
 
 from soma import clock
 from soma.extensions import db
-from soma.models import Provider, Purchase, PurchaseStatus
+from soma.inputs import column_length, control_characters, parse_id
+from soma.models import Provider, ProviderEvent, Purchase, PurchaseReversal, PurchaseStatus
 from soma.providers import inbox
 from soma.providers import stripe as stripe_provider
 from soma.purchases import reversals, service
@@ -93,23 +94,85 @@ def check_session(purchase: Purchase) -> Purchase:
 
 
 def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
-    """Verify, record once and act on one webhook event; return the JSON answer and status."""
+    """Verify, classify, record once and act on one webhook event; the JSON answer and status.
+
+    A bad signature is refused and kept nowhere. A signed event that is malformed (see
+    `malformed`) is kept as ignored with the reason, and answered 400, before anything acts.
+    """
     try:
         event = stripe_provider.verified_event(payload, signature, "STRIPE_WEBHOOK_SECRET")
     except stripe_provider.BadSignature:
         return {"error": "invalid payload or signature"}, 400
-    try:
-        event_id, kind, obj = str(event["id"]), str(event["type"]), event["data"]["object"]
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            raise TypeError("no object")
-        answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        db.session.rollback()
-        return {"error": "not an event Soma understands"}, 400
+    problem = malformed(event)
+    if problem is not None:
+        claimed = event.get("id") if isinstance(event, dict) else None
+        inbox.refuse("stripe", payload, problem, claimed)
+        return {"error": f"malformed event: {problem}", "status": "malformed"}, 400
+    event_id, kind, obj = event["id"], event["type"], event["data"]["object"]
+    answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
     reply = {"received": True, "status": answer.value}
     if answer is inbox.Answer.DUPLICATE:
         reply["duplicate"] = True
     return reply, answer.http_status
+
+
+def _text_fits(value, column) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= column_length(column)
+        and not control_characters(value)
+    )
+
+
+def malformed(event) -> str | None:
+    """What makes a signed event unreadable, or None when Soma can act on it.
+
+    Every value the handlers look up or store is checked here, against the column it
+    meets: the event's id and type, its object's id, the payment intent, the purchase
+    id in the metadata (an id the purchases table can hold), a refund's id and amount.
+    """
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    if not inbox.storable_id(event.get("id")):
+        return "no event id of 1 to 255 printable characters"
+    if not _text_fits(event.get("type"), ProviderEvent.kind):
+        return "no event type"
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        return "no data.object"
+    if not _text_fits(obj.get("id"), Purchase.checkout_session_id):
+        return "the object has no id"
+    intent = obj.get("payment_intent")
+    if intent is not None and not _text_fits(intent, Purchase.payment_intent_id):
+        return "a payment_intent that is not an id"
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return "metadata that is not an object"
+    for reference in ((metadata or {}).get("purchase_id"), obj.get("client_reference_id")):
+        if reference is not None and parse_id(reference, Purchase.id) is None:
+            return "a purchase id out of range"
+    if event["type"] == "charge.refunded" and not _listed_refunds_readable(obj):
+        return "a refund without an id"
+    if event["type"] in REFUND_EVENTS and not _refund_readable(obj):
+        return "a refund without an id"
+    return None
+
+
+def _listed_refunds_readable(charge: dict) -> bool:
+    """The refunds a charge lists (when it lists them) each have an id and an amount."""
+    listed = charge.get("refunds")
+    refunds = listed.get("data") if isinstance(listed, dict) else None
+    return refunds is None or (isinstance(refunds, list) and all(map(_refund_readable, refunds)))
+
+
+def _refund_readable(refund) -> bool:
+    amount = refund.get("amount") if isinstance(refund, dict) else None
+    return (
+        isinstance(refund, dict)
+        and _text_fits(refund.get("id"), PurchaseReversal.provider_ref)
+        and (amount is None or (isinstance(amount, int) and not isinstance(amount, bool)))
+    )
 
 
 def _act(event_id: str, kind: str, obj: dict) -> None:
@@ -206,9 +269,10 @@ def _purchase_of_intent(payment_intent) -> Purchase:
 
 def _ours(metadata, fallback=None) -> Purchase | None:
     reference = (metadata if isinstance(metadata, dict) else {}).get("purchase_id") or fallback
-    if not reference or not str(reference).isdigit() or len(str(reference)) > 18:
+    purchase_id = parse_id(reference, Purchase.id)
+    if purchase_id is None:
         return None
-    found = db.session.get(Purchase, int(reference))
+    found = db.session.get(Purchase, purchase_id)
     return found if found is not None and found.provider == Provider.STRIPE else None
 
 
