@@ -285,3 +285,11 @@ def test_a_refund_amount_that_is_not_a_plain_number_is_a_form_error(app, client,
     assert response.status_code == 422
     assert "Enter the amount to refund" in text_of(response.get_data(as_text=True))
     assert row_counts(app) == before
+
+
+@pytest.mark.parametrize("kind", [" ", "\x00", "nope", "²"])
+def test_a_history_filter_of_no_known_type_is_dropped(app, client, auth, kind):
+    auth.login_as("student")
+    response = client.get("/wallet/history", query_string={"kind": kind, "cursor": "²"})
+    assert response.status_code == 200
+    assert "Transaction history" in text_of(response.get_data(as_text=True))
