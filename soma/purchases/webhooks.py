@@ -31,7 +31,7 @@ def retry_later_on_failure(answer_retry):
                 raise  # (a 404 for an unknown secret, a 413 for a body too large)
             except Exception:
                 db.session.rollback()
-                current_app.logger.exception("%s: failed; asking for the event again", view)
+                current_app.logger.exception("%s failed; asking again", view.__name__)
                 return answer_retry(), 503
 
         return wrapped

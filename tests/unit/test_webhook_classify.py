@@ -261,3 +261,19 @@ def test_an_mpesa_callback_with_the_right_secret_but_malformed_is_kept_and_answe
 def test_a_callback_with_a_wrong_secret_is_not_found_and_kept_nowhere(app, client, daraja):
     assert send(client, {}, secret="wrong").status_code == 404
     assert kept(app, "mpesa") == []
+
+
+def test_a_failure_on_our_side_is_a_503_retry_and_keeps_nothing(
+    app, client, auth, stripe_on, daraja, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("soma.providers.inbox.receive", broken)
+    stripe = post_event(client, event("customer.created", {"id": "cus_1"}))
+    assert stripe.status_code == 503
+    assert stripe.get_json() == {"error": "an error on our side: send it again"}
+    mpesa = send(client, callback("ws_CO_1", "1032"))
+    assert mpesa.status_code == 503
+    assert mpesa.get_json()["ResultDesc"] == "Not yet: an error on our side; send it again"
+    assert kept(app, "stripe") == kept(app, "mpesa") == []
