@@ -97,13 +97,18 @@ def control_characters(text: str, multiline: bool = False) -> list[str]:
     return found
 
 
+def text_fits(value, column: ColumnLike) -> bool:
+    """Whether `value` is text `column` can hold: 1 to its length, no control characters."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= column_length(column)
+        and not control_characters(value)
+    )
+
+
 def is_key(text, column: ColumnLike) -> bool:
     """Whether `text` is a one-time form key that fits `column`."""
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= column_length(column)
-        and _KEY_TEXT.fullmatch(text) is not None
-    )
+    return text_fits(text, column) and _KEY_TEXT.fullmatch(text) is not None
 
 
 def plain_amount(text: str) -> Decimal:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from soma import clock
 from soma.extensions import db
-from soma.inputs import column_length, control_characters
+from soma.inputs import control_characters, text_fits
 from soma.models import EventStatus, ProviderEvent
 
 
@@ -58,11 +58,7 @@ class Malformed(ValueError):
 
 def storable_id(value) -> bool:
     """Whether `value` can be an event's stored id: text, 1 to the column's length, printable."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= column_length(ProviderEvent.event_id)
-        and not control_characters(value)
-    )
+    return text_fits(value, ProviderEvent.event_id)
 
 
 def printable(value, limit: int = 80) -> str:

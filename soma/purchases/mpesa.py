@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from soma import clock
 from soma.errors import SomaError
 from soma.extensions import db
-from soma.inputs import column_length, control_characters
+from soma.inputs import column_length, control_characters, text_fits
 from soma.models import Provider, Purchase, PurchaseStatus, UnmatchedPayment
 from soma.providers import daraja, inbox
 from soma.purchases import service
@@ -130,14 +130,6 @@ def _claimed_id(body):
         return None
 
 
-def _fits(value, column) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= column_length(column)
-        and not control_characters(value)
-    )
-
-
 def read_callback(body) -> StkCallback:
     """The STK callback in `body`; inbox.Malformed, with what is wrong, if it is not one."""
     callback = body.get("Body") if isinstance(body, dict) else None
@@ -145,8 +137,9 @@ def read_callback(body) -> StkCallback:
     if not isinstance(callback, dict):
         raise inbox.Malformed("no Body.stkCallback")
     checkout_id = callback.get("CheckoutRequestID")
-    if not _fits(checkout_id, UnmatchedPayment.checkout_request_id):
-        raise inbox.Malformed("no CheckoutRequestID of 1 to 128 printable characters")
+    if not text_fits(checkout_id, UnmatchedPayment.checkout_request_id):
+        limit = column_length(UnmatchedPayment.checkout_request_id)
+        raise inbox.Malformed(f"no CheckoutRequestID of 1 to {limit} printable characters")
     code = callback.get("ResultCode")
     if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 10**9:
         code = str(code)
@@ -172,7 +165,7 @@ def _items(metadata) -> dict:
     if found.get("Amount") is not None and _amount(found["Amount"]) is None:
         raise inbox.Malformed("an Amount that is not a positive whole number")
     receipt = found.get("MpesaReceiptNumber")
-    if receipt is not None and not _fits(receipt, UnmatchedPayment.receipt):
+    if receipt is not None and not text_fits(receipt, UnmatchedPayment.receipt):
         raise inbox.Malformed("an MpesaReceiptNumber that is not a receipt")
     return found
 

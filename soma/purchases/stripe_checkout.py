@@ -12,7 +12,7 @@ from sqlalchemy import or_, select, update
 
 from soma import clock
 from soma.extensions import db
-from soma.inputs import column_length, control_characters, parse_id
+from soma.inputs import parse_id, text_fits
 from soma.models import Provider, ProviderEvent, Purchase, PurchaseReversal, PurchaseStatus
 from soma.providers import inbox
 from soma.providers import stripe as stripe_provider
@@ -116,14 +116,6 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
     return reply, answer.http_status
 
 
-def _text_fits(value, column) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= column_length(column)
-        and not control_characters(value)
-    )
-
-
 def malformed(event) -> str | None:
     """What makes a signed event unreadable, or None when Soma can act on it.
 
@@ -134,17 +126,17 @@ def malformed(event) -> str | None:
     if not isinstance(event, dict):
         return "not a JSON object"
     if not inbox.storable_id(event.get("id")):
-        return "no event id of 1 to 255 printable characters"
-    if not _text_fits(event.get("type"), ProviderEvent.kind):
+        return "no event id that fits (printable, not too long)"
+    if not text_fits(event.get("type"), ProviderEvent.kind):
         return "no event type"
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         return "no data.object"
-    if not _text_fits(obj.get("id"), Purchase.checkout_session_id):
+    if not text_fits(obj.get("id"), Purchase.checkout_session_id):
         return "the object has no id"
     intent = obj.get("payment_intent")
-    if intent is not None and not _text_fits(intent, Purchase.payment_intent_id):
+    if intent is not None and not text_fits(intent, Purchase.payment_intent_id):
         return "a payment_intent that is not an id"
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -160,17 +152,18 @@ def malformed(event) -> str | None:
 
 
 def _listed_refunds_readable(charge: dict) -> bool:
-    """The refunds a charge lists (when it lists them) each have an id and an amount."""
+    """The refunds a charge lists (when it lists them) are each readable (see below)."""
     listed = charge.get("refunds")
     refunds = listed.get("data") if isinstance(listed, dict) else None
     return refunds is None or (isinstance(refunds, list) and all(map(_refund_readable, refunds)))
 
 
 def _refund_readable(refund) -> bool:
+    """A refund with an id its record can hold, and a whole amount if it has one."""
     amount = refund.get("amount") if isinstance(refund, dict) else None
     return (
         isinstance(refund, dict)
-        and _text_fits(refund.get("id"), PurchaseReversal.provider_ref)
+        and text_fits(refund.get("id"), PurchaseReversal.provider_ref)
         and (amount is None or (isinstance(amount, int) and not isinstance(amount, bool)))
     )
 
