@@ -103,17 +103,23 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
         event = stripe_provider.verified_event(payload, signature, "STRIPE_WEBHOOK_SECRET")
     except stripe_provider.BadSignature:
         return {"error": "invalid payload or signature"}, 400
+    except stripe_provider.Unreadable:
+        return _refused(payload, "not JSON")
     problem = malformed(event)
     if problem is not None:
-        claimed = event.get("id") if isinstance(event, dict) else None
-        inbox.refuse("stripe", payload, problem, claimed)
-        return {"error": f"malformed event: {problem}", "status": "malformed"}, 400
+        return _refused(payload, problem, event.get("id") if isinstance(event, dict) else None)
     event_id, kind, obj = event["id"], event["type"], event["data"]["object"]
     answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
     reply = {"received": True, "status": answer.value}
     if answer is inbox.Answer.DUPLICATE:
         reply["duplicate"] = True
     return reply, answer.http_status
+
+
+def _refused(payload: bytes, problem: str, claimed_id=None) -> tuple[dict, int]:
+    """Keep a signed but malformed body as ignored, with the problem; the 400 answer."""
+    answer = inbox.refuse("stripe", payload, problem, claimed_id)
+    return {"error": f"malformed event: {problem}", "status": answer.value}, answer.http_status
 
 
 def malformed(event) -> str | None:

@@ -8,6 +8,7 @@ back, and so left for the provider's retry instead of lost.
 """
 
 import hmac
+import json
 from functools import wraps
 
 from flask import Blueprint, abort, current_app, jsonify, request
@@ -65,7 +66,11 @@ def mpesa_stk(secret: str):
     if not mpesa.configured() or not hmac.compare_digest(secret.encode(), expected.encode()):
         abort(404)
     raw = request.get_data(cache=True)
-    answer = mpesa.handle_callback(request.get_json(silent=True), raw)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: malformed
+        body = None
+    answer = mpesa.handle_callback(body, raw)
     if answer.http_status == 400:
         return jsonify(ResultCode=1, ResultDesc="Rejected: not an STK callback"), 400
     if answer.http_status != 200:

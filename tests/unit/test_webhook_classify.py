@@ -277,3 +277,21 @@ def test_a_failure_on_our_side_is_a_503_retry_and_keeps_nothing(
     assert mpesa.status_code == 503
     assert mpesa.get_json()["ResultDesc"] == "Not yet: an error on our side; send it again"
     assert kept(app, "stripe") == kept(app, "mpesa") == []
+
+
+@pytest.mark.parametrize("body", ["not json", "[" * 100_000 + "]" * 100_000, '{"id": 1e99999}'])
+def test_a_signed_body_that_is_not_json_is_kept_as_malformed(app, client, stripe_on, body):
+    response = post_event(client, body)
+    assert response.status_code == 400
+    assert response.get_json()["status"] == "malformed"
+    ((event_id, kind, status, note),) = kept(app, "stripe")
+    assert (kind, status) == ("malformed", "ignored") and event_id.startswith("malformed:")
+    assert note in ("malformed: not JSON", "malformed: no event id that fits "
+                    "(printable, not too long) (claims id inf)")  # fmt: skip
+
+
+def test_an_mpesa_body_nested_too_deep_is_malformed_not_a_failure(app, client, daraja):
+    response = send(client, b"[" * 100_000 + b"]" * 100_000)
+    assert response.status_code == 400
+    ((_, _, status, note),) = kept(app, "mpesa")
+    assert status == "ignored" and "stkCallback" in note
