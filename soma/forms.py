@@ -79,9 +79,8 @@ class IdSelectField(SelectField):
         self.column, self.message = column, message or "Choose one of the options."
 
     def _coerce(self, value):
-        if value is None or value == "" or isinstance(value, int):
-            return value if value != "" else None
-        return inputs.parse_id(value, self.column)
+        """An id from the form (text) or the choices (an int); None for none, or a bad one."""
+        return None if value is None or value == "" else inputs.parse_id(value, self.column)
 
     def process_formdata(self, valuelist) -> None:
         if valuelist:
