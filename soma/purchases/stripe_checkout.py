@@ -32,6 +32,7 @@ SESSION_EVENTS = (
 )
 REFUND_EVENTS = ("charge.refund.updated", "refund.created", "refund.updated", "refund.failed")
 DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
+ACTED_ON = frozenset((*SESSION_EVENTS, "charge.refunded", *REFUND_EVENTS, *DISPUTE_EVENTS))
 
 
 def configured() -> bool:
@@ -139,6 +140,8 @@ def malformed(event) -> str | None:
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         return "no data.object"
+    if event["type"] not in ACTED_ON:
+        return None  # read no further: nothing is done with it (and a balance has no id)
     if not text_fits(obj.get("id"), Purchase.checkout_session_id):
         return "the object has no id"
     intent = obj.get("payment_intent")
@@ -147,14 +150,22 @@ def malformed(event) -> str | None:
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         return "metadata that is not an object"
-    for reference in ((metadata or {}).get("purchase_id"), obj.get("client_reference_id")):
-        if reference is not None and parse_id(reference, Purchase.id) is None:
-            return "a purchase id out of range"
+    reference = (metadata or {}).get("purchase_id")
+    if reference is not None and not isinstance(reference, str):
+        return "a purchase_id in the metadata that is not text"
+    if reference and reference.isascii() and reference.isdigit() and not _an_id(reference):
+        return "a purchase id out of range"
+    # (Other metadata and client references, such as another integration's on the same
+    # Stripe account, are read as "not one of our purchases": ignored, answered 200.)
     if event["type"] == "charge.refunded" and not _listed_refunds_readable(obj):
         return "a refund without an id"
     if event["type"] in REFUND_EVENTS and not _refund_readable(obj):
         return "a refund without an id"
     return None
+
+
+def _an_id(reference: str) -> bool:
+    return parse_id(reference, Purchase.id) is not None
 
 
 def _listed_refunds_readable(charge: dict) -> bool:

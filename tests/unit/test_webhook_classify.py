@@ -53,11 +53,8 @@ MALFORMED_STRIPE = {
     "no data": ({"id": "evt_m2", "type": "checkout.session.completed"}, "no data.object"),
     "no object": ({"id": "evt_m3", "type": "x", "data": {}}, "no data.object"),
     "object is text": ({"id": "evt_m4", "type": "x", "data": {"object": "t"}}, "no data.object"),
-    "no object id": ({"id": "evt_m5", "type": "x", "data": {"object": {}}}, "no id"),
-    "object id with NUL": (
-        {"id": "evt_m6", "type": "x", "data": {"object": {"id": "cs_\x00"}}},
-        "no id",
-    ),
+    "no object id": (event("checkout.session.completed", {}), "no id"),
+    "object id with NUL": (event("refund.created", {"id": "re_\x00", "amount": 5}), "no id"),
     "event id too long": ({"id": TOO_LONG, "type": "x", "data": {"object": OBJECT}}, "event id"),
     "event id with NUL": ({"id": "evt_\x00", "type": "x", "data": {"object": OBJECT}}, "event id"),
     "event id a number": ({"id": 7, "type": "x", "data": {"object": OBJECT}}, "event id"),
@@ -65,13 +62,17 @@ MALFORMED_STRIPE = {
         event("checkout.session.completed", {**OBJECT, "metadata": {"purchase_id": str(2**63)}}),
         "purchase id out of range",
     ),
-    "metadata id negative": (
-        event("checkout.session.completed", {**OBJECT, "metadata": {"purchase_id": "-4"}}),
+    "metadata id of 40 digits": (
+        event("checkout.session.completed", {**OBJECT, "metadata": {"purchase_id": "9" * 40}}),
         "purchase id out of range",
     ),
-    "client reference of 40 digits": (
-        event("checkout.session.completed", {**OBJECT, "client_reference_id": "9" * 40}),
+    "metadata id zero": (
+        event("checkout.session.completed", {**OBJECT, "metadata": {"purchase_id": "0"}}),
         "purchase id out of range",
+    ),
+    "metadata id a list": (
+        event("checkout.session.completed", {**OBJECT, "metadata": {"purchase_id": ["1"]}}),
+        "not text",
     ),
     "payment intent a list": (
         event("charge.dispute.created", {"id": "dp_1", "payment_intent": ["pi_1"]}),
@@ -145,11 +146,22 @@ def test_a_paid_session_naming_a_purchase_out_of_range_credits_nothing(
     purchase_id, session_id = checkout(app, client)
     session = stripe_on.pay(session_id)
     before = money_rows(app)
-    for reference in (str(2**63), "0", "1e3", "\u00b2"):
+    for reference in (str(2**63), "0", "9" * 40):  # our key, but no id: malformed
         forged = {**session, "metadata": {"purchase_id": reference}, "client_reference_id": None}
         assert post_event(client, event("checkout.session.completed", forged)).status_code == 400
+    # Another integration's references on the same Stripe account: not ours, ignored.
+    for reference in ("-4", "1e3", "\u00b2", "order-77"):
+        forged = {
+            **session,
+            "metadata": {"purchase_id": reference},
+            "client_reference_id": reference,
+        }
+        answer = post_event(client, event("checkout.session.completed", forged))
+        assert answer.status_code == 200 and answer.get_json()["status"] == "ignored"
     assert money_rows(app) == before
     assert credits_of(app, purchase_id) == []
+    notes = [note for _, _, status, note in kept(app, "stripe") if status == "ignored"]
+    assert sum(note.endswith("is not one of our purchases") for note in notes) == 4
 
 
 # M-Pesa --------------------------------------------------------------------------------------
@@ -295,3 +307,12 @@ def test_an_mpesa_body_nested_too_deep_is_malformed_not_a_failure(app, client, d
     assert response.status_code == 400
     ((_, _, status, note),) = kept(app, "mpesa")
     assert status == "ignored" and "stkCallback" in note
+
+
+def test_an_event_soma_does_not_act_on_needs_no_object_id(app, client, stripe_on):
+    balance = event("balance.available", {"object": "balance", "available": []})
+    answer = post_event(client, balance)
+    assert answer.status_code == 200 and answer.get_json()["status"] == "ignored"
+    assert kept(app, "stripe") == [
+        (balance["id"], "balance.available", "ignored", "balance.available: nothing to do")
+    ]
