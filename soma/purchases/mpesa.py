@@ -146,10 +146,10 @@ def read_callback(body) -> StkCallback:
     if not isinstance(code, str) or not (code.isascii() and code.isdigit()) or len(code) > 9:
         raise inbox.Malformed("no ResultCode")
     desc = callback.get("ResultDesc") or ""
-    if not isinstance(desc, str) or control_characters(desc):
+    if not isinstance(desc, str) or control_characters(desc, multiline=True):
         raise inbox.Malformed("a ResultDesc that is not text")
     items = _items(callback.get("CallbackMetadata"))
-    return StkCallback(checkout_id, code, desc[:200], items)
+    return StkCallback(checkout_id, code, " ".join(desc.split())[:200], items)
 
 
 def _items(metadata) -> dict:

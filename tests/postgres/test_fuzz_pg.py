@@ -8,10 +8,11 @@ with a baseline value each; the test checks that every field of every form in so
 listed, so a new form's fields cannot be left out. Webhooks get bodies that are signed
 (Stripe) or sent to the right secret (M-Pesa), but malformed.
 
-First a sweep sends one bad value to every (route, target, role); then hypothesis draws
-at random. Each request is answered below 500, except a webhook's deliberate 503 "retry
-later" (an event the inbox recorded as to be retried). At the end, no journal entry,
-posting or wallet was added or changed, and the audit is clean.
+First a sweep: every (route, target, role) gets a bad value, and every value of
+SWEEP_VALUES where the role gets in; every path of each webhook body gets every value of
+SWEEP_JSON. Then hypothesis draws 500 more at random. Each request is answered below
+500, except a webhook's deliberate 503 "retry later" (never the 503 of a failure). At
+the end, no journal entry, posting or wallet was added or changed, and the audit is clean.
 
 The state is built so that no *valid* input could move money either (the student has
 no tokens, the only purchase is a pending sandbox one, bad ids are never real ones),
