@@ -1,7 +1,6 @@
 """The admin area."""
 
 import secrets
-from decimal import Decimal, InvalidOperation
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -10,6 +9,7 @@ from sqlalchemy import func, select
 from soma import money
 from soma.extensions import db
 from soma.forms import ActionForm
+from soma.inputs import parse_id, plain_amount, query_id
 from soma.models import Purchase, PurchaseEvent, Role, UnmatchedPayment, User
 from soma.providers import stripe as stripe_provider
 from soma.purchases import mpesa, reversals
@@ -35,7 +35,7 @@ def index():
 def users():
     """List accounts, newest first, optionally of one role, a page at a time by id."""
     role = request.args.get("role") or None
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=query_id(User.id))
     query = select(User).order_by(User.id.desc()).limit(USERS_PER_PAGE + 1)
     if role in {r.value for r in Role}:
         query = query.where(User.role == role)
@@ -58,7 +58,7 @@ PURCHASES_PER_PAGE = 50
 @role_required(Role.ADMIN)
 def purchase_list():
     """Every purchase, newest first, a page at a time by id."""
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=query_id(Purchase.id))
     query = select(Purchase).order_by(Purchase.id.desc()).limit(PURCHASES_PER_PAGE + 1)
     if before:
         query = query.where(Purchase.id < before)
@@ -90,7 +90,7 @@ def _purchase_page(
     ), status
 
 
-@bp.get("/purchases/<int:purchase_id>")
+@bp.get("/purchases/<id(purchases):purchase_id>")
 @role_required(Role.ADMIN)
 def purchase_detail(purchase_id: int):
     """A purchase, its refunds and disputes, its history, and the refund form."""
@@ -98,7 +98,7 @@ def purchase_detail(purchase_id: int):
     return _purchase_page(purchase)
 
 
-@bp.post("/purchases/<int:purchase_id>/refund")
+@bp.post("/purchases/<id(purchases):purchase_id>/refund")
 @role_required(Role.ADMIN)
 def refund(purchase_id: int):
     """Refund a purchase in full or in part: the money goes back first, then the tokens."""
@@ -139,14 +139,10 @@ def _minor_units(text: str, purchase: Purchase, left: int) -> int:
     text = text.strip()
     if not text:
         return left  # the rest, in full
-    if len(text) > 20:
-        raise ValueError("Enter the amount to refund, such as 5.00.")
     try:
-        amount = Decimal(text.lstrip("$"))
-    except InvalidOperation:
+        amount = plain_amount(text)  # never NaN, an infinity or an exponent
+    except ValueError:
         raise ValueError("Enter the amount to refund, such as 5.00.") from None
-    if not amount.is_finite() or amount.adjusted() > 12:
-        raise ValueError("Enter the amount to refund, such as 5.00.")
     minor = amount * 100 if purchase.currency == "USD" else amount
     if minor != minor.to_integral_value() or minor <= 0:
         raise ValueError("Enter a positive amount in whole cents, such as 5.00.")
@@ -170,19 +166,19 @@ def unmatched_payments():
     )
 
 
-@bp.post("/payments/unmatched/<int:payment_id>/match")
+@bp.post("/payments/unmatched/<id(unmatched_payments):payment_id>/match")
 @role_required(Role.ADMIN)
 def match_payment(payment_id: int):
     """Match an unmatched payment to the purchase it paid, and credit that purchase."""
     payment = db.session.get(UnmatchedPayment, payment_id) or abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
-    text = request.form.get("purchase_id", "").strip()
-    if not text.isdigit() or len(text) > 18:
+    purchase_id = parse_id(request.form.get("purchase_id", "").strip().lstrip("#"), Purchase.id)
+    if purchase_id is None:
         flash("Enter the number of the purchase this payment paid.", "error")
         return redirect(url_for("admin.unmatched_payments"), 303)
     try:
-        purchase = mpesa.match(payment.id, int(text), f"admin:{current_user.id}")
+        purchase = mpesa.match(payment.id, purchase_id, f"admin:{current_user.id}")
     except mpesa.MatchRefused as error:
         db.session.rollback()
         flash(error.message, "error")

@@ -4,8 +4,9 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
-from soma.auth.passwords import MIN_PASSWORD_LENGTH, password_problem
-from soma.forms import email_field, strip
+from soma.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_problem
+from soma.forms import bounded, email_field, strip
+from soma.models import User
 
 NEW_PASSWORD_HINT = (
     f"At least {MIN_PASSWORD_LENGTH} characters, and not a common password: "
@@ -50,7 +51,10 @@ class SignupForm(FlaskForm):
     display_name = StringField(
         "Display name",
         filters=[strip],
-        validators=[DataRequired(message="Tell us your name."), Length(max=80)],
+        validators=[
+            DataRequired(message="Tell us your name."),
+            *bounded(User.display_name, "your name"),
+        ],
     )
     email = email_field("Email", missing="Enter your email address.")
     password = new_password_field("Password")
@@ -62,15 +66,27 @@ class SignupForm(FlaskForm):
 
 class LoginForm(FlaskForm):
     email = EmailField(
-        "Email", filters=[strip], validators=[DataRequired(message="Enter your email address.")]
+        "Email",
+        filters=[strip],
+        validators=[DataRequired(message="Enter your email address."), *bounded(User.email)],
     )
-    password = PasswordField("Password", validators=[DataRequired(message="Enter your password.")])
+    password = PasswordField(
+        "Password",
+        validators=[
+            DataRequired(message="Enter your password."),
+            Length(max=MAX_PASSWORD_LENGTH, message="That password is longer than any we keep."),
+        ],
+    )
 
 
 class PasswordChangeForm(FlaskForm):
     password_hint = NEW_PASSWORD_HINT
     current = PasswordField(
-        "Current password", validators=[DataRequired(message="Enter your current password.")]
+        "Current password",
+        validators=[
+            DataRequired(message="Enter your current password."),
+            Length(max=MAX_PASSWORD_LENGTH, message="That password is longer than any we keep."),
+        ],
     )
     password = new_password_field("New password")
     confirm = repeat_password_field("Repeat the new password", of="password")

@@ -1,10 +1,17 @@
 """The booking form. Times are UTC: the form says so, and the server's clock decides."""
 
 from flask_wtf import FlaskForm
-from wtforms import DateTimeLocalField, HiddenField, SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length
+from wtforms import DateTimeLocalField, SelectChoice, SelectField, StringField
+from wtforms.validators import DataRequired, InputRequired
 
-from soma.forms import ActionForm, strip  # noqa: F401 (the controls' form)
+from soma.forms import (
+    ActionForm,  # noqa: F401 (the controls' form)
+    IdSelectField,
+    KeyField,
+    bounded,
+    strip,
+)
+from soma.models import ClassSession, User
 from soma.models.classes import DURATIONS
 
 
@@ -16,13 +23,16 @@ def _int_or_none(value):
 
 
 class BookingForm(FlaskForm):
-    teacher = SelectField(
-        "Teacher", coerce=_int_or_none, validators=[InputRequired("Choose a teacher.")]
+    teacher = IdSelectField(
+        "Teacher",
+        column=User.id,
+        message="Choose a teacher.",
+        validators=[InputRequired("Choose a teacher.")],
     )
     title = StringField(
         "What the class is about (optional)",
         filters=[strip],
-        validators=[Length(max=120, message="Keep the title under 120 characters.")],
+        validators=bounded(ClassSession.title, "the title"),
     )
     start = DateTimeLocalField(
         "Start (UTC)",
@@ -37,7 +47,7 @@ class BookingForm(FlaskForm):
         validate_choice=False,  # the service says which durations exist
         validators=[InputRequired("Choose a duration.")],
     )
-    key = HiddenField()
+    key = KeyField(ClassSession.booking_key)
 
     def __init__(self, *args, teachers=(), **kwargs):
         super().__init__(*args, **kwargs)

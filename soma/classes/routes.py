@@ -23,6 +23,7 @@ from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMo
 from soma.errors import SomaError
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
+from soma.inputs import query_id
 from soma.ledger import InsufficientTokens, get_token_pricing
 from soma.ledger.pricing import class_cost_at
 from soma.models import ClassStatus, PricingUserType, Role, User
@@ -88,7 +89,7 @@ def _booking_page(form: BookingForm, status: int = 200):
 def new():
     """The booking form, with what each duration costs and what the student can afford."""
     form = BookingForm(teachers=service.teachers())
-    chosen = request.args.get("teacher", type=int)
+    chosen = request.args.get("teacher", type=query_id(User.id))
     if chosen:
         form.teacher.data = chosen
     return _booking_page(form)
@@ -191,7 +192,7 @@ def _panel_context(session: ClassSession, error: str | None = None) -> dict:
     }
 
 
-@bp.get("/<int:class_id>")
+@bp.get("/<id(class_sessions):class_id>")
 @login_required
 def show(class_id: int):
     """The class tracker: status, the live timer, tokens, balance, and the controls."""
@@ -207,7 +208,7 @@ def _show_page(session: ClassSession, error: str | None = None, status: int = 20
     ), status
 
 
-@bp.get("/<int:class_id>/timer")
+@bp.get("/<id(class_sessions):class_id>/timer")
 @limiter.exempt  # polled every second by design; it only reads
 @login_required
 def timer(class_id: int):
@@ -237,7 +238,7 @@ def timer(class_id: int):
     return render_template("classes/_timer.html", tracker=tracker_for(session)), 200, headers
 
 
-@bp.get("/<int:class_id>/panel")
+@bp.get("/<id(class_sessions):class_id>/panel")
 @login_required
 def panel(class_id: int):
     """The controls and the viewer's balance; reloaded when the class changes."""
@@ -245,7 +246,7 @@ def panel(class_id: int):
     return render_template("classes/_panel.html", **_panel_context(session))
 
 
-@bp.post("/<int:class_id>/<name>")
+@bp.post("/<id(class_sessions):class_id>/<name>")
 @login_required
 def control(class_id: int, name: str):
     """Start, pause, resume, end, abort or cancel the class."""

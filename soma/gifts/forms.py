@@ -2,10 +2,10 @@
 
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Regexp
+from wtforms.validators import DataRequired, InputRequired, NumberRange, Regexp
 
-from soma.forms import email_field, strip
-from soma.gifts.service import MAX_NOTE_LENGTH
+from soma.forms import bounded, email_field, strip
+from soma.models import Gift
 
 WHOLE_NUMBER = "Enter a whole number of tokens, 1 or more."
 
@@ -36,7 +36,7 @@ class GiftForm(FlaskForm):
     note = StringField(
         "Note (optional)",
         filters=[strip],
-        validators=[Length(max=MAX_NOTE_LENGTH, message="Keep the note under 200 characters.")],
+        validators=bounded(Gift.note, "the note"),
     )
 
 

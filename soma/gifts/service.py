@@ -21,7 +21,7 @@ from soma.models import EntryKind, Gift, PricingUserType, Role, User
 from soma.notifications.service import notify
 from soma.wallet.service import wallet_of
 
-MAX_NOTE_LENGTH = 200
+MAX_NOTE_LENGTH = Gift.__table__.c.note.type.length
 
 
 class GiftRefused(FieldRefusal):

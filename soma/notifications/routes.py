@@ -3,6 +3,8 @@
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
+from soma.inputs import query_id
+from soma.models import Notification
 from soma.notifications import service
 
 bp = Blueprint("notifications", __name__, url_prefix="/notifications")
@@ -22,9 +24,7 @@ def unread_notifications():
 @login_required
 def index():
     """The user's notifications, newest first, unread ones marked."""
-    before = request.args.get("before", type=int)
-    if before is not None and not 0 < before < 2**63:
-        before = None
+    before = request.args.get("before", type=query_id(Notification.id))
     notifications, next_before = service.notifications_page(current_user.id, before)
     return render_template(
         "notifications/index.html", notifications=notifications, next_before=next_before
@@ -35,8 +35,10 @@ def index():
 @login_required
 def mark_read():
     """Mark every notification the user has seen as read."""
-    up_to = request.form.get("up_to", type=int)
-    if up_to:
-        service.mark_all_read(current_user.id, up_to)
+    up_to = request.form.get("up_to", type=query_id(Notification.id))
+    if up_to is None:
+        flash("Nothing was marked: reload the page and try again.", "error")
+        return redirect(url_for("notifications.index"))
+    service.mark_all_read(current_user.id, up_to)
     flash("Notifications marked as read.", "success")
     return redirect(url_for("notifications.index"))

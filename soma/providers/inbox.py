@@ -5,9 +5,19 @@ it. The event is acted on until it is handled or ignored, once: a repeat of an
 event already handled or ignored is acknowledged and not redone. An event that
 cannot be acted on yet (`RetryLater`) is recorded as such, its work rolled back,
 and the provider is answered 503 so that it sends the event again.
+
+A body that is authentic (its signature or secret is right) but malformed — no
+event id, an id the column cannot hold, a field of the wrong type, an amount
+that is not a number — is classified before anything acts on it: it is kept
+(`refuse`) as ignored, with the reason, and answered 400. It is kept under an id
+derived from the body itself, never under the id it claims: a claimed id may be
+unstorable (too long, a NUL), and a malformed body must never take the place of
+the well-formed event of the same id, which would then be a "duplicate" and never
+acted on. A body whose signature is wrong is not kept at all (anyone can send one).
 """
 
 import enum
+import hashlib
 from collections.abc import Callable
 
 from flask import current_app
@@ -16,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from soma import clock
 from soma.extensions import db
+from soma.inputs import control_characters, text_fits
 from soma.models import EventStatus, ProviderEvent
 
 
@@ -32,10 +43,34 @@ class Answer(enum.StrEnum):
     IGNORED = "ignored"
     RETRY = "retry"
     DUPLICATE = "duplicate"
+    MALFORMED = "malformed"  # authentic but unreadable: kept as ignored, answered 400
 
     @property
     def http_status(self) -> int:
-        return 503 if self is Answer.RETRY else 200
+        if self is Answer.RETRY:
+            return 503
+        return 400 if self is Answer.MALFORMED else 200
+
+
+class Malformed(ValueError):
+    """An authentic body that is not an event we can read; the message says what is wrong."""
+
+
+def storable_id(value) -> bool:
+    """Whether `value` can be an event's stored id: text, 1 to the column's length, printable."""
+    return text_fits(value, ProviderEvent.event_id)
+
+
+def printable(value, limit: int = 80) -> str:
+    """`value` as text fit for a note: control characters dropped, at most `limit` long."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c for c in text if not control_characters(c))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(body: bytes | str) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    return text.replace("\x00", "")
 
 
 def _known(provider: str, event_id: str) -> ProviderEvent | None:
@@ -54,10 +89,9 @@ def receive(
     `act` runs in the session's transaction and commits or rolls back its own
     money operations; it raises Ignore or RetryLater to say so.
     """
-    if not event_id or len(event_id) > 255 or "\x00" in event_id:
-        raise ValueError("an event id is 1 to 255 characters")
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = text.replace("\x00", "")
+    if not storable_id(event_id):
+        raise Malformed("an event id is 1 to 255 printable characters")  # (classify first)
+    text = _text(body)
     known = _known(provider, event_id)
     if known is not None and known.status != EventStatus.RETRY:
         db.session.rollback()
@@ -74,6 +108,26 @@ def receive(
         status, note = EventStatus.RETRY, str(later)
     _record(provider, event_id, kind, text, status, note)
     return Answer(status.value)
+
+
+def refuse(provider: str, body: bytes | str, reason: str, claimed_id=None) -> Answer:
+    """Keep an authentic but malformed body as ignored, with `reason`; Answer.MALFORMED.
+
+    Kept under `malformed:<sha256 of the body>` (so the same body sent again is one
+    record), never under the id it claims (see the module's note); the note says
+    which id it claimed.
+    """
+    raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    event_id = f"malformed:{hashlib.sha256(raw).hexdigest()}"
+    note = f"malformed: {reason}"
+    if claimed_id is not None:
+        note += f" (claims id {printable(claimed_id)})"
+    db.session.rollback()
+    if _known(provider, event_id) is None:
+        _record(provider, event_id, "malformed", _text(body), EventStatus.IGNORED, note)
+    else:
+        db.session.rollback()
+    return Answer.MALFORMED
 
 
 def _record(provider, event_id, kind, text, status: EventStatus, note: str) -> None:

@@ -4,6 +4,8 @@ Configured by STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET and STRIPE_API_BASE (test
 point the last at a fake Stripe server). Knows nothing of what the money is for.
 """
 
+import json
+
 import stripe
 from flask import current_app
 
@@ -11,7 +13,11 @@ StripeError = stripe.StripeError
 
 
 class BadSignature(ValueError):
-    """A webhook body that is not Stripe's: bad, missing or stale signature, or not JSON."""
+    """A webhook body that is not Stripe's: bad, missing or stale signature."""
+
+
+class Unreadable(ValueError):
+    """A webhook body Stripe signed that is not JSON (kept as malformed, never acted on)."""
 
 
 def outcome_unknown(error: stripe.StripeError) -> bool:
@@ -39,14 +45,22 @@ def client() -> stripe.StripeClient:
     return clients["client"]
 
 
-def verified_event(payload: bytes, signature: str | None, secret_setting: str) -> dict:
-    """The event Stripe signed, as a plain dict; BadSignature if it is not Stripe's.
+def verified_event(payload: bytes, signature: str | None, secret_setting: str):
+    """The JSON Stripe signed, as plain data (the caller checks its shape).
 
-    `secret_setting` names the config key of the endpoint's signing secret (each
-    webhook endpoint has its own).
+    BadSignature if it is not Stripe's (the signature is checked first); Unreadable if
+    it is, but is not JSON. `secret_setting` names the config key of the endpoint's
+    signing secret (each webhook endpoint has its own).
     """
+    secret = current_app.config[secret_setting]
     try:
-        event = client().construct_event(payload, signature, current_app.config[secret_setting])
-    except (ValueError, stripe.SignatureVerificationError) as error:
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(
+            text, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE
+        )
+    except (UnicodeDecodeError, stripe.SignatureVerificationError) as error:
         raise BadSignature(str(error)) from None
-    return event.to_dict()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:  # (RecursionError: nested too deep)
+        raise Unreadable(str(error)[:80]) from None

@@ -13,6 +13,7 @@ to its purchase and credits it through the same `service.fulfil`.
 """
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -23,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from soma import clock
 from soma.errors import SomaError
 from soma.extensions import db
+from soma.inputs import column_length, control_characters, text_fits
 from soma.models import Provider, Purchase, PurchaseStatus, UnmatchedPayment
 from soma.providers import daraja, inbox
 from soma.purchases import service
@@ -90,35 +92,82 @@ def start_stk(purchase: Purchase) -> bool:
     return True
 
 
-def handle_callback(body: dict, raw: bytes | str) -> inbox.Answer:
-    """Record and act on one STK callback; ValueError if it is not one."""
+@dataclass(frozen=True)
+class StkCallback:
+    """An STK callback as read, every value checked against what it meets."""
+
+    checkout_id: str
+    code: str
+    desc: str
+    items: dict
+
+
+def handle_callback(body, raw: bytes | str) -> inbox.Answer:
+    """Classify, record and act on one STK callback (`body` is the parsed JSON, if any).
+
+    A malformed callback is kept as ignored with the reason, and answered 400: it is
+    never acted on. If it was about a real payment, the purchase stays pending and the
+    status query (the page's, or the sweeper's) credits it all the same.
+    """
     try:
-        callback = body["Body"]["stkCallback"]
-        checkout_id = str(callback["CheckoutRequestID"])
-        code = str(callback["ResultCode"])
-    except (KeyError, TypeError) as error:
-        raise ValueError("not an STK callback") from error
-    if not 0 < len(checkout_id) <= 128 or not code.isascii() or len(code) > 16:
-        raise ValueError("not an STK callback")
-    items = _items(callback.get("CallbackMetadata"))
+        callback = read_callback(body)
+    except inbox.Malformed as malformed:
+        claimed = _claimed_id(body)
+        return inbox.refuse("mpesa", raw, str(malformed), claimed)
     return inbox.receive(
         "mpesa",
-        f"{checkout_id}:{code}",
+        f"{callback.checkout_id}:{callback.code}",
         "stk",
         raw,
-        lambda: _act(checkout_id, code, str(callback.get("ResultDesc") or ""), items),
+        lambda: _act(callback.checkout_id, callback.code, callback.desc, callback.items),
     )
 
 
+def _claimed_id(body):
+    try:
+        return body["Body"]["stkCallback"]["CheckoutRequestID"]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def read_callback(body) -> StkCallback:
+    """The STK callback in `body`; inbox.Malformed, with what is wrong, if it is not one."""
+    callback = body.get("Body") if isinstance(body, dict) else None
+    callback = callback.get("stkCallback") if isinstance(callback, dict) else None
+    if not isinstance(callback, dict):
+        raise inbox.Malformed("no Body.stkCallback")
+    checkout_id = callback.get("CheckoutRequestID")
+    if not text_fits(checkout_id, UnmatchedPayment.checkout_request_id):
+        limit = column_length(UnmatchedPayment.checkout_request_id)
+        raise inbox.Malformed(f"no CheckoutRequestID of 1 to {limit} printable characters")
+    code = callback.get("ResultCode")
+    if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 10**9:
+        code = str(code)
+    if not isinstance(code, str) or not (code.isascii() and code.isdigit()) or len(code) > 9:
+        raise inbox.Malformed("no ResultCode")
+    desc = callback.get("ResultDesc") or ""
+    if not isinstance(desc, str) or control_characters(desc, multiline=True):
+        raise inbox.Malformed("a ResultDesc that is not text")
+    items = _items(callback.get("CallbackMetadata"))
+    return StkCallback(checkout_id, code, " ".join(desc.split())[:200], items)
+
+
 def _items(metadata) -> dict:
+    """CallbackMetadata's items by name, the ones we use checked; Malformed if unreadable."""
+    if metadata is None:
+        return {}  # (a callback of a failed payment has none)
     items = metadata.get("Item") if isinstance(metadata, dict) else None
-    if not isinstance(items, list):
-        return {}
-    return {
-        item.get("Name"): item.get("Value")
-        for item in items
-        if isinstance(item, dict) and isinstance(item.get("Name"), str)
-    }
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("Name"), str) for item in items
+    ):
+        raise inbox.Malformed("CallbackMetadata.Item is not a list of named items")
+    found = {item["Name"]: item.get("Value") for item in items}
+    if found.get("Amount") is not None and _amount(found["Amount"]) is None:
+        raise inbox.Malformed("an Amount that is not a positive whole number")
+    receipt = found.get("MpesaReceiptNumber")
+    if receipt is not None and not text_fits(receipt, UnmatchedPayment.receipt):
+        raise inbox.Malformed("an MpesaReceiptNumber that is not a receipt")
+    return found
 
 
 def _act(checkout_id: str, code: str, desc: str, items: dict) -> None:

@@ -6,7 +6,8 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from flask_login import current_user
 
 from soma.forms import ActionForm
-from soma.models import Provider, PurchaseStatus, Role
+from soma.inputs import parse_id
+from soma.models import Provider, PurchaseStatus, Role, TokenPackage
 from soma.providers import daraja
 from soma.providers import sandbox as sandbox_provider
 from soma.providers import stripe as stripe_provider
@@ -58,7 +59,7 @@ def start():
                 raise service.PurchaseRefused("Enter how many tokens to buy.", "custom_tokens")
             chosen = service.quote(custom_tokens=form.custom_tokens.data)
         else:
-            chosen = service.quote(package_id=_int_or_refuse(form.package.data))
+            chosen = service.quote(package_id=_package_or_refuse(form.package.data))
         provider = _provider_or_refuse(form.provider.data)
         phone = None
         if provider == Provider.MPESA:
@@ -97,13 +98,11 @@ def start():
     return redirect(checkout_url, 303)
 
 
-def _int_or_refuse(value: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise service.PurchaseRefused(
-            "That package is not on sale. Choose another.", "package"
-        ) from None
+def _package_or_refuse(value: str) -> int:
+    package_id = parse_id(value, TokenPackage.id)
+    if package_id is None:
+        raise service.PurchaseRefused("That package is not on sale. Choose another.", "package")
+    return package_id
 
 
 def _provider_or_refuse(value: str) -> Provider:
@@ -134,7 +133,7 @@ def _sandbox_purchase(purchase_id: int):
     return purchase
 
 
-@bp.get("/sandbox/<int:purchase_id>")
+@bp.get("/sandbox/<id(purchases):purchase_id>")
 @role_required(Role.STUDENT)
 def sandbox(purchase_id: int):
     """A local checkout page, clearly a test: no money moves, only test tokens."""
@@ -144,7 +143,7 @@ def sandbox(purchase_id: int):
     return render_template("purchases/sandbox.html", purchase=purchase, form=ActionForm())
 
 
-@bp.post("/sandbox/<int:purchase_id>/<outcome>")
+@bp.post("/sandbox/<id(purchases):purchase_id>/<outcome>")
 @role_required(Role.STUDENT)
 def sandbox_outcome(purchase_id: int, outcome: str):
     """Pay or Fail: the same fulfilment path as a real provider's confirmation."""
@@ -161,7 +160,7 @@ def sandbox_outcome(purchase_id: int, outcome: str):
 # Status and history ----------------------------------------------------------------------------
 
 
-@bp.get("/purchases/<int:purchase_id>")
+@bp.get("/purchases/<id(purchases):purchase_id>")
 @role_required(Role.STUDENT, Role.ADMIN)
 def show(purchase_id: int):
     """A purchase's status; while it is processing, the status polls itself."""
@@ -177,7 +176,7 @@ def show(purchase_id: int):
     )
 
 
-@bp.get("/purchases/<int:purchase_id>/status")
+@bp.get("/purchases/<id(purchases):purchase_id>/status")
 @role_required(Role.STUDENT, Role.ADMIN)
 def status(purchase_id: int):
     """The status fragment; once the purchase is settled it stops polling and refreshes."""

@@ -12,7 +12,8 @@ from sqlalchemy import or_, select, update
 
 from soma import clock
 from soma.extensions import db
-from soma.models import Provider, Purchase, PurchaseStatus
+from soma.inputs import parse_id, text_fits
+from soma.models import Provider, ProviderEvent, Purchase, PurchaseReversal, PurchaseStatus
 from soma.providers import inbox
 from soma.providers import stripe as stripe_provider
 from soma.purchases import reversals, service
@@ -31,6 +32,7 @@ SESSION_EVENTS = (
 )
 REFUND_EVENTS = ("charge.refund.updated", "refund.created", "refund.updated", "refund.failed")
 DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
+ACTED_ON = frozenset((*SESSION_EVENTS, "charge.refunded", *REFUND_EVENTS, *DISPUTE_EVENTS))
 
 
 def configured() -> bool:
@@ -93,23 +95,94 @@ def check_session(purchase: Purchase) -> Purchase:
 
 
 def handle_webhook(payload: bytes, signature: str | None) -> tuple[dict, int]:
-    """Verify, record once and act on one webhook event; return the JSON answer and status."""
+    """Verify, classify, record once and act on one webhook event; the JSON answer and status.
+
+    A bad signature is refused and kept nowhere. A signed event that is malformed (see
+    `malformed`) is kept as ignored with the reason, and answered 400, before anything acts.
+    """
     try:
         event = stripe_provider.verified_event(payload, signature, "STRIPE_WEBHOOK_SECRET")
     except stripe_provider.BadSignature:
         return {"error": "invalid payload or signature"}, 400
-    try:
-        event_id, kind, obj = str(event["id"]), str(event["type"]), event["data"]["object"]
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            raise TypeError("no object")
-        answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        db.session.rollback()
-        return {"error": "not an event Soma understands"}, 400
+    except stripe_provider.Unreadable:
+        return _refused(payload, "not JSON")
+    problem = malformed(event)
+    if problem is not None:
+        return _refused(payload, problem, event.get("id") if isinstance(event, dict) else None)
+    event_id, kind, obj = event["id"], event["type"], event["data"]["object"]
+    answer = inbox.receive("stripe", event_id, kind, payload, lambda: _act(event_id, kind, obj))
     reply = {"received": True, "status": answer.value}
     if answer is inbox.Answer.DUPLICATE:
         reply["duplicate"] = True
     return reply, answer.http_status
+
+
+def _refused(payload: bytes, problem: str, claimed_id=None) -> tuple[dict, int]:
+    """Keep a signed but malformed body as ignored, with the problem; the 400 answer."""
+    answer = inbox.refuse("stripe", payload, problem, claimed_id)
+    return {"error": f"malformed event: {problem}", "status": answer.value}, answer.http_status
+
+
+def malformed(event) -> str | None:
+    """What makes a signed event unreadable, or None when Soma can act on it.
+
+    Every value the handlers look up or store is checked here, against the column it
+    meets: the event's id and type, its object's id, the payment intent, the purchase
+    id in the metadata (an id the purchases table can hold), a refund's id and amount.
+    """
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    if not inbox.storable_id(event.get("id")):
+        return "no event id that fits (printable, not too long)"
+    if not text_fits(event.get("type"), ProviderEvent.kind):
+        return "no event type"
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        return "no data.object"
+    if event["type"] not in ACTED_ON:
+        return None  # read no further: nothing is done with it (and a balance has no id)
+    if not text_fits(obj.get("id"), Purchase.checkout_session_id):
+        return "the object has no id"
+    intent = obj.get("payment_intent")
+    if intent is not None and not text_fits(intent, Purchase.payment_intent_id):
+        return "a payment_intent that is not an id"
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return "metadata that is not an object"
+    reference = (metadata or {}).get("purchase_id")
+    if reference is not None and not isinstance(reference, str):
+        return "a purchase_id in the metadata that is not text"
+    if reference and reference.isascii() and reference.isdigit() and not _an_id(reference):
+        return "a purchase id out of range"
+    # (Other metadata and client references, such as another integration's on the same
+    # Stripe account, are read as "not one of our purchases": ignored, answered 200.)
+    if event["type"] == "charge.refunded" and not _listed_refunds_readable(obj):
+        return "a refund without an id"
+    if event["type"] in REFUND_EVENTS and not _refund_readable(obj):
+        return "a refund without an id"
+    return None
+
+
+def _an_id(reference: str) -> bool:
+    return parse_id(reference, Purchase.id) is not None
+
+
+def _listed_refunds_readable(charge: dict) -> bool:
+    """The refunds a charge lists (when it lists them) are each readable (see below)."""
+    listed = charge.get("refunds")
+    refunds = listed.get("data") if isinstance(listed, dict) else None
+    return refunds is None or (isinstance(refunds, list) and all(map(_refund_readable, refunds)))
+
+
+def _refund_readable(refund) -> bool:
+    """A refund with an id its record can hold, and a whole amount if it has one."""
+    amount = refund.get("amount") if isinstance(refund, dict) else None
+    return (
+        isinstance(refund, dict)
+        and text_fits(refund.get("id"), PurchaseReversal.provider_ref)
+        and (amount is None or (isinstance(amount, int) and not isinstance(amount, bool)))
+    )
 
 
 def _act(event_id: str, kind: str, obj: dict) -> None:
@@ -206,9 +279,10 @@ def _purchase_of_intent(payment_intent) -> Purchase:
 
 def _ours(metadata, fallback=None) -> Purchase | None:
     reference = (metadata if isinstance(metadata, dict) else {}).get("purchase_id") or fallback
-    if not reference or not str(reference).isdigit() or len(str(reference)) > 18:
+    purchase_id = parse_id(reference, Purchase.id)
+    if purchase_id is None:
         return None
-    found = db.session.get(Purchase, int(reference))
+    found = db.session.get(Purchase, purchase_id)
     return found if found is not None and found.provider == Provider.STRIPE else None
 
 

@@ -16,7 +16,7 @@ class HistoryFilterForm(FlaskForm):
         choices=[SelectChoice("", "All types")]
         + [SelectChoice(kind.value, label) for kind, label in ENTRY_KIND_LABELS.items()],
         default="",
-        validators=[Optional()],
+        # (no Optional(): it would clear the "not a valid choice" of a blank " ")
     )
     start = DateField("From", validators=[Optional()])
     end = DateField("To", validators=[Optional()])

@@ -34,7 +34,7 @@ class Cursor:
     @classmethod
     def decode(cls, text: str | None) -> "Cursor | None":
         """Parse a cursor from a URL; None for a missing or malformed one (page 1)."""
-        if not text or not text.isdigit():
+        if not text or not text.isascii() or not text.isdigit():
             return None
         seq = int(text)
         if not 0 < seq < MAX_SEQ:

@@ -103,7 +103,7 @@ def test_an_event_is_kept_once_with_its_raw_body_and_why_it_was_ignored(app, cli
         assert json.loads(kept.body) == payload
 
 
-def test_a_signed_event_soma_cannot_read_is_refused_with_400_and_kept_nowhere(
+def test_a_signed_event_soma_cannot_read_is_refused_with_400_and_kept_as_malformed(
     app, client, stripe_on
 ):
     too_long = "evt_" + "9" * 300
@@ -114,4 +114,7 @@ def test_a_signed_event_soma_cannot_read_is_refused_with_400_and_kept_nowhere(
         response = post_raw(client, payload)
         assert response.status_code == 400, payload
     with app.app_context():
-        assert db.session.scalars(select(ProviderEvent)).all() == []
+        kept = db.session.scalars(select(ProviderEvent)).all()
+        assert len(kept) == 6  # each under its body's digest, never the id it claims
+        assert {(event.kind, event.status) for event in kept} == {("malformed", "ignored")}
+        assert all(event.event_id.startswith("malformed:") for event in kept)
