@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from soma.audit import run_audit
-from soma.auth.forms import LoginForm, SignupForm
+from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
 from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
@@ -41,7 +41,7 @@ from soma.notifications import service as notifications
 from soma.purchases import service as purchase_service
 from soma.purchases.forms import BuyForm
 from soma.wallet.forms import HistoryFilterForm
-from tests.builders import make_class, make_user
+from tests.builders import make_class, make_funded_user, make_user
 from tests.conftest import STRIPE_WEBHOOK_SECRET, AuthActions
 from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
 from tests.fakes.stripe_server import event, signed
@@ -53,12 +53,15 @@ SWEEP_VALUES = ("\x00", str(2**31), str(2**63), "-1", "1e999999999", "x" * 300, 
 STRAY = "stray"  # a field no route reads
 
 # What each endpoint reads besides its path: field -> baseline value. A baseline never
-# moves money on its own (the signup's passwords differ, the student has no tokens, ...).
+# moves money on its own (the signup's passwords differ, a gift's nonce is not one its
+# review issued, ...).
 # "{x}" in a value is filled from the built state.
 FIELDS: dict[str, dict[str, str]] = {
     "auth.signup": {"role": "student", "display_name": "Fuzz", "email": "fuzz@example.com",
                     "password": "a long enough password", "confirm": "another password"},
     "auth.login": {"email": "nobody@example.com", "password": "wrong password", "next": "/"},
+    "auth.change_password": {"current": "not the password", "password": "a long enough password",
+                             "confirm": "another password"},
     "gifts.review": {"email": "{teacher_email}", "tokens": "5", "note": "hi"},
     "gifts.confirm": {"email": "{teacher_email}", "tokens": "5", "note": "hi",
                       "nonce": "fuzz-nonce-0123456789"},
@@ -87,6 +90,7 @@ FIELDS: dict[str, dict[str, str]] = {
 FORMS = {
     "auth.signup": SignupForm,
     "auth.login": LoginForm,
+    "auth.change_password": PasswordChangeForm,
     "gifts.review": GiftForm,
     "gifts.confirm": ConfirmGiftForm,
     "classes.create": BookingForm,
@@ -149,7 +153,10 @@ class World:
     def __init__(self, app):
         self.app = app
         with app.app_context():
-            student, teacher = make_user("student"), make_user("teacher")
+            # The student has tokens for the class booked here (booking needs them); they
+            # move only by what the fuzz never sends validly: a gift confirmed with its
+            # review's nonce, a class started by its teacher.
+            student, teacher = make_funded_user(50), make_user("teacher")
             admin = make_user("admin")
             session = make_class(student, teacher)
             chosen = purchase_service.package_quotes()[0]
@@ -439,7 +446,8 @@ def test_every_form_and_route_is_fuzzed(app):
     assert every_form() <= set(FORMS.values()), "a form is missing from FORMS"
     with app.test_request_context():
         for endpoint, form in FORMS.items():
-            read = {field.name for field in form(meta={"csrf": False})} - {"csrf_token"}
+            account = (None,) if form is PasswordChangeForm else ()  # its one argument
+            read = {field.name for field in form(*account, meta={"csrf": False})} - {"csrf_token"}
             assert read <= set(FIELDS[endpoint]), f"{endpoint}: {read - set(FIELDS[endpoint])}"
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
     assert set(FIELDS) <= endpoints and set(SKIPPED) <= endpoints
