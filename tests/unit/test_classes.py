@@ -231,8 +231,9 @@ def test_a_teacher_is_never_booked_twice_at_once(app, client, auth, people):
     with app.app_context():
         fund(people["other_student"], 30)
     login(client, auth, people, "other_student")
-    for start, minutes in [("2026-11-24T10:30", 30), ("2026-11-24T09:30", 45), (START, 120)]:
-        text = booking_refusal(book(client, people, minutes, start, key=f"over{start}{minutes}"))
+    tries = [("2026-11-24T10:30", 30), ("2026-11-24T09:30", 45), (START, 120)]
+    for n, (start, minutes) in enumerate(tries):
+        text = booking_refusal(book(client, people, minutes, start, key=f"overlap-{n}"))
         assert (
             "Tara Teacher is already booked on 24 Nov 2026 from 10:00 to 11:00 UTC. "
             "Choose another time." in text
