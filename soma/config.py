@@ -69,6 +69,14 @@ def build_config(settings: dict, instance_path: str) -> dict:
             raise ConfigError("DATABASE_URL must be set when SOMA_ENV=production")
         db_url = "sqlite:///" + os.path.join(instance_path, "soma.db")
 
+    limits_storage = settings.get("RATELIMIT_STORAGE_URI") or "memory://"
+    if production and limits_storage.startswith("memory://"):
+        # Each worker would keep its own counts: the per-account log-in limit would
+        # allow as many guesses per account as there are workers.
+        raise ConfigError(
+            "RATELIMIT_STORAGE_URI must name a shared store (redis://...) when SOMA_ENV=production"
+        )
+
     config = {
         "SOMA_ENV": env,
         "SECRET_KEY": secret_key,
@@ -89,7 +97,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "WTF_CSRF_TIME_LIMIT": None,
         # No form or provider event Soma reads comes near this; a bigger body is 413.
         "MAX_CONTENT_LENGTH": 1024 * 1024,
-        "RATELIMIT_STORAGE_URI": settings.get("RATELIMIT_STORAGE_URI") or "memory://",
+        "RATELIMIT_STORAGE_URI": limits_storage,
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),

@@ -77,7 +77,11 @@ def test_demo_is_idempotent_and_prints_working_passwords(app, runner):
 def test_demo_refuses_production(tmp_path):
     from tests.conftest import make_app
 
-    app = make_app(f"sqlite:///{tmp_path}/x.db", SOMA_ENV="production")
+    app = make_app(
+        f"sqlite:///{tmp_path}/x.db",
+        SOMA_ENV="production",
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
+    )
     result = app.test_cli_runner().invoke(args=["soma", "demo"])
     assert result.exit_code != 0
     assert "never created in production" in result.output
@@ -103,15 +107,20 @@ def test_migrations_downgrade_to_base_and_back(app, runner):
     assert runner.invoke(args=["db", "check"]).exit_code == 0
 
 
-def test_production_needs_a_secret_key_and_a_database(tmp_path):
+def test_production_needs_a_secret_key_a_database_and_shared_rate_limits(tmp_path):
+    shared = {"RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0"}
     with pytest.raises(ConfigError, match="SECRET_KEY"):
-        build_config({"SOMA_ENV": "production", "DATABASE_URL": "postgresql://x/y"}, str(tmp_path))
+        build_config(
+            {"SOMA_ENV": "production", "DATABASE_URL": "postgresql://x/y", **shared}, str(tmp_path)
+        )
     with pytest.raises(ConfigError, match="DATABASE_URL"):
-        build_config({"SOMA_ENV": "production", "SECRET_KEY": "k"}, str(tmp_path))
-    config = build_config(
-        {"SOMA_ENV": "production", "SECRET_KEY": "k", "DATABASE_URL": "postgres://h/db"},
-        str(tmp_path),
-    )
+        build_config({"SOMA_ENV": "production", "SECRET_KEY": "k", **shared}, str(tmp_path))
+    database = {"SOMA_ENV": "production", "SECRET_KEY": "k", "DATABASE_URL": "postgres://h/db"}
+    for kept_per_worker in ({}, {"RATELIMIT_STORAGE_URI": "memory://"}):
+        with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI"):
+            build_config({**database, **kept_per_worker}, str(tmp_path))
+    config = build_config({**database, **shared}, str(tmp_path))
+    assert config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
     assert config["SESSION_COOKIE_SECURE"] is True
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://h/db"
 

@@ -171,7 +171,10 @@ def test_teachers_do_not_buy_tokens(client, auth):
 
 def test_the_sandbox_is_refused_in_production(app, tmp_path):
     production = make_app(
-        app.config["SQLALCHEMY_DATABASE_URI"], SOMA_ENV="production", SECRET_KEY="x" * 32
+        app.config["SQLALCHEMY_DATABASE_URI"],
+        SOMA_ENV="production",
+        SECRET_KEY="x" * 32,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",  # named, never reached here
     )
     with production.app_context():
         user = make_user("student")
