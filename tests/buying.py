@@ -5,7 +5,9 @@ from sqlalchemy import select
 from soma.extensions import db
 from soma.models import JournalEntry, Purchase
 from soma.purchases import service
-from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
+from tests.conftest import STRIPE_WEBHOOK_SECRET
+from tests.fakes.daraja_server import KEY as DARAJA_KEY
+from tests.fakes.daraja_server import SECRET as DARAJA_SECRET
 from tests.fakes.stripe_server import signed
 from tests.helpers import csrf_from, text_of
 
@@ -48,10 +50,25 @@ def checkout(app, client, tokens=100) -> tuple[int, str]:
         return purchase.id, session_id
 
 
-def post_event(client, payload: dict, secret: str = SECRET, timestamp: int | None = None):
+def post_event(
+    client, payload: dict, secret: str = STRIPE_WEBHOOK_SECRET, timestamp: int | None = None
+):
     body, header = signed(payload, secret, timestamp)
     return client.post(
         "/webhooks/stripe",
         data=body,
         headers={"Stripe-Signature": header, "Content-Type": "application/json"},
     )
+
+
+def mpesa_settings(daraja_url: str, callback_secret: str) -> dict:
+    """The app settings that offer M-Pesa against the fake Daraja at `daraja_url`."""
+    return {
+        "MPESA_BASE_URL": daraja_url,
+        "MPESA_CONSUMER_KEY": DARAJA_KEY,
+        "MPESA_CONSUMER_SECRET": DARAJA_SECRET,
+        "MPESA_SHORTCODE": "174379",
+        "MPESA_PASSKEY": "passkey",
+        "MPESA_CALLBACK_SECRET": callback_secret,
+        "MPESA_KES_PER_USD": "129.50",
+    }

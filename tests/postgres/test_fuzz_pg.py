@@ -42,8 +42,9 @@ from soma.purchases import service as purchase_service
 from soma.purchases.forms import BuyForm
 from soma.wallet.forms import HistoryFilterForm
 from tests.builders import make_class, make_funded_user, make_user
+from tests.buying import mpesa_settings
 from tests.conftest import STRIPE_WEBHOOK_SECRET, AuthActions
-from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
+from tests.fakes.daraja_server import FakeDaraja, callback
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import csrf_from
 
@@ -416,13 +417,7 @@ def world(app, fake_stripe, monkeypatch):
         STRIPE_SECRET_KEY="sk_test_soma",
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
         STRIPE_API_BASE=fake_stripe.url,
-        MPESA_BASE_URL=daraja.url,
-        MPESA_CONSUMER_KEY=KEY,
-        MPESA_CONSUMER_SECRET=SECRET,
-        MPESA_SHORTCODE="174379",
-        MPESA_PASSKEY="passkey",
-        MPESA_CALLBACK_SECRET=CALLBACK_SECRET,
-        MPESA_KES_PER_USD="129.50",
+        **mpesa_settings(daraja.url, CALLBACK_SECRET),
     )
     # Rate limits would answer most requests 429 before their input is read.
     monkeypatch.setattr(limiter, "enabled", False)

@@ -11,8 +11,8 @@ from soma.models import ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment
 from soma.providers import daraja
 from soma.purchases import service
 from tests.builders import make_user
-from tests.buying import credits_of, package_id
-from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
+from tests.buying import credits_of, mpesa_settings, package_id
+from tests.fakes.daraja_server import FakeDaraja, callback
 from tests.helpers import balances, csrf_from, text_of
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
@@ -21,15 +21,7 @@ CALLBACK_SECRET = "cb-" + "s3cret" * 5
 @pytest.fixture
 def fake_daraja(app):
     fake = FakeDaraja().start()
-    app.config.update(
-        MPESA_BASE_URL=fake.url,
-        MPESA_CONSUMER_KEY=KEY,
-        MPESA_CONSUMER_SECRET=SECRET,
-        MPESA_SHORTCODE="174379",
-        MPESA_PASSKEY="passkey",
-        MPESA_CALLBACK_SECRET=CALLBACK_SECRET,
-        MPESA_KES_PER_USD="129.50",
-    )
+    app.config.update(mpesa_settings(fake.url, CALLBACK_SECRET))
     yield fake
     fake.stop()
 

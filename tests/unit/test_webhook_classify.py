@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import JournalEntry, Posting, ProviderEvent, Purchase, Wallet
-from tests.buying import checkout, credits_of, package_id, post_event
-from tests.fakes.daraja_server import KEY, SECRET, FakeDaraja, callback
+from tests.buying import checkout, credits_of, mpesa_settings, package_id, post_event
+from tests.fakes.daraja_server import FakeDaraja, callback
 from tests.fakes.stripe_server import event
 from tests.helpers import csrf_from, text_of
 
@@ -170,15 +170,7 @@ def test_a_paid_session_naming_a_purchase_out_of_range_credits_nothing(
 @pytest.fixture
 def daraja(app):
     fake = FakeDaraja().start()
-    app.config.update(
-        MPESA_BASE_URL=fake.url,
-        MPESA_CONSUMER_KEY=KEY,
-        MPESA_CONSUMER_SECRET=SECRET,
-        MPESA_SHORTCODE="174379",
-        MPESA_PASSKEY="passkey",
-        MPESA_CALLBACK_SECRET=CALLBACK_SECRET,
-        MPESA_KES_PER_USD="129.50",
-    )
+    app.config.update(mpesa_settings(fake.url, CALLBACK_SECRET))
     yield fake
     fake.stop()
 
