@@ -359,11 +359,13 @@ class Daraja:
             raise DarajaError(message, None if code is None else str(code))
         conversation_id = answer.get("ConversationID")
         echoed = answer.get("OriginatorConversationID")
-        if not isinstance(conversation_id, str) or (ours is not None and echoed != ours):
+        if not isinstance(conversation_id, str) or (
+            ours is not None and echoed is not None and echoed != ours
+        ):
             # Taken, by its code, but not an answer we can read: it may be done.
             error = OutcomeUnknown if sent_matters else DarajaError
             raise error(f"an acceptance Soma cannot read: {answer}")
-        return Accepted(conversation_id, str(echoed or ""), str(description)[:200])
+        return Accepted(conversation_id, str(echoed or ours or ""), str(description)[:200])
 
     # HTTP ----------------------------------------------------------------------------------
 

@@ -15,7 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from soma.config import build_config
 from soma.providers import daraja, stripe_connect
 from soma.providers import stripe as stripe_provider
 from soma.providers.inbox import Malformed
@@ -703,3 +706,96 @@ def test_a_failure_result_needs_no_parameters_and_a_paid_one_reads_a_single_para
     single = paid(ResultParameters={"ResultParameter": {"Key": "X", "Value": 1}})
     with pytest.raises(Malformed):  # read (one item, not a list), but paid without an amount
         daraja.read_b2c_result(single)
+
+
+# Any body at all: read, or Malformed ------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def paths(value, trail=()):
+    """Every place in a JSON value, as a tuple of keys and indexes."""
+    yield trail
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from paths(child, (*trail, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from paths(child, (*trail, index))
+
+
+def replaced(value, trail, new):
+    if not trail:
+        return new
+    copy = json.loads(json.dumps(value))
+    node = copy
+    for step in trail[:-1]:
+        node = node[step]
+    node[trail[-1]] = new
+    return copy
+
+
+VALID_BODIES = [
+    (daraja.read_b2c_result, b2c_result("wd-1", "0", "AG_1", amount=10, receipt="SG1")),
+    (daraja.read_b2c_timeout, b2c_timeout("wd-1", "AG_1")),
+    (daraja.read_status_result, {"Result": {
+        "ResultCode": 0, "ConversationID": "AG_1",
+        "ResultParameters": {"ResultParameter": [{"Key": "Amount", "Value": "10.00"},
+                                                 {"Key": "ReceiptNo", "Value": "SG1"}]},
+        "ReferenceData": {"ReferenceItem": {"Key": "Occasion", "Value": "wd-1"}}}}),
+    (stripe_connect.read_account_updated, account_event()),
+    (stripe_connect.read_transfer_event, event("transfer.reversed", {
+        "id": "tr_1", "amount": 980, "amount_reversed": 980, "currency": "usd",
+        "destination": "acct_1", "reversed": True, "metadata": {"withdrawal_id": "41"}})),
+    (stripe_connect.read_payout_failed, event("payout.failed", failed_payout(980),
+                                              account="acct_1")),
+]  # fmt: skip
+
+
+READS = {
+    daraja.read_b2c_result: daraja.B2CResult,
+    daraja.read_b2c_timeout: daraja.B2CTimeout,
+    daraja.read_status_result: daraja.StatusResult,
+    stripe_connect.read_account_updated: stripe_connect.ConnectReadiness,
+    stripe_connect.read_transfer_event: stripe_connect.Transfer,
+    stripe_connect.read_payout_failed: stripe_connect.PayoutFailure,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_change_to_a_valid_body_is_read_or_malformed_never_a_crash(data):
+    reader, body = data.draw(st.sampled_from(VALID_BODIES))
+    trail = data.draw(st.sampled_from(list(paths(body))))
+    try:
+        read = reader(replaced(body, trail, data.draw(JSON)))
+    except Malformed as malformed:
+        assert str(malformed)  # refused with a reason
+    else:
+        assert isinstance(read, READS[reader])  # or read whole, as what it is
+
+
+def test_the_b2c_settings_are_read_from_the_environment_and_all_are_needed(tmp_path):
+    settings = {"SOMA_ENV": "testing", "SECRET_KEY": "k", "MPESA_B2C_SHORTCODE": "600996",
+                "MPESA_B2C_INITIATOR_NAME": "api-op", "MPESA_B2C_INITIATOR_PASSWORD": "pw",
+                "MPESA_B2C_CERT_PATH": "/etc/soma/safaricom.cer",
+                "STRIPE_CONNECT_WEBHOOK_SECRET": "whsec_c"}  # fmt: skip
+    config = build_config(settings, str(tmp_path))
+    assert {name: config[name] for name in settings if name.startswith(("MPESA", "STRIPE"))} == {
+        name: value for name, value in settings.items() if name.startswith(("MPESA", "STRIPE"))
+    }
+    app = Flask(__name__)
+    app.config.update(config, MPESA_CONSUMER_KEY="k", MPESA_CONSUMER_SECRET="s")
+    with app.app_context():
+        assert not daraja.b2c_configured()  # no callback secret: no result URL to give
+        app.config["MPESA_CALLBACK_SECRET"] = "cb"
+        assert daraja.b2c_configured()
+        assert daraja.client().initiator == daraja.B2CInitiator(
+            "api-op", "pw", "/etc/soma/safaricom.cer", "600996"
+        )
