@@ -283,9 +283,7 @@ class Daraja:
         }
         if occasion is not None:
             body["Occassion"] = occasion  # (Daraja's B2C documentation spells it so)
-        return self._send(
-            "/mpesa/b2c/v3/paymentrequest", body, originator_conversation_id, sent_matters=True
-        )
+        return self._send("/mpesa/b2c/v3/paymentrequest", body, originator_conversation_id)
 
     def transaction_status(
         self, *, result_url: str, timeout_url: str, originator_conversation_id: str | None = None,
@@ -297,7 +295,8 @@ class Daraja:
         (read it with `read_status_result`). `occasion` comes back in the answer's
         ReferenceData: by default the id asked about, so the answer names its payment.
 
-        The query moves no money: any failure raises DarajaError, and it may be asked again.
+        The query moves no money: any failure raises DarajaError (OutcomeUnknown when its
+        answer may still come), and it may be asked again.
         """
         if not (originator_conversation_id or transaction_id):
             raise ValueError("ask by OriginatorConversationID or by TransactionID")
@@ -320,7 +319,7 @@ class Daraja:
         if transaction_id:
             _check_key(transaction_id)
             body["TransactionID"] = transaction_id
-        return self._send("/mpesa/transactionstatus/v1/query", body, None, sent_matters=False)
+        return self._send("/mpesa/transactionstatus/v1/query", body, None)
 
     def _initiator(self) -> B2CInitiator:
         if self.initiator is None:
@@ -334,8 +333,10 @@ class Daraja:
         except (OSError, ValueError) as error:
             raise NotSent(f"no usable B2C certificate: {error}") from error
 
-    def _send(self, path: str, body: dict, ours: str | None, sent_matters: bool) -> Accepted:
-        """POST a B2C-family request; its acceptance, checked."""
+    def _send(self, path: str, body: dict, ours: str | None) -> Accepted:
+        """POST a B2C-family request (one that starts something at Daraja, whose answer
+        comes later); its acceptance, checked. `ours` is the OriginatorConversationID sent,
+        if any."""
         try:
             token = self.token()
         except DarajaError as error:
@@ -343,7 +344,7 @@ class Daraja:
         try:
             answer = self._call(
                 "POST", path, json=body, headers={"Authorization": f"Bearer {token}"},
-                sent_matters=sent_matters,
+                sent_matters=True,
             )  # fmt: skip
         except Refused as refused:
             if refused.status == 401:  # the token was revoked early: fetch a new one next time
@@ -352,19 +353,19 @@ class Daraja:
             raise
         code = answer.get("ResponseCode")
         description = answer.get("ResponseDescription") or answer.get("errorMessage") or ""
+        if code is None:  # a 2xx Soma cannot read, after sending: it may have been taken
+            raise OutcomeUnknown(f"an answer Soma cannot read: {answer}")
         if str(code) != "0":
-            message = f"Daraja did not accept the request: {description or answer}"
-            if sent_matters:
-                raise Refused(message, None if code is None else str(code), 200)
-            raise DarajaError(message, None if code is None else str(code))
+            raise Refused(
+                f"Daraja did not accept the request: {description or answer}", str(code), 200
+            )
         conversation_id = answer.get("ConversationID")
         echoed = answer.get("OriginatorConversationID")
         if not isinstance(conversation_id, str) or (
             ours is not None and echoed is not None and echoed != ours
         ):
             # Taken, by its code, but not an answer we can read: it may be done.
-            error = OutcomeUnknown if sent_matters else DarajaError
-            raise error(f"an acceptance Soma cannot read: {answer}")
+            raise OutcomeUnknown(f"an acceptance Soma cannot read: {answer}")
         return Accepted(conversation_id, str(echoed or ours or ""), str(description)[:200])
 
     # HTTP ----------------------------------------------------------------------------------

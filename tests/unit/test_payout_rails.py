@@ -535,6 +535,33 @@ def test_a_refused_b2c_request_pays_nothing_and_says_whether_to_try_later(
     assert fake.paid == []
 
 
+def test_a_refused_token_is_fetched_anew_for_the_next_request(rails):
+    _, fake = rails
+    fake.b2c_refusal = (401, {"requestId": "r1", "errorCode": "404.001.04",
+                              "errorMessage": "Invalid Access Token"})  # fmt: skip
+    with pytest.raises(daraja.Refused):
+        pay()
+    fake.b2c_refusal = None
+    assert pay().originator_conversation_id == "wd-52-key"
+    assert fake.token_requests == 2 and len(fake.paid) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "meaning"),
+    [({}, daraja.OutcomeUnknown),  # a 200 nobody can read: it may have been taken
+     ({"ResponseCode": "0"}, daraja.OutcomeUnknown),  # taken, but which conversation?
+     ({"ResponseCode": "0", "ConversationID": "AG_1", "OriginatorConversationID": "other"},
+      daraja.OutcomeUnknown),
+     ({"ResponseCode": "1", "ResponseDescription": "Rejected"}, daraja.Refused)],
+)  # fmt: skip
+def test_an_answer_with_status_200_is_read_before_it_is_believed(rails, answer, meaning):
+    _, fake = rails
+    fake.b2c_refusal = (200, answer)
+    with pytest.raises(meaning) as raised:
+        pay()
+    assert type(raised.value) is meaning
+
+
 def test_a_b2c_request_that_never_left_is_not_sent(certificate):
     app = Flask(__name__)
     app.config.update(
