@@ -34,6 +34,13 @@ _STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}", re.ASCII)
 _KEY_LIMIT = 255
 
 
+def configured() -> bool:
+    """Whether teachers can be paid through Stripe Connect: the API key, and the Connect
+    endpoint's own signing secret (readiness comes only from its events)."""
+    config = current_app.config
+    return bool(config.get("STRIPE_SECRET_KEY") and config.get(CONNECT_SECRET_SETTING))
+
+
 # Errors of a transfer: what each means for the money ----------------------------------
 
 

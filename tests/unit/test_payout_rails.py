@@ -14,7 +14,7 @@ import stripe
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from flask import Flask
+from flask import Flask, current_app
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -206,6 +206,12 @@ def test_the_connect_webhook_is_verified_with_its_own_secret_and_refused_with_th
     body, header = signed("not json", CONNECT_SECRET)
     with pytest.raises(stripe_provider.Unreadable):
         stripe_connect.verified_connect_event(body, header)
+
+
+def test_connect_needs_its_own_webhook_secret_to_be_offered(rails):
+    assert stripe_connect.configured()
+    current_app.config["STRIPE_CONNECT_WEBHOOK_SECRET"] = ""
+    assert not stripe_connect.configured()  # the platform's secret alone does not do
 
 
 def test_events_of_the_other_mode_can_be_told_apart(rails):
