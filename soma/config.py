@@ -21,6 +21,7 @@ ENV_SETTINGS = {
     "MPESA_KES_PER_USD": "",
     "STRIPE_SECRET_KEY": "",
     "STRIPE_WEBHOOK_SECRET": "",
+    "STRIPE_CONNECT_WEBHOOK_SECRET": "",
     "STRIPE_API_BASE": "",
     "MPESA_BASE_URL": "https://sandbox.safaricom.co.ke",
     "MPESA_CONSUMER_KEY": "",
@@ -29,6 +30,10 @@ ENV_SETTINGS = {
     "MPESA_PASSKEY": "",
     "MPESA_CALLBACK_SECRET": "",
     "MPESA_CALLBACK_BASE": "",
+    "MPESA_B2C_SHORTCODE": "",
+    "MPESA_B2C_INITIATOR_NAME": "",
+    "MPESA_B2C_INITIATOR_PASSWORD": "",
+    "MPESA_B2C_CERT_PATH": "",
 }
 
 
@@ -105,6 +110,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "MPESA_KES_PER_USD": _rate(settings, "MPESA_KES_PER_USD"),
         "STRIPE_SECRET_KEY": settings.get("STRIPE_SECRET_KEY") or "",
         "STRIPE_WEBHOOK_SECRET": settings.get("STRIPE_WEBHOOK_SECRET") or "",
+        "STRIPE_CONNECT_WEBHOOK_SECRET": settings.get("STRIPE_CONNECT_WEBHOOK_SECRET") or "",
         "STRIPE_API_BASE": settings.get("STRIPE_API_BASE") or "",
         **{
             name: settings.get(name) or ENV_SETTINGS[name]

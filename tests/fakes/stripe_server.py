@@ -1,9 +1,12 @@
 """A small fake of the Stripe API, for the real `stripe` SDK to talk to in tests.
 
-It serves the endpoints Soma calls (create and retrieve a Checkout Session) on
-127.0.0.1 at a free port, replays its first answer to a repeated
-Idempotency-Key as Stripe does, and signs webhook events the way Stripe signs
-them. Tests move a session along (`pay`, `expire`) and read what was asked.
+It serves the endpoints Soma calls (Checkout Sessions, refunds, payment intents;
+for Connect: accounts, account and login links, transfers) on 127.0.0.1 at a free
+port, replays its first answer to a repeated Idempotency-Key as Stripe does (a
+refusal made while executing, like insufficient funds, included; the same key with
+other parameters is an idempotency error), and signs webhook events the way Stripe
+signs them. Tests move a session along (`pay`, `expire`), an account
+(`update_account`) and a transfer (`reverse_transfer`), and read what was asked.
 """
 
 import hashlib
@@ -37,8 +40,28 @@ def _lists(node):
     return node
 
 
+CONNECT_POSTS = ("/v1/accounts", "/v1/account_links", "/v1/transfers")
+
+
+class Invalid(Exception):
+    """A request refused before executing: Stripe keeps no answer under its key."""
+
+    def __init__(self, message: str, code: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.reply = (status, {"error": {"type": "invalid_request_error", "message": message,
+                                         **({"code": code} if code else {})}})  # fmt: skip
+
+
 class FakeStripe(FakeServer):
     def __init__(self):
+        self.accounts: dict[str, dict] = {}
+        self.account_links: list[dict] = []
+        self.transfers: dict[str, dict] = {}
+        self.made_transfers: list[dict] = []  # the transfers made (money moved), in order
+        self.platform_available = 10_000_000  # the platform's available balance, cents
+        # Make the next transfers, then lose their answers (500, as if Stripe's answer
+        # never came back): the transfer exists, and its key replays it afterwards.
+        self.lose_transfer_answers = 0
         self.sessions: dict[str, dict] = {}
         self.requests: list[dict] = []
         self.made_refunds: list[dict] = []
@@ -49,8 +72,13 @@ class FakeStripe(FakeServer):
         fake = self
 
         class Handler(JsonHandler):
+            should_retry: str | None = None
+
             def extra_headers(self):
-                return {"Request-Id": "req_" + secrets.token_hex(6)}
+                headers = {"Request-Id": "req_" + secrets.token_hex(6)}
+                if self.should_retry:
+                    headers["Stripe-Should-Retry"] = self.should_retry
+                return headers
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -81,19 +109,32 @@ class FakeStripe(FakeServer):
                     if fake.fail_next:
                         fake.fail_next -= 1
                         return self._reply(500, {"error": {"type": "api_error", "message": "down"}})
-                    if self.path == "/v1/checkout/sessions":
-                        reply = (200, fake._create_session(params))
-                    elif self.path == "/v1/refunds":
-                        reply = (200, fake._create_refund(params))
-                    else:
-                        return self._reply(404, {"error": {"type": "invalid_request_error"}})
+                    try:
+                        if self.path == "/v1/checkout/sessions":
+                            reply = (200, fake._create_session(params))
+                        elif self.path == "/v1/refunds":
+                            reply = (200, fake._create_refund(params))
+                        elif self.path in CONNECT_POSTS or self.path.endswith("/login_links"):
+                            reply = fake._connect_post(self.path, params)
+                        else:
+                            return self._reply(404, {"error": {"type": "invalid_request_error"}})
+                    except Invalid as invalid:
+                        return self._reply(*invalid.reply)
                     if key:
                         fake.replies[key] = (params, reply)
+                    made = self.path == "/v1/transfers" and reply[0] == 200
+                    if made and fake.lose_transfer_answers:
+                        fake.lose_transfer_answers -= 1
+                        self.should_retry = "false"  # (as Stripe marks its 500s)
+                        lost = {"type": "api_error", "message": "answer lost"}
+                        return self._reply(500, {"error": lost})
                 return self._reply(*reply)
 
             def do_GET(self):
                 with fake.lock:
                     fake.requests.append({"method": "GET", "path": self.path})
+                    if self.path.startswith(("/v1/accounts/", "/v1/transfers")):
+                        return self._reply(*fake._connect_get(self.path))
                     if self.path.startswith("/v1/refunds?"):
                         query = dict(parse_qsl(self.path.split("?", 1)[1]))
                         listed = [
@@ -166,6 +207,173 @@ class FakeStripe(FakeServer):
 
     refund_status_on_create = "succeeded"
 
+    # Connect: accounts, links, transfers ------------------------------------------------
+
+    def _connect_post(self, path: str, params: dict) -> tuple[int, dict]:
+        if path == "/v1/accounts":
+            return 200, self._create_account(params)
+        if path == "/v1/account_links":
+            return 200, self._create_account_link(params)
+        if path == "/v1/transfers":
+            return self._create_transfer(params)
+        account_id = path.split("/")[3]
+        if path.startswith("/v1/accounts/") and account_id in self.accounts:
+            url = f"{self.url}/express/{account_id}/{secrets.token_hex(6)}"
+            return 200, {"object": "login_link", "created": int(time.time()), "url": url}
+        raise Invalid(f"No such account: '{account_id}'", "resource_missing", 404)
+
+    def _create_account(self, params: dict) -> dict:
+        controller = params.get("controller", {})
+        if "type" in params and controller:
+            raise Invalid("You cannot pass `type` together with `controller`.")
+        if controller.get("losses", {}).get("payments") == "application" and (
+            controller.get("fees", {}).get("payer") != "application"
+        ):
+            raise Invalid("controller[losses][payments]=application needs fees[payer]=application")
+        requested = params.get("capabilities", {})
+        due = ["business_type", "external_account", "individual.dob.day",
+               "individual.dob.month", "individual.first_name", "tos_acceptance.date"]  # fmt: skip
+        account = {
+            "id": "acct_" + secrets.token_hex(8),
+            "object": "account",
+            "type": "express",
+            "controller": {**controller, "is_controller": True, "type": "application"},
+            "capabilities": {
+                name: "inactive"
+                for name, asked in requested.items()
+                if asked.get("requested") == "true"
+            },
+            "charges_enabled": False,
+            "payouts_enabled": False,
+            "details_submitted": False,
+            "country": params.get("country", "US"),
+            "email": params.get("email"),
+            "metadata": params.get("metadata", {}),
+            "requirements": {
+                "currently_due": list(due),
+                "eventually_due": list(due),
+                "past_due": list(due),
+                "pending_verification": [],
+                "disabled_reason": "requirements.past_due",
+                "current_deadline": None,
+                "errors": [],
+            },
+            "created": int(time.time()),
+        }
+        self.accounts[account["id"]] = account
+        return account
+
+    def _create_account_link(self, params: dict) -> dict:
+        account = self.accounts.get(params.get("account"))
+        if account is None:
+            raise Invalid(f"No such account: '{params.get('account')}'", "resource_missing")
+        if not params.get("refresh_url") or not params.get("return_url"):
+            raise Invalid("Missing required param: refresh_url / return_url.")
+        if params.get("type") == "account_update" and (
+            account["controller"].get("stripe_dashboard", {}).get("type") == "express"
+        ):
+            raise Invalid("You cannot create `account_update` links for this account.")
+        if params.get("type") != "account_onboarding":
+            raise Invalid("Invalid type: must be account_onboarding or account_update.")
+        now = int(time.time())
+        link = {
+            "object": "account_link",
+            "created": now,
+            "expires_at": now + 300,
+            "url": f"{self.url}/setup/{params['account']}/{secrets.token_hex(8)}",
+        }
+        self.account_links.append({**params, "url": link["url"]})
+        return link
+
+    def _create_transfer(self, params: dict) -> tuple[int, dict]:
+        amount = params.get("amount", "")
+        if not amount.isdigit() or int(amount) <= 0:
+            raise Invalid("Invalid positive integer", "parameter_invalid_integer")
+        if params.get("currency") != "usd":
+            raise Invalid("Invalid currency", "parameter_invalid_string")
+        account = self.accounts.get(params.get("destination"))
+        if account is None:
+            raise Invalid(f"No such destination: '{params.get('destination')}'")
+        if account["capabilities"].get("transfers") != "active":
+            return 400, {"error": {
+                "type": "invalid_request_error", "code": "insufficient_capabilities_for_transfer",
+                "message": "Your destination account needs to have at least one of the "
+                "following capabilities enabled: transfers, crypto_transfers, legacy_payments",
+            }}  # fmt: skip
+        if int(amount) > self.platform_available:
+            return 400, {"error": {
+                "type": "invalid_request_error", "code": "balance_insufficient",
+                "message": "You have insufficient available funds in your Stripe account. "
+                "Try adding funds directly to your available balance.",
+            }}  # fmt: skip
+        self.platform_available -= int(amount)
+        transfer = {
+            "id": "tr_" + secrets.token_hex(10),
+            "object": "transfer",
+            "amount": int(amount),
+            "amount_reversed": 0,
+            "currency": "usd",
+            "destination": account["id"],
+            "transfer_group": params.get("transfer_group"),
+            "description": params.get("description"),
+            "metadata": params.get("metadata", {}),
+            "reversed": False,
+            "reversals": {"object": "list", "data": [], "has_more": False, "url": "/v1/x"},
+            "created": int(time.time()),
+        }
+        self.transfers[transfer["id"]] = transfer
+        self.made_transfers.append(transfer)
+        return 200, transfer
+
+    def _connect_get(self, path: str) -> tuple[int, dict]:
+        route, _, query = path.partition("?")
+        if route.startswith("/v1/accounts/") and route[13:] in self.accounts:
+            return 200, self.accounts[route[13:]]
+        if route == "/v1/transfers":
+            group = dict(parse_qsl(query)).get("transfer_group")
+            listed = [t for t in reversed(self.made_transfers) if t["transfer_group"] == group]
+            return 200, {"object": "list", "data": listed, "has_more": False,
+                         "url": "/v1/transfers"}  # fmt: skip
+        if route.startswith("/v1/transfers/") and route[14:] in self.transfers:
+            return 200, self.transfers[route[14:]]
+        return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                               "message": f"No such object: {route}"}}  # fmt: skip
+
+    def update_account(
+        self, account_id: str, *, transfers: str | None = None,
+        payouts_enabled: bool | None = None, currently_due: list[str] | None = None,
+        past_due: list[str] | None = None, disabled_reason: str | None = "keep",
+    ) -> dict:  # fmt: skip
+        """The account as Stripe has it after onboarding moved it (for `account.updated`)."""
+        with self.lock:
+            account = self.accounts[account_id]
+            if transfers is not None:
+                account["capabilities"]["transfers"] = transfers
+            if payouts_enabled is not None:
+                account["payouts_enabled"] = payouts_enabled
+            requirements = account["requirements"]
+            if currently_due is not None:
+                requirements["currently_due"] = list(currently_due)
+            if past_due is not None:
+                requirements["past_due"] = list(past_due)
+            if disabled_reason != "keep":
+                requirements["disabled_reason"] = disabled_reason
+            return json.loads(json.dumps(account))
+
+    def reverse_transfer(self, transfer_id: str, amount: int | None = None) -> dict:
+        """Reverse (part of) a transfer, as from the dashboard; the transfer after it."""
+        with self.lock:
+            transfer = self.transfers[transfer_id]
+            amount = amount or transfer["amount"] - transfer["amount_reversed"]
+            transfer["amount_reversed"] += amount
+            transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+            transfer["reversals"]["data"].append(
+                {"id": "trr_" + secrets.token_hex(8), "object": "transfer_reversal",
+                 "amount": amount, "transfer": transfer_id}
+            )  # fmt: skip
+            self.platform_available += amount
+            return json.loads(json.dumps(transfer))
+
     def refund(self, refund_id: str, **changes) -> dict:
         """A refund as Stripe now has it, changed by `changes` (a later status, say)."""
         with self.lock:
@@ -214,8 +422,9 @@ class FakeStripe(FakeServer):
         return [r for r in self.requests if r["method"] == "POST"]
 
 
-def event(kind: str, obj: dict, event_id: str | None = None) -> dict:
-    return {
+def event(kind: str, obj: dict, event_id: str | None = None, account: str | None = None) -> dict:
+    """An event as Stripe sends it; `account` names the connected account of a Connect one."""
+    body = {
         "id": event_id or "evt_" + secrets.token_hex(10),
         "object": "event",
         "type": kind,
@@ -223,6 +432,26 @@ def event(kind: str, obj: dict, event_id: str | None = None) -> dict:
         "livemode": False,
         "api_version": "2025-01-27.acacia",
         "data": {"object": obj},
+    }
+    if account is not None:
+        body["account"] = account
+    return body
+
+
+def failed_payout(
+    amount: int, failure_code: str = "account_closed",
+    failure_message: str = "The bank account has been closed.",
+) -> dict:  # fmt: skip
+    """A connected account's payout to its bank that failed (`payout.failed`'s object)."""
+    return {
+        "id": "po_" + secrets.token_hex(10),
+        "object": "payout",
+        "amount": amount,
+        "currency": "usd",
+        "status": "failed",
+        "failure_code": failure_code,
+        "failure_message": failure_message,
+        "arrival_date": int(time.time()),
     }
 
 
