@@ -66,13 +66,13 @@ def build_config(settings: dict, instance_path: str) -> dict:
             raise ConfigError("SECRET_KEY must be set when SOMA_ENV=production")
         secret_key = _instance_secret(instance_path)
 
-    payout_key = _payout_key(settings.get("PAYOUT_ENCRYPTION_KEY") or "", env, instance_path)
-
     db_url = settings.get("DATABASE_URL") or ""
     if not db_url:
         if production:
             raise ConfigError("DATABASE_URL must be set when SOMA_ENV=production")
         db_url = "sqlite:///" + os.path.join(instance_path, "soma.db")
+
+    payout_key = _payout_key(settings.get("PAYOUT_ENCRYPTION_KEY") or "", env, instance_path)
 
     config = {
         "SOMA_ENV": env,

@@ -54,6 +54,8 @@ class Rail:
     automatic = False
     # Paid by hand: an admin marks it paid (with a reference) or rejects it while processing.
     manual = False
+    # Real money leaves: a withdrawal to a method added less than a day ago waits for an admin.
+    moves_money = True
     # What the teacher is told when the rail is not offered.
     unavailable = "This payout method is not available."
 
@@ -76,6 +78,7 @@ class SandboxRail(Rail):
 
     kind = MethodKind.SANDBOX
     automatic = True
+    moves_money = False
     unavailable = "Test payouts are not available on this site."
     # How long a sandbox withdrawal stays processing before the sweeper pays it.
     delay = timedelta(seconds=3)
