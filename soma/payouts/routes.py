@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from soma import clock
-from soma.forms import ActionForm
+from soma.forms import EXPIRED, ActionForm
 from soma.ledger.pricing import tokens_to_cents
 from soma.models import MethodKind, Role
 from soma.payouts import amounts, methods, rails, withdrawals
@@ -193,6 +193,8 @@ def create_withdrawal():
     """Confirm: hold the tokens and record the withdrawal (a double submit is one)."""
     form = ConfirmWithdrawalForm(methods=methods.methods_of(current_user))
     if not form.validate_on_submit():
+        if form.key.errors:  # (the key is not shown on the form page: say it on the amount)
+            form.amount.errors = [*form.amount.errors, EXPIRED]
         return _new_page(form, 422)
     try:
         cents = amounts.parse_usd(form.amount.data)

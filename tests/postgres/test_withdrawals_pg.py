@@ -14,13 +14,14 @@ from tests.helpers import balances, errors, ok, race
 
 
 def events_of(withdrawal_id: int) -> list[tuple[str | None, str]]:
-    return list(
-        db.session.execute(
+    return [
+        tuple(row)
+        for row in db.session.execute(
             select(WithdrawalEvent.from_status, WithdrawalEvent.to_status)
             .where(WithdrawalEvent.withdrawal_id == withdrawal_id)
             .order_by(WithdrawalEvent.id)
-        ).tuples()
-    )
+        )
+    ]
 
 
 def entries_of(withdrawal_id: int) -> list[str]:

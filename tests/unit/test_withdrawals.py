@@ -33,26 +33,28 @@ def platform(code: PlatformAccount) -> int:
 
 
 def entries_of(withdrawal_id: int) -> list[tuple[str, int]]:
-    return list(
-        db.session.execute(
+    return [
+        tuple(row)
+        for row in db.session.execute(
             select(JournalEntry.kind, JournalEntry.tokens)
             .where(
                 JournalEntry.reference_type == "withdrawal",
                 JournalEntry.reference_id == withdrawal_id,
             )
             .order_by(JournalEntry.id)
-        ).tuples()
-    )
+        )
+    ]
 
 
 def history(withdrawal_id: int) -> list[tuple]:
-    return list(
-        db.session.execute(
+    return [
+        tuple(row)
+        for row in db.session.execute(
             select(WithdrawalEvent.from_status, WithdrawalEvent.to_status, WithdrawalEvent.actor_id)
             .where(WithdrawalEvent.withdrawal_id == withdrawal_id)
             .order_by(WithdrawalEvent.id)
-        ).tuples()
-    )
+        )
+    ]
 
 
 def notifications_of(user_id: int) -> list[str]:
@@ -223,7 +225,7 @@ def test_a_failed_payout_gives_the_tokens_back_once(ctx, clock):
 
 
 def test_over_500_dollars_waits_for_an_admin_even_on_the_sandbox(ctx, clock):
-    teacher, admin = make_teacher(20_000), make_user("admin")
+    teacher, admin = make_teacher(30_000), make_user("admin")
     withdrawal = make_withdrawal(teacher, 50_001)
     assert (withdrawal.status, withdrawal.review_reason) == ("requested", "it is over $500.00")
     assert (withdrawal.tokens, withdrawal.fee_cents) == (12_501, 1000)
