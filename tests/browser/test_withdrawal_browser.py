@@ -23,14 +23,14 @@ def test_the_demo_teacher_withdraws_ten_dollars_in_the_sandbox(app, live_server,
     page.locator("main form").get_by_role("button", name="Log in").click()
     expect(page.get_by_test_id("nav-user")).to_be_visible()
 
-    page.get_by_role("link", name="Withdraw", exact=True).first.click()
+    page.get_by_role("button", name="Withdraw", exact=True).click()
     expect(page.get_by_test_id("no-methods")).to_be_visible()
     page.get_by_role("link", name="payout methods").click()
     page.get_by_label("Test payout (sandbox)").check()
     page.get_by_role("button", name="Add method").click()
     expect(page.get_by_test_id("payout-method")).to_contain_text("Test payout (sandbox)")
 
-    page.get_by_role("link", name="Withdraw", exact=True).first.click()
+    page.get_by_role("button", name="Withdraw", exact=True).click()
     expect(page.get_by_test_id("available")).to_have_text("300 tokens")
     page.get_by_label("Amount in US dollars").fill("10")
     page.get_by_role("button", name="Review withdrawal").click()
