@@ -16,8 +16,11 @@ The service calls, for a withdrawal of the rail's kind:
   processing: retry a send that never happened, ask the provider about an
   outcome that is unknown. None means "still waiting"; never guess a failure.
 
-A rail whose provider answers later (a webhook, a result callback) calls
-`withdrawals.mark_paid` / `withdrawals.mark_failed` from its webhook handler.
+A rail keeps the provider's id of what it sent (`withdrawals.record_request_id`);
+its webhook finds the withdrawal by it (`withdrawals.by_request_id`) and calls
+`withdrawals.mark_paid` / `withdrawals.mark_failed`: both are safe to call any
+number of times, and `mark_failed` only for a definite failure (a time-out is
+unknown: leave it processing and let `check` ask the provider).
 Stripe Connect and M-Pesa B2C are not connected yet: their rails say so, and
 are never offered, so no method of theirs can be added or withdrawn to.
 """

@@ -357,6 +357,46 @@ def _detached(withdrawal: Withdrawal) -> Withdrawal:
     return withdrawal
 
 
+def claim_send(withdrawal_id: int, now: datetime | None = None) -> bool:
+    """Claim the one send of a processing withdrawal to its provider: True for the one
+    caller that may send it, False for every other (already claimed, or not processing).
+
+    A provider rail calls this first in `send` and in `check` (a retry of a send that
+    never happened); however many race, one sends. Commits.
+    """
+    claimed = db.session.execute(
+        update(Withdrawal)
+        .where(
+            Withdrawal.id == withdrawal_id,
+            Withdrawal.status == PROCESSING.value,
+            Withdrawal.submitted_at.is_(None),
+        )
+        .values(submitted_at=now or clock.now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return claimed == 1
+
+
+def record_request_id(withdrawal_id: int, provider_request_id: str) -> None:
+    """Keep the provider's id of the request (a transfer, a B2C conversation) that a rail
+    sent, so that its webhook finds the withdrawal (`by_request_id`). Commits."""
+    db.session.execute(
+        update(Withdrawal)
+        .where(Withdrawal.id == withdrawal_id, Withdrawal.provider_request_id.is_(None))
+        .values(provider_request_id=provider_request_id[:255])
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
+def by_request_id(provider_request_id: str) -> Withdrawal | None:
+    """The withdrawal a provider's callback is about, by the id its request was given."""
+    return db.session.scalars(
+        select(Withdrawal).where(Withdrawal.provider_request_id == provider_request_id)
+    ).first()
+
+
 def apply(withdrawal_id: int, outcome: Outcome, source: str) -> Withdrawal:
     """Apply a rail's outcome through the one paid path or the one failed path."""
     if outcome.paid:

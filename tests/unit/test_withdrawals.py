@@ -348,3 +348,18 @@ def test_a_withdrawal_processing_past_the_alert_age_is_named_by_the_audit(ctx, c
     assert [w.id for w in service.processing_too_long()] == [withdrawal.id]
     service.pay_by_admin(withdrawal.id, admin, "FT-LATE")
     assert run_audit() == []
+
+
+def test_a_provider_rail_claims_the_one_send_of_a_withdrawal(ctx, clock):
+    """The seam a Stripe or M-Pesa rail uses: one send per withdrawal, however many ask."""
+    teacher, admin = make_teacher(20_000), make_user("admin")
+    waiting = make_withdrawal(teacher, 60_000)
+    assert service.claim_send(waiting.id) is False  # not processing yet: nothing to send
+    service.approve(waiting.id, admin)
+    assert service.claim_send(waiting.id) is True
+    assert service.claim_send(waiting.id) is False
+    assert service.fresh(waiting.id).submitted_at == app_clock.now()
+    service.record_request_id(waiting.id, "tr_123")
+    service.record_request_id(waiting.id, "tr_other")  # the first id stays
+    assert service.by_request_id("tr_123").id == waiting.id
+    assert service.by_request_id("tr_other") is None
