@@ -363,3 +363,14 @@ def test_a_provider_rail_claims_the_one_send_of_a_withdrawal(ctx, clock):
     service.record_request_id(waiting.id, "tr_other")  # the first id stays
     assert service.by_request_id("tr_123").id == waiting.id
     assert service.by_request_id("tr_other") is None
+
+
+def test_flask_soma_sweep_pays_a_sandbox_withdrawal(ctx, clock, runner):
+    teacher = make_teacher(300)
+    teacher_id, withdrawal_id = teacher.id, make_withdrawal(teacher, 1000).id
+    clock.advance(seconds=5)
+    result = runner.invoke(args=["soma", "sweep"])  # (it ends the session: ids, not rows)
+    assert result.exit_code == 0, result.output
+    assert "1 withdrawal(s) finished" in result.output
+    assert service.fresh(withdrawal_id).status == "paid"
+    assert balances(teacher_id) == (50, 0)
