@@ -322,6 +322,12 @@ def proceed(withdrawal_id: int, source: str, actor_id: int | None = None, note: 
                 f"Withdrawal #{withdrawal_id} is already {withdrawal.status_label.lower()}: "
                 "someone else acted on it first. Nothing more was done."
             )
+        rail = rail_for(withdrawal.method.kind)
+        if not rail.offered():
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} cannot be sent: {rail.unavailable} "
+                "Reject it instead; its tokens go back to the teacher."
+            )
         _move(withdrawal, PROCESSING, source, actor_id, note, processing_at=clock.now())
         return True
 

@@ -273,3 +273,18 @@ def test_an_admin_rejects_with_a_reason_the_teacher_reads(app, client, auth, clo
     auth.login(teacher_email)
     page = text_of(client.get(f"/withdrawals/{big_id}").get_data(as_text=True))
     assert "Rejected Please verify your identity first. 15,000 tokens came back" in page
+
+
+def test_the_admin_queue_pages_by_id_keeping_its_filters(app, client, auth, clock, monkeypatch):
+    monkeypatch.setattr("soma.admin.routes.WITHDRAWALS_PER_PAGE", 2)
+    with app.app_context():
+        teacher = make_teacher(2000)
+        ids = [make_withdrawal(teacher, 1000).id for _ in range(3)]
+    auth.login_as("admin")
+    first = client.get("/admin/withdrawals?method=sandbox").get_data(as_text=True)
+    assert [int(n) for n in re.findall(r"/admin/withdrawals/(\d+)\"", first)] == ids[:0:-1]
+    assert f"before={ids[1]}" in first and "method=sandbox" in first
+    older = client.get(f"/admin/withdrawals?method=sandbox&before={ids[1]}").get_data(True)
+    assert [int(n) for n in re.findall(r"/admin/withdrawals/(\d+)\"", older)] == [ids[0]]
+    assert "Older withdrawals" not in older
+    assert client.get(f"/admin/withdrawals?before={2**63}").status_code == 200  # ignored

@@ -374,3 +374,14 @@ def test_flask_soma_sweep_pays_a_sandbox_withdrawal(ctx, clock, runner):
     assert "1 withdrawal(s) finished" in result.output
     assert service.fresh(withdrawal_id).status == "paid"
     assert balances(teacher_id) == (50, 0)
+
+
+def test_a_withdrawal_whose_rail_is_no_longer_offered_cannot_be_approved(app, ctx, clock):
+    teacher, admin = make_teacher(20_000), make_user("admin")
+    waiting = make_withdrawal(teacher, 60_000)  # sandbox, over $500: waits for an admin
+    app.config["SOMA_ENV"] = "production"  # the sandbox is never offered in production
+    with pytest.raises(service.WithdrawalConflict, match="Reject it instead"):
+        service.approve(waiting.id, admin)
+    assert service.fresh(waiting.id).status == "requested"
+    assert service.reject(waiting.id, admin, "Test payouts are off.").status == "rejected"
+    assert balances(teacher.id) == (20_000, 0)
