@@ -288,3 +288,34 @@ def test_the_admin_queue_pages_by_id_keeping_its_filters(app, client, auth, cloc
     assert [int(n) for n in re.findall(r"/admin/withdrawals/(\d+)\"", older)] == [ids[0]]
     assert "Older withdrawals" not in older
     assert client.get(f"/admin/withdrawals?before={2**63}").status_code == 200  # ignored
+
+
+def test_a_teacher_makes_another_method_the_default_and_removes_one(app, client, teacher):
+    add_sandbox(client)
+    page = client.get("/payout-methods").get_data(as_text=True)
+    client.post(
+        "/payout-methods",
+        data={"csrf_token": csrf_from(page), "kind": "bank", "account_holder": "Tara Teacher",
+              "bank_name": "KCB", "account_number": "44556677"},
+    )  # fmt: skip
+    with app.app_context():
+        sandbox_id, bank_id = db.session.scalars(
+            select(PayoutMethod.id)
+            .where(PayoutMethod.user_id == teacher.id)
+            .order_by(PayoutMethod.id)
+        ).all()
+    made = client.post(f"/payout-methods/{bank_id}/default", data={"csrf_token": csrf_from(page)})
+    assert made.status_code == 303
+    assert "Bank transfer Default" in text_of(client.get("/payout-methods").get_data(True))
+    assert client.post(f"/payout-methods/{bank_id}/default").status_code == 400  # no CSRF
+    confirm_page = client.get(f"/payout-methods/{bank_id}/remove").get_data(as_text=True)
+    assert "Remove this payout method?" in text_of(confirm_page)
+    removed = client.post(
+        f"/payout-methods/{bank_id}/remove", data={"csrf_token": csrf_from(confirm_page)}
+    )
+    assert removed.status_code == 303
+    text = text_of(client.get("/payout-methods").get_data(as_text=True))
+    assert "••••6677" not in text and "Test payout (sandbox) Default" in text
+    new_page = client.get("/withdrawals/new").get_data(as_text=True)
+    assert f'<option selected value="{sandbox_id}">' in new_page
+    assert "Withdraw" in text_of(client.get("/wallet/").get_data(as_text=True))

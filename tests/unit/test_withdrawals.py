@@ -385,3 +385,14 @@ def test_a_withdrawal_whose_rail_is_no_longer_offered_cannot_be_approved(app, ct
     assert service.fresh(waiting.id).status == "requested"
     assert service.reject(waiting.id, admin, "Test payouts are off.").status == "rejected"
     assert balances(teacher.id) == (20_000, 0)
+
+
+def test_the_sweeper_warns_of_a_withdrawal_processing_too_long(app, ctx, clock, runner, caplog):
+    teacher, admin = make_teacher(300), make_user("admin")
+    withdrawal = service.request(teacher, old_method(teacher, "bank").id, 1000, "warned")
+    service.approve(withdrawal.id, admin)
+    withdrawal_id = withdrawal.id
+    clock.advance(minutes=24 * 60 + 1)
+    result = runner.invoke(args=["soma", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert f"past WITHDRAWAL_PROCESSING_ALERT_MINUTES: {withdrawal_id}" in caplog.text
