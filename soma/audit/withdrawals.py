@@ -78,10 +78,11 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
             Withdrawal.tokens,
             Withdrawal.fee_tokens,
             Withdrawal.hold_entry_id,
+            Withdrawal.closed_entry_id,
         ).order_by(Withdrawal.id)
     ).all()
     known = set()
-    for withdrawal_id, status, tokens, fee_tokens, hold_entry_id in withdrawals:
+    for withdrawal_id, status, tokens, fee_tokens, hold_entry_id, closed_by in withdrawals:
         known.add(withdrawal_id)
         mine = entries.get(withdrawal_id, {})
         holds, paid, released = mine.get(HOLD, []), mine.get(PAID, []), mine.get(RELEASE, [])
@@ -103,6 +104,9 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
                 f"it should have {expected_paid} and {expected_released}"
             )
             continue
+        closing = [entry_id for entry_id, _ in paid + released]
+        if closed_by != (closing[0] if closing else None):
+            found.append(f"{what} says entry {closed_by} closed it, but {closing or 'none'} did")
         for entry_id, moved in paid + released:
             if moved != tokens:
                 found.append(f"{what}: entry {entry_id} moves {moved} tokens, not {tokens}")

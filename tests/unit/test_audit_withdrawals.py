@@ -112,3 +112,15 @@ def test_a_hold_released_twice_by_another_entry_kind_is_named(ctx, clock):
     violations = run_audit()
     assert "withdrawal-settlement" in checks(violations)
     assert f"withdrawal {ids['processing']} is named by a purchase entry" in str(violations)
+
+
+def test_a_withdrawal_naming_another_closing_entry_is_named(ctx, clock):
+    ids = every_path(clock)
+    db.session.execute(
+        text("UPDATE withdrawals SET closed_entry_id = hold_entry_id WHERE id = :id"),
+        {"id": ids["failed"]},
+    )
+    db.session.commit()
+    violations = run_audit()
+    assert checks(violations) == ["withdrawal-settlement"]
+    assert f"withdrawal {ids['failed']} (failed) says entry" in str(violations)
