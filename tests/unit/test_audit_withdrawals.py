@@ -104,7 +104,7 @@ def test_an_entry_naming_a_withdrawal_that_does_not_exist_is_named(ctx, clock):
     assert "name withdrawal 999, which does not exist" in str(violations)
 
 
-def test_a_hold_released_twice_by_another_entry_kind_is_named(ctx, clock):
+def test_an_entry_of_another_kind_naming_a_withdrawal_is_named(ctx, clock):
     ids = every_path(clock)
     teacher = make_teacher(100)
     with ledger.atomic():
