@@ -78,6 +78,7 @@ def register_blueprints(app: Flask) -> None:
     from soma.gifts.routes import bp as gifts_bp
     from soma.main.routes import bp as main_bp
     from soma.notifications.routes import bp as notifications_bp
+    from soma.payouts.routes import bp as payouts_bp
     from soma.purchases.routes import bp as purchases_bp
     from soma.purchases.webhooks import bp as webhooks_bp
     from soma.wallet.routes import bp as wallet_bp
@@ -88,6 +89,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(gifts_bp)
     app.register_blueprint(classes_bp)
     app.register_blueprint(purchases_bp)
+    app.register_blueprint(payouts_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(notifications_bp)
     app.register_blueprint(admin_bp)

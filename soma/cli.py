@@ -105,8 +105,11 @@ def audit() -> None:
 )
 def sweep(every: int | None) -> None:
     """Settle classes that have run their time and end those paused past the limit; ask
-    M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts."""
+    M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts; ask
+    each rail about withdrawals still processing (the sandbox pays its own here)."""
     from soma.classes.service import sweep as sweep_once
+    from soma.payouts.withdrawals import processing_too_long
+    from soma.payouts.withdrawals import sweep as sweep_withdrawals
     from soma.purchases.mpesa import recheck_pending as recheck_mpesa
     from soma.purchases.service import expire_abandoned
     from soma.purchases.stripe_checkout import recheck_stale as recheck_stripe
@@ -118,6 +121,8 @@ def sweep(every: int | None) -> None:
                 recheck_mpesa()  # payments whose callback never came
                 recheck_stripe()  # checkouts that should have expired by now
                 expire_abandoned()  # checkouts nobody will finish
+                paid_out = sweep_withdrawals()  # withdrawals a rail can now finish
+                stuck = [withdrawal.id for withdrawal in processing_too_long()]
             except Exception:
                 # The database restarting, say: log it and try again next pass,
                 # rather than leave unwatched classes holding tokens.
@@ -128,10 +133,17 @@ def sweep(every: int | None) -> None:
                 time.sleep(every)
                 continue
             db.session.remove()
-            if result.completed or result.ended_early or result.failed or every is None:
+            if stuck:
+                # Also an audit violation (soma.audit.withdrawals): say it where it is seen.
+                current_app.logger.warning(
+                    "sweep: withdrawals processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES: %s",
+                    ", ".join(map(str, stuck)),
+                )
+            if result.completed or result.ended_early or result.failed or paid_out or every is None:
                 click.echo(
                     f"{utcnow():%H:%M:%S} sweep: {result.completed} completed, "
-                    f"{result.ended_early} ended early (paused too long), {result.failed} failed"
+                    f"{result.ended_early} ended early (paused too long), {result.failed} failed; "
+                    f"{paid_out} withdrawal(s) finished"
                 )
             if every is None:
                 if result.failed:

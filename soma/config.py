@@ -5,6 +5,7 @@ import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from dotenv import load_dotenv
 
 # Every setting read from the environment, with its default. `.env.example`
@@ -34,6 +35,8 @@ ENV_SETTINGS = {
     "MPESA_B2C_INITIATOR_NAME": "",
     "MPESA_B2C_INITIATOR_PASSWORD": "",
     "MPESA_B2C_CERT_PATH": "",
+    "PAYOUT_ENCRYPTION_KEY": "",
+    "WITHDRAWAL_PROCESSING_ALERT_MINUTES": "1440",
 }
 
 
@@ -81,6 +84,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         raise ConfigError(
             "RATELIMIT_STORAGE_URI must name a shared store (redis://...) when SOMA_ENV=production"
         )
+    payout_key = _payout_key(settings.get("PAYOUT_ENCRYPTION_KEY") or "", env, instance_path)
 
     config = {
         "SOMA_ENV": env,
@@ -117,6 +121,10 @@ def build_config(settings: dict, instance_path: str) -> dict:
             for name in ENV_SETTINGS
             if name.startswith("MPESA_") and name != "MPESA_KES_PER_USD"
         },
+        "PAYOUT_ENCRYPTION_KEY": payout_key,
+        "WITHDRAWAL_PROCESSING_ALERT_MINUTES": _positive_int(
+            settings, "WITHDRAWAL_PROCESSING_ALERT_MINUTES", 1440
+        ),
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",
@@ -152,13 +160,45 @@ def _flag(value) -> bool:
     return str(value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _instance_secret(instance_path: str) -> str:
-    """Return a development secret kept in the instance folder, so sessions survive restarts."""
-    path = Path(instance_path) / "secret_key"
+def _payout_key(raw: str, env: str, instance_path: str) -> str:
+    """The Fernet key that seals bank account numbers; ConfigError if unusable.
+
+    Production demands one from the environment: a key made up on the spot would
+    leave every stored number unreadable on the next host. Development keeps one
+    in the instance folder (like SECRET_KEY); a test app makes its own.
+    """
+    key = raw.strip()
+    if not key:
+        if env == "production":
+            raise ConfigError("PAYOUT_ENCRYPTION_KEY must be set when SOMA_ENV=production")
+        if env == "testing":
+            return Fernet.generate_key().decode()
+        key = _instance_secret(instance_path, "payout_encryption_key", _new_fernet_key)
+    try:
+        Fernet(key.encode())
+    except ValueError:
+        raise ConfigError(
+            "PAYOUT_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes); "
+            'make one with: python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())"'
+        ) from None
+    return key
+
+
+def _new_fernet_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def _instance_secret(
+    instance_path: str, name: str = "secret_key", make=lambda: secrets.token_hex(32)
+) -> str:
+    """Return a development secret kept in the instance folder (made by `make` the first
+    time), so sessions and sealed data survive restarts."""
+    path = Path(instance_path) / name
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
+    key = make()
     path.write_text(key)
     path.chmod(0o600)
     return key

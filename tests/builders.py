@@ -12,7 +12,9 @@ from soma import clock, ledger
 from soma.auth import service as auth_service
 from soma.classes import service as class_service
 from soma.classes.machine import Action
-from soma.models import ClassSession, Purchase, User
+from soma.models import ClassSession, PayoutMethod, Purchase, User, Withdrawal
+from soma.payouts import methods as payout_methods
+from soma.payouts import withdrawals as withdrawal_service
 from soma.purchases import service as purchase_service
 
 DEFAULT_PASSWORD = "correct-horse-battery"
@@ -105,3 +107,41 @@ def make_class(
     if state == "completed":
         return class_service.settle_if_due(session, now=start + timedelta(minutes=minutes))
     return session
+
+
+def make_teacher(tokens: int = 0, **user) -> User:
+    """A teacher whose wallet holds `tokens` (credited through the ledger, as earnings
+    would be): enough for a withdrawal, which a few test classes never earn."""
+    teacher = make_user("teacher", **user)
+    if tokens:
+        fund(teacher.id, tokens)
+    return teacher
+
+
+def payout_method(
+    teacher: User, kind: str = "sandbox", now: datetime | None = None, **details
+) -> PayoutMethod:
+    """A payout method of `teacher`, added through the methods service at `now` (the app's
+    clock when not given): "sandbox", or "bank" (with made-up account details)."""
+    if kind == "sandbox":
+        return payout_methods.add_sandbox(teacher, now=now)
+    if kind == "bank":
+        return payout_methods.add_bank(
+            teacher,
+            details.get("holder", teacher.display_name),
+            details.get("bank", "Equity Bank"),
+            details.get("number", f"01{next(_numbers):08d}"),
+            now=now,
+        )
+    raise ValueError(f"no builder for a {kind!r} payout method")
+
+
+def make_withdrawal(
+    teacher: User, usd_cents: int = 1000, method: PayoutMethod | None = None, key: str | None = None
+) -> Withdrawal:
+    """A withdrawal of `usd_cents` requested by `teacher` through the withdrawal service, to
+    `method` (a sandbox method added a day ago when not given, so no review is due)."""
+    if method is None:
+        method = payout_method(teacher, now=clock.now() - timedelta(days=1))
+    key = key or f"test:withdrawal:{next(_numbers)}"
+    return withdrawal_service.request(teacher, method.id, usd_cents, key)

@@ -32,6 +32,8 @@ TEST_SETTINGS = {
     "SECRET_KEY": "test-secret-key",
     "RATELIMIT_STORAGE_URI": "memory://",
     "LOGIN_RATE_LIMIT": "5 per minute",
+    # A fixed Fernet key, so that an app made as production in a test starts.
+    "PAYOUT_ENCRYPTION_KEY": "pA6f6sQ0lqgJcHk2mW2v0c3Yb8bC9s7T1x4zQeR5uLk=",
 }
 
 

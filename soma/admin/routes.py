@@ -5,12 +5,29 @@ import secrets
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from soma import money
 from soma.extensions import db
 from soma.forms import ActionForm
 from soma.inputs import parse_id, plain_amount, query_id
-from soma.models import Purchase, PurchaseEvent, Role, UnmatchedPayment, User
+from soma.models import (
+    MethodKind,
+    PayoutMethod,
+    Purchase,
+    PurchaseEvent,
+    Role,
+    UnmatchedPayment,
+    User,
+    Withdrawal,
+    WithdrawalStatus,
+)
+from soma.models.payout import METHOD_LABELS
+from soma.payouts import methods as payout_methods
+from soma.payouts import withdrawals as withdrawal_service
+from soma.payouts.forms import PaidWithdrawalForm, RejectWithdrawalForm
+from soma.payouts.rails import rail_for
+from soma.payouts.sealing import Unreadable
 from soma.providers import stripe as stripe_provider
 from soma.purchases import mpesa, reversals
 from soma.security import role_required
@@ -185,3 +202,137 @@ def match_payment(payment_id: int):
         return redirect(url_for("admin.unmatched_payments"), 303)
     flash(f"Payment {payment.receipt} credited purchase #{purchase.id}.", "success")
     return redirect(url_for("admin.purchase_detail", purchase_id=purchase.id), 303)
+
+
+# Withdrawals -------------------------------------------------------------------------------
+
+WITHDRAWALS_PER_PAGE = 50
+
+
+@bp.get("/withdrawals")
+@role_required(Role.ADMIN)
+def withdrawal_list():
+    """The withdrawal queue: newest first, by status and method kind, a page at a time by id.
+
+    Without a status filter, those waiting for an admin come first on their own list.
+    """
+    status = request.args.get("status") or None
+    kind = request.args.get("method") or None
+    before = request.args.get("before", type=query_id(Withdrawal.id))
+    status = status if status in {s.value for s in WithdrawalStatus} else None
+    kind = kind if kind in {k.value for k in MethodKind} else None
+    query = (
+        select(Withdrawal)
+        .options(selectinload(Withdrawal.method), selectinload(Withdrawal.user))
+        .order_by(Withdrawal.id.desc())
+        .limit(WITHDRAWALS_PER_PAGE + 1)
+    )
+    if status:
+        query = query.where(Withdrawal.status == status)
+    if kind:
+        query = query.join(PayoutMethod, PayoutMethod.id == Withdrawal.method_id).where(
+            PayoutMethod.kind == kind
+        )
+    if before:
+        query = query.where(Withdrawal.id < before)
+    rows = db.session.scalars(query).all()
+    page = rows[:WITHDRAWALS_PER_PAGE]
+    next_before = page[-1].id if len(rows) > WITHDRAWALS_PER_PAGE else None
+    return render_template(
+        "admin/withdrawals.html",
+        withdrawals=page,
+        status=status,
+        kind=kind,
+        statuses=list(WithdrawalStatus),
+        kinds=list(MethodKind),
+        method_labels=METHOD_LABELS,
+        next_before=next_before,
+    )
+
+
+def _withdrawal_page(withdrawal: Withdrawal, status: int = 200, reject=None, paid=None):
+    rail = rail_for(withdrawal.method.kind)
+    number = None
+    if withdrawal.method.kind == MethodKind.BANK and withdrawal.is_open:
+        try:
+            number = payout_methods.account_number(withdrawal.method)
+        except Unreadable:
+            number = None  # (the page says it cannot be read; the number is never logged)
+    return render_template(
+        "admin/withdrawal.html",
+        withdrawal=withdrawal,
+        events=withdrawal_service.events_of([withdrawal.id])[withdrawal.id],
+        rail=rail,
+        account_number=number,
+        action=ActionForm(),
+        reject_form=reject or RejectWithdrawalForm(formdata=None),
+        paid_form=paid or PaidWithdrawalForm(formdata=None),
+    ), status
+
+
+def _withdrawal_or_404(withdrawal_id: int) -> Withdrawal:
+    withdrawal = withdrawal_service.withdrawal_for(current_user, withdrawal_id)
+    if withdrawal is None:
+        abort(404)
+    return withdrawal
+
+
+@bp.get("/withdrawals/<id(withdrawals):withdrawal_id>")
+@role_required(Role.ADMIN)
+def withdrawal_detail(withdrawal_id: int):
+    """A withdrawal, its history, and the forms that approve, reject or mark it paid."""
+    return _withdrawal_page(_withdrawal_or_404(withdrawal_id))
+
+
+def _acted(withdrawal_id: int, message: str):
+    flash(message, "success")
+    return redirect(url_for("admin.withdrawal_detail", withdrawal_id=withdrawal_id), 303)
+
+
+def _withdrawal_page_with_error(withdrawal_id: int, message: str):
+    flash(message, "error")
+    return _withdrawal_page(_withdrawal_or_404(withdrawal_id), 409)
+
+
+@bp.post("/withdrawals/<id(withdrawals):withdrawal_id>/approve")
+@role_required(Role.ADMIN)
+def approve_withdrawal(withdrawal_id: int):
+    """Let a requested withdrawal go on to its rail (a bank transfer: to be sent by hand)."""
+    _withdrawal_or_404(withdrawal_id)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    try:
+        withdrawal_service.approve(withdrawal_id, current_user)
+    except withdrawal_service.WithdrawalConflict as error:
+        return _withdrawal_page_with_error(withdrawal_id, error.message)
+    return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} approved.")
+
+
+@bp.post("/withdrawals/<id(withdrawals):withdrawal_id>/reject")
+@role_required(Role.ADMIN)
+def reject_withdrawal(withdrawal_id: int):
+    """Reject a withdrawal, with the reason the teacher reads; its tokens go back."""
+    withdrawal = _withdrawal_or_404(withdrawal_id)
+    form = RejectWithdrawalForm()
+    if not form.validate_on_submit():
+        return _withdrawal_page(withdrawal, 422, reject=form)
+    try:
+        withdrawal_service.reject(withdrawal_id, current_user, form.reason.data)
+    except withdrawal_service.WithdrawalConflict as error:
+        return _withdrawal_page_with_error(withdrawal_id, error.message)
+    return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} rejected; its tokens went back.")
+
+
+@bp.post("/withdrawals/<id(withdrawals):withdrawal_id>/paid")
+@role_required(Role.ADMIN)
+def pay_withdrawal(withdrawal_id: int):
+    """Mark a bank transfer paid, with the bank's reference."""
+    withdrawal = _withdrawal_or_404(withdrawal_id)
+    form = PaidWithdrawalForm()
+    if not form.validate_on_submit():
+        return _withdrawal_page(withdrawal, 422, paid=form)
+    try:
+        withdrawal_service.pay_by_admin(withdrawal_id, current_user, form.reference.data)
+    except withdrawal_service.WithdrawalConflict as error:
+        return _withdrawal_page_with_error(withdrawal_id, error.message)
+    return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")

@@ -8,7 +8,7 @@ Only the CLI, the admin and the tests import this package.
 
 from collections.abc import Callable
 
-from soma.audit import classes, gifts, ledger, purchases
+from soma.audit import classes, gifts, ledger, purchases, withdrawals
 from soma.audit.violation import Violation
 
 CHECKS: list[Callable[[], list[Violation]]] = [
@@ -29,6 +29,9 @@ CHECKS: list[Callable[[], list[Violation]]] = [
     purchases.reversal_entries_match_their_reversals,
     purchases.purchase_status_follows_reversals,
     gifts.gifts_transferred_once,
+    withdrawals.withdrawals_settled_exactly_once,
+    withdrawals.withdrawal_fees_add_up,
+    withdrawals.no_withdrawal_processing_too_long,
 ]
 
 

@@ -8,7 +8,7 @@ from soma.ledger.errors import (
     InvalidPosting,
     LedgerError,
 )
-from soma.ledger.operations import credit, debit, hold, release, settle, transfer
+from soma.ledger.operations import credit, debit, hold, release, retire, settle, transfer
 from soma.ledger.pricing import (
     class_cost,
     get_token_pricing,
@@ -32,6 +32,7 @@ __all__ = [
     "open_wallet",
     "publish_pricing",
     "release",
+    "retire",
     "settle",
     "tokens_value_cents",
     "transfer",

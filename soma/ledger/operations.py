@@ -1,4 +1,5 @@
-"""The money operations every feature calls: credit, debit, hold, settle, release, transfer.
+"""The money operations every feature calls: credit, debit, hold, settle, retire, release,
+transfer.
 
 Each writes one entry through `core.post` in the caller's transaction and takes
 an idempotency key: a repeat returns the first entry and moves nothing more.
@@ -174,6 +175,42 @@ def settle(
         key,
         legs,
         tokens=charge,
+        closes_entry_id=hold_entry_id,
+        hold_check=hold_check,
+        **details,
+    )
+
+
+def retire(
+    hold_entry_id: int,
+    fee_tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.WITHDRAWAL_PAID,
+    holder_id: int | None = None,
+    held: int | None = None,
+    **details: Unpack[EntryDetails],
+) -> PostedEntry:
+    """Close a withdrawal's hold by retiring all of it: `fee_tokens` to the fees account,
+    the rest to redemption. The tokens leave the user's wallet for good (paid out in money).
+
+    `fee_tokens` is 0 to fewer than the tokens held; `holder_id` and `held` are checked
+    as in `settle`. A hold closes once: AlreadySettled after a settle, release or retire.
+    """
+    user_id, held, hold_check = _hold_facts(kind, hold_entry_id, holder_id, held)
+    if not is_whole(fee_tokens) or not 0 <= fee_tokens < held:
+        raise InvalidPosting(f"a retire's fee is 0 to {held - 1} tokens, not {fee_tokens}")
+    legs = [
+        Leg(user_account(user_id), Bucket.LOCKED, -held),
+        Leg(platform_account(PlatformAccount.REDEMPTION), Bucket.AVAILABLE, held - fee_tokens),
+    ]
+    if fee_tokens:
+        legs.append(Leg(platform_account(PlatformAccount.FEES), Bucket.AVAILABLE, fee_tokens))
+    return post(
+        kind,
+        key,
+        legs,
+        tokens=held,
         closes_entry_id=hold_entry_id,
         hold_check=hold_check,
         **details,

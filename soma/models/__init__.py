@@ -14,6 +14,13 @@ from soma.models.ledger import (
     Wallet,
 )
 from soma.models.notification import Notification
+from soma.models.payout import (
+    MethodKind,
+    PayoutMethod,
+    Withdrawal,
+    WithdrawalEvent,
+    WithdrawalStatus,
+)
 from soma.models.pricing import PricingUserType, TokenPricing
 from soma.models.provider import EventStatus, ProviderEvent, UnmatchedPayment
 from soma.models.purchase import (
@@ -41,7 +48,9 @@ __all__ = [
     "EventStatus",
     "Gift",
     "JournalEntry",
+    "MethodKind",
     "Notification",
+    "PayoutMethod",
     "PlatformAccount",
     "Posting",
     "PricingUserType",
@@ -60,5 +69,8 @@ __all__ = [
     "UnmatchedPayment",
     "User",
     "Wallet",
+    "Withdrawal",
+    "WithdrawalEvent",
+    "WithdrawalStatus",
     "utcnow",
 ]

@@ -38,10 +38,17 @@ from soma.forms import ActionForm
 from soma.gifts.forms import ConfirmGiftForm, GiftForm
 from soma.models import JournalEntry, Posting, Purchase, UnmatchedPayment, Wallet
 from soma.notifications import service as notifications
+from soma.payouts.forms import (
+    AddMethodForm,
+    ConfirmWithdrawalForm,
+    PaidWithdrawalForm,
+    RejectWithdrawalForm,
+    WithdrawForm,
+)
 from soma.purchases import service as purchase_service
 from soma.purchases.forms import BuyForm
 from soma.wallet.forms import HistoryFilterForm
-from tests.builders import make_class, make_funded_user, make_user
+from tests.builders import make_class, make_funded_user, make_user, payout_method
 from tests.buying import mpesa_settings
 from tests.conftest import STRIPE_WEBHOOK_SECRET, AuthActions
 from tests.fakes.daraja_server import FakeDaraja, callback
@@ -85,6 +92,18 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.purchase_list": {"before": "{purchase_id}"},
     "admin.refund": {"amount": "1.00", "key": "fuzz-refund-key"},
     "admin.match_payment": {"purchase_id": "{purchase_id}"},
+    # The fuzz teacher has no tokens: a withdrawal is refused, whatever it asks for.
+    "payouts.add_method": {"kind": "sandbox", "account_holder": "", "bank_name": "",
+                           "account_number": "", "phone": ""},
+    "payouts.review_withdrawal": {"amount": "10", "method": "{method_id}"},
+    "payouts.create_withdrawal": {"amount": "10", "method": "{method_id}",
+                                  "key": "fuzz-withdrawal-key"},
+    "payouts.make_default": {},
+    "payouts.remove_method": {},
+    "admin.withdrawal_list": {"status": "requested", "method": "bank", "before": "5"},
+    "admin.approve_withdrawal": {},
+    "admin.reject_withdrawal": {"reason": "fuzz"},
+    "admin.pay_withdrawal": {"reference": "fuzz"},
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -98,6 +117,11 @@ FORMS = {
     "classes.control": ActionForm,
     "purchases.start": BuyForm,
     "wallet.transactions": HistoryFilterForm,
+    "payouts.add_method": AddMethodForm,
+    "payouts.review_withdrawal": WithdrawForm,
+    "payouts.create_withdrawal": ConfirmWithdrawalForm,
+    "admin.reject_withdrawal": RejectWithdrawalForm,
+    "admin.pay_withdrawal": PaidWithdrawalForm,
 }
 
 # Path values that are valid and would act (a class's controls, the sandbox's buttons):
@@ -166,6 +190,7 @@ class World:
             )
             notification = notifications.notify(student.id, "gift", "A note for the fuzz.")
             db.session.commit()
+            method = payout_method(teacher)  # the teacher has no tokens to withdraw to it
             self.values = {
                 "teacher_email": teacher.email,
                 "teacher_id": str(teacher.id),
@@ -173,6 +198,7 @@ class World:
                 "purchase_id": str(purchase.id),
                 "notification_id": str(notification.id),
                 "class_id": str(session.id),
+                "method_id": str(method.id),
             }
             emails = {"student": student.email, "teacher": teacher.email, "admin": admin.email}
         self.clients, self.tokens = {}, {}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import flask_migrate
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import inspect, select
 
 from soma.config import ENV_SETTINGS, ConfigError, build_config, database_uri
@@ -107,7 +108,7 @@ def test_migrations_downgrade_to_base_and_back(app, runner):
     assert runner.invoke(args=["db", "check"]).exit_code == 0
 
 
-def test_production_needs_a_secret_key_a_database_and_shared_rate_limits(tmp_path):
+def test_production_needs_a_secret_key_a_database_shared_rate_limits_and_a_payout_key(tmp_path):
     shared = {"RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0"}
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         build_config(
@@ -115,12 +116,19 @@ def test_production_needs_a_secret_key_a_database_and_shared_rate_limits(tmp_pat
         )
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         build_config({"SOMA_ENV": "production", "SECRET_KEY": "k", **shared}, str(tmp_path))
+    key = Fernet.generate_key().decode()
     database = {"SOMA_ENV": "production", "SECRET_KEY": "k", "DATABASE_URL": "postgres://h/db"}
     for kept_per_worker in ({}, {"RATELIMIT_STORAGE_URI": "memory://"}):
         with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI"):
-            build_config({**database, **kept_per_worker}, str(tmp_path))
-    config = build_config({**database, **shared}, str(tmp_path))
+            build_config(
+                {**database, "PAYOUT_ENCRYPTION_KEY": key, **kept_per_worker}, str(tmp_path)
+            )
+    with pytest.raises(ConfigError, match="PAYOUT_ENCRYPTION_KEY"):
+        build_config({**database, **shared}, str(tmp_path))
+    config = build_config({**database, **shared, "PAYOUT_ENCRYPTION_KEY": key}, str(tmp_path))
     assert config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
+    assert config["PAYOUT_ENCRYPTION_KEY"] == key
+    assert not (tmp_path / "payout_encryption_key").exists()  # production never makes one
     assert config["SESSION_COOKIE_SECURE"] is True
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://h/db"
 
@@ -131,6 +139,20 @@ def test_development_defaults_to_sqlite_in_the_instance_folder(tmp_path):
     assert config["SESSION_COOKIE_SECURE"] is False
     # The generated secret is kept, so sessions survive a restart.
     assert build_config({}, str(tmp_path))["SECRET_KEY"] == config["SECRET_KEY"]
+
+
+def test_the_payout_key_is_kept_in_development_and_must_be_a_fernet_key(tmp_path):
+    config = build_config({"SOMA_ENV": "development", "SECRET_KEY": "k"}, str(tmp_path))
+    kept = (tmp_path / "payout_encryption_key").read_text().strip()
+    assert config["PAYOUT_ENCRYPTION_KEY"] == kept
+    Fernet(kept.encode())  # a usable key
+    assert build_config({"SECRET_KEY": "k"}, str(tmp_path))["PAYOUT_ENCRYPTION_KEY"] == kept
+    with pytest.raises(ConfigError, match="must be a Fernet key"):
+        build_config({"SECRET_KEY": "k", "PAYOUT_ENCRYPTION_KEY": "not-a-key"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="WITHDRAWAL_PROCESSING_ALERT_MINUTES"):
+        build_config(
+            {"SECRET_KEY": "k", "WITHDRAWAL_PROCESSING_ALERT_MINUTES": "-5"}, str(tmp_path)
+        )
 
 
 def test_database_uri_uses_psycopg_3():

@@ -1,0 +1,163 @@
+"""The audit's checks of withdrawals (SPEC §2.10): every finished withdrawal settled exactly
+once, the fees add up, and none left processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES.
+
+The last is a violation rather than a warning on purpose: there is no alerts table yet
+(issue 13), and `flask soma audit` exiting 1 is what an operator's monitoring already
+watches. The sweeper logs the same withdrawals as a warning on each pass.
+"""
+
+from collections import defaultdict
+
+from sqlalchemy import select
+
+from soma.audit.violation import Violation
+from soma.extensions import db
+from soma.models import (
+    EntryKind,
+    JournalEntry,
+    PlatformAccount,
+    Posting,
+    Wallet,
+    Withdrawal,
+)
+from soma.models.payout import OPEN_STATUSES, RELEASED_STATUSES, WithdrawalStatus
+from soma.payouts.withdrawals import processing_too_long
+
+HOLD = EntryKind.WITHDRAWAL_HOLD.value
+PAID = EntryKind.WITHDRAWAL_PAID.value
+RELEASE = EntryKind.WITHDRAWAL_RELEASE.value
+KINDS = (HOLD, PAID, RELEASE)
+
+
+NAMES_A_WITHDRAWAL = JournalEntry.reference_type == "withdrawal"
+
+
+def _entries_by_withdrawal() -> dict[int, dict[str, list[tuple[int, int]]]]:
+    """{withdrawal id: {kind: [(entry id, tokens)]}} of the entries that name a withdrawal.
+
+    (The ledger's own operations may hold and close a withdrawal hold naming nothing,
+    as its tests do; the ledger's checks cover those. Every entry the withdrawal service
+    writes names its withdrawal.)
+    """
+    rows = db.session.execute(
+        select(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens, JournalEntry.reference_id)
+        .where(NAMES_A_WITHDRAWAL)
+        .order_by(JournalEntry.id)
+    ).all()
+    found: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for entry_id, kind, tokens, withdrawal_id in rows:
+        found[withdrawal_id][kind].append((entry_id, tokens))
+    return found
+
+
+def _platform_legs() -> dict[int, dict[str, int]]:
+    """{paid entry id: {platform account code: tokens}}: where each payout's tokens went."""
+    rows = db.session.execute(
+        select(Posting.entry_id, Wallet.code, Posting.amount)
+        .join(Wallet, Wallet.id == Posting.wallet_id)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(JournalEntry.kind == PAID, NAMES_A_WITHDRAWAL, Wallet.code.is_not(None))
+    ).all()
+    legs: dict[int, dict[str, int]] = defaultdict(dict)
+    for entry_id, code, amount in rows:
+        legs[entry_id][code] = legs[entry_id].get(code, 0) + amount
+    return legs
+
+
+def withdrawals_settled_exactly_once() -> list[Violation]:
+    """Each withdrawal held its tokens once (the hold it names); a paid one retired exactly
+    them once (its fee tokens to fees, the rest to redemption); a failed or rejected one
+    released exactly them once; one still requested or processing has only its hold. Every
+    entry that names a withdrawal is of a withdrawal's kinds and names one that exists."""
+    entries, found = _entries_by_withdrawal(), []
+    legs = _platform_legs()
+    withdrawals = db.session.execute(
+        select(
+            Withdrawal.id,
+            Withdrawal.status,
+            Withdrawal.tokens,
+            Withdrawal.fee_tokens,
+            Withdrawal.hold_entry_id,
+            Withdrawal.closed_entry_id,
+        ).order_by(Withdrawal.id)
+    ).all()
+    known = set()
+    for withdrawal_id, status, tokens, fee_tokens, hold_entry_id, closed_by in withdrawals:
+        known.add(withdrawal_id)
+        mine = entries.get(withdrawal_id, {})
+        holds, paid, released = mine.get(HOLD, []), mine.get(PAID, []), mine.get(RELEASE, [])
+        for kind in set(mine) - set(KINDS):
+            found.append(f"withdrawal {withdrawal_id} is named by a {kind} entry")
+        what = f"withdrawal {withdrawal_id} ({status})"
+        if [(entry_id, held) for entry_id, held in holds] != [(hold_entry_id, tokens)]:
+            found.append(
+                f"{what} should hold {tokens} tokens once in entry {hold_entry_id}, "
+                f"but its holds are {holds}"
+            )
+        expected_paid = 1 if status == WithdrawalStatus.PAID else 0
+        expected_released = 1 if status in RELEASED_STATUSES else 0
+        if status in OPEN_STATUSES:
+            expected_paid = expected_released = 0
+        if len(paid) != expected_paid or len(released) != expected_released:
+            found.append(
+                f"{what} has {len(paid)} paid and {len(released)} release entr(ies); "
+                f"it should have {expected_paid} and {expected_released}"
+            )
+            continue
+        closing = [entry_id for entry_id, _ in paid + released]
+        if closed_by != (closing[0] if closing else None):
+            found.append(f"{what} says entry {closed_by} closed it, but {closing or 'none'} did")
+        for entry_id, moved in paid + released:
+            if moved != tokens:
+                found.append(f"{what}: entry {entry_id} moves {moved} tokens, not {tokens}")
+        for entry_id, _ in paid:
+            went = legs.get(entry_id, {})
+            expected = {PlatformAccount.REDEMPTION.value: tokens - fee_tokens}
+            if fee_tokens:
+                expected[PlatformAccount.FEES.value] = fee_tokens
+            if went != expected:
+                found.append(
+                    f"{what}: payout entry {entry_id} sent {went} to the platform, not {expected}"
+                )
+    for withdrawal_id in sorted(set(entries) - known):
+        found.append(f"withdrawal entries name withdrawal {withdrawal_id}, which does not exist")
+    return [Violation("withdrawal-settlement", detail) for detail in found]
+
+
+def withdrawal_fees_add_up() -> list[Violation]:
+    """Each withdrawal's net and fee make what was asked for, and the fees account's tokens
+    from payouts are exactly the paid withdrawals' fee tokens."""
+    found = [
+        f"withdrawal {withdrawal_id}: net {net} + fee {fee} is not the {asked} cents asked"
+        for withdrawal_id, asked, fee, net in db.session.execute(
+            select(
+                Withdrawal.id, Withdrawal.usd_cents, Withdrawal.fee_cents, Withdrawal.net_cents
+            ).where(Withdrawal.net_cents + Withdrawal.fee_cents != Withdrawal.usd_cents)
+        ).all()
+    ]
+    fee_tokens_due = sum(
+        db.session.scalars(
+            select(Withdrawal.fee_tokens).where(Withdrawal.status == WithdrawalStatus.PAID.value)
+        )
+    )
+    fees_received = sum(
+        legs.get(PlatformAccount.FEES.value, 0) for legs in _platform_legs().values()
+    )
+    if fees_received != fee_tokens_due:
+        found.append(
+            f"the fees account received {fees_received} tokens from payouts, but the paid "
+            f"withdrawals' fees are {fee_tokens_due} tokens"
+        )
+    return [Violation("withdrawal-fees", detail) for detail in found]
+
+
+def no_withdrawal_processing_too_long() -> list[Violation]:
+    """No withdrawal has been processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES."""
+    return [
+        Violation(
+            "withdrawal-stuck",
+            f"withdrawal {withdrawal.id} has been processing since "
+            f"{withdrawal.processing_at:%Y-%m-%d %H:%M} UTC: ask its rail, or pay or reject it",
+        )
+        for withdrawal in processing_too_long()
+    ]

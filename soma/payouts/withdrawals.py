@@ -1,0 +1,610 @@
+"""Withdrawals: a teacher's request for dollars, and its payment exactly once.
+
+`request` holds the tokens (a WITHDRAWAL_HOLD entry keyed by the withdrawal) in
+one transaction with the withdrawal and its first history row. Every later move
+is a compare-and-set of the status (soma.transitions) with its history row and,
+when it closes the hold, its ledger entry, all in one transaction:
+
+    requested ──approve / automatic──▶ processing ──mark_paid──▶ paid
+        │                                   │
+        └──reject──▶ rejected               └──mark_failed──▶ failed (reject, for bank)
+
+`mark_paid` retires the held tokens (to redemption, the fee's to fees) and
+`mark_failed` / `reject` release them; their entries are keyed by the withdrawal
+(`withdrawal:<id>:paid`, `withdrawal:<id>:release`) and close the one hold, so
+whatever reports an outcome twice, or two admins at once, it happens once.
+"""
+
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from soma import clock, ledger, money, transitions
+from soma.errors import FieldRefusal, KeyReused, SomaError
+from soma.extensions import db
+from soma.ledger.pricing import get_token_pricing
+from soma.models import (
+    EntryKind,
+    PayoutMethod,
+    PricingUserType,
+    Role,
+    User,
+    Wallet,
+    Withdrawal,
+    WithdrawalEvent,
+    WithdrawalStatus,
+)
+from soma.notifications.service import notify
+from soma.payouts import amounts, methods
+from soma.payouts.rails import Outcome, rail_for
+
+REQUESTED = WithdrawalStatus.REQUESTED
+PROCESSING = WithdrawalStatus.PROCESSING
+PAID = WithdrawalStatus.PAID
+FAILED = WithdrawalStatus.FAILED
+REJECTED = WithdrawalStatus.REJECTED
+
+
+class WithdrawalRefused(FieldRefusal):
+    """A withdrawal that cannot be made as asked; nothing was held."""
+
+    title = "Cannot withdraw that"
+
+
+class WithdrawalConflict(SomaError):
+    """A move the withdrawal's status no longer allows (another admin, or a provider, was first)."""
+
+    status = 409
+    title = "Withdrawal already moved on"
+
+
+# Preview -----------------------------------------------------------------------------------
+
+
+def review_reasons(quote: amounts.WithdrawalQuote, method: PayoutMethod, now: datetime) -> str:
+    """Why a withdrawal waits for an admin whatever its rail ("" when it need not).
+
+    A new method is a reason on every rail that moves money. The sandbox moves none, so
+    a new test method does not wait: a teacher trying the flow adds one and withdraws at
+    once (the $500 limit still applies there, so an admin's review can be tried too).
+    """
+    reasons = []
+    if quote.over_review_limit:
+        reasons.append(f"it is over {money.usd(amounts.REVIEW_ABOVE_CENTS)}")
+    if rail_for(method.kind).moves_money and methods.is_new(method, now):
+        reasons.append("its payout method was added less than 24 hours ago")
+    return "; ".join(reasons)
+
+
+def available_tokens(user_id: int) -> int:
+    return db.session.scalar(select(Wallet.available).where(Wallet.user_id == user_id)) or 0
+
+
+def preview(
+    teacher: User, method_id: int | None, usd_cents: int, now: datetime | None = None
+) -> tuple[amounts.WithdrawalQuote, PayoutMethod, str]:
+    """What withdrawing `usd_cents` to the method would hold, cost and pay, and why it
+    would wait for an admin; WithdrawalRefused if it cannot be made. Writes nothing."""
+    now = now or clock.now()
+    if teacher.role != Role.TEACHER:
+        raise WithdrawalRefused("Only teachers withdraw their earnings.")
+    method = methods.method_for(teacher, method_id) if method_id else None
+    if method is None:
+        raise WithdrawalRefused("Choose one of your payout methods.", "method")
+    rail = rail_for(method.kind)
+    if not rail.offered():
+        raise WithdrawalRefused(rail.unavailable, "method")
+    pricing = get_token_pricing(PricingUserType.TEACHER, now)
+    try:
+        quote = amounts.quote(usd_cents, pricing.tokens, pricing.usd_cents)
+    except amounts.AmountRefused as refused:
+        raise WithdrawalRefused(str(refused), "amount") from None
+    available = available_tokens(teacher.id)
+    if quote.tokens > available:
+        raise WithdrawalRefused(
+            f"{money.usd(usd_cents)} needs {money.tokens(quote.tokens)} and you have "
+            f"{money.tokens(available)} available to withdraw.",
+            "amount",
+        )
+    return quote, method, review_reasons(quote, method, now)
+
+
+def waits_for_admin(method: PayoutMethod, review_reason: str) -> bool:
+    return bool(review_reason) or not rail_for(method.kind).automatic
+
+
+# Request -----------------------------------------------------------------------------------
+
+
+def request(
+    teacher: User, method_id: int | None, usd_cents: int, key: str, now: datetime | None = None
+) -> Withdrawal:
+    """Record the withdrawal and hold its tokens, in one transaction; a repeated `key`
+    returns the first withdrawal (KeyReused if it asked for something else).
+
+    With no admin to wait for on an automatic rail it goes straight to processing,
+    and its rail is asked to send it once that has committed.
+    """
+    existing = _by_key(key)
+    if existing is not None:
+        return _repeat(existing, teacher, method_id, usd_cents)
+    now = now or clock.now()
+    quote, method, reason = preview(teacher, method_id, usd_cents, now)
+    proceeds = not waits_for_admin(method, reason)
+    withdrawal = Withdrawal(
+        key=key,
+        user_id=teacher.id,
+        method_id=method.id,
+        usd_cents=quote.usd_cents,
+        tokens=quote.tokens,
+        fee_cents=quote.fee_cents,
+        net_cents=quote.net_cents,
+        fee_tokens=quote.fee_tokens,
+        status=(PROCESSING if proceeds else REQUESTED).value,
+        review_reason=reason[:255],
+        created_at=now,
+        updated_at=now,
+        processing_at=now if proceeds else None,
+    )
+    db.session.add(withdrawal)
+    try:
+        db.session.flush()
+        hold = ledger.hold(
+            teacher.id,
+            quote.tokens,
+            key=f"withdrawal:{withdrawal.id}:hold",
+            kind=EntryKind.WITHDRAWAL_HOLD,
+            reference=("withdrawal", withdrawal.id),
+            memo=f"Withdrawal #{withdrawal.id} of {money.usd(quote.usd_cents)}",
+            now=now,
+        )
+        withdrawal.hold_entry_id = hold.id
+        _history(withdrawal, None, REQUESTED, "teacher", note=_waiting_note(method, reason), at=now)
+        if proceeds:
+            _history(withdrawal, REQUESTED, PROCESSING, f"rail:{method.kind}", at=now)
+        withdrawal_id = withdrawal.id
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        existing = _by_key(key)  # the same form, sent twice at once: the other one won
+        if existing is None:
+            raise
+        return _repeat(existing, teacher, method_id, usd_cents)
+    except ledger.InsufficientTokens as short:
+        db.session.rollback()
+        raise WithdrawalRefused(
+            f"{money.usd(usd_cents)} needs {money.tokens(short.needed)} and you have "
+            f"{money.tokens(short.available)} available to withdraw.",
+            "amount",
+        ) from None
+    except BaseException:
+        db.session.rollback()
+        raise
+    if proceeds:
+        send(withdrawal_id)
+    return fresh(withdrawal_id)
+
+
+def _waiting_note(method: PayoutMethod, reason: str) -> str:
+    if reason:
+        return f"Waits for an admin: {reason}."
+    if not rail_for(method.kind).automatic:
+        return "Waits for an admin to send the transfer."
+    return ""
+
+
+def _by_key(key: str) -> Withdrawal | None:
+    return db.session.scalars(select(Withdrawal).where(Withdrawal.key == key)).first()
+
+
+def _repeat(existing: Withdrawal, teacher: User, method_id, usd_cents: int) -> Withdrawal:
+    """The first withdrawal a form's key made, if this is the same request again."""
+    if existing.user_id != teacher.id:
+        raise WithdrawalRefused("This form was already used. Reload the page.")
+    if (existing.method_id, existing.usd_cents) != (method_id, usd_cents):
+        raise KeyReused(
+            "This form was already used for another withdrawal "
+            f"(#{existing.id}). Reload the withdrawal page to start a new one."
+        )
+    return existing
+
+
+# Reading -----------------------------------------------------------------------------------
+
+
+def withdrawal_for(user: User, withdrawal_id: int) -> Withdrawal | None:
+    """The withdrawal if it is `user`'s (or `user` is an admin); None otherwise (404)."""
+    query = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
+    if user.role != Role.ADMIN:
+        query = query.where(Withdrawal.user_id == user.id)
+    return db.session.scalars(query.execution_options(populate_existing=True)).first()
+
+
+def withdrawals_of(user: User, limit: int = 50) -> list[Withdrawal]:
+    return list(
+        db.session.scalars(
+            select(Withdrawal)
+            .where(Withdrawal.user_id == user.id)
+            .order_by(Withdrawal.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def events_of(withdrawal_ids: list[int]) -> dict[int, list[WithdrawalEvent]]:
+    """Each withdrawal's history, oldest first."""
+    found: dict[int, list[WithdrawalEvent]] = {wid: [] for wid in withdrawal_ids}
+    if withdrawal_ids:
+        for event in db.session.scalars(
+            select(WithdrawalEvent)
+            .where(WithdrawalEvent.withdrawal_id.in_(withdrawal_ids))
+            .order_by(WithdrawalEvent.id)
+        ):
+            found[event.withdrawal_id].append(event)
+    return found
+
+
+def fresh(withdrawal_id: int) -> Withdrawal:
+    return db.session.scalars(
+        select(Withdrawal)
+        .where(Withdrawal.id == withdrawal_id)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+# Moves -------------------------------------------------------------------------------------
+
+
+def _history(
+    withdrawal: Withdrawal,
+    from_status: WithdrawalStatus | None,
+    to: WithdrawalStatus,
+    source: str,
+    actor_id: int | None = None,
+    note: str = "",
+    at: datetime | None = None,
+) -> None:
+    db.session.add(
+        WithdrawalEvent(
+            withdrawal_id=withdrawal.id,
+            from_status=from_status.value if from_status else None,
+            to_status=to.value,
+            actor_id=actor_id,
+            source=source[:64],
+            note=note[:255],
+            at=at or clock.now(),
+        )
+    )
+
+
+def _move(
+    withdrawal: Withdrawal,
+    to: WithdrawalStatus,
+    source: str,
+    actor_id: int | None = None,
+    note: str = "",
+    **values,
+) -> datetime:
+    """Compare-and-set the withdrawal (as read, locked) to `to` with its history row;
+    transitions.Stale if it changed meanwhile. Returns the time of the move."""
+    now = clock.now()
+    transitions.change(
+        withdrawal,
+        {"status": to.value, "updated_at": now, **values},
+        WithdrawalEvent(
+            withdrawal_id=withdrawal.id,
+            from_status=withdrawal.status,
+            to_status=to.value,
+            actor_id=actor_id,
+            source=source[:64],
+            note=note[:255],
+            at=now,
+        ),
+    )
+    return now
+
+
+def _locked(withdrawal_id: int) -> Withdrawal:
+    return transitions.locked(Withdrawal, withdrawal_id)
+
+
+def proceed(withdrawal_id: int, source: str, actor_id: int | None = None, note: str = "") -> bool:
+    """Move a requested withdrawal to processing (an admin's approval); True if this call
+    moved it, and then its rail is asked to send it. WithdrawalConflict if it is past that."""
+
+    def work() -> bool:
+        withdrawal = _locked(withdrawal_id)
+        if withdrawal.status != REQUESTED:
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} is already {withdrawal.status_label.lower()}: "
+                "someone else acted on it first. Nothing more was done."
+            )
+        rail = rail_for(withdrawal.method.kind)
+        if not rail.offered():
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} cannot be sent: {rail.unavailable} "
+                "Reject it instead; its tokens go back to the teacher."
+            )
+        _move(withdrawal, PROCESSING, source, actor_id, note, processing_at=clock.now())
+        return True
+
+    moved = transitions.retrying(work, "This withdrawal")
+    send(withdrawal_id)
+    return moved
+
+
+def approve(withdrawal_id: int, admin: User) -> bool:
+    """An admin lets a requested withdrawal go on to its rail."""
+    return proceed(withdrawal_id, f"admin:{admin.id}", admin.id, "Approved")
+
+
+def send(withdrawal_id: int) -> None:
+    """Ask the withdrawal's rail to send it (it just moved to processing), and apply
+    what the rail already knows. Called after the move has committed."""
+    withdrawal = _detached(fresh(withdrawal_id))
+    db.session.rollback()  # no transaction open while a provider is called
+    if withdrawal.status != PROCESSING:
+        return
+    kind = withdrawal.method.kind
+    outcome = rail_for(kind).send(withdrawal)
+    if outcome is not None:
+        apply(withdrawal_id, outcome, f"rail:{kind}")
+
+
+def _detached(withdrawal: Withdrawal) -> Withdrawal:
+    """The withdrawal and its method as read now, apart from the session: a rail reads
+    them with no transaction open, and nothing it does to them is written."""
+    method = withdrawal.method
+    db.session.expunge(withdrawal)
+    db.session.expunge(method)
+    return withdrawal
+
+
+def claim_send(withdrawal_id: int, now: datetime | None = None) -> bool:
+    """Claim the one send of a processing withdrawal to its provider: True for the one
+    caller that may send it, False for every other (already claimed, or not processing).
+
+    A provider rail calls this first in `send` and in `check` (a retry of a send that
+    never happened); however many race, one sends. Commits.
+    """
+    claimed = db.session.execute(
+        update(Withdrawal)
+        .where(
+            Withdrawal.id == withdrawal_id,
+            Withdrawal.status == PROCESSING.value,
+            Withdrawal.submitted_at.is_(None),
+        )
+        .values(submitted_at=now or clock.now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return claimed == 1
+
+
+def record_request_id(withdrawal_id: int, provider_request_id: str) -> None:
+    """Keep the provider's id of the request (a transfer, a B2C conversation) that a rail
+    sent, so that its webhook finds the withdrawal (`by_request_id`). Commits."""
+    db.session.execute(
+        update(Withdrawal)
+        .where(Withdrawal.id == withdrawal_id, Withdrawal.provider_request_id.is_(None))
+        .values(provider_request_id=provider_request_id[:255])
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
+def by_request_id(provider_request_id: str) -> Withdrawal | None:
+    """The withdrawal a provider's callback is about, by the id its request was given."""
+    return db.session.scalars(
+        select(Withdrawal).where(Withdrawal.provider_request_id == provider_request_id)
+    ).first()
+
+
+def apply(withdrawal_id: int, outcome: Outcome, source: str) -> Withdrawal:
+    """Apply a rail's outcome through the one paid path or the one failed path."""
+    if outcome.paid:
+        return mark_paid(withdrawal_id, source, outcome.reference)
+    return mark_failed(withdrawal_id, source, outcome.reason)
+
+
+def mark_paid(
+    withdrawal_id: int,
+    source: str,
+    reference: str,
+    actor_id: int | None = None,
+    note: str = "",
+) -> Withdrawal:
+    """The money reached the teacher: retire the held tokens (fee to fees, the rest to
+    redemption), once. A repeat finds it paid and does nothing; WithdrawalConflict if it
+    was failed or rejected (its tokens are back with the teacher) or never approved."""
+
+    def work() -> None:
+        withdrawal = _locked(withdrawal_id)
+        if withdrawal.status == PAID:
+            return
+        if withdrawal.status != PROCESSING:
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, "
+                "so it cannot be marked paid."
+            )
+        now = _move(
+            withdrawal,
+            PAID,
+            source,
+            actor_id,
+            note or (f"Reference {reference}" if reference else ""),
+            provider_reference=reference[:255] or None,
+            finished_at=clock.now(),
+        )
+        entry = ledger.retire(
+            withdrawal.hold_entry_id,
+            withdrawal.fee_tokens,
+            key=f"withdrawal:{withdrawal_id}:paid",
+            holder_id=withdrawal.user_id,
+            held=withdrawal.tokens,
+            reference=("withdrawal", withdrawal_id),
+            memo=f"Withdrawal #{withdrawal_id}: {money.usd(withdrawal.net_cents)} paid out",
+            actor_id=actor_id,
+            now=now,
+        )
+        _closed_by(withdrawal_id, entry.id)
+        notify(
+            withdrawal.user_id,
+            "withdrawal_paid",
+            f"Your withdrawal #{withdrawal_id} was paid: {money.usd(withdrawal.net_cents)} "
+            f"sent ({money.usd(withdrawal.fee_cents)} fee).",
+            link=f"/withdrawals/{withdrawal_id}",
+        )
+
+    transitions.retrying(work, "This withdrawal")
+    return fresh(withdrawal_id)
+
+
+def mark_failed(
+    withdrawal_id: int, source: str, reason: str, actor_id: int | None = None
+) -> Withdrawal:
+    """The payout definitely did not happen: give the tokens back, once. Never call it
+    for an outcome that is unknown (a time-out): ask the provider first."""
+    return _close_by_release(withdrawal_id, (PROCESSING,), FAILED, source, reason, actor_id)
+
+
+def reject(withdrawal_id: int, admin: User, reason: str) -> Withdrawal:
+    """An admin refuses a withdrawal: a requested one, or a bank transfer approved but not
+    sent. Its tokens go back to the teacher."""
+    reason = reason.strip()
+    if not reason:
+        raise WithdrawalRefused("Say why the withdrawal is rejected.", "reason")
+    withdrawal = fresh(withdrawal_id)
+    allowed = [REQUESTED]
+    if rail_for(withdrawal.method.kind).manual:
+        allowed.append(PROCESSING)
+    return _close_by_release(
+        withdrawal_id, tuple(allowed), REJECTED, f"admin:{admin.id}", reason, admin.id
+    )
+
+
+def _close_by_release(
+    withdrawal_id: int,
+    allowed: tuple[WithdrawalStatus, ...],
+    to: WithdrawalStatus,
+    source: str,
+    reason: str,
+    actor_id: int | None,
+) -> Withdrawal:
+    def work() -> None:
+        withdrawal = _locked(withdrawal_id)
+        if withdrawal.status == to:
+            return
+        if withdrawal.status not in allowed:
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, "
+                f"so it cannot be marked {to.value}."
+            )
+        now = _move(
+            withdrawal,
+            to,
+            source,
+            actor_id,
+            reason,
+            failure_reason=reason[:255],
+            finished_at=clock.now(),
+        )
+        entry = ledger.release(
+            withdrawal.hold_entry_id,
+            key=f"withdrawal:{withdrawal_id}:release",
+            kind=EntryKind.WITHDRAWAL_RELEASE,
+            holder_id=withdrawal.user_id,
+            held=withdrawal.tokens,
+            reference=("withdrawal", withdrawal_id),
+            memo=f"Withdrawal #{withdrawal_id} {to.value}: tokens returned",
+            actor_id=actor_id,
+            now=now,
+        )
+        _closed_by(withdrawal_id, entry.id)
+        what = "was rejected" if to == REJECTED else "failed"
+        notify(
+            withdrawal.user_id,
+            f"withdrawal_{to.value}",
+            f"Your withdrawal #{withdrawal_id} {what}: {reason[:200]} "
+            f"{money.tokens(withdrawal.tokens)} are back in your wallet.",
+            link=f"/withdrawals/{withdrawal_id}",
+        )
+
+    transitions.retrying(work, "This withdrawal")
+    return fresh(withdrawal_id)
+
+
+def _closed_by(withdrawal_id: int, entry_id: int) -> None:
+    db.session.execute(
+        update(Withdrawal)
+        .where(Withdrawal.id == withdrawal_id)
+        .values(closed_entry_id=entry_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def pay_by_admin(withdrawal_id: int, admin: User, reference: str) -> Withdrawal:
+    """An admin marks a bank transfer paid, with the bank's reference."""
+    reference = reference.strip()
+    if not reference:
+        raise WithdrawalRefused("Enter the bank's reference for the transfer.", "reference")
+    withdrawal = fresh(withdrawal_id)
+    if not rail_for(withdrawal.method.kind).manual:
+        raise WithdrawalConflict(
+            f"Withdrawal #{withdrawal_id} is paid by its provider, not by hand."
+        )
+    return mark_paid(withdrawal_id, f"admin:{admin.id}", reference, admin.id)
+
+
+# The sweeper -------------------------------------------------------------------------------
+
+
+def sweep(now: datetime | None = None, limit: int = 200) -> int:
+    """Ask each processing withdrawal's rail about it, the least recently asked first, and
+    apply what it says (the sandbox pays its own here). Returns how many were finished."""
+    now = now or clock.now()
+    found = list(
+        db.session.scalars(
+            select(Withdrawal)
+            .where(Withdrawal.status == PROCESSING.value)
+            .order_by(Withdrawal.checked_at.asc().nulls_first(), Withdrawal.id)
+            .limit(limit)
+            .options(selectinload(Withdrawal.method))
+        )
+    )
+    if found:
+        db.session.execute(
+            update(Withdrawal)
+            .where(Withdrawal.id.in_([withdrawal.id for withdrawal in found]))
+            .values(checked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    detached = [_detached(withdrawal) for withdrawal in found]
+    db.session.commit()  # no transaction open while a provider is asked
+    finished = 0
+    for withdrawal in detached:
+        kind = withdrawal.method.kind
+        outcome = rail_for(kind).check(withdrawal, now)
+        if outcome is not None:
+            apply(withdrawal.id, outcome, f"sweeper:{kind}")
+            finished += 1
+    return finished
+
+
+def processing_too_long(now: datetime | None = None) -> list[Withdrawal]:
+    """Withdrawals processing for longer than WITHDRAWAL_PROCESSING_ALERT_MINUTES."""
+    now = now or clock.now()
+    limit = timedelta(minutes=current_app.config["WITHDRAWAL_PROCESSING_ALERT_MINUTES"])
+    return list(
+        db.session.scalars(
+            select(Withdrawal)
+            .where(
+                Withdrawal.status == PROCESSING.value,
+                Withdrawal.processing_at <= now - limit,
+            )
+            .order_by(Withdrawal.id)
+        )
+    )

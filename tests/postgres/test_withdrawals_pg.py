@@ -1,0 +1,119 @@
+"""Withdrawals on PostgreSQL: admins, the sweeper and double submits racing for one withdrawal."""
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from soma import clock
+from soma.audit import run_audit
+from soma.extensions import db
+from soma.models import JournalEntry, User, Withdrawal, WithdrawalEvent
+from soma.payouts import withdrawals as service
+from tests.builders import make_teacher, make_user, payout_method
+from tests.helpers import balances, errors, ok, race
+
+
+def events_of(withdrawal_id: int) -> list[tuple[str | None, str]]:
+    return [
+        tuple(row)
+        for row in db.session.execute(
+            select(WithdrawalEvent.from_status, WithdrawalEvent.to_status)
+            .where(WithdrawalEvent.withdrawal_id == withdrawal_id)
+            .order_by(WithdrawalEvent.id)
+        )
+    ]
+
+
+def entries_of(withdrawal_id: int) -> list[str]:
+    return list(
+        db.session.scalars(
+            select(JournalEntry.kind)
+            .where(
+                JournalEntry.reference_type == "withdrawal",
+                JournalEntry.reference_id == withdrawal_id,
+            )
+            .order_by(JournalEntry.id)
+        )
+    )
+
+
+def big_sandbox_withdrawal(app) -> tuple[int, int, list[int]]:
+    """A sandbox withdrawal over $500 (so it waits for an admin), and five admins."""
+    with app.app_context():
+        teacher = make_teacher(20_000)
+        method = payout_method(teacher, now=clock.now() - timedelta(days=2))
+        withdrawal = service.request(teacher, method.id, 60_000, "pg-big")
+        admins = [make_user("admin").id for _ in range(5)]
+        return withdrawal.id, teacher.id, admins
+
+
+def test_five_admins_approving_at_once_send_one_payout(app, wide_app):
+    withdrawal_id, teacher_id, admin_ids = big_sandbox_withdrawal(app)
+
+    def approve_as(admin_id: int):
+        return service.approve(withdrawal_id, db.session.get(User, admin_id))
+
+    outcomes = race(wide_app, [lambda a=a: approve_as(a) for a in admin_ids])
+    assert ok(outcomes) == [True]  # one moved it, and only that one asked its rail to send
+    assert [type(error).__name__ for error in errors(outcomes)] == ["WithdrawalConflict"] * 4
+    with app.app_context():
+        assert events_of(withdrawal_id) == [(None, "requested"), ("requested", "processing")]
+        actors = db.session.scalars(
+            select(func.count(WithdrawalEvent.actor_id)).where(
+                WithdrawalEvent.withdrawal_id == withdrawal_id
+            )
+        ).one()
+        assert actors == 1
+        # The sweeper, twice at once, pays it once.
+        later = clock.now() + timedelta(seconds=10)
+    wide_app.config["SOMA_CLOCK"] = lambda: later
+    swept = race(wide_app, [service.sweep, service.sweep, service.sweep])
+    assert errors(swept) == []
+    assert sum(ok(swept)) >= 1
+    with app.app_context():
+        assert entries_of(withdrawal_id) == ["withdrawal_hold", "withdrawal_paid"]
+        assert db.session.get(Withdrawal, withdrawal_id).status == "paid"
+        assert balances(teacher_id) == (20_000 - 15_000, 0)
+        assert run_audit() == []
+
+
+def test_an_approval_racing_a_rejection_ends_one_way_with_the_tokens_right(app, wide_app):
+    withdrawal_id, teacher_id, admin_ids = big_sandbox_withdrawal(app)
+
+    def approve():
+        return service.approve(withdrawal_id, db.session.get(User, admin_ids[0]))
+
+    def reject():
+        return service.reject(withdrawal_id, db.session.get(User, admin_ids[1]), "Too big.")
+
+    outcomes = race(wide_app, [approve, reject, approve, reject])
+    assert len(ok(outcomes)) >= 1
+    with app.app_context():
+        status = db.session.get(Withdrawal, withdrawal_id).status
+        assert status in ("processing", "rejected")
+        if status == "rejected":
+            assert entries_of(withdrawal_id) == ["withdrawal_hold", "withdrawal_release"]
+            assert balances(teacher_id) == (20_000, 0)
+        else:
+            assert entries_of(withdrawal_id) == ["withdrawal_hold"]
+            assert balances(teacher_id) == (5_000, 15_000)
+        assert len(events_of(withdrawal_id)) == 2
+        assert run_audit() == []
+
+
+def test_a_confirmation_sent_five_times_at_once_is_one_withdrawal(app, wide_app):
+    with app.app_context():
+        teacher = make_teacher(1000)
+        method = payout_method(teacher, now=clock.now() - timedelta(days=2))
+        teacher_id, method_id = teacher.id, method.id
+
+    def submit():
+        return service.request(db.session.get(User, teacher_id), method_id, 1000, "pg-double").id
+
+    outcomes = race(wide_app, [submit] * 5)
+    assert errors(outcomes) == []
+    assert len(set(ok(outcomes))) == 1
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 1
+        assert balances(teacher_id) == (750, 250)
+        assert run_audit() == []
