@@ -8,7 +8,7 @@ Only the CLI, the admin and the tests import this package.
 
 from collections.abc import Callable
 
-from soma.audit import classes, gifts, ledger, purchases
+from soma.audit import classes, earnings, gifts, ledger, purchases
 from soma.audit.violation import Violation
 
 CHECKS: list[Callable[[], list[Violation]]] = [
@@ -29,6 +29,7 @@ CHECKS: list[Callable[[], list[Violation]]] = [
     purchases.reversal_entries_match_their_reversals,
     purchases.purchase_status_follows_reversals,
     gifts.gifts_transferred_once,
+    earnings.earnings_checkpoints_match_the_ledger,
 ]
 
 
