@@ -75,6 +75,7 @@ def register_blueprints(app: Flask) -> None:
     from soma.admin.routes import bp as admin_bp
     from soma.auth.routes import bp as auth_bp
     from soma.classes.routes import bp as classes_bp
+    from soma.earnings.routes import bp as earnings_bp
     from soma.gifts.routes import bp as gifts_bp
     from soma.main.routes import bp as main_bp
     from soma.notifications.routes import bp as notifications_bp
@@ -88,6 +89,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(wallet_bp)
     app.register_blueprint(gifts_bp)
     app.register_blueprint(classes_bp)
+    app.register_blueprint(earnings_bp)
     app.register_blueprint(purchases_bp)
     app.register_blueprint(payouts_bp)
     app.register_blueprint(webhooks_bp)

@@ -10,6 +10,7 @@ from flask.cli import AppGroup
 from soma import ledger
 from soma.audit import run_audit
 from soma.auth import service
+from soma.demo import replay_year
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.models import EntryKind, PlatformAccount, Role, utcnow
@@ -49,10 +50,12 @@ def create_admin(email: str, name: str, password: str | None) -> None:
 
 @soma_cli.command("demo")
 def demo() -> None:
-    """Create the demo student, teacher and admin (idempotent) and print their passwords."""
+    """Create the demo student, teacher and admin, give the teacher a past year of classes
+    with the student, and print their passwords (idempotent: a rerun adds nothing)."""
     if current_app.config["SOMA_ENV"] == "production":
         raise click.ClickException("Demo accounts are never created in production.")
     click.echo("Demo accounts (log in at http://127.0.0.1:5000/login):")
+    users = {}
     for email, name, role, password in DEMO_ACCOUNTS:
         user = service.find_user_by_email(email)
         if user is None:
@@ -64,8 +67,16 @@ def demo() -> None:
                 db.session.commit()
             state = "exists"
         click.echo(f"  {role.value:<8} {email:<22} password: {password}  ({state})")
-        if role == Role.STUDENT:
-            _give_demo_bonus(user.id)
+        users[role] = user
+    student, teacher = users[Role.STUDENT], users[Role.TEACHER]
+    # The past year first, so that the student's bonus of today comes after it.
+    year = replay_year(student, teacher)
+    if year.classes:
+        click.echo(
+            f"           gave the demo teacher {year.classes} past classes with the demo "
+            f"student over the year ({year.credited:,} tokens credited to the student for them)"
+        )
+    _give_demo_bonus(student.id)
 
 
 def _give_demo_bonus(user_id: int) -> None:

@@ -8,7 +8,7 @@ Only the CLI, the admin and the tests import this package.
 
 from collections.abc import Callable
 
-from soma.audit import classes, gifts, ledger, purchases, withdrawals
+from soma.audit import classes, earnings, gifts, ledger, purchases, withdrawals
 from soma.audit.violation import Violation
 
 CHECKS: list[Callable[[], list[Violation]]] = [
@@ -32,6 +32,7 @@ CHECKS: list[Callable[[], list[Violation]]] = [
     withdrawals.withdrawals_settled_exactly_once,
     withdrawals.withdrawal_fees_add_up,
     withdrawals.no_withdrawal_processing_too_long,
+    earnings.earnings_checkpoints_match_the_ledger,
 ]
 
 

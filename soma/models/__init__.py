@@ -2,6 +2,7 @@
 
 from soma.models.base import Base, UTCDateTime, utcnow
 from soma.models.classes import ClassEvent, ClassSession, ClassStatus
+from soma.models.earnings import EarningsCheckpoint, EarningsMonth
 from soma.models.gift import Gift
 from soma.models.ledger import (
     ENTRY_KIND_LABELS,
@@ -44,6 +45,8 @@ __all__ = [
     "ClassEvent",
     "ClassSession",
     "ClassStatus",
+    "EarningsCheckpoint",
+    "EarningsMonth",
     "EntryKind",
     "EventStatus",
     "Gift",

@@ -68,6 +68,11 @@ class Bucket(enum.StrEnum):
     LOCKED = "locked"
 
 
+# The postings that pay for a class: a class settle's credit (its payee, the teacher;
+# the student's change, if any, is a credit on their own wallet too).
+CLASS_PAY_POSTING = text(f"kind = '{EntryKind.CLASS_SETTLE.value}' AND amount > 0")
+
+
 def _kinds_sql() -> str:
     return ", ".join(f"'{k.value}'" for k in EntryKind)
 
@@ -170,6 +175,17 @@ class Posting(Base):
         # One posting per bucket of a wallet in an entry (the ledger merges legs); it also
         # finds an entry's postings, as the hold check does (see soma.ledger.core).
         Index("uq_postings_entry_wallet_bucket", "entry_id", "wallet_id", "bucket", unique=True),
+        # A teacher's class payments by time, for the earnings figures (soma.earnings):
+        # only the postings that pay for a class, so the ledger's other writes skip it.
+        # A query uses it only when its WHERE repeats the predicate as literals.
+        Index(
+            "ix_postings_class_pay",
+            "wallet_id",
+            "created_at",
+            postgresql_include=["entry_id", "amount"],
+            postgresql_where=CLASS_PAY_POSTING,
+            sqlite_where=CLASS_PAY_POSTING,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -50,6 +50,7 @@ EXPECTED = {
     },
     "teacher": {
         "main.teacher_home",
+        "earnings.index",
         "classes.show",
         "wallet.index",
         "wallet.transactions",

@@ -1,4 +1,8 @@
-"""`flask soma audit` proves the ledger's invariants; `flask soma demo` seeds a bonus once."""
+"""`flask soma audit` proves the ledger's invariants; `flask soma demo` seeds a bonus and the
+demo teacher's past year once, and leaves the audit clean."""
+
+import re
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -6,8 +10,18 @@ from werkzeug.security import generate_password_hash
 
 from soma import ledger
 from soma.audit import Violation, run_audit
+from soma.earnings.service import earnings_of
 from soma.extensions import db
-from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, User, Wallet
+from soma.models import (
+    ClassSession,
+    EntryKind,
+    JournalEntry,
+    Notification,
+    PlatformAccount,
+    Posting,
+    User,
+    Wallet,
+)
 from tests.helpers import make_user
 
 
@@ -201,25 +215,35 @@ def test_audit_names_a_negative_balance(ctx):
     assert checks(violations) == {"negative-balance", "balance-mismatch"}
 
 
-def test_demo_gives_the_demo_student_a_bonus_from_promotions_once(ctx, runner):
+def row_counts() -> dict[str, int]:
+    tables = ("journal_entries", "postings", "class_sessions", "class_events", "notifications",
+              "users", "wallets", "purchases")  # fmt: skip
+    return {
+        name: db.session.scalar(select(func.count()).select_from(db.metadata.tables[name]))
+        for name in tables
+    }
+
+
+def test_demo_gives_the_student_a_bonus_and_the_teacher_a_past_year_once(ctx, runner):
     first = runner.invoke(args=["soma", "demo"])
     assert first.exit_code == 0, first.output
     assert "gave the demo student a bonus of 100 tokens" in first.output
+    assert re.search(r"gave the demo teacher \d+ past classes with the demo student", first.output)
+    counts = row_counts()
     second = runner.invoke(args=["soma", "demo"])
     assert second.exit_code == 0, second.output
-    assert "bonus" not in second.output
+    assert "bonus" not in second.output and "past classes" not in second.output
+    assert row_counts() == counts  # a rerun adds nothing
 
-    student = db.session.scalar(select(User).where(User.email == "student@example.com"))
-    assert (wallet_of(student.id).available, wallet_of(student.id).locked) == (100, 0)
-    assert platform("promotions") == -100
-    assert platform("issuance") == 0
-    for email in ("teacher@example.com", "admin@example.com"):
-        other = db.session.scalar(select(User).where(User.email == email))
-        assert (wallet_of(other.id).available, wallet_of(other.id).locked) == (0, 0)
+    student, teacher, admin = (
+        db.session.scalar(select(User).where(User.email == f"{role}@example.com"))
+        for role in ("student", "teacher", "admin")
+    )
+    assert (wallet_of(admin.id).available, wallet_of(admin.id).locked) == (0, 0)
+    assert platform("issuance") == 0  # no purchase is made up: the year is promotional credit
 
-    entries = db.session.scalars(select(JournalEntry)).all()
-    assert len(entries) == 1
-    bonus = entries[0]
+    # Today's bonus comes last, after the year, through the ledger from promotions.
+    bonus = db.session.scalars(select(JournalEntry).order_by(JournalEntry.id.desc())).first()
     assert (bonus.kind, bonus.tokens) == (EntryKind.BONUS, 100)
     assert bonus.idempotency_key == f"demo:bonus:{student.id}"
     assert (bonus.usd_cents, bonus.teacher_usd_cents) == (1000, 400)
@@ -230,6 +254,44 @@ def test_demo_gives_the_demo_student_a_bonus_from_promotions_once(ctx, runner):
         .order_by(Posting.amount)
     ).all()
     assert postings == [("promotions", None, -100), (None, student.id, 100)]
+
+    # The year: classes of the demo pair, all over, in the year before the teacher's account,
+    # each entry dated when its class started and ended.
+    classes = db.session.scalars(select(ClassSession).order_by(ClassSession.id)).all()
+    assert len(classes) >= 100
+    assert {(c.student_id, c.teacher_id) for c in classes} == {(student.id, teacher.id)}
+    assert {c.status for c in classes} == {"completed", "ended_early", "aborted"}
+    anchor = teacher.created_at
+    assert all(anchor - timedelta(days=366) < c.scheduled_start < anchor for c in classes)
+    dated = {entry.id: entry.created_at for entry in db.session.scalars(select(JournalEntry))}
+    for c in classes:
+        assert dated[c.hold_entry_id] == c.started_at
+        assert dated[c.closing_entry_id] == c.ended_at
+    paid = sum(c.charged_tokens for c in classes)
+    assert (wallet_of(teacher.id).available, wallet_of(teacher.id).locked) == (paid, 0)
+    credited = -platform("promotions") - 100
+    assert wallet_of(student.id).available == 100 + credited - paid
+    for user in (student, teacher):  # each wallet's history runs forward in time
+        times = db.session.scalars(
+            select(Posting.created_at)
+            .where(Posting.wallet_id == wallet_of(user.id).id)
+            .order_by(Posting.seq)
+        ).all()
+        assert times == sorted(times)
+        assert (
+            db.session.scalar(
+                select(func.count()).where(
+                    Notification.user_id == user.id, Notification.read_at.is_(None)
+                )
+            )
+            == 0
+        )  # the past year's news was read long ago
+
+    earnings = earnings_of(teacher)
+    settled = [c for c in classes if c.charged_tokens]
+    assert earnings.lifetime.classes == len(settled)
+    assert earnings.lifetime.tokens == paid
+    assert sum(1 for month in earnings.months if month.totals.classes) >= 10
 
     assert run_audit() == []
     audit = runner.invoke(args=["soma", "audit"])

@@ -7,6 +7,7 @@ from tests.builders import make_user
 PAGES = {
     "/student": ("student", "Book live classes"),
     "/teacher": ("teacher", "Teach live classes"),
+    "/earnings": ("teacher", "<h1>Your earnings</h1>"),
     "/admin/": ("admin", 'data-testid="count-student"'),
     "/admin/users": ("admin", "<h1>Users</h1>"),
 }

@@ -1,0 +1,438 @@
+"""What a teacher earned from their classes, read from the values the ledger froze.
+
+What counts, and at what value:
+
+- Earnings are what class settles paid the teacher: the CLASS_SETTLE postings that
+  credit the teacher's wallet. A class that ended with nothing to pay (aborted, or
+  ended before any time ran) was released, not settled, and earned nothing.
+- The dollars of an earning are the settle entry's `teacher_usd_cents`: the value
+  of its tokens at the teacher rate in force when the ledger wrote it (SPEC §2.9),
+  never at today's rate. A settle pays one payee (`ledger.settle`) the whole of
+  the entry's `tokens`, its charge; the student's change is not a payment. So the
+  teacher's share of the entry's value is amount / tokens = 1, and the query takes
+  it as that share, amount x teacher_usd_cents / tokens rounded half up per entry
+  (as the ledger rounds values): exactly the entry's value when amount = tokens,
+  and a fair split should an entry ever pay several teachers.
+- Only class payments are earnings. Gifts go from student to student (soma.gifts);
+  tokens a teacher got any other way (an adjustment, say) would show in the
+  wallet and its history, but not here as earned from classes.
+- A month's earnings are the settles the ledger dated in it: when the money moved,
+  the date the wallet's history shows, so the two reconcile row for row. A class
+  whose time ran out at 23:59 on the 31st, settled by the sweeper a minute later,
+  counts in the next month, as its payment does in the history.
+- Months are calendar months in UTC for now. Users' time zones (SPEC §12) come in
+  a later issue: the months shown are bounds computed here in Python and passed to
+  the SQL, and the checkpoint's UTC months are corrected at their ends (see
+  soma.models.earnings).
+- Balances (available, locked) are tokens not paid out yet. They carry no frozen
+  value; their dollars are at today's teacher rate, what a withdrawal converts at.
+- Growth compares this month so far with last month up to the same point (as long
+  after its start, at most all of it), not with all of last month: on the 3rd,
+  three days against a whole month would read as a fall every month.
+
+Every figure is an aggregate in the database, never a loop over entries in Python. The
+months are summed once into a checkpoint (soma.models.earnings: the payments up to a
+posting seq, which never change), so a view reads at most a few hundred month rows,
+the payments since the checkpoint (the tail, through `ix_postings_wallet_kind_seq`),
+last month's payments up to the same point (`ix_postings_class_pay`, migration 0014)
+and the withdrawals: its cost does not grow with the teacher's history. A view that
+finds CHECKPOINT_AFTER payments or more in the tail moves the checkpoint on.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from soma import clock
+from soma.extensions import db
+from soma.ledger.pricing import get_token_pricing, tokens_to_cents
+from soma.models import (
+    ClassSession,
+    EarningsCheckpoint,
+    EarningsMonth,
+    EntryKind,
+    JournalEntry,
+    Posting,
+    PricingUserType,
+    TokenPricing,
+    User,
+    Wallet,
+)
+
+MONTHS = 12
+MAX_SEQ = 2**63 - 1
+# Payments after the checkpoint that make a view move it on: reading that many is a
+# fraction of a millisecond; moving it on is a short write of its own.
+CHECKPOINT_AFTER = 50
+
+# The partial index's predicate, written as literals: PostgreSQL and SQLite use a partial
+# index only when the query's own WHERE says the same, and a bound parameter does not.
+CLASS_PAY = and_(
+    Posting.kind == literal_column(f"'{EntryKind.CLASS_SETTLE.value}'"),
+    Posting.amount > literal_column("0"),
+)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Class payments to one teacher over some time."""
+
+    classes: int = 0
+    seconds: int = 0  # active class time
+    tokens: int = 0
+    cents: int = 0  # frozen at the teacher rate of each payment
+
+    def __add__(self, other: "Totals") -> "Totals":
+        return Totals(
+            self.classes + other.classes,
+            self.seconds + other.seconds,
+            self.tokens + other.tokens,
+            self.cents + other.cents,
+        )
+
+    @property
+    def hours(self) -> Decimal:
+        """Hours taught, to one decimal place (rounded half up)."""
+        return (Decimal(self.seconds) / 3600).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class Month:
+    start: datetime  # the first instant of the month, UTC
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class Growth:
+    """This month so far against last month up to the same point."""
+
+    now_cents: int
+    before_cents: int
+    before_until: datetime  # the same point of last month
+
+    @property
+    def percent(self) -> int | None:
+        """The change in whole percent, rounded half away from zero; None from nothing."""
+        if self.before_cents == 0:
+            return None
+        change = Decimal(self.now_cents - self.before_cents) * 100 / self.before_cents
+        return int(change.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+    @property
+    def direction(self) -> str:
+        """ "up", "down" or "flat": "up" from nothing to something."""
+        if self.percent is None:
+            return "up" if self.now_cents else "flat"
+        return "up" if self.percent > 0 else "down" if self.percent < 0 else "flat"
+
+    @property
+    def text(self) -> str:
+        """ "+12%", "-40%", "0%"; "new" when last month had nothing by then; a dash when
+        neither month had anything."""
+        percent = self.percent
+        if percent is None:
+            return "new" if self.now_cents else "\N{EM DASH}"
+        if percent > 0:
+            return f"+{percent:,}%"
+        if percent < 0:
+            return f"-{-percent:,}%"
+        return "0%"
+
+
+@dataclass(frozen=True)
+class Earnings:
+    now: datetime
+    wallet_id: int
+    available: int
+    locked: int
+    pricing: TokenPricing  # the teacher rate in force now, for the balances only
+    months: list[Month]  # MONTHS of them, oldest first; the last is this month
+    growth: Growth
+    lifetime: Totals
+    withdrawn_tokens: int
+    tail_payments: int  # payments read past the checkpoint
+
+    @property
+    def available_cents(self) -> int:
+        return tokens_to_cents(self.available, self.pricing)
+
+    @property
+    def locked_cents(self) -> int:
+        return tokens_to_cents(self.locked, self.pricing)
+
+    @property
+    def this_month(self) -> Month:
+        return self.months[-1]
+
+    @property
+    def last_month(self) -> Month:
+        return self.months[-2]
+
+    @property
+    def year(self) -> Totals:
+        """The months shown, together."""
+        total = Totals()
+        for month in self.months:
+            total += month.totals
+        return total
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return self.tail_payments >= CHECKPOINT_AFTER
+
+
+def month_start(moment: datetime) -> datetime:
+    """The first instant of `moment`'s calendar month in UTC."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def add_months(start: datetime, months: int) -> datetime:
+    """The first instant of the month `months` after (or before) the month starting at `start`."""
+    index = start.year * 12 + start.month - 1 + months
+    return start.replace(year=index // 12, month=index % 12 + 1)
+
+
+def month_key(start: datetime) -> str:
+    """A month as EarningsMonth names it: "2026-11"."""
+    return f"{start.year:04d}-{start.month:02d}"
+
+
+def month_of(column, dialect: str):
+    """SQL: the UTC month of a time, as month_key writes it."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM", type_=String())
+    return func.strftime("%Y-%m", column, type_=String())
+
+
+def _share_cents():
+    """The teacher's share of the entry's frozen teacher value, rounded half up (see above)."""
+    return (Posting.amount * JournalEntry.teacher_usd_cents * 2 + JournalEntry.tokens) // (
+        JournalEntry.tokens * 2
+    )
+
+
+def _sum(column):
+    # PostgreSQL sums BIGINT as NUMERIC; the cast keeps the figures integers.
+    return cast(func.coalesce(func.sum(column), 0), BigInteger)
+
+
+def totals_columns():
+    """SQL: the Totals of the class payments selected, in its order."""
+    return (
+        func.count(),
+        _sum(ClassSession.active_seconds),
+        _sum(Posting.amount),
+        _sum(_share_cents()),
+    )
+
+
+def class_payments(*conditions):
+    """SQL: class payments (postings) under `conditions`, with their entries and classes."""
+    return (
+        select()
+        .select_from(Posting)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .outerjoin(
+            ClassSession,
+            and_(
+                JournalEntry.reference_type == literal_column("'class'"),
+                ClassSession.id == JournalEntry.reference_id,
+            ),
+        )
+        .where(CLASS_PAY, *conditions)
+    )
+
+
+def _class_pay(*conditions):
+    """The class payments of the wallet `p_wallet` under `conditions`."""
+    return class_payments(Posting.wallet_id == bindparam("p_wallet"), *conditions)
+
+
+_time = Posting.created_at.type
+_starts = [bindparam(f"p_month{i}", type_=_time) for i in range(MONTHS)]
+_end = bindparam("p_end", type_=_time)
+# Which of the months shown a payment falls in, or -1 for none (before them, or dated
+# after this month, which only a moved clock makes).
+_month_index = case(
+    (Posting.created_at >= _end, -1),
+    *((Posting.created_at >= _starts[i], i) for i in reversed(range(MONTHS))),
+    else_=-1,
+)
+
+WALLET = (
+    select(
+        Wallet.id,
+        Wallet.available,
+        Wallet.locked,
+        func.coalesce(EarningsCheckpoint.through_seq, 0),
+    )
+    .outerjoin(EarningsCheckpoint, EarningsCheckpoint.wallet_id == Wallet.id)
+    .where(Wallet.user_id == bindparam("p_user"))
+)
+# The checkpointed months: each month shown by its key, the others together as "".
+_shown = case(
+    (
+        and_(
+            EarningsMonth.month >= bindparam("p_first_key"),
+            EarningsMonth.month <= bindparam("p_last_key"),
+        ),
+        EarningsMonth.month,
+    ),
+    else_=literal(""),
+)
+CHECKPOINTED = (
+    select(
+        _shown,
+        _sum(EarningsMonth.classes),
+        _sum(EarningsMonth.seconds),
+        _sum(EarningsMonth.tokens),
+        _sum(EarningsMonth.cents),
+    )
+    .where(EarningsMonth.wallet_id == bindparam("p_wallet"))
+    .group_by(_shown)
+)
+# The payments after the checkpoint, by the month shown they fall in.
+TAIL = (
+    _class_pay(Posting.seq > bindparam("p_through", type_=BigInteger()))
+    .add_columns(_month_index, *totals_columns())
+    .group_by(_month_index)
+)
+SAME_POINT = _class_pay(
+    Posting.created_at >= bindparam("p_from", type_=_time),
+    Posting.created_at < bindparam("p_until", type_=_time),
+).add_columns(_sum(_share_cents()))
+# Tokens that left the wallet as paid withdrawals (net of any part a paid entry returned).
+WITHDRAWN = select(_sum(Posting.amount)).where(
+    Posting.wallet_id == bindparam("p_wallet"),
+    Posting.kind == EntryKind.WITHDRAWAL_PAID.value,
+)
+
+
+def earnings_of(teacher: User, now: datetime | None = None) -> Earnings:
+    """The teacher's balances, earnings by month for the last MONTHS months (this one
+    last), growth, lifetime totals and tokens withdrawn. Reads only."""
+    now = (now or clock.now()).astimezone(UTC)
+    wallet_id, available, locked, through = db.session.execute(WALLET, {"p_user": teacher.id}).one()
+    this_month = month_start(now)
+    starts = [add_months(this_month, i - (MONTHS - 1)) for i in range(MONTHS)]
+    keys = [month_key(start) for start in starts]
+    by_month = {key: Totals() for key in keys}
+    lifetime = Totals()
+    checkpointed = db.session.execute(
+        CHECKPOINTED, {"p_wallet": wallet_id, "p_first_key": keys[0], "p_last_key": keys[-1]}
+    )
+    for key, *figures in checkpointed:
+        totals = Totals(*figures)
+        lifetime += totals
+        if key:
+            by_month[key] += totals
+    params = {"p_wallet": wallet_id, "p_through": through, "p_end": add_months(this_month, 1)}
+    params.update({f"p_month{i}": start for i, start in enumerate(starts)})
+    tail_payments = 0
+    for index, *figures in db.session.execute(TAIL, params):
+        totals = Totals(*figures)
+        lifetime += totals
+        tail_payments += totals.classes
+        if index >= 0:
+            by_month[keys[index]] += totals
+    same_point = min(starts[-2] + (now - this_month), this_month)
+    before = db.session.execute(
+        SAME_POINT, {"p_wallet": wallet_id, "p_from": starts[-2], "p_until": same_point}
+    ).scalar_one()
+    withdrawn = db.session.execute(WITHDRAWN, {"p_wallet": wallet_id}).scalar_one()
+    months = [Month(start, by_month[key]) for start, key in zip(starts, keys, strict=True)]
+    return Earnings(
+        now=now,
+        wallet_id=wallet_id,
+        available=available,
+        locked=locked,
+        pricing=get_token_pricing(PricingUserType.TEACHER, now),
+        months=months,
+        growth=Growth(months[-1].totals.cents, before, same_point),
+        lifetime=lifetime,
+        withdrawn_tokens=-withdrawn,
+        tail_payments=tail_payments,
+    )
+
+
+def _insert(dialect: str):
+    return (postgresql if dialect == "postgresql" else sqlite).insert
+
+
+def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | None = None) -> int:
+    """Sum the wallet's class payments after its checkpoint into its months, and move the
+    checkpoint past them, in a transaction of its own; return how many months it wrote.
+    `upto` stops at that seq (default: the newest payment).
+
+    Safe beside any number of views doing the same: the checkpoint row is locked first
+    (on SQLite the insert takes the one write lock), and the payments added are exactly
+    those between the checkpoint read under that lock and the newest one seen then.
+    """
+    now = now or clock.now()
+    dialect = db.session.get_bind().dialect.name
+    insert = _insert(dialect)
+    db.session.rollback()  # end any read: this is a write of its own
+    try:
+        db.session.execute(
+            insert(EarningsCheckpoint.__table__)
+            .values(wallet_id=wallet_id, through_seq=0, updated_at=now)
+            .on_conflict_do_nothing()
+        )
+        through = db.session.execute(
+            select(EarningsCheckpoint.through_seq)
+            .where(EarningsCheckpoint.wallet_id == wallet_id)
+            .with_for_update()
+        ).scalar_one()
+        newest = db.session.execute(
+            select(func.max(Posting.seq)).where(
+                Posting.wallet_id == wallet_id,
+                CLASS_PAY,
+                Posting.seq > through,
+                Posting.seq <= (upto if upto is not None else MAX_SEQ),
+            )
+        ).scalar_one()
+        if newest is None:
+            db.session.commit()
+            return 0
+        month = month_of(Posting.created_at, dialect)
+        rows = (
+            _class_pay(Posting.seq > through, Posting.seq <= newest)
+            .add_columns(literal(wallet_id, BigInteger()), month, *totals_columns())
+            .group_by(month)
+        )
+        columns = ["wallet_id", "month", "classes", "seconds", "tokens", "cents"]
+        months = EarningsMonth.__table__
+        upsert = insert(months).from_select(columns, rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[months.c.wallet_id, months.c.month],
+            set_={name: months.c[name] + upsert.excluded[name] for name in columns[2:]},
+        )
+        written = len(
+            db.session.execute(upsert.returning(months.c.month), {"p_wallet": wallet_id}).all()
+        )
+        db.session.execute(
+            update(EarningsCheckpoint)
+            .where(EarningsCheckpoint.wallet_id == wallet_id)
+            .values(through_seq=newest, updated_at=now)
+        )
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
+    return written

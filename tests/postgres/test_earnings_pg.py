@@ -1,0 +1,106 @@
+"""Earnings on PostgreSQL: views moving one teacher's checkpoint at once, while classes pay
+the teacher, count every payment once; and the reads use the indexes meant for them."""
+
+import re
+from datetime import UTC, datetime
+
+import psycopg
+from sqlalchemy import delete, select, text
+
+from soma import ledger
+from soma.audit import run_audit
+from soma.earnings import service
+from soma.extensions import db
+from soma.models import EarningsCheckpoint, EarningsMonth, EntryKind, User, Wallet
+from tests.builders import fund, make_class, make_user
+from tests.helpers import FakeClock, errors, race
+
+
+def test_views_moving_the_checkpoint_while_classes_pay_count_each_payment_once(app, wide_app):
+    fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
+    app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
+    with app.app_context():
+        teacher = make_user("teacher")
+        student = make_user("student")
+        fund(student.id, 500)
+        for _ in range(5):
+            make_class(student, teacher, "completed")
+            fake.advance(minutes=120)
+        # Holds that settle during the race: payments landing while views sum the tail.
+        holds = [ledger.hold(student.id, 10, key=f"race:hold:{n}") for n in range(4)]
+        db.session.commit()
+        teacher_id, student_id = teacher.id, student.id
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        hold_ids = [h.id for h in holds]
+
+    def view():
+        return service.advance_checkpoint(wallet_id)
+
+    def pay(hold_id):
+        return lambda: ledger.settle(
+            hold_id, 7, key=f"race:settle:{hold_id}", to_user_id=teacher_id, holder_id=student_id,
+            held=10, kind=EntryKind.CLASS_SETTLE,
+        )  # fmt: skip
+
+    work = [view, pay(hold_ids[0]), view, view, pay(hold_ids[1]), view]
+    work += [pay(hold_ids[2]), view, view, pay(hold_ids[3]), view, view]
+    outcomes = race(wide_app, work)
+    assert errors(outcomes) == []
+
+    with app.app_context():
+        service.advance_checkpoint(wallet_id)  # whatever landed after the last view
+        teacher = db.session.get(User, teacher_id)
+        checkpointed = service.earnings_of(teacher)
+        assert checkpointed.tail_payments == 0
+        assert checkpointed.lifetime.classes == 9
+        assert checkpointed.lifetime.tokens == 5 * 10 + 4 * 7
+        assert run_audit() == []
+        db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
+        db.session.execute(
+            delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id)
+        )
+        db.session.commit()
+        from_the_ledger = service.earnings_of(teacher)
+        assert from_the_ledger.tail_payments == 9
+        assert (from_the_ledger.months, from_the_ledger.lifetime) == (
+            checkpointed.months,
+            checkpointed.lifetime,
+        )
+
+
+def generic_plan_of(statement, params) -> str:
+    """The plan PostgreSQL keeps for one of the service's statements once it is prepared
+    and planned generically (as psycopg's prepared statements may be), as text."""
+    compiled = statement.compile(dialect=db.engine.dialect)
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", str(compiled))))
+    sql = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", str(compiled))
+    values = compiled.construct_params(params)
+    raw = db.session.connection().connection.dbapi_connection
+    # The client-side cursor sends each statement as text: PREPARE's $n stay its own.
+    with psycopg.ClientCursor(raw) as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE earnings_read AS {sql}")
+        placeholders = ", ".join(["%s"] * len(names))
+        cursor.execute(f"EXPLAIN EXECUTE earnings_read({placeholders})", [values[n] for n in names])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE earnings_read")
+    return plan
+
+
+def test_the_reads_use_their_indexes_with_a_generic_plan(ctx):
+    """The partial index serves a generic plan only because the query repeats its
+    predicate as literals (a parameter could be any kind); with sequential scans priced
+    out, each read finds the index meant for it."""
+    teacher = make_user("teacher")
+    wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher.id))
+    db.session.execute(text("SET LOCAL enable_seqscan = off"))
+    when = datetime(2026, 11, 24, tzinfo=UTC)
+    same_point = generic_plan_of(
+        service.SAME_POINT, {"p_wallet": wallet_id, "p_from": when, "p_until": when}
+    )
+    assert "ix_postings_class_pay" in same_point, same_point
+    params = {"p_wallet": wallet_id, "p_through": 0, "p_end": when}
+    params.update({f"p_month{i}": when for i in range(service.MONTHS)})
+    tail = generic_plan_of(service.TAIL, params)
+    assert "ix_postings_wallet_kind_seq" in tail or "ix_postings_class_pay" in tail, tail
+    db.session.rollback()
