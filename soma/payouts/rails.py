@@ -21,15 +21,20 @@ its webhook finds the withdrawal by it (`withdrawals.by_request_id`) and calls
 `withdrawals.mark_paid` / `withdrawals.mark_failed`: both are safe to call any
 number of times, and `mark_failed` only for a definite failure (a time-out is
 unknown: leave it processing and let `check` ask the provider).
-Stripe Connect and M-Pesa B2C are not connected yet: their rails say so, and
-are never offered, so no method of theirs can be added or withdrawn to.
+Stripe Connect is connected (`StripeRail`: a Transfer to the teacher's connected
+account). M-Pesa B2C is not connected yet: its rail says so, and is never offered, so
+no method of its kind can be added or withdrawn to.
 """
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from soma.models import MethodKind, Withdrawal
-from soma.providers import sandbox
+from soma.models import MethodKind, PayoutMethod, Withdrawal
+from soma.payouts import sending
+from soma.providers import sandbox, stripe_connect
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class Rail:
     def offered(self) -> bool:
         """Whether teachers may add methods of this kind and withdraw to them now."""
         raise NotImplementedError
+
+    def refusal(self, method: PayoutMethod) -> str | None:
+        """Why a withdrawal cannot go to this method now (None: it can)."""
+        return None
 
     def send(self, withdrawal: Withdrawal) -> Outcome | None:
         """Start paying a withdrawal that just moved to processing."""
@@ -108,6 +117,124 @@ class BankRail(Rail):
         return True
 
 
+def transfer_group(withdrawal_id: int) -> str:
+    """The Stripe transfer group of a withdrawal: how its transfer is found when its
+    answer was lost (`stripe_connect.transfers_in_group`)."""
+    return f"withdrawal:{withdrawal_id}"
+
+
+class StripeRail(Rail):
+    """A Transfer from the platform's Stripe balance to the teacher's connected account.
+
+    A transfer made is the withdrawal paid on our side: the money is in the teacher's
+    Stripe balance, and their account's payout to their bank is Stripe's (a failed one
+    is shown to them, on the method; no ledger change). The request is keyed by the
+    withdrawal (`withdrawal:<id>`, then `withdrawal:<id>:attempt-N`):
+
+    - refused (the account cannot receive transfers, ...) -> failed, tokens released;
+    - the platform's balance is short -> nothing made: stays processing, logged as an
+      error for the admin; `check` raises the attempt (committed first) and sends under
+      the next key, until the balance is topped up;
+    - unknown (no answer, a 5xx, a key conflict) or not taken (429, 401) -> stays
+      processing; `check` looks in the transfer group first, and sends under the SAME
+      key only when nothing is there. Never a new key for an outcome that is unknown.
+    """
+
+    kind = MethodKind.STRIPE
+    automatic = True
+    unavailable = "Withdrawals through Stripe are not available on this site."
+
+    def offered(self) -> bool:
+        return stripe_connect.configured()
+
+    def refusal(self, method: PayoutMethod) -> str | None:
+        if not method.stripe_account_id or not method.transfers_active:
+            return (
+                "Your Stripe account cannot receive transfers yet: finish Stripe's "
+                "onboarding (see Payout methods), then withdraw."
+            )
+        return None
+
+    def send(self, withdrawal: Withdrawal) -> Outcome | None:
+        if not sending.claim_send(withdrawal.id):
+            return None
+        return self._transfer(withdrawal, withdrawal.attempt)
+
+    def check(self, withdrawal: Withdrawal, now: datetime) -> Outcome | None:
+        if not self.offered():
+            return None
+        if withdrawal.provider_request_id:  # made and known (the paid move did not happen)
+            return paid(withdrawal.provider_request_id)
+        if withdrawal.submitted_at is None:  # never sent (the sender stopped before it)
+            return self.send(withdrawal)
+        if withdrawal.send_state == sending.BALANCE:
+            # Nothing was made under this key: the next one, its number committed first.
+            if not sending.next_attempt(withdrawal.id, withdrawal.attempt):
+                return None  # (another sweeper moved it on)
+            return self._transfer(withdrawal, withdrawal.attempt + 1)
+        # Unknown, not taken, or the sender stopped mid-request: look before sending again.
+        try:
+            found = [
+                transfer
+                for transfer in stripe_connect.transfers_in_group(transfer_group(withdrawal.id))
+                if transfer.metadata.get("withdrawal_id") == str(withdrawal.id)
+            ]
+        except Exception:
+            log.warning("stripe: cannot list the transfers of withdrawal %s", withdrawal.id)
+            return None
+        if found:
+            return self._made(withdrawal, found[-1])  # (newest first: the last was made first)
+        return self._transfer(withdrawal, withdrawal.attempt)
+
+    def _transfer(self, withdrawal: Withdrawal, attempt: int) -> Outcome | None:
+        key = stripe_connect.attempt_key(transfer_group(withdrawal.id), attempt)
+        try:
+            transfer = stripe_connect.create_transfer(
+                amount_cents=withdrawal.net_cents,
+                destination=withdrawal.method.stripe_account_id or "",
+                idempotency_key=key,
+                transfer_group=transfer_group(withdrawal.id),
+                metadata={"withdrawal_id": str(withdrawal.id)},
+                description=f"Soma withdrawal #{withdrawal.id}",
+            )
+        except stripe_connect.TransferRefused as refused:
+            return failed(f"Stripe refused the transfer: {refused}"[:255])
+        except stripe_connect.InsufficientPlatformBalance:
+            # The seam for issue 13's admin alerts: an error in the log until then.
+            log.error(
+                "PAYOUT ALERT: the platform's Stripe balance cannot cover withdrawal %s "
+                "(%s cents, attempt %s): top it up; the sweeper retries",
+                withdrawal.id, withdrawal.net_cents, attempt,
+            )  # fmt: skip
+            sending.note_state(withdrawal.id, sending.BALANCE)
+            return None
+        except stripe_connect.TransferNotMade as not_made:
+            log.warning("stripe: transfer of withdrawal %s not taken: %s", withdrawal.id, not_made)
+            sending.note_state(withdrawal.id, sending.NOT_MADE)
+            return None
+        except stripe_connect.TransferOutcomeUnknown as unknown:
+            log.warning("stripe: transfer of withdrawal %s unknown: %s", withdrawal.id, unknown)
+            sending.note_state(withdrawal.id, sending.UNKNOWN)
+            return None
+        except ValueError as error:  # (no account id on the method: nothing was sent)
+            return failed(f"The Stripe account cannot be paid: {error}"[:255])
+        return self._made(withdrawal, transfer)
+
+    def _made(self, withdrawal: Withdrawal, transfer) -> Outcome | None:
+        if (transfer.amount, transfer.destination) != (
+            withdrawal.net_cents,
+            withdrawal.method.stripe_account_id,
+        ):
+            log.error(
+                "PAYOUT ALERT: transfer %s of withdrawal %s is %s cents to %s, not what it "
+                "asked: left processing for an admin",
+                transfer.id, withdrawal.id, transfer.amount, transfer.destination,
+            )  # fmt: skip
+            return None
+        sending.record_request_id(withdrawal.id, transfer.id)
+        return paid(transfer.id)
+
+
 class NotConnected(Rail):
     """A provider rail whose client is not plugged in yet: never offered."""
 
@@ -125,10 +252,7 @@ RAILS: dict[MethodKind, Rail] = {
     MethodKind.MPESA: NotConnected(
         MethodKind.MPESA, "Withdrawals to M-Pesa are not available yet: Soma cannot send them."
     ),
-    MethodKind.STRIPE: NotConnected(
-        MethodKind.STRIPE,
-        "Withdrawals through Stripe are not available yet: Soma cannot send them.",
-    ),
+    MethodKind.STRIPE: StripeRail(),
 }
 
 

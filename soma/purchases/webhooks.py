@@ -15,6 +15,8 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from soma.extensions import csrf, db, limiter
+from soma.payouts import stripe_events as payout_events
+from soma.providers import stripe_connect
 from soma.purchases import mpesa, stripe_checkout
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -49,6 +51,21 @@ def stripe_events():
     if not stripe_checkout.configured():
         abort(404)
     answer, status = stripe_checkout.handle_webhook(
+        request.get_data(cache=False), request.headers.get("Stripe-Signature")
+    )
+    return jsonify(answer), status
+
+
+@bp.post("/stripe/connect")
+@csrf.exempt
+@limiter.exempt
+@retry_later_on_failure(lambda: jsonify(error="an error on our side: send it again"))
+def stripe_connect_events():
+    """Stripe Connect's events (connected accounts'), verified with the Connect endpoint's
+    own signing secret; 2xx once handled (or known)."""
+    if not stripe_connect.configured():
+        abort(404)
+    answer, status = payout_events.handle_connect_webhook(
         request.get_data(cache=False), request.headers.get("Stripe-Signature")
     )
     return jsonify(answer), status

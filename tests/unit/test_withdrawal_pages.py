@@ -166,7 +166,7 @@ def test_a_bank_method_shows_only_the_last_four_digits(app, client, teacher):
     assert "4 to 34 letters and digits" in text_of(bad.get_data(as_text=True))
     stripe = client.post("/payout-methods", data={"csrf_token": csrf_from(html), "kind": "stripe"})
     assert stripe.status_code == 422
-    assert "Stripe are not available yet" in text_of(stripe.get_data(as_text=True))
+    assert "Stripe are not available on this site" in text_of(stripe.get_data(as_text=True))
 
 
 def test_another_users_withdrawal_and_method_answer_404(app, client, auth, clock):
