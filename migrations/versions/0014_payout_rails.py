@@ -1,4 +1,4 @@
-"""Payout rails: what the Stripe Connect rail keeps on a method and a withdrawal.
+"""Payout rails: what the Stripe Connect and M-Pesa B2C rails keep on a method and a withdrawal.
 
 - `payout_methods.stripe_event_at`: the `created` time of the `account.updated` event
   whose readiness is stored, so an older event that arrives late does not undo it.
@@ -10,6 +10,8 @@
 - `withdrawals.send_state`: what the rail last heard when it sent: "balance" (nothing
   made, retry under the next attempt key), "unknown" (it may exist: look, then retry
   under the same key), "not_made" (retry under the same key); null once sent and known.
+- `withdrawals.amount_kes`: the whole shillings an M-Pesa withdrawal sends, fixed when it
+  is requested (its net at MPESA_KES_PER_USD, rounded down).
 - `withdrawals.reversed_at`: when a paid withdrawal's transfer was reversed and its
   tokens returned to the teacher.
 
@@ -39,6 +41,7 @@ def upgrade():
         sa.Column("attempt", sa.Integer(), server_default=sa.text("1"), nullable=False),
     )
     op.add_column("withdrawals", sa.Column("send_state", sa.String(16), nullable=True))
+    op.add_column("withdrawals", sa.Column("amount_kes", sa.BigInteger(), nullable=True))
     op.add_column(
         "withdrawals", sa.Column("reversed_at", sa.DateTime(timezone=True), nullable=True)
     )
@@ -46,6 +49,7 @@ def upgrade():
 
 def downgrade():
     op.drop_column("withdrawals", "reversed_at")
+    op.drop_column("withdrawals", "amount_kes")
     op.drop_column("withdrawals", "send_state")
     op.drop_column("withdrawals", "attempt")
     op.drop_column("payout_methods", "payout_failure")

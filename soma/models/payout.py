@@ -189,6 +189,8 @@ class Withdrawal(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     # What the rail last heard when it sent (soma.payouts.sending): None once known.
     send_state: Mapped[str | None] = mapped_column(String(16))
+    # The whole shillings an M-Pesa withdrawal sends (its net, rounded down), fixed at request.
+    amount_kes: Mapped[int | None] = mapped_column(BigInteger)
     # When a paid withdrawal's transfer was reversed and its tokens given back.
     reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -243,6 +243,8 @@ def review_withdrawal():
         method=method,
         review_reason=reason,
         waits=withdrawals.waits_for_admin(method, reason),
+        shillings=rails.rail_for(method.kind).local_amount(quote.net_cents),
+        kes_rate=rails.kes_per_usd(),
         summary=wallet_summary(current_user),
     )
 

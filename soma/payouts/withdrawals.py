@@ -106,6 +106,9 @@ def preview(
         quote = amounts.quote(usd_cents, pricing.tokens, pricing.usd_cents)
     except amounts.AmountRefused as refused:
         raise WithdrawalRefused(str(refused), "amount") from None
+    too_much = rail.amount_refusal(quote.net_cents)
+    if too_much:
+        raise WithdrawalRefused(too_much, "amount")
     available = available_tokens(teacher.id)
     if quote.tokens > available:
         raise WithdrawalRefused(
@@ -152,6 +155,7 @@ def request(
         created_at=now,
         updated_at=now,
         processing_at=now if proceeds else None,
+        amount_kes=rail_for(method.kind).local_amount(quote.net_cents),
     )
     db.session.add(withdrawal)
     try:

@@ -15,7 +15,10 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from soma.extensions import csrf, db, limiter
+from soma.models import MethodKind
+from soma.payouts import mpesa_events
 from soma.payouts import stripe_events as payout_events
+from soma.payouts.rails import RAILS
 from soma.providers import stripe_connect
 from soma.purchases import mpesa, stripe_checkout
 
@@ -90,6 +93,44 @@ def mpesa_stk(secret: str):
     answer = mpesa.handle_callback(body, raw)
     if answer.http_status == 400:
         return jsonify(ResultCode=1, ResultDesc="Rejected: not an STK callback"), 400
+    if answer.http_status != 200:
+        return jsonify(ResultCode=1, ResultDesc="Not yet: send it again"), answer.http_status
+    return jsonify(ResultCode=0, ResultDesc="Accepted")
+
+
+B2C_CALLBACKS = {
+    "result": "result",
+    "timeout": "timeout",
+    "status/result": "status-result",
+    "status/timeout": "status-timeout",
+}
+
+
+@bp.post("/mpesa/<secret>/b2c/<path:callback>")
+@csrf.exempt
+@limiter.exempt
+@retry_later_on_failure(
+    lambda: jsonify(ResultCode=1, ResultDesc="Not yet: an error on our side; send it again")
+)
+def mpesa_b2c(secret: str, callback: str):
+    """M-Pesa B2C's callbacks (a payout's result or time-out, the status query's answer);
+    authenticated by the secret in the path (404 otherwise)."""
+    expected = current_app.config.get("MPESA_CALLBACK_SECRET") or ""
+    kind = B2C_CALLBACKS.get(callback)
+    if (
+        kind is None
+        or not RAILS[MethodKind.MPESA].offered()
+        or not hmac.compare_digest(secret.encode(), expected.encode())
+    ):
+        abort(404)
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        body = None
+    answer = mpesa_events.handle(kind, body, raw)
+    if answer.http_status == 400:
+        return jsonify(ResultCode=1, ResultDesc="Rejected: not a B2C callback"), 400
     if answer.http_status != 200:
         return jsonify(ResultCode=1, ResultDesc="Not yet: send it again"), answer.http_status
     return jsonify(ResultCode=0, ResultDesc="Accepted")

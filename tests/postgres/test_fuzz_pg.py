@@ -51,7 +51,15 @@ from soma.wallet.forms import HistoryFilterForm
 from tests.builders import make_class, make_funded_user, make_user, payout_method
 from tests.buying import mpesa_settings
 from tests.conftest import STRIPE_WEBHOOK_SECRET, AuthActions
-from tests.fakes.daraja_server import FakeDaraja, callback
+from tests.fakes.daraja_server import (
+    B2C_SHORTCODE,
+    INITIATOR,
+    INITIATOR_PASSWORD,
+    FakeDaraja,
+    b2c_result,
+    callback,
+    make_certificate,
+)
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import csrf_from
 
@@ -232,7 +240,8 @@ class World:
     def path_value(self, name: str) -> str:
         if name in self.values:
             return self.values[name]
-        return {"name": "pause", "outcome": "nothing", "secret": CALLBACK_SECRET}.get(name, "x")
+        return {"name": "pause", "outcome": "nothing", "secret": CALLBACK_SECRET,
+                "callback": "result"}.get(name, "x")  # fmt: skip
 
 
 def money(app) -> tuple:
@@ -400,6 +409,32 @@ def _connect_body(draw) -> bytes:
     return json.dumps(_mutated(document, path, value)).encode()
 
 
+# A B2C result (paid, with its parameters) and a failed one: every path of each.
+def _b2c_documents() -> list[dict]:
+    return [b2c_result("soma-withdrawal-1", "0", amount=1295, receipt="SGFUZZ01"),
+            b2c_result("soma-withdrawal-1", "2040")]  # fmt: skip
+
+
+def _paths(node, prefix=()) -> list[tuple]:
+    found = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*prefix, index))
+    return found
+
+
+def _b2c_body(draw) -> bytes:
+    document = draw(st.sampled_from(_b2c_documents()))
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=64))
+    path = draw(st.sampled_from(_paths(document)))
+    value = draw(st.one_of(JSON_BAD, st.just(DELETE)))
+    return json.dumps(_mutated(document, path, value)).encode()
+
+
 def _mpesa_body(draw) -> bytes:
     code = draw(st.sampled_from(["0", "1032"]))
     document = callback("ws_fuzz_" + code, code, amount=1295, receipt="NLJFUZZ002")
@@ -421,6 +456,11 @@ def every_bad_body(world: World, endpoint: str):
             for path in [*STRIPE_TOP, *[("data", "object", *p) for p in paths]]:
                 for value in SWEEP_JSON:
                     yield json.dumps(_mutated(event(kind, obj), path, value)).encode()
+    elif endpoint == "webhooks.mpesa_b2c":
+        for document in _b2c_documents():
+            for path in _paths(document):
+                for value in SWEEP_JSON:
+                    yield json.dumps(_mutated(document, path, value)).encode()
     elif endpoint == "webhooks.stripe_connect_events":
         for kind, obj, paths in CONNECT_TEMPLATES.values():
             for path in [*CONNECT_TOP, *[("data", "object", *p) for p in paths]]:
@@ -460,6 +500,12 @@ def send(world: World, case, target: str, value, draw=None):
         payload, header = signed(body.decode("utf-8", "replace"), CONNECT_SECRET)
         return client.post(url, data=payload, headers={"Stripe-Signature": header},
                            content_type="application/json")  # fmt: skip
+    if endpoint == "webhooks.mpesa_b2c":
+        if target != "body":
+            body = json.dumps(b2c_result("soma-withdrawal-1", "15")).encode()
+        else:
+            body = value if isinstance(value, bytes) else _b2c_body(draw)
+        return client.post(url, data=body, content_type="application/json")
     if endpoint == "webhooks.mpesa_stk":
         if target != "body":
             body = json.dumps(callback("ws_x", "1"))
@@ -495,8 +541,9 @@ def check(world: World, case, target: str, value, response) -> None:
 
 
 @pytest.fixture
-def world(app, fake_stripe, monkeypatch):
+def world(app, fake_stripe, monkeypatch, tmp_path):
     daraja = FakeDaraja().start()
+    certificate, _ = make_certificate(tmp_path)
     built = World(app)  # (its pending purchase is a sandbox one: before Stripe is offered)
     app.config.update(
         STRIPE_SECRET_KEY="sk_test_soma",
@@ -504,6 +551,11 @@ def world(app, fake_stripe, monkeypatch):
         STRIPE_CONNECT_WEBHOOK_SECRET=CONNECT_SECRET,
         STRIPE_API_BASE=fake_stripe.url,
         **mpesa_settings(daraja.url, CALLBACK_SECRET),
+        MPESA_CALLBACK_BASE="https://soma.example",
+        MPESA_B2C_SHORTCODE=B2C_SHORTCODE,
+        MPESA_B2C_INITIATOR_NAME=INITIATOR,
+        MPESA_B2C_INITIATOR_PASSWORD=INITIATOR_PASSWORD,
+        MPESA_B2C_CERT_PATH=str(certificate),
     )
     # Rate limits would answer most requests 429 before their input is read.
     monkeypatch.setattr(limiter, "enabled", False)

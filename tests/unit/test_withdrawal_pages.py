@@ -73,7 +73,7 @@ def test_a_teacher_adds_a_sandbox_method_withdraws_ten_dollars_and_sees_it_paid(
     assert add_sandbox(client).status_code == 303
     methods_page = text_of(client.get("/payout-methods").get_data(as_text=True))
     assert "Test payout (sandbox) Default" in methods_page
-    assert "not available yet" in methods_page  # Stripe and M-Pesa say so
+    assert "not available on this site" in methods_page  # Stripe and M-Pesa (unset) say so
     method = method_id(app, teacher.id)
 
     shown = review(client, "10", method)
