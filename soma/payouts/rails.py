@@ -256,6 +256,19 @@ B2C_RESULT_WAIT = timedelta(minutes=5)
 B2C_PROVIDER = "mpesa-b2c"
 
 
+def status_query_due(sent_at: datetime, last_checked: datetime | None, now: datetime) -> bool:
+    """Whether the sweeper asks M-Pesa about a payment sent at `sent_at` on this pass: once
+    B2C_RESULT_WAIT has passed, then at 2x, 4x, 8x ... that wait (a back-off with no column
+    of its own: `last_checked` is the sweeper's previous pass over it)."""
+
+    def step(at: datetime | None) -> int:
+        if at is None or at - sent_at < B2C_RESULT_WAIT:
+            return -1
+        return math.floor(math.log2((at - sent_at) / B2C_RESULT_WAIT))
+
+    return step(now) > step(last_checked)
+
+
 def kes_per_usd() -> Decimal | None:
     rate = current_app.config.get("MPESA_KES_PER_USD")
     return Decimal(rate) if rate else None
@@ -337,7 +350,7 @@ class MpesaRail(Rail):
             sending.UNKNOWN,
         ):
             return self._pay(withdrawal)  # (the same key: Daraja refuses it if it has it)
-        if withdrawal.submitted_at <= now - B2C_RESULT_WAIT:
+        if status_query_due(withdrawal.submitted_at, withdrawal.checked_at, now):
             self._ask(withdrawal)
         return None
 

@@ -196,7 +196,12 @@ def test_a_time_out_then_the_status_answer_then_a_late_result_pay_once(
         assert service.sweep() == 0 and daraja.status_queries == []  # (too soon to ask)
         clock.advance(minutes=6)
         assert service.sweep() == 0
-    (query,) = daraja.status_queries
+        assert service.sweep() == 0  # (asked once: then at twice the wait, and so on)
+        assert len(daraja.status_queries) == 1
+        clock.advance(minutes=5)
+        assert service.sweep() == 0
+    query, again = daraja.status_queries
+    assert again["OriginalConversationID"] == query["OriginalConversationID"]
     assert query["OriginalConversationID"] == key
     assert query["ResultURL"] == f"{BASE}/webhooks/mpesa/{SECRET}/b2c/status/result"
     assert callback(client, "status/result", daraja.status_result(query)).status_code == 200
