@@ -9,7 +9,8 @@
   says nothing was made (the platform's balance was short).
 - `withdrawals.send_state`: what the rail last heard when it sent: "balance" (nothing
   made, retry under the next attempt key), "unknown" (it may exist: look, then retry
-  under the same key), "not_made" (retry under the same key); null once sent and known.
+  under the same key), "not_made" (retry under the same key), "taken" (the provider
+  refused a repeat as a duplicate: it has the first; only ask); null once sent and known.
 - `withdrawals.amount_kes`: the whole shillings an M-Pesa withdrawal sends, fixed when it
   is requested (its net at MPESA_KES_PER_USD, rounded down).
 - `withdrawals.reversed_at`: when a paid withdrawal's transfer was reversed and its

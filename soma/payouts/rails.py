@@ -345,11 +345,10 @@ class MpesaRail(Rail):
             return None
         if withdrawal.submitted_at is None:
             return self.send(withdrawal)
-        if not withdrawal.provider_request_id and withdrawal.send_state in (
-            sending.NOT_MADE,
-            sending.UNKNOWN,
-        ):
-            return self._pay(withdrawal)  # (the same key: Daraja refuses it if it has it)
+        if not withdrawal.provider_request_id and withdrawal.send_state != sending.TAKEN:
+            # Not taken, unknown, or the sender stopped mid-request: the same key again
+            # (Daraja refuses it as a duplicate if it has it; then it is asked about).
+            return self._pay(withdrawal)
         if status_query_due(withdrawal.submitted_at, withdrawal.checked_at, now):
             self._ask(withdrawal)
         return None
@@ -368,7 +367,7 @@ class MpesaRail(Rail):
             )
         except daraja.DuplicateRequest:
             # Daraja has it already (the first send's answer was lost): ask what became of it.
-            sending.note_state(withdrawal.id, sending.UNKNOWN)
+            sending.note_state(withdrawal.id, sending.TAKEN)
             self._ask(withdrawal)
             return None
         except daraja.OutcomeUnknown as unknown:

@@ -18,6 +18,7 @@ PROCESSING = WithdrawalStatus.PROCESSING
 BALANCE = "balance"  # nothing made (the platform's balance was short): next attempt key
 UNKNOWN = "unknown"  # it may have been made: look for it, then the same key again
 NOT_MADE = "not_made"  # the request was not taken: the same key again
+TAKEN = "taken"  # the provider has it (it refused a repeat as a duplicate): only ask
 
 
 def claim_send(withdrawal_id: int, now: datetime | None = None) -> bool:

@@ -7,13 +7,13 @@ import logging
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from soma import clock as app_clock
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import JournalEntry, ProviderEvent, User
-from soma.payouts import methods
+from soma.models import JournalEntry, ProviderEvent, User, Withdrawal
+from soma.payouts import methods, rails
 from soma.payouts import withdrawals as service
 from tests.builders import fund
 from tests.buying import mpesa_settings
@@ -254,3 +254,34 @@ def test_b2c_callbacks_are_authenticated_by_the_secret_and_malformed_ones_kept(a
     with app.app_context():
         (kept,) = db.session.scalars(select(ProviderEvent)).all()
         assert (kept.provider, kept.status, kept.kind) == ("mpesa-b2c", "ignored", "malformed")
+
+
+def test_an_unknown_send_daraja_had_taken_is_asked_about_and_paid_once(
+    app, client, teacher, daraja
+):
+    daraja.b2c_refusal = (503, {"errorCode": "503.001.01", "errorMessage": "Unavailable"})
+    made = request(app, teacher, 1000)
+    key = f"soma-withdrawal-{made.id}"
+    with app.app_context():
+        withdrawal = service.fresh(made.id)
+        assert (withdrawal.status, withdrawal.send_state) == ("processing", "unknown")
+        # As if that request had reached Daraja after all: it holds one under the key.
+        daraja.b2c_refusal = None
+        rails.MpesaRail()._pay(withdrawal)
+        daraja.b2c_requests.clear()
+        db.session.execute(
+            update(Withdrawal)
+            .where(Withdrawal.id == made.id)
+            .values(provider_request_id=None, send_state="unknown")
+        )
+        db.session.commit()
+        assert service.sweep() == 0  # sent again under the same key: a duplicate
+        assert [r["OriginatorConversationID"] for r in daraja.b2c_requests] == [key]
+        assert service.fresh(made.id).send_state == "taken"
+    (query,) = daraja.status_queries  # asked at once
+    assert callback(client, "status/result", daraja.status_result(query)).status_code == 200
+    with app.app_context():
+        assert service.fresh(made.id).status == "paid"
+        assert entries_of(made.id) == ["withdrawal_hold", "withdrawal_paid"]
+        assert run_audit() == []
+    assert len(daraja.paid) == 1

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from soma import clock as app_clock
 from soma import ledger
@@ -386,3 +386,39 @@ def test_the_audit_flags_a_reversal_entry_of_a_withdrawal_not_marked_reversed(
         db.session.commit()
         found = [v for v in run_audit() if v.check == "withdrawal-settlement"]
         assert len(found) == 1 and "1 reversal entr(ies)" in found[0].detail
+
+
+def test_a_reversal_before_the_lost_transfer_is_found_waits_for_it(app, client, teacher, connect):
+    method_id = connected_method(app, client, connect, teacher)
+    with app.app_context():
+        before = balances(teacher.id)
+    connect.lose_transfer_answers = 1
+    made = request(app, teacher, method_id, 1000)
+    (transfer,) = connect.made_transfers
+    reversed_event = event("transfer.reversed", connect.reverse_transfer(transfer["id"]))
+    # Not known yet as the withdrawal's transfer: Stripe is asked to send it again later.
+    assert post_platform(client, reversed_event).status_code == 503
+    with app.app_context():
+        assert service.sweep() == 1  # found in its group: paid
+        assert service.fresh(made.id).status == "paid"
+    assert post_platform(client, reversed_event).get_json()["status"] == "handled"
+    with app.app_context():
+        withdrawal = service.fresh(made.id)
+        assert withdrawal.reversed_at is not None
+        assert balances(teacher.id) == before
+        assert [kind for kind, _ in entries_of(made.id)] == [
+            "withdrawal_hold", "withdrawal_paid", "adjustment",
+        ]  # fmt: skip
+        assert run_audit() == []
+
+
+def test_the_audit_flags_a_withdrawal_marked_reversed_with_no_entry(app, client, teacher, connect):
+    method_id = connected_method(app, client, connect, teacher)
+    made = request(app, teacher, method_id, 1000)
+    with app.app_context():
+        db.session.execute(
+            update(Withdrawal).where(Withdrawal.id == made.id).values(reversed_at=app_clock.now())
+        )
+        db.session.commit()
+        found = [v for v in run_audit() if v.check == "withdrawal-settlement"]
+        assert len(found) == 1 and "0 reversal entr(ies); it should have 1" in found[0].detail
