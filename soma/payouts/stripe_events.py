@@ -52,7 +52,7 @@ def handle_connect_webhook(payload: bytes, signature: str | None) -> tuple[dict,
         if envelope.livemode != stripe_connect.livemode_expected():
             raise inbox.Ignore("an event of the other mode (live or test)")
         if envelope.type == "account.updated":
-            account_updated(found, envelope.created)
+            account_updated(found, envelope.created, envelope.object.get("metadata"))
         elif envelope.type == "payout.failed":
             payout_failed(found, envelope.created)
         else:
@@ -86,13 +86,27 @@ def _at(created: int) -> datetime:
     return datetime.fromtimestamp(created, UTC)
 
 
-def account_updated(readiness: stripe_connect.ConnectReadiness, created: int) -> None:
+def account_updated(
+    readiness: stripe_connect.ConnectReadiness, created: int, metadata=None
+) -> None:
     """Store the account's readiness on its method, unless a newer one is stored already
-    (an event older than the stored one arrived late: it would undo what is known)."""
+    (an event older than the stored one arrived late: it would undo what is known).
+
+    An account made for one of our methods that has not stored its id yet (the event
+    came before `connect_stripe` finished) is asked for again later, not dropped."""
     method = _method_of(readiness.account_id)
     if method is None:
+        claimed = (metadata or {}).get("payout_method_id") if isinstance(metadata, dict) else None
+        waiting = db.session.get(PayoutMethod, parse_id(claimed, PayoutMethod.id) or 0)
+        if (
+            waiting is not None
+            and waiting.kind == MethodKind.STRIPE
+            and not (waiting.stripe_account_id)
+        ):
+            raise inbox.RetryLater(f"method {waiting.id} has not stored its account yet")
         raise inbox.Ignore(f"account {readiness.account_id} is not one of our payout methods")
-    store(method.id, readiness, _at(created))
+    if not store(method.id, readiness, _at(created)):
+        raise inbox.Ignore("stale: a newer readiness of this account is stored")
 
 
 def store(method_id: int, readiness: stripe_connect.ConnectReadiness, at: datetime) -> bool:
@@ -113,9 +127,7 @@ def store(method_id: int, readiness: stripe_connect.ConnectReadiness, at: dateti
         .execution_options(synchronize_session=False)
     ).rowcount
     db.session.commit()
-    if not written:
-        raise inbox.Ignore("stale: a newer readiness of this account is stored")
-    return True
+    return written == 1
 
 
 def payout_failed(failure: stripe_connect.PayoutFailure, created: int) -> None:

@@ -26,6 +26,7 @@ from soma.models import (
 )
 from soma.payouts import methods
 from soma.payouts import withdrawals as service
+from soma.providers import stripe_connect
 from tests.builders import fund
 from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.fakes.stripe_server import event, failed_payout, signed
@@ -422,3 +423,33 @@ def test_the_audit_flags_a_withdrawal_marked_reversed_with_no_entry(app, client,
         db.session.commit()
         found = [v for v in run_audit() if v.check == "withdrawal-settlement"]
         assert len(found) == 1 and "0 reversal entr(ies); it should have 1" in found[0].detail
+
+
+def test_readiness_that_comes_before_the_account_is_stored_is_asked_for_again(
+    app, client, teacher, connect
+):
+    import stripe
+
+    connect.fail_next = 3  # Stripe made nothing: its answers were errors
+    with app.app_context():
+        user = db.session.get(User, teacher.id)
+        with pytest.raises(stripe.StripeError):
+            methods.connect_stripe(user, "https://x/r", "https://x/b")
+        method = methods.stripe_method(user)
+        assert method.stripe_account_id is None
+        method_id = method.id
+        # The account Stripe makes under the method's key, heard of before it is stored.
+        account_id = stripe_connect.create_account(
+            idempotency_key=f"soma-payout-method:{method_id}:account",
+            email=user.email,
+            metadata={"teacher_id": str(user.id), "payout_method_id": str(method_id)},
+        )
+    update_event = account_updated(connect, account_id, transfers="active")
+    assert post_connect(client, update_event).status_code == 503
+    assert "Not set up with Stripe yet" in methods_page(client)
+    with app.app_context():
+        methods.connect_stripe(db.session.get(User, teacher.id), "https://x/r", "https://x/b")
+        assert db.session.get(PayoutMethod, method_id).stripe_account_id == account_id
+    assert post_connect(client, update_event).get_json()["status"] == "handled"
+    assert "Receives transfers" in methods_page(client)
+    assert list(connect.accounts) == [account_id]
