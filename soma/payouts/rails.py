@@ -129,6 +129,10 @@ class BankRail(Rail):
         return True
 
 
+# While the platform's Stripe balance is short, a transfer is tried again this often.
+BALANCE_RETRY_EVERY = timedelta(minutes=5)
+
+
 def transfer_group(withdrawal_id: int) -> str:
     """The Stripe transfer group of a withdrawal: how its transfer is found when its
     answer was lost (`stripe_connect.transfers_in_group`)."""
@@ -145,8 +149,8 @@ class StripeRail(Rail):
 
     - refused (the account cannot receive transfers, ...) -> failed, tokens released;
     - the platform's balance is short -> nothing made: stays processing, logged as an
-      error for the admin; `check` raises the attempt (committed first) and sends under
-      the next key, until the balance is topped up;
+      error for the admin; every BALANCE_RETRY_EVERY `check` raises the attempt
+      (committed first) and sends under the next key, until the balance is topped up;
     - unknown (no answer, a 5xx, a key conflict) or not taken (429, 401) -> stays
       processing; `check` looks in the transfer group first, and sends under the SAME
       key only when nothing is there. Never a new key for an outcome that is unknown.
@@ -180,7 +184,10 @@ class StripeRail(Rail):
         if withdrawal.submitted_at is None:  # never sent (the sender stopped before it)
             return self.send(withdrawal)
         if withdrawal.send_state == sending.BALANCE:
-            # Nothing was made under this key: the next one, its number committed first.
+            # Nothing was made under this key: the next one, its number committed first;
+            # one attempt per BALANCE_RETRY_EVERY since it was sent, not one per pass.
+            if withdrawal.attempt > (now - withdrawal.submitted_at) // BALANCE_RETRY_EVERY:
+                return None
             if not sending.next_attempt(withdrawal.id, withdrawal.attempt):
                 return None  # (another sweeper moved it on)
             return self._transfer(withdrawal, withdrawal.attempt + 1)

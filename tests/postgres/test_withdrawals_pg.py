@@ -151,6 +151,9 @@ def stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe) -> tuple[i
 def test_sweepers_racing_after_a_top_up_make_one_transfer(app, wide_app, fake_stripe):
     withdrawal_id, _ = stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe)
     fake_stripe.platform_available = 10_000_000
+    with app.app_context():
+        later = clock.now() + timedelta(minutes=6)
+    wide_app.config["SOMA_CLOCK"] = lambda: later
     swept = race(wide_app, [service.sweep] * 4)
     assert errors(swept) == []
     assert len(fake_stripe.made_transfers) == 1
@@ -168,7 +171,7 @@ def test_a_reversal_reported_at_once_by_several_events_gives_the_tokens_back_onc
     fake_stripe.platform_available = 10_000_000
     with app.app_context():
         before = balances(teacher_id)
-        service.sweep()
+        service.sweep(clock.now() + timedelta(minutes=6))
         paid = service.fresh(withdrawal_id)
         assert paid.status == "paid"
     transfer = fake_stripe.reverse_transfer(paid.provider_reference)

@@ -287,7 +287,7 @@ def test_a_transfer_stripe_refuses_fails_the_withdrawal_and_gives_the_tokens_bac
 
 
 def test_a_short_platform_balance_waits_and_each_retry_has_the_next_key_until_topped_up(
-    app, client, teacher, connect
+    app, client, teacher, connect, clock
 ):
     method_id = connected_method(app, client, connect, teacher)
     connect.platform_available = 0
@@ -299,11 +299,16 @@ def test_a_short_platform_balance_waits_and_each_retry_has_the_next_key_until_to
         )  # fmt: skip
         assert entries_of(made.id) == [("withdrawal_hold", withdrawal.tokens)]
         assert service.sweep() == 0
+        assert service.fresh(made.id).attempt == 1  # (not tried again on every pass)
+        clock.advance(minutes=5)
+        assert service.sweep() == 0
+        assert service.sweep() == 0
         assert service.fresh(made.id).attempt == 2
         assert run_audit() == []
     assert "Processing" in show(client, made.id)
     connect.platform_available = 10_000_000  # topped up
     with app.app_context():
+        clock.advance(minutes=5)
         assert service.sweep() == 1
         withdrawal = service.fresh(made.id)
         assert (withdrawal.status, withdrawal.attempt) == ("paid", 3)
