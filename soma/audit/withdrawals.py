@@ -1,6 +1,11 @@
 """The audit's checks of withdrawals (SPEC §2.10): every finished withdrawal settled exactly
 once, the fees add up, and none left processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES.
 
+A paid withdrawal whose payout came back (a Stripe transfer reversed: `reversed_at`) has,
+besides its paid entry, exactly one ADJUSTMENT entry naming it that undoes that one: its
+tokens to the teacher's available balance, its fee tokens from fees, the rest from
+redemption. No other withdrawal is named by an adjustment.
+
 The last is a violation rather than a warning on purpose: there is no alerts table yet
 (issue 13), and `flask soma audit` exiting 1 is what an operator's monitoring already
 watches. The sweeper logs the same withdrawals as a warning on each pass.
@@ -26,7 +31,8 @@ from soma.payouts.withdrawals import processing_too_long
 HOLD = EntryKind.WITHDRAWAL_HOLD.value
 PAID = EntryKind.WITHDRAWAL_PAID.value
 RELEASE = EntryKind.WITHDRAWAL_RELEASE.value
-KINDS = (HOLD, PAID, RELEASE)
+REVERSAL = EntryKind.ADJUSTMENT.value
+KINDS = (HOLD, PAID, RELEASE, REVERSAL)
 
 
 NAMES_A_WITHDRAWAL = JournalEntry.reference_type == "withdrawal"
@@ -50,17 +56,21 @@ def _entries_by_withdrawal() -> dict[int, dict[str, list[tuple[int, int]]]]:
     return found
 
 
-def _platform_legs() -> dict[int, dict[str, int]]:
-    """{paid entry id: {platform account code: tokens}}: where each payout's tokens went."""
+def _platform_legs(kind: str = PAID) -> dict[int, dict[str, int]]:
+    """{entry id: {platform account code, or "user:<id>:<bucket>": tokens}} of the `kind`
+    entries naming a withdrawal: where each payout's (or reversal's) tokens went."""
     rows = db.session.execute(
-        select(Posting.entry_id, Wallet.code, Posting.amount)
+        select(Posting.entry_id, Wallet.code, Wallet.user_id, Posting.bucket, Posting.amount)
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(JournalEntry.kind == PAID, NAMES_A_WITHDRAWAL, Wallet.code.is_not(None))
+        .where(JournalEntry.kind == kind, NAMES_A_WITHDRAWAL)
     ).all()
     legs: dict[int, dict[str, int]] = defaultdict(dict)
-    for entry_id, code, amount in rows:
-        legs[entry_id][code] = legs[entry_id].get(code, 0) + amount
+    for entry_id, code, user_id, bucket, amount in rows:
+        if code is None and kind == PAID:
+            continue  # (the teacher's locked leg: checked by the hold's own checks)
+        name = code or f"user:{user_id}:{bucket}"
+        legs[entry_id][name] = legs[entry_id].get(name, 0) + amount
     return legs
 
 
@@ -70,7 +80,7 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
     released exactly them once; one still requested or processing has only its hold. Every
     entry that names a withdrawal is of a withdrawal's kinds and names one that exists."""
     entries, found = _entries_by_withdrawal(), []
-    legs = _platform_legs()
+    legs, reversal_legs = _platform_legs(), _platform_legs(REVERSAL)
     withdrawals = db.session.execute(
         select(
             Withdrawal.id,
@@ -79,16 +89,39 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
             Withdrawal.fee_tokens,
             Withdrawal.hold_entry_id,
             Withdrawal.closed_entry_id,
+            Withdrawal.user_id,
+            Withdrawal.reversed_at,
         ).order_by(Withdrawal.id)
     ).all()
     known = set()
-    for withdrawal_id, status, tokens, fee_tokens, hold_entry_id, closed_by in withdrawals:
+    for row in withdrawals:
+        withdrawal_id, status, tokens, fee_tokens, hold_entry_id, closed_by = row[:6]
+        user_id, reversed_at = row[6:]
         known.add(withdrawal_id)
         mine = entries.get(withdrawal_id, {})
         holds, paid, released = mine.get(HOLD, []), mine.get(PAID, []), mine.get(RELEASE, [])
+        reversals = mine.get(REVERSAL, [])
+        what = f"withdrawal {withdrawal_id} ({status})"
+        expected_reversals = 1 if status == WithdrawalStatus.PAID and reversed_at else 0
+        if len(reversals) != expected_reversals:
+            found.append(
+                f"{what} has {len(reversals)} reversal entr(ies); it should have "
+                f"{expected_reversals} (it is {'' if reversed_at else 'not '}marked reversed)"
+            )
+        for entry_id, moved in reversals:
+            expected = {
+                f"user:{user_id}:available": tokens,
+                PlatformAccount.REDEMPTION.value: -(tokens - fee_tokens),
+            }
+            if fee_tokens:
+                expected[PlatformAccount.FEES.value] = -fee_tokens
+            if moved != tokens or reversal_legs.get(entry_id, {}) != expected:
+                found.append(
+                    f"{what}: reversal entry {entry_id} moves {reversal_legs.get(entry_id)} "
+                    f"({moved} tokens), not {expected}"
+                )
         for kind in set(mine) - set(KINDS):
             found.append(f"withdrawal {withdrawal_id} is named by a {kind} entry")
-        what = f"withdrawal {withdrawal_id} ({status})"
         if [(entry_id, held) for entry_id, held in holds] != [(hold_entry_id, tokens)]:
             found.append(
                 f"{what} should hold {tokens} tokens once in entry {hold_entry_id}, "

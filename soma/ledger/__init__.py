@@ -8,7 +8,16 @@ from soma.ledger.errors import (
     InvalidPosting,
     LedgerError,
 )
-from soma.ledger.operations import credit, debit, hold, release, retire, settle, transfer
+from soma.ledger.operations import (
+    credit,
+    debit,
+    hold,
+    release,
+    retire,
+    settle,
+    transfer,
+    unretire,
+)
 from soma.ledger.pricing import (
     class_cost,
     get_token_pricing,
@@ -36,4 +45,5 @@ __all__ = [
     "settle",
     "tokens_value_cents",
     "transfer",
+    "unretire",
 ]

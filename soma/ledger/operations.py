@@ -262,3 +262,27 @@ def transfer(
         Leg(user_account(to_user_id), Bucket.AVAILABLE, tokens),
     ]
     return post(kind, key, legs, tokens=tokens, **details)
+
+
+def unretire(
+    user_id: int,
+    tokens: int,
+    fee_tokens: int,
+    *,
+    key: str,
+    kind: str = EntryKind.ADJUSTMENT,
+    **details: Unpack[EntryDetails],
+) -> PostedEntry:
+    """Undo a `retire` whose money came back (a payout reversed): `tokens` return to the
+    user's available balance, `fee_tokens` of them from the fees account and the rest
+    from redemption. Keyed by the caller (the reversal): once."""
+    tokens = _positive(tokens)
+    if not is_whole(fee_tokens) or not 0 <= fee_tokens < tokens:
+        raise InvalidPosting(f"an unretire's fee is 0 to {tokens - 1} tokens, not {fee_tokens}")
+    legs = [
+        Leg(platform_account(PlatformAccount.REDEMPTION), Bucket.AVAILABLE, -(tokens - fee_tokens)),
+        Leg(user_account(user_id), Bucket.AVAILABLE, tokens),
+    ]
+    if fee_tokens:
+        legs.insert(1, Leg(platform_account(PlatformAccount.FEES), Bucket.AVAILABLE, -fee_tokens))
+    return post(kind, key, legs, tokens=tokens, **details)

@@ -105,6 +105,10 @@ class PayoutMethod(Base):
     transfers_active: Mapped[bool] = mapped_column(Boolean, default=False)
     payouts_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     requirements: Mapped[str] = mapped_column(String(1000), default="")
+    # The `created` time of the account.updated event stored: an older one is stale.
+    stripe_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The connected account's last failed payout to its bank (payout.failed), as shown.
+    payout_failure: Mapped[str | None] = mapped_column(String(300))
 
     @property
     def kind_label(self) -> str:
@@ -180,6 +184,15 @@ class Withdrawal(Base):
     # When the sweeper last asked the provider about it.
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The attempt a provider request is keyed by (1: the withdrawal's own key); raised,
+    # and committed, before a new attempt, only after an answer that nothing was made.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # What the rail last heard when it sent (soma.payouts.sending): None once known.
+    send_state: Mapped[str | None] = mapped_column(String(16))
+    # The whole shillings an M-Pesa withdrawal sends (its net, rounded down), fixed at request.
+    amount_kes: Mapped[int | None] = mapped_column(BigInteger)
+    # When a paid withdrawal's transfer was reversed and its tokens given back.
+    reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     user = relationship("User")
     method = relationship("PayoutMethod")
@@ -190,6 +203,8 @@ class Withdrawal(Base):
 
     @property
     def status_label(self) -> str:
+        if self.reversed_at is not None:
+            return "Paid, then reversed"
         return WITHDRAWAL_STATUS_LABELS[WithdrawalStatus(self.status)]
 
     @property

@@ -19,7 +19,7 @@ from soma.extensions import db
 from soma.models import MethodKind, PayoutMethod, Role, User
 from soma.payouts import sealing
 from soma.payouts.rails import rail_for
-from soma.providers import daraja
+from soma.providers import daraja, stripe_connect
 
 NEW_METHOD_AGE = timedelta(hours=24)
 # An account number as banks write them: letters and digits (an IBAN has up to 34).
@@ -76,6 +76,44 @@ def add_mpesa(user: User, phone: str, now: datetime | None = None) -> PayoutMeth
     if any(m.kind == MethodKind.MPESA and m.phone == normalised for m in methods_of(user)):
         raise MethodRefused("This number is already one of your payout methods.", "phone")
     return _add(user, PayoutMethod(kind=MethodKind.MPESA.value, phone=normalised), now)
+
+
+def stripe_method(user: User) -> PayoutMethod | None:
+    """The teacher's current Stripe method (the one connected account they onboard)."""
+    return next((m for m in methods_of(user) if m.kind == MethodKind.STRIPE), None)
+
+
+def connect_stripe(
+    user: User, refresh_url: str, return_url: str, now: datetime | None = None
+) -> str:
+    """The URL of Stripe's onboarding for the teacher's connected account: their Stripe
+    method (added now, with no account yet, if they have none) gets its Express account
+    first, made once per method (the idempotency key is the method's), then a fresh
+    single-use onboarding link. Stripe's errors are raised as they are (StripeError).
+
+    Returning from the link proves nothing: readiness comes from `account.updated`.
+    """
+    method = stripe_method(user) or _add(user, PayoutMethod(kind=MethodKind.STRIPE.value), now)
+    method_id = method.id
+    account_id = method.stripe_account_id
+    db.session.rollback()  # no transaction open while Stripe is called
+    if not account_id:
+        account_id = stripe_connect.create_account(
+            idempotency_key=f"soma-payout-method:{method_id}:account",
+            email=user.email,
+            metadata={"teacher_id": str(user.id), "payout_method_id": str(method_id)},
+        )
+        db.session.execute(
+            update(PayoutMethod)
+            .where(PayoutMethod.id == method_id, PayoutMethod.stripe_account_id.is_(None))
+            .values(stripe_account_id=account_id)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+    link = stripe_connect.onboarding_link(
+        account_id, refresh_url=refresh_url, return_url=return_url
+    )
+    return link.url
 
 
 def normalise_account_number(text: str) -> str:

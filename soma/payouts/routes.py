@@ -2,7 +2,8 @@
 
 import secrets
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+import stripe
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from soma import clock
@@ -68,6 +69,8 @@ def add_method():
             )
         elif kind == MethodKind.MPESA:
             methods.add_mpesa(current_user, form.phone.data or "")
+        elif kind == MethodKind.STRIPE:
+            return _to_stripe(form)
         else:
             unavailable = rails.RAILS[kind].unavailable if kind else None
             raise methods.MethodRefused(unavailable or "Choose a kind of method.", "kind")
@@ -76,6 +79,63 @@ def add_method():
         field.errors = [*field.errors, error.message]
         return _methods_page(form, 422)
     flash("Payout method added.", "success")
+    return redirect(url_for("payouts.payout_methods"), 303)
+
+
+def _to_stripe(form: AddMethodForm | None = None):
+    """Redirect to Stripe's onboarding of the teacher's connected account (made first if
+    need be); if Stripe cannot be reached, say so on the methods page."""
+    try:
+        url = methods.connect_stripe(
+            current_user,
+            refresh_url=url_for("payouts.stripe_refresh", _external=True),
+            return_url=url_for("payouts.stripe_return", _external=True),
+        )
+    except stripe.StripeError:
+        current_app.logger.exception("stripe: could not start onboarding")
+        form = form or AddMethodForm(kinds=rails.offered_kinds())
+        form.kind.errors = [
+            *form.kind.errors,
+            "Stripe could not be reached, so your account was not set up. Try again in a minute.",
+        ]
+        return _methods_page(form, 503)
+    return redirect(url, 303)
+
+
+@bp.post("/payout-methods/stripe/onboarding")
+@role_required(Role.TEACHER)
+def stripe_onboarding():
+    """Continue Stripe's onboarding of the teacher's connected account."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if not rails.RAILS[MethodKind.STRIPE].offered() or methods.stripe_method(current_user) is None:
+        abort(404)
+    return _to_stripe()
+
+
+@bp.get("/payout-methods/stripe/refresh")
+@role_required(Role.TEACHER)
+def stripe_refresh():
+    """Where Stripe sends a used or expired onboarding link: a new one, for an account the
+    teacher already has (never a new account on a GET)."""
+    method = methods.stripe_method(current_user)
+    if not rails.RAILS[MethodKind.STRIPE].offered() or method is None:
+        return redirect(url_for("payouts.payout_methods"), 303)
+    if not method.stripe_account_id:
+        return redirect(url_for("payouts.payout_methods"), 303)
+    return _to_stripe()
+
+
+@bp.get("/payout-methods/stripe/return")
+@role_required(Role.TEACHER)
+def stripe_return():
+    """Back from Stripe's onboarding. This proves nothing about the account: what it can
+    do is what Stripe's events say, shown on the methods page."""
+    flash(
+        "Back from Stripe. Stripe tells Soma when your account can receive transfers; "
+        "this page shows it (it can take a minute).",
+        "info",
+    )
     return redirect(url_for("payouts.payout_methods"), 303)
 
 
@@ -183,6 +243,8 @@ def review_withdrawal():
         method=method,
         review_reason=reason,
         waits=withdrawals.waits_for_admin(method, reason),
+        shillings=rails.rail_for(method.kind).local_amount(quote.net_cents),
+        kes_rate=rails.kes_per_usd(),
         summary=wallet_summary(current_user),
     )
 

@@ -40,6 +40,7 @@ from soma.models import (
 from soma.notifications.service import notify
 from soma.payouts import amounts, methods
 from soma.payouts.rails import Outcome, rail_for
+from soma.payouts.sending import claim_send, record_request_id  # noqa: F401 (the service's)
 
 REQUESTED = WithdrawalStatus.REQUESTED
 PROCESSING = WithdrawalStatus.PROCESSING
@@ -97,11 +98,17 @@ def preview(
     rail = rail_for(method.kind)
     if not rail.offered():
         raise WithdrawalRefused(rail.unavailable, "method")
+    refusal = rail.refusal(method)
+    if refusal:
+        raise WithdrawalRefused(refusal, "method")
     pricing = get_token_pricing(PricingUserType.TEACHER, now)
     try:
         quote = amounts.quote(usd_cents, pricing.tokens, pricing.usd_cents)
     except amounts.AmountRefused as refused:
         raise WithdrawalRefused(str(refused), "amount") from None
+    too_much = rail.amount_refusal(quote.net_cents)
+    if too_much:
+        raise WithdrawalRefused(too_much, "amount")
     available = available_tokens(teacher.id)
     if quote.tokens > available:
         raise WithdrawalRefused(
@@ -148,6 +155,7 @@ def request(
         created_at=now,
         updated_at=now,
         processing_at=now if proceeds else None,
+        amount_kes=rail_for(method.kind).local_amount(quote.net_cents),
     )
     db.session.add(withdrawal)
     try:
@@ -363,39 +371,6 @@ def _detached(withdrawal: Withdrawal) -> Withdrawal:
     return withdrawal
 
 
-def claim_send(withdrawal_id: int, now: datetime | None = None) -> bool:
-    """Claim the one send of a processing withdrawal to its provider: True for the one
-    caller that may send it, False for every other (already claimed, or not processing).
-
-    A provider rail calls this first in `send` and in `check` (a retry of a send that
-    never happened); however many race, one sends. Commits.
-    """
-    claimed = db.session.execute(
-        update(Withdrawal)
-        .where(
-            Withdrawal.id == withdrawal_id,
-            Withdrawal.status == PROCESSING.value,
-            Withdrawal.submitted_at.is_(None),
-        )
-        .values(submitted_at=now or clock.now())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    db.session.commit()
-    return claimed == 1
-
-
-def record_request_id(withdrawal_id: int, provider_request_id: str) -> None:
-    """Keep the provider's id of the request (a transfer, a B2C conversation) that a rail
-    sent, so that its webhook finds the withdrawal (`by_request_id`). Commits."""
-    db.session.execute(
-        update(Withdrawal)
-        .where(Withdrawal.id == withdrawal_id, Withdrawal.provider_request_id.is_(None))
-        .values(provider_request_id=provider_request_id[:255])
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
-
-
 def by_request_id(provider_request_id: str) -> Withdrawal | None:
     """The withdrawal a provider's callback is about, by the id its request was given."""
     return db.session.scalars(
@@ -544,6 +519,47 @@ def _closed_by(withdrawal_id: int, entry_id: int) -> None:
         .values(closed_entry_id=entry_id)
         .execution_options(synchronize_session=False)
     )
+
+
+def reverse_paid(withdrawal_id: int, reversal_key: str, source: str, note: str) -> bool:
+    """A paid withdrawal's money came back whole (Stripe reversed its transfer): its tokens
+    return to the teacher's available balance (the fee's from fees, the rest from
+    redemption), in one entry keyed by the reversal, once. The status stays paid (the
+    paid entry stands; this entry undoes it) and `reversed_at` says it came back.
+
+    True if this call gave them back; False if it was already reversed.
+    WithdrawalConflict if it is not paid (nothing was retired, nothing to give back).
+    """
+
+    def work() -> bool:
+        withdrawal = _locked(withdrawal_id)
+        if withdrawal.reversed_at is not None:
+            return False
+        if withdrawal.status != PAID:
+            raise WithdrawalConflict(
+                f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, "
+                "so there is no payout to reverse."
+            )
+        now = _move(withdrawal, PAID, source, note=note, reversed_at=clock.now())
+        ledger.unretire(
+            withdrawal.user_id,
+            withdrawal.tokens,
+            withdrawal.fee_tokens,
+            key=f"withdrawal:{withdrawal_id}:reversal:{reversal_key}"[:200],
+            reference=("withdrawal", withdrawal_id),
+            memo=f"Withdrawal #{withdrawal_id} reversed: tokens returned",
+            now=now,
+        )
+        notify(
+            withdrawal.user_id,
+            "withdrawal_reversed",
+            f"The payout of your withdrawal #{withdrawal_id} was reversed: the money did not "
+            f"stay with you, so its {money.tokens(withdrawal.tokens)} are back in your wallet.",
+            link=f"/withdrawals/{withdrawal_id}",
+        )
+        return True
+
+    return transitions.retrying(work, "This withdrawal")
 
 
 def pay_by_admin(withdrawal_id: int, admin: User, reference: str) -> Withdrawal:

@@ -14,6 +14,7 @@ from soma import clock
 from soma.extensions import db
 from soma.inputs import parse_id, text_fits
 from soma.models import Provider, ProviderEvent, Purchase, PurchaseReversal, PurchaseStatus
+from soma.payouts import stripe_events as payout_events
 from soma.providers import inbox
 from soma.providers import stripe as stripe_provider
 from soma.purchases import reversals, service
@@ -140,6 +141,8 @@ def malformed(event) -> str | None:
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         return "no data.object"
+    if event["type"] in payout_events.TRANSFER_EVENTS:
+        return payout_events.transfer_problem(obj)
     if event["type"] not in ACTED_ON:
         return None  # read no further: nothing is done with it (and a balance has no id)
     if not text_fits(obj.get("id"), Purchase.checkout_session_id):
@@ -215,6 +218,9 @@ def _act(event_id: str, kind: str, obj: dict) -> None:
         purchase = _purchase_of_intent(obj.get("payment_intent"))
         status = reversals.stripe_dispute_status(obj.get("status"))
         _report(purchase, obj["id"], status, obj.get("amount"), source)
+        return
+    if kind in payout_events.TRANSFER_EVENTS:  # a withdrawal's transfer (soma.payouts)
+        payout_events.transfer_event(kind, obj, source)
         return
     raise inbox.Ignore(f"{kind}: nothing to do")
 

@@ -51,11 +51,20 @@ from soma.wallet.forms import HistoryFilterForm
 from tests.builders import make_class, make_funded_user, make_user, payout_method
 from tests.buying import mpesa_settings
 from tests.conftest import STRIPE_WEBHOOK_SECRET, AuthActions
-from tests.fakes.daraja_server import FakeDaraja, callback
+from tests.fakes.daraja_server import (
+    B2C_SHORTCODE,
+    INITIATOR,
+    INITIATOR_PASSWORD,
+    FakeDaraja,
+    b2c_result,
+    callback,
+    make_certificate,
+)
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import csrf_from
 
 CALLBACK_SECRET = "cb-" + "fuzz" * 8
+CONNECT_SECRET = "whsec_connect_fuzz"
 ROLES = ("anonymous", "student", "teacher", "admin")
 SWEEP_VALUES = ("\x00", str(2**31), str(2**63), "-1", "1e999999999", "x" * 300, "NaN")
 STRAY = "stray"  # a field no route reads
@@ -99,6 +108,9 @@ FIELDS: dict[str, dict[str, str]] = {
     "payouts.create_withdrawal": {"amount": "10", "method": "{method_id}",
                                   "key": "fuzz-withdrawal-key"},
     "payouts.make_default": {},
+    "payouts.stripe_onboarding": {},
+    "payouts.stripe_refresh": {},
+    "payouts.stripe_return": {},
     "payouts.remove_method": {},
     "admin.withdrawal_list": {"status": "requested", "method": "bank", "before": "5"},
     "admin.approve_withdrawal": {},
@@ -120,6 +132,7 @@ FORMS = {
     "payouts.add_method": AddMethodForm,
     "payouts.review_withdrawal": WithdrawForm,
     "payouts.create_withdrawal": ConfirmWithdrawalForm,
+    "payouts.stripe_onboarding": ActionForm,
     "admin.reject_withdrawal": RejectWithdrawalForm,
     "admin.pay_withdrawal": PaidWithdrawalForm,
 }
@@ -227,7 +240,8 @@ class World:
     def path_value(self, name: str) -> str:
         if name in self.values:
             return self.values[name]
-        return {"name": "pause", "outcome": "nothing", "secret": CALLBACK_SECRET}.get(name, "x")
+        return {"name": "pause", "outcome": "nothing", "secret": CALLBACK_SECRET,
+                "callback": "result"}.get(name, "x")  # fmt: skip
 
 
 def money(app) -> tuple:
@@ -332,7 +346,36 @@ STRIPE_TEMPLATES = {
          "status": "needs_response"},
         [("status",), ("amount",), ("payment_intent",)],
     ),
+    "transfer": (
+        "transfer.reversed",
+        {"id": "tr_fuzz", "object": "transfer", "amount": 500, "amount_reversed": 500,
+         "currency": "usd", "destination": "acct_fuzz", "transfer_group": "withdrawal:1",
+         "reversed": True, "metadata": {"withdrawal_id": "1"}},
+        [("id",), ("amount",), ("amount_reversed",), ("currency",), ("destination",),
+         ("transfer_group",), ("reversed",), ("metadata",), ("metadata", "withdrawal_id")],
+    ),
 }  # fmt: skip
+# The Connect endpoint's events (each names its connected account).
+CONNECT_TEMPLATES = {
+    "account": (
+        "account.updated",
+        {"id": "acct_fuzz", "object": "account", "payouts_enabled": True,
+         "capabilities": {"transfers": "active"},
+         "requirements": {"currently_due": ["individual.dob.day"], "past_due": [],
+                          "disabled_reason": None}},
+        [("id",), ("payouts_enabled",), ("capabilities",), ("capabilities", "transfers"),
+         ("requirements",), ("requirements", "currently_due"), ("requirements", "past_due"),
+         ("requirements", "currently_due", 0), ("requirements", "disabled_reason")],
+    ),
+    "payout": (
+        "payout.failed",
+        {"id": "po_fuzz", "object": "payout", "amount": 500, "currency": "usd",
+         "failure_code": "account_closed", "failure_message": "closed"},
+        [("id",), ("amount",), ("currency",), ("failure_code",), ("failure_message",)],
+    ),
+}  # fmt: skip
+CONNECT_TOP = [*[("id",), ("type",), ("data",), ("data", "object")], ("account",), ("created",),
+               ("livemode",)]  # fmt: skip
 STRIPE_TOP = [("id",), ("type",), ("data",), ("data", "object"), ("data", "object", "id")]
 MPESA_PATHS = [
     ("Body",), ("Body", "stkCallback"), ("Body", "stkCallback", "CheckoutRequestID"),
@@ -352,6 +395,42 @@ def _stripe_body(world: World, draw) -> bytes:
     if draw(st.integers(0, 9)) == 0:  # a body that is not JSON at all, rightly signed
         return draw(st.binary(max_size=64))
     path = draw(st.sampled_from([*STRIPE_TOP, *[("data", "object", *p) for p in paths]]))
+    value = draw(st.one_of(JSON_BAD, st.just(DELETE)))
+    return json.dumps(_mutated(document, path, value)).encode()
+
+
+def _connect_body(draw) -> bytes:
+    kind, obj, paths = CONNECT_TEMPLATES[draw(st.sampled_from(sorted(CONNECT_TEMPLATES)))]
+    document = event(kind, obj, account="acct_fuzz")
+    if draw(st.integers(0, 9)) == 0:  # a body that is not JSON at all, rightly signed
+        return draw(st.binary(max_size=64))
+    path = draw(st.sampled_from([*CONNECT_TOP, *[("data", "object", *p) for p in paths]]))
+    value = draw(st.one_of(JSON_BAD, st.just(DELETE)))
+    return json.dumps(_mutated(document, path, value)).encode()
+
+
+# A B2C result (paid, with its parameters) and a failed one: every path of each.
+def _b2c_documents() -> list[dict]:
+    return [b2c_result("soma-withdrawal-1", "0", amount=1295, receipt="SGFUZZ01"),
+            b2c_result("soma-withdrawal-1", "2040")]  # fmt: skip
+
+
+def _paths(node, prefix=()) -> list[tuple]:
+    found = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*prefix, index))
+    return found
+
+
+def _b2c_body(draw) -> bytes:
+    document = draw(st.sampled_from(_b2c_documents()))
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=64))
+    path = draw(st.sampled_from(_paths(document)))
     value = draw(st.one_of(JSON_BAD, st.just(DELETE)))
     return json.dumps(_mutated(document, path, value)).encode()
 
@@ -377,6 +456,17 @@ def every_bad_body(world: World, endpoint: str):
             for path in [*STRIPE_TOP, *[("data", "object", *p) for p in paths]]:
                 for value in SWEEP_JSON:
                     yield json.dumps(_mutated(event(kind, obj), path, value)).encode()
+    elif endpoint == "webhooks.mpesa_b2c":
+        for document in _b2c_documents():
+            for path in _paths(document):
+                for value in SWEEP_JSON:
+                    yield json.dumps(_mutated(document, path, value)).encode()
+    elif endpoint == "webhooks.stripe_connect_events":
+        for kind, obj, paths in CONNECT_TEMPLATES.values():
+            for path in [*CONNECT_TOP, *[("data", "object", *p) for p in paths]]:
+                for value in SWEEP_JSON:
+                    document = event(kind, obj, account="acct_fuzz")
+                    yield json.dumps(_mutated(document, path, value)).encode()
     else:
         for code in ("0", "1032"):
             document = callback("ws_sweep_" + code, code, amount=1295, receipt="NLJSWEEP")
@@ -401,6 +491,21 @@ def send(world: World, case, target: str, value, draw=None):
         payload, header = signed(body.decode("utf-8", "replace"), STRIPE_WEBHOOK_SECRET)
         return client.post(url, data=payload, headers={"Stripe-Signature": header},
                            content_type="application/json")  # fmt: skip
+    if endpoint == "webhooks.stripe_connect_events":
+        if target != "body":
+            body = json.dumps(event("account.application.authorized", {"id": "ca_x"},
+                                    account="acct_fuzz")).encode()  # fmt: skip
+        else:
+            body = value if isinstance(value, bytes) else _connect_body(draw)
+        payload, header = signed(body.decode("utf-8", "replace"), CONNECT_SECRET)
+        return client.post(url, data=payload, headers={"Stripe-Signature": header},
+                           content_type="application/json")  # fmt: skip
+    if endpoint == "webhooks.mpesa_b2c":
+        if target != "body":
+            body = json.dumps(b2c_result("soma-withdrawal-1", "15")).encode()
+        else:
+            body = value if isinstance(value, bytes) else _b2c_body(draw)
+        return client.post(url, data=body, content_type="application/json")
     if endpoint == "webhooks.mpesa_stk":
         if target != "body":
             body = json.dumps(callback("ws_x", "1"))
@@ -436,14 +541,21 @@ def check(world: World, case, target: str, value, response) -> None:
 
 
 @pytest.fixture
-def world(app, fake_stripe, monkeypatch):
+def world(app, fake_stripe, monkeypatch, tmp_path):
     daraja = FakeDaraja().start()
+    certificate, _ = make_certificate(tmp_path)
     built = World(app)  # (its pending purchase is a sandbox one: before Stripe is offered)
     app.config.update(
         STRIPE_SECRET_KEY="sk_test_soma",
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        STRIPE_CONNECT_WEBHOOK_SECRET=CONNECT_SECRET,
         STRIPE_API_BASE=fake_stripe.url,
         **mpesa_settings(daraja.url, CALLBACK_SECRET),
+        MPESA_CALLBACK_BASE="https://soma.example",
+        MPESA_B2C_SHORTCODE=B2C_SHORTCODE,
+        MPESA_B2C_INITIATOR_NAME=INITIATOR,
+        MPESA_B2C_INITIATOR_PASSWORD=INITIATOR_PASSWORD,
+        MPESA_B2C_CERT_PATH=str(certificate),
     )
     # Rate limits would answer most requests 429 before their input is read.
     monkeypatch.setattr(limiter, "enabled", False)

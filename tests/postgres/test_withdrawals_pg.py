@@ -8,7 +8,9 @@ from soma import clock
 from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import JournalEntry, User, Withdrawal, WithdrawalEvent
+from soma.payouts import methods, stripe_events
 from soma.payouts import withdrawals as service
+from soma.providers import stripe_connect
 from tests.builders import make_teacher, make_user, payout_method
 from tests.helpers import balances, errors, ok, race
 
@@ -116,4 +118,70 @@ def test_a_confirmation_sent_five_times_at_once_is_one_withdrawal(app, wide_app)
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 1
         assert balances(teacher_id) == (750, 250)
+        assert run_audit() == []
+
+
+STRIPE_SETTINGS = {
+    "STRIPE_SECRET_KEY": "sk_test_soma",
+    "STRIPE_WEBHOOK_SECRET": "whsec_test_soma",
+    "STRIPE_CONNECT_WEBHOOK_SECRET": "whsec_connect_pg",
+}
+
+
+def stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe) -> tuple[int, int]:
+    """A Stripe withdrawal left processing by a short platform balance."""
+    for each in (app, wide_app):
+        each.config.update(STRIPE_API_BASE=fake_stripe.url, **STRIPE_SETTINGS)
+    fake_stripe.platform_available = 0
+    with app.app_context():
+        teacher = make_teacher(2_000)
+        methods.connect_stripe(
+            teacher, "https://x/r", "https://x/b", now=clock.now() - timedelta(days=2)
+        )
+        method = methods.stripe_method(teacher)
+        fake_stripe.update_account(method.stripe_account_id, transfers="active")
+        stripe_events.store(
+            method.id, stripe_connect.retrieve_account(method.stripe_account_id), clock.now()
+        )
+        withdrawal = service.request(teacher, method.id, 1_000, "pg-stripe")
+        assert service.fresh(withdrawal.id).send_state == "balance"
+        return withdrawal.id, teacher.id
+
+
+def test_sweepers_racing_after_a_top_up_make_one_transfer(app, wide_app, fake_stripe):
+    withdrawal_id, _ = stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe)
+    fake_stripe.platform_available = 10_000_000
+    with app.app_context():
+        later = clock.now() + timedelta(minutes=6)
+    wide_app.config["SOMA_CLOCK"] = lambda: later
+    swept = race(wide_app, [service.sweep] * 4)
+    assert errors(swept) == []
+    assert len(fake_stripe.made_transfers) == 1
+    with app.app_context():
+        withdrawal = service.fresh(withdrawal_id)
+        assert (withdrawal.status, withdrawal.attempt) == ("paid", 2)
+        assert entries_of(withdrawal_id) == ["withdrawal_hold", "withdrawal_paid"]
+        assert run_audit() == []
+
+
+def test_a_reversal_reported_at_once_by_several_events_gives_the_tokens_back_once(
+    app, wide_app, fake_stripe
+):
+    withdrawal_id, teacher_id = stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe)
+    fake_stripe.platform_available = 10_000_000
+    with app.app_context():
+        before = balances(teacher_id)
+        service.sweep(clock.now() + timedelta(minutes=6))
+        paid = service.fresh(withdrawal_id)
+        assert paid.status == "paid"
+    transfer = fake_stripe.reverse_transfer(paid.provider_reference)
+
+    def report(n: int):
+        return stripe_events.transfer_event("transfer.reversed", transfer, f"stripe:evt_{n}")
+
+    outcomes = race(wide_app, [lambda n=n: report(n) for n in range(4)])
+    assert errors(outcomes) == []
+    with app.app_context():
+        assert entries_of(withdrawal_id) == ["withdrawal_hold", "withdrawal_paid", "adjustment"]
+        assert balances(teacher_id) == (before[0] + paid.tokens, 0)
         assert run_audit() == []

@@ -73,7 +73,7 @@ def test_a_teacher_adds_a_sandbox_method_withdraws_ten_dollars_and_sees_it_paid(
     assert add_sandbox(client).status_code == 303
     methods_page = text_of(client.get("/payout-methods").get_data(as_text=True))
     assert "Test payout (sandbox) Default" in methods_page
-    assert "not available yet" in methods_page  # Stripe and M-Pesa say so
+    assert "not available on this site" in methods_page  # Stripe and M-Pesa (unset) say so
     method = method_id(app, teacher.id)
 
     shown = review(client, "10", method)
@@ -166,7 +166,7 @@ def test_a_bank_method_shows_only_the_last_four_digits(app, client, teacher):
     assert "4 to 34 letters and digits" in text_of(bad.get_data(as_text=True))
     stripe = client.post("/payout-methods", data={"csrf_token": csrf_from(html), "kind": "stripe"})
     assert stripe.status_code == 422
-    assert "Stripe are not available yet" in text_of(stripe.get_data(as_text=True))
+    assert "Stripe are not available on this site" in text_of(stripe.get_data(as_text=True))
 
 
 def test_another_users_withdrawal_and_method_answer_404(app, client, auth, clock):
