@@ -275,15 +275,8 @@ _month_index = case(
     else_=-1,
 )
 
-WALLET = (
-    select(
-        Wallet.id,
-        Wallet.available,
-        Wallet.locked,
-        func.coalesce(EarningsCheckpoint.through_seq, 0),
-    )
-    .outerjoin(EarningsCheckpoint, EarningsCheckpoint.wallet_id == Wallet.id)
-    .where(Wallet.user_id == bindparam("p_user"))
+WALLET = select(Wallet.id, Wallet.available, Wallet.locked).where(
+    Wallet.user_id == bindparam("p_user")
 )
 # The checkpointed months: each month shown by its key, the others together as "".
 _shown = case(
@@ -296,16 +289,23 @@ _shown = case(
     ),
     else_=literal(""),
 )
+# With the checkpoint's `through_seq` in the same statement, so the months and the seq
+# they run through come from one snapshot: read apart, a checkpoint moved on between the
+# two reads (by another view) would count the payments it took in twice. No row: no
+# checkpoint yet, so nothing summed and every payment is in the tail.
 CHECKPOINTED = (
     select(
+        EarningsCheckpoint.through_seq,
         _shown,
         _sum(EarningsMonth.classes),
         _sum(EarningsMonth.seconds),
         _sum(EarningsMonth.tokens),
         _sum(EarningsMonth.cents),
     )
-    .where(EarningsMonth.wallet_id == bindparam("p_wallet"))
-    .group_by(_shown)
+    .select_from(EarningsCheckpoint)
+    .outerjoin(EarningsMonth, EarningsMonth.wallet_id == EarningsCheckpoint.wallet_id)
+    .where(EarningsCheckpoint.wallet_id == bindparam("p_wallet"))
+    .group_by(EarningsCheckpoint.through_seq, _shown)
 )
 # The payments after the checkpoint, by the month shown they fall in.
 TAIL = (
@@ -328,7 +328,7 @@ def earnings_of(teacher: User, now: datetime | None = None) -> Earnings:
     """The teacher's balances, earnings by month for the last MONTHS months (this one
     last), growth, lifetime totals and tokens withdrawn. Reads only."""
     now = (now or clock.now()).astimezone(UTC)
-    wallet_id, available, locked, through = db.session.execute(WALLET, {"p_user": teacher.id}).one()
+    wallet_id, available, locked = db.session.execute(WALLET, {"p_user": teacher.id}).one()
     this_month = month_start(now)
     starts = [add_months(this_month, i - (MONTHS - 1)) for i in range(MONTHS)]
     keys = [month_key(start) for start in starts]
@@ -337,7 +337,9 @@ def earnings_of(teacher: User, now: datetime | None = None) -> Earnings:
     checkpointed = db.session.execute(
         CHECKPOINTED, {"p_wallet": wallet_id, "p_first_key": keys[0], "p_last_key": keys[-1]}
     )
-    for key, *figures in checkpointed:
+    rows = checkpointed.all()
+    through = rows[0][0] if rows else 0  # one checkpoint row: every row names its seq
+    for _, key, *figures in rows:
         totals = Totals(*figures)
         lifetime += totals
         if key:

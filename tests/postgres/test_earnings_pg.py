@@ -2,10 +2,12 @@
 the teacher, count every payment once; and the reads use the indexes meant for them."""
 
 import re
+import threading
 from datetime import UTC, datetime
 
 import psycopg
-from sqlalchemy import delete, select, text
+import pytest
+from sqlalchemy import delete, event, select, text
 
 from soma import ledger
 from soma.audit import run_audit
@@ -85,6 +87,49 @@ def generic_plan_of(statement, params) -> str:
         plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("DEALLOCATE earnings_read")
     return plan
+
+
+@pytest.mark.parametrize("before", ["earnings_months", "FROM postings"])
+def test_a_checkpoint_moved_by_another_view_during_a_view_counts_each_payment_once(
+    app, wide_app, before
+):
+    """Another view moves the checkpoint on just before this view reads the months, or
+    just before it reads the payments since: every payment is counted once all the same
+    (the months and the seq they run through are read in one statement)."""
+    fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
+    app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
+    with app.app_context():
+        teacher, student = make_user("teacher"), make_user("student")
+        fund(student.id, 500)
+        for _ in range(3):
+            make_class(student, teacher, "completed")
+            fake.advance(minutes=120)
+        teacher_id = teacher.id
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        truth = service.earnings_of(db.session.get(User, teacher_id))
+        assert truth.lifetime.classes == 3 and truth.tail_payments == 3
+        db.session.rollback()
+        moved = []
+
+        def another_view():
+            with wide_app.app_context():
+                moved.append(service.advance_checkpoint(wallet_id))
+
+        def move_first(conn, cursor, statement, parameters, context, executemany):
+            if before in statement and "GROUP BY" in statement and not moved:
+                thread = threading.Thread(target=another_view)
+                thread.start()
+                thread.join()
+
+        event.listen(db.engine, "before_cursor_execute", move_first)
+        try:
+            seen = service.earnings_of(db.session.get(User, teacher_id))
+        finally:
+            event.remove(db.engine, "before_cursor_execute", move_first)
+        assert moved, "the other view never ran"
+        assert seen.lifetime == truth.lifetime
+        assert [month.totals for month in seen.months] == [m.totals for m in truth.months]
+        assert run_audit() == []
 
 
 def test_the_reads_use_their_indexes_with_a_generic_plan(ctx):
