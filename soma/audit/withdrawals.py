@@ -277,7 +277,8 @@ def withdrawal_amounts_follow_the_rules() -> list[Violation]:
 
 def withdrawals_belong_to_their_teacher() -> list[Violation]:
     """Each withdrawal is paid to one of its own teacher's methods, and its hold locked
-    exactly its tokens on its own teacher's wallet (one locked posting, nobody else's)."""
+    exactly its tokens on its own teacher's wallet: one locked posting, and every posting
+    of the hold on that wallet (nobody else's tokens held, nobody else's locked)."""
     found = [
         f"withdrawal {withdrawal_id} of user {user_id} is sent to payout method {method_id}, "
         f"which is user {owner}'s"
@@ -289,26 +290,36 @@ def withdrawals_belong_to_their_teacher() -> list[Violation]:
         ).all()
     ]
     own = Wallet.user_id == Withdrawal.user_id
-    locked_legs = func.count(Posting.id)
-    own_locked = func.coalesce(func.sum(case((own, Posting.amount), else_=0)), 0)
+    locked = Posting.bucket == Bucket.LOCKED.value
+    locked_legs = func.sum(case((locked, 1), else_=0))
+    own_locked = func.sum(case((and_(own, locked), Posting.amount), else_=0))
+    elsewhere = func.sum(case((own, 0), else_=1))
     rows = db.session.execute(
-        select(Withdrawal.id, Withdrawal.user_id, Withdrawal.tokens, locked_legs, own_locked)
-        .outerjoin(
-            Posting,
-            and_(
-                Posting.entry_id == Withdrawal.hold_entry_id,
-                Posting.bucket == Bucket.LOCKED.value,
-            ),
+        select(
+            Withdrawal.id,
+            Withdrawal.user_id,
+            Withdrawal.tokens,
+            func.coalesce(locked_legs, 0),
+            func.coalesce(own_locked, 0),
+            func.coalesce(elsewhere, 0),
         )
+        .outerjoin(Posting, Posting.entry_id == Withdrawal.hold_entry_id)
         .outerjoin(Wallet, Wallet.id == Posting.wallet_id)
         .group_by(Withdrawal.id, Withdrawal.user_id, Withdrawal.tokens)
-        .having(or_(locked_legs != 1, own_locked != Withdrawal.tokens))
+        .having(
+            or_(
+                func.coalesce(locked_legs, 0) != 1,
+                func.coalesce(own_locked, 0) != Withdrawal.tokens,
+                func.coalesce(elsewhere, 0) != 0,
+            )
+        )
         .order_by(Withdrawal.id)
     ).all()
     found += [
         f"withdrawal {withdrawal_id} of user {user_id} holds {tokens} tokens, but its hold "
-        f"has {legs} locked posting(s), locking {locked} on that user's wallet"
-        for withdrawal_id, user_id, tokens, legs, locked in rows
+        f"has {legs} locked posting(s), locking {held} on that user's wallet, and "
+        f"{others} posting(s) on other wallets"
+        for withdrawal_id, user_id, tokens, legs, held, others in rows
     ]
     return [Violation("withdrawal-owner", detail) for detail in found]
 

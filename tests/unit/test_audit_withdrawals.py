@@ -274,6 +274,26 @@ def test_a_hold_locking_another_wallets_tokens_is_named(ctx, clock):
     assert "but its hold has 1 locked posting(s), locking 0 on that user's" in str(violations)
 
 
+def test_a_hold_taking_another_wallets_available_tokens_is_named(ctx, clock):
+    ids = every_status(clock)
+    thief = make_teacher(0)
+    hold_id = service.fresh(ids["processing"]).hold_entry_id
+    thief_wallet = db.session.scalar(select(Wallet.id).where(Wallet.user_id == thief.id))
+    allow_edits("postings")
+    db.session.execute(
+        text("UPDATE postings SET wallet_id = :w WHERE entry_id = :e AND bucket = :b"),
+        {"w": thief_wallet, "e": hold_id, "b": Bucket.AVAILABLE.value},
+    )
+    db.session.commit()
+    violations = run_audit()
+    assert "withdrawal-owner" in checks(violations)
+    assert (
+        f"withdrawal {ids['processing']} of user {service.fresh(ids['processing']).user_id} "
+        "holds 500 tokens, but its hold has 1 locked posting(s), locking 500 on that user's "
+        "wallet, and 1 posting(s) on other wallets"
+    ) in str(violations)
+
+
 def test_a_hold_locking_other_tokens_is_named(ctx, clock):
     ids = every_status(clock)
     hold_id = service.fresh(ids["requested"]).hold_entry_id
