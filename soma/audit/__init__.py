@@ -31,6 +31,9 @@ CHECKS: list[Callable[[], list[Violation]]] = [
     gifts.gifts_transferred_once,
     withdrawals.withdrawals_settled_exactly_once,
     withdrawals.withdrawal_fees_add_up,
+    withdrawals.withdrawal_amounts_follow_the_rules,
+    withdrawals.withdrawals_belong_to_their_teacher,
+    withdrawals.withdrawal_holds_close_with_their_status,
     withdrawals.no_withdrawal_processing_too_long,
     earnings.earnings_checkpoints_match_the_ledger,
 ]

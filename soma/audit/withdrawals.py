@@ -1,5 +1,8 @@
 """The audit's checks of withdrawals (SPEC §2.10): every finished withdrawal settled exactly
-once, the fees add up, and none left processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES.
+once, the fees add up, and none left processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES;
+each one's amounts are the rules' at the teacher rate in force when it was made, it is its
+own teacher's (its method, its hold's wallet), and its hold is closed exactly when it is
+finished, by the entry it names and that names it.
 
 A paid withdrawal whose payout came back (a Stripe transfer reversed: `reversed_at`) has,
 besides its paid entry, exactly one ADJUSTMENT entry naming it that undoes that one: its
@@ -13,19 +16,26 @@ watches. The sweeper logs the same withdrawals as a warning on each pass.
 
 from collections import defaultdict
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy.orm import aliased
 
 from soma.audit.violation import Violation
 from soma.extensions import db
+from soma.ledger.pricing import pricing_in_force_query
 from soma.models import (
+    Bucket,
     EntryKind,
     JournalEntry,
+    PayoutMethod,
     PlatformAccount,
     Posting,
+    PricingUserType,
+    TokenPricing,
     Wallet,
     Withdrawal,
 )
 from soma.models.payout import OPEN_STATUSES, RELEASED_STATUSES, WithdrawalStatus
+from soma.payouts.amounts import FEE_MINIMUM_CENTS, FEE_PERCENT
 from soma.payouts.withdrawals import processing_too_long
 
 HOLD = EntryKind.WITHDRAWAL_HOLD.value
@@ -194,3 +204,206 @@ def no_withdrawal_processing_too_long() -> list[Violation]:
         )
         for withdrawal in processing_too_long()
     ]
+
+
+def _teacher_rate(column):
+    """SQL for `column` of the teacher pricing in force when each withdrawal was made."""
+    return (
+        pricing_in_force_query(PricingUserType.TEACHER, Withdrawal.created_at)
+        .with_only_columns(column)
+        .scalar_subquery()
+    )
+
+
+def withdrawal_amounts_follow_the_rules() -> list[Violation]:
+    """Each withdrawal's amounts are soma.payouts.amounts' for what it asked, at the teacher
+    rate in force when it was made: fee = max(50 ¢, 2 % rounded down), net = asked - fee,
+    tokens = the fewest worth at least the dollars asked (ceil), fee tokens = the fee's
+    tokens rounded down. (Dollars raised with the tokens held left alone, a fee waived or
+    cut, all show here.)"""
+    percent = Withdrawal.usd_cents * FEE_PERCENT // 100
+    fee = case((percent > FEE_MINIMUM_CENTS, percent), else_=literal(FEE_MINIMUM_CENTS))
+    rates = select(
+        Withdrawal.id.label("withdrawal_id"),
+        Withdrawal.usd_cents,
+        Withdrawal.fee_cents,
+        Withdrawal.net_cents,
+        Withdrawal.tokens,
+        Withdrawal.fee_tokens,
+        fee.label("fee_due"),
+        _teacher_rate(TokenPricing.tokens).label("rate_tokens"),
+        _teacher_rate(TokenPricing.usd_cents).label("rate_cents"),
+    ).subquery()
+    r = rates.c
+    tokens_due = (r.usd_cents * r.rate_tokens + r.rate_cents - 1) // r.rate_cents
+    fee_tokens_due = r.fee_due * r.rate_tokens // r.rate_cents
+    rows = db.session.execute(
+        select(
+            r.withdrawal_id,
+            r.usd_cents,
+            r.fee_cents,
+            r.net_cents,
+            r.tokens,
+            r.fee_tokens,
+            r.fee_due,
+            tokens_due,
+            fee_tokens_due,
+        )
+        .where(
+            or_(
+                r.rate_tokens.is_(None),
+                r.rate_cents.is_(None),
+                r.fee_cents != r.fee_due,
+                r.net_cents != r.usd_cents - r.fee_due,
+                r.tokens != tokens_due,
+                r.fee_tokens != fee_tokens_due,
+            )
+        )
+        .order_by(r.withdrawal_id)
+    ).all()
+    return [
+        Violation(
+            "withdrawal-amounts",
+            f"withdrawal {withdrawal_id} of {usd} cents says fee {fee_cents}, net {net}, "
+            f"{tokens} tokens ({fee_tokens} for the fee); the rules and the teacher rate in "
+            f"force then make them fee {fee_due}, net {usd - fee_due}, {tokens_due} tokens "
+            f"({fee_tokens_due} for the fee)",
+        )
+        for withdrawal_id, usd, fee_cents, net, tokens, fee_tokens, fee_due, tokens_due, (
+            fee_tokens_due
+        ) in rows
+    ]
+
+
+def withdrawals_belong_to_their_teacher() -> list[Violation]:
+    """Each withdrawal is paid to one of its own teacher's methods, and its hold locked
+    exactly its tokens on its own teacher's wallet: one locked posting, and every posting
+    of the hold on that wallet (nobody else's tokens held, nobody else's locked)."""
+    found = [
+        f"withdrawal {withdrawal_id} of user {user_id} is sent to payout method {method_id}, "
+        f"which is user {owner}'s"
+        for withdrawal_id, user_id, method_id, owner in db.session.execute(
+            select(Withdrawal.id, Withdrawal.user_id, Withdrawal.method_id, PayoutMethod.user_id)
+            .outerjoin(PayoutMethod, PayoutMethod.id == Withdrawal.method_id)
+            .where(or_(PayoutMethod.user_id.is_(None), PayoutMethod.user_id != Withdrawal.user_id))
+            .order_by(Withdrawal.id)
+        ).all()
+    ]
+    own = Wallet.user_id == Withdrawal.user_id
+    locked = Posting.bucket == Bucket.LOCKED.value
+    locked_legs = func.sum(case((locked, 1), else_=0))
+    own_locked = func.sum(case((and_(own, locked), Posting.amount), else_=0))
+    elsewhere = func.sum(case((own, 0), else_=1))
+    rows = db.session.execute(
+        select(
+            Withdrawal.id,
+            Withdrawal.user_id,
+            Withdrawal.tokens,
+            func.coalesce(locked_legs, 0),
+            func.coalesce(own_locked, 0),
+            func.coalesce(elsewhere, 0),
+        )
+        .outerjoin(Posting, Posting.entry_id == Withdrawal.hold_entry_id)
+        .outerjoin(Wallet, Wallet.id == Posting.wallet_id)
+        .group_by(Withdrawal.id, Withdrawal.user_id, Withdrawal.tokens)
+        .having(
+            or_(
+                func.coalesce(locked_legs, 0) != 1,
+                func.coalesce(own_locked, 0) != Withdrawal.tokens,
+                func.coalesce(elsewhere, 0) != 0,
+            )
+        )
+        .order_by(Withdrawal.id)
+    ).all()
+    found += [
+        f"withdrawal {withdrawal_id} of user {user_id} holds {tokens} tokens, but its hold "
+        f"has {legs} locked posting(s), locking {held} on that user's wallet, and "
+        f"{others} posting(s) on other wallets"
+        for withdrawal_id, user_id, tokens, legs, held, others in rows
+    ]
+    return [Violation("withdrawal-owner", detail) for detail in found]
+
+
+def withdrawal_holds_close_with_their_status() -> list[Violation]:
+    """A withdrawal's hold is closed (by any entry at all) exactly when it is finished: a
+    paid one's by its WITHDRAWAL_PAID entry, a failed or rejected one's by its
+    WITHDRAWAL_RELEASE entry, that entry being its `closed_entry_id` and naming it. One
+    still requested or processing has no closing entry and no `closed_entry_id`. Only a
+    paid withdrawal is marked reversed (its reversal entry: withdrawals_settled_exactly_once).
+    """
+    closing = aliased(JournalEntry)
+    expected_kind = case(
+        (Withdrawal.status == WithdrawalStatus.PAID.value, literal(PAID)),
+        (Withdrawal.status.in_(RELEASED_STATUSES), literal(RELEASE)),
+        else_=None,
+    )
+    is_open = Withdrawal.status.in_(OPEN_STATUSES)
+    wrong_open = and_(
+        is_open, or_(closing.id.is_not(None), Withdrawal.closed_entry_id.is_not(None))
+    )
+    wrong_finished = and_(
+        ~is_open,
+        or_(
+            closing.id.is_(None),
+            Withdrawal.closed_entry_id.is_(None),
+            closing.id != Withdrawal.closed_entry_id,
+            closing.kind != expected_kind,
+            closing.reference_type.is_(None),
+            closing.reference_type != "withdrawal",
+            closing.reference_id.is_(None),
+            closing.reference_id != Withdrawal.id,
+        ),
+    )
+    wrong_reversal = and_(
+        Withdrawal.reversed_at.is_not(None), Withdrawal.status != WithdrawalStatus.PAID.value
+    )
+    rows = db.session.execute(
+        select(
+            Withdrawal.id,
+            Withdrawal.status,
+            Withdrawal.hold_entry_id,
+            Withdrawal.closed_entry_id,
+            Withdrawal.reversed_at,
+            closing.id,
+            closing.kind,
+            closing.reference_type,
+            closing.reference_id,
+        )
+        .outerjoin(closing, closing.closes_entry_id == Withdrawal.hold_entry_id)
+        .where(or_(wrong_open, wrong_finished, wrong_reversal))
+        .order_by(Withdrawal.id)
+    ).all()
+    found = []
+    for (
+        withdrawal_id,
+        status,
+        hold_id,
+        closed_by,
+        reversed_at,
+        entry_id,
+        kind,
+        ref_type,
+        ref_id,
+    ) in rows:
+        what = f"withdrawal {withdrawal_id} ({status})"
+        if reversed_at is not None and status != WithdrawalStatus.PAID.value:
+            found.append(f"{what} is marked reversed, but only a paid one can be")
+        if status in OPEN_STATUSES:
+            if entry_id is not None or closed_by is not None:
+                found.append(
+                    f"{what} is open, but its hold {hold_id} is closed by entry {entry_id} "
+                    f"({kind}, naming {ref_type} {ref_id}) and it says entry {closed_by} "
+                    "closed it"
+                )
+            continue
+        if (
+            entry_id is None
+            or (entry_id != closed_by or ref_type != "withdrawal" or ref_id != withdrawal_id)
+            or kind != (PAID if status == WithdrawalStatus.PAID.value else RELEASE)
+        ):
+            found.append(
+                f"{what} says entry {closed_by} closed its hold {hold_id}, but it is closed by "
+                f"{'no entry' if entry_id is None else f'{kind} entry {entry_id}'}"
+                f"{'' if entry_id is None else f' naming {ref_type} {ref_id}'}"
+            )
+    return [Violation("withdrawal-hold-closed", detail) for detail in found]
