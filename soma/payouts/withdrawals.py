@@ -15,6 +15,7 @@ when it closes the hold, its ledger entry, all in one transaction:
 whatever reports an outcome twice, or two admins at once, it happens once.
 """
 
+import logging
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -47,6 +48,8 @@ PROCESSING = WithdrawalStatus.PROCESSING
 PAID = WithdrawalStatus.PAID
 FAILED = WithdrawalStatus.FAILED
 REJECTED = WithdrawalStatus.REJECTED
+
+log = logging.getLogger(__name__)
 
 
 class WithdrawalRefused(FieldRefusal):
@@ -364,10 +367,16 @@ def send(withdrawal_id: int) -> None:
 
 def _detached(withdrawal: Withdrawal) -> Withdrawal:
     """The withdrawal and its method as read now, apart from the session: a rail reads
-    them with no transaction open, and nothing it does to them is written."""
+    them with no transaction open, and nothing it does to them is written.
+
+    Several withdrawals may share one method (the sweeper reads them together): the first
+    detaches it, and the others keep the same detached method rather than expunging it
+    twice (which raises, before the sweeper's commit, on every pass).
+    """
     method = withdrawal.method
-    db.session.expunge(withdrawal)
-    db.session.expunge(method)
+    for instance in (withdrawal, method):
+        if instance in db.session:
+            db.session.expunge(instance)
     return withdrawal
 
 
@@ -580,7 +589,12 @@ def pay_by_admin(withdrawal_id: int, admin: User, reference: str) -> Withdrawal:
 
 def sweep(now: datetime | None = None, limit: int = 200) -> int:
     """Ask each processing withdrawal's rail about it, the least recently asked first, and
-    apply what it says (the sandbox pays its own here). Returns how many were finished."""
+    apply what it says (the sandbox pays its own here). Returns how many were finished.
+
+    Each withdrawal is on its own: one whose rail or outcome raises is logged and skipped,
+    never starving the others. Its `checked_at` has advanced with the rest, so it goes to
+    the back of the queue and is asked again on a later pass, after the others.
+    """
     now = now or clock.now()
     found = list(
         db.session.scalars(
@@ -603,10 +617,14 @@ def sweep(now: datetime | None = None, limit: int = 200) -> int:
     finished = 0
     for withdrawal in detached:
         kind = withdrawal.method.kind
-        outcome = rail_for(kind).check(withdrawal, now)
-        if outcome is not None:
-            apply(withdrawal.id, outcome, f"sweeper:{kind}")
-            finished += 1
+        try:
+            outcome = rail_for(kind).check(withdrawal, now)
+            if outcome is not None:
+                apply(withdrawal.id, outcome, f"sweeper:{kind}")
+                finished += 1
+        except Exception:
+            db.session.rollback()  # whatever it left half done; the next one starts clean
+            log.exception("Sweeper: withdrawal %s (%s) skipped this pass", withdrawal.id, kind)
     return finished
 
 

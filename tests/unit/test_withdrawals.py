@@ -400,3 +400,68 @@ def test_the_sweeper_warns_of_a_withdrawal_processing_too_long(app, ctx, clock, 
     result = runner.invoke(args=["soma", "sweep"])
     assert result.exit_code == 0, result.output
     assert f"past WITHDRAWAL_PROCESSING_ALERT_MINUTES: {withdrawal_id}" in caplog.text
+
+
+def test_two_sandbox_withdrawals_to_one_method_are_paid_by_one_sweep(ctx, clock):
+    teacher = make_teacher(600)
+    method = old_method(teacher)
+    first = make_withdrawal(teacher, 1000, method=method)
+    second = make_withdrawal(teacher, 1000, method=method)
+    assert balances(teacher.id) == (100, 500)
+    clock.advance(seconds=5)
+    assert service.sweep() == 2  # (it detached their one method once, not twice)
+    assert [service.fresh(wid).status for wid in (first.id, second.id)] == ["paid", "paid"]
+    assert balances(teacher.id) == (100, 0)
+    for withdrawal in (first, second):
+        assert entries_of(withdrawal.id) == [
+            (EntryKind.WITHDRAWAL_HOLD, 250),
+            (EntryKind.WITHDRAWAL_PAID, 250),
+        ]
+    assert run_audit() == []
+
+
+def test_a_withdrawal_whose_rail_check_raises_does_not_stop_the_others(
+    ctx, clock, monkeypatch, caplog
+):
+    broken_teacher, teacher = make_teacher(300), make_teacher(300)
+    broken = make_withdrawal(broken_teacher, 1000)
+    other = make_withdrawal(teacher, 1000)
+    broken_id = broken.id
+    real_check = rails.SandboxRail.check
+
+    def check(rail, withdrawal, now):
+        if withdrawal.id == broken_id:
+            raise RuntimeError("the provider answered nonsense")
+        return real_check(rail, withdrawal, now)
+
+    monkeypatch.setattr(rails.SandboxRail, "check", check)
+    clock.advance(seconds=5)
+    assert service.sweep() == 1
+    assert f"withdrawal {broken_id} (sandbox) skipped" in caplog.text
+    assert service.fresh(other.id).status == "paid"
+    assert balances(teacher.id) == (50, 0)
+    still = service.fresh(broken_id)
+    assert still.status == "processing"  # nothing moved: its tokens stay held
+    assert still.checked_at is not None  # asked this pass: the back of the queue next time
+    assert balances(broken_teacher.id) == (50, 250)
+    assert entries_of(broken_id) == [(EntryKind.WITHDRAWAL_HOLD, 250)]
+
+    monkeypatch.setattr(rails.SandboxRail, "check", real_check)
+    assert service.sweep() == 1  # asked again on a later pass, and paid once
+    assert service.fresh(broken_id).status == "paid"
+    assert balances(broken_teacher.id) == (50, 0)
+    assert run_audit() == []
+
+
+def test_two_approved_bank_transfers_to_one_method_leave_the_sweeper_working(ctx, clock):
+    teacher, admin = make_teacher(600), make_user("admin")
+    bank = old_method(teacher, "bank")
+    for key in ("bank-a", "bank-b"):
+        service.approve(service.request(teacher, bank.id, 1000, key).id, admin)
+    other_teacher = make_teacher(300)
+    sandbox_withdrawal = make_withdrawal(other_teacher, 1000)
+    clock.advance(seconds=5)
+    assert service.sweep() == 1
+    assert service.fresh(sandbox_withdrawal.id).status == "paid"
+    assert balances(other_teacher.id) == (50, 0)
+    assert balances(teacher.id) == (100, 500)  # the bank transfers wait for an admin
