@@ -129,11 +129,26 @@ def waits_for_admin(method: PayoutMethod, review_reason: str) -> bool:
 # Request -----------------------------------------------------------------------------------
 
 
+RATE_CHANGED = "The rate changed since you reviewed this withdrawal: review it again."
+
+
 def request(
-    teacher: User, method_id: int | None, usd_cents: int, key: str, now: datetime | None = None
+    teacher: User,
+    method_id: int | None,
+    usd_cents: int,
+    key: str,
+    now: datetime | None = None,
+    *,
+    confirmed_tokens: int | None = None,
+    confirmed_kes: int | None = None,
 ) -> Withdrawal:
     """Record the withdrawal and hold its tokens, in one transaction; a repeated `key`
     returns the first withdrawal (KeyReused if it asked for something else).
+
+    `confirmed_tokens` (and `confirmed_kes`, None when no shillings were shown) are what
+    the confirmation page quoted: the rate may have moved since, and the teacher agreed to
+    hold those tokens for those shillings, not others. A quote that differs now is refused
+    and nothing is held. (Callers with no confirmation page leave them None.)
 
     With no admin to wait for on an automatic rail it goes straight to processing,
     and its rail is asked to send it once that has committed.
@@ -143,6 +158,12 @@ def request(
         return _repeat(existing, teacher, method_id, usd_cents)
     now = now or clock.now()
     quote, method, reason = preview(teacher, method_id, usd_cents, now)
+    amount_kes = rail_for(method.kind).local_amount(quote.net_cents)
+    if confirmed_tokens is not None and (confirmed_tokens, confirmed_kes) != (
+        quote.tokens,
+        amount_kes,
+    ):
+        raise WithdrawalRefused(RATE_CHANGED, "amount")
     proceeds = not waits_for_admin(method, reason)
     withdrawal = Withdrawal(
         key=key,
@@ -158,7 +179,7 @@ def request(
         created_at=now,
         updated_at=now,
         processing_at=now if proceeds else None,
-        amount_kes=rail_for(method.kind).local_amount(quote.net_cents),
+        amount_kes=amount_kes,
     )
     db.session.add(withdrawal)
     try:

@@ -6,12 +6,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from soma import clock as app_clock
+from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
+from soma.forms import EXPIRED
 from soma.models import PayoutMethod, User, Withdrawal, WithdrawalEvent
 from soma.payouts import withdrawals as service
 from tests.builders import fund, make_teacher, make_withdrawal, payout_method
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, csrf_from, hidden_fields, text_of
 
 KEY = re.compile(
     r'name="key" type="hidden" value="([^"]+)"|type="hidden" name="key" value="([^"]+)"'
@@ -58,12 +61,24 @@ def review(client, amount: str, method: int):
     )
 
 
-def confirm(client, amount: str, method: int, key: str):
+def confirm(client, amount: str, method: int, key: str, tokens: int = 250):
+    """Post a confirmation as its page would: the amount, method, key and quoted tokens."""
     page = client.get("/withdrawals/new").get_data(as_text=True)
     return client.post(
         "/withdrawals",
-        data={"csrf_token": csrf_from(page), "amount": amount, "method": str(method), "key": key},
+        data={
+            "csrf_token": csrf_from(page),
+            "amount": amount,
+            "method": str(method),
+            "key": key,
+            "tokens": str(tokens),
+        },
     )
+
+
+def press_confirm(client, confirmation):
+    """Press Withdraw on a confirmation page: post back exactly its hidden fields."""
+    return client.post("/withdrawals", data=hidden_fields(confirmation.get_data(as_text=True)))
 
 
 def test_a_teacher_adds_a_sandbox_method_withdraws_ten_dollars_and_sees_it_paid(
@@ -319,3 +334,47 @@ def test_a_teacher_makes_another_method_the_default_and_removes_one(app, client,
     new_page = client.get("/withdrawals/new").get_data(as_text=True)
     assert f'<option selected value="{sandbox_id}">' in new_page
     assert "Withdraw" in text_of(client.get("/wallet/").get_data(as_text=True))
+
+
+def test_a_rate_changed_since_the_confirmation_is_refused_and_holds_nothing(app, client, teacher):
+    with app.app_context():
+        fund(teacher.id, 700)
+    assert add_sandbox(client).status_code == 303
+    method = method_id(app, teacher.id)
+    shown = review(client, "10", method)
+    assert "Tokens held 250 tokens" in text_of(shown.get_data(as_text=True))
+    assert hidden_fields(shown.get_data(as_text=True))["tokens"] == "250"
+    with app.app_context(), ledger.atomic():  # a lower teacher rate, published meanwhile
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+
+    refused = press_confirm(client, shown)
+    assert refused.status_code == 422
+    assert service.RATE_CHANGED in text_of(refused.get_data(as_text=True))
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+        assert balances(teacher.id) == (1000, 0)  # nothing held
+
+    again = review(client, "10", method)  # reviewed again: the new quote, then held as shown
+    assert "Tokens held 500 tokens" in text_of(again.get_data(as_text=True))
+    assert press_confirm(client, again).status_code == 303
+    with app.app_context():
+        assert db.session.scalar(select(Withdrawal.tokens)) == 500
+        assert balances(teacher.id) == (500, 500)
+
+
+@pytest.mark.parametrize(
+    "tokens", ["", "249", "-250", "250.0", "2.5e2", " 250x", "9" * 25, "\x00250"]
+)
+def test_a_confirmation_without_its_quoted_tokens_is_refused_and_holds_nothing(
+    app, client, teacher, tokens
+):
+    assert add_sandbox(client).status_code == 303
+    method = method_id(app, teacher.id)
+    fields = hidden_fields(review(client, "10", method).get_data(as_text=True))
+    refused = client.post("/withdrawals", data={**fields, "tokens": tokens})
+    assert refused.status_code == 422
+    page = text_of(refused.get_data(as_text=True))
+    assert (service.RATE_CHANGED if tokens == "249" else EXPIRED) in page
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+        assert balances(teacher.id) == (300, 0)

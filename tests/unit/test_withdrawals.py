@@ -8,6 +8,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock as app_clock
+from soma import ledger
 from soma.audit import run_audit
 from soma.errors import KeyReused
 from soma.extensions import db
@@ -465,3 +466,24 @@ def test_two_approved_bank_transfers_to_one_method_leave_the_sweeper_working(ctx
     assert service.fresh(sandbox_withdrawal.id).status == "paid"
     assert balances(other_teacher.id) == (50, 0)
     assert balances(teacher.id) == (100, 500)  # the bank transfers wait for an admin
+
+
+def test_a_request_whose_quote_moved_since_the_confirmation_holds_nothing(ctx, clock):
+    teacher = make_teacher(1000)
+    method = old_method(teacher)
+    quote, _, _ = service.preview(teacher, method.id, 1000)  # what the confirmation showed
+    assert quote.tokens == 250
+    clock.advance(seconds=1)
+    with ledger.atomic():  # a lower teacher rate, published before the teacher confirms
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+    with pytest.raises(service.WithdrawalRefused, match="The rate changed") as refused:
+        service.request(teacher, method.id, 1000, "moved", confirmed_tokens=quote.tokens)
+    assert refused.value.field == "amount"
+    assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+    assert balances(teacher.id) == (1000, 0)
+
+    again, _, _ = service.preview(teacher, method.id, 1000)  # reviewed again: held as shown
+    made = service.request(teacher, method.id, 1000, "again", confirmed_tokens=again.tokens)
+    assert (made.tokens, again.tokens) == (500, 500)
+    assert entries_of(made.id) == [(EntryKind.WITHDRAWAL_HOLD, 500)]
+    assert balances(teacher.id) == (500, 500)
