@@ -476,15 +476,40 @@ def mark_failed(
     return _close_by_release(withdrawal_id, (PROCESSING,), FAILED, source, reason, actor_id)
 
 
+def rejectable_while_processing(method_kind: str) -> bool:
+    """Whether an admin may reject a processing withdrawal to a method of this kind.
+
+    A bank transfer is sent by hand, so until it is marked paid it may be rejected. An
+    automatic rail that moves no money (the sandbox) pays only while it is offered: once it
+    is not (SOMA_ENV became production) nothing would ever close it, and nothing can have
+    left, so an admin may. Never a processing Stripe or M-Pesa one: it may have been sent,
+    and only the provider's answer closes it (mark_paid / mark_failed).
+    """
+    rail = rail_for(method_kind)
+    if rail.manual:
+        return True
+    return rail.automatic and not rail.moves_money and not rail.offered()
+
+
+def rejectable(withdrawal: Withdrawal) -> bool:
+    """Whether an admin may reject the withdrawal now (what the admin page offers)."""
+    if withdrawal.status == REQUESTED.value:
+        return True
+    return withdrawal.status == PROCESSING.value and rejectable_while_processing(
+        withdrawal.method.kind
+    )
+
+
 def reject(withdrawal_id: int, admin: User, reason: str) -> Withdrawal:
-    """An admin refuses a withdrawal: a requested one, or a bank transfer approved but not
-    sent. Its tokens go back to the teacher."""
+    """An admin refuses a withdrawal: a requested one, a bank transfer approved but not
+    sent, or a processing one stranded on a rail no longer offered that moves no money
+    (rejectable_while_processing). Its tokens go back to the teacher, once."""
     reason = reason.strip()
     if not reason:
         raise WithdrawalRefused("Say why the withdrawal is rejected.", "reason")
     withdrawal = fresh(withdrawal_id)
     allowed = [REQUESTED]
-    if rail_for(withdrawal.method.kind).manual:
+    if rejectable_while_processing(withdrawal.method.kind):
         allowed.append(PROCESSING)
     return _close_by_release(
         withdrawal_id, tuple(allowed), REJECTED, f"admin:{admin.id}", reason, admin.id

@@ -378,3 +378,30 @@ def test_a_confirmation_without_its_quoted_tokens_is_refused_and_holds_nothing(
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
         assert balances(teacher.id) == (300, 0)
+
+
+def test_the_admin_page_offers_to_reject_a_stranded_sandbox_withdrawal_only_when_stranded(
+    app, client, auth, clock
+):
+    with app.app_context():
+        teacher = make_teacher(300)
+        withdrawal_id = make_withdrawal(teacher, 1000).id
+        teacher_id = teacher.id
+    auth.login_as("admin")
+    detail = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" not in detail  # the sandbox pays it
+    app.config["SOMA_ENV"] = "production"
+    detail = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" in detail
+    assert "Mark paid" not in text_of(detail)
+    rejected = client.post(
+        f"/admin/withdrawals/{withdrawal_id}/reject",
+        data={"csrf_token": csrf_from(detail), "reason": "Test payouts are off."},
+    )
+    assert rejected.status_code == 303
+    after = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" not in after
+    assert "Test payouts are off." in text_of(after)
+    with app.app_context():
+        assert balances(teacher_id) == (300, 0)
+        assert run_audit() == []

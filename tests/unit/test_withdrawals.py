@@ -4,7 +4,7 @@ sandbox and bank rails, with the admin's review where it is due."""
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock as app_clock
@@ -487,3 +487,49 @@ def test_a_request_whose_quote_moved_since_the_confirmation_holds_nothing(ctx, c
     assert (made.tokens, again.tokens) == (500, 500)
     assert entries_of(made.id) == [(EntryKind.WITHDRAWAL_HOLD, 500)]
     assert balances(teacher.id) == (500, 500)
+
+
+def test_a_processing_sandbox_withdrawal_stranded_in_production_is_rejected_once(app, ctx, clock):
+    teacher, admin = make_teacher(300), make_user("admin")
+    withdrawal = make_withdrawal(teacher, 1000)
+    assert not service.rejectable(withdrawal)  # while the sandbox pays it, nobody rejects it
+    app.config["SOMA_ENV"] = "production"  # the sandbox is never offered, never pays
+    clock.advance(seconds=30)
+    assert service.sweep() == 0
+    assert service.rejectable(service.fresh(withdrawal.id))
+    with pytest.raises(service.WithdrawalConflict, match="paid by its provider"):
+        service.pay_by_admin(withdrawal.id, admin, "REF")
+
+    rejected = service.reject(withdrawal.id, admin, "Test payouts are off in production.")
+    assert (rejected.status, rejected.failure_reason) == (
+        "rejected", "Test payouts are off in production.",
+    )  # fmt: skip
+    assert balances(teacher.id) == (300, 0)
+    assert entries_of(withdrawal.id) == [
+        (EntryKind.WITHDRAWAL_HOLD, 250),
+        (EntryKind.WITHDRAWAL_RELEASE, 250),
+    ]
+    assert service.reject(withdrawal.id, admin, "again").status == "rejected"  # once
+    assert len(entries_of(withdrawal.id)) == 2
+    assert balances(teacher.id) == (300, 0)
+    assert not service.rejectable(service.fresh(withdrawal.id))
+    assert run_audit() == []
+
+
+@pytest.mark.parametrize("kind", ["stripe", "mpesa"])
+def test_a_processing_provider_withdrawal_is_never_rejected_even_when_not_offered(ctx, clock, kind):
+    """It may have been sent: only the provider's answer closes it."""
+    teacher, admin = make_teacher(300), make_user("admin")
+    withdrawal = make_withdrawal(teacher, 1000)
+    db.session.execute(  # (as if it had gone to a provider whose settings are gone now)
+        update(PayoutMethod).where(PayoutMethod.id == withdrawal.method_id).values(kind=kind)
+    )
+    db.session.commit()
+    assert not rails.rail_for(kind).offered()
+    assert not service.rejectable_while_processing(kind)
+    assert not service.rejectable(service.fresh(withdrawal.id))
+    with pytest.raises(service.WithdrawalConflict, match="cannot be marked rejected"):
+        service.reject(withdrawal.id, admin, "stuck")
+    assert service.fresh(withdrawal.id).status == "processing"
+    assert balances(teacher.id) == (50, 250)
+    assert entries_of(withdrawal.id) == [(EntryKind.WITHDRAWAL_HOLD, 250)]
