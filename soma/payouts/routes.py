@@ -26,9 +26,25 @@ bp = Blueprint("payouts", __name__)
 # Payout methods ------------------------------------------------------------------------------
 
 
+RETYPE_NUMBER = "Type the account number again: it is never shown back."
+
+
+def _forget_account_number(form: AddMethodForm) -> None:
+    """Empty the account number a refused form carries, so the page never echoes it back
+    (in its HTML, a cache or a screenshot); the teacher types it again, and is told so."""
+    field = form.account_number
+    typed = (field.raw_data and field.raw_data[0]) or field.data
+    if typed and not field.errors:
+        field.errors = [RETYPE_NUMBER]
+    field.raw_data, field.data = [], ""
+
+
 def _methods_page(form: AddMethodForm | None = None, status: int = 200):
     offered = rails.offered_kinds()
-    form = form or AddMethodForm(kinds=offered)
+    if form is None:
+        form = AddMethodForm(kinds=offered)
+    else:  # (every re-render of a sent form comes through here: a 422, Stripe's 503)
+        _forget_account_number(form)
     unavailable = [rail.unavailable for kind, rail in rails.RAILS.items() if kind not in offered]
     return render_template(
         "payouts/methods.html",

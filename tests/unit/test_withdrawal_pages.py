@@ -405,3 +405,47 @@ def test_the_admin_page_offers_to_reject_a_stranded_sandbox_withdrawal_only_when
     with app.app_context():
         assert balances(teacher_id) == (300, 0)
         assert run_audit() == []
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"account_holder": ""},  # refused by the service: no holder
+        {"account_holder": "T" * 500},  # refused by the form: too long
+        {"bank_name": "Equity\x00"},  # refused by the form: a control character
+        {"kind": "stripe"},  # a kind not on offer
+        {"account_number": "9999 8888 7777 6666 5555 4444 3333 2222 1111"},  # too long a number
+    ],
+)
+def test_a_refused_bank_method_never_shows_its_account_number_back(app, client, teacher, refused):
+    page = client.get("/payout-methods").get_data(as_text=True)
+    fields = {"kind": "bank", "account_holder": "Tara Teacher", "bank_name": "Equity",
+              "account_number": "9999 8888 7777 6666", **refused}  # fmt: skip
+    sent = client.post("/payout-methods", data={"csrf_token": csrf_from(page), **fields})
+    assert sent.status_code == 422
+    html = sent.get_data(as_text=True)
+    typed = fields["account_number"]
+    for shown in (typed, typed.replace(" ", ""), typed[-9:], typed.replace(" ", "")[-8:]):
+        assert shown not in html
+    number_input = re.search(r'<input[^>]*name="account_number"[^>]*>', html).group(0)
+    assert re.search(r'value="[^"]', number_input) is None  # an empty field, to type again
+    if "account_number" not in refused:  # (a refused number says why, not "type it again")
+        assert "Type the account number again: it is never shown back." in text_of(html)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PayoutMethod)) == 0
+        assert balances(teacher.id) == (300, 0)
+
+
+def test_a_refused_duplicate_bank_method_never_shows_its_account_number_back(app, client, teacher):
+    page = client.get("/payout-methods").get_data(as_text=True)
+    fields = {"csrf_token": csrf_from(page), "kind": "bank", "account_holder": "Tara Teacher",
+              "bank_name": "Equity", "account_number": "5555 4444 3333"}  # fmt: skip
+    assert client.post("/payout-methods", data=fields).status_code == 303
+    again = client.post("/payout-methods", data=fields)
+    assert again.status_code == 422
+    html = again.get_data(as_text=True)
+    assert "already one of your payout methods" in text_of(html)
+    assert "5555 4444 3333" not in html and "555544443333" not in html
+    assert "••••3333" in text_of(html)  # the method it already has, masked as ever
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PayoutMethod)) == 1
