@@ -7,7 +7,8 @@ when it closes the hold, its ledger entry, all in one transaction:
 
     requested ──approve / automatic──▶ processing ──mark_paid──▶ paid
         │                                   │
-        └──reject──▶ rejected               └──mark_failed──▶ failed (reject, for bank)
+        └──reject──▶ rejected               └──mark_failed──▶ failed
+                                                (reject: a bank transfer, or a stranded sandbox one)
 
 `mark_paid` retires the held tokens (to redemption, the fee's to fees) and
 `mark_failed` / `reject` release them; their entries are keyed by the withdrawal
