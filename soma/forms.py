@@ -69,6 +69,24 @@ class KeyField(HiddenField):
             raise ValidationError(EXPIRED)
 
 
+class CountField(HiddenField):
+    """A whole number a confirmation step carries back (what it quoted), stored in `column`.
+
+    Anything that is not one (a sign, a fraction, more than the column holds) is refused
+    as an expired form, with the data left None: it is compared, never stored.
+    """
+
+    def __init__(self, column: inputs.ColumnLike, **kwargs):
+        super().__init__(**kwargs)
+        self.column = column
+
+    def process_formdata(self, valuelist) -> None:
+        if valuelist:
+            self.data = inputs.parse_count(valuelist[0], self.column)
+            if self.data is None and valuelist[0] != "":
+                raise ValueError(EXPIRED)
+
+
 class IdSelectField(SelectField):
     """A select of rows by id (a teacher, say): a value `column` cannot hold is refused as
     `message`, never sent to the database."""

@@ -24,6 +24,9 @@ from soma.models.base import Base
 
 # An id as it appears in a URL or a form: ASCII digits, no sign, no leading zero.
 _ID_TEXT = re.compile(r"[1-9][0-9]{0,18}")
+# A whole number a form carries (a quoted count of tokens): ASCII digits, no sign, no
+# leading zero.
+_COUNT_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")
 # A one-time form key (an idempotency key): URL-safe base64, as secrets.token_urlsafe makes.
 _KEY_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 # The whitespace a multi-line text (a textarea) may hold; nothing else below U+0020.
@@ -56,6 +59,15 @@ def parse_id(text, column: ColumnLike) -> int | None:
     if isinstance(text, int) and not isinstance(text, bool):
         text = str(text)
     if not isinstance(text, str) or not _ID_TEXT.fullmatch(text):
+        return None
+    number = int(text)
+    return number if number <= id_limit(column) else None
+
+
+def parse_count(text, column: ColumnLike) -> int | None:
+    """The whole number `text` names if `column` can hold it (0 to its limit), else None:
+    a confirmation's quoted amount, never a sign, a fraction or an exponent."""
+    if not isinstance(text, str) or not _COUNT_TEXT.fullmatch(text):
         return None
     number = int(text)
     return number if number <= id_limit(column) else None

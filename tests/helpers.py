@@ -4,6 +4,7 @@ Test data is built in tests/builders.py; `make_user`, `fund` and `DEFAULT_PASSWO
 importable from here too, for the modules that still import them from here.
 """
 
+import html as html_module
 import os
 import re
 import threading
@@ -40,6 +41,18 @@ def csrf_from(html: str) -> str:
     match = _CSRF_META.search(html)
     assert match, "page has no CSRF token"
     return match.group(1)
+
+
+def hidden_fields(html: str) -> dict[str, str]:
+    """The hidden inputs of the page's forms, by name: what a browser sends back unseen."""
+    found = {}
+    for tag in re.findall(r"<input[^>]*>", html):
+        if 'type="hidden"' in tag:
+            name = re.search(r'name="([^"]*)"', tag)
+            value = re.search(r'value="([^"]*)"', tag)
+            if name:
+                found[name.group(1)] = html_module.unescape(value.group(1)) if value else ""
+    return found
 
 
 def text_of(html: str) -> str:

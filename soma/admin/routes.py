@@ -263,6 +263,7 @@ def _withdrawal_page(withdrawal: Withdrawal, status: int = 200, reject=None, pai
         withdrawal=withdrawal,
         events=withdrawal_service.events_of([withdrawal.id])[withdrawal.id],
         rail=rail,
+        rejectable=withdrawal_service.rejectable(withdrawal),
         account_number=number,
         action=ActionForm(),
         reject_form=reject or RejectWithdrawalForm(formdata=None),

@@ -4,7 +4,7 @@ from flask_wtf import FlaskForm
 from wtforms import RadioField, SelectChoice, StringField
 from wtforms.validators import DataRequired, InputRequired, Length
 
-from soma.forms import IdSelectField, KeyField, Printable, bounded, strip
+from soma.forms import EXPIRED, CountField, IdSelectField, KeyField, Printable, bounded, strip
 from soma.models import PayoutMethod, Withdrawal
 from soma.models.payout import METHOD_LABELS, MethodKind
 
@@ -66,9 +66,18 @@ class WithdrawForm(FlaskForm):
 
 
 class ConfirmWithdrawalForm(WithdrawForm):
-    """The confirmation step: the same fields, hidden, and the form's one-time key."""
+    """The confirmation step: the same fields, hidden, the form's one-time key, and what the
+    page quoted (the tokens held, and for M-Pesa the shillings sent), so that a rate that
+    moved in between is refused rather than holding what the teacher never saw."""
 
     key = KeyField(Withdrawal.key, validators=[DataRequired("This form has expired.")])
+    tokens = CountField(Withdrawal.tokens, validators=[InputRequired(EXPIRED)])
+    shillings = CountField(Withdrawal.amount_kes)
+
+    @property
+    def expired(self) -> bool:
+        """Whether a field only the confirmation page fills in was refused (reload it)."""
+        return bool(self.key.errors or self.tokens.errors or self.shillings.errors)
 
 
 class RejectWithdrawalForm(FlaskForm):

@@ -26,9 +26,25 @@ bp = Blueprint("payouts", __name__)
 # Payout methods ------------------------------------------------------------------------------
 
 
+RETYPE_NUMBER = "Type the account number again: it is never shown back."
+
+
+def _forget_account_number(form: AddMethodForm) -> None:
+    """Empty the account number a refused form carries, so the page never echoes it back
+    (in its HTML, a cache or a screenshot); the teacher types it again, and is told so."""
+    field = form.account_number
+    typed = (field.raw_data and field.raw_data[0]) or field.data
+    if typed and not field.errors:
+        field.errors = [RETYPE_NUMBER]
+    field.raw_data, field.data = [], ""
+
+
 def _methods_page(form: AddMethodForm | None = None, status: int = 200):
     offered = rails.offered_kinds()
-    form = form or AddMethodForm(kinds=offered)
+    if form is None:
+        form = AddMethodForm(kinds=offered)
+    else:  # (every re-render of a sent form comes through here: a 422, Stripe's 503)
+        _forget_account_number(form)
     unavailable = [rail.unavailable for kind, rail in rails.RAILS.items() if kind not in offered]
     return render_template(
         "payouts/methods.html",
@@ -229,12 +245,15 @@ def review_withdrawal():
         return _refuse(form, withdrawals.WithdrawalRefused(str(error), "amount"))
     except withdrawals.WithdrawalRefused as error:
         return _refuse(form, error)
+    shillings = rails.rail_for(method.kind).local_amount(quote.net_cents)
     confirm = ConfirmWithdrawalForm(
         formdata=None,
         methods=[method],
         amount=form.amount.data,
         method=method.id,
         key=secrets.token_urlsafe(16),
+        tokens=quote.tokens,
+        shillings=shillings,
     )
     return render_template(
         "payouts/confirm.html",
@@ -243,7 +262,7 @@ def review_withdrawal():
         method=method,
         review_reason=reason,
         waits=withdrawals.waits_for_admin(method, reason),
-        shillings=rails.rail_for(method.kind).local_amount(quote.net_cents),
+        shillings=shillings,
         kes_rate=rails.kes_per_usd(),
         summary=wallet_summary(current_user),
     )
@@ -255,12 +274,19 @@ def create_withdrawal():
     """Confirm: hold the tokens and record the withdrawal (a double submit is one)."""
     form = ConfirmWithdrawalForm(methods=methods.methods_of(current_user))
     if not form.validate_on_submit():
-        if form.key.errors:  # (the key is not shown on the form page: say it on the amount)
+        if form.expired:  # (its hidden fields are not on the form page: say it on the amount)
             form.amount.errors = [*form.amount.errors, EXPIRED]
         return _new_page(form, 422)
     try:
         cents = amounts.parse_usd(form.amount.data)
-        withdrawal = withdrawals.request(current_user, form.method.data, cents, form.key.data)
+        withdrawal = withdrawals.request(
+            current_user,
+            form.method.data,
+            cents,
+            form.key.data,
+            confirmed_tokens=form.tokens.data,
+            confirmed_kes=form.shillings.data,
+        )
     except amounts.AmountRefused as error:
         return _refuse(form, withdrawals.WithdrawalRefused(str(error), "amount"))
     except withdrawals.WithdrawalRefused as error:

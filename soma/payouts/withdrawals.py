@@ -7,7 +7,8 @@ when it closes the hold, its ledger entry, all in one transaction:
 
     requested ──approve / automatic──▶ processing ──mark_paid──▶ paid
         │                                   │
-        └──reject──▶ rejected               └──mark_failed──▶ failed (reject, for bank)
+        └──reject──▶ rejected               └──mark_failed──▶ failed
+                                                (reject: a bank transfer, or a stranded sandbox one)
 
 `mark_paid` retires the held tokens (to redemption, the fee's to fees) and
 `mark_failed` / `reject` release them; their entries are keyed by the withdrawal
@@ -15,6 +16,7 @@ when it closes the hold, its ledger entry, all in one transaction:
 whatever reports an outcome twice, or two admins at once, it happens once.
 """
 
+import logging
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -47,6 +49,8 @@ PROCESSING = WithdrawalStatus.PROCESSING
 PAID = WithdrawalStatus.PAID
 FAILED = WithdrawalStatus.FAILED
 REJECTED = WithdrawalStatus.REJECTED
+
+log = logging.getLogger(__name__)
 
 
 class WithdrawalRefused(FieldRefusal):
@@ -126,11 +130,26 @@ def waits_for_admin(method: PayoutMethod, review_reason: str) -> bool:
 # Request -----------------------------------------------------------------------------------
 
 
+RATE_CHANGED = "The rate changed since you reviewed this withdrawal: review it again."
+
+
 def request(
-    teacher: User, method_id: int | None, usd_cents: int, key: str, now: datetime | None = None
+    teacher: User,
+    method_id: int | None,
+    usd_cents: int,
+    key: str,
+    now: datetime | None = None,
+    *,
+    confirmed_tokens: int | None = None,
+    confirmed_kes: int | None = None,
 ) -> Withdrawal:
     """Record the withdrawal and hold its tokens, in one transaction; a repeated `key`
     returns the first withdrawal (KeyReused if it asked for something else).
+
+    `confirmed_tokens` (and `confirmed_kes`, None when no shillings were shown) are what
+    the confirmation page quoted: the rate may have moved since, and the teacher agreed to
+    hold those tokens for those shillings, not others. A quote that differs now is refused
+    and nothing is held. (Callers with no confirmation page leave them None.)
 
     With no admin to wait for on an automatic rail it goes straight to processing,
     and its rail is asked to send it once that has committed.
@@ -140,6 +159,12 @@ def request(
         return _repeat(existing, teacher, method_id, usd_cents)
     now = now or clock.now()
     quote, method, reason = preview(teacher, method_id, usd_cents, now)
+    amount_kes = rail_for(method.kind).local_amount(quote.net_cents)
+    if confirmed_tokens is not None and (confirmed_tokens, confirmed_kes) != (
+        quote.tokens,
+        amount_kes,
+    ):
+        raise WithdrawalRefused(RATE_CHANGED, "amount")
     proceeds = not waits_for_admin(method, reason)
     withdrawal = Withdrawal(
         key=key,
@@ -155,7 +180,7 @@ def request(
         created_at=now,
         updated_at=now,
         processing_at=now if proceeds else None,
-        amount_kes=rail_for(method.kind).local_amount(quote.net_cents),
+        amount_kes=amount_kes,
     )
     db.session.add(withdrawal)
     try:
@@ -364,10 +389,16 @@ def send(withdrawal_id: int) -> None:
 
 def _detached(withdrawal: Withdrawal) -> Withdrawal:
     """The withdrawal and its method as read now, apart from the session: a rail reads
-    them with no transaction open, and nothing it does to them is written."""
+    them with no transaction open, and nothing it does to them is written.
+
+    Several withdrawals may share one method (the sweeper reads them together): the first
+    detaches it, and the others keep the same detached method rather than expunging it
+    twice (which raises, before the sweeper's commit, on every pass).
+    """
     method = withdrawal.method
-    db.session.expunge(withdrawal)
-    db.session.expunge(method)
+    for instance in (withdrawal, method):
+        if instance in db.session:
+            db.session.expunge(instance)
     return withdrawal
 
 
@@ -446,15 +477,40 @@ def mark_failed(
     return _close_by_release(withdrawal_id, (PROCESSING,), FAILED, source, reason, actor_id)
 
 
+def rejectable_while_processing(method_kind: str) -> bool:
+    """Whether an admin may reject a processing withdrawal to a method of this kind.
+
+    A bank transfer is sent by hand, so until it is marked paid it may be rejected. An
+    automatic rail that moves no money (the sandbox) pays only while it is offered: once it
+    is not (SOMA_ENV became production) nothing would ever close it, and nothing can have
+    left, so an admin may. Never a processing Stripe or M-Pesa one: it may have been sent,
+    and only the provider's answer closes it (mark_paid / mark_failed).
+    """
+    rail = rail_for(method_kind)
+    if rail.manual:
+        return True
+    return rail.automatic and not rail.moves_money and not rail.offered()
+
+
+def rejectable(withdrawal: Withdrawal) -> bool:
+    """Whether an admin may reject the withdrawal now (what the admin page offers)."""
+    if withdrawal.status == REQUESTED.value:
+        return True
+    return withdrawal.status == PROCESSING.value and rejectable_while_processing(
+        withdrawal.method.kind
+    )
+
+
 def reject(withdrawal_id: int, admin: User, reason: str) -> Withdrawal:
-    """An admin refuses a withdrawal: a requested one, or a bank transfer approved but not
-    sent. Its tokens go back to the teacher."""
+    """An admin refuses a withdrawal: a requested one, a bank transfer approved but not
+    sent, or a processing one stranded on a rail no longer offered that moves no money
+    (rejectable_while_processing). Its tokens go back to the teacher, once."""
     reason = reason.strip()
     if not reason:
         raise WithdrawalRefused("Say why the withdrawal is rejected.", "reason")
     withdrawal = fresh(withdrawal_id)
     allowed = [REQUESTED]
-    if rail_for(withdrawal.method.kind).manual:
+    if rejectable_while_processing(withdrawal.method.kind):
         allowed.append(PROCESSING)
     return _close_by_release(
         withdrawal_id, tuple(allowed), REJECTED, f"admin:{admin.id}", reason, admin.id
@@ -580,7 +636,12 @@ def pay_by_admin(withdrawal_id: int, admin: User, reference: str) -> Withdrawal:
 
 def sweep(now: datetime | None = None, limit: int = 200) -> int:
     """Ask each processing withdrawal's rail about it, the least recently asked first, and
-    apply what it says (the sandbox pays its own here). Returns how many were finished."""
+    apply what it says (the sandbox pays its own here). Returns how many were finished.
+
+    Each withdrawal is on its own: one whose rail or outcome raises is logged and skipped,
+    never starving the others. Its `checked_at` has advanced with the rest, so it goes to
+    the back of the queue and is asked again on a later pass, after the others.
+    """
     now = now or clock.now()
     found = list(
         db.session.scalars(
@@ -603,10 +664,14 @@ def sweep(now: datetime | None = None, limit: int = 200) -> int:
     finished = 0
     for withdrawal in detached:
         kind = withdrawal.method.kind
-        outcome = rail_for(kind).check(withdrawal, now)
-        if outcome is not None:
-            apply(withdrawal.id, outcome, f"sweeper:{kind}")
-            finished += 1
+        try:
+            outcome = rail_for(kind).check(withdrawal, now)
+            if outcome is not None:
+                apply(withdrawal.id, outcome, f"sweeper:{kind}")
+                finished += 1
+        except Exception:
+            db.session.rollback()  # whatever it left half done; the next one starts clean
+            log.exception("Sweeper: withdrawal %s (%s) skipped this pass", withdrawal.id, kind)
     return finished
 
 

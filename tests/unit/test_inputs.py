@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from soma import inputs
-from soma.models import ClassSession, Gift, Notification, Purchase, User
+from soma.models import ClassSession, Gift, Notification, Purchase, User, Withdrawal
 
 
 def test_an_id_limit_is_its_column_type_s_largest_value():
@@ -27,6 +27,17 @@ def test_an_id_limit_is_its_column_type_s_largest_value():
 )  # fmt: skip
 def test_an_id_is_ascii_digits_within_its_column(text, column, parsed):
     assert inputs.parse_id(text, column) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("0", 0), ("250", 250), (str(2**63 - 1), 2**63 - 1), (str(2**63), None), ("-1", None),
+     ("+1", None), ("007", None), (" 250", None), ("250.0", None), ("2.5e2", None),
+     ("\u0661", None), ("", None), (None, None), (250, None), ("9" * 40, None)],
+)  # fmt: skip
+def test_a_count_is_ascii_digits_within_its_column(text, parsed):
+    """A confirmation's quoted tokens (Withdrawal.tokens, a BIGINT): compared, never stored."""
+    assert inputs.parse_count(text, Withdrawal.tokens) == parsed
 
 
 def test_a_query_id_raises_what_werkzeug_turns_into_the_default():

@@ -26,7 +26,7 @@ from tests.fakes.daraja_server import (
     b2c_timeout,
     make_certificate,
 )
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, csrf_from, hidden_fields, text_of
 
 SECRET = "cb-secret-b2c"
 BASE = "https://soma.example"
@@ -106,6 +106,29 @@ def test_the_confirmation_shows_the_shillings_rounded_down(app, client, teacher,
     shillings = int(quote.net_cents * 12950 // 10000)
     assert shillings * 10000 <= quote.net_cents * 12950
     assert f"KES {shillings:,}" in text_of(shown.get_data(as_text=True))
+
+
+def test_shillings_changed_since_the_confirmation_are_refused_and_nothing_is_sent(
+    app, client, teacher, daraja
+):
+    page = client.get("/withdrawals/new").get_data(as_text=True)
+    shown = client.post(
+        "/withdrawals/review",
+        data={"csrf_token": csrf_from(page), "amount": "10", "method": teacher.method_id},
+    )
+    fields = hidden_fields(shown.get_data(as_text=True))
+    assert (fields["tokens"], fields["shillings"]) == ("250", str(950 * 12950 // 10000))
+    app.config["MPESA_KES_PER_USD"] = "120.00"  # the shilling rate moved meanwhile
+
+    refused = client.post("/withdrawals", data=fields)
+    assert refused.status_code == 422
+    assert service.RATE_CHANGED in text_of(refused.get_data(as_text=True))
+    without_shillings = client.post("/withdrawals", data={**fields, "shillings": ""})
+    assert service.RATE_CHANGED in text_of(without_shillings.get_data(as_text=True))
+    with app.app_context():
+        assert db.session.scalars(select(Withdrawal)).all() == []
+        assert balances(teacher.id) == (300, 0)
+    assert daraja.b2c_requests == []
 
 
 def test_a_payout_is_one_b2c_payment_paid_once_by_its_result(app, client, teacher, daraja):

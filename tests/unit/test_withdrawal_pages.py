@@ -6,12 +6,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from soma import clock as app_clock
+from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
+from soma.forms import EXPIRED
 from soma.models import PayoutMethod, User, Withdrawal, WithdrawalEvent
 from soma.payouts import withdrawals as service
 from tests.builders import fund, make_teacher, make_withdrawal, payout_method
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, csrf_from, hidden_fields, text_of
 
 KEY = re.compile(
     r'name="key" type="hidden" value="([^"]+)"|type="hidden" name="key" value="([^"]+)"'
@@ -58,12 +61,24 @@ def review(client, amount: str, method: int):
     )
 
 
-def confirm(client, amount: str, method: int, key: str):
+def confirm(client, amount: str, method: int, key: str, tokens: int = 250):
+    """Post a confirmation as its page would: the amount, method, key and quoted tokens."""
     page = client.get("/withdrawals/new").get_data(as_text=True)
     return client.post(
         "/withdrawals",
-        data={"csrf_token": csrf_from(page), "amount": amount, "method": str(method), "key": key},
+        data={
+            "csrf_token": csrf_from(page),
+            "amount": amount,
+            "method": str(method),
+            "key": key,
+            "tokens": str(tokens),
+        },
     )
+
+
+def press_confirm(client, confirmation):
+    """Press Withdraw on a confirmation page: post back exactly its hidden fields."""
+    return client.post("/withdrawals", data=hidden_fields(confirmation.get_data(as_text=True)))
 
 
 def test_a_teacher_adds_a_sandbox_method_withdraws_ten_dollars_and_sees_it_paid(
@@ -319,3 +334,118 @@ def test_a_teacher_makes_another_method_the_default_and_removes_one(app, client,
     new_page = client.get("/withdrawals/new").get_data(as_text=True)
     assert f'<option selected value="{sandbox_id}">' in new_page
     assert "Withdraw" in text_of(client.get("/wallet/").get_data(as_text=True))
+
+
+def test_a_rate_changed_since_the_confirmation_is_refused_and_holds_nothing(app, client, teacher):
+    with app.app_context():
+        fund(teacher.id, 700)
+    assert add_sandbox(client).status_code == 303
+    method = method_id(app, teacher.id)
+    shown = review(client, "10", method)
+    assert "Tokens held 250 tokens" in text_of(shown.get_data(as_text=True))
+    assert hidden_fields(shown.get_data(as_text=True))["tokens"] == "250"
+    with app.app_context(), ledger.atomic():  # a lower teacher rate, published meanwhile
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+
+    refused = press_confirm(client, shown)
+    assert refused.status_code == 422
+    assert service.RATE_CHANGED in text_of(refused.get_data(as_text=True))
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+        assert balances(teacher.id) == (1000, 0)  # nothing held
+
+    again = review(client, "10", method)  # reviewed again: the new quote, then held as shown
+    assert "Tokens held 500 tokens" in text_of(again.get_data(as_text=True))
+    assert press_confirm(client, again).status_code == 303
+    with app.app_context():
+        assert db.session.scalar(select(Withdrawal.tokens)) == 500
+        assert balances(teacher.id) == (500, 500)
+
+
+@pytest.mark.parametrize(
+    "tokens", ["", "249", "-250", "250.0", "2.5e2", " 250x", "9" * 25, "\x00250"]
+)
+def test_a_confirmation_without_its_quoted_tokens_is_refused_and_holds_nothing(
+    app, client, teacher, tokens
+):
+    assert add_sandbox(client).status_code == 303
+    method = method_id(app, teacher.id)
+    fields = hidden_fields(review(client, "10", method).get_data(as_text=True))
+    refused = client.post("/withdrawals", data={**fields, "tokens": tokens})
+    assert refused.status_code == 422
+    page = text_of(refused.get_data(as_text=True))
+    assert (service.RATE_CHANGED if tokens == "249" else EXPIRED) in page
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+        assert balances(teacher.id) == (300, 0)
+
+
+def test_the_admin_page_offers_to_reject_a_stranded_sandbox_withdrawal_only_when_stranded(
+    app, client, auth, clock
+):
+    with app.app_context():
+        teacher = make_teacher(300)
+        withdrawal_id = make_withdrawal(teacher, 1000).id
+        teacher_id = teacher.id
+    auth.login_as("admin")
+    detail = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" not in detail  # the sandbox pays it
+    app.config["SOMA_ENV"] = "production"
+    detail = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" in detail
+    assert "Mark paid" not in text_of(detail)
+    rejected = client.post(
+        f"/admin/withdrawals/{withdrawal_id}/reject",
+        data={"csrf_token": csrf_from(detail), "reason": "Test payouts are off."},
+    )
+    assert rejected.status_code == 303
+    after = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
+    assert f"Reject withdrawal #{withdrawal_id}" not in after
+    assert "Test payouts are off." in text_of(after)
+    with app.app_context():
+        assert balances(teacher_id) == (300, 0)
+        assert run_audit() == []
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"account_holder": ""},  # refused by the service: no holder
+        {"account_holder": "T" * 500},  # refused by the form: too long
+        {"bank_name": "Equity\x00"},  # refused by the form: a control character
+        {"kind": "stripe"},  # a kind not on offer
+        {"account_number": "9999 8888 7777 6666 5555 4444 3333 2222 1111"},  # too long a number
+    ],
+)
+def test_a_refused_bank_method_never_shows_its_account_number_back(app, client, teacher, refused):
+    page = client.get("/payout-methods").get_data(as_text=True)
+    fields = {"kind": "bank", "account_holder": "Tara Teacher", "bank_name": "Equity",
+              "account_number": "9999 8888 7777 6666", **refused}  # fmt: skip
+    sent = client.post("/payout-methods", data={"csrf_token": csrf_from(page), **fields})
+    assert sent.status_code == 422
+    html = sent.get_data(as_text=True)
+    typed = fields["account_number"]
+    for shown in (typed, typed.replace(" ", ""), typed[-9:], typed.replace(" ", "")[-8:]):
+        assert shown not in html
+    number_input = re.search(r'<input[^>]*name="account_number"[^>]*>', html).group(0)
+    assert re.search(r'value="[^"]', number_input) is None  # an empty field, to type again
+    if "account_number" not in refused:  # (a refused number says why, not "type it again")
+        assert "Type the account number again: it is never shown back." in text_of(html)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PayoutMethod)) == 0
+        assert balances(teacher.id) == (300, 0)
+
+
+def test_a_refused_duplicate_bank_method_never_shows_its_account_number_back(app, client, teacher):
+    page = client.get("/payout-methods").get_data(as_text=True)
+    fields = {"csrf_token": csrf_from(page), "kind": "bank", "account_holder": "Tara Teacher",
+              "bank_name": "Equity", "account_number": "5555 4444 3333"}  # fmt: skip
+    assert client.post("/payout-methods", data=fields).status_code == 303
+    again = client.post("/payout-methods", data=fields)
+    assert again.status_code == 422
+    html = again.get_data(as_text=True)
+    assert "already one of your payout methods" in text_of(html)
+    assert "5555 4444 3333" not in html and "555544443333" not in html
+    assert "••••3333" in text_of(html)  # the method it already has, masked as ever
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PayoutMethod)) == 1

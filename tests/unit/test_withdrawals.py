@@ -4,10 +4,11 @@ sandbox and bank rails, with the admin's review where it is due."""
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock as app_clock
+from soma import ledger
 from soma.audit import run_audit
 from soma.errors import KeyReused
 from soma.extensions import db
@@ -400,3 +401,135 @@ def test_the_sweeper_warns_of_a_withdrawal_processing_too_long(app, ctx, clock, 
     result = runner.invoke(args=["soma", "sweep"])
     assert result.exit_code == 0, result.output
     assert f"past WITHDRAWAL_PROCESSING_ALERT_MINUTES: {withdrawal_id}" in caplog.text
+
+
+def test_two_sandbox_withdrawals_to_one_method_are_paid_by_one_sweep(ctx, clock):
+    teacher = make_teacher(600)
+    method = old_method(teacher)
+    first = make_withdrawal(teacher, 1000, method=method)
+    second = make_withdrawal(teacher, 1000, method=method)
+    assert balances(teacher.id) == (100, 500)
+    clock.advance(seconds=5)
+    assert service.sweep() == 2  # (it detached their one method once, not twice)
+    assert [service.fresh(wid).status for wid in (first.id, second.id)] == ["paid", "paid"]
+    assert balances(teacher.id) == (100, 0)
+    for withdrawal in (first, second):
+        assert entries_of(withdrawal.id) == [
+            (EntryKind.WITHDRAWAL_HOLD, 250),
+            (EntryKind.WITHDRAWAL_PAID, 250),
+        ]
+    assert run_audit() == []
+
+
+def test_a_withdrawal_whose_rail_check_raises_does_not_stop_the_others(
+    ctx, clock, monkeypatch, caplog
+):
+    broken_teacher, teacher = make_teacher(300), make_teacher(300)
+    broken = make_withdrawal(broken_teacher, 1000)
+    other = make_withdrawal(teacher, 1000)
+    broken_id = broken.id
+    real_check = rails.SandboxRail.check
+
+    def check(rail, withdrawal, now):
+        if withdrawal.id == broken_id:
+            raise RuntimeError("the provider answered nonsense")
+        return real_check(rail, withdrawal, now)
+
+    monkeypatch.setattr(rails.SandboxRail, "check", check)
+    clock.advance(seconds=5)
+    assert service.sweep() == 1
+    assert f"withdrawal {broken_id} (sandbox) skipped" in caplog.text
+    assert service.fresh(other.id).status == "paid"
+    assert balances(teacher.id) == (50, 0)
+    still = service.fresh(broken_id)
+    assert still.status == "processing"  # nothing moved: its tokens stay held
+    assert still.checked_at is not None  # asked this pass: the back of the queue next time
+    assert balances(broken_teacher.id) == (50, 250)
+    assert entries_of(broken_id) == [(EntryKind.WITHDRAWAL_HOLD, 250)]
+
+    monkeypatch.setattr(rails.SandboxRail, "check", real_check)
+    assert service.sweep() == 1  # asked again on a later pass, and paid once
+    assert service.fresh(broken_id).status == "paid"
+    assert balances(broken_teacher.id) == (50, 0)
+    assert run_audit() == []
+
+
+def test_two_approved_bank_transfers_to_one_method_leave_the_sweeper_working(ctx, clock):
+    teacher, admin = make_teacher(600), make_user("admin")
+    bank = old_method(teacher, "bank")
+    for key in ("bank-a", "bank-b"):
+        service.approve(service.request(teacher, bank.id, 1000, key).id, admin)
+    other_teacher = make_teacher(300)
+    sandbox_withdrawal = make_withdrawal(other_teacher, 1000)
+    clock.advance(seconds=5)
+    assert service.sweep() == 1
+    assert service.fresh(sandbox_withdrawal.id).status == "paid"
+    assert balances(other_teacher.id) == (50, 0)
+    assert balances(teacher.id) == (100, 500)  # the bank transfers wait for an admin
+
+
+def test_a_request_whose_quote_moved_since_the_confirmation_holds_nothing(ctx, clock):
+    teacher = make_teacher(1000)
+    method = old_method(teacher)
+    quote, _, _ = service.preview(teacher, method.id, 1000)  # what the confirmation showed
+    assert quote.tokens == 250
+    clock.advance(seconds=1)
+    with ledger.atomic():  # a lower teacher rate, published before the teacher confirms
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+    with pytest.raises(service.WithdrawalRefused, match="The rate changed") as refused:
+        service.request(teacher, method.id, 1000, "moved", confirmed_tokens=quote.tokens)
+    assert refused.value.field == "amount"
+    assert db.session.scalar(select(func.count()).select_from(Withdrawal)) == 0
+    assert balances(teacher.id) == (1000, 0)
+
+    again, _, _ = service.preview(teacher, method.id, 1000)  # reviewed again: held as shown
+    made = service.request(teacher, method.id, 1000, "again", confirmed_tokens=again.tokens)
+    assert (made.tokens, again.tokens) == (500, 500)
+    assert entries_of(made.id) == [(EntryKind.WITHDRAWAL_HOLD, 500)]
+    assert balances(teacher.id) == (500, 500)
+
+
+def test_a_processing_sandbox_withdrawal_stranded_in_production_is_rejected_once(app, ctx, clock):
+    teacher, admin = make_teacher(300), make_user("admin")
+    withdrawal = make_withdrawal(teacher, 1000)
+    assert not service.rejectable(withdrawal)  # while the sandbox pays it, nobody rejects it
+    app.config["SOMA_ENV"] = "production"  # the sandbox is never offered, never pays
+    clock.advance(seconds=30)
+    assert service.sweep() == 0
+    assert service.rejectable(service.fresh(withdrawal.id))
+    with pytest.raises(service.WithdrawalConflict, match="paid by its provider"):
+        service.pay_by_admin(withdrawal.id, admin, "REF")
+
+    rejected = service.reject(withdrawal.id, admin, "Test payouts are off in production.")
+    assert (rejected.status, rejected.failure_reason) == (
+        "rejected", "Test payouts are off in production.",
+    )  # fmt: skip
+    assert balances(teacher.id) == (300, 0)
+    assert entries_of(withdrawal.id) == [
+        (EntryKind.WITHDRAWAL_HOLD, 250),
+        (EntryKind.WITHDRAWAL_RELEASE, 250),
+    ]
+    assert service.reject(withdrawal.id, admin, "again").status == "rejected"  # once
+    assert len(entries_of(withdrawal.id)) == 2
+    assert balances(teacher.id) == (300, 0)
+    assert not service.rejectable(service.fresh(withdrawal.id))
+    assert run_audit() == []
+
+
+@pytest.mark.parametrize("kind", ["stripe", "mpesa"])
+def test_a_processing_provider_withdrawal_is_never_rejected_even_when_not_offered(ctx, clock, kind):
+    """It may have been sent: only the provider's answer closes it."""
+    teacher, admin = make_teacher(300), make_user("admin")
+    withdrawal = make_withdrawal(teacher, 1000)
+    db.session.execute(  # (as if it had gone to a provider whose settings are gone now)
+        update(PayoutMethod).where(PayoutMethod.id == withdrawal.method_id).values(kind=kind)
+    )
+    db.session.commit()
+    assert not rails.rail_for(kind).offered()
+    assert not service.rejectable_while_processing(kind)
+    assert not service.rejectable(service.fresh(withdrawal.id))
+    with pytest.raises(service.WithdrawalConflict, match="cannot be marked rejected"):
+        service.reject(withdrawal.id, admin, "stuck")
+    assert service.fresh(withdrawal.id).status == "processing"
+    assert balances(teacher.id) == (50, 250)
+    assert entries_of(withdrawal.id) == [(EntryKind.WITHDRAWAL_HOLD, 250)]
