@@ -27,9 +27,10 @@ run: $(VENV)/.installed
 	trap 'kill $$sweeper 2>/dev/null; wait $$sweeper 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
-## test: set up and run every suite (unit, PostgreSQL, browser)
+## test: set up and run every suite (unit, PostgreSQL, browser), one worker per core
+## (each worker has its own PostgreSQL database; a file's tests stay on one worker)
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 test-unit: $(VENV)/.installed-dev
 	$(BIN)/pytest tests/unit
