@@ -5,9 +5,10 @@ from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, request, session
 from flask_login import UserMixin, current_user, login_required
+from sqlalchemy import select
 
 from soma.extensions import db, login_manager
-from soma.models import User
+from soma.models import Role, User
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -82,6 +83,15 @@ def refuse_ended_session():
     """The answer to a SessionUser whose session has been ended: logged out, as if never in."""
     forget_session()
     return current_app.login_manager.unauthorized()
+
+
+def owned(model, user, row_id: int):
+    """The `model` row `row_id` if it is `user`'s (its `user_id`), or any row for an admin;
+    None otherwise, which the page answers with 404. Read fresh from the database."""
+    query = select(model).where(model.id == row_id)
+    if user.role != Role.ADMIN:
+        query = query.where(model.user_id == user.id)
+    return db.session.scalars(query.execution_options(populate_existing=True)).first()
 
 
 def role_required(*roles: str):

@@ -43,6 +43,7 @@ from soma.notifications.service import notify
 from soma.payouts import amounts, methods
 from soma.payouts.rails import Outcome, rail_for
 from soma.payouts.sending import claim_send, record_request_id  # noqa: F401 (the service's)
+from soma.security import owned
 
 REQUESTED = WithdrawalStatus.REQUESTED
 PROCESSING = WithdrawalStatus.PROCESSING
@@ -250,10 +251,7 @@ def _repeat(existing: Withdrawal, teacher: User, method_id, usd_cents: int) -> W
 
 def withdrawal_for(user: User, withdrawal_id: int) -> Withdrawal | None:
     """The withdrawal if it is `user`'s (or `user` is an admin); None otherwise (404)."""
-    query = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
-    if user.role != Role.ADMIN:
-        query = query.where(Withdrawal.user_id == user.id)
-    return db.session.scalars(query.execution_options(populate_existing=True)).first()
+    return owned(Withdrawal, user, withdrawal_id)
 
 
 def withdrawals_of(user: User, limit: int = 50) -> list[Withdrawal]:

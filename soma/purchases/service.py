@@ -34,6 +34,7 @@ from soma.models.purchase import (
 from soma.notifications.service import notify
 from soma.providers import daraja, sandbox
 from soma.providers import stripe as stripe_provider
+from soma.security import owned
 
 # A payment the provider confirms is credited even after we gave up waiting:
 # the student's money was taken.
@@ -201,10 +202,7 @@ def _asking(chosen: Quote, provider: Provider, phone: str | None) -> tuple:
 
 def purchase_for(user: User, purchase_id: int) -> Purchase | None:
     """The purchase if it is `user`'s (or `user` is an admin); None otherwise (404)."""
-    query = select(Purchase).where(Purchase.id == purchase_id)
-    if user.role != Role.ADMIN:
-        query = query.where(Purchase.user_id == user.id)
-    return db.session.scalars(query.execution_options(populate_existing=True)).first()
+    return owned(Purchase, user, purchase_id)
 
 
 def history(user: User, limit: int = 50) -> list[Purchase]:
