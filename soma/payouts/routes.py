@@ -311,26 +311,23 @@ def withdrawal_list():
 @role_required(Role.TEACHER)
 def show_withdrawal(withdrawal_id: int):
     """One withdrawal: its amounts, its method, where it stands, and its history."""
-    withdrawal = withdrawals.withdrawal_for(current_user, withdrawal_id)
-    if withdrawal is None or withdrawal.user_id != current_user.id:
-        abort(404)
-    return render_template(
-        "payouts/show.html",
-        withdrawal=withdrawal,
-        events=withdrawals.events_of([withdrawal.id])[withdrawal.id],
-        summary=wallet_summary(current_user),
-    )
+    return _own_withdrawal("payouts/show.html", withdrawal_id)
 
 
 @bp.get("/withdrawals/<id(withdrawals):withdrawal_id>/status")
 @role_required(Role.TEACHER)
 def withdrawal_status(withdrawal_id: int):
     """The withdrawal's status fragment; it stops polling once the withdrawal is finished."""
+    return _own_withdrawal("payouts/_withdrawal.html", withdrawal_id)
+
+
+def _own_withdrawal(template: str, withdrawal_id: int):
+    """`template` for the teacher's own withdrawal and its history; 404 for anyone else's."""
     withdrawal = withdrawals.withdrawal_for(current_user, withdrawal_id)
-    if withdrawal is None or withdrawal.user_id != current_user.id:
+    if withdrawal is None:
         abort(404)
     return render_template(
-        "payouts/_withdrawal.html",
+        template,
         withdrawal=withdrawal,
         events=withdrawals.events_of([withdrawal.id])[withdrawal.id],
         summary=wallet_summary(current_user),
