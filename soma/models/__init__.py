@@ -15,6 +15,7 @@ from soma.models.ledger import (
     Wallet,
 )
 from soma.models.notification import Notification
+from soma.models.operator import AdminAction, Alert, AuditRun, AuditRunStatus, Heartbeat
 from soma.models.payout import (
     MethodKind,
     PayoutMethod,
@@ -40,6 +41,10 @@ __all__ = [
     "ENTRY_KIND_LABELS",
     "SIGNUP_ROLES",
     "SOURCE_ACCOUNTS",
+    "AdminAction",
+    "Alert",
+    "AuditRun",
+    "AuditRunStatus",
     "Base",
     "Bucket",
     "ClassEvent",
@@ -50,6 +55,7 @@ __all__ = [
     "EntryKind",
     "EventStatus",
     "Gift",
+    "Heartbeat",
     "JournalEntry",
     "MethodKind",
     "Notification",

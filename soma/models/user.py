@@ -40,6 +40,10 @@ class User(UserMixin, Base):
     # Copied into the session at log-in and checked on every request: raising it
     # ends every session made before (soma.auth.service.end_sessions).
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set by an admin (soma.admin.users): a frozen account cannot buy, gift, book, start a
+    # class or withdraw; what is already under way (a class, a payment) still finishes.
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    frozen_reason: Mapped[str | None] = mapped_column(String(300))
 
     wallet = relationship("Wallet", back_populates="user", uselist=False)
 
@@ -58,6 +62,10 @@ class User(UserMixin, Base):
     @property
     def is_teacher(self) -> bool:
         return self.role == Role.TEACHER
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.frozen_at is not None
 
     @property
     def is_admin(self) -> bool:
