@@ -62,6 +62,12 @@ RELEASED_STATUSES = (WithdrawalStatus.FAILED.value, WithdrawalStatus.REJECTED.va
 
 # The current default method of a teacher: at most one (a partial unique index).
 _CURRENT_DEFAULT = text("is_default AND removed_at IS NULL")
+# A teacher has at most one current Stripe method (one connected account to onboard)
+# and one sandbox method, and a number once among their M-Pesa methods: two clicks at
+# once on "Connect with Stripe" make one method and one account (migration 0022).
+_CURRENT_STRIPE = text("kind = 'stripe' AND removed_at IS NULL")
+_CURRENT_SANDBOX = text("kind = 'sandbox' AND removed_at IS NULL")
+_CURRENT_MPESA = text("kind = 'mpesa' AND removed_at IS NULL")
 
 
 class PayoutMethod(Base):
@@ -83,6 +89,28 @@ class PayoutMethod(Base):
             unique=True,
             postgresql_where=_CURRENT_DEFAULT,
             sqlite_where=_CURRENT_DEFAULT,
+        ),
+        Index(
+            "uq_payout_methods_one_stripe",
+            "user_id",
+            unique=True,
+            postgresql_where=_CURRENT_STRIPE,
+            sqlite_where=_CURRENT_STRIPE,
+        ),
+        Index(
+            "uq_payout_methods_one_sandbox",
+            "user_id",
+            unique=True,
+            postgresql_where=_CURRENT_SANDBOX,
+            sqlite_where=_CURRENT_SANDBOX,
+        ),
+        Index(
+            "uq_payout_methods_mpesa_phone",
+            "user_id",
+            "phone",
+            unique=True,
+            postgresql_where=_CURRENT_MPESA,
+            sqlite_where=_CURRENT_MPESA,
         ),
         UniqueConstraint("stripe_account_id", name="uq_payout_methods_stripe_account_id"),
     )

@@ -166,7 +166,13 @@ def account_number(method: PayoutMethod) -> str:
 
 
 def _add(user: User, method: PayoutMethod, now: datetime | None) -> PayoutMethod:
-    """Save a new method of `user`; the first one becomes the default."""
+    """Save a new method of `user`; the first one becomes the default.
+
+    Two requests adding at once (a double click): the database keeps one current
+    Stripe or sandbox method per teacher and one of each M-Pesa number, so the second
+    gets the method the first made (Stripe, sandbox) or is refused (M-Pesa); and of two
+    first methods, only one becomes the default.
+    """
     if user.role != Role.TEACHER:
         raise MethodRefused("Only teachers have payout methods.")
     rail = rail_for(method.kind)
@@ -174,17 +180,32 @@ def _add(user: User, method: PayoutMethod, now: datetime | None) -> PayoutMethod
         raise MethodRefused(rail.unavailable, "kind")
     method.user_id = user.id
     method.created_at = now or clock.now()
-    method.is_default = not methods_of(user)
-    db.session.add(method)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        # Another request made the first default at the same moment: this one is not.
-        db.session.rollback()
-        method.is_default = False
+    for attempt in range(2):
+        method.is_default = attempt == 0 and not methods_of(user)
         db.session.add(method)
-        db.session.commit()
-    return method
+        try:
+            db.session.commit()
+            return method
+        except IntegrityError:
+            db.session.rollback()
+        twin = _current_twin(user, method)
+        if twin is not None:
+            if method.kind == MethodKind.MPESA:
+                raise MethodRefused("This number is already one of your payout methods.", "phone")
+            return twin
+    raise MethodRefused("Your payout methods changed at the same moment. Try again.", "kind")
+
+
+def _current_twin(user: User, method: PayoutMethod) -> PayoutMethod | None:
+    """The current method of `user` that `method` would duplicate, if any."""
+    for other in methods_of(user):
+        if other.kind != method.kind or other.id == method.id:
+            continue
+        if method.kind in (MethodKind.STRIPE, MethodKind.SANDBOX):
+            return other
+        if method.kind == MethodKind.MPESA and other.phone == method.phone:
+            return other
+    return None
 
 
 def make_default(user: User, method_id: int) -> PayoutMethod:

@@ -1,5 +1,6 @@
 """Withdrawals on PostgreSQL: admins, the sweeper and double submits racing for one withdrawal."""
 
+import threading
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -7,7 +8,7 @@ from sqlalchemy import func, select
 from soma import clock
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import JournalEntry, User, Withdrawal, WithdrawalEvent
+from soma.models import JournalEntry, PayoutMethod, User, Withdrawal, WithdrawalEvent
 from soma.payouts import methods, stripe_events
 from soma.payouts import withdrawals as service
 from soma.providers import stripe_connect
@@ -185,3 +186,55 @@ def test_a_reversal_reported_at_once_by_several_events_gives_the_tokens_back_onc
         assert entries_of(withdrawal_id) == ["withdrawal_hold", "withdrawal_paid", "adjustment"]
         assert balances(teacher_id) == (before[0] + paid.tokens, 0)
         assert run_audit() == []
+
+
+def at_once(app, work, count: int = 4) -> list:
+    """Run `work(user)` in `count` threads released together; their results or errors."""
+    barrier = threading.Barrier(count)
+    outcomes: list = [None] * count
+
+    def run(index: int, user_id: int) -> None:
+        with app.app_context():
+            db.session.connection()
+            barrier.wait(timeout=20)
+            try:
+                outcomes[index] = work(db.session.get(User, user_id))
+            except Exception as error:
+                outcomes[index] = error
+            finally:
+                db.session.remove()
+
+    with app.app_context():
+        user_id = make_teacher(0).id
+    threads = [threading.Thread(target=run, args=(i, user_id)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return user_id, outcomes
+
+
+def test_clicks_at_once_on_connect_with_stripe_make_one_method_and_one_account(
+    app, wide_app, fake_stripe
+):
+    wide_app.config.update(STRIPE_API_BASE=fake_stripe.url, **STRIPE_SETTINGS)
+    user_id, urls = at_once(
+        wide_app, lambda teacher: methods.connect_stripe(teacher, "https://x/r", "https://x/b")
+    )
+    assert all(isinstance(url, str) for url in urls), urls
+    assert len(fake_stripe.accounts) == 1
+    (account_id,) = fake_stripe.accounts
+    assert all(account_id in url for url in urls)  # every click onboards the same account
+    with app.app_context():
+        made = db.session.scalars(select(PayoutMethod).where(PayoutMethod.user_id == user_id))
+        assert [(m.kind, m.stripe_account_id, m.is_default) for m in made] == [
+            ("stripe", account_id, True)
+        ]
+
+
+def test_a_sandbox_method_added_four_times_at_once_is_one_method(app, wide_app):
+    user_id, added = at_once(wide_app, lambda teacher: methods.add_sandbox(teacher).id)
+    assert len(set(added)) == 1, added
+    with app.app_context():
+        made = db.session.scalars(select(PayoutMethod).where(PayoutMethod.user_id == user_id))
+        assert [(m.kind, m.is_default) for m in made] == [("sandbox", True)]
