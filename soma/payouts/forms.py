@@ -1,12 +1,13 @@
 """The payout method form, the withdrawal form and its confirmation, and the admin's forms."""
 
 from flask_wtf import FlaskForm
-from wtforms import RadioField, SelectChoice, StringField
+from wtforms import RadioField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length
 
 from soma.forms import EXPIRED, CountField, IdSelectField, KeyField, Printable, bounded, strip
 from soma.models import PayoutMethod, Withdrawal
 from soma.models.payout import METHOD_LABELS, MethodKind
+from soma.providers.stripe_connect import CONNECT_COUNTRIES
 
 
 class AddMethodForm(FlaskForm):
@@ -25,6 +26,19 @@ class AddMethodForm(FlaskForm):
         "M-Pesa phone number",
         filters=[strip],
         validators=[Printable(), Length(max=32, message="That is too long for a phone number.")],
+    )
+
+    # Stripe makes the connected account in this country; it cannot be changed later.
+    country = SelectField(
+        "Country of the bank account Stripe pays out to",
+        choices=[
+            SelectChoice("", "Choose a country"),
+            *(
+                SelectChoice(code, name)
+                for code, name in sorted(CONNECT_COUNTRIES.items(), key=lambda c: c[1])
+            ),
+        ],
+        validate_choice=False,  # checked only for Stripe (soma.payouts.routes.add_method)
     )
 
     def __init__(self, *args, kinds=(), **kwargs):

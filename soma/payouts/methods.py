@@ -84,7 +84,11 @@ def stripe_method(user: User) -> PayoutMethod | None:
 
 
 def connect_stripe(
-    user: User, refresh_url: str, return_url: str, now: datetime | None = None
+    user: User,
+    refresh_url: str,
+    return_url: str,
+    now: datetime | None = None,
+    country: str | None = None,
 ) -> str:
     """The URL of Stripe's onboarding for the teacher's connected account: their Stripe
     method (added now, with no account yet, if they have none) gets its Express account
@@ -92,6 +96,7 @@ def connect_stripe(
     single-use onboarding link. Stripe's errors are raised as they are (StripeError).
 
     Returning from the link proves nothing: readiness comes from `account.updated`.
+    `country` (ISO code) is the new account's; an account already made keeps its own.
     """
     method = stripe_method(user) or _add(user, PayoutMethod(kind=MethodKind.STRIPE.value), now)
     method_id = method.id
@@ -101,6 +106,7 @@ def connect_stripe(
         account_id = stripe_connect.create_account(
             idempotency_key=f"soma-payout-method:{method_id}:account",
             email=user.email,
+            country=country,
             metadata={"teacher_id": str(user.id), "payout_method_id": str(method_id)},
         )
         db.session.execute(

@@ -17,6 +17,7 @@ from soma.payouts.forms import (
     WithdrawForm,
     method_kind,
 )
+from soma.providers import stripe_connect
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
 
@@ -46,9 +47,11 @@ def _methods_page(form: AddMethodForm | None = None, status: int = 200):
     else:  # (every re-render of a sent form comes through here: a 422, Stripe's 503)
         _forget_account_number(form)
     unavailable = [rail.unavailable for kind, rail in rails.RAILS.items() if kind not in offered]
+    own = methods.methods_of(current_user)
     return render_template(
         "payouts/methods.html",
-        methods=methods.methods_of(current_user),
+        methods=own,
+        has_stripe=any(method.kind == MethodKind.STRIPE for method in own),
         form=form,
         offered=offered,
         unavailable=unavailable,
@@ -86,7 +89,18 @@ def add_method():
         elif kind == MethodKind.MPESA:
             methods.add_mpesa(current_user, form.phone.data or "")
         elif kind == MethodKind.STRIPE:
-            return _to_stripe(form)
+            if (
+                rails.RAILS[kind].offered()
+                and methods.stripe_method(current_user) is None
+                and form.country.data not in stripe_connect.CONNECT_COUNTRIES
+            ):
+                raise methods.MethodRefused(
+                    "Choose the country of your bank account. Stripe pays teachers in the "
+                    "United States, the United Kingdom, the EEA, Canada and Switzerland; "
+                    "in Kenya, add M-Pesa or a bank transfer instead.",
+                    "country",
+                )
+            return _to_stripe(form, form.country.data)
         else:
             unavailable = rails.RAILS[kind].unavailable if kind else None
             raise methods.MethodRefused(unavailable or "Choose a kind of method.", "kind")
@@ -98,7 +112,7 @@ def add_method():
     return redirect(url_for("payouts.payout_methods"), 303)
 
 
-def _to_stripe(form: AddMethodForm | None = None):
+def _to_stripe(form: AddMethodForm | None = None, country: str | None = None):
     """Redirect to Stripe's onboarding of the teacher's connected account (made first if
     need be); if Stripe cannot be reached, say so on the methods page."""
     try:
@@ -106,6 +120,7 @@ def _to_stripe(form: AddMethodForm | None = None):
             current_user,
             refresh_url=url_for("payouts.stripe_refresh", _external=True),
             return_url=url_for("payouts.stripe_return", _external=True),
+            country=country,
         )
     except stripe.StripeError:
         current_app.logger.exception("stripe: could not start onboarding")

@@ -120,6 +120,21 @@ class AccountLink:
     expires_at: int  # Unix time; a link is single-use and lives a few minutes
 
 
+# Where a US platform can send transfers to connected accounts without asking Stripe's sales
+# team: the US, the UK, the EEA, Canada and Switzerland (docs.stripe.com/connect/cross-border-
+# payouts). Kenya is not among them: Kenyan teachers are paid by M-Pesa or bank transfer.
+CONNECT_COUNTRIES = {
+    "US": "United States", "GB": "United Kingdom", "CA": "Canada", "CH": "Switzerland",
+    "AT": "Austria", "BE": "Belgium", "BG": "Bulgaria", "HR": "Croatia", "CY": "Cyprus",
+    "CZ": "Czechia", "DK": "Denmark", "EE": "Estonia", "FI": "Finland", "FR": "France",
+    "DE": "Germany", "GR": "Greece", "HU": "Hungary", "IS": "Iceland", "IE": "Ireland",
+    "IT": "Italy", "LV": "Latvia", "LI": "Liechtenstein", "LT": "Lithuania",
+    "LU": "Luxembourg", "MT": "Malta", "NL": "Netherlands", "NO": "Norway", "PL": "Poland",
+    "PT": "Portugal", "RO": "Romania", "SK": "Slovakia", "SI": "Slovenia", "ES": "Spain",
+    "SE": "Sweden",
+}  # fmt: skip
+
+
 def create_account(
     *, idempotency_key: str, email: str | None = None, country: str | None = None,
     metadata: dict[str, str] | None = None,

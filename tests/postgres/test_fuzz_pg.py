@@ -103,7 +103,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.match_payment": {"purchase_id": "{purchase_id}"},
     # The fuzz teacher has no tokens: a withdrawal is refused, whatever it asks for.
     "payouts.add_method": {"kind": "sandbox", "account_holder": "", "bank_name": "",
-                           "account_number": "", "phone": ""},
+                           "account_number": "", "phone": "", "country": ""},
     "payouts.review_withdrawal": {"amount": "10", "method": "{method_id}"},
     "payouts.create_withdrawal": {"amount": "10", "method": "{method_id}",
                                   "key": "fuzz-withdrawal-key", "tokens": "25",

@@ -146,9 +146,20 @@ def test_connecting_makes_one_express_account_and_readiness_comes_only_from_stri
 ):
     page = client.get("/payout-methods").get_data(as_text=True)
     assert "Stripe" in text_of(page)
-    sent = client.post("/payout-methods", data={"csrf_token": csrf_from(page), "kind": "stripe"})
+    for country, why in (("", "Choose the country"), ("KE", "in Kenya, add M-Pesa")):
+        refused = client.post(
+            "/payout-methods",
+            data={"csrf_token": csrf_from(page), "kind": "stripe", "country": country},
+        )
+        assert refused.status_code == 422
+        assert why in text_of(refused.get_data(as_text=True))
+        assert connect.accounts == {}
+    sent = client.post(
+        "/payout-methods", data={"csrf_token": csrf_from(page), "kind": "stripe", "country": "GB"}
+    )
     assert sent.status_code == 303
     (account_id,) = list(connect.accounts)
+    assert connect.accounts[account_id]["country"] == "GB"
     assert sent.headers["Location"] == connect.account_links[-1]["url"]
     link = connect.account_links[-1]
     assert link["refresh_url"].endswith("/payout-methods/stripe/refresh")
