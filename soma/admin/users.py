@@ -141,9 +141,9 @@ def _user_or_404(user_id: int) -> User:
     return db.session.get(User, user_id) or abort(404)
 
 
-def _newest(model, *conditions, order=None):
+def _newest(model, *conditions, order=()):
     return db.session.scalars(
-        select(model).where(*conditions).order_by(order or model.id.desc()).limit(RECENT)
+        select(model).where(*conditions).order_by(*(order or (model.id.desc(),))).limit(RECENT)
     ).all()
 
 
