@@ -37,7 +37,11 @@ ENV_SETTINGS = {
     "MPESA_B2C_CERT_PATH": "",
     "PAYOUT_ENCRYPTION_KEY": "",
     "WITHDRAWAL_PROCESSING_ALERT_MINUTES": "1440",
+    "SUPPORT_EMAIL": "",
 }
+
+# Whom a frozen account is told to contact, outside production (production names its own).
+DEFAULT_SUPPORT_EMAIL = "support@soma.example"
 
 
 class ConfigError(RuntimeError):
@@ -85,6 +89,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
             "RATELIMIT_STORAGE_URI must name a shared store (redis://...) when SOMA_ENV=production"
         )
     payout_key = _payout_key(settings.get("PAYOUT_ENCRYPTION_KEY") or "", env, instance_path)
+    support_email = _support_email(settings.get("SUPPORT_EMAIL") or "", production)
 
     config = {
         "SOMA_ENV": env,
@@ -125,6 +130,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "WITHDRAWAL_PROCESSING_ALERT_MINUTES": _positive_int(
             settings, "WITHDRAWAL_PROCESSING_ALERT_MINUTES", 1440
         ),
+        "SUPPORT_EMAIL": support_email,
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",
@@ -132,6 +138,23 @@ def build_config(settings: dict, instance_path: str) -> dict:
     # A test passes Flask keys directly (TESTING, WTF_CSRF_ENABLED, ...).
     config.update({k: v for k, v in settings.items() if k not in ENV_SETTINGS})
     return config
+
+
+def _support_email(raw: str, production: bool) -> str:
+    """The address a frozen account is told to write to; ConfigError if unusable.
+
+    Production must name a real one: a made-up address would leave a frozen user with
+    nobody to ask.
+    """
+    email = raw.strip()
+    if not email:
+        if production:
+            raise ConfigError("SUPPORT_EMAIL must be set when SOMA_ENV=production")
+        return DEFAULT_SUPPORT_EMAIL
+    local, _, domain = email.partition("@")
+    if not local or "." not in domain or any(c.isspace() or ord(c) < 32 for c in email):
+        raise ConfigError(f"SUPPORT_EMAIL must be an email address, not {email!r}")
+    return email
 
 
 def _rate(settings: dict, name: str) -> str:

@@ -34,6 +34,8 @@ TEST_SETTINGS = {
     "LOGIN_RATE_LIMIT": "5 per minute",
     # A fixed Fernet key, so that an app made as production in a test starts.
     "PAYOUT_ENCRYPTION_KEY": "pA6f6sQ0lqgJcHk2mW2v0c3Yb8bC9s7T1x4zQeR5uLk=",
+    # Production demands one; a test app made as production starts with this.
+    "SUPPORT_EMAIL": "support@soma.example",
 }
 
 

@@ -34,8 +34,6 @@ from soma.security import role_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-USERS_PER_PAGE = 50
-
 
 @bp.get("/")
 @role_required(Role.ADMIN)
@@ -44,27 +42,6 @@ def index():
     counts = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
     return render_template(
         "admin/index.html", counts={r.value: counts.get(r.value, 0) for r in Role}
-    )
-
-
-@bp.get("/users")
-@role_required(Role.ADMIN)
-def users():
-    """List accounts, newest first, optionally of one role, a page at a time by id."""
-    role = request.args.get("role") or None
-    before = request.args.get("before", type=query_id(User.id))
-    query = select(User).order_by(User.id.desc()).limit(USERS_PER_PAGE + 1)
-    if role in {r.value for r in Role}:
-        query = query.where(User.role == role)
-    else:
-        role = None
-    if before:
-        query = query.where(User.id < before)
-    rows = db.session.scalars(query).all()
-    page, more = rows[:USERS_PER_PAGE], len(rows) > USERS_PER_PAGE
-    next_before = page[-1].id if more else None
-    return render_template(
-        "admin/users.html", users=page, role=role, roles=list(Role), next_before=next_before
     )
 
 
@@ -337,3 +314,6 @@ def pay_withdrawal(withdrawal_id: int):
     except withdrawal_service.WithdrawalConflict as error:
         return _withdrawal_page_with_error(withdrawal_id, error.message)
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
+
+
+from soma.admin import users  # noqa: E402,F401  (registers its routes)

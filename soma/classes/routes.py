@@ -17,6 +17,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from soma import clock
+from soma.auth.freeze import AccountFrozen
 from soma.classes import service
 from soma.classes.forms import BookingForm
 from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMove, active_at
@@ -116,6 +117,9 @@ def create():
         field = getattr(form, error.field or "teacher")
         field.errors = [*field.errors, error.message]
         return _booking_page(form, 422)
+    except AccountFrozen as error:
+        form.form_errors.append(error.message)
+        return _booking_page(form, error.status)
     flash(f"Booked: “{session.title}”.", "success")
     return redirect(url_for("classes.show", class_id=session.id), 303)
 

@@ -21,6 +21,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, transitions
+from soma.auth import freeze
 from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Move, decide, due
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
@@ -216,9 +217,12 @@ def book(
         return _repeat(existing, student, teacher_id, title, start, duration_minutes)
     if student.role != Role.STUDENT:
         raise BookingError("Only students book classes.")
+    freeze.refuse_if_frozen(student.id, "book a class")
     teacher = db.session.get(User, teacher_id) if teacher_id else None
     if teacher is None or teacher.role != Role.TEACHER:
         raise BookingError("Choose one of our teachers.", "teacher")
+    # (Unlocked: a class booked as its teacher is frozen moves nothing; it cannot start.)
+    freeze.refuse_booking_with_frozen_teacher(teacher)
     if duration_minutes not in DURATIONS:
         allowed = ", ".join(map(str, DURATIONS))
         raise BookingError(f"A class lasts {allowed} minutes.", "duration")
@@ -231,11 +235,13 @@ def book(
     cost = class_cost(duration_minutes, now)
     _lock_bookings_of(student.id)
     try:
+        # Under the student's row lock, which a freeze's UPDATE waits for.
+        freeze.refuse_if_frozen(student.id, "book a class", lock=True)
         existing = _booked_with(key)
         if existing is None:
             _refuse_overlap(student, teacher, start, end)
             _refuse_unaffordable(student.id, cost, now)
-    except BookingError:
+    except (BookingError, freeze.AccountFrozen):
         db.session.rollback()  # let go of the lock taken above
         raise
     if existing is not None:  # a double submit's twin, booked while this one waited
@@ -424,10 +430,14 @@ def act(session: ClassSession, action: Action, actor: User, now: datetime | None
 
     Raises InvalidMove (409) when the action does not apply, PermissionError
     when `actor` may not take it, InsufficientTokens when the student cannot
-    afford the start. On any of them nothing changed. A class that has fallen
+    afford the start, AccountFrozen when a start finds the teacher or the student
+    frozen. On any of them nothing changed. Only the start checks for a freeze: a class
+    under way is paused, resumed, ended and settled as usual. A class that has fallen
     due is settled first; the action then finds it over.
     """
     _check_allowed(session, action, actor)
+    if action == Action.START:
+        freeze.refuse_start_if_frozen(session.student_id, session.teacher_id)
     now = now or clock.now()
     for _ in range(ATTEMPTS):
         session = settle_if_due(session, now)
@@ -604,6 +614,9 @@ def _move_tokens(session: ClassSession, move: Move, actor_id: int | None) -> dic
             kind=EntryKind.CLASS_HOLD,
             **details,
         )
+        # After the hold's wallet locks (soma.auth.freeze): a freeze of either side that
+        # commits meanwhile is seen here, or waits until the class has started.
+        freeze.refuse_start_if_frozen(session.student_id, session.teacher_id, lock=True)
         return {"hold_entry_id": held.id}
     if move.ledger is None:
         return {}

@@ -3,6 +3,7 @@
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
 
+from soma.auth.freeze import AccountFrozen
 from soma.extensions import limiter
 from soma.gifts import service
 from soma.gifts.forms import ConfirmGiftForm, GiftForm
@@ -33,8 +34,12 @@ def _form_page(form, status=200):
     ), status
 
 
-def _refuse(form, error: service.GiftRefused | InsufficientTokens):
-    """Show the form again with the reason on the field at fault."""
+def _refuse(form, error: service.GiftRefused | InsufficientTokens | AccountFrozen):
+    """Show the form again with the reason on the field at fault (a frozen account's
+    refusal above the form)."""
+    if isinstance(error, AccountFrozen):
+        form.form_errors.append(error.message)
+        return _form_page(form, error.status)
     field = getattr(error, "field", None) or "tokens"
     getattr(form, field).errors = [*getattr(form, field).errors, error.message]
     return _form_page(form, 422)
@@ -60,7 +65,7 @@ def review():
         preview = service.preview_gift(
             current_user, form.email.data, form.tokens.data, form.note.data or ""
         )
-    except service.GiftRefused as error:
+    except (service.GiftRefused, AccountFrozen) as error:
         return _refuse(form, error)
     confirm = ConfirmGiftForm(
         formdata=None,
@@ -98,7 +103,7 @@ def confirm():
             form.nonce.data,
             link=url_for("wallet.transactions", kind="gift"),
         )
-    except (service.GiftRefused, InsufficientTokens) as error:
+    except (service.GiftRefused, InsufficientTokens, AccountFrozen) as error:
         return _refuse(form, error)
     except IdempotencyConflict as error:
         flash(error.message, "error")

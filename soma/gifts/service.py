@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from soma import ledger
+from soma.auth.freeze import refuse_if_frozen
 from soma.auth.service import find_user_by_email, normalise_email
 from soma.errors import FieldRefusal
 from soma.extensions import db
@@ -60,6 +61,7 @@ def preview_gift(sender: User, email: str, tokens: int, note: str = "") -> GiftP
     """
     if sender.role != Role.STUDENT:
         raise GiftRefused("Only students can give tokens.")
+    refuse_if_frozen(sender.id, "give tokens")  # (a frozen recipient may receive: it is incoming)
     recipient = _recipient(sender, email)
     available = wallet_of(sender.id).available
     if tokens > available:
@@ -132,8 +134,9 @@ def give_gift(
     """Give `tokens` from `sender` to the student with `email`, once per `nonce`.
 
     Returns (gift, created). A repeat of the same confirmation returns the first
-    gift with created False and moves nothing. Raises GiftRefused, or the
-    ledger's InsufficientTokens or IdempotencyConflict; then nothing is written.
+    gift with created False and moves nothing. Raises GiftRefused, AccountFrozen (the
+    sender's account), or the ledger's InsufficientTokens or IdempotencyConflict; then
+    nothing is written.
     """
     key = _gift_key(sender.id, nonce)
     first = _first_outcome(key, email, tokens, note)
@@ -159,6 +162,9 @@ def give_gift(
                 actor_id=sender.id,
                 now=now,
             )
+            # Again, share-locked, after the ledger's wallet locks (soma.auth.freeze): a
+            # freeze committing meanwhile is seen here, or waits for this gift to commit.
+            refuse_if_frozen(sender.id, "give tokens", lock=True)
             notify(
                 recipient.id,
                 "gift",

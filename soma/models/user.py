@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import CheckConstraint, Integer, String
+from sqlalchemy import CheckConstraint, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -25,6 +25,16 @@ class User(UserMixin, Base):
     __table_args__ = (
         CheckConstraint("role IN ('student', 'teacher', 'admin')", name="role_known"),
         CheckConstraint("email = lower(email)", name="email_lowercase"),
+        # The operator's search (soma.admin.users): a substring of the email or the name,
+        # through trigrams (pg_trgm, migration 0019). PostgreSQL only; SQLite scans.
+        Index(
+            "ix_users_email_trgm", text("lower(email) gin_trgm_ops"), postgresql_using="gin"
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_users_display_name_trgm",
+            text("lower(display_name) gin_trgm_ops"),
+            postgresql_using="gin",
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -7,6 +7,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 
 from soma import clock
+from soma.auth.freeze import AccountFrozen
 from soma.forms import EXPIRED, ActionForm
 from soma.ledger.pricing import tokens_to_cents
 from soma.models import MethodKind, Role
@@ -233,7 +234,10 @@ def _new_page(form: WithdrawForm | None = None, status: int = 200):
     ), status
 
 
-def _refuse(form, error: withdrawals.WithdrawalRefused):
+def _refuse(form, error: withdrawals.WithdrawalRefused | AccountFrozen):
+    if isinstance(error, AccountFrozen):  # (above the form: no field is at fault)
+        form.form_errors.append(error.message)
+        return _new_page(form, error.status)
     field = getattr(form, error.field or "amount")
     field.errors = [*field.errors, error.message]
     return _new_page(form, 422)
@@ -258,7 +262,7 @@ def review_withdrawal():
         quote, method, reason = withdrawals.preview(current_user, form.method.data, cents)
     except amounts.AmountRefused as error:
         return _refuse(form, withdrawals.WithdrawalRefused(str(error), "amount"))
-    except withdrawals.WithdrawalRefused as error:
+    except (withdrawals.WithdrawalRefused, AccountFrozen) as error:
         return _refuse(form, error)
     shillings = rails.rail_for(method.kind).local_amount(quote.net_cents)
     confirm = ConfirmWithdrawalForm(
@@ -304,7 +308,7 @@ def create_withdrawal():
         )
     except amounts.AmountRefused as error:
         return _refuse(form, withdrawals.WithdrawalRefused(str(error), "amount"))
-    except withdrawals.WithdrawalRefused as error:
+    except (withdrawals.WithdrawalRefused, AccountFrozen) as error:
         return _refuse(form, error)
     return redirect(url_for("payouts.show_withdrawal", withdrawal_id=withdrawal.id), 303)
 

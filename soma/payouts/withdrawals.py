@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from soma import clock, ledger, money, transitions
+from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing
@@ -97,6 +98,7 @@ def preview(
     now = now or clock.now()
     if teacher.role != Role.TEACHER:
         raise WithdrawalRefused("Only teachers withdraw their earnings.")
+    refuse_if_frozen(teacher.id, "withdraw your earnings")
     method = methods.method_for(teacher, method_id) if method_id else None
     if method is None:
         raise WithdrawalRefused("Choose one of your payout methods.", "method")
@@ -195,6 +197,9 @@ def request(
             memo=f"Withdrawal #{withdrawal.id} of {money.usd(quote.usd_cents)}",
             now=now,
         )
+        # After the hold's wallet lock (soma.auth.freeze): a freeze committing meanwhile
+        # is seen here, or waits until this withdrawal has committed.
+        refuse_if_frozen(teacher.id, "withdraw your earnings", lock=True)
         withdrawal.hold_entry_id = hold.id
         _history(withdrawal, None, REQUESTED, "teacher", note=_waiting_note(method, reason), at=now)
         if proceeds:

@@ -5,6 +5,7 @@ import secrets
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from soma.auth.freeze import AccountFrozen
 from soma.forms import ActionForm
 from soma.inputs import parse_id
 from soma.models import Provider, PurchaseStatus, Role, TokenPackage
@@ -72,6 +73,9 @@ def start():
         field = getattr(form, error.field or "package")
         field.errors = [*field.errors, error.message]
         return _buy_page(form, 422)
+    except AccountFrozen as error:
+        form.form_errors.append(error.message)
+        return _buy_page(form, error.status)
     if purchase.provider == Provider.SANDBOX:
         return redirect(url_for("purchases.sandbox", purchase_id=purchase.id), 303)
     if purchase.status != PurchaseStatus.PENDING:  # a double submit of a finished purchase

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, money, transitions
+from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
@@ -136,7 +137,13 @@ def quote(package_id: int | None = None, custom_tokens: int | None = None) -> Qu
 
 
 def start(user: User, chosen: Quote, provider: Provider, key: str, phone: str | None = None):
-    """Record a pending purchase; a repeated `key` returns the first one."""
+    """Record a pending purchase; a repeated `key` returns the first one.
+
+    AccountFrozen for a frozen account, checked (share-locked) in the purchase's own
+    transaction. Only the start is refused: a purchase started before a freeze is still
+    credited when its payment comes in (`fulfil` never checks), since the money was paid.
+    """
+    refuse_if_frozen(user.id, "buy tokens", lock=True)
     existing = db.session.scalars(select(Purchase).where(Purchase.idempotency_key == key)).first()
     if existing is not None:
         if existing.user_id != user.id:

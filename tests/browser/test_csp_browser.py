@@ -59,6 +59,7 @@ EXPECTED = {
     "admin": {
         "admin.index",
         "admin.users",
+        "admin.user_detail",
         "admin.purchase_list",
         "admin.purchase_detail",
         "admin.unmatched_payments",

@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from soma.admin.users import FreezeForm, UnfreezeForm, UserSearchForm
 from soma.audit import run_audit
 from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
@@ -97,7 +98,10 @@ FIELDS: dict[str, dict[str, str]] = {
     "wallet.export_csv": {"kind": "gift", "start": "2026-01-01", "end": "2026-12-31"},
     "notifications.index": {"before": "{notification_id}"},
     "notifications.mark_read": {"up_to": "{notification_id}"},
-    "admin.users": {"role": "student", "before": "{teacher_id}"},
+    "admin.users": {"role": "student", "before": "{teacher_id}", "q": "fuzz"},
+    # Without confirmed=yes (never sent) these only show the confirmation page.
+    "admin.freeze_user": {"reason": "fuzz"},
+    "admin.unfreeze_user": {"reason": "fuzz"},
     "admin.purchase_list": {"before": "{purchase_id}"},
     "admin.refund": {"amount": "1.00", "key": "fuzz-refund-key"},
     "admin.match_payment": {"purchase_id": "{purchase_id}"},
@@ -136,6 +140,9 @@ FORMS = {
     "payouts.stripe_onboarding": ActionForm,
     "admin.reject_withdrawal": RejectWithdrawalForm,
     "admin.pay_withdrawal": PaidWithdrawalForm,
+    "admin.users": UserSearchForm,
+    "admin.freeze_user": FreezeForm,
+    "admin.unfreeze_user": UnfreezeForm,
 }
 
 # Path values that are valid and would act (a class's controls, the sandbox's buttons):
@@ -213,6 +220,7 @@ class World:
                 "notification_id": str(notification.id),
                 "class_id": str(session.id),
                 "method_id": str(method.id),
+                "user_id": str(student.id),
             }
             emails = {"student": student.email, "teacher": teacher.email, "admin": admin.email}
         self.clients, self.tokens = {}, {}

@@ -126,7 +126,13 @@ def test_production_needs_a_secret_key_a_database_shared_rate_limits_and_a_payou
             )
     with pytest.raises(ConfigError, match="PAYOUT_ENCRYPTION_KEY"):
         build_config({**database, **shared}, str(tmp_path))
-    config = build_config({**database, **shared, "PAYOUT_ENCRYPTION_KEY": key}, str(tmp_path))
+    with pytest.raises(ConfigError, match="SUPPORT_EMAIL"):
+        build_config({**database, **shared, "PAYOUT_ENCRYPTION_KEY": key}, str(tmp_path))
+    support = {"SUPPORT_EMAIL": "help@soma.co.ke"}
+    config = build_config(
+        {**database, **shared, "PAYOUT_ENCRYPTION_KEY": key, **support}, str(tmp_path)
+    )
+    assert config["SUPPORT_EMAIL"] == "help@soma.co.ke"
     assert config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
     assert config["PAYOUT_ENCRYPTION_KEY"] == key
     assert not (tmp_path / "payout_encryption_key").exists()  # production never makes one
@@ -136,6 +142,7 @@ def test_production_needs_a_secret_key_a_database_shared_rate_limits_and_a_payou
 
 def test_development_defaults_to_sqlite_in_the_instance_folder(tmp_path):
     config = build_config({"SOMA_ENV": "development"}, str(tmp_path))
+    assert config["SUPPORT_EMAIL"] == "support@soma.example"
     assert config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/soma.db"
     assert config["SESSION_COOKIE_SECURE"] is False
     # The generated secret is kept, so sessions survive a restart.
