@@ -7,14 +7,14 @@ scan. pg_trgm is a trusted extension (PostgreSQL 13 and later): the database's o
 create it. SQLite gets nothing: it scans, which is fine for development.
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0022
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0019"
-down_revision = "0016"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 
