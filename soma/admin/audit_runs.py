@@ -51,16 +51,25 @@ def timeout() -> timedelta:
     return timedelta(seconds=current_app.config["AUDIT_RUN_TIMEOUT_SECONDS"])
 
 
-def _young(now: datetime):
-    """A queued or running run that has not yet passed the timeout (so it blocks a start)."""
-    cutoff = now - timeout()
+def _since(cutoff: datetime, young: bool):
+    """Queued or running, and begun (or queued, if not begun) after `cutoff` when `young`,
+    before it when not. Spelled out both ways: NOT of a NULL comparison is never true."""
+
+    def after(column):
+        return column >= cutoff if young else column < cutoff
+
     return and_(
         AuditRun.status.in_(ACTIVE),
         or_(
-            AuditRun.started_at >= cutoff,
-            and_(AuditRun.started_at.is_(None), AuditRun.created_at >= cutoff),
+            and_(AuditRun.started_at.is_not(None), after(AuditRun.started_at)),
+            and_(AuditRun.started_at.is_(None), after(AuditRun.created_at)),
         ),
     )
+
+
+def _young(now: datetime):
+    """A queued or running run that has not yet passed the timeout (so it blocks a start)."""
+    return _since(now - timeout(), young=True)
 
 
 def is_abandoned(run: AuditRun, now: datetime | None = None) -> bool:
@@ -83,7 +92,7 @@ def start(admin: User) -> int:
     # Runs left behind by a dead process: say so in their row, now that one replaces them.
     db.session.execute(
         update(AuditRun)
-        .where(AuditRun.status.in_(ACTIVE), ~_young(now))
+        .where(_since(now - timeout(), young=False))
         .values(status=AuditRunStatus.ERROR.value, error=ABANDONED)
     )
     queued = literal(AuditRunStatus.QUEUED.value)

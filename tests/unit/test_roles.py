@@ -10,6 +10,8 @@ PAGES = {
     "/earnings": ("teacher", "<h1>Your earnings</h1>"),
     "/admin/": ("admin", 'data-testid="count-student"'),
     "/admin/users": ("admin", "<h1>Users</h1>"),
+    "/admin/health": ("admin", "<h1>Health</h1>"),
+    "/admin/audit": ("admin", "<h1>Audit</h1>"),
 }
 
 
