@@ -277,4 +277,8 @@ def audit_start():
 def audit_run_status(run_id: int):
     """A run's fragment; it polls itself until the run is final."""
     run = db.session.get(AuditRun, run_id, populate_existing=True) or abort(404)
-    return render_template("admin/_audit_run.html", run=run, **_helpers())
+    body = render_template("admin/_audit_run.html", run=run, **_helpers())
+    if request.args.get("seen") in ACTIVE and shown_status(run) not in ACTIVE:
+        # It ended since the page last looked: the page's history follows (audit.html).
+        return body, 200, {"HX-Trigger": "audit-finished"}
+    return body

@@ -191,9 +191,12 @@ def test_the_fragment_polls_until_the_run_is_final(app, client, auth):
     assert "<html" not in fragment
 
     runs.work(app, run_id)  # what the thread does
-    fragment = client.get(f"/admin/audit/runs/{run_id}").get_data(as_text=True)
+    ended = client.get(f"/admin/audit/runs/{run_id}?seen=queued")
+    fragment = ended.get_data(as_text=True)
     assert 'data-status="passed"' in fragment
     assert "hx-get" not in fragment and "hx-trigger" not in fragment
+    assert ended.headers["HX-Trigger"] == "audit-finished"  # the page's history follows
+    assert "HX-Trigger" not in client.get(f"/admin/audit/runs/{run_id}?seen=passed").headers
     runs.work(app, run_id)  # a second worker for the same run does nothing
     [run] = all_runs(app)
     assert run.status == "passed"
