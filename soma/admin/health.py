@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, g, render_template
 from flask_login import current_user
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -24,7 +24,7 @@ from soma import clock
 from soma.admin.routes import bp
 from soma.alerts import raise_alert
 from soma.extensions import db, limiter, login_manager
-from soma.models import Heartbeat, Role
+from soma.models import Alert, Heartbeat, Role
 from soma.security import role_required
 
 SWEEPER = "sweeper"
@@ -116,18 +116,22 @@ def beat(detail: str, name: str = SWEEPER) -> None:
 def notice_stale_sweeper() -> Heartbeat | None:
     """Raise the stall alert if the sweeper's last beat is too old; return the beat.
 
-    One primary-key read; an insert only when stale (a no-op once raised).
+    One primary-key read; while stale, one read of the alert and an insert the first time.
     """
     last = db.session.get(Heartbeat, SWEEPER)
-    if last is not None and clock.now() - last.at > stale_limit():
-        raised = raise_alert(
+    if last is None or clock.now() - last.at <= stale_limit() or g.get("stall_noticed"):
+        return last
+    g.stall_noticed = True
+    cause = stale_cause(last.at)
+    # Read before writing: while the stall lasts, every admin page comes here.
+    if db.session.scalar(select(Alert.id).where(Alert.cause == cause)) is None:
+        raise_alert(
             "sweeper-stale",
-            stale_cause(last.at),
+            cause,
             f"The sweeper has not finished a pass since {when(last.at)}: classes are not "
             "settled and late payments not rechecked until it runs again.",
         )
-        if raised:
-            db.session.commit()
+        db.session.commit()
     return last
 
 
