@@ -120,6 +120,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.audit": {"run": "5", "before": "5"},
     # Confirmed: a run starts (in the request: AUDIT_RUN_INLINE), one at a time.
     "admin.audit_start": {"confirmed": "yes"},
+    "admin.audit_run_status": {"seen": "running"},
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
