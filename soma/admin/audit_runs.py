@@ -136,6 +136,10 @@ def work(app, run_id: int) -> None:
             if not claimed:
                 return  # already taken, or abandoned meanwhile
             execute(run_id)
+        except Exception:
+            # The database went away mid-run, say: the row stays as it was and is shown
+            # as abandoned after AUDIT_RUN_TIMEOUT_SECONDS; the log has the story.
+            current_app.logger.exception("audit run %s: the worker failed", run_id)
         finally:
             db.session.remove()
 

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
 
 from soma.extensions import db
@@ -284,3 +284,12 @@ def test_students_and_teachers_get_403_on_the_health_page(client, auth, role):
     page = response.get_data(as_text=True)
     assert response.status_code == 403
     assert "Not allowed" in page and "Rate-limit store" not in page
+
+
+def test_a_database_behind_the_code_is_told_to_upgrade(app, client, auth, monkeypatch):
+    monkeypatch.setattr("soma.admin.health._migration_head", lambda: "9999")
+    auth.login_as("admin")
+    page = text_of(client.get("/admin/health").get_data(as_text=True))
+    with app.app_context():
+        applied = db.session.scalar(text("SELECT version_num FROM alembic_version"))
+    assert f"Migration {applied} — the code's newest is 9999: run flask db upgrade" in page
