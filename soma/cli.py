@@ -7,8 +7,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from soma import ledger
-from soma.audit import run_audit
+from soma import clock, ledger
 from soma.auth import service
 from soma.demo import replay_year
 from soma.errors import SomaError
@@ -96,8 +95,15 @@ def _give_demo_bonus(user_id: int) -> None:
 
 @soma_cli.command("audit")
 def audit() -> None:
-    """Check the ledger's invariants; exit 1 naming each violation, or 0 when all hold."""
-    violations = run_audit()
+    """Check the ledger's invariants; exit 1 naming each violation, or 0 when all hold.
+
+    The run is stored with the time it took (shown at /admin/audit); one that finds
+    violations raises an alert."""
+    from soma.admin.audit_runs import execute
+
+    run_id, violations = execute(None)
+    if violations is None:
+        raise click.ClickException(f"Audit run #{run_id} could not finish (see the log).")
     if not violations:
         click.echo("Audit passed: every ledger invariant holds.")
         return
@@ -118,6 +124,7 @@ def sweep(every: int | None) -> None:
     """Settle classes that have run their time and end those paused past the limit; ask
     M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts; ask
     each rail about withdrawals still processing (the sandbox pays its own here)."""
+    from soma.admin.health import SweeperWatch
     from soma.classes.service import sweep as sweep_once
     from soma.payouts.withdrawals import processing_too_long
     from soma.payouts.withdrawals import sweep as sweep_withdrawals
@@ -125,8 +132,10 @@ def sweep(every: int | None) -> None:
     from soma.purchases.service import expire_abandoned
     from soma.purchases.stripe_checkout import recheck_stale as recheck_stripe
 
+    watch = SweeperWatch()  # beats after each pass; raises the stall and outage alerts
     try:
         while True:
+            started = clock.now()
             try:
                 result = sweep_once()
                 recheck_mpesa()  # payments whose callback never came
@@ -134,10 +143,12 @@ def sweep(every: int | None) -> None:
                 expire_abandoned()  # checkouts nobody will finish
                 paid_out = sweep_withdrawals()  # withdrawals a rail can now finish
                 stuck = [withdrawal.id for withdrawal in processing_too_long()]
-            except Exception:
+                watch.passed(started, _pass_detail(result, paid_out, stuck))
+            except Exception as error:
                 # The database restarting, say: log it and try again next pass,
                 # rather than leave unwatched classes holding tokens.
                 db.session.remove()
+                watch.failed(started, error)
                 if every is None:
                     raise
                 current_app.logger.exception("sweep: the pass failed; trying again")
@@ -163,6 +174,15 @@ def sweep(every: int | None) -> None:
             time.sleep(every)
     except KeyboardInterrupt:
         return
+
+
+def _pass_detail(result, paid_out: int, stuck: list[int]) -> str:
+    """What a sweep pass did, as its heartbeat records it."""
+    detail = (
+        f"{result.completed} completed, {result.ended_early} ended early, {result.failed} "
+        f"failed; {paid_out} withdrawal(s) finished"
+    )
+    return detail + (f"; {len(stuck)} processing too long" if stuck else "")
 
 
 @soma_cli.command("reconcile-mpesa")

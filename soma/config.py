@@ -38,6 +38,8 @@ ENV_SETTINGS = {
     "PAYOUT_ENCRYPTION_KEY": "",
     "WITHDRAWAL_PROCESSING_ALERT_MINUTES": "1440",
     "SUPPORT_EMAIL": "",
+    "SWEEPER_STALE_SECONDS": "120",
+    "AUDIT_RUN_TIMEOUT_SECONDS": "3600",
 }
 
 # Whom a frozen account is told to contact, outside production (production names its own).
@@ -131,6 +133,10 @@ def build_config(settings: dict, instance_path: str) -> dict:
             settings, "WITHDRAWAL_PROCESSING_ALERT_MINUTES", 1440
         ),
         "SUPPORT_EMAIL": support_email,
+        "SWEEPER_STALE_SECONDS": _positive_int(settings, "SWEEPER_STALE_SECONDS", 120),
+        "AUDIT_RUN_TIMEOUT_SECONDS": _positive_int(settings, "AUDIT_RUN_TIMEOUT_SECONDS", 3600),
+        # Tests run an audit started from /admin/audit in the request, not in a thread.
+        "AUDIT_RUN_INLINE": False,
         # A callable returning the aware UTC time; tests pass a clock they move.
         "SOMA_CLOCK": None,
         "TESTING": env == "testing",

@@ -316,4 +316,8 @@ def pay_withdrawal(withdrawal_id: int):
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
 
 
-from soma.admin import users  # noqa: E402,F401  (registers its routes)
+from soma.admin import (  # noqa: E402,F401  (registers their routes)
+    audit_runs,
+    health,
+    users,
+)

@@ -63,6 +63,8 @@ EXPECTED = {
         "admin.purchase_list",
         "admin.purchase_detail",
         "admin.unmatched_payments",
+        "admin.health",
+        "admin.audit",
         "classes.show",
         "notifications.index",
     },

@@ -121,6 +121,10 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.approve_withdrawal": {},
     "admin.reject_withdrawal": {"reason": "fuzz"},
     "admin.pay_withdrawal": {"reference": "fuzz"},
+    "admin.audit": {"run": "5", "before": "5"},
+    # Confirmed: a run starts (in the request: AUDIT_RUN_INLINE), one at a time.
+    "admin.audit_start": {"confirmed": "yes"},
+    "admin.audit_run_status": {"seen": "running"},
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -143,6 +147,7 @@ FORMS = {
     "admin.users": UserSearchForm,
     "admin.freeze_user": FreezeForm,
     "admin.unfreeze_user": UnfreezeForm,
+    "admin.audit_start": ActionForm,
 }
 
 # Path values that are valid and would act (a class's controls, the sandbox's buttons):
@@ -565,6 +570,7 @@ def world(app, fake_stripe, monkeypatch, tmp_path):
         MPESA_B2C_INITIATOR_NAME=INITIATOR,
         MPESA_B2C_INITIATOR_PASSWORD=INITIATOR_PASSWORD,
         MPESA_B2C_CERT_PATH=str(certificate),
+        AUDIT_RUN_INLINE=True,  # an audit run started here ends before the test does
     )
     # Rate limits would answer most requests 429 before their input is read.
     monkeypatch.setattr(limiter, "enabled", False)

@@ -11,6 +11,8 @@ PAGES = {
     "/admin/": ("admin", 'data-testid="count-student"'),
     "/admin/users": ("admin", "<h1>Users</h1>"),
     "/admin/users?q=example": ("admin", 'data-testid="user-search"'),
+    "/admin/health": ("admin", "<h1>Health</h1>"),
+    "/admin/audit": ("admin", "<h1>Audit</h1>"),
 }
 
 
