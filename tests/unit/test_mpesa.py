@@ -13,7 +13,7 @@ from soma.purchases import service
 from tests.builders import make_user
 from tests.buying import credits_of, mpesa_settings, package_id
 from tests.fakes.daraja_server import FakeDaraja, callback
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, confirm_post, csrf_from, text_of
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
 
@@ -318,11 +318,11 @@ def test_an_admin_matches_a_payment_two_purchases_fit_once_and_only_once(
     with app.app_context():
         payment_id = db.session.scalar(select(UnmatchedPayment.id))
     url = f"/admin/payments/unmatched/{payment_id}/match"
-    response = client.post(url, data={"csrf_token": csrf_from(page), "purchase_id": second_id})
+    response = confirm_post(client, url, {"csrf_token": csrf_from(page), "purchase_id": second_id})
     assert response.status_code == 303
     assert purchase(app, second_id).status == "paid"
-    again = client.post(
-        url, data={"csrf_token": csrf_from(page), "purchase_id": first_id}, follow_redirects=True
+    again = confirm_post(
+        client, url, {"csrf_token": csrf_from(page), "purchase_id": first_id}, follow_redirects=True
     )
     assert "is already matched" in text_of(again.get_data(as_text=True))
     assert purchase(app, first_id).status == "pending"
