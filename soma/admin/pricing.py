@@ -15,7 +15,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
-from wtforms import SelectField, StringField
+from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
 
 from soma import clock, money
@@ -61,7 +61,7 @@ def _whole(field, most: int, what: str) -> int:
 class PricingForm(FlaskForm):
     user_type = SelectField(
         "For",
-        choices=[(kind.value, label) for kind, label in USER_TYPE_LABELS.items()],
+        choices=[SelectChoice(kind.value, label) for kind, label in USER_TYPE_LABELS.items()],
         validators=[InputRequired("Choose students or teachers.")],
     )
     tokens = StringField(

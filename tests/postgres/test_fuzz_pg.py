@@ -29,6 +29,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from soma.admin.packages import PackageForm
+from soma.admin.pricing import PricingForm
 from soma.audit import run_audit
 from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
@@ -117,6 +119,15 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.approve_withdrawal": {},
     "admin.reject_withdrawal": {"reason": "fuzz"},
     "admin.pay_withdrawal": {"reference": "fuzz"},
+    # Never "confirmed": a baseline reaches the confirmation page and acts on nothing.
+    "admin.publish": {"user_type": "student", "tokens": "10", "price": "1.20",
+                      "class_tokens_per_hour": "10", "effective_at": "2030-01-01T09:00"},
+    "admin.add_package": {"tokens": "100", "bonus_tokens": "5", "price": "10.00",
+                          "sort_order": "0"},
+    "admin.retire_package": {},
+    "admin.action_log": {"admin": "{teacher_id}", "action": "refund", "object_type": "purchase",
+                         "object_id": "{purchase_id}", "start": "2026-01-01", "end": "2026-12-31",
+                         "before": "5"},
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -136,6 +147,9 @@ FORMS = {
     "payouts.stripe_onboarding": ActionForm,
     "admin.reject_withdrawal": RejectWithdrawalForm,
     "admin.pay_withdrawal": PaidWithdrawalForm,
+    "admin.publish": PricingForm,
+    "admin.add_package": PackageForm,
+    "admin.retire_package": ActionForm,
 }
 
 # Path values that are valid and would act (a class's controls, the sandbox's buttons):

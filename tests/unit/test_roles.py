@@ -10,6 +10,9 @@ PAGES = {
     "/earnings": ("teacher", "<h1>Your earnings</h1>"),
     "/admin/": ("admin", 'data-testid="count-student"'),
     "/admin/users": ("admin", "<h1>Users</h1>"),
+    "/admin/pricing": ("admin", "<h1>Pricing</h1>"),
+    "/admin/packages": ("admin", "<h1>Packages</h1>"),
+    "/admin/actions": ("admin", "<h1>Admin actions</h1>"),
 }
 
 
