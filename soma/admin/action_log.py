@@ -7,11 +7,13 @@ from flask import render_template, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from soma import money
 from soma.admin import actions
 from soma.admin.routes import bp
 from soma.extensions import db
 from soma.inputs import parse_id, query_id
 from soma.models import AdminAction, Role, User
+from soma.money import is_whole
 from soma.security import role_required
 
 PER_PAGE = 50
@@ -37,7 +39,7 @@ OBJECT_LABELS = {
     "purchase": "Purchase",
     "withdrawal": "Withdrawal",
     "alert": "Alert",
-    "pricing": "Pricing version",
+    "pricing": "Pricing",
     "package": "Package",
     "unmatched_payment": "Unmatched payment",
     "audit_run": "Audit run",
@@ -64,11 +66,21 @@ def object_url(object_type: str, object_id: int | None) -> str | None:
     }.get(object_type)
 
 
-def _shown(value) -> str:
+def _shown(name: str, value, currency: str = "USD") -> str:
+    """A recorded value as people read it: money formatted, times as the site shows them."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if is_whole(value) and name.endswith("_cents"):
+        return money.usd(value)
+    if is_whole(value) and name.endswith("_minor") and currency in ("USD", "KES"):
+        return money.amount(value, currency)
+    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+        try:
+            return money.when(datetime.fromisoformat(value).astimezone(UTC))
+        except ValueError:
+            return value
     return str(value)
 
 
@@ -76,12 +88,14 @@ def changes(before_text: str | None, after_text: str | None) -> list[tuple[str, 
     """(field, old, new) for each field the action changed; every field it set if it
     made something new (no before)."""
     before, after = actions.values(before_text), actions.values(after_text)
+    currency = after.get("currency") or before.get("currency") or "USD"
     pairs = []
     for name in sorted(before.keys() | after.keys()):
         old, new = before.get(name), after.get(name)
         if before and after and old == new:
             continue
-        pairs.append((name.replace("_", " "), _shown(old), _shown(new)))
+        label = name.removesuffix("_cents").removesuffix("_minor").replace("_", " ")
+        pairs.append((label, _shown(name, old, currency), _shown(name, new, currency)))
     return pairs
 
 

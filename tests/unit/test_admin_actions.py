@@ -1,7 +1,7 @@
 """The record of every admin action: written with the action, never without it, and the log."""
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -219,6 +219,30 @@ def test_the_log_shows_every_action_newest_first_with_labels_and_changes(app, cl
     assert f'href="/admin/users/{made["student"]}">User #{made["student"]}<' in page
     assert f'href="/admin/users/{made["ada"]}">Ada Admin<' in page
     assert 'href="/admin/packages">Package #2<' in page
+    with app.app_context():
+        ada = db.session.get(User, made["ada"])
+        at = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+        actions.record(
+            ada,
+            "publish_pricing",
+            "pricing",
+            9,
+            {"usd_cents": 100, "effective_at": at - timedelta(days=400)},
+            {"usd_cents": 120, "effective_at": at},
+        )
+        actions.record(
+            ada,
+            "refund",
+            "purchase",
+            4,
+            {"refundable_minor": 2500},
+            {"refundable_minor": 2000, "currency": "USD"},
+        )
+        db.session.commit()
+    text = text_of(client.get("/admin/actions").get_data(as_text=True))
+    assert "usd: $1.00 → $1.20" in text
+    assert "effective at: 30 Oct 2025, 09:00 UTC → 04 Dec 2026, 09:00 UTC" in text
+    assert "refundable: $25.00 → $20.00" in text
 
 
 def test_the_log_filters_and_pages(app, client, auth, monkeypatch):
