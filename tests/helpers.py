@@ -66,6 +66,17 @@ def post_form(client, url: str, data: dict | None = None, page: str | None = Non
     return client.post(url, data={**(data or {}), "csrf_token": csrf_from(html)}, **kwargs)
 
 
+def confirm_post(client, url: str, data: dict, **kwargs):
+    """POST an admin form, then confirm it the way the admin does: the confirmation page
+    must come back (the first POST acts on nothing), and its hidden fields are posted
+    again. A refusal before the confirmation step is returned as it is."""
+    first = client.post(url, data=data)
+    html = first.get_data(as_text=True)
+    if first.status_code != 200 or 'data-testid="admin-confirm"' not in html:
+        return first
+    return client.post(url, data=hidden_fields(html), **kwargs)
+
+
 def balances(user_id: int) -> tuple[int, int]:
     """The user's (available, locked), read fresh from the database."""
     from sqlalchemy import select

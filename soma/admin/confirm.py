@@ -21,13 +21,19 @@ def confirmation(
     button: str,
     cancel_url: str,
     warning: str | None = None,
+    settle: dict[str, str] | None = None,
 ):
-    """The page that asks the admin to confirm this POST (its fields are posted again)."""
+    """The page that asks the admin to confirm this POST (its fields are posted again).
+
+    `settle` replaces fields with what the page showed (a blank refund amount becomes
+    the amount quoted), so the confirmed POST acts on exactly what the admin read.
+    """
+    settle = settle or {}
     fields = [
         (name, value)
         for name, value in request.form.items(multi=True)
-        if name not in {"csrf_token", CONFIRMED}
-    ]
+        if name not in {"csrf_token", CONFIRMED, *settle}
+    ] + list(settle.items())
     return render_template(
         "admin/confirm.html",
         title=title,

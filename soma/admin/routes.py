@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from soma import money
+from soma.admin.confirm import confirmation, confirmed
 from soma.extensions import db
 from soma.forms import ActionForm
 from soma.inputs import parse_id, plain_amount, query_id
@@ -103,7 +104,9 @@ def refund(purchase_id: int):
     try:
         amount = _minor_units(request.form.get("amount", ""), purchase, left)
         key = request.form.get("key", "")
-        reversals.refund_by_admin(purchase.id, amount, current_user.id, key)
+        if not confirmed():
+            return _confirm_refund(purchase, amount, left)
+        reversals.refund_by_admin(purchase.id, amount, current_user, key)
     except ValueError as error:
         return _purchase_page(purchase, str(error), 422)
     except stripe_provider.StripeError as error:
@@ -124,6 +127,26 @@ def refund(purchase_id: int):
         f"Refunded {money.amount(amount, purchase.currency)} of purchase #{purchase.id}.", "success"
     )
     return redirect(url_for("admin.purchase_detail", purchase_id=purchase.id), 303)
+
+
+def _confirm_refund(purchase: Purchase, amount: int, left: int):
+    shown = money.amount(amount, purchase.currency)
+    typed = f"{amount // 100}.{amount % 100:02d}" if purchase.currency == "USD" else str(amount)
+    return confirmation(
+        f"Refund purchase #{purchase.id}",
+        [
+            ("Student", f"{purchase.user.display_name} ({purchase.user.email})"),
+            ("Paid", money.amount(purchase.amount_minor, purchase.currency)),
+            ("Tokens bought", money.tokens(purchase.total_tokens)),
+            ("Refund", shown),
+            ("Left to refund after", money.amount(left - amount, purchase.currency)),
+        ],
+        f"Refund {shown}",
+        url_for("admin.purchase_detail", purchase_id=purchase.id),
+        warning="The money goes back to the student first, then the tokens it bought are "
+        "taken back; tokens already spent are recorded as owed.",
+        settle={"amount": typed},
+    )
 
 
 def _minor_units(text: str, purchase: Purchase, left: int) -> int:
@@ -171,8 +194,29 @@ def match_payment(payment_id: int):
     if purchase_id is None:
         flash("Enter the number of the purchase this payment paid.", "error")
         return redirect(url_for("admin.unmatched_payments"), 303)
+    if not confirmed():
+        purchase = db.session.get(Purchase, purchase_id)
+        if purchase is None:
+            flash(f"There is no purchase #{purchase_id}.", "error")
+            return redirect(url_for("admin.unmatched_payments"), 303)
+        return confirmation(
+            f"Match payment {payment.receipt}",
+            [
+                ("Payment", f"{money.kes(payment.amount_minor)}, receipt {payment.receipt}"),
+                ("Purchase", f"#{purchase.id}: {money.tokens(purchase.total_tokens)}"),
+                ("Student", f"{purchase.user.display_name} ({purchase.user.email})"),
+                ("Purchase price", money.amount(purchase.amount_minor, purchase.currency)),
+                ("Purchase status", purchase.status),
+            ],
+            f"Credit purchase #{purchase.id}",
+            url_for("admin.unmatched_payments"),
+            warning="M-Pesa is asked to confirm the payment; then the purchase's tokens are "
+            "credited to the student. A match is not undone.",
+        )
     try:
-        purchase = mpesa.match(payment.id, purchase_id, f"admin:{current_user.id}")
+        purchase = mpesa.match(
+            payment.id, purchase_id, f"admin:{current_user.id}", admin=current_user
+        )
     except mpesa.MatchRefused as error:
         db.session.rollback()
         flash(error.message, "error")
@@ -267,6 +311,25 @@ def _acted(withdrawal_id: int, message: str):
     return redirect(url_for("admin.withdrawal_detail", withdrawal_id=withdrawal_id), 303)
 
 
+def _confirm_withdrawal(withdrawal: Withdrawal, title: str, button: str, warning: str, *extra):
+    return confirmation(
+        title,
+        [
+            ("Teacher", f"{withdrawal.user.display_name} ({withdrawal.user.email})"),
+            ("Asked for", money.usd(withdrawal.usd_cents)),
+            ("Fee", money.usd(withdrawal.fee_cents)),
+            ("To send", money.usd(withdrawal.net_cents)),
+            ("Tokens held", money.tokens(withdrawal.tokens)),
+            ("Method", withdrawal.method.describe),
+            ("Status now", withdrawal.status_label),
+            *extra,
+        ],
+        button,
+        url_for("admin.withdrawal_detail", withdrawal_id=withdrawal.id),
+        warning=warning,
+    )
+
+
 def _withdrawal_page_with_error(withdrawal_id: int, message: str):
     flash(message, "error")
     return _withdrawal_page(_withdrawal_or_404(withdrawal_id), 409)
@@ -276,9 +339,26 @@ def _withdrawal_page_with_error(withdrawal_id: int, message: str):
 @role_required(Role.ADMIN)
 def approve_withdrawal(withdrawal_id: int):
     """Let a requested withdrawal go on to its rail (a bank transfer: to be sent by hand)."""
-    _withdrawal_or_404(withdrawal_id)
+    withdrawal = _withdrawal_or_404(withdrawal_id)
     if not ActionForm().validate_on_submit():
         abort(400)
+    if not confirmed():
+        if withdrawal.status != WithdrawalStatus.REQUESTED.value:
+            return _withdrawal_page_with_error(
+                withdrawal_id,
+                f"Withdrawal #{withdrawal_id} is already {withdrawal.status_label.lower()}: "
+                "someone else acted on it first. Nothing more was done.",
+            )
+        manual = rail_for(withdrawal.method.kind).manual
+        return _confirm_withdrawal(
+            withdrawal,
+            f"Approve withdrawal #{withdrawal_id}",
+            f"Approve withdrawal #{withdrawal_id}",
+            f"You will send {money.usd(withdrawal.net_cents)} by bank transfer, then mark it paid."
+            if manual
+            else f"{money.usd(withdrawal.net_cents)} is sent to {withdrawal.method.describe} "
+            "at once.",
+        )
     try:
         withdrawal_service.approve(withdrawal_id, current_user)
     except withdrawal_service.WithdrawalConflict as error:
@@ -294,6 +374,21 @@ def reject_withdrawal(withdrawal_id: int):
     form = RejectWithdrawalForm()
     if not form.validate_on_submit():
         return _withdrawal_page(withdrawal, 422, reject=form)
+    if not confirmed():
+        if not withdrawal_service.rejectable(withdrawal):
+            return _withdrawal_page_with_error(
+                withdrawal_id,
+                f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, so it "
+                "cannot be rejected. Nothing was done.",
+            )
+        return _confirm_withdrawal(
+            withdrawal,
+            f"Reject withdrawal #{withdrawal_id}",
+            f"Reject withdrawal #{withdrawal_id}",
+            f"Nothing is sent; the {money.tokens(withdrawal.tokens)} go back to the teacher, "
+            "who reads your reason.",
+            ("Reason", form.reason.data),
+        )
     try:
         withdrawal_service.reject(withdrawal_id, current_user, form.reason.data)
     except withdrawal_service.WithdrawalConflict as error:
@@ -309,6 +404,21 @@ def pay_withdrawal(withdrawal_id: int):
     form = PaidWithdrawalForm()
     if not form.validate_on_submit():
         return _withdrawal_page(withdrawal, 422, paid=form)
+    if not confirmed():
+        if withdrawal.status != WithdrawalStatus.PROCESSING.value:
+            return _withdrawal_page_with_error(
+                withdrawal_id,
+                f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, so it "
+                "cannot be marked paid. Nothing was done.",
+            )
+        return _confirm_withdrawal(
+            withdrawal,
+            f"Mark withdrawal #{withdrawal_id} paid",
+            f"Mark withdrawal #{withdrawal_id} paid",
+            f"Only once the bank has sent {money.usd(withdrawal.net_cents)}: this retires its "
+            "tokens and tells the teacher. It is not undone.",
+            ("Bank reference", form.reference.data),
+        )
     try:
         withdrawal_service.pay_by_admin(withdrawal_id, current_user, form.reference.data)
     except withdrawal_service.WithdrawalConflict as error:
@@ -316,8 +426,11 @@ def pay_withdrawal(withdrawal_id: int):
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
 
 
-from soma.admin import (  # noqa: E402,F401  (registers their routes)
+from soma.admin import (  # noqa: E402,F401  (each registers its routes)
+    action_log,
     audit_runs,
     health,
+    packages,
+    pricing,
     users,
 )

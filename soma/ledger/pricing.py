@@ -1,12 +1,13 @@
 """Versioned pricing: the rate in force at a time, conversions, and class cost."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from soma import clock
 from soma.extensions import db
-from soma.models import PricingUserType, TokenPricing, utcnow
+from soma.models import JournalEntry, PricingUserType, TokenPricing, utcnow
 from soma.money import is_whole
 
 ROUNDINGS = {"half_up": ROUND_HALF_UP, "up": ROUND_CEILING, "down": ROUND_FLOOR}
@@ -14,6 +15,21 @@ ROUNDINGS = {"half_up": ROUND_HALF_UP, "up": ROUND_CEILING, "down": ROUND_FLOOR}
 
 class PricingMissing(LookupError):
     """No pricing version was in force at the time asked."""
+
+
+class PricingRefused(ValueError):
+    """A version that cannot be published; `message` says why, for the admin."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# A new version takes effect at least this long after it is published. An entry's value
+# is frozen with the versions its transaction sees: one that took effect a moment after
+# publishing could be in force for an entry posted while the publish was committing, and
+# the audit (which sees every committed version) would recompute that entry differently.
+PUBLISH_LEAD = timedelta(minutes=1)
 
 
 def pricing_in_force_query(user_type: str, at: datetime):
@@ -85,9 +101,25 @@ def publish_pricing(
     class_tokens_per_hour: int,
     effective_at: datetime,
     created_by_id: int | None = None,
+    *,
+    backdate: bool = False,
 ) -> TokenPricing:
-    """Add a new pricing version for `user_type`; old versions are never edited."""
+    """Add a new pricing version for `user_type`; old versions are never edited.
+
+    A version takes effect in the future, at least PUBLISH_LEAD after the app's clock and
+    after every journal entry already written (whatever clock dated it): an entry's USD
+    value is frozen when it is written, so a version in force before it would make the
+    audit's recomputation disagree (entry-value-mismatch). Two versions of one user type
+    never take effect at the same time. PricingRefused says why not.
+
+    `backdate=True` skips these checks: only for tests and the demo, which lay down a
+    history before anything is written. No route passes it.
+    """
     user_type = PricingUserType(user_type)
+    if effective_at.tzinfo is None:
+        raise ValueError("a version's time is an aware datetime, not a naive one")
+    if not backdate:
+        _check_publishable(user_type, effective_at)
     latest = db.session.scalar(
         select(TokenPricing.version)
         .where(TokenPricing.user_type == user_type)
@@ -106,3 +138,28 @@ def publish_pricing(
     db.session.add(pricing)
     db.session.flush()
     return pricing
+
+
+def _check_publishable(user_type: PricingUserType, effective_at: datetime) -> None:
+    earliest = clock.now() + PUBLISH_LEAD
+    if effective_at < earliest:
+        raise PricingRefused(
+            "A new price takes effect in the future: choose a time at least a minute from "
+            f"now (after {earliest:%d %b %Y, %H:%M} UTC). Old prices are never changed."
+        )
+    last_entry = db.session.scalar(select(func.max(JournalEntry.created_at)))
+    if last_entry is not None and effective_at <= last_entry:
+        raise PricingRefused(
+            f"The ledger already has an entry dated {last_entry:%d %b %Y, %H:%M:%S} UTC, "
+            "at or after that time; a new price takes effect after it."
+        )
+    tie = db.session.scalar(
+        select(TokenPricing.version).where(
+            TokenPricing.user_type == user_type, TokenPricing.effective_at == effective_at
+        )
+    )
+    if tie is not None:
+        raise PricingRefused(
+            f"Version {tie} of the {user_type} pricing already takes effect at that time. "
+            "Choose another time."
+        )

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from soma import clock, ledger, money, transitions
+from soma.admin import actions
 from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
@@ -347,9 +348,16 @@ def _locked(withdrawal_id: int) -> Withdrawal:
     return transitions.locked(Withdrawal, withdrawal_id)
 
 
-def proceed(withdrawal_id: int, source: str, actor_id: int | None = None, note: str = "") -> bool:
+def proceed(
+    withdrawal_id: int,
+    source: str,
+    actor_id: int | None = None,
+    note: str = "",
+    admin: User | None = None,
+) -> bool:
     """Move a requested withdrawal to processing (an admin's approval); True if this call
-    moved it, and then its rail is asked to send it. WithdrawalConflict if it is past that."""
+    moved it, and then its rail is asked to send it. WithdrawalConflict if it is past that.
+    With `admin`, the action record is written in the same transaction as the move."""
 
     def work() -> bool:
         withdrawal = _locked(withdrawal_id)
@@ -364,7 +372,17 @@ def proceed(withdrawal_id: int, source: str, actor_id: int | None = None, note: 
                 f"Withdrawal #{withdrawal_id} cannot be sent: {rail.unavailable} "
                 "Reject it instead; its tokens go back to the teacher."
             )
+        before = withdrawal.status
         _move(withdrawal, PROCESSING, source, actor_id, note, processing_at=clock.now())
+        if admin is not None:
+            actions.record(
+                admin,
+                "approve_withdrawal",
+                "withdrawal",
+                withdrawal_id,
+                {"status": before},
+                {"status": PROCESSING.value},
+            )
         return True
 
     moved = transitions.retrying(work, "This withdrawal")
@@ -374,7 +392,7 @@ def proceed(withdrawal_id: int, source: str, actor_id: int | None = None, note: 
 
 def approve(withdrawal_id: int, admin: User) -> bool:
     """An admin lets a requested withdrawal go on to its rail."""
-    return proceed(withdrawal_id, f"admin:{admin.id}", admin.id, "Approved")
+    return proceed(withdrawal_id, f"admin:{admin.id}", admin.id, "Approved", admin=admin)
 
 
 def send(withdrawal_id: int) -> None:
@@ -425,10 +443,12 @@ def mark_paid(
     reference: str,
     actor_id: int | None = None,
     note: str = "",
+    admin: User | None = None,
 ) -> Withdrawal:
     """The money reached the teacher: retire the held tokens (fee to fees, the rest to
     redemption), once. A repeat finds it paid and does nothing; WithdrawalConflict if it
-    was failed or rejected (its tokens are back with the teacher) or never approved."""
+    was failed or rejected (its tokens are back with the teacher) or never approved.
+    With `admin` (marked paid by hand), the action record joins the same transaction."""
 
     def work() -> None:
         withdrawal = _locked(withdrawal_id)
@@ -460,6 +480,15 @@ def mark_paid(
             now=now,
         )
         _closed_by(withdrawal_id, entry.id)
+        if admin is not None:
+            actions.record(
+                admin,
+                "pay_withdrawal",
+                "withdrawal",
+                withdrawal_id,
+                {"status": PROCESSING.value, "provider_reference": None},
+                {"status": PAID.value, "provider_reference": reference[:255] or None},
+            )
         notify(
             withdrawal.user_id,
             "withdrawal_paid",
@@ -516,7 +545,7 @@ def reject(withdrawal_id: int, admin: User, reason: str) -> Withdrawal:
     if rejectable_while_processing(withdrawal.method.kind):
         allowed.append(PROCESSING)
     return _close_by_release(
-        withdrawal_id, tuple(allowed), REJECTED, f"admin:{admin.id}", reason, admin.id
+        withdrawal_id, tuple(allowed), REJECTED, f"admin:{admin.id}", reason, admin.id, admin
     )
 
 
@@ -527,6 +556,7 @@ def _close_by_release(
     source: str,
     reason: str,
     actor_id: int | None,
+    admin: User | None = None,
 ) -> Withdrawal:
     def work() -> None:
         withdrawal = _locked(withdrawal_id)
@@ -537,6 +567,7 @@ def _close_by_release(
                 f"Withdrawal #{withdrawal_id} is {withdrawal.status_label.lower()}, "
                 f"so it cannot be marked {to.value}."
             )
+        before = withdrawal.status
         now = _move(
             withdrawal,
             to,
@@ -558,6 +589,16 @@ def _close_by_release(
             now=now,
         )
         _closed_by(withdrawal_id, entry.id)
+        if admin is not None:
+            actions.record(
+                admin,
+                "reject_withdrawal" if to == REJECTED else f"{to.value}_withdrawal",
+                "withdrawal",
+                withdrawal_id,
+                {"status": before},
+                {"status": to.value},
+                reason=reason[:500],
+            )
         what = "was rejected" if to == REJECTED else "failed"
         notify(
             withdrawal.user_id,
@@ -631,7 +672,7 @@ def pay_by_admin(withdrawal_id: int, admin: User, reference: str) -> Withdrawal:
         raise WithdrawalConflict(
             f"Withdrawal #{withdrawal_id} is paid by its provider, not by hand."
         )
-    return mark_paid(withdrawal_id, f"admin:{admin.id}", reference, admin.id)
+    return mark_paid(withdrawal_id, f"admin:{admin.id}", reference, admin.id, admin=admin)
 
 
 # The sweeper -------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock
+from soma.admin import actions
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.inputs import column_length, control_characters, text_fits
-from soma.models import Provider, Purchase, PurchaseStatus, UnmatchedPayment
+from soma.models import Provider, Purchase, PurchaseStatus, UnmatchedPayment, User
 from soma.providers import daraja, inbox
 from soma.purchases import service
 
@@ -368,9 +369,10 @@ def candidates(payment: UnmatchedPayment) -> list[Purchase]:
     )
 
 
-def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
+def match(payment_id: int, purchase_id: int, by: str, admin: User | None = None) -> Purchase:
     """Match an unmatched payment to the purchase it paid, and credit that purchase, in one
-    transaction: one purchase per receipt, one receipt per purchase. MatchRefused if not."""
+    transaction: one purchase per receipt, one receipt per purchase. MatchRefused if not.
+    With `admin`, the action record is written in that same transaction."""
     payment = db.session.get(UnmatchedPayment, payment_id)
     purchase = db.session.get(Purchase, purchase_id)
     if payment is None or purchase is None:
@@ -400,6 +402,7 @@ def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
         raise MatchRefused(
             f"M-Pesa does not confirm request {payment.checkout_request_id} as paid."
         )
+    status_before = purchase.status
 
     def claim():
         taken = db.session.execute(
@@ -410,6 +413,15 @@ def match(payment_id: int, purchase_id: int, by: str) -> Purchase:
         ).rowcount
         if taken != 1:
             raise MatchRefused(f"Payment {payment.receipt} is already matched.")
+        if admin is not None:
+            actions.record(
+                admin,
+                "match_payment",
+                "unmatched_payment",
+                payment_id,
+                {"purchase_id": None, "purchase_status": status_before},
+                {"purchase_id": purchase_id, "purchase_status": PurchaseStatus.PAID.value},
+            )
 
     fulfilled = service.fulfil(
         purchase_id,

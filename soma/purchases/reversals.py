@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlalchemy import exists, select, update
 
 from soma import clock, ledger, money, transitions
+from soma.admin import actions
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.models import EntryKind, Provider, Purchase, User, Wallet
@@ -143,6 +144,7 @@ def report(
     amount_minor: int,
     source: str,
     made_at: datetime | None = None,
+    on_new=None,
 ) -> PurchaseReversal:
     """Fold one provider report of a refund or dispute into its record, and bring the
     tokens held back to what every active reversal is due. Safe to repeat, in any order.
@@ -151,6 +153,8 @@ def report(
     asked to report it again later). `made_at` is when the provider made it, if it
     says: a refund made before refunds were records of their own is folded into
     the purchase's legacy refund row (see migration 0008), not counted again.
+    `on_new(purchase, reversal)`, if given, runs in the same transaction when this call
+    makes a new reversal (an admin's refund records itself there), never on a repeat.
     """
     status = ReversalStatus(status)
     if not 0 < amount_minor < 2**62:
@@ -166,6 +170,7 @@ def report(
             .execution_options(populate_existing=True)
         ).first()
         now = clock.now()
+        new = False
         if reversal is None and made_at is not None and KIND_OF[status] == ReversalKind.REFUND:
             reversal = _fold_into_legacy(purchase_id, provider_ref, amount_minor, made_at)
         if reversal is None and KIND_OF[status] == ReversalKind.DISPUTE:
@@ -187,6 +192,7 @@ def report(
             )
             db.session.add(reversal)
             db.session.flush()
+            new = True
         else:
             if reversal.purchase_id != purchase_id or reversal.kind != KIND_OF[status]:
                 raise RefundRefused(f"{provider_ref} belongs to another purchase or kind")
@@ -195,6 +201,8 @@ def report(
             reversal.status = status.value
             reversal.resolved_at = now if status in FINAL else None
         _rebalance(purchase, source)
+        if new and on_new is not None:
+            on_new(purchase, reversal)
         return reversal
 
     return transitions.retrying(work, "This purchase", also=(ledger.InsufficientTokens,))
@@ -377,13 +385,12 @@ def refundable(purchase: Purchase, reversals: list[PurchaseReversal]) -> int:
     return max(0, purchase.amount_minor - totals(reversals).reversed_minor)
 
 
-def refund_by_admin(
-    purchase_id: int, amount_minor: int, admin_id: int, key: str
-) -> PurchaseReversal:
+def refund_by_admin(purchase_id: int, amount_minor: int, admin: User, key: str) -> PurchaseReversal:
     """Refund `amount_minor` of a purchase: the money goes back first, then the tokens.
 
     `key` is the refund form's one-time key: the form sent twice refunds once.
-    Refused, taking nothing, when there is no way to send the money back.
+    Refused, taking nothing, when there is no way to send the money back. The action
+    record is written with the refund's own database write (after Stripe made it), once.
     """
     if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", key or ""):
         raise RefundRefused("This form has expired. Reload the page.")
@@ -394,6 +401,7 @@ def refund_by_admin(
             "back. Nothing was changed; refund the student through M-Pesa, then record it."
         )
     left = refundable(purchase, reversals_of(purchase_id))
+    status_before = purchase.status
     if not 0 < amount_minor <= left:
         raise RefundRefused(
             f"At most {money.amount(left, purchase.currency)} of this purchase can be refunded."
@@ -422,7 +430,24 @@ def refund_by_admin(
         amount_minor = int(refund.get("amount") or amount_minor)
     else:
         ref, status = f"sandbox:refund:{purchase_id}:{key}", ReversalStatus.SUCCEEDED
-    reversal = report(purchase_id, ref, status, amount_minor, f"admin:{admin_id}")
+
+    def record(locked: Purchase, made: PurchaseReversal) -> None:
+        actions.record(
+            admin,
+            "refund",
+            "purchase",
+            purchase_id,
+            {"refundable_minor": left, "status": status_before},
+            {
+                "refundable_minor": left - made.amount_minor,
+                "status": locked.status,
+                "refund_minor": made.amount_minor,
+                "refund_status": made.status,
+                "currency": purchase.currency,
+            },
+        )
+
+    reversal = report(purchase_id, ref, status, amount_minor, f"admin:{admin.id}", on_new=record)
     if reversal.amount_minor != amount_minor:
         raise RefundRefused("This form was already used for another refund. Reload the page.")
     return reversal

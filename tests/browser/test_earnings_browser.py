@@ -33,7 +33,9 @@ def teacher_with_a_year(app, clock):
                 continue  # a month away
             if months_back == 5:
                 with ledger.atomic():
-                    ledger.publish_pricing("teacher", 10, 50, 10, NOW - timedelta(days=150))
+                    ledger.publish_pricing(
+                        "teacher", 10, 50, 10, NOW - timedelta(days=150), backdate=True
+                    )
             for n in range(12 - months_back):
                 clock.now = NOW - timedelta(days=30 * months_back - n) - timedelta(hours=3)
                 make_class(student, teacher, "completed", minutes=(30, 60, 90)[n % 3])

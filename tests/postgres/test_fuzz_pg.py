@@ -29,6 +29,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from soma.admin.packages import PackageForm
+from soma.admin.pricing import PricingForm
 from soma.admin.users import FreezeForm, UnfreezeForm, UserSearchForm
 from soma.audit import run_audit
 from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
@@ -125,6 +127,15 @@ FIELDS: dict[str, dict[str, str]] = {
     # Confirmed: a run starts (in the request: AUDIT_RUN_INLINE), one at a time.
     "admin.audit_start": {"confirmed": "yes"},
     "admin.audit_run_status": {"seen": "running"},
+    # Never "confirmed": a baseline reaches the confirmation page and acts on nothing.
+    "admin.publish": {"user_type": "student", "tokens": "10", "price": "1.20",
+                      "class_tokens_per_hour": "10", "effective_at": "2030-01-01T09:00"},
+    "admin.add_package": {"tokens": "100", "bonus_tokens": "5", "price": "10.00",
+                          "sort_order": "0"},
+    "admin.retire_package": {},
+    "admin.action_log": {"admin": "{teacher_id}", "action": "refund", "object_type": "purchase",
+                         "object_id": "{purchase_id}", "start": "2026-01-01", "end": "2026-12-31",
+                         "before": "5"},
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -148,6 +159,9 @@ FORMS = {
     "admin.freeze_user": FreezeForm,
     "admin.unfreeze_user": UnfreezeForm,
     "admin.audit_start": ActionForm,
+    "admin.publish": PricingForm,
+    "admin.add_package": PackageForm,
+    "admin.retire_package": ActionForm,
 }
 
 # Path values that are valid and would act (a class's controls, the sandbox's buttons):

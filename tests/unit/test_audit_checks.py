@@ -84,7 +84,7 @@ def activity() -> dict[str, int]:
     people["class"] = session.id
     later = start + timedelta(hours=2)
     # A dearer student price from then on: entries before keep their frozen values.
-    ledger.publish_pricing("student", 10, 150, 10, effective_at=later)
+    ledger.publish_pricing("student", 10, 150, 10, effective_at=later, backdate=True)
     db.session.commit()
     after = later + timedelta(minutes=1)
     with ledger.atomic():

@@ -176,7 +176,7 @@ def repriced(clock) -> tuple[int, int]:
     before = make_withdrawal(teacher, 1001)
     service.mark_paid(before.id, "rail:sandbox", "sandbox-ref")  # (not left processing)
     clock.now = max(clock.now, datetime.now(UTC)) + timedelta(hours=1)
-    publish_pricing(PricingUserType.TEACHER, 10, 50, 100, clock.now)
+    publish_pricing(PricingUserType.TEACHER, 10, 50, 100, clock.now, backdate=True)
     db.session.commit()
     clock.advance(seconds=5)
     after = make_withdrawal(teacher, 1001)

@@ -28,7 +28,7 @@ NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
 def publish_teacher_rate(cents_per_ten: int, effective_at: datetime) -> None:
     with ledger.atomic():
-        ledger.publish_pricing("teacher", 10, cents_per_ten, 10, effective_at)
+        ledger.publish_pricing("teacher", 10, cents_per_ten, 10, effective_at, backdate=True)
 
 
 def month(earnings, key: str) -> Totals:

@@ -327,8 +327,8 @@ def test_entry_values_are_frozen_at_the_rates_in_force(student):
     with ledger.atomic():
         old = ledger.credit(student, 10, key=key(), now=T0)
     new_prices_from = T0 + timedelta(days=1)
-    ledger.publish_pricing("student", 10, 150, 10, effective_at=new_prices_from)
-    ledger.publish_pricing("teacher", 10, 50, 10, effective_at=new_prices_from)
+    ledger.publish_pricing("student", 10, 150, 10, effective_at=new_prices_from, backdate=True)
+    ledger.publish_pricing("teacher", 10, 50, 10, effective_at=new_prices_from, backdate=True)
     db.session.commit()
 
     with ledger.atomic():
@@ -354,8 +354,8 @@ def test_entry_values_are_frozen_at_the_rates_in_force(student):
 
 def test_entry_values_round_half_up_at_odd_rates(student):
     """At 3 tokens = 100 cents and 2 tokens = 1 cent the frozen value is rounded half up."""
-    ledger.publish_pricing("student", 3, 100, 10, effective_at=T0)
-    ledger.publish_pricing("teacher", 2, 1, 10, effective_at=T0)
+    ledger.publish_pricing("student", 3, 100, 10, effective_at=T0, backdate=True)
+    ledger.publish_pricing("teacher", 2, 1, 10, effective_at=T0, backdate=True)
     db.session.commit()
     expected = {1: (33, 1), 2: (67, 1), 3: (100, 2), 5: (167, 3)}
     with ledger.atomic():
@@ -369,7 +369,7 @@ def test_entry_values_round_half_up_at_odd_rates(student):
 
 
 def test_the_rate_in_force_is_found_in_utc_whatever_the_zone_of_now(student):
-    ledger.publish_pricing("student", 10, 150, 10, effective_at=T0)
+    ledger.publish_pricing("student", 10, 150, 10, effective_at=T0, backdate=True)
     db.session.commit()
     five_hours_east = timezone(timedelta(hours=5))
     just_before = (T0 - timedelta(seconds=1)).astimezone(five_hours_east)

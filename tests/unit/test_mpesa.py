@@ -5,15 +5,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from soma.admin import actions
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment, User
+from soma.models import AdminAction, ProviderEvent, Purchase, PurchaseEvent, UnmatchedPayment, User
 from soma.providers import daraja
 from soma.purchases import service
 from tests.builders import make_user
 from tests.buying import credits_of, mpesa_settings, package_id
 from tests.fakes.daraja_server import FakeDaraja, callback
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, confirm_post, csrf_from, text_of
 
 CALLBACK_SECRET = "cb-" + "s3cret" * 5
 
@@ -312,23 +313,33 @@ def test_an_admin_matches_a_payment_two_purchases_fit_once_and_only_once(
     assert "2 purchases fit; match by hand" in result.output
     assert purchase(app, first_id).status == "pending"
 
-    auth.login_as("admin")
+    admin = auth.login_as("admin")
     page = client.get("/admin/payments/unmatched").get_data(as_text=True)
     assert "NLJTWO0001" in text_of(page) and f"#{first_id}" in text_of(page)
     with app.app_context():
         payment_id = db.session.scalar(select(UnmatchedPayment.id))
     url = f"/admin/payments/unmatched/{payment_id}/match"
-    response = client.post(url, data={"csrf_token": csrf_from(page), "purchase_id": second_id})
+    response = confirm_post(client, url, {"csrf_token": csrf_from(page), "purchase_id": second_id})
     assert response.status_code == 303
     assert purchase(app, second_id).status == "paid"
-    again = client.post(
-        url, data={"csrf_token": csrf_from(page), "purchase_id": first_id}, follow_redirects=True
+    again = confirm_post(
+        client, url, {"csrf_token": csrf_from(page), "purchase_id": first_id}, follow_redirects=True
     )
     assert "is already matched" in text_of(again.get_data(as_text=True))
     assert purchase(app, first_id).status == "pending"
     with app.app_context():
         assert balances(buyer_id) == (100, 0)
         assert run_audit() == []
+        # One record, written with the match; the refused second match left none.
+        (record,) = db.session.scalars(select(AdminAction)).all()
+        assert (record.admin_id, record.action, record.object_type, record.object_id) == (
+            admin.id,
+            "match_payment",
+            "unmatched_payment",
+            payment_id,
+        )
+        assert actions.values(record.before) == {"purchase_id": None, "purchase_status": "pending"}
+        assert actions.values(record.after) == {"purchase_id": second_id, "purchase_status": "paid"}
 
 
 def test_a_payment_that_fits_no_purchase_is_kept_and_listed_not_credited(

@@ -48,7 +48,7 @@ def test_pricing_is_only_for_students_and_teachers(ctx):
 
 def test_a_new_price_is_a_new_version_from_its_effective_time(ctx):
     v1_before = pricing_rows()
-    published = publish_pricing("student", 10, 120, 12, effective_at=T0)
+    published = publish_pricing("student", 10, 120, 12, effective_at=T0, backdate=True)
     db.session.commit()
 
     assert (published.version, published.tokens, published.usd_cents) == (2, 10, 120)
@@ -67,7 +67,7 @@ def test_a_price_published_for_tomorrow_is_not_in_force_today(ctx):
 
 
 def test_the_time_asked_is_compared_in_utc(ctx):
-    publish_pricing("student", 10, 120, 12, effective_at=T0)
+    publish_pricing("student", 10, 120, 12, effective_at=T0, backdate=True)
     db.session.commit()
     five_hours_east = timezone(timedelta(hours=5))
     assert get_token_pricing("student", at=T0.astimezone(five_hours_east)).version == 2
@@ -77,9 +77,14 @@ def test_the_time_asked_is_compared_in_utc(ctx):
 
 
 def test_versions_count_per_user_type(ctx):
-    assert publish_pricing("teacher", 10, 50, 10, effective_at=T0).version == 2
-    assert publish_pricing("student", 10, 110, 10, effective_at=T0).version == 2
-    assert publish_pricing("student", 10, 130, 10, effective_at=T0 + timedelta(days=1)).version == 3
+    assert publish_pricing("teacher", 10, 50, 10, effective_at=T0, backdate=True).version == 2
+    assert publish_pricing("student", 10, 110, 10, effective_at=T0, backdate=True).version == 2
+    assert (
+        publish_pricing(
+            "student", 10, 130, 10, effective_at=T0 + timedelta(days=1), backdate=True
+        ).version
+        == 3
+    )
     db.session.commit()
 
     versions = db.session.execute(
@@ -93,7 +98,7 @@ def test_versions_count_per_user_type(ctx):
         ("student", 3),
     ]
     assert get_token_pricing("student", at=T0 + timedelta(hours=1)).usd_cents == 110
-    assert publish_pricing("student", 10, 120, 10, effective_at=T0).version == 4
+    assert publish_pricing("student", 10, 120, 10, effective_at=T0, backdate=True).version == 4
     db.session.commit()
     assert get_token_pricing("student", at=T0).usd_cents == 120, "the newer version wins a tie"
     assert get_token_pricing("student", at=T0 + timedelta(days=2)).usd_cents == 130
@@ -160,7 +165,7 @@ def test_cents_to_tokens_rounds_up_by_default(ctx, user_type, cents, tokens):
 @pytest.fixture
 def three_for_a_dollar(ctx) -> TokenPricing:
     """Student pricing of 3 tokens = 100 cents, where every conversion needs rounding."""
-    publish_pricing("student", 3, 100, 10, effective_at=T0)
+    publish_pricing("student", 3, 100, 10, effective_at=T0, backdate=True)
     db.session.commit()
     return get_token_pricing("student", at=T0)
 
@@ -213,7 +218,7 @@ def test_conversion_defaults_are_half_up_for_cents_and_up_for_tokens(three_for_a
 
 
 def test_half_a_cent_rounds_up_only_when_asked(ctx):
-    publish_pricing("teacher", 2, 1, 10, effective_at=T0)
+    publish_pricing("teacher", 2, 1, 10, effective_at=T0, backdate=True)
     db.session.commit()
     half_cent = get_token_pricing("teacher", at=T0)
     assert [tokens_to_cents(1, half_cent, rounding) for rounding in ("half_up", "up", "down")] == [
@@ -229,7 +234,7 @@ def test_half_a_cent_rounds_up_only_when_asked(ctx):
 
 
 def test_values_follow_the_pricing_in_force(ctx):
-    publish_pricing("teacher", 10, 50, 10, effective_at=T0)
+    publish_pricing("teacher", 10, 50, 10, effective_at=T0, backdate=True)
     db.session.commit()
     assert tokens_value_cents(15, "teacher", at=T0 - JUST_BEFORE) == 60
     assert tokens_value_cents(15, "teacher", at=T0) == 75
@@ -251,7 +256,7 @@ def test_class_cost_needs_a_positive_whole_number_of_minutes(ctx, minutes):
 
 
 def test_class_cost_follows_the_class_rate_in_force(ctx):
-    publish_pricing("student", 10, 100, 12, effective_at=T0)
+    publish_pricing("student", 10, 100, 12, effective_at=T0, backdate=True)
     db.session.commit()
     assert class_cost(30, at=T0 - JUST_BEFORE) == 5
     assert class_cost(30, at=T0) == 6

@@ -22,7 +22,7 @@ from soma.purchases import reversals, service
 from tests.builders import make_user
 from tests.buying import checkout, post_event
 from tests.fakes.stripe_server import event
-from tests.helpers import balances, csrf_from, text_of
+from tests.helpers import balances, confirm_post, csrf_from, text_of
 
 
 def paid_purchase(app, tokens: int = 250) -> tuple[int, int]:
@@ -54,9 +54,10 @@ def admin_refund(client, purchase_id: int, amount: str = "", key: str | None = N
     page = client.get(f"/admin/purchases/{purchase_id}").get_data(as_text=True)
     shown = re.search(r'name="key" value="([^"]+)"', page)  # (no form: nothing to refund)
     key = key or (shown.group(1) if shown else "no-form-shown")
-    return client.post(
+    return confirm_post(
+        client,
         f"/admin/purchases/{purchase_id}/refund",
-        data={"csrf_token": csrf_from(page), "amount": amount, "key": key},
+        {"csrf_token": csrf_from(page), "amount": amount, "key": key},
     )
 
 

@@ -13,6 +13,9 @@ PAGES = {
     "/admin/users?q=example": ("admin", 'data-testid="user-search"'),
     "/admin/health": ("admin", "<h1>Health</h1>"),
     "/admin/audit": ("admin", "<h1>Audit</h1>"),
+    "/admin/pricing": ("admin", "<h1>Pricing</h1>"),
+    "/admin/packages": ("admin", "<h1>Packages</h1>"),
+    "/admin/actions": ("admin", "<h1>Admin actions</h1>"),
 }
 
 

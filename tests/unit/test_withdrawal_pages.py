@@ -14,7 +14,7 @@ from soma.forms import EXPIRED
 from soma.models import PayoutMethod, User, Withdrawal, WithdrawalEvent
 from soma.payouts import withdrawals as service
 from tests.builders import fund, make_teacher, make_withdrawal, payout_method
-from tests.helpers import balances, csrf_from, hidden_fields, text_of
+from tests.helpers import balances, confirm_post, csrf_from, hidden_fields, text_of
 
 KEY = re.compile(
     r'name="key" type="hidden" value="([^"]+)"|type="hidden" name="key" value="([^"]+)"'
@@ -234,22 +234,25 @@ def test_the_admin_queue_filters_and_an_admin_approves_then_marks_a_bank_transfe
     assert "5566778899" in detail  # the admin who sends the transfer reads the number
     assert "Approving says you will send $19.50 by bank transfer" in text_of(detail)
 
-    approved = client.post(
-        f"/admin/withdrawals/{ids[0]}/approve", data={"csrf_token": csrf_from(detail)}
+    approved = confirm_post(
+        client, f"/admin/withdrawals/{ids[0]}/approve", {"csrf_token": csrf_from(detail)}
     )
     assert approved.status_code == 303
-    again = client.post(
-        f"/admin/withdrawals/{ids[0]}/approve", data={"csrf_token": csrf_from(detail)}
+    again = confirm_post(
+        client, f"/admin/withdrawals/{ids[0]}/approve", {"csrf_token": csrf_from(detail)}
     )
     assert again.status_code == 409
     assert "already processing" in text_of(again.get_data(as_text=True))
-    empty = client.post(
-        f"/admin/withdrawals/{ids[0]}/paid", data={"csrf_token": csrf_from(detail), "reference": ""}
+    empty = confirm_post(
+        client,
+        f"/admin/withdrawals/{ids[0]}/paid",
+        {"csrf_token": csrf_from(detail), "reference": ""},
     )
     assert empty.status_code == 422
-    paid = client.post(
+    paid = confirm_post(
+        client,
         f"/admin/withdrawals/{ids[0]}/paid",
-        data={"csrf_token": csrf_from(detail), "reference": "FT26001"},
+        {"csrf_token": csrf_from(detail), "reference": "FT26001"},
     )
     assert paid.status_code == 303
     page = text_of(client.get(f"/admin/withdrawals/{ids[0]}").get_data(as_text=True))
@@ -273,13 +276,16 @@ def test_an_admin_rejects_with_a_reason_the_teacher_reads(app, client, auth, clo
     auth.login_as("admin")
     detail = client.get(f"/admin/withdrawals/{big_id}").get_data(as_text=True)
     assert "Review: it is over $500.00." in text_of(detail)
-    blank = client.post(
-        f"/admin/withdrawals/{big_id}/reject", data={"csrf_token": csrf_from(detail), "reason": ""}
+    blank = confirm_post(
+        client,
+        f"/admin/withdrawals/{big_id}/reject",
+        {"csrf_token": csrf_from(detail), "reason": ""},
     )
     assert blank.status_code == 422
-    rejected = client.post(
+    rejected = confirm_post(
+        client,
         f"/admin/withdrawals/{big_id}/reject",
-        data={"csrf_token": csrf_from(detail), "reason": "Please verify your identity first."},
+        {"csrf_token": csrf_from(detail), "reason": "Please verify your identity first."},
     )
     assert rejected.status_code == 303
     with app.app_context():
@@ -345,7 +351,7 @@ def test_a_rate_changed_since_the_confirmation_is_refused_and_holds_nothing(app,
     assert "Tokens held 250 tokens" in text_of(shown.get_data(as_text=True))
     assert hidden_fields(shown.get_data(as_text=True))["tokens"] == "250"
     with app.app_context(), ledger.atomic():  # a lower teacher rate, published meanwhile
-        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now(), backdate=True)
 
     refused = press_confirm(client, shown)
     assert refused.status_code == 422
@@ -394,9 +400,10 @@ def test_the_admin_page_offers_to_reject_a_stranded_sandbox_withdrawal_only_when
     detail = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)
     assert f"Reject withdrawal #{withdrawal_id}" in detail
     assert "Mark paid" not in text_of(detail)
-    rejected = client.post(
+    rejected = confirm_post(
+        client,
         f"/admin/withdrawals/{withdrawal_id}/reject",
-        data={"csrf_token": csrf_from(detail), "reason": "Test payouts are off."},
+        {"csrf_token": csrf_from(detail), "reason": "Test payouts are off."},
     )
     assert rejected.status_code == 303
     after = client.get(f"/admin/withdrawals/{withdrawal_id}").get_data(as_text=True)

@@ -475,7 +475,7 @@ def test_a_request_whose_quote_moved_since_the_confirmation_holds_nothing(ctx, c
     assert quote.tokens == 250
     clock.advance(seconds=1)
     with ledger.atomic():  # a lower teacher rate, published before the teacher confirms
-        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now())
+        ledger.publish_pricing("teacher", 10, 20, 10, app_clock.now(), backdate=True)
     with pytest.raises(service.WithdrawalRefused, match="The rate changed") as refused:
         service.request(teacher, method.id, 1000, "moved", confirmed_tokens=quote.tokens)
     assert refused.value.field == "amount"
