@@ -4,7 +4,7 @@ import secrets
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from soma import money
@@ -35,16 +35,6 @@ from soma.security import role_required
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 USERS_PER_PAGE = 50
-
-
-@bp.get("/")
-@role_required(Role.ADMIN)
-def index():
-    """Overview of accounts by role."""
-    counts = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
-    return render_template(
-        "admin/index.html", counts={r.value: counts.get(r.value, 0) for r in Role}
-    )
 
 
 @bp.get("/users")
@@ -337,3 +327,6 @@ def pay_withdrawal(withdrawal_id: int):
     except withdrawal_service.WithdrawalConflict as error:
         return _withdrawal_page_with_error(withdrawal_id, error.message)
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
+
+
+from soma.admin import metrics  # noqa: E402,F401  (registers its routes)
