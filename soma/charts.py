@@ -26,7 +26,7 @@ PLOT_BOTTOM = 166
 LABEL_Y = 181
 SUBLABEL_Y = 197
 BAR_GAP = 6  # between bars, at most a quarter of a bar's slot
-# The scale's top: the first of these times a power of ten that holds the highest bar.
+# The scale's top: the first of these hundredths times a power of ten that holds the highest bar.
 NICE_STEPS = (100, 150, 200, 250, 300, 400, 500, 750)
 
 
@@ -92,13 +92,15 @@ def units(value: Decimal | int) -> str:
 
 
 def scale_top(highest: int, smallest: int) -> int:
-    """A round figure at or above `highest`, and at least `smallest`."""
+    """A round figure at or above `highest`, and at least `smallest`: 1, 2, 3, 4, 5, 10, 15,
+    20, 25, 30, 40, 50, 75, 100, 150... (a whole number from NICE_STEPS' hundredths)."""
     magnitude = 1
     while True:
         for step in NICE_STEPS:
-            top = step * magnitude
-            if top >= max(highest, smallest):
-                return top
+            if step * magnitude % 100 == 0:
+                top = step * magnitude // 100
+                if top >= max(highest, smallest):
+                    return top
         magnitude *= 10
 
 

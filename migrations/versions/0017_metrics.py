@@ -3,7 +3,7 @@
 - `metrics_checkpoint` (one row, `through_entry_id`), `metrics_days` (per UTC day
   "YYYY-MM-DD": entries, class payments and their margin, paid withdrawals and their
   fees, refunds and their value, in cents at the entries' frozen values) and
-  `metrics_wallets` (per wallet, its latest posting): sums of the entries with id <=
+  `metrics_wallets` (per user's wallet, its latest posting and the user's role): sums of the entries with id <=
   through_entry_id. A cache of the ledger, never a source (soma.models.metrics): /admin/
   fills them as it is viewed. Empty here; dropping them on downgrade loses nothing.
 - `ix_purchases_status_updated_at` on purchases (status, updated_at): the failed
@@ -54,13 +54,19 @@ def upgrade():
     op.create_table(
         "metrics_wallets",
         sa.Column("wallet_id", sa.Integer(), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("last_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["wallet_id"], ["wallets.id"], name=op.f("fk_metrics_wallets_wallet_id_wallets")
         ),
         sa.PrimaryKeyConstraint("wallet_id", name=op.f("pk_metrics_wallets")),
     )
-    op.create_index("ix_metrics_wallets_last_at", "metrics_wallets", ["last_at"])
+    op.create_index(
+        "ix_metrics_wallets_last_at",
+        "metrics_wallets",
+        ["last_at"],
+        postgresql_include=["wallet_id", "role"],
+    )
     op.create_index("ix_purchases_status_updated_at", "purchases", ["status", "updated_at"])
 
 

@@ -429,22 +429,17 @@ def _platform() -> list[Holding]:
 
 def _active(now: datetime, through: int) -> dict[str, int]:
     """Users' wallets with a posting in the last ACTIVE_DAYS days, by role: those the
-    rollup saw then, with those the tail's postings saw (a union: each once)."""
+    rollup saw then (an index range, with the role in it), with those the tail's postings
+    saw (a union: each once)."""
     since = now - timedelta(days=ACTIVE_DAYS)
     seen = union(
-        select(MetricsWallet.wallet_id.label("wallet_id")).where(MetricsWallet.last_at >= since),
-        select(Posting.wallet_id.label("wallet_id")).where(
-            Posting.entry_id > through, Posting.created_at >= since
-        ),
-    ).subquery()
-    rows = db.session.execute(
-        select(User.role, func.count())
-        .select_from(seen)
-        .join(Wallet, Wallet.id == seen.c.wallet_id)
+        select(MetricsWallet.wallet_id, MetricsWallet.role).where(MetricsWallet.last_at >= since),
+        select(Posting.wallet_id, User.role)
+        .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(User, User.id == Wallet.user_id)
-        .group_by(User.role)
-    ).all()
-    counts = dict(rows)
+        .where(Posting.entry_id > through, Posting.created_at >= since),
+    ).subquery()
+    counts = dict(db.session.execute(select(seen.c.role, func.count()).group_by(seen.c.role)).all())
     return {role.value: counts.get(role.value, 0) for role in (Role.STUDENT, Role.TEACHER)}
 
 
@@ -562,12 +557,15 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
         )
     )
     wallets = MetricsWallet.__table__
+    # Users' wallets only: the platform's accounts are not "active wallets".
     latest = (
-        select(Posting.wallet_id, func.max(Posting.created_at))
+        select(Posting.wallet_id, User.role, func.max(Posting.created_at))
+        .join(Wallet, Wallet.id == Posting.wallet_id)
+        .join(User, User.id == Wallet.user_id)
         .where(Posting.entry_id > after, Posting.entry_id <= through)
-        .group_by(Posting.wallet_id)
+        .group_by(Posting.wallet_id, User.role)
     )
-    upsert = insert(wallets).from_select(["wallet_id", "last_at"], latest)
+    upsert = insert(wallets).from_select(["wallet_id", "role", "last_at"], latest)
     later = func.greatest if dialect == "postgresql" else func.max
     db.session.execute(
         upsert.on_conflict_do_update(

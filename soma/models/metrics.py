@@ -52,10 +52,15 @@ class MetricsDay(Base):
 
 
 class MetricsWallet(Base):
-    """A wallet's latest posting among the entries up to the checkpoint."""
+    """A user's wallet's latest posting among the entries up to the checkpoint, with the
+    user's role (which never changes), so that counting the active wallets by role reads
+    this index alone, not every wallet and user."""
 
     __tablename__ = "metrics_wallets"
-    __table_args__ = (Index("ix_metrics_wallets_last_at", "last_at"),)
+    __table_args__ = (
+        Index("ix_metrics_wallets_last_at", "last_at", postgresql_include=["wallet_id", "role"]),
+    )
 
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
     last_at: Mapped[datetime] = mapped_column(UTCDateTime())
