@@ -72,6 +72,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import selectinload
 
 from soma import charts, clock
 from soma.admin.routes import bp
@@ -458,6 +459,7 @@ def _failed(now: datetime) -> Failed:
         latest_purchases=list(
             db.session.scalars(
                 select(Purchase)
+                .options(selectinload(Purchase.user))
                 .where(failed_purchase)
                 .order_by(Purchase.updated_at.desc(), Purchase.id.desc())
                 .limit(LATEST_FAILED)
@@ -466,6 +468,7 @@ def _failed(now: datetime) -> Failed:
         latest_withdrawals=list(
             db.session.scalars(
                 select(Withdrawal)
+                .options(selectinload(Withdrawal.user))
                 .where(failed_withdrawal)
                 .order_by(Withdrawal.id.desc())
                 .limit(LATEST_FAILED)

@@ -303,3 +303,41 @@ def test_the_shared_chart_draws_counts_and_bars_below_zero():
     assert float(up.y) + float(up.height) == pytest.approx(float(chart.zero_y), abs=0.11)
     assert flat.height == "0.0" and not chart.empty
     assert bar_chart([Point(0, None, "")] * 3, short_count, 10).empty
+
+
+def test_a_reversed_payout_takes_its_fee_back_and_a_failed_refund_returns_its_value(economy, clock):
+    before = metrics.figures(clock.now).year
+    withdrawal = economy["withdrawal"]
+    assert withdrawal_service.reverse_paid(withdrawal.id, "tr_rev_1", "stripe", "Reversed.")
+    paid = economy["paid"]
+    reversals.report(
+        paid.id,
+        f"sandbox:refund:{paid.id}:refund-key-1",
+        reversals.ReversalStatus.FAILED,
+        500,
+        "sandbox",
+    )
+
+    after = metrics.figures(clock.now).year
+
+    assert (after.withdrawals, after.fee_cents) == (before.withdrawals - 1, before.fee_cents - 50)
+    assert (after.refunds, after.refund_cents) == (0, 0)  # the 50 tokens went back to the student
+    assert after.revenue_cents == 60  # the class margin alone
+    assert after.margin_cents == before.margin_cents
+
+
+def test_the_command_sums_every_entry_old_enough_into_the_rollup(ctx, runner, clock):
+    clock.now = utcnow()
+    student = make_user("student")
+    fund(student.id, 10, key="metrics-cli-old", now=clock.now - timedelta(hours=1))
+    fund(student.id, 10, key="metrics-cli-new", now=clock.now)
+
+    result = runner.invoke(args=["soma", "metrics"])
+
+    assert result.exit_code == 0, result.output
+    old = db.session.scalar(
+        select(JournalEntry.id).where(JournalEntry.idempotency_key == "metrics-cli-old")
+    )
+    assert f"summed through entry {old:,} (from 0)" in result.output
+    assert db.session.scalar(select(func.sum(MetricsDay.entries))) == 1
+    assert metrics.figures(clock.now).tail_entries == 1  # the newest waits in the tail
