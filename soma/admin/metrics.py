@@ -512,8 +512,16 @@ def advance_checkpoint(
             .where(MetricsCheckpoint.id == 1)
             .with_for_update()
         ).scalar_one()
-        # The newest entry old enough, among the next `batch` ids at most.
-        bound = through + batch
+        # The newest entry old enough, among the next `batch` ids at most, counted from the
+        # first id after the checkpoint: a gap in the ids (a sequence skips the ids of rolled
+        # back inserts) never stops the checkpoint short.
+        first = db.session.execute(
+            select(func.min(JournalEntry.id)).where(JournalEntry.id > through)
+        ).scalar_one()
+        if first is None:
+            db.session.commit()
+            return through
+        bound = first + batch - 1
         if upto is not None:
             bound = min(bound, upto)
         newest = db.session.execute(

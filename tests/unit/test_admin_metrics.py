@@ -341,3 +341,23 @@ def test_the_command_sums_every_entry_old_enough_into_the_rollup(ctx, runner, cl
     assert f"summed through entry {old:,} (from 0)" in result.output
     assert db.session.scalar(select(func.sum(MetricsDay.entries))) == 1
     assert metrics.figures(clock.now).tail_entries == 1  # the newest waits in the tail
+
+
+def test_a_gap_in_the_entry_ids_does_not_stop_the_checkpoint(ctx, clock, backend):
+    clock.now = utcnow()
+    student = make_user("student")
+    fund(student.id, 10, key="metrics-gap-1", now=clock.now - timedelta(hours=2))
+    # An entry rolled back: on PostgreSQL its id is gone from the sequence for good.
+    ledger.credit(student.id, 10, key="metrics-gap-lost", now=clock.now - timedelta(hours=2))
+    db.session.rollback()
+    fund(student.id, 10, key="metrics-gap-2", now=clock.now - timedelta(hours=1))
+    ids = db.session.scalars(select(JournalEntry.id).order_by(JournalEntry.id)).all()
+    if backend == "postgresql":
+        assert ids[-1] - ids[-2] == 2  # the gap
+    later = clock.now + timedelta(minutes=1)
+
+    # A batch of one id: each fold still takes the next entry in, past the gap.
+    assert metrics.advance_checkpoint(later, batch=1) == ids[-2]
+    assert metrics.advance_checkpoint(later, batch=1) == ids[-1]
+    assert metrics.advance_checkpoint(later, batch=1) == ids[-1]
+    assert db.session.scalar(select(func.sum(MetricsDay.entries))) == len(ids)
