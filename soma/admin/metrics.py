@@ -53,7 +53,7 @@ be a money transaction open for that long, which the ledger's short transactions
 are. Entries newer than that are read in the tail, so every view is complete.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from flask import current_app, render_template
@@ -203,7 +203,6 @@ class Metrics:
     failed: Failed
     through_entry_id: int
     tail_entries: int
-    pricing: dict[str, int] = field(default_factory=dict)  # cents per token, for the page
 
     @property
     def active_total(self) -> int:
