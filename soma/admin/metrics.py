@@ -108,6 +108,8 @@ LATEST_FAILED = 5
 CHECKPOINT_AFTER = 500
 # The most entries one fold takes in: a fold is a transaction of its own, kept short.
 FOLD_BATCH = 200_000
+# The command's batch (`flask soma metrics`, catch_up): a backlog in few transactions.
+CATCH_UP_BATCH = 20_000_000
 # How old an entry must be before the checkpoint passes it (see above).
 FOLD_LAG = timedelta(minutes=5)
 
@@ -576,20 +578,26 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
         .group_by(Posting.wallet_id, User.role)
     )
     upsert = insert(wallets).from_select(["wallet_id", "role", "last_at"], latest)
-    later = func.greatest if dialect == "postgresql" else func.max
+    # Only a later posting moves a wallet's row: no dead row for one that did not move.
     db.session.execute(
         upsert.on_conflict_do_update(
             index_elements=[wallets.c.wallet_id],
-            set_={"last_at": later(wallets.c.last_at, upsert.excluded.last_at)},
+            set_={"last_at": upsert.excluded.last_at},
+            where=upsert.excluded.last_at > wallets.c.last_at,
         )
     )
 
 
-def catch_up(now: datetime | None = None) -> int:
-    """Move the checkpoint as far as it goes, a batch at a time; return where it is."""
+def catch_up(now: datetime | None = None, batch: int = CATCH_UP_BATCH) -> int:
+    """Move the checkpoint as far as it goes, `batch` entries at a time; return where it is.
+
+    The command's batches are large: each batch rewrites the row of every wallet it saw,
+    so a backlog of millions taken in by the views' small batches would leave a wallet's
+    row rewritten once per batch (dead rows for autovacuum, and a table many times its
+    size until a VACUUM FULL)."""
     through = -1
     while True:
-        moved = advance_checkpoint(now)
+        moved = advance_checkpoint(now, batch=batch)
         if moved == through:
             return moved
         through = moved
