@@ -215,3 +215,23 @@ def reconcile_mpesa(payment: int | None, purchase: int | None) -> None:
             f"  {unmatched.receipt}  KES {unmatched.amount_minor:,}  {unmatched.phone or '?'}"
             f"{target}: {what}"
         )
+
+
+@soma_cli.command("metrics")
+def metrics_fold() -> None:
+    """Sum the ledger's entries since the metrics checkpoint into the daily rollup that
+    /admin/ reads (a view does it too, a batch at a time): run after a large import, or
+    from cron, so that no view has a long tail to read."""
+    from soma.admin import metrics
+
+    started = time.perf_counter()
+    before = db.session.scalar(
+        db.select(metrics.MetricsCheckpoint.through_entry_id).where(
+            metrics.MetricsCheckpoint.id == 1
+        )
+    )
+    through = metrics.catch_up()
+    click.echo(
+        f"metrics: summed through entry {through:,} (from {before or 0:,}) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )

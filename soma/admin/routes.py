@@ -4,7 +4,7 @@ import secrets
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from soma import money
@@ -19,7 +19,6 @@ from soma.models import (
     PurchaseEvent,
     Role,
     UnmatchedPayment,
-    User,
     Withdrawal,
     WithdrawalStatus,
 )
@@ -34,16 +33,6 @@ from soma.purchases import mpesa, reversals
 from soma.security import role_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-
-
-@bp.get("/")
-@role_required(Role.ADMIN)
-def index():
-    """Overview of accounts by role."""
-    counts = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
-    return render_template(
-        "admin/index.html", counts={r.value: counts.get(r.value, 0) for r in Role}
-    )
 
 
 PURCHASES_PER_PAGE = 50
@@ -430,6 +419,7 @@ from soma.admin import (  # noqa: E402,F401  (each registers its routes)
     action_log,
     audit_runs,
     health,
+    metrics,
     packages,
     pricing,
     users,

@@ -14,6 +14,7 @@ from soma.models.ledger import (
     Posting,
     Wallet,
 )
+from soma.models.metrics import MetricsCheckpoint, MetricsDay, MetricsWallet
 from soma.models.notification import Notification
 from soma.models.operator import AdminAction, Alert, AuditRun, AuditRunStatus, Heartbeat
 from soma.models.payout import (
@@ -58,6 +59,9 @@ __all__ = [
     "Heartbeat",
     "JournalEntry",
     "MethodKind",
+    "MetricsCheckpoint",
+    "MetricsDay",
+    "MetricsWallet",
     "Notification",
     "PayoutMethod",
     "PlatformAccount",
