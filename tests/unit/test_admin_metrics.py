@@ -71,7 +71,7 @@ def economy(ctx, clock):
     paid = paid_purchase(student, tokens=100)
     make_class(student, teacher, "completed")
     admin = make_user("admin", email="boss@example.com")
-    reversals.refund_by_admin(paid.id, 500, admin.id, "refund-key-1")
+    reversals.refund_by_admin(paid.id, 500, admin, "refund-key-1")
     withdrawal = make_withdrawal(teacher, 1000)
     failed_withdrawal = make_withdrawal(teacher, 1000)
     clock.advance(seconds=5)
