@@ -118,6 +118,8 @@ def sweep(every: int | None) -> None:
     """Settle classes that have run their time and end those paused past the limit; ask
     M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts; ask
     each rail about withdrawals still processing (the sandbox pays its own here)."""
+    from soma import clock
+    from soma.alert_rules import raise_alerts
     from soma.classes.service import sweep as sweep_once
     from soma.payouts.withdrawals import processing_too_long
     from soma.payouts.withdrawals import sweep as sweep_withdrawals
@@ -134,6 +136,7 @@ def sweep(every: int | None) -> None:
                 expire_abandoned()  # checkouts nobody will finish
                 paid_out = sweep_withdrawals()  # withdrawals a rail can now finish
                 stuck = [withdrawal.id for withdrawal in processing_too_long()]
+                raise_alerts(clock.now())  # what an admin must look at, raised once each
             except Exception:
                 # The database restarting, say: log it and try again next pass,
                 # rather than leave unwatched classes holding tokens.

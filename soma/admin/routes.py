@@ -337,3 +337,6 @@ def pay_withdrawal(withdrawal_id: int):
     except withdrawal_service.WithdrawalConflict as error:
         return _withdrawal_page_with_error(withdrawal_id, error.message)
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
+
+
+from soma.admin import alert_pages  # noqa: E402,F401  (registers its routes)
