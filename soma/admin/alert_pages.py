@@ -13,7 +13,7 @@ from soma.alert_rules import RULES
 from soma.extensions import db
 from soma.forms import ActionForm
 from soma.inputs import query_id
-from soma.models import Alert, Role
+from soma.models import Alert, Role, User
 from soma.security import role_required
 
 ALERTS_PER_PAGE = 50
@@ -164,31 +164,41 @@ def acknowledge_alert(alert_id: int):
             cancel_url=back,
             warning="It leaves the open alerts; it stays on the list of acknowledged ones.",
         )
+    if not acknowledge(alert.id, current_user):
+        alert = db.session.get(Alert, alert_id, populate_existing=True)
+        flash(_already(alert), "error")
+        return redirect(back, 303)
+    flash(f"Alert #{alert_id} acknowledged.", "success")
+    return redirect(back, 303)
+
+
+def acknowledge(alert_id: int, admin: User) -> bool:
+    """Acknowledge an open alert as `admin`, with the record of it, in one transaction;
+    False (and nothing written) when it was acknowledged already.
+
+    A compare-and-set: of two admins acknowledging at once, one does it, and only that
+    one's action is recorded.
+    """
     now = clock.now()
-    # A compare-and-set: of two admins acknowledging at once, one does it, and only that
-    # one's action is recorded, in the same transaction.
     moved = db.session.execute(
         update(Alert)
-        .where(Alert.id == alert.id, Alert.acknowledged_at.is_(None))
-        .values(acknowledged_at=now, acknowledged_by_id=current_user.id)
+        .where(Alert.id == alert_id, Alert.acknowledged_at.is_(None))
+        .values(acknowledged_at=now, acknowledged_by_id=admin.id)
         .execution_options(synchronize_session=False)
     ).rowcount
     if moved != 1:
         db.session.rollback()
-        alert = db.session.get(Alert, alert_id, populate_existing=True)
-        flash(_already(alert), "error")
-        return redirect(back, 303)
+        return False
     actions.record(
-        current_user,
+        admin,
         "acknowledge_alert",
         "alert",
-        alert.id,
+        alert_id,
         {"acknowledged_at": None, "acknowledged_by_id": None},
-        {"acknowledged_at": now, "acknowledged_by_id": current_user.id},
+        {"acknowledged_at": now, "acknowledged_by_id": admin.id},
     )
     db.session.commit()
-    flash(f"Alert #{alert_id} acknowledged.", "success")
-    return redirect(back, 303)
+    return True
 
 
 def _already(alert: Alert) -> str:

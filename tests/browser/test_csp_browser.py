@@ -62,6 +62,7 @@ EXPECTED = {
         "admin.purchase_list",
         "admin.purchase_detail",
         "admin.unmatched_payments",
+        "admin.alerts",
         "classes.show",
         "notifications.index",
     },

@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from soma.alerts import raise_alert
 from soma.audit import run_audit
 from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
@@ -36,7 +37,7 @@ from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
 from soma.gifts.forms import ConfirmGiftForm, GiftForm
-from soma.models import JournalEntry, Posting, Purchase, UnmatchedPayment, Wallet
+from soma.models import Alert, JournalEntry, Posting, Purchase, UnmatchedPayment, Wallet
 from soma.notifications import service as notifications
 from soma.payouts.forms import (
     AddMethodForm,
@@ -117,6 +118,8 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.approve_withdrawal": {},
     "admin.reject_withdrawal": {"reason": "fuzz"},
     "admin.pay_withdrawal": {"reference": "fuzz"},
+    "admin.alerts": {"status": "all", "rule": "refund", "part": "open", "before": "5"},
+    "admin.acknowledge_alert": {"confirmed": "no"},  # (asks; "yes" would acknowledge)
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -203,7 +206,9 @@ class World:
                 student, chosen, purchase_service.Provider.SANDBOX, "fuzz-pending"
             )
             notification = notifications.notify(student.id, "gift", "A note for the fuzz.")
+            raise_alert("refund", "refund:fuzz", "An alert for the fuzz.", user_id=student.id)
             db.session.commit()
+            alert_id = db.session.scalar(select(Alert.id))
             method = payout_method(teacher)  # the teacher has no tokens to withdraw to it
             self.values = {
                 "teacher_email": teacher.email,
@@ -213,6 +218,7 @@ class World:
                 "notification_id": str(notification.id),
                 "class_id": str(session.id),
                 "method_id": str(method.id),
+                "alert_id": str(alert_id),
             }
             emails = {"student": student.email, "teacher": teacher.email, "admin": admin.email}
         self.clients, self.tokens = {}, {}

@@ -10,6 +10,7 @@ PAGES = {
     "/earnings": ("teacher", "<h1>Your earnings</h1>"),
     "/admin/": ("admin", 'data-testid="count-student"'),
     "/admin/users": ("admin", "<h1>Users</h1>"),
+    "/admin/alerts": ("admin", "<h1>Alerts</h1>"),
 }
 
 
