@@ -460,7 +460,7 @@ def _stuck_withdrawals(now: datetime) -> int:
                 "withdrawal-stuck",
                 f"withdrawal-stuck:{withdrawal.id}",
                 f"Withdrawal #{withdrawal.id} of {money.usd(withdrawal.usd_cents)} has been "
-                f"processing since {withdrawal.processing_at:%Y-%m-%d %H:%M} UTC.",
+                f"processing since {money.when(withdrawal.processing_at)}.",
                 user_id=withdrawal.user_id,
                 object_type="withdrawal",
                 object_id=withdrawal.id,

@@ -5,7 +5,7 @@ from flask_login import current_user
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
-from soma import clock
+from soma import clock, money
 from soma.admin import actions
 from soma.admin.confirm import confirmation, confirmed
 from soma.admin.routes import bp
@@ -157,7 +157,7 @@ def acknowledge_alert(alert_id: int):
             "Acknowledge this alert?",
             facts=[
                 ("Alert", f"#{alert.id}: {rule_label(alert.rule)}"),
-                ("Raised", f"{alert.raised_at:%Y-%m-%d %H:%M} UTC"),
+                ("Raised", money.when(alert.raised_at)),
                 ("What", alert.message),
             ],
             button="Acknowledge",

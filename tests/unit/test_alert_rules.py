@@ -266,6 +266,11 @@ def test_a_failed_payout_and_one_processing_too_long_are_alerted_once(app):
             ("withdrawal-stuck", f"withdrawal-stuck:{stuck.id}"),
         ]
         assert alerts()[1].user_id == teacher.id
+        processing = withdrawal_service.fresh(stuck.id).processing_at
+        assert alerts()[1].message == (
+            f"Withdrawal #{stuck.id} of $12.00 has been processing since "
+            f"{processing:%d %b %Y, %H:%M} UTC."
+        )
 
 
 # Reading only what is new ---------------------------------------------------------------
@@ -324,3 +329,34 @@ def test_an_alert_raised_by_hand_is_not_raised_again_by_the_sweeper(app, rule):
         assert raise_alerts(clock.now()) == 0
         (alert,) = alerts()
         assert alert.message == "Raised first elsewhere."
+
+
+# Migration 0018 -------------------------------------------------------------------------
+
+
+def test_on_a_database_with_history_the_rules_start_from_now(app):
+    """Upgraded onto old rows, each watermark starts at its table's last id: the past
+    raises nothing, what happens next does; the downgrade takes the watermarks away."""
+    import flask_migrate
+
+    from soma.models import Heartbeat
+
+    with app.app_context():
+        cost = ledger.class_cost(60)
+        old = make_funded_user(cost)
+        gift(old.id, 1)  # fell below before alerts existed
+        paid_purchase(make_user("student"), tokens=10)
+        db.session.remove()  # (no transaction of ours may hold a lock the migration needs)
+        flask_migrate.downgrade(revision="0016")
+        assert db.session.scalar(select(func.count()).select_from(Heartbeat)) == 0
+        flask_migrate.upgrade()
+        marks = {h.name: h.detail for h in db.session.scalars(select(Heartbeat))}
+        assert marks["alerts:postings"] == str(db.session.scalar(select(func.max(Posting.id))))
+        assert marks["alerts:purchases"] == str(db.session.scalar(select(func.max(Purchase.id))))
+        assert "alerts:withdrawals" not in marks  # (none yet: read from the start)
+        assert all(h.at is not None for h in db.session.scalars(select(Heartbeat)))
+        assert raise_alerts(clock.now()) == 0
+        new = make_funded_user(cost)
+        gift(new.id, 1)
+        assert raise_alerts(clock.now()) == 1
+        assert [a.user_id for a in alerts()] == [new.id]
