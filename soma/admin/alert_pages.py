@@ -91,11 +91,7 @@ def _page(status: str, rule: str | None, part: str, before: int | None):
             .order_by(Alert.id.desc())
             .limit(ALERTS_PER_PAGE - len(rows) + 1)
         )
-        query = query.where(
-            Alert.acknowledged_at.is_(None)
-            if current == "open"
-            else Alert.acknowledged_at.is_not(None)
-        )
+        query = query.where(_in_part(current))
         if rule:
             query = query.where(Alert.rule == rule)
         if before and current == part:
@@ -107,9 +103,21 @@ def _page(status: str, rule: str | None, part: str, before: int | None):
             following = (current, rows[-1].id)
             break
         if len(rows) == ALERTS_PER_PAGE and index + 1 < len(parts):
-            following = (parts[index + 1], None)  # (it may be empty: that page says so)
+            if _any(parts[index + 1], rule):
+                following = (parts[index + 1], None)
             break
     return rows, following
+
+
+def _in_part(part: str):
+    return Alert.acknowledged_at.is_(None) if part == "open" else Alert.acknowledged_at.is_not(None)
+
+
+def _any(part: str, rule: str | None) -> bool:
+    query = select(Alert.id).where(_in_part(part))
+    if rule:
+        query = query.where(Alert.rule == rule)
+    return db.session.scalar(query.limit(1)) is not None
 
 
 @bp.get("/alerts")

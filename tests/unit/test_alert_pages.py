@@ -223,3 +223,14 @@ def test_a_bad_alert_id_is_404_and_an_acknowledgement_without_csrf_is_400(
     with app.app_context():
         assert db.session.get(Alert, first).is_open
         assert db.session.scalar(select(func.count()).select_from(AdminAction)) == 0
+
+
+def test_a_page_of_exactly_all_the_open_alerts_offers_no_empty_next_page(app, client, auth):
+    auth.login_as("admin")
+    with app.app_context():
+        for number in range(1, 51):
+            raise_alert("refund", f"refund:{number}", f"Refund {number}")
+        db.session.commit()
+    html = client.get("/admin/alerts?status=all").get_data(as_text=True)
+    assert len(rows_of(html)) == 50
+    assert "More alerts" not in html
