@@ -125,6 +125,8 @@ def sweep(every: int | None) -> None:
     M-Pesa and Stripe about payments whose news is late; expire abandoned checkouts; ask
     each rail about withdrawals still processing (the sandbox pays its own here)."""
     from soma.admin.health import SweeperWatch
+    from soma.admin.metrics import advance_checkpoint as fold_metrics
+    from soma.alert_rules import raise_alerts
     from soma.classes.service import sweep as sweep_once
     from soma.payouts.withdrawals import processing_too_long
     from soma.payouts.withdrawals import sweep as sweep_withdrawals
@@ -143,6 +145,8 @@ def sweep(every: int | None) -> None:
                 expire_abandoned()  # checkouts nobody will finish
                 paid_out = sweep_withdrawals()  # withdrawals a rail can now finish
                 stuck = [withdrawal.id for withdrawal in processing_too_long()]
+                raise_alerts(clock.now())  # what an admin must look at, raised once each
+                fold_metrics()  # the console's daily figures, a batch of new entries
                 watch.passed(started, _pass_detail(result, paid_out, stuck))
             except Exception as error:
                 # The database restarting, say: log it and try again next pass,

@@ -417,6 +417,7 @@ def pay_withdrawal(withdrawal_id: int):
 
 from soma.admin import (  # noqa: E402,F401  (each registers its routes)
     action_log,
+    alert_pages,
     audit_runs,
     health,
     metrics,

@@ -93,6 +93,8 @@ class Purchase(Base):
         UniqueConstraint("checkout_session_id", name="uq_purchases_checkout_session_id"),
         UniqueConstraint("checkout_request_id", name="uq_purchases_checkout_request_id"),
         UniqueConstraint("receipt", name="uq_purchases_receipt"),
+        # One account's purchases of the last hour, for the alert rules (soma.alert_rules).
+        Index("ix_purchases_user_id_created_at", "user_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -18,6 +18,7 @@ authenticates them) and never retries one; each is recorded once through the inb
 
 from flask import current_app
 
+from soma.alert_rules import payout_problem
 from soma.extensions import db
 from soma.models import MethodKind, Withdrawal
 from soma.payouts import withdrawals
@@ -71,11 +72,31 @@ def _result(result: daraja.B2CResult) -> None:
             "check the float, shortcode and initiator",
             withdrawal.id, result.code, result.desc,
         )  # fmt: skip
+    # The alerts are raised after the move, which commits (or rolls back) its own
+    # transaction: the inbox commits them with the event's record.
     try:
         withdrawals.mark_failed(withdrawal.id, source, result.message())
     except withdrawals.WithdrawalConflict as conflict:
         current_app.logger.error("PAYOUT ALERT: a B2C failure for %s: %s", withdrawal.id, conflict)
+        _platform_side_alert(withdrawal, result)
+        payout_problem(
+            withdrawal,
+            "mpesa-failure-conflict",
+            f"M-Pesa reported withdrawal #{withdrawal.id} failed, but it could not be "
+            f"marked failed: {conflict}",
+        )
         raise inbox.Ignore(str(conflict)) from None
+    _platform_side_alert(withdrawal, result)
+
+
+def _platform_side_alert(withdrawal: Withdrawal, result: daraja.B2CResult) -> None:
+    if result.platform_side:
+        payout_problem(
+            withdrawal,
+            "mpesa-platform-side",
+            f"M-Pesa payment of withdrawal #{withdrawal.id} failed on our side "
+            f"({result.code}: {result.desc}): check the float, shortcode and initiator.",
+        )
 
 
 def _paid(withdrawal: Withdrawal, receipt: str, amount_kes: int | None, source: str) -> None:
@@ -84,6 +105,7 @@ def _paid(withdrawal: Withdrawal, receipt: str, amount_kes: int | None, source: 
             "PAYOUT ALERT: M-Pesa paid KES %s for withdrawal %s, which asked KES %s",
             amount_kes, withdrawal.id, withdrawal.amount_kes,
         )  # fmt: skip
+    # As above: the alerts are raised after the move, and committed with the event's record.
     try:
         withdrawals.mark_paid(withdrawal.id, source, receipt)
     except withdrawals.WithdrawalConflict as conflict:
@@ -92,7 +114,26 @@ def _paid(withdrawal: Withdrawal, receipt: str, amount_kes: int | None, source: 
             "PAYOUT ALERT: M-Pesa paid withdrawal %s (%s), which is %s",
             withdrawal.id, receipt, withdrawal.status,
         )  # fmt: skip
+        status = withdrawal.status
+        _amount_alert(withdrawal, amount_kes)
+        payout_problem(
+            withdrawal,
+            f"mpesa-paid-closed:{receipt}",
+            f"M-Pesa paid withdrawal #{withdrawal.id} (receipt {receipt or 'none'}), which was "
+            f"already {status}: the money left.",
+        )
         raise inbox.Ignore(str(conflict)) from None
+    _amount_alert(withdrawal, amount_kes)
+
+
+def _amount_alert(withdrawal: Withdrawal, amount_kes: int | None) -> None:
+    if amount_kes != withdrawal.amount_kes:
+        payout_problem(
+            withdrawal,
+            "mpesa-amount",
+            f"M-Pesa paid KES {amount_kes} for withdrawal #{withdrawal.id}, which asked "
+            f"KES {withdrawal.amount_kes}.",
+        )
 
 
 def _timeout(timeout: daraja.B2CTimeout) -> None:

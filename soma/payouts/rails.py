@@ -34,6 +34,9 @@ from decimal import Decimal
 
 from flask import current_app
 
+from soma import money
+from soma.alert_rules import payout_problem
+from soma.extensions import db
 from soma.models import MethodKind, PayoutMethod, Withdrawal
 from soma.payouts import sending
 from soma.providers import daraja, sandbox, stripe_connect
@@ -219,12 +222,19 @@ class StripeRail(Rail):
         except stripe_connect.TransferRefused as refused:
             return failed(f"Stripe refused the transfer: {refused}"[:255])
         except stripe_connect.InsufficientPlatformBalance:
-            # The seam for issue 13's admin alerts: an error in the log until then.
             log.error(
                 "PAYOUT ALERT: the platform's Stripe balance cannot cover withdrawal %s "
                 "(%s cents, attempt %s): top it up; the sweeper retries",
                 withdrawal.id, withdrawal.net_cents, attempt,
             )  # fmt: skip
+            # One alert per attempt (the sweeper retries the same one each pass),
+            # committed with the state below.
+            payout_problem(
+                withdrawal,
+                f"stripe-balance:{attempt}",
+                f"The platform's Stripe balance cannot cover withdrawal #{withdrawal.id} "
+                f"({money.usd(withdrawal.net_cents)}): top it up; the sweeper retries it.",
+            )
             sending.note_state(withdrawal.id, sending.BALANCE)
             return None
         except stripe_connect.TransferNotMade as not_made:
@@ -249,6 +259,15 @@ class StripeRail(Rail):
                 "asked: left processing for an admin",
                 transfer.id, withdrawal.id, transfer.amount, transfer.destination,
             )  # fmt: skip
+            payout_problem(
+                withdrawal,
+                f"stripe-transfer:{transfer.id}",
+                f"Transfer {transfer.id} of withdrawal #{withdrawal.id} is "
+                f"{money.usd(transfer.amount)} to {transfer.destination}, not what it asked "
+                f"({money.usd(withdrawal.net_cents)} to {withdrawal.method.stripe_account_id}): "
+                "it is left processing for an admin.",
+            )
+            db.session.commit()  # (the rail runs outside any other transaction)
             return None
         sending.record_request_id(withdrawal.id, transfer.id)
         return paid(transfer.id)
@@ -390,6 +409,12 @@ class MpesaRail(Rail):
                 sending.note_state(withdrawal.id, sending.NOT_MADE)
                 return None
             log.error("PAYOUT ALERT: M-Pesa refused withdrawal %s: %s", withdrawal.id, refused)
+            payout_problem(
+                withdrawal,
+                f"mpesa-refused:{withdrawal.attempt}",
+                f"M-Pesa refused withdrawal #{withdrawal.id}: {refused}",
+            )
+            db.session.commit()  # (the rail runs outside any other transaction)
             return failed("M-Pesa did not accept the payment, so nothing was sent.")
         except ValueError as error:  # (a number or amount Daraja would refuse: none sent)
             return failed(f"M-Pesa cannot be sent this payment: {error}"[:255])

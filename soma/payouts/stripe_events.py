@@ -13,6 +13,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from soma import money
+from soma.alert_rules import payout_problem
 from soma.extensions import db
 from soma.inputs import parse_id
 from soma.models import MethodKind, PayoutMethod, Withdrawal
@@ -188,6 +189,13 @@ def transfer_event(kind: str, obj: dict, source: str) -> None:
             "for an admin",
             transfer.id, withdrawal.id, transfer.amount_reversed, transfer.amount,
         )  # fmt: skip
+        payout_problem(  # (committed with the event's record)
+            withdrawal,
+            f"stripe-partial-reversal:{transfer.id}:{transfer.amount_reversed}",
+            f"Transfer {transfer.id} of withdrawal #{withdrawal.id} was partly reversed "
+            f"({money.usd(transfer.amount_reversed)} of {money.usd(transfer.amount)}): "
+            "decide what part of the tokens it stands for.",
+        )
         raise inbox.Ignore(f"a partial reversal of {transfer.id}: left for an admin")
     try:
         withdrawals.reverse_paid(

@@ -68,6 +68,7 @@ EXPECTED = {
         "admin.pricing",
         "admin.packages",
         "admin.action_log",
+        "admin.alerts",
         "classes.show",
         "notifications.index",
     },

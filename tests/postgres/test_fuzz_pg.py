@@ -32,6 +32,7 @@ from sqlalchemy import select
 from soma.admin.packages import PackageForm
 from soma.admin.pricing import PricingForm
 from soma.admin.users import FreezeForm, UnfreezeForm, UserSearchForm
+from soma.alerts import raise_alert
 from soma.audit import run_audit
 from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
@@ -39,7 +40,7 @@ from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
 from soma.gifts.forms import ConfirmGiftForm, GiftForm
-from soma.models import JournalEntry, Posting, Purchase, UnmatchedPayment, Wallet
+from soma.models import Alert, JournalEntry, Posting, Purchase, UnmatchedPayment, Wallet
 from soma.notifications import service as notifications
 from soma.payouts.forms import (
     AddMethodForm,
@@ -136,6 +137,8 @@ FIELDS: dict[str, dict[str, str]] = {
     "admin.action_log": {"admin": "{teacher_id}", "action": "refund", "object_type": "purchase",
                          "object_id": "{purchase_id}", "start": "2026-01-01", "end": "2026-12-31",
                          "before": "5"},
+    "admin.alerts": {"status": "all", "rule": "refund", "part": "open", "before": "5"},
+    "admin.acknowledge_alert": {"confirmed": "no"},  # (asks; "yes" would acknowledge)
 }  # fmt: skip
 
 # The forms whose fields each endpoint above reads (checked: every form in soma is here).
@@ -229,7 +232,9 @@ class World:
                 student, chosen, purchase_service.Provider.SANDBOX, "fuzz-pending"
             )
             notification = notifications.notify(student.id, "gift", "A note for the fuzz.")
+            raise_alert("refund", "refund:fuzz", "An alert for the fuzz.", user_id=student.id)
             db.session.commit()
+            alert_id = db.session.scalar(select(Alert.id))
             method = payout_method(teacher)  # the teacher has no tokens to withdraw to it
             self.values = {
                 "teacher_email": teacher.email,
@@ -240,6 +245,7 @@ class World:
                 "class_id": str(session.id),
                 "method_id": str(method.id),
                 "user_id": str(student.id),
+                "alert_id": str(alert_id),
             }
             emails = {"student": student.email, "teacher": teacher.email, "admin": admin.email}
         self.clients, self.tokens = {}, {}

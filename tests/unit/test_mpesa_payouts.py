@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from soma import clock as app_clock
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import JournalEntry, ProviderEvent, User, Withdrawal
+from soma.models import Alert, JournalEntry, ProviderEvent, User, Withdrawal
 from soma.payouts import methods, rails
 from soma.payouts import withdrawals as service
 from tests.builders import fund
@@ -206,6 +206,14 @@ def test_a_failure_on_our_side_is_failed_released_and_alerted(app, client, teach
         assert "from our side" in withdrawal.failure_reason
         assert balances(teacher.id) == before
         assert run_audit() == []
+        (alert,) = db.session.scalars(select(Alert)).all()
+        assert (alert.rule, alert.cause) == (
+            "payout-problem", f"payout-problem:{made.id}:mpesa-platform-side",
+        )  # fmt: skip
+        assert (alert.user_id, alert.object_type, alert.object_id) == (
+            teacher.id, "withdrawal", made.id,
+        )  # fmt: skip
+        assert "check the float" in alert.message
 
 
 def test_a_time_out_then_the_status_answer_then_a_late_result_pay_once(
@@ -267,6 +275,11 @@ def test_a_refused_payment_fails_at_once(app, client, teacher, daraja):
         assert service.fresh(made.id).status == "failed"
         assert balances(teacher.id) == before
         assert run_audit() == []
+        (alert,) = db.session.scalars(select(Alert)).all()
+        assert (alert.rule, alert.cause, alert.object_id) == (
+            "payout-problem", f"payout-problem:{made.id}:mpesa-refused:1", made.id,
+        )  # fmt: skip
+        assert alert.message.startswith(f"M-Pesa refused withdrawal #{made.id}")
 
 
 def test_b2c_callbacks_are_authenticated_by_the_secret_and_malformed_ones_kept(app, client, daraja):

@@ -16,6 +16,7 @@ PAGES = {
     "/admin/pricing": ("admin", "<h1>Pricing</h1>"),
     "/admin/packages": ("admin", "<h1>Packages</h1>"),
     "/admin/actions": ("admin", "<h1>Admin actions</h1>"),
+    "/admin/alerts": ("admin", "<h1>Alerts</h1>"),
 }
 
 

@@ -15,6 +15,7 @@ from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import (
+    Alert,
     JournalEntry,
     Notification,
     PayoutMethod,
@@ -132,6 +133,18 @@ def request(app, teacher, method_id: int, usd_cents: int = 1000) -> Withdrawal:
         made = service.request(user, method_id, usd_cents, f"test:{method_id}:{usd_cents}")
         db.session.expunge_all()
         return made
+
+
+def alerts_of(withdrawal_id: int) -> list[tuple[str, str]]:
+    """The alerts raised about a withdrawal: (rule, cause), oldest first."""
+    return [
+        tuple(row)
+        for row in db.session.execute(
+            select(Alert.rule, Alert.cause)
+            .where(Alert.object_type == "withdrawal", Alert.object_id == withdrawal_id)
+            .order_by(Alert.id)
+        )
+    ]
 
 
 def show(client, withdrawal_id: int) -> str:
@@ -316,6 +329,12 @@ def test_a_short_platform_balance_waits_and_each_retry_has_the_next_key_until_to
         assert service.sweep() == 0
         assert service.fresh(made.id).attempt == 2
         assert run_audit() == []
+        # An alert for the admin per attempt, however many passes retried it.
+        assert alerts_of(made.id) == [
+            ("payout-problem", f"payout-problem:{made.id}:stripe-balance:1"),
+            ("payout-problem", f"payout-problem:{made.id}:stripe-balance:2"),
+        ]
+        assert "cannot cover withdrawal" in db.session.scalars(select(Alert.message)).first()
     assert "Processing" in show(client, made.id)
     connect.platform_available = 10_000_000  # topped up
     with app.app_context():
@@ -368,6 +387,12 @@ def test_a_reversed_transfer_gives_the_tokens_and_fee_back_once(app, client, tea
     assert post_platform(client, partly).get_json()["status"] == "ignored"  # (for an admin)
     with app.app_context():
         assert service.fresh(made.id).reversed_at is None
+        assert alerts_of(made.id) == [
+            (
+                "payout-problem",
+                f"payout-problem:{made.id}:stripe-partial-reversal:{transfer['id']}:100",
+            )
+        ]
 
     whole = event("transfer.reversed", connect.reverse_transfer(transfer["id"]))
     assert post_platform(client, whole).get_json()["status"] == "handled"
