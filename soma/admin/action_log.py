@@ -32,6 +32,8 @@ LABELS = {
     "unfreeze": "Unfroze an account",
     "acknowledge_alert": "Acknowledged an alert",
     "run_audit": "Ran the audit",
+    "abort_class": "Aborted a class",
+    "cancel_class": "Cancelled a class",
 }
 
 OBJECT_LABELS = {
@@ -43,6 +45,7 @@ OBJECT_LABELS = {
     "package": "Package",
     "unmatched_payment": "Unmatched payment",
     "audit_run": "Audit run",
+    "class": "Class",
 }
 
 EARLIEST, LATEST = date(2000, 1, 1), date(2100, 12, 31)
@@ -56,9 +59,13 @@ def object_url(object_type: str, object_id: int | None) -> str | None:
         return url_for("admin.purchase_detail", purchase_id=object_id)
     if object_type == "withdrawal":
         return url_for("admin.withdrawal_detail", withdrawal_id=object_id)
+    if object_type == "user":
+        return url_for("admin.user_detail", user_id=object_id)
+    if object_type == "class":
+        return url_for("classes.show", class_id=object_id)
+    if object_type == "alert":
+        return url_for("admin.alerts", status="all")
     return {
-        "user": f"/admin/users/{object_id}",
-        "alert": "/admin/alerts",
         "pricing": "/admin/pricing",
         "package": "/admin/packages",
         "unmatched_payment": "/admin/payments/unmatched",
@@ -76,10 +83,11 @@ def _shown(name: str, value, currency: str = "USD") -> str:
         return money.usd(value)
     if is_whole(value) and name.endswith("_minor") and currency in ("USD", "KES"):
         return money.amount(value, currency)
-    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+    # Only the fields that are times: a reason an admin typed may look like one.
+    if isinstance(value, str) and name.endswith("_at"):
         try:
             return money.when(datetime.fromisoformat(value).astimezone(UTC))
-        except ValueError:
+        except (ValueError, OverflowError):
             return value
     return str(value)
 

@@ -10,6 +10,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
 
+from sqlalchemy import select
+
 from soma.extensions import db
 from soma.models import AdminAction, User
 
@@ -56,3 +58,15 @@ def record(
 def values(text: str | None) -> dict:
     """A record's `before` or `after`, read back."""
     return json.loads(text) if text else {}
+
+
+def recorded(action: str, object_type: str, object_id: int | None, after: dict) -> bool:
+    """Whether an `action` on the object is recorded whose `after` holds these values."""
+    texts = db.session.scalars(
+        select(AdminAction.after).where(
+            AdminAction.object_type == object_type,
+            AdminAction.object_id == object_id,
+            AdminAction.action == action,
+        )
+    )
+    return any(all(values(text).get(k) == v for k, v in after.items()) for text in texts)

@@ -233,10 +233,10 @@ def rate_limit_state() -> dict:
     """The rate-limit store's address without credentials, and whether it answers."""
     uri = current_app.config.get("RATELIMIT_STORAGE_URI") or "memory://"
     parts = urlsplit(uri)
-    address = f"{parts.scheme}://"
-    if parts.hostname:
-        address += parts.hostname + (f":{parts.port}" if parts.port else "")
-    address += parts.path if parts.hostname else ""
+    # The hosts without the credentials before "@" (several, comma-separated, for a
+    # Sentinel or a cluster: urlsplit's hostname and port cannot read those).
+    hosts = parts.netloc.rpartition("@")[2]
+    address = f"{parts.scheme}://{hosts}{parts.path if hosts else ''}"
     state = {"scheme": parts.scheme, "address": address, "ok": False, "error": None}
     state["shared"] = parts.scheme != "memory"
     try:

@@ -338,6 +338,13 @@ def approve_withdrawal(withdrawal_id: int):
                 f"Withdrawal #{withdrawal_id} is already {withdrawal.status_label.lower()}: "
                 "someone else acted on it first. Nothing more was done.",
             )
+        if withdrawal.user.is_frozen:
+            return _withdrawal_page_with_error(
+                withdrawal_id,
+                f"The teacher's account is frozen, so withdrawal #{withdrawal_id} cannot be "
+                "approved. Reject it (its tokens go back to the teacher), or unfreeze the "
+                "account first.",
+            )
         manual = rail_for(withdrawal.method.kind).manual
         return _confirm_withdrawal(
             withdrawal,

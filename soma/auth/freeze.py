@@ -82,6 +82,11 @@ def _frozen(user_ids: list[int], lock: bool) -> set[int]:
     return set(db.session.scalars(query))
 
 
+def is_frozen(user_id: int, *, lock: bool = False) -> bool:
+    """Whether the account is frozen, read in this transaction (with `lock`, FOR SHARE)."""
+    return bool(_frozen([user_id], lock))
+
+
 def refuse_if_frozen(user_id: int, doing: str, *, lock: bool = False) -> None:
     """AccountFrozen if the account is frozen; `doing` completes "you cannot ...".
 

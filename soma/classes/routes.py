@@ -17,6 +17,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from soma import clock
+from soma.admin.confirm import confirmation, confirmed
 from soma.auth.freeze import AccountFrozen
 from soma.classes import service
 from soma.classes.forms import BookingForm
@@ -261,6 +262,8 @@ def control(class_id: int, name: str):
     form = ActionForm()
     if not form.validate_on_submit():
         return _answer(session, "This form has expired. Reload the page and try again.", 400)
+    if _admin_outside(session) and not confirmed():
+        return _confirm_admin_control(session, action)
     try:
         session = service.act(session, action, current_user)
     except PermissionError:
@@ -274,6 +277,35 @@ def control(class_id: int, name: str):
     if not _is_htmx():
         return redirect(url_for("classes.show", class_id=session.id), 303)
     return _answer(session, None, 200)
+
+
+def _admin_outside(session: ClassSession) -> bool:
+    """An admin acting on a class they are not in: confirmed first, and recorded."""
+    return current_user.is_admin and current_user.id not in (session.teacher_id, session.student_id)
+
+
+def _confirm_admin_control(session: ClassSession, action: Action):
+    what = {
+        Action.ABORT: (
+            "Abort the class",
+            "The class ends now, the teacher is paid nothing, and every held token goes "
+            "back to the student.",
+        ),
+        Action.CANCEL: ("Cancel the class", "The class will not take place; nothing was held."),
+    }.get(action, (action.value.replace("_", " ").capitalize(), ""))
+    return confirmation(
+        f"{what[0]}: {session.title}",
+        [
+            ("Class", f"#{session.id} {session.title}"),
+            ("Student", session.student.display_name),
+            ("Teacher", session.teacher.display_name),
+            ("Status", session.status.replace("_", " ")),
+            ("What happens", what[1]),
+        ],
+        what[0],
+        url_for("classes.show", class_id=session.id),
+        warning="This is recorded in the admin action log.",
+    )
 
 
 def _short_of_tokens(session: ClassSession, error: InsufficientTokens) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, transitions
+from soma.admin import actions
 from soma.auth import freeze
 from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Move, decide, due
 from soma.errors import FieldRefusal, KeyReused, SomaError
@@ -446,7 +447,7 @@ def act(session: ClassSession, action: Action, actor: User, now: datetime | None
         if move.action == Action.START:
             _refuse_second_live(session)
         try:
-            applied = _apply(session, version, move, actor.id)
+            applied = _apply(session, version, move, actor.id, _admin_record(session, actor))
         except IntegrityError:
             if move.action != Action.START:
                 raise
@@ -543,11 +544,29 @@ def _reload(class_id: int) -> ClassSession:
     ).one()
 
 
-def _apply(session: ClassSession, version: int, move: Move, actor_id: int | None) -> bool:
+def _admin_record(session: ClassSession, actor: User):
+    """An admin who is not in the class (aborting or cancelling it) records the action in
+    the move's own transaction; None for the teacher and the student."""
+    if actor.role != Role.ADMIN or actor.id in (session.teacher_id, session.student_id):
+        return None
+    before = session.status
+
+    def record(move: Move) -> None:
+        after = {"status": move.status.value, "charged_tokens": move.charge}
+        actions.record(actor, f"{move.action.value}_class", "class", session.id,
+                       {"status": before}, after)  # fmt: skip
+
+    return record
+
+
+def _apply(
+    session: ClassSession, version: int, move: Move, actor_id: int | None, on_applied=None
+) -> bool:
     """Write `move` if the class is still at `version`; False if another request won.
 
-    One transaction: the class row, its event, the ledger entry and the
-    notifications. Any error rolls all of it back.
+    One transaction: the class row, its event, the ledger entry, the notifications and,
+    with `on_applied(move)`, what it adds (an admin's action record). Any error rolls all
+    of it back.
     """
     values = {
         "status": move.status.value,
@@ -585,6 +604,8 @@ def _apply(session: ClassSession, version: int, move: Move, actor_id: int | None
                 )
             if move.is_final:
                 _notify_end(session, move)
+            if on_applied is not None:
+                on_applied(move)
     except _Lost:
         return False
     db.session.expire(session)

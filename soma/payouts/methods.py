@@ -98,7 +98,18 @@ def connect_stripe(
     Returning from the link proves nothing: readiness comes from `account.updated`.
     `country` (ISO code) is the new account's; an account already made keeps its own.
     """
-    method = stripe_method(user) or _add(user, PayoutMethod(kind=MethodKind.STRIPE.value), now)
+    existing = stripe_method(user)
+    if (existing is None or not existing.stripe_account_id) and (
+        country not in stripe_connect.CONNECT_COUNTRIES
+    ):
+        # Stripe makes the account in this country, for good: it is asked before one is made.
+        raise MethodRefused(
+            "Choose the country of your bank account. Stripe pays teachers in the United "
+            "States, the United Kingdom, the EEA, Canada and Switzerland; in Kenya, add "
+            "M-Pesa or a bank transfer instead.",
+            "country",
+        )
+    method = existing or _add(user, PayoutMethod(kind=MethodKind.STRIPE.value), now)
     method_id = method.id
     account_id = method.stripe_account_id
     db.session.rollback()  # no transaction open while Stripe is called

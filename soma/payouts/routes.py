@@ -18,7 +18,6 @@ from soma.payouts.forms import (
     WithdrawForm,
     method_kind,
 )
-from soma.providers import stripe_connect
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
 
@@ -52,7 +51,8 @@ def _methods_page(form: AddMethodForm | None = None, status: int = 200):
     return render_template(
         "payouts/methods.html",
         methods=own,
-        has_stripe=any(method.kind == MethodKind.STRIPE for method in own),
+        # (a Stripe method whose account Stripe never made still needs its country)
+        has_stripe=any(m.kind == MethodKind.STRIPE and m.stripe_account_id for m in own),
         form=form,
         offered=offered,
         unavailable=unavailable,
@@ -90,17 +90,6 @@ def add_method():
         elif kind == MethodKind.MPESA:
             methods.add_mpesa(current_user, form.phone.data or "")
         elif kind == MethodKind.STRIPE:
-            if (
-                rails.RAILS[kind].offered()
-                and methods.stripe_method(current_user) is None
-                and form.country.data not in stripe_connect.CONNECT_COUNTRIES
-            ):
-                raise methods.MethodRefused(
-                    "Choose the country of your bank account. Stripe pays teachers in the "
-                    "United States, the United Kingdom, the EEA, Canada and Switzerland; "
-                    "in Kenya, add M-Pesa or a bank transfer instead.",
-                    "country",
-                )
             return _to_stripe(form, form.country.data)
         else:
             unavailable = rails.RAILS[kind].unavailable if kind else None
@@ -123,6 +112,12 @@ def _to_stripe(form: AddMethodForm | None = None, country: str | None = None):
             return_url=url_for("payouts.stripe_return", _external=True),
             country=country,
         )
+    except methods.MethodRefused as error:
+        form = form or AddMethodForm(kinds=rails.offered_kinds(), formdata=None)
+        form.kind.data = MethodKind.STRIPE.value
+        field = getattr(form, error.field or "kind")
+        field.errors = [*field.errors, error.message]
+        return _methods_page(form, 422)
     except stripe.StripeError:
         current_app.logger.exception("stripe: could not start onboarding")
         form = form or AddMethodForm(kinds=rails.offered_kinds())

@@ -26,6 +26,7 @@ from sqlalchemy.orm import selectinload
 
 from soma import clock, ledger, money, transitions
 from soma.admin import actions
+from soma.auth import freeze
 from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
@@ -371,6 +372,14 @@ def proceed(
             raise WithdrawalConflict(
                 f"Withdrawal #{withdrawal_id} cannot be sent: {rail.unavailable} "
                 "Reject it instead; its tokens go back to the teacher."
+            )
+        # Asked for before a freeze: a frozen teacher's money does not leave, whoever
+        # approves. (Share-locked: a freeze committing now is seen, or waits for this.)
+        if freeze.is_frozen(withdrawal.user_id, lock=True):
+            raise WithdrawalConflict(
+                f"The teacher's account is frozen, so withdrawal #{withdrawal_id} cannot be "
+                "approved. Reject it (its tokens go back to the teacher), or unfreeze the "
+                "account first."
             )
         before = withdrawal.status
         _move(withdrawal, PROCESSING, source, actor_id, note, processing_at=clock.now())

@@ -144,7 +144,7 @@ def report(
     amount_minor: int,
     source: str,
     made_at: datetime | None = None,
-    on_new=None,
+    on_report=None,
 ) -> PurchaseReversal:
     """Fold one provider report of a refund or dispute into its record, and bring the
     tokens held back to what every active reversal is due. Safe to repeat, in any order.
@@ -153,8 +153,9 @@ def report(
     asked to report it again later). `made_at` is when the provider made it, if it
     says: a refund made before refunds were records of their own is folded into
     the purchase's legacy refund row (see migration 0008), not counted again.
-    `on_new(purchase, reversal)`, if given, runs in the same transaction when this call
-    makes a new reversal (an admin's refund records itself there), never on a repeat.
+    `on_report(purchase, reversal)`, if given, runs in the same transaction whatever this
+    call found: a new reversal, or one a webhook reported first (an admin's refund records
+    itself there, once).
     """
     status = ReversalStatus(status)
     if not 0 < amount_minor < 2**62:
@@ -170,7 +171,6 @@ def report(
             .execution_options(populate_existing=True)
         ).first()
         now = clock.now()
-        new = False
         if reversal is None and made_at is not None and KIND_OF[status] == ReversalKind.REFUND:
             reversal = _fold_into_legacy(purchase_id, provider_ref, amount_minor, made_at)
         if reversal is None and KIND_OF[status] == ReversalKind.DISPUTE:
@@ -192,17 +192,18 @@ def report(
             )
             db.session.add(reversal)
             db.session.flush()
-            new = True
         else:
             if reversal.purchase_id != purchase_id or reversal.kind != KIND_OF[status]:
                 raise RefundRefused(f"{provider_ref} belongs to another purchase or kind")
             if RANK[status] <= RANK[ReversalStatus(reversal.status)]:
+                if on_report is not None:
+                    on_report(purchase, reversal)
                 return reversal  # a repeat, or news older than what we know
             reversal.status = status.value
             reversal.resolved_at = now if status in FINAL else None
         _rebalance(purchase, source)
-        if new and on_new is not None:
-            on_new(purchase, reversal)
+        if on_report is not None:
+            on_report(purchase, reversal)
         return reversal
 
     return transitions.retrying(work, "This purchase", also=(ledger.InsufficientTokens,))
@@ -432,6 +433,10 @@ def refund_by_admin(purchase_id: int, amount_minor: int, admin: User, key: str) 
         ref, status = f"sandbox:refund:{purchase_id}:{key}", ReversalStatus.SUCCEEDED
 
     def record(locked: Purchase, made: PurchaseReversal) -> None:
+        # Once per refund: Stripe's refund.created webhook may have made the reversal
+        # before this call, and the form sent again finds it again.
+        if actions.recorded("refund", "purchase", purchase_id, {"refund_ref": ref}):
+            return
         actions.record(
             admin,
             "refund",
@@ -442,12 +447,13 @@ def refund_by_admin(purchase_id: int, amount_minor: int, admin: User, key: str) 
                 "refundable_minor": left - made.amount_minor,
                 "status": locked.status,
                 "refund_minor": made.amount_minor,
+                "refund_ref": ref,
                 "refund_status": made.status,
                 "currency": purchase.currency,
             },
         )
 
-    reversal = report(purchase_id, ref, status, amount_minor, f"admin:{admin.id}", on_new=record)
+    reversal = report(purchase_id, ref, status, amount_minor, f"admin:{admin.id}", on_report=record)
     if reversal.amount_minor != amount_minor:
         raise RefundRefused("This form was already used for another refund. Reload the page.")
     return reversal

@@ -137,7 +137,7 @@ def stripe_withdrawal_waiting_for_balance(app, wide_app, fake_stripe) -> tuple[i
     with app.app_context():
         teacher = make_teacher(2_000)
         methods.connect_stripe(
-            teacher, "https://x/r", "https://x/b", now=clock.now() - timedelta(days=2)
+            teacher, "https://x/r", "https://x/b", now=clock.now() - timedelta(days=2), country="US"
         )
         method = methods.stripe_method(teacher)
         fake_stripe.update_account(method.stripe_account_id, transfers="active")
@@ -219,7 +219,8 @@ def test_clicks_at_once_on_connect_with_stripe_make_one_method_and_one_account(
 ):
     wide_app.config.update(STRIPE_API_BASE=fake_stripe.url, **STRIPE_SETTINGS)
     user_id, urls = at_once(
-        wide_app, lambda teacher: methods.connect_stripe(teacher, "https://x/r", "https://x/b")
+        wide_app,
+        lambda teacher: methods.connect_stripe(teacher, "https://x/r", "https://x/b", country="US"),
     )
     assert all(isinstance(url, str) for url in urls), urls
     assert len(fake_stripe.accounts) == 1

@@ -119,7 +119,7 @@ def connected_method(app, client, fake, teacher, days_old: int = 2) -> int:
         user = db.session.get(User, teacher.id)
         methods.connect_stripe(
             user, "https://soma.example/r", "https://soma.example/b",
-            now=app_clock.now() - timedelta(days=days_old),
+            now=app_clock.now() - timedelta(days=days_old), country="US",
         )  # fmt: skip
         method = methods.stripe_method(user)
         method_id, account_id = method.id, method.stripe_account_id
@@ -475,7 +475,7 @@ def test_readiness_that_comes_before_the_account_is_stored_is_asked_for_again(
     with app.app_context():
         user = db.session.get(User, teacher.id)
         with pytest.raises(stripe.StripeError):
-            methods.connect_stripe(user, "https://x/r", "https://x/b")
+            methods.connect_stripe(user, "https://x/r", "https://x/b", country="US")
         method = methods.stripe_method(user)
         assert method.stripe_account_id is None
         method_id = method.id
@@ -483,13 +483,16 @@ def test_readiness_that_comes_before_the_account_is_stored_is_asked_for_again(
         account_id = stripe_connect.create_account(
             idempotency_key=f"soma-payout-method:{method_id}:account",
             email=user.email,
+            country="US",
             metadata={"teacher_id": str(user.id), "payout_method_id": str(method_id)},
         )
     update_event = account_updated(connect, account_id, transfers="active")
     assert post_connect(client, update_event).status_code == 503
     assert "Not set up with Stripe yet" in methods_page(client)
     with app.app_context():
-        methods.connect_stripe(db.session.get(User, teacher.id), "https://x/r", "https://x/b")
+        methods.connect_stripe(
+            db.session.get(User, teacher.id), "https://x/r", "https://x/b", country="US"
+        )
         assert db.session.get(PayoutMethod, method_id).stripe_account_id == account_id
     assert post_connect(client, update_event).get_json()["status"] == "handled"
     assert "Receives transfers" in methods_page(client)
