@@ -80,7 +80,7 @@ def register_converters(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Attach each feature's blueprint."""
-    from soma.admin.routes import bp as admin_bp
+    from soma.admin.pages import bp as admin_bp
     from soma.auth.routes import bp as auth_bp
     from soma.classes.routes import bp as classes_bp
     from soma.earnings.routes import bp as earnings_bp

@@ -497,16 +497,3 @@ def _unmatched_payments(now: datetime) -> int:
 
 
 # Raised where they happen --------------------------------------------------------------------
-
-
-def payout_problem(withdrawal: Withdrawal, cause: str, message: str) -> bool:
-    """Raise a payout problem of `withdrawal` (what a PAYOUT ALERT log line says), in the
-    caller's transaction: the caller commits it."""
-    return raise_alert(
-        "payout-problem",
-        f"payout-problem:{withdrawal.id}:{cause}",
-        message,
-        user_id=withdrawal.user_id,
-        object_type="withdrawal",
-        object_id=withdrawal.id,
-    )

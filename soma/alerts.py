@@ -37,3 +37,16 @@ def raise_alert(
         .returning(Alert.id)
     )
     return db.session.execute(statement).scalar() is not None
+
+
+def payout_problem(withdrawal, cause: str, message: str) -> bool:
+    """Raise a payout problem of `withdrawal` (what a PAYOUT ALERT log line says), in the
+    caller's transaction: the caller commits it."""
+    return raise_alert(
+        "payout-problem",
+        f"payout-problem:{withdrawal.id}:{cause}",
+        message,
+        user_id=withdrawal.user_id,
+        object_type="withdrawal",
+        object_id=withdrawal.id,
+    )

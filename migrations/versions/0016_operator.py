@@ -136,6 +136,7 @@ def downgrade():
     op.drop_index("uq_alerts_cause", table_name="alerts")
     op.drop_table("alerts")
     op.drop_table("admin_actions")  # its triggers go with it
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("frozen_reason")
-        batch.drop_column("frozen_at")
+    # A plain DROP COLUMN (SQLite 3.35+ has it): a batch copy of users would have to drop
+    # the table that wallets and every other user row's references point at.
+    op.drop_column("users", "frozen_reason")
+    op.drop_column("users", "frozen_at")

@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 
 from soma import money
 from soma.admin import actions
-from soma.admin.routes import bp
+from soma.admin.blueprint import bp
 from soma.extensions import db
 from soma.inputs import parse_id, query_id
 from soma.models import AdminAction, Role, User

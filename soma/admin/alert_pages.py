@@ -7,8 +7,8 @@ from sqlalchemy.orm import selectinload
 
 from soma import clock, money
 from soma.admin import actions
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
-from soma.admin.routes import bp
 from soma.alert_rules import RULES
 from soma.extensions import db
 from soma.forms import ActionForm

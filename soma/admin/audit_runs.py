@@ -25,9 +25,9 @@ from sqlalchemy import and_, exists, insert, literal, or_, select, text, update
 
 from soma import clock
 from soma.admin import actions
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
 from soma.admin.health import first_line
-from soma.admin.routes import bp
 from soma.alerts import raise_alert
 from soma.extensions import db
 from soma.forms import ActionForm

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from soma import clock
-from soma.admin.routes import bp
+from soma.admin.blueprint import bp
 from soma.alerts import raise_alert
 from soma.extensions import db, limiter, login_manager
 from soma.models import Alert, Heartbeat, Role

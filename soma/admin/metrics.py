@@ -75,7 +75,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from soma import charts, clock
-from soma.admin.routes import bp
+from soma.admin.blueprint import bp
 from soma.earnings.service import add_months, month_start
 from soma.extensions import db
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents

@@ -17,8 +17,8 @@ from wtforms.validators import DataRequired, Length, ValidationError
 
 from soma import money
 from soma.admin import actions
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
-from soma.admin.routes import bp
 from soma.extensions import db
 from soma.forms import ActionForm, Printable, strip
 from soma.inputs import plain_amount

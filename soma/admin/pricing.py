@@ -20,8 +20,8 @@ from wtforms.validators import DataRequired, InputRequired, Length, ValidationEr
 
 from soma import clock, money
 from soma.admin import actions
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
-from soma.admin.routes import bp
 from soma.extensions import db
 from soma.forms import Printable, strip
 from soma.inputs import plain_amount

@@ -2,12 +2,13 @@
 
 import secrets
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from soma import money
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
 from soma.extensions import db
 from soma.forms import ActionForm
@@ -31,9 +32,6 @@ from soma.payouts.sealing import Unreadable
 from soma.providers import stripe as stripe_provider
 from soma.purchases import mpesa, reversals
 from soma.security import role_required
-
-bp = Blueprint("admin", __name__, url_prefix="/admin")
-
 
 PURCHASES_PER_PAGE = 50
 
@@ -420,15 +418,3 @@ def pay_withdrawal(withdrawal_id: int):
     except withdrawal_service.WithdrawalConflict as error:
         return _withdrawal_page_with_error(withdrawal_id, error.message)
     return _acted(withdrawal_id, f"Withdrawal #{withdrawal_id} marked paid.")
-
-
-from soma.admin import (  # noqa: E402,F401  (each registers its routes)
-    action_log,
-    alert_pages,
-    audit_runs,
-    health,
-    metrics,
-    packages,
-    pricing,
-    users,
-)

@@ -22,8 +22,8 @@ from sqlalchemy import func, or_, select
 from wtforms import StringField
 from wtforms.validators import DataRequired
 
+from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
-from soma.admin.routes import bp
 from soma.auth import freeze as freezing
 from soma.extensions import db
 from soma.forms import bounded, strip

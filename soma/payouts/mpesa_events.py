@@ -18,7 +18,7 @@ authenticates them) and never retries one; each is recorded once through the inb
 
 from flask import current_app
 
-from soma.alert_rules import payout_problem
+from soma.alerts import payout_problem
 from soma.extensions import db
 from soma.models import MethodKind, Withdrawal
 from soma.payouts import withdrawals

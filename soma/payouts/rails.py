@@ -35,7 +35,7 @@ from decimal import Decimal
 from flask import current_app
 
 from soma import money
-from soma.alert_rules import payout_problem
+from soma.alerts import payout_problem
 from soma.extensions import db
 from soma.models import MethodKind, PayoutMethod, Withdrawal
 from soma.payouts import sending

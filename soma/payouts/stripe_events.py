@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from soma import money
-from soma.alert_rules import payout_problem
+from soma.alerts import payout_problem
 from soma.extensions import db
 from soma.inputs import parse_id
 from soma.models import MethodKind, PayoutMethod, Withdrawal

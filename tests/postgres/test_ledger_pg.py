@@ -142,7 +142,7 @@ def test_append_only_triggers_fire_for_each_table_and_operation(app):
                 "AND t.tgtype & 32 = 32 AND t.tgenabled = 'O'"  # TRUNCATE, enabled
             )
         ).scalars()
-    tables = {"journal_entries", "postings", "token_pricing"}
+    tables = {"journal_entries", "postings", "token_pricing", "admin_actions"}
     assert set(rows) == {(t, op) for t in tables for op in ("UPDATE", "DELETE")}
     assert set(truncate) == tables
 

@@ -167,7 +167,7 @@ def test_a_refund_and_a_dispute_are_each_alerted_once(app):
         student = make_user("student")
         first, second = paid_purchase(student, tokens=50), paid_purchase(student, tokens=50)
         admin = make_user("admin")
-        refund = reversals.refund_by_admin(first.id, 200, admin.id, "refund-key-1")
+        refund = reversals.refund_by_admin(first.id, 200, admin, "refund-key-1")
         dispute = reversals.report(
             second.id, "dp_test_1", reversals.ReversalStatus.OPEN, 500, "stripe:evt_1"
         )
