@@ -6,7 +6,7 @@ and the role filter ride along in the next page's link.
 How the search stays indexed: a search is a case-insensitive substring of the email or
 the display name (an operator pastes "otieno" from a bank statement, or the part of an
 email before the @), so a prefix index (text_pattern_ops) would miss most of what is
-typed. On PostgreSQL migration 0019 adds two trigram indexes (pg_trgm, GIN) on
+typed. On PostgreSQL migration 0018 adds two trigram indexes (pg_trgm, GIN) on
 lower(email) and lower(display_name): `LIKE '%…%'` on each is a bitmap scan of its
 index, OR-ed, whatever the table's size. Trigrams need three characters, so a shorter
 search is refused with a message (an all-digit search also finds the account with

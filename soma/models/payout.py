@@ -64,7 +64,7 @@ RELEASED_STATUSES = (WithdrawalStatus.FAILED.value, WithdrawalStatus.REJECTED.va
 _CURRENT_DEFAULT = text("is_default AND removed_at IS NULL")
 # A teacher has at most one current Stripe method (one connected account to onboard)
 # and one sandbox method, and a number once among their M-Pesa methods: two clicks at
-# once on "Connect with Stripe" make one method and one account (migration 0022).
+# once on "Connect with Stripe" make one method and one account (migration 0017).
 _CURRENT_STRIPE = text("kind = 'stripe' AND removed_at IS NULL")
 _CURRENT_SANDBOX = text("kind = 'sandbox' AND removed_at IS NULL")
 _CURRENT_MPESA = text("kind = 'mpesa' AND removed_at IS NULL")

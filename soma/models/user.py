@@ -26,7 +26,7 @@ class User(UserMixin, Base):
         CheckConstraint("role IN ('student', 'teacher', 'admin')", name="role_known"),
         CheckConstraint("email = lower(email)", name="email_lowercase"),
         # The operator's search (soma.admin.users): a substring of the email or the name,
-        # through trigrams (pg_trgm, migration 0019). PostgreSQL only; SQLite scans.
+        # through trigrams (pg_trgm, migration 0018). PostgreSQL only; SQLite scans.
         Index(
             "ix_users_email_trgm", text("lower(email) gin_trgm_ops"), postgresql_using="gin"
         ).ddl_if(dialect="postgresql"),

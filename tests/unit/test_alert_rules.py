@@ -331,7 +331,7 @@ def test_an_alert_raised_by_hand_is_not_raised_again_by_the_sweeper(app, rule):
         assert alert.message == "Raised first elsewhere."
 
 
-# Migration 0018 -------------------------------------------------------------------------
+# Migration 0020 -------------------------------------------------------------------------
 
 
 def test_on_a_database_with_history_the_rules_start_from_now(app):
@@ -347,7 +347,7 @@ def test_on_a_database_with_history_the_rules_start_from_now(app):
         gift(old.id, 1)  # fell below before alerts existed
         paid_purchase(make_user("student"), tokens=10)
         db.session.remove()  # (no transaction of ours may hold a lock the migration needs)
-        flask_migrate.downgrade(revision="0016")
+        flask_migrate.downgrade(revision="0019")
         assert db.session.scalar(select(func.count()).select_from(Heartbeat)) == 0
         flask_migrate.upgrade()
         marks = {h.name: h.detail for h in db.session.scalars(select(Heartbeat))}

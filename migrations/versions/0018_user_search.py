@@ -6,15 +6,15 @@ indexes on lower(email) and lower(display_name) make `lower(x) LIKE '%text%'` an
 scan. pg_trgm is a trusted extension (PostgreSQL 13 and later): the database's owner can
 create it. SQLite gets nothing: it scans, which is fine for development.
 
-Revision ID: 0019
-Revises: 0022
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
-revision = "0019"
-down_revision = "0022"
+revision = "0018"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -6,7 +6,7 @@ Duplicates made before this migration (by such double clicks) are removed first,
 keeping each teacher's oldest (the default, if it is one of them); a removed method
 stays in the table, so the withdrawals that name it still do.
 
-Revision ID: 0022
+Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-01
 """
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0022"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None

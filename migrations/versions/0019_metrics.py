@@ -11,16 +11,16 @@
 
 On a large purchases table the index build blocks writes to purchases while it runs.
 
-Revision ID: 0017
-Revises: 0019
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
-down_revision = "0019"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
