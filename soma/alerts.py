@@ -7,8 +7,9 @@ caller's transaction: an alert about a change is committed with the change.
 
 from sqlalchemy.dialects import postgresql, sqlite
 
+from soma import clock
 from soma.extensions import db
-from soma.models import Alert, utcnow
+from soma.models import Alert
 
 
 def raise_alert(
@@ -31,7 +32,7 @@ def raise_alert(
             user_id=user_id,
             object_type=object_type,
             object_id=object_id,
-            raised_at=utcnow(),
+            raised_at=clock.now(),
         )
         .on_conflict_do_nothing(index_elements=[Alert.cause])
         .returning(Alert.id)

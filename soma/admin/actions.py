@@ -12,6 +12,7 @@ from enum import Enum
 
 from sqlalchemy import select
 
+from soma import clock
 from soma.extensions import db
 from soma.models import AdminAction, User
 
@@ -50,6 +51,7 @@ def record(
         before=_text(before),
         after=_text(after),
         reason=reason,
+        created_at=clock.now(),  # the app's clock, as the action's own rows use
     )
     db.session.add(row)
     return row
