@@ -47,6 +47,7 @@ EXPECTED = {
         "wallet.transactions",
         "gifts.new",
         "notifications.index",
+        "auth.account",
     },
     "teacher": {
         "main.teacher_home",
@@ -55,6 +56,7 @@ EXPECTED = {
         "wallet.index",
         "wallet.transactions",
         "notifications.index",
+        "auth.account",
     },
     "admin": {
         "admin.index",
@@ -71,6 +73,7 @@ EXPECTED = {
         "admin.alerts",
         "classes.show",
         "notifications.index",
+        "auth.account",
     },
 }
 
