@@ -12,9 +12,7 @@ from tests.builders import fund, make_user
 
 
 @pytest.mark.browser_context_args(timezone_id="Asia/Tokyo")
-def test_a_browser_in_tokyo_signs_up_in_tokyo_and_books_in_its_time(
-    app, live_server, page: Page
-):
+def test_a_browser_in_tokyo_signs_up_in_tokyo_and_books_in_its_time(app, live_server, page: Page):
     errors = []
     page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
     page.on("pageerror", lambda exc: errors.append(str(exc)))

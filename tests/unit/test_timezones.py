@@ -17,25 +17,31 @@ from soma.money import when
 from tests.builders import fund, make_user
 from tests.helpers import csrf_from, post_form, text_of
 
+
+def wall(*parts) -> datetime:
+    """A wall-clock time with no zone, as the booking form reads it."""
+    return datetime(*parts, tzinfo=UTC).replace(tzinfo=None)
+
+
 # The local-time rules (no database) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("local", "zone", "utc"),
     [
-        (datetime(2026, 12, 1, 16, 0), "Africa/Nairobi", datetime(2026, 12, 1, 13, 0, tzinfo=UTC)),
-        (datetime(2026, 7, 1, 10, 0), "Europe/London", datetime(2026, 7, 1, 9, 0, tzinfo=UTC)),
-        (datetime(2026, 1, 15, 10, 0), "Europe/London", datetime(2026, 1, 15, 10, 0, tzinfo=UTC)),
+        (wall(2026, 12, 1, 16, 0), "Africa/Nairobi", datetime(2026, 12, 1, 13, 0, tzinfo=UTC)),
+        (wall(2026, 7, 1, 10, 0), "Europe/London", datetime(2026, 7, 1, 9, 0, tzinfo=UTC)),
+        (wall(2026, 1, 15, 10, 0), "Europe/London", datetime(2026, 1, 15, 10, 0, tzinfo=UTC)),
         (
-            datetime(2026, 11, 24, 10, 0),
+            wall(2026, 11, 24, 10, 0),
             "America/New_York",
             datetime(2026, 11, 24, 15, 0, tzinfo=UTC),
         ),
         # Just either side of London's spring gap and autumn overlap: each is one instant.
-        (datetime(2026, 3, 29, 0, 59), "Europe/London", datetime(2026, 3, 29, 0, 59, tzinfo=UTC)),
-        (datetime(2026, 3, 29, 2, 0), "Europe/London", datetime(2026, 3, 29, 1, 0, tzinfo=UTC)),
-        (datetime(2026, 10, 25, 0, 59), "Europe/London", datetime(2026, 10, 24, 23, 59, tzinfo=UTC)),
-        (datetime(2026, 10, 25, 2, 0), "Europe/London", datetime(2026, 10, 25, 2, 0, tzinfo=UTC)),
+        (wall(2026, 3, 29, 0, 59), "Europe/London", datetime(2026, 3, 29, 0, 59, tzinfo=UTC)),
+        (wall(2026, 3, 29, 2, 0), "Europe/London", datetime(2026, 3, 29, 1, 0, tzinfo=UTC)),
+        (wall(2026, 10, 25, 0, 59), "Europe/London", datetime(2026, 10, 24, 23, 59, tzinfo=UTC)),
+        (wall(2026, 10, 25, 2, 0), "Europe/London", datetime(2026, 10, 25, 2, 0, tzinfo=UTC)),
     ],
 )
 def test_a_local_time_becomes_its_utc_instant(local, zone, utc):
@@ -49,25 +55,25 @@ def test_a_local_time_becomes_its_utc_instant(local, zone, utc):
     ("local", "zone", "message"),
     [
         (
-            datetime(2026, 3, 29, 1, 30),
+            wall(2026, 3, 29, 1, 30),
             "Europe/London",
             "01:30 on 29 March 2026 does not exist in Europe/London: the clocks go forward "
             "from 01:00 to 02:00 that night. Choose a time outside that gap.",
         ),
         (
-            datetime(2026, 3, 8, 2, 30),
+            wall(2026, 3, 8, 2, 30),
             "America/New_York",
             "02:30 on 8 March 2026 does not exist in America/New_York: the clocks go forward "
             "from 02:00 to 03:00 that night. Choose a time outside that gap.",
         ),
         (
-            datetime(2026, 10, 25, 1, 30),
+            wall(2026, 10, 25, 1, 30),
             "Europe/London",
             "01:30 on 25 October 2026 happens twice in Europe/London: the clocks go back "
             "from 02:00 to 01:00 that night. Choose a time outside that hour.",
         ),
         (
-            datetime(2026, 11, 1, 1, 0),
+            wall(2026, 11, 1, 1, 0),
             "America/New_York",
             "01:00 on 1 November 2026 happens twice in America/New_York: the clocks go back "
             "from 02:00 to 01:00 that night. Choose a time outside that hour.",
@@ -82,9 +88,9 @@ def test_a_time_the_clocks_skip_or_repeat_is_refused_saying_which(local, zone, m
 
 def test_the_first_and_last_days_a_date_holds_are_refused_not_crashed():
     with pytest.raises(timezones.LocalTimeProblem, match="between the years 1 and 9999"):
-        timezones.to_utc(datetime(1, 1, 1, 0, 0), "Africa/Nairobi")
+        timezones.to_utc(wall(1, 1, 1, 0, 0), "Africa/Nairobi")
     with pytest.raises(timezones.LocalTimeProblem, match="between the years 1 and 9999"):
-        timezones.to_utc(datetime(9999, 12, 31, 23, 0), "America/New_York")
+        timezones.to_utc(wall(9999, 12, 31, 23, 0), "America/New_York")
 
 
 def test_only_known_zone_names_are_accepted():
