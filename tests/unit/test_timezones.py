@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from soma import timezones
 from soma.auth import service as auth_service
 from soma.extensions import db, limiter
-from soma.models import ClassSession, Notification, User
+from soma.models import ClassSession, Notification, TokenPricing, User
 from soma.money import when
 from tests.builders import fund, make_user
 from tests.helpers import csrf_from, post_form, text_of
@@ -380,3 +380,35 @@ def test_a_bad_start_is_a_form_error_and_books_nothing(app, client, auth, apart,
     assert classes(app) == []
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ClassSession)) == 0
+
+
+# An admin's pricing time -------------------------------------------------------------------
+
+
+def test_an_admin_schedules_a_price_in_their_own_zone(app, client, auth, clock):
+    admin = auth.login_as("admin")
+    with app.app_context():
+        user = db.session.get(User, admin.id)
+        auth_service.save_settings(user, "Africa/Nairobi", True)
+    page = client.get("/admin/pricing").get_data(as_text=True)
+    assert "Times are in your time zone, Africa/Nairobi (EAT); now is 24 Nov 2026, 12:00 EAT." in (
+        text_of(page)
+    )
+    data = {
+        "csrf_token": csrf_from(page),
+        "user_type": "student",
+        "tokens": "10",
+        "price": "1.20",
+        "class_tokens_per_hour": "12",
+        "effective_at": "2027-01-01T09:00",  # Nairobi: 06:00 UTC
+    }
+    confirm = client.post("/admin/pricing", data=data)
+    assert 'data-testid="admin-confirm"' in confirm.get_data(as_text=True)
+    assert "01 Jan 2027, 09:00 EAT" in text_of(confirm.get_data(as_text=True))
+    done = client.post("/admin/pricing", data={**data, "confirmed": "yes"})
+    assert done.status_code in (302, 303), text_of(done.get_data(as_text=True))
+    with app.app_context():
+        starts = db.session.scalars(
+            select(TokenPricing.effective_at).where(TokenPricing.version == 2)
+        ).all()
+    assert starts == [datetime(2027, 1, 1, 6, 0, tzinfo=UTC)]
