@@ -16,10 +16,11 @@ from soma.models import EntryKind, PlatformAccount, Role, utcnow
 
 soma_cli = AppGroup("soma", help="Soma's own commands.")
 
+# The student and teacher are in Nairobi (times show in EAT); the admin reads UTC.
 DEMO_ACCOUNTS = [
-    ("student@example.com", "Demo Student", Role.STUDENT, "student-demo-pass"),
-    ("teacher@example.com", "Demo Teacher", Role.TEACHER, "teacher-demo-pass"),
-    ("admin@example.com", "Demo Admin", Role.ADMIN, "admin-demo-pass"),
+    ("student@example.com", "Demo Student", Role.STUDENT, "student-demo-pass", "Africa/Nairobi"),
+    ("teacher@example.com", "Demo Teacher", Role.TEACHER, "teacher-demo-pass", "Africa/Nairobi"),
+    ("admin@example.com", "Demo Admin", Role.ADMIN, "admin-demo-pass", "UTC"),
 ]
 
 DEMO_STUDENT_BONUS = 100
@@ -55,10 +56,10 @@ def demo() -> None:
         raise click.ClickException("Demo accounts are never created in production.")
     click.echo("Demo accounts (log in at http://127.0.0.1:5000/login):")
     users = {}
-    for email, name, role, password in DEMO_ACCOUNTS:
+    for email, name, role, password, zone in DEMO_ACCOUNTS:
         user = service.find_user_by_email(email)
         if user is None:
-            user = service.create_user(email, name, password, role)
+            user = service.create_user(email, name, password, role, zone)
             state = "created"
         else:
             if not user.check_password(password):

@@ -1,7 +1,9 @@
-"""Money shown the same way everywhere: "$1.00" and "10 tokens"; times in UTC.
+"""Money shown the same way everywhere: "$1.00" and "10 tokens"; times in the viewer's zone.
 
 Amounts are integers (tokens, US cents); these only format them.
 """
+
+from soma import timezones
 
 
 def is_whole(value) -> bool:
@@ -43,15 +45,28 @@ def tokens(count: int, signed: bool = False) -> str:
     return f"{sign}{abs(count):,} {unit}"
 
 
-def when(moment) -> str:
-    """A stored time as users read it: "24 Nov 2026, 13:27 UTC"."""
-    return moment.strftime("%d %b %Y, %H:%M UTC")
+def when(moment, zone: str | None = None, seconds: bool = False) -> str:
+    """A stored time as its reader reads it: "24 Nov 2026, 16:27 EAT".
+
+    In `zone`, or the viewer's (the logged-in user's; UTC for the sweeper, the command
+    line and anonymous pages), always with the zone's abbreviation.
+    """
+    at = timezones.local(moment, zone or timezones.viewer_zone())
+    layout = "%d %b %Y, %H:%M:%S" if seconds else "%d %b %Y, %H:%M"
+    return f"{at.strftime(layout)} {at.tzname()}"
+
+
+def day(moment, zone: str | None = None) -> str:
+    """A stored time's date in the viewer's zone (or `zone`): "24 November 2026"."""
+    at = timezones.local(moment, zone or timezones.viewer_zone())
+    return f"{at.day} {at:%B %Y}"
 
 
 def register_money_filters(app) -> None:
-    """Add the `usd`, `kes`, `amount`, `tokens` and `when` template filters."""
+    """Add the `usd`, `kes`, `amount`, `tokens`, `when` and `day` template filters."""
     app.add_template_filter(usd, "usd")
     app.add_template_filter(kes, "kes")
     app.add_template_filter(amount, "amount")
     app.add_template_filter(tokens, "tokens")
     app.add_template_filter(when, "when")
+    app.add_template_filter(day, "day")

@@ -7,7 +7,7 @@ shows what it does to a one-hour class and to a $10 withdrawal before it is publ
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
@@ -18,7 +18,7 @@ from sqlalchemy.orm import aliased
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
 
-from soma import clock, money
+from soma import clock, money, timezones
 from soma.admin import actions
 from soma.admin.blueprint import bp
 from soma.admin.confirm import confirmation, confirmed
@@ -80,10 +80,10 @@ class PricingForm(FlaskForm):
         validators=[Printable(), Length(max=16)],
     )
     effective_at = StringField(
-        "Takes effect at (UTC)",
+        "Takes effect at (your time zone)",
         filters=[strip],
         validators=[
-            DataRequired("Choose when it takes effect (UTC)."),
+            DataRequired("Choose when it takes effect."),
             Printable(),
             Length(max=32),
         ],
@@ -116,12 +116,17 @@ class PricingForm(FlaskForm):
     def validate_effective_at(self, field) -> None:
         for layout in WHEN_FORMATS:
             try:
-                moment = datetime.strptime(field.data or "", layout).replace(tzinfo=UTC)
+                # A wall-clock time in the admin's zone, made UTC below.
+                wall = datetime.strptime(field.data or "", layout)  # noqa: DTZ007
                 break
             except ValueError:
                 continue
         else:
-            raise ValidationError("Enter a date and time such as 2026-12-31T09:00 (UTC).")
+            raise ValidationError("Enter a date and time such as 2026-12-31T09:00.")
+        try:  # the admin's own wall-clock time, as every page shows them
+            moment = timezones.to_utc(wall, timezones.viewer_zone())
+        except timezones.LocalTimeProblem as problem:
+            raise ValidationError(problem.message) from None
         now = clock.now()
         if moment <= now:
             raise ValidationError(
@@ -270,7 +275,11 @@ def _page(form: PricingForm, status: int = 200):
                 "history": versions,
             }
         )
-    return render_template("admin/pricing.html", kinds=kinds, form=form, now=now, rate=rate), status
+    zone_label = timezones.label(timezones.viewer_zone(), now)
+    page = render_template(
+        "admin/pricing.html", kinds=kinds, form=form, now=now, rate=rate, zone_label=zone_label
+    )
+    return page, status
 
 
 @bp.get("/pricing")

@@ -1,9 +1,19 @@
 """Sign-up, log-in and password forms."""
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, RadioField, SelectChoice, StringField
+from wtforms import (
+    BooleanField,
+    EmailField,
+    HiddenField,
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    StringField,
+)
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
+from soma import timezones
 from soma.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_problem
 from soma.forms import bounded, email_field, strip
 from soma.models import User
@@ -59,9 +69,39 @@ class SignupForm(FlaskForm):
     email = email_field("Email", missing="Enter your email address.")
     password = new_password_field("Password")
     confirm = repeat_password_field("Repeat password", of="password")
+    # Filled by static/js/timezone.js with the browser's zone. Only a guess: anything
+    # that is not a zone we know (no script, a made-up or oversized value) becomes UTC,
+    # and the user can change it at /account.
+    time_zone = HiddenField(filters=[timezones.zone_or_default], default=timezones.DEFAULT)
 
     def account_details(self) -> tuple[str, ...]:
         return (self.email.data or "", self.display_name.data or "")
+
+
+class KnownZone:
+    """Refuse a time zone that is not one of the listed IANA names (checked in memory)."""
+
+    def __call__(self, form, field) -> None:
+        if not timezones.is_zone(field.data):
+            raise ValidationError("Choose a time zone from the list.")
+
+
+class AccountForm(FlaskForm):
+    """The account's settings: its time zone and whether notifications go by email."""
+
+    time_zone = SelectField(
+        "Time zone",
+        validate_choice=False,  # KnownZone checks against the same list, in a set
+        validators=[DataRequired("Choose a time zone."), KnownZone()],
+    )
+    email_notifications = BooleanField("Email me my notifications")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.time_zone.choices = {
+            region: [SelectChoice(name, name.replace("_", " ")) for name in names]
+            for region, names in timezones.grouped()
+        }
 
 
 class LoginForm(FlaskForm):

@@ -41,6 +41,7 @@ from soma.auth.service import end_sessions
 from soma.errors import SomaError
 from soma.extensions import db
 from soma.models import AdminAction, Role, User
+from soma.money import when
 from soma.notifications.service import notify
 
 FREEZE = "freeze"
@@ -256,4 +257,4 @@ def latest_freeze(user_id: int) -> AdminAction | None:
 def _already_frozen(user: User) -> str:
     record = latest_freeze(user.id)
     who = f" by {record.admin.display_name}" if record is not None else ""
-    return f"This account is already frozen (since {user.frozen_at:%d %b %Y, %H:%M} UTC{who})."
+    return f"This account is already frozen (since {when(user.frozen_at)}{who})."

@@ -12,8 +12,9 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
+from soma import clock, timezones
 from soma.auth import service
-from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
+from soma.auth.forms import AccountForm, LoginForm, PasswordChangeForm, SignupForm
 from soma.extensions import limiter
 from soma.security import is_safe_next
 
@@ -56,7 +57,11 @@ def signup():
     if form.validate_on_submit():
         try:
             user = service.sign_up(
-                form.email.data, form.display_name.data, form.password.data, form.role.data
+                form.email.data,
+                form.display_name.data,
+                form.password.data,
+                form.role.data,
+                form.time_zone.data,
             )
         except service.EmailTaken as error:
             g.signup_email_taken = True
@@ -112,6 +117,31 @@ def logout():
         "info",
     )
     return redirect(url_for("main.index"))
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def account():
+    """The account's details, and its settings: time zone and notification email."""
+    form = AccountForm(obj=current_user)
+    if form.validate_on_submit():
+        try:
+            service.save_settings(current_user, form.time_zone.data, form.email_notifications.data)
+        except service.InvalidAccount as error:
+            form.time_zone.errors = [*form.time_zone.errors, error.message]
+        else:
+            flash(
+                f"Saved. Times are now shown in {timezones.label(current_user.time_zone)}; "
+                + (
+                    "your notifications also go to your email."
+                    if current_user.email_notifications
+                    else "your notifications stay in the app, with no email."
+                ),
+                "success",
+            )
+            return redirect(url_for("auth.account"), 303)
+    status = 400 if form.is_submitted() else 200
+    return render_template("auth/account.html", form=form, now=clock.now()), status
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

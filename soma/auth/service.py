@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from soma import timezones
 from soma.auth import throttle
 from soma.auth.passwords import password_problem
 from soma.errors import SomaError
@@ -47,8 +48,13 @@ def find_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == normalise_email(email)))
 
 
-def create_user(email: str, display_name: str, password: str, role: str) -> User:
-    """Create and commit a user; raises EmailTaken or InvalidAccount."""
+def create_user(
+    email: str, display_name: str, password: str, role: str, time_zone: str = timezones.DEFAULT
+) -> User:
+    """Create and commit a user; raises EmailTaken or InvalidAccount.
+
+    An unknown `time_zone` (the browser's guess) becomes UTC: it never refuses an account.
+    """
     if role not in {r.value for r in Role}:
         raise InvalidAccount(f"Unknown role {role!r}.")
     problem = password_problem(password, (email, display_name))
@@ -57,7 +63,12 @@ def create_user(email: str, display_name: str, password: str, role: str) -> User
     display_name = display_name.strip()
     if not display_name:
         raise InvalidAccount("A display name is required.")
-    user = User(email=normalise_email(email), display_name=display_name, role=role)
+    user = User(
+        email=normalise_email(email),
+        display_name=display_name,
+        role=role,
+        time_zone=timezones.zone_or_default(time_zone),
+    )
     user.set_password(password)
     db.session.add(user)
     try:
@@ -70,11 +81,22 @@ def create_user(email: str, display_name: str, password: str, role: str) -> User
     return user
 
 
-def sign_up(email: str, display_name: str, password: str, role: str) -> User:
+def sign_up(
+    email: str, display_name: str, password: str, role: str, time_zone: str = timezones.DEFAULT
+) -> User:
     """Create a student or teacher account; sign-up never makes an admin."""
     if role not in {r.value for r in SIGNUP_ROLES}:
         raise InvalidAccount("Sign up as a student or a teacher.")
-    return create_user(email, display_name, password, role)
+    return create_user(email, display_name, password, role, time_zone)
+
+
+def save_settings(user: User, time_zone: str, email_notifications: bool) -> None:
+    """Change the account's time zone and whether its notifications go by email."""
+    if not timezones.is_zone(time_zone):
+        raise InvalidAccount("Choose a time zone from the list.")
+    user.time_zone = time_zone
+    user.email_notifications = bool(email_notifications)
+    db.session.commit()
 
 
 class AccountPaused(SomaError):

@@ -1,4 +1,6 @@
-"""The booking form. Times are UTC: the form says so, and the server's clock decides."""
+"""The booking form. The start is a local date and time in the student's own zone (the form
+says which); the route turns it into UTC (soma.timezones.to_utc), refusing a time the clocks
+skip or repeat."""
 
 from flask_wtf import FlaskForm
 from wtforms import DateTimeLocalField, SelectChoice, SelectField, StringField
@@ -35,9 +37,9 @@ class BookingForm(FlaskForm):
         validators=bounded(ClassSession.title, "the title"),
     )
     start = DateTimeLocalField(
-        "Start (UTC)",
+        "Start",
         format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"],
-        validators=[DataRequired("Choose a date and a time, in UTC.")],
+        validators=[DataRequired("Choose a date and a time.")],
     )
     duration = SelectField(
         "Duration",

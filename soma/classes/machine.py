@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from soma.errors import SomaError
 from soma.models.classes import FINAL_STATUSES, ClassEventKind, ClassStatus
+from soma.money import when
 
 # A teacher may start a class from this long before its scheduled start.
 START_WINDOW = timedelta(minutes=10)
@@ -187,13 +188,12 @@ def _start(clock: ClassClock, now: datetime) -> Move:
     opens = clock.scheduled_start - START_WINDOW
     if now < opens:
         raise InvalidMove(
-            f"This class can be started from {opens:%d %b %Y, %H:%M} UTC, "
-            "10 minutes before its scheduled start."
+            f"This class can be started from {when(opens)}, 10 minutes before its scheduled start."
         )
     closes = clock.scheduled_start + timedelta(seconds=clock.planned_seconds)
     if now >= closes:
         raise InvalidMove(
-            f"This class was booked to end by {closes:%d %b %Y, %H:%M} UTC; it can no longer "
+            f"This class was booked to end by {when(closes)}; it can no longer "
             "be started. Cancel it, and the student can book another."
         )
     return Move(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from soma import clock
+from soma import clock, timezones
 from soma.admin.confirm import confirmation, confirmed
 from soma.auth.freeze import AccountFrozen
 from soma.classes import service
@@ -81,8 +81,13 @@ def _booking_page(form: BookingForm, status: int = 200):
     budget = service.budget_of(current_user.id)
     if not form.key.data:
         form.key.data = secrets.token_urlsafe(16)
+    zone = timezones.zone_of(current_user)
     return render_template(
-        "classes/new.html", form=form, quotes=_quotes(budget.free), budget=budget
+        "classes/new.html",
+        form=form,
+        quotes=_quotes(budget.free),
+        budget=budget,
+        zone_label=timezones.label(zone, clock.now()),
     ), status
 
 
@@ -104,7 +109,11 @@ def create():
     form = BookingForm(teachers=service.teachers())
     if not form.validate_on_submit():
         return _booking_page(form, 422)
-    start = form.start.data.replace(tzinfo=clock.now().tzinfo)
+    try:  # the student's wall-clock time, in their zone; stored as UTC
+        start = timezones.to_utc(form.start.data, timezones.zone_of(current_user))
+    except timezones.LocalTimeProblem as problem:
+        form.start.errors = [*form.start.errors, problem.message]
+        return _booking_page(form, 422)
     try:
         session = service.book(
             current_user,

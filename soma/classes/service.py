@@ -20,7 +20,7 @@ from flask import current_app
 from sqlalchemy import and_, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
-from soma import clock, ledger, transitions
+from soma import clock, ledger, timezones, transitions
 from soma.admin import actions
 from soma.auth import freeze
 from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Move, decide, due
@@ -38,7 +38,7 @@ from soma.models.classes import (
     ClassSession,
     ClassStatus,
 )
-from soma.money import tokens
+from soma.money import tokens, when
 from soma.notifications.service import notify
 
 # Tries of a compare-and-set before giving up: each miss means another request
@@ -274,7 +274,7 @@ def book(
     notify(
         teacher.id,
         "class_booked",
-        f"{student.display_name} booked “{title}” for {start:%d %b %Y, %H:%M} UTC.",
+        f"{student.display_name} booked “{title}” for {when(start, timezones.zone_of(teacher))}.",
         link=class_path(session.id),
     )
     db.session.commit()
@@ -343,21 +343,27 @@ def _refuse_overlap(student: User, teacher: User, start: datetime, end: datetime
     taken = overlapping(ClassSession.teacher_id, teacher.id, start, end)
     if taken is not None:
         raise BookingError(
-            f"{teacher.display_name} is already booked {_span(taken)}. Choose another time.",
+            f"{teacher.display_name} is already booked {_span(taken, student)}. "
+            "Choose another time.",
             "start",
         )
     taken = overlapping(ClassSession.student_id, student.id, start, end)
     if taken is not None:
         raise BookingError(
-            f"You already have a class booked {_span(taken)} (“{taken.title}”). "
+            f"You already have a class booked {_span(taken, student)} (“{taken.title}”). "
             "Choose another time.",
             "start",
         )
 
 
-def _span(session: ClassSession) -> str:
-    start, end = session.scheduled_start, session.scheduled_end
-    return f"on {start:%d %b %Y} from {start:%H:%M} to {end:%H:%M} UTC"
+def _span(session: ClassSession, reader: User) -> str:
+    """When `session` runs, in the zone of `reader` (who is told it)."""
+    zone = timezones.zone_of(reader)
+    start = timezones.local(session.scheduled_start, zone)
+    end = timezones.local(session.scheduled_end, zone)
+    # The clocks may change during the class: then each end names its own abbreviation.
+    first = f"{start:%H:%M}" if start.tzname() == end.tzname() else f"{start:%H:%M %Z}"
+    return f"on {start:%d %b %Y} from {first} to {end:%H:%M %Z}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from soma import clock
 from soma.extensions import db
 from soma.models import JournalEntry, PricingUserType, TokenPricing, utcnow
-from soma.money import is_whole
+from soma.money import is_whole, when
 
 ROUNDINGS = {"half_up": ROUND_HALF_UP, "up": ROUND_CEILING, "down": ROUND_FLOOR}
 
@@ -145,12 +145,12 @@ def _check_publishable(user_type: PricingUserType, effective_at: datetime) -> No
     if effective_at < earliest:
         raise PricingRefused(
             "A new price takes effect in the future: choose a time at least a minute from "
-            f"now (after {earliest:%d %b %Y, %H:%M} UTC). Old prices are never changed."
+            f"now (after {when(earliest)}). Old prices are never changed."
         )
     last_entry = db.session.scalar(select(func.max(JournalEntry.created_at)))
     if last_entry is not None and effective_at <= last_entry:
         raise PricingRefused(
-            f"The ledger already has an entry dated {last_entry:%d %b %Y, %H:%M:%S} UTC, "
+            f"The ledger already has an entry dated {when(last_entry, seconds=True)}, "
             "at or after that time; a new price takes effect after it."
         )
     tie = db.session.scalar(

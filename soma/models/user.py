@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import CheckConstraint, Index, Integer, String, text
+from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -54,6 +54,11 @@ class User(UserMixin, Base):
     # class or withdraw; what is already under way (a class, a payment) still finishes.
     frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     frozen_reason: Mapped[str | None] = mapped_column(String(300))
+    # An IANA name (soma.timezones): every page shows times in it, and a booking's local
+    # date and time are read in it. Guessed from the browser at sign-up.
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Whether the in-app notifications also go by email (set at /account).
+    email_notifications: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     wallet = relationship("Wallet", back_populates="user", uselist=False)
 

@@ -34,7 +34,7 @@ from soma.admin.pricing import PricingForm
 from soma.admin.users import FreezeForm, UnfreezeForm, UserSearchForm
 from soma.alerts import raise_alert
 from soma.audit import run_audit
-from soma.auth.forms import LoginForm, PasswordChangeForm, SignupForm
+from soma.auth.forms import AccountForm, LoginForm, PasswordChangeForm, SignupForm
 from soma.classes.forms import BookingForm
 from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
@@ -79,7 +79,9 @@ STRAY = "stray"  # a field no route reads
 # "{x}" in a value is filled from the built state.
 FIELDS: dict[str, dict[str, str]] = {
     "auth.signup": {"role": "student", "display_name": "Fuzz", "email": "fuzz@example.com",
-                    "password": "a long enough password", "confirm": "another password"},
+                    "password": "a long enough password", "confirm": "another password",
+                    "time_zone": "Asia/Tokyo"},
+    "auth.account": {"time_zone": "Africa/Nairobi", "email_notifications": "y"},
     "auth.login": {"email": "nobody@example.com", "password": "wrong password", "next": "/"},
     "auth.change_password": {"current": "not the password", "password": "a long enough password",
                              "confirm": "another password"},
@@ -146,6 +148,7 @@ FORMS = {
     "auth.signup": SignupForm,
     "auth.login": LoginForm,
     "auth.change_password": PasswordChangeForm,
+    "auth.account": AccountForm,
     "gifts.review": GiftForm,
     "gifts.confirm": ConfirmGiftForm,
     "classes.create": BookingForm,
