@@ -27,7 +27,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from soma import clock
@@ -39,6 +39,8 @@ LEASE = timedelta(minutes=10)  # a claimed row is another sweeper's again after 
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_WAIT = timedelta(hours=6)
 MAX_REFUSALS = 5  # attempts, the last refused for good (5xx), before a row is failed
+# Sent before the rest of a backlog: someone is waiting for it, on a page that said so.
+URGENT_KINDS = ("password_reset",)
 
 _SUBJECT_LENGTH = OutboxMessage.subject.type.length
 _ERROR_LENGTH = OutboxMessage.last_error.type.length
@@ -165,7 +167,11 @@ def _claim(limit: int) -> list[_Claimed]:
             OutboxMessage.failed_at.is_(None),
             OutboxMessage.next_attempt_at <= now,
         )
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .order_by(
+            case((OutboxMessage.kind.in_(URGENT_KINDS), 0), else_=1),
+            OutboxMessage.next_attempt_at,
+            OutboxMessage.id,
+        )
         .limit(limit)
     )
     if db.session.get_bind().dialect.name == "postgresql":
@@ -277,9 +283,11 @@ def _problem(error: Exception) -> _SendFailed:
 
 
 def _print(message: EmailMessage) -> None:
-    """The console backend: the message, as it would go out, on standard output."""
+    """The console backend: the message's headers and text on standard output, readable
+    (not in the transfer encoding it would travel in)."""
     rule = "-" * 72
-    sys.stdout.write(f"{rule}\n{message.as_string()}\n{rule}\n")
+    headers = "".join(f"{name}: {value}\n" for name, value in message.items())
+    sys.stdout.write(f"{rule}\n{headers}\n{message.get_content()}{rule}\n")
     sys.stdout.flush()
 
 

@@ -199,3 +199,15 @@ def test_the_sweeper_sends_the_outbox(app, smtp_on, runner):
     assert [message["Subject"] for message in smtp_on.messages] == ["From the sweeper"]
     with app.app_context():
         assert outbox()[0].sent_at is not None
+
+
+def test_a_password_reset_goes_before_a_backlog(app, smtp_on):
+    with app.app_context():
+        for n in range(3):
+            mail.queue(f"user{n}@example.com", f"Backlog {n}", "body", "class_booked", f"b:{n}")
+        mail.queue("ann@example.com", "Reset your Soma password", "body", "password_reset", "r:1")
+        db.session.commit()
+        assert mail.drain(limit=1) == mail.DrainResult(sent=1)
+        assert mail.drain(limit=5) == mail.DrainResult(sent=3)
+    subjects = [message["Subject"] for message in smtp_on.messages]
+    assert subjects == ["Reset your Soma password", "Backlog 0", "Backlog 1", "Backlog 2"]
