@@ -71,6 +71,7 @@ RULES = {
     "withdrawal-stuck": "Withdrawal processing too long",
     "mpesa-unmatched": "Unmatched M-Pesa payment",
     "payout-problem": "Payout problem",
+    "mail-failed": "Email refused",
 }
 
 LARGE_WITHDRAWAL_CENTS = 500_00  # a withdrawal above $500.00

@@ -129,11 +129,13 @@ def sweep(every: int | None) -> None:
     from soma.admin.metrics import advance_checkpoint as fold_metrics
     from soma.alert_rules import raise_alerts
     from soma.classes.service import sweep as sweep_once
+    from soma.mail import drain as send_mail
     from soma.payouts.withdrawals import processing_too_long
     from soma.payouts.withdrawals import sweep as sweep_withdrawals
     from soma.purchases.mpesa import recheck_pending as recheck_mpesa
     from soma.purchases.service import expire_abandoned
     from soma.purchases.stripe_checkout import recheck_stale as recheck_stripe
+    from soma.reminders import queue_reminders
 
     watch = SweeperWatch()  # beats after each pass; raises the stall and outage alerts
     try:
@@ -148,6 +150,8 @@ def sweep(every: int | None) -> None:
                 stuck = [withdrawal.id for withdrawal in processing_too_long()]
                 raise_alerts(clock.now())  # what an admin must look at, raised once each
                 fold_metrics()  # the console's daily figures, a batch of new entries
+                queue_reminders(clock.now())  # classes starting soon: mail teacher and student
+                send_mail()  # the outbox, after the money work: no send holds up a payment
                 watch.passed(started, _pass_detail(result, paid_out, stuck))
             except Exception as error:
                 # The database restarting, say: log it and try again next pass,

@@ -40,10 +40,23 @@ ENV_SETTINGS = {
     "SUPPORT_EMAIL": "",
     "SWEEPER_STALE_SECONDS": "120",
     "AUDIT_RUN_TIMEOUT_SECONDS": "3600",
+    "APP_BASE_URL": "",
+    "MAIL_BACKEND": "",
+    "MAIL_SERVER": "localhost",
+    "MAIL_PORT": "",
+    "MAIL_USERNAME": "",
+    "MAIL_PASSWORD": "",
+    "MAIL_USE_TLS": "0",
+    "MAIL_USE_SSL": "0",
+    "MAIL_FROM": "",
+    "MAIL_TIMEOUT_SECONDS": "10",
 }
 
 # Whom a frozen account is told to contact, outside production (production names its own).
 DEFAULT_SUPPORT_EMAIL = "support@soma.example"
+# Outside production: whom mail is from, and the address its links start with.
+DEFAULT_MAIL_FROM = "Soma <no-reply@soma.example>"
+DEFAULT_APP_BASE_URL = "http://127.0.0.1:5000"
 
 
 class ConfigError(RuntimeError):
@@ -92,6 +105,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         )
     payout_key = _payout_key(settings.get("PAYOUT_ENCRYPTION_KEY") or "", env, instance_path)
     support_email = _support_email(settings.get("SUPPORT_EMAIL") or "", production)
+    mail = _mail(settings, production)
 
     config = {
         "SOMA_ENV": env,
@@ -135,6 +149,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "SUPPORT_EMAIL": support_email,
         "SWEEPER_STALE_SECONDS": _positive_int(settings, "SWEEPER_STALE_SECONDS", 120),
         "AUDIT_RUN_TIMEOUT_SECONDS": _positive_int(settings, "AUDIT_RUN_TIMEOUT_SECONDS", 3600),
+        **mail,
         # Tests run an audit started from /admin/audit in the request, not in a thread.
         "AUDIT_RUN_INLINE": False,
         # A callable returning the aware UTC time; tests pass a clock they move.
@@ -161,6 +176,51 @@ def _support_email(raw: str, production: bool) -> str:
     if not local or "." not in domain or any(c.isspace() or ord(c) < 32 for c in email):
         raise ConfigError(f"SUPPORT_EMAIL must be an email address, not {email!r}")
     return email
+
+
+def _mail(settings: dict, production: bool) -> dict:
+    """The mail settings (soma.mail); ConfigError if production could not send.
+
+    Production sends through SMTP, from a named address, with links to its own public
+    address: the console backend would drop every password reset on the floor. Elsewhere
+    the console backend prints each message (the default for `make run`).
+    """
+    backend = (settings.get("MAIL_BACKEND") or ("smtp" if production else "console")).strip()
+    if backend not in ("console", "smtp"):
+        raise ConfigError(f"MAIL_BACKEND must be console or smtp, not {backend!r}")
+    if production and backend != "smtp":
+        raise ConfigError("MAIL_BACKEND must be smtp when SOMA_ENV=production")
+    sender = (settings.get("MAIL_FROM") or "").strip()
+    base_url = (settings.get("APP_BASE_URL") or "").strip().rstrip("/")
+    if production:
+        if not sender:
+            raise ConfigError("MAIL_FROM must be set when SOMA_ENV=production")
+        if not base_url:
+            raise ConfigError("APP_BASE_URL must be set when SOMA_ENV=production")
+    if any(ord(c) < 32 for c in sender) or ("@" not in sender and sender):
+        raise ConfigError(f"MAIL_FROM must be an email address, not {sender!r}")
+    if base_url and not base_url.startswith(("https://", "http://")):
+        raise ConfigError(f"APP_BASE_URL must start with https:// or http://, not {base_url!r}")
+    use_ssl = _flag(settings.get("MAIL_USE_SSL"))
+    use_tls = _flag(settings.get("MAIL_USE_TLS"))
+    if use_ssl and use_tls:
+        raise ConfigError("MAIL_USE_TLS (STARTTLS) and MAIL_USE_SSL cannot both be on")
+    default_port = 465 if use_ssl else 587 if use_tls else 25
+    port = str(settings.get("MAIL_PORT") or default_port).strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"MAIL_PORT must be a port number, not {port!r}")
+    return {
+        "MAIL_BACKEND": backend,
+        "MAIL_SERVER": (settings.get("MAIL_SERVER") or "localhost").strip(),
+        "MAIL_PORT": int(port),
+        "MAIL_USERNAME": settings.get("MAIL_USERNAME") or "",
+        "MAIL_PASSWORD": settings.get("MAIL_PASSWORD") or "",
+        "MAIL_USE_TLS": use_tls,
+        "MAIL_USE_SSL": use_ssl,
+        "MAIL_FROM": sender or DEFAULT_MAIL_FROM,
+        "MAIL_TIMEOUT_SECONDS": _positive_int(settings, "MAIL_TIMEOUT_SECONDS", 10),
+        "APP_BASE_URL": base_url or DEFAULT_APP_BASE_URL,
+    }
 
 
 def _rate(settings: dict, name: str) -> str:

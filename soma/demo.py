@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from soma import ledger
+from soma import clock, ledger
 from soma.classes import service as class_service
 from soma.classes.machine import Action
 from soma.extensions import db
 from soma.models import ClassSession, ClassStatus, EntryKind, PlatformAccount, User
 from soma.models.classes import HOLDING_STATUSES
+from soma.models.outbox import OutboxMessage as Outbox
 from soma.notifications.service import mark_all_read
 
 YEAR_DAYS = 365
@@ -144,8 +145,19 @@ def replay_year(student: User, teacher: User) -> ReplayedYear:
                 credited += _fund_month(student, month)
             _replay_class(replay, student, teacher, plan, existing.get(plan.key))
     for user in (student, teacher):
-        # The year is past: its notifications were read long ago.
+        # The year is past: its notifications were read long ago, and their mail went
+        # out back then (it is not sent again now).
         mark_all_read(user.id, up_to_id=2**63 - 1)
+    db.session.execute(
+        update(Outbox)
+        .where(
+            Outbox.user_id.in_([student.id, teacher.id]),
+            Outbox.key.startswith("notification:"),
+            Outbox.sent_at.is_(None),
+        )
+        .values(sent_at=clock.now())
+    )
+    db.session.commit()
     return ReplayedYear(len(todo), credited)
 
 

@@ -24,6 +24,7 @@ from werkzeug.security import generate_password_hash
 from soma import create_app
 from soma.extensions import db, limiter
 from tests.builders import make_user
+from tests.fakes.smtp_server import FakeSMTP
 from tests.fakes.stripe_server import FakeStripe
 from tests.helpers import DEFAULT_PASSWORD, FakeClock, post_form, postgres_server_url, require
 
@@ -36,6 +37,9 @@ TEST_SETTINGS = {
     "PAYOUT_ENCRYPTION_KEY": "pA6f6sQ0lqgJcHk2mW2v0c3Yb8bC9s7T1x4zQeR5uLk=",
     # Production demands one; a test app made as production starts with this.
     "SUPPORT_EMAIL": "support@soma.example",
+    # Production demands both; links in test mail start with this address.
+    "MAIL_FROM": "Soma <no-reply@soma.example>",
+    "APP_BASE_URL": "https://soma.test",
 }
 
 
@@ -367,3 +371,18 @@ class AuthActions:
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 that keeps the messages it receives."""
+    server = FakeSMTP().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_on(app, smtp_server):
+    """The app's mail sent through `smtp_server`; yields the server."""
+    app.config.update(MAIL_BACKEND="smtp", MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_server.port)
+    return smtp_server

@@ -119,6 +119,23 @@ class LoginForm(FlaskForm):
     )
 
 
+class ForgotPasswordForm(FlaskForm):
+    email = email_field("Email", missing="Enter the email address of your account.")
+
+
+class ResetPasswordForm(FlaskForm):
+    password_hint = NEW_PASSWORD_HINT
+    password = new_password_field("New password")
+    confirm = repeat_password_field("Repeat the new password", of="password")
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def account_details(self) -> tuple[str, ...]:
+        return (self.user.email, self.user.display_name)
+
+
 class PasswordChangeForm(FlaskForm):
     password_hint = NEW_PASSWORD_HINT
     current = PasswordField(

@@ -1,5 +1,7 @@
 """Sign-up, log-in, log-out and password pages."""
 
+import hashlib
+
 from flask import (
     Blueprint,
     current_app,
@@ -10,13 +12,20 @@ from flask import (
     request,
     url_for,
 )
-from flask_login import current_user, login_required
+from flask_login import current_user, login_required, logout_user
 
 from soma import clock, timezones
-from soma.auth import service
-from soma.auth.forms import AccountForm, LoginForm, PasswordChangeForm, SignupForm
+from soma.auth import reset, service
+from soma.auth.forms import (
+    AccountForm,
+    ForgotPasswordForm,
+    LoginForm,
+    PasswordChangeForm,
+    ResetPasswordForm,
+    SignupForm,
+)
 from soma.extensions import limiter
-from soma.security import is_safe_next
+from soma.security import forget_session, is_safe_next
 
 bp = Blueprint("auth", __name__)
 
@@ -27,6 +36,10 @@ bp = Blueprint("auth", __name__)
 SIGNUP_TAKEN_RATE_LIMIT = "10 per hour;30 per day"
 SIGNUP_RATE_LIMIT = "50 per hour"
 CREDENTIAL_CHANGE_RATE_LIMIT = "10 per hour"
+# Asking for reset links: per address, and per email asked about (known or not, so the
+# limit says nothing about which emails have accounts), against flooding a mailbox.
+FORGOT_RATE_LIMIT = "5 per minute;30 per hour"
+FORGOT_PER_EMAIL_RATE_LIMIT = "5 per hour"
 
 
 def _login_rate_limit() -> str:
@@ -44,6 +57,12 @@ def _said_taken(response) -> bool:
 
 def _per_user() -> str:
     return f"user:{current_user.get_id()}"
+
+
+def _per_email_asked() -> str:
+    """The email a reset link is asked for, hashed (the limiter's keys are not for keeping it)."""
+    email = service.normalise_email(request.form.get("email", "")[:300])
+    return "reset-email:" + hashlib.sha256(email.encode()).hexdigest()
 
 
 @bp.route("/signup", methods=["GET", "POST"])
@@ -171,3 +190,54 @@ def change_password():
             return redirect(url_for("main.dashboard"))
     page = render_template("auth/password.html", form=form)
     return page, status, headers
+
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+@limiter.limit(FORGOT_RATE_LIMIT, methods=["POST"])
+@limiter.limit(FORGOT_PER_EMAIL_RATE_LIMIT, methods=["POST"], key_func=_per_email_asked)
+def forgot_password():
+    """Ask for a link to reset a password; the answer is the same for every email."""
+    form = ForgotPasswordForm()
+    if form.validate_on_submit():
+        reset.request_reset(form.email.data)
+        minutes = int(reset.LINK_LIFETIME.total_seconds() // 60)
+        return render_template("auth/forgot_sent.html", email=form.email.data, minutes=minutes)
+    status = 400 if form.is_submitted() else 200
+    return render_template("auth/forgot.html", form=form), status
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+@limiter.limit(CREDENTIAL_CHANGE_RATE_LIMIT, methods=["POST"])
+def reset_password(token: str):
+    """Choose a new password through an emailed link; every session of the account ends."""
+    try:
+        user = reset.user_for_token(token)
+    except reset.ResetLinkRefused as refused:
+        return _link_refused(refused)
+    form = ResetPasswordForm(user)
+    if form.validate_on_submit():
+        try:
+            reset.reset_password(token, form.password.data)
+        except reset.ResetLinkRefused as refused:
+            return _link_refused(refused)
+        except service.InvalidAccount as error:
+            form.password.errors.append(error.message)
+        else:
+            if current_user.is_authenticated:
+                forget_session()
+                logout_user()
+            flash(
+                "Your password is changed, and every device logged in to your account has "
+                "been logged out. Log in with your new password.",
+                "success",
+            )
+            return redirect(url_for("auth.login"))
+    status = 400 if form.is_submitted() else 200
+    page = render_template("auth/reset.html", form=form, user=user, token=token)
+    # The token is in the address: no page this one leads to should be told it.
+    return page, status, {"Referrer-Policy": "no-referrer"}
+
+
+def _link_refused(refused: reset.ResetLinkRefused):
+    page = render_template("auth/reset_refused.html", message=refused.message)
+    return page, refused.status, {"Referrer-Policy": "no-referrer"}

@@ -17,6 +17,7 @@ from soma.models.ledger import (
 from soma.models.metrics import MetricsCheckpoint, MetricsDay, MetricsWallet
 from soma.models.notification import Notification
 from soma.models.operator import AdminAction, Alert, AuditRun, AuditRunStatus, Heartbeat
+from soma.models.outbox import OutboxMessage
 from soma.models.payout import (
     MethodKind,
     PayoutMethod,
@@ -63,6 +64,7 @@ __all__ = [
     "MetricsDay",
     "MetricsWallet",
     "Notification",
+    "OutboxMessage",
     "PayoutMethod",
     "PlatformAccount",
     "Posting",

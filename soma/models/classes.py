@@ -92,6 +92,8 @@ class ClassSession(Base):
         Index("ix_class_sessions_teacher_id_scheduled_start", "teacher_id", "scheduled_start"),
         Index("ix_class_sessions_status_due_at", "status", "due_at"),
         Index("ix_class_sessions_status_paused_at", "status", "paused_at"),
+        # The sweeper's class reminders: scheduled classes starting soon (soma.reminders).
+        Index("ix_class_sessions_status_scheduled_start", "status", "scheduled_start"),
         CheckConstraint("scheduled_end > scheduled_start", name="ends_after_start"),
         # One class in progress or paused per teacher, and per student.
         Index(

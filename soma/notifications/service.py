@@ -1,9 +1,14 @@
-"""Write and read a user's notifications. Writers add to the caller's transaction."""
+"""Write and read a user's notifications. Writers add to the caller's transaction.
+
+A notification also goes by email to a user who wants them (`email_notifications`):
+the mail is queued in the same transaction (soma.mail), and sent after the commit.
+"""
 
 from sqlalchemy import func, select, update
 
+from soma import mail
 from soma.extensions import db
-from soma.models import Notification, utcnow
+from soma.models import Notification, User, utcnow
 
 PAGE_SIZE = 20
 
@@ -12,7 +17,35 @@ def notify(user_id: int, kind: str, message: str, link: str | None = None) -> No
     """Add a notification for `user_id` in the current transaction (the caller commits)."""
     notification = Notification(user_id=user_id, kind=kind, message=message[:500], link=link)
     db.session.add(notification)
+    _email(notification)
     return notification
+
+
+def _email(notification: Notification) -> None:
+    """Queue the notification's email when its user wants notifications by email."""
+    user = db.session.get(User, notification.user_id)
+    # users.email_notifications comes with the /account page; until then, everyone wants them.
+    if user is None or not user.email_notifications:
+        return
+    db.session.flush()  # its id names the email
+    lines = [f"Hello {user.display_name},", "", notification.message]
+    if notification.link:
+        lines += ["", f"See it on Soma: {mail.absolute_url(notification.link)}"]
+    lines += [
+        "",
+        "— Soma",
+        "",
+        "You get this email because email notifications are on for your account. "
+        f"Turn them off at {mail.absolute_url('/account')}.",
+    ]
+    mail.queue(
+        user.email,
+        f"Soma: {notification.message}",
+        "\n".join(lines) + "\n",
+        notification.kind,
+        f"notification:{notification.id}",
+        user_id=user.id,
+    )
 
 
 def unread_count(user_id: int) -> int:

@@ -34,7 +34,15 @@ from soma.admin.pricing import PricingForm
 from soma.admin.users import FreezeForm, UnfreezeForm, UserSearchForm
 from soma.alerts import raise_alert
 from soma.audit import run_audit
-from soma.auth.forms import AccountForm, LoginForm, PasswordChangeForm, SignupForm
+from soma.auth import reset
+from soma.auth.forms import (
+    AccountForm,
+    ForgotPasswordForm,
+    LoginForm,
+    PasswordChangeForm,
+    ResetPasswordForm,
+    SignupForm,
+)
 from soma.classes.forms import BookingForm
 from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
@@ -85,6 +93,10 @@ FIELDS: dict[str, dict[str, str]] = {
     "auth.login": {"email": "nobody@example.com", "password": "wrong password", "next": "/"},
     "auth.change_password": {"current": "not the password", "password": "a long enough password",
                              "confirm": "another password"},
+    # Its baseline asks for an email without an account: nothing is queued.
+    "auth.forgot_password": {"email": "nobody@example.com"},
+    # The token is the student's real one (fuzzed too); the baseline's passwords differ.
+    "auth.reset_password": {"password": "a long enough password", "confirm": "another password"},
     "gifts.review": {"email": "{teacher_email}", "tokens": "5", "note": "hi"},
     "gifts.confirm": {"email": "{teacher_email}", "tokens": "5", "note": "hi",
                       "nonce": "fuzz-nonce-0123456789"},
@@ -149,6 +161,8 @@ FORMS = {
     "auth.login": LoginForm,
     "auth.change_password": PasswordChangeForm,
     "auth.account": AccountForm,
+    "auth.forgot_password": ForgotPasswordForm,
+    "auth.reset_password": ResetPasswordForm,
     "gifts.review": GiftForm,
     "gifts.confirm": ConfirmGiftForm,
     "classes.create": BookingForm,
@@ -249,6 +263,7 @@ class World:
                 "method_id": str(method.id),
                 "user_id": str(student.id),
                 "alert_id": str(alert_id),
+                "token": reset.make_token(student),
             }
             emails = {"student": student.email, "teacher": teacher.email, "admin": admin.email}
         self.clients, self.tokens = {}, {}
@@ -617,7 +632,8 @@ def test_every_form_and_route_is_fuzzed(app):
     assert every_form() <= set(FORMS.values()), "a form is missing from FORMS"
     with app.test_request_context():
         for endpoint, form in FORMS.items():
-            account = (None,) if form is PasswordChangeForm else ()  # its one argument
+            # their one argument: the account
+            account = (None,) if form in (PasswordChangeForm, ResetPasswordForm) else ()
             read = {field.name for field in form(*account, meta={"csrf": False})} - {"csrf_token"}
             assert read <= set(FIELDS[endpoint]), f"{endpoint}: {read - set(FIELDS[endpoint])}"
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}

@@ -129,9 +129,21 @@ def test_production_needs_a_secret_key_a_database_shared_rate_limits_and_a_payou
     with pytest.raises(ConfigError, match="SUPPORT_EMAIL"):
         build_config({**database, **shared, "PAYOUT_ENCRYPTION_KEY": key}, str(tmp_path))
     support = {"SUPPORT_EMAIL": "help@soma.co.ke"}
-    config = build_config(
-        {**database, **shared, "PAYOUT_ENCRYPTION_KEY": key, **support}, str(tmp_path)
+    ready = {**database, **shared, "PAYOUT_ENCRYPTION_KEY": key, **support}
+    with pytest.raises(ConfigError, match="MAIL_FROM"):
+        build_config(ready, str(tmp_path))
+    mail = {"MAIL_FROM": "Soma <no-reply@soma.co.ke>", "APP_BASE_URL": "https://soma.co.ke/"}
+    with pytest.raises(ConfigError, match="APP_BASE_URL"):
+        build_config({**ready, "MAIL_FROM": mail["MAIL_FROM"]}, str(tmp_path))
+    with pytest.raises(ConfigError, match="MAIL_BACKEND must be smtp"):
+        build_config({**ready, **mail, "MAIL_BACKEND": "console"}, str(tmp_path))
+    config = build_config({**ready, **mail}, str(tmp_path))
+    assert (config["MAIL_BACKEND"], config["MAIL_SERVER"], config["MAIL_PORT"]) == (
+        "smtp",
+        "localhost",
+        25,
     )
+    assert config["APP_BASE_URL"] == "https://soma.co.ke"
     assert config["SUPPORT_EMAIL"] == "help@soma.co.ke"
     assert config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
     assert config["PAYOUT_ENCRYPTION_KEY"] == key
@@ -142,6 +154,7 @@ def test_production_needs_a_secret_key_a_database_shared_rate_limits_and_a_payou
 
 def test_development_defaults_to_sqlite_in_the_instance_folder(tmp_path):
     config = build_config({"SOMA_ENV": "development"}, str(tmp_path))
+    assert config["MAIL_BACKEND"] == "console"  # `make run` prints mail
     assert config["SUPPORT_EMAIL"] == "support@soma.example"
     assert config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/soma.db"
     assert config["SESSION_COOKIE_SECURE"] is False
@@ -161,6 +174,23 @@ def test_the_payout_key_is_kept_in_development_and_must_be_a_fernet_key(tmp_path
         build_config(
             {"SECRET_KEY": "k", "WITHDRAWAL_PROCESSING_ALERT_MINUTES": "-5"}, str(tmp_path)
         )
+
+
+def test_mail_settings_are_checked(tmp_path):
+    base = {"SECRET_KEY": "k"}
+    tls = build_config({**base, "MAIL_BACKEND": "smtp", "MAIL_USE_TLS": "1"}, str(tmp_path))
+    assert (tls["MAIL_PORT"], tls["MAIL_USE_TLS"], tls["MAIL_USE_SSL"]) == (587, True, False)
+    assert build_config({**base, "MAIL_USE_SSL": "yes"}, str(tmp_path))["MAIL_PORT"] == 465
+    refusals = {
+        "MAIL_BACKEND": {"MAIL_BACKEND": "sendmail"},
+        "MAIL_PORT": {"MAIL_PORT": "70000"},
+        "not both": {"MAIL_USE_TLS": "1", "MAIL_USE_SSL": "1"},
+        "MAIL_FROM must be an email": {"MAIL_FROM": "Soma\r\nBcc: x@y.z"},
+        "APP_BASE_URL must start": {"APP_BASE_URL": "soma.co.ke"},
+    }
+    for message, settings in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            build_config({**base, **settings}, str(tmp_path))
 
 
 def test_database_uri_uses_psycopg_3():
