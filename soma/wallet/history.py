@@ -200,7 +200,10 @@ class HistoryRow:
 
     @property
     def reference(self) -> str:
-        """The object the entry concerns, as "class:12"; "" for none."""
+        """The object the entry concerns, as "class:12"; "" for none. A refund's reversal
+        names its purchase first: "purchase:4 reversal:3"."""
+        if self.reversal_purchase_id is not None:
+            return f"purchase:{self.reversal_purchase_id} reversal:{self.reference_id}"
         if self.reference_type and self.reference_id is not None:
             return f"{self.reference_type}:{self.reference_id}"
         return ""

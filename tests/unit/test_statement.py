@@ -193,6 +193,9 @@ def test_a_refund_is_a_debit_linked_to_its_purchase_and_its_bonus_part_has_no_va
     html = client.get("/wallet/history").get_data(as_text=True)
     usd = {row["change"]: row["usd_value"] for row in csv_rows(client, "?kind=refund").values()}
     assert usd == {"-250": "-25.00", "-10": ""}  # the bonus part came from promotions
+    references = {row["reference"] for row in csv_rows(client, "?kind=refund").values()}
+    assert {reference.split()[0] for reference in references} == {f"purchase:{purchase.id}"}
+    assert all(reference.split()[1].startswith("reversal:") for reference in references)
     for row in taken:
         assert f'href="/buy/purchases/{purchase.id}"' in row_html(html, row.entry_id)
         assert 'class="row-debit"' in row_html(html, row.entry_id)
