@@ -137,6 +137,35 @@ def totals(reversals: list[PurchaseReversal]) -> Totals:
     )
 
 
+def totals_of(purchase_ids: list[int]) -> dict[int, Totals]:
+    """Each purchase's reversal totals, for a list of purchases: one query for the lot."""
+    found: dict[int, list[PurchaseReversal]] = {purchase_id: [] for purchase_id in purchase_ids}
+    if purchase_ids:
+        for reversal in db.session.scalars(
+            select(PurchaseReversal)
+            .where(PurchaseReversal.purchase_id.in_(purchase_ids))
+            .order_by(PurchaseReversal.id)
+        ):
+            found[reversal.purchase_id].append(reversal)
+    return {purchase_id: totals(found_) for purchase_id, found_ in found.items()}
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a purchase stands, for the student: a key for its style, and its words."""
+
+    key: str  # pending, paid, failed, expired, partly-refunded, refunded, disputed
+    label: str
+
+
+def standing(purchase: Purchase, reversed_: Totals) -> Standing:
+    """The purchase's status as the student reads it: a paid purchase with some of its price
+    refunded is "Partly refunded"; refunded and disputed are as their status says."""
+    if purchase.status == PurchaseStatus.PAID and reversed_.refunded_minor:
+        return Standing("partly-refunded", "Partly refunded")
+    return Standing(purchase.status, purchase.status_label)
+
+
 def report(
     purchase_id: int,
     provider_ref: str,

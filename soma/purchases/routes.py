@@ -5,10 +5,12 @@ import secrets
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from soma import clock
 from soma.auth.freeze import AccountFrozen
 from soma.forms import ActionForm
 from soma.inputs import parse_id
-from soma.models import Provider, PurchaseStatus, Role, TokenPackage
+from soma.ledger.pricing import get_token_pricing
+from soma.models import PricingUserType, Provider, PurchaseStatus, Role, TokenPackage
 from soma.providers import daraja
 from soma.providers import sandbox as sandbox_provider
 from soma.providers import stripe as stripe_provider
@@ -37,6 +39,7 @@ def _buy_page(form: BuyForm | None = None, status: int = 200):
         summary=wallet_summary(current_user),
         custom_min=service.CUSTOM_MIN,
         custom_max=service.CUSTOM_MAX,
+        rate=get_token_pricing(PricingUserType.STUDENT, clock.now()),
     ), status
 
 
@@ -171,10 +174,12 @@ def show(purchase_id: int):
     purchase = _own_purchase(purchase_id)
     if purchase.provider == Provider.STRIPE and request.args.get("session_id"):
         purchase = stripe_checkout.check_session(purchase)  # back from Stripe: ask it
+    reversed_ = reversals.totals(reversals.reversals_of(purchase.id))
     return render_template(
         "purchases/show.html",
         purchase=purchase,
-        reversed=reversals.totals(reversals.reversals_of(purchase.id)),
+        reversed=reversed_,
+        standing=reversals.standing(purchase, reversed_),
         summary=wallet_summary(purchase.user),
         cancelled=bool(request.args.get("cancelled")),
     )
@@ -190,11 +195,45 @@ def status(purchase_id: int):
     headers = {}
     if purchase.status != PurchaseStatus.PENDING and request.args.get("seen") == "pending":
         headers["HX-Trigger"] = "purchase-settled"
-    return render_template("purchases/_status.html", purchase=purchase), 200, headers
+    reversed_ = reversals.totals(reversals.reversals_of(purchase.id))
+    return (
+        render_template(
+            "purchases/_status.html",
+            purchase=purchase,
+            reversed=reversed_,
+            standing=reversals.standing(purchase, reversed_),
+        ),
+        200,
+        headers,
+    )
+
+
+@bp.get("/purchases/<id(purchases):purchase_id>/receipt")
+@role_required(Role.STUDENT, Role.ADMIN)
+def receipt(purchase_id: int):
+    """A printable receipt of a paid purchase: 404 for another student's, or an unpaid one."""
+    purchase = _own_purchase(purchase_id)
+    if not purchase.credited:
+        abort(404)
+    found = reversals.reversals_of(purchase.id)
+    reversed_ = reversals.totals(found)
+    return render_template(
+        "purchases/receipt.html",
+        purchase=purchase,
+        paid_at=service.paid_at(purchase.id),
+        reversals=found,
+        reversed=reversed_,
+        standing=reversals.standing(purchase, reversed_),
+    )
 
 
 @bp.get("/purchases")
 @role_required(Role.STUDENT)
 def history():
-    """The student's purchases: status, amount, provider and receipt."""
-    return render_template("purchases/history.html", purchases=service.history(current_user))
+    """The student's purchases: status, amount, refunds and disputes, provider and receipt."""
+    purchases = service.history(current_user)
+    reversed_ = reversals.totals_of([p.id for p in purchases])
+    return render_template(
+        "purchases/history.html",
+        rows=[(p, reversed_[p.id], reversals.standing(p, reversed_[p.id])) for p in purchases],
+    )

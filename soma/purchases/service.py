@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from soma import clock, ledger, money, transitions
@@ -219,6 +219,16 @@ def history(user: User, limit: int = 50) -> list[Purchase]:
             .where(Purchase.user_id == user.id)
             .order_by(Purchase.id.desc())
             .limit(limit)
+        )
+    )
+
+
+def paid_at(purchase_id: int) -> datetime | None:
+    """When the purchase was paid: its move to paid, as its status history records it."""
+    return db.session.scalar(
+        select(func.min(PurchaseEvent.at)).where(
+            PurchaseEvent.purchase_id == purchase_id,
+            PurchaseEvent.to_status == PurchaseStatus.PAID.value,
         )
     )
 

@@ -11,10 +11,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, case, cast, func, select
+from flask import url_for
+from sqlalchemy import BigInteger, and_, case, cast, exists, func, select
+from sqlalchemy.orm import aliased
 
 from soma.extensions import db
-from soma.models import ENTRY_KIND_LABELS, Bucket, EntryKind, JournalEntry, Posting
+from soma.models import (
+    ENTRY_KIND_LABELS,
+    Bucket,
+    EntryKind,
+    Gift,
+    JournalEntry,
+    PlatformAccount,
+    Posting,
+    User,
+    Wallet,
+)
+from soma.models.purchase import PurchaseReversal
+from soma.money import tokens as tokens_text
 
 PAGE_SIZE = 25
 MAX_SEQ = 2**63  # seq is BIGINT
@@ -42,8 +56,23 @@ class Cursor:
         return cls(seq)
 
 
+# Kinds whose tokens carry no dollar value for the wallet that receives them.
+FREE_KINDS = (EntryKind.BONUS.value,)
+HOLDS = (EntryKind.CLASS_HOLD.value, EntryKind.WITHDRAWAL_HOLD.value)
+
+
 @dataclass(frozen=True)
 class HistoryRow:
+    """One entry as this wallet's statement reads it.
+
+    The entry moves `available_change` and `locked_change` on this wallet; their
+    sum (`change`) is what came in or went out. A hold or a release only moves
+    tokens between the wallet's own buckets: nothing leaves it, so it is a move,
+    not a debit, and it has no dollar value. A class's settle, to the student who
+    held 5 and pays 1, is locked -5 and available +4: a change of -1, "1 paid, 4
+    released".
+    """
+
     entry_id: int
     seq: int  # the lowest of the entry's postings on this wallet
     created_at: datetime
@@ -58,22 +87,152 @@ class HistoryRow:
     teacher_usd_cents: int
     reference_type: str | None
     reference_id: int | None
+    # The other side is the promotions account: bonus or promotional tokens.
+    promotional: bool = False
+    gift_sender: str | None = None
+    gift_recipient: str | None = None
+    gift_note: str | None = None
+    reversal_purchase_id: int | None = None
 
     @property
     def label(self) -> str:
         return ENTRY_KIND_LABELS.get(EntryKind(self.kind), self.kind)
 
     @property
-    def description(self) -> str:
-        return self.memo or self.label
-
-    @property
     def cursor(self) -> Cursor:
         return Cursor(self.seq)
+
+    @property
+    def change(self) -> int:
+        """Tokens that came into (+) or left (-) this wallet; 0 for a move between buckets."""
+        return self.available_change + self.locked_change
+
+    @property
+    def is_move(self) -> bool:
+        """A hold or a release: tokens moved between available and locked, none left."""
+        return self.change == 0
+
+    @property
+    def moved_to(self) -> str:
+        """Where a move's tokens went: "locked" (a hold) or "available" (a release)."""
+        return "locked" if self.locked_change > 0 else "available"
+
+    @property
+    def moved(self) -> int:
+        return abs(self.locked_change)
+
+    @property
+    def released(self) -> int:
+        """Tokens a settle returned from locked to available (the unused part of a hold)."""
+        if self.locked_change < 0 and self.available_change > 0:
+            return self.available_change
+        return 0
+
+    @property
+    def direction(self) -> str:
+        """ "credit", "debit" or "move", for the row's colour and words."""
+        if self.is_move:
+            return "move"
+        return "credit" if self.change > 0 else "debit"
 
     def value_cents(self, user_type: str) -> int:
         """The entry's frozen USD value at the rate of `user_type` ("student" or "teacher")."""
         return self.teacher_usd_cents if user_type == "teacher" else self.usd_cents
+
+    def usd_change(self, user_type: str) -> int | None:
+        """The dollar value of this wallet's own movement, signed; None where there is none.
+
+        A move has none (nothing left the wallet), nor do bonus and promotional
+        tokens (they were never paid for). The entry's frozen value is of its
+        `tokens`; the wallet's change is those tokens in every kind the ledger
+        writes, and is scaled to them otherwise.
+        """
+        if self.is_move or self.promotional or self.kind in FREE_KINDS:
+            return None
+        value = self.value_cents(user_type)
+        moved = abs(self.change)
+        if moved != self.tokens and self.tokens:
+            value = value * moved // self.tokens
+        return value if self.change > 0 else -value
+
+    @property
+    def _class_title(self) -> str:
+        return self.memo or "a class"
+
+    @property
+    def description(self) -> str:
+        """What the entry was, in words, for this wallet."""
+        kind = self.kind
+        ref = self.reference_id
+        if kind == EntryKind.CLASS_HOLD:
+            moved = tokens_text(self.moved)
+            return f"Held for class: {self._class_title} — {moved} moved to locked"
+        if kind == EntryKind.CLASS_RELEASE:
+            return (
+                f"Class: {self._class_title} — no charge, "
+                f"{tokens_text(self.moved)} released to available"
+            )
+        if kind == EntryKind.CLASS_SETTLE:
+            if self.change > 0:
+                return f"Class: {self._class_title} — {tokens_text(self.change)} earned"
+            text = f"Class: {self._class_title} — {tokens_text(-self.change)} paid"
+            return f"{text}, {self.released:,} released" if self.released else text
+        if self.reference_type == "withdrawal" and kind in (
+            EntryKind.WITHDRAWAL_HOLD,
+            EntryKind.WITHDRAWAL_PAID,
+            EntryKind.WITHDRAWAL_RELEASE,
+        ):
+            if kind == EntryKind.WITHDRAWAL_HOLD:
+                return f"Withdrawal #{ref} requested — {tokens_text(self.moved)} moved to locked"
+            if kind == EntryKind.WITHDRAWAL_PAID:
+                return f"Withdrawal #{ref} paid — {tokens_text(-self.change)} paid out"
+            return f"Withdrawal #{ref} returned — {tokens_text(self.moved)} released to available"
+        if kind == EntryKind.GIFT and (self.gift_sender or self.gift_recipient):
+            text = (
+                f"Gift to {self.gift_recipient}"
+                if self.change < 0
+                else f"Gift from {self.gift_sender}"
+            )
+            return f"{text}: “{self.gift_note}”" if self.gift_note else text
+        if kind == EntryKind.PURCHASE and not self.memo:
+            return f"Bought {tokens_text(self.change)}"
+        return self.memo or self.label
+
+    @property
+    def reference(self) -> str:
+        """The object the entry concerns, as "class:12"; "" for none. A refund's reversal
+        names its purchase first: "purchase:4 reversal:3"."""
+        if self.reversal_purchase_id is not None:
+            return f"purchase:{self.reversal_purchase_id} reversal:{self.reference_id}"
+        if self.reference_type and self.reference_id is not None:
+            return f"{self.reference_type}:{self.reference_id}"
+        return ""
+
+    def link(self) -> str | None:
+        """The page of the entry's object (a class, a purchase, a withdrawal, the gifts)."""
+        kind, ref = self.reference_type, self.reference_id
+        if ref is None:
+            return None
+        if kind == "class":
+            return url_for("classes.show", class_id=ref)
+        if kind == "purchase":
+            return url_for("purchases.show", purchase_id=ref)
+        if kind == "reversal" and self.reversal_purchase_id is not None:
+            return url_for("purchases.show", purchase_id=self.reversal_purchase_id)
+        if kind == "withdrawal":
+            return url_for("payouts.show_withdrawal", withdrawal_id=ref)
+        if kind == "gift":
+            return url_for("wallet.transactions", kind=EntryKind.GIFT.value)
+        return None
+
+    def link_text(self) -> str:
+        return {
+            "class": "Class",
+            "purchase": "Purchase",
+            "reversal": "Purchase",
+            "withdrawal": "Withdrawal",
+            "gift": "Gifts",
+        }.get(self.reference_type or "", "")
 
 
 @dataclass(frozen=True)
@@ -141,6 +300,15 @@ def _history_query(
         .limit(limit)
         .subquery()
     )
+    # What names each row's object, joined here so that a page is still one query:
+    # the other side of a gift, the purchase of a refund, whether the tokens are
+    # promotional (the other side is the promotions account).
+    other = aliased(Posting)
+    promotions = (
+        select(Wallet.id).where(Wallet.code == PlatformAccount.PROMOTIONS.value).scalar_subquery()
+    )
+    sender = aliased(User)
+    recipient = aliased(User)
     return (
         select(
             page.c.entry_id,
@@ -157,8 +325,27 @@ def _history_query(
             JournalEntry.teacher_usd_cents,
             JournalEntry.reference_type,
             JournalEntry.reference_id,
+            exists()
+            .where(other.entry_id == page.c.entry_id, other.wallet_id == promotions)
+            .label("promotional"),
+            sender.display_name.label("gift_sender"),
+            recipient.display_name.label("gift_recipient"),
+            Gift.note.label("gift_note"),
+            PurchaseReversal.purchase_id.label("reversal_purchase_id"),
         )
         .join(JournalEntry, JournalEntry.id == page.c.entry_id)
+        .outerjoin(
+            Gift, and_(JournalEntry.reference_type == "gift", Gift.id == JournalEntry.reference_id)
+        )
+        .outerjoin(sender, sender.id == Gift.sender_id)
+        .outerjoin(recipient, recipient.id == Gift.recipient_id)
+        .outerjoin(
+            PurchaseReversal,
+            and_(
+                JournalEntry.reference_type == "reversal",
+                PurchaseReversal.id == JournalEntry.reference_id,
+            ),
+        )
         .order_by(page.c.seq.desc())
     )
 

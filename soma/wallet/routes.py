@@ -16,6 +16,22 @@ bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
 RECENT = 10
 CSV_INJECTION_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# The statement's columns: `change` is what came in (+) or left (-) the wallet, 0 for a
+# move between available and locked (a hold, a release); `usd_value` is the dollar value
+# of that change, signed, and empty for a move and for bonus or promotional tokens.
+CSV_COLUMNS = [
+    "date",
+    "entry_id",
+    "type",
+    "description",
+    "change",
+    "available_change",
+    "locked_change",
+    "usd_value",
+    "available_after",
+    "locked_after",
+    "reference",
+]
 
 
 def _wants_fragment() -> bool:
@@ -111,7 +127,10 @@ def _cents_text(cents: int) -> str:
 @bp.get("/history.csv")
 @role_required(Role.STUDENT, Role.TEACHER)
 def export_csv():
-    """The filtered history as CSV, streamed a keyset batch at a time."""
+    """The filtered history as CSV, streamed a keyset batch at a time.
+
+    Dates are UTC with their offset (2026-03-01T09:00:00+00:00), so a spreadsheet
+    in any time zone reads the same moment."""
     form = HistoryFilterForm(request.args)
     filters = _filters(form)
     wallet_id = service.wallet_of(current_user.id).id
@@ -120,31 +139,22 @@ def export_csv():
     def rows():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(
-            [
-                "date_utc",
-                "entry_id",
-                "type",
-                "description",
-                "tokens",
-                "locked_change",
-                "available_after",
-                "locked_after",
-                "usd_value",
-            ]
-        )
+        writer.writerow(CSV_COLUMNS)
         for row in history.iter_history(wallet_id, **filters):
+            usd_change = row.usd_change(rate_type)
             writer.writerow(
                 [
-                    row.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    row.created_at.astimezone(UTC).isoformat(timespec="seconds"),
                     row.entry_id,
                     row.label,
                     _csv_text(row.description),
+                    row.change,
                     row.available_change,
                     row.locked_change,
+                    "" if usd_change is None else _cents_text(usd_change),
                     row.available_after,
                     row.locked_after,
-                    _cents_text(row.value_cents(rate_type)),
+                    row.reference,
                 ]
             )
             if buffer.tell() > 16_384:

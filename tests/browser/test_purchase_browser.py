@@ -1,5 +1,7 @@
 """A student buys a package through the sandbox checkout and sees the balance rise."""
 
+import re
+
 from playwright.sync_api import Page, expect
 
 from tests.browser.actions import log_in
@@ -29,4 +31,44 @@ def test_a_student_buys_a_package_in_the_sandbox(app, live_server, page: Page):
     expect(page.get_by_test_id("available")).to_have_text("260 tokens")
     with app.app_context():
         assert balances(student_id) == (260, 0)
+    assert errors == []
+
+
+def test_the_buy_page_shows_a_live_total_for_a_custom_amount(app, live_server, page: Page):
+    with app.app_context():
+        make_user("student", email="cy@example.com", name="Cy Custom")
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, live_server, "cy@example.com")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Buy tokens").click()
+
+    total = page.get_by_test_id("live-total")
+    expect(page.get_by_test_id("custom-total")).to_be_hidden()
+    page.get_by_role("spinbutton", name="Tokens").fill("125")
+    expect(total).to_have_text("125 tokens ≈ $12.50")
+    expect(page.get_by_test_id("custom-total")).to_contain_text(
+        "the price is confirmed on the next page"
+    )
+    # Typing an amount chooses "another amount".
+    expect(page.locator('input[name="package"][value="custom"]')).to_be_checked()
+    page.get_by_role("spinbutton", name="Tokens").fill("5")
+    expect(total).to_have_text("Buy between 10 and 10,000 tokens.")
+    page.get_by_role("spinbutton", name="Tokens").fill("1234")
+    expect(total).to_have_text("1,234 tokens ≈ $123.40")
+
+    # The server's quote is the price: the sandbox checkout says what is charged.
+    page.get_by_label("Test payment (sandbox)").check()
+    page.get_by_role("button", name="Continue to payment").click()
+    expect(page.get_by_role("button", name="Pay $123.40")).to_be_visible()
+    page.get_by_test_id("sandbox-pay").click()
+    status = page.get_by_test_id("purchase-status")
+    expect(status).to_have_class(re.compile(r"\bresult-paid\b"))
+    expect(page.get_by_test_id("result-word")).to_have_text("✓ Paid")
+    page.get_by_test_id("receipt-link").click()
+    expect(page.get_by_test_id("receipt-amount")).to_contain_text("$123.40")
+    # Printed, the receipt has no navigation, footer or buttons.
+    page.emulate_media(media="print")
+    expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+    expect(page.locator("footer.site-footer")).to_be_hidden()
+    expect(page.get_by_test_id("receipt")).to_be_visible()
     assert errors == []

@@ -78,7 +78,7 @@ def test_student_gives_a_gift_after_confirming_it(app, live_server, page: Page):
     expect(page.get_by_text("You gave 15 tokens to Bea Friend.")).to_be_visible()
     expect(page.get_by_test_id("available")).to_have_text("10 tokens")
     expect(page.locator("table.history tbody tr").first).to_contain_text(
-        "Gift from Ann Giver to Bea Friend: For your maths class"
+        "Gift to Bea Friend: “For your maths class” -15 tokens -$1.50"
     )
     with app.app_context():
         assert balances(ann_id) == (10, 0)

@@ -94,7 +94,7 @@ def test_the_recipient_sees_the_gift_in_history_and_notifications(app, client, a
     home = client.get("/student").get_data(as_text=True)
     assert re.search(r'Notifications <span class="count-badge">1</span>', home)
     history = text_of(client.get("/wallet/history?kind=gift").get_data(as_text=True))
-    assert "Gift Gift from Ann Giver to Bea Friend: Thanks +7 tokens $0.70 7 tokens" in history
+    assert "Gift Gift from Ann Giver: “Thanks” +7 tokens +$0.70 7 tokens" in history
 
     notes = client.get("/notifications/").get_data(as_text=True)
     assert "Ann Giver gave you 7 tokens: “Thanks”" in notes

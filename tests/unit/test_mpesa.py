@@ -108,7 +108,7 @@ def test_a_paid_callback_is_confirmed_then_credited_once(app, client, student, f
         assert balances(student.id) == (100, 0)
         assert run_audit() == []
     history = text_of(client.get("/buy/purchases").get_data(as_text=True))
-    assert "100 tokens KES 1,295 M-Pesa Paid NLJ7RT61SV" in history
+    assert "100 tokens KES 1,295 — M-Pesa Paid Receipt NLJ7RT61SV" in history
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,8 @@ def test_a_package_bought_in_the_sandbox_is_credited_with_its_bonus_once(app, cl
 
     history = text_of(client.get("/buy/purchases").get_data(as_text=True))
     assert (
-        f"250 tokens + 10 bonus $25.00 Test payment (sandbox) Paid SANDBOX-{purchase_id}" in history
+        f"250 tokens + 10 bonus $25.00 — Test payment (sandbox) Paid Receipt SANDBOX-{purchase_id}"
+        in history
     )
 
 

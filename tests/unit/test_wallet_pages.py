@@ -110,13 +110,19 @@ def test_history_rows_show_date_kind_description_signed_tokens_value_and_balance
     rows = re.findall(r"<tr data-entry.*?</tr>", html, re.S)
     assert len(rows) == 3
     settle, hold, purchase = (text_of(row) for row in rows)
+    # A statement: the settle states its charge (8 paid, 2 released) and its value leaves
+    # the wallet; the hold only moves tokens to locked, so it is neither a debit nor valued.
     assert settle == (
-        "01 Mar 2026, 11:00 UTC Class payment Class with a teacher +2 tokens -10 tokens locked "
-        "$0.80 42 tokens"
+        "01 Mar 2026, 11:00 UTC Class payment Class: Class with a teacher — 8 tokens paid, "
+        "2 released -8 tokens paid available +2 · locked -10 -$0.80 42 tokens"
     )
-    assert hold == "01 Mar 2026, 10:00 UTC Class hold Hold -10 tokens +10 tokens locked $1.00 " \
-        "40 tokens 10 tokens locked"  # fmt: skip
-    assert purchase == "01 Mar 2026, 09:00 UTC Purchase Bought 50 tokens +50 tokens $5.00 50 tokens"
+    assert hold == (
+        "01 Mar 2026, 10:00 UTC Class hold Held for class: Hold — 10 tokens moved to locked "
+        "10 tokens → locked available -10 · locked +10 40 tokens 10 tokens locked"
+    )
+    assert purchase == (
+        "01 Mar 2026, 09:00 UTC Purchase Bought 50 tokens +50 tokens +$5.00 50 tokens"
+    )
 
 
 def test_history_shows_only_the_users_own_entries(app, client, auth):
@@ -264,16 +270,20 @@ def test_csv_export_has_every_filtered_entry_and_neutralises_formulas(app, clien
     assert rows[-1]["entry_id"] == str(first)
     assert rows[-1]["description"] == '\'=HYPERLINK("http://evil")'
     assert rows[-1] == {
-        "date_utc": "2026-03-01T09:00:00Z",
+        "date": "2026-03-01T09:00:00+00:00",
         "entry_id": str(first),
         "type": "Purchase",
         "description": '\'=HYPERLINK("http://evil")',
-        "tokens": "30",
+        "change": "30",
+        "available_change": "30",
         "locked_change": "0",
+        "usd_value": "3.00",
         "available_after": "30",
         "locked_after": "0",
-        "usd_value": "3.00",
+        "reference": "",
     }
+    # Promotional bonus tokens were never paid for: no dollar value.
+    assert rows[0]["type"] == "Bonus" and rows[0]["usd_value"] == ""
     assert rows[0]["available_after"] == "630"
 
     bonuses = client.get("/wallet/history.csv?kind=purchase").get_data(as_text=True)
