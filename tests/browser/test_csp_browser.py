@@ -131,9 +131,12 @@ def endpoint_of(app, path: str) -> str | None:
     return endpoint
 
 
-def walk(app, page: Page, live_server: str, seeds: list[str]) -> tuple[set[str], list[str]]:
+def walk(
+    app, page: Page, live_server: str, seeds: list[str], on_page=None
+) -> tuple[set[str], list[str]]:
     """Visit the seeds and every same-origin link found on the way; the endpoints seen and
-    the problems the browser reported, each named with its page."""
+    the problems the browser reported, each named with its page. `on_page(path, endpoint)`,
+    if given, looks at each page once it has settled (the phone walk measures it there)."""
     problems: list[str] = []
     current = {"path": ""}
 
@@ -156,6 +159,8 @@ def walk(app, page: Page, live_server: str, seeds: list[str]) -> tuple[set[str],
         endpoints.add(endpoint_of(app, urlsplit(page.url).path))
         # Long enough for an open class's timer to poll and swap itself at least once.
         page.wait_for_timeout(1300 if endpoint == "classes.show" else 150)
+        if on_page is not None:
+            on_page(path, endpoint_of(app, urlsplit(page.url).path))
         for href in page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)"):
             link = urlsplit(href)
             if link.netloc == urlsplit(live_server).netloc:
@@ -167,9 +172,8 @@ def class_pages(site) -> list[str]:
     return [f"/classes/{class_id}" for class_id in site["classes"].values()]
 
 
-@pytest.mark.parametrize("role", ["anonymous", "student", "teacher", "admin"])
-def test_every_page_of_each_role_is_clean_under_the_csp(app, live_server, page: Page, site, role):
-    page.add_init_script(REPORT_VIOLATIONS)
+def seeds_for(page: Page, live_server: str, site, role: str) -> list[str]:
+    """Log in as `role` (unless anonymous) and return where its walk starts."""
     emails = {"student": "sam@example.com", "teacher": "tara@example.com"}
     seeds = ["/"]
     if role != "anonymous":
@@ -181,6 +185,13 @@ def test_every_page_of_each_role_is_clean_under_the_csp(app, live_server, page: 
         seeds += [f"/classes/{class_id}" for class_id in own.values()]
     if role == "student":
         seeds += [f"/buy/sandbox/{site['pending']}", "/classes/new"]
+    return seeds
+
+
+@pytest.mark.parametrize("role", ["anonymous", "student", "teacher", "admin"])
+def test_every_page_of_each_role_is_clean_under_the_csp(app, live_server, page: Page, site, role):
+    page.add_init_script(REPORT_VIOLATIONS)
+    seeds = seeds_for(page, live_server, site, role)
 
     endpoints, problems = walk(app, page, live_server, seeds)
 
