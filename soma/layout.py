@@ -5,7 +5,7 @@ from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
 from soma.ledger.pricing import PricingMissing, get_token_pricing
-from soma.models import PricingUserType
+from soma.models import PricingUserType, User
 from soma.money import tokens, usd
 
 
@@ -21,7 +21,11 @@ def footer_rates() -> list[str]:
     database still renders)."""
     if "footer_rates" in g:
         return g.footer_rates
-    user = current_user if current_user.is_authenticated else None
+    user = current_user._get_current_object() if current_user.is_authenticated else None
+    if user is not None and not isinstance(user, User):
+        # A session not yet read (SessionUser: the timer's poll, say) has no role to go by.
+        g.footer_rates = []
+        return g.footer_rates
     kinds = []
     if user is None or user.is_student or user.is_admin:
         kinds.append(PricingUserType.STUDENT)

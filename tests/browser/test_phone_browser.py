@@ -1,6 +1,7 @@
 """Every page of every role on a phone (390 by 844): nothing makes the page scroll sideways.
 
-The walk is the CSP suite's (same world, same seeds, every link followed). On each page
+The walk is the CSP suite's (tests/browser/walk.py: same world, same seeds, every link
+followed). On each page
 the document must be no wider than the window, and no element may reach past the
 window's edges unless it sits inside an element that scrolls (or clips) sideways itself,
 like the console's section line or a wide table. A failure names the page and its
@@ -16,12 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import test_csp_browser as csp
-from tests.browser.test_csp_browser import seeds_for, walk
-
-# The CSP walk's world: a student and a teacher with a class in every state, an admin.
-shifted = csp.shifted
-site = csp.site
+from tests.browser.walk import seeds_for, walk
 
 PAGES = Path(__file__).resolve().parents[2] / "test-results" / "pages"
 PHONE = {"width": 390, "height": 844}
@@ -70,6 +66,9 @@ def file_name(role: str, endpoint: str, width: int) -> Path:
     return PAGES / f"{role}-{endpoint}-{width}.png"
 
 
+# The layout is the same whatever the database: the walk runs once, on SQLite (the CSP
+# walk covers both databases).
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("role", ["anonymous", "student", "teacher", "admin"])
 def test_no_page_of_any_role_scrolls_sideways_on_a_phone(app, live_server, page: Page, site, role):
     PAGES.mkdir(parents=True, exist_ok=True)
@@ -109,6 +108,7 @@ def test_no_page_of_any_role_scrolls_sideways_on_a_phone(app, live_server, page:
     assert all(file_name(role, endpoint, 1280).exists() for endpoint in endpoints)
 
 
+@pytest.mark.backends("sqlite")
 def test_the_phone_menu_opens_to_the_links_and_logs_out(app, live_server, page: Page, site):
     """Closed, the menu is one line beside the brand; open, its links and the log-out
     form work (a POST with its CSRF token)."""
