@@ -60,10 +60,6 @@ def walk(
     return endpoints, problems
 
 
-def class_pages(site) -> list[str]:
-    return [f"/classes/{class_id}" for class_id in site["classes"].values()]
-
-
 def seeds_for(page: Page, live_server: str, site, role: str) -> list[str]:
     """Log in as `role` (unless anonymous) and return where its walk starts."""
     emails = {"student": "sam@example.com", "teacher": "tara@example.com"}
