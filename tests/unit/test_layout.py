@@ -243,3 +243,32 @@ def test_the_badge_macro_shows_the_words_with_the_tone(app):
         "Paid, then reversed</span>"
     )
     assert status_words("ended_early") == "Ended early"
+
+
+# The navigation: one menu (a <details>) whose closed line shows the counts.
+
+
+def summary_of(html: str) -> str:
+    found = re.search(r'<summary data-testid="nav-menu-toggle">(.*?)</summary>', html, re.S)
+    assert found, "the navigation has its menu"
+    return text_of(found.group(1))
+
+
+def test_the_closed_menu_shows_the_unread_count_and_an_admins_open_alerts(app, client, auth):
+    from soma.alerts import raise_alert
+    from soma.notifications import service as notifications
+
+    student = auth.login_as("student")
+    with app.app_context():
+        notifications.notify(student.id, "gift", "You received a gift.")
+        notifications.notify(student.id, "gift", "You received another gift.")
+        raise_alert("refund", "refund:1", "A refund of $2.00 on purchase #1 (refunded).")
+        db.session.commit()
+    html = client.get("/student").get_data(as_text=True)
+    assert summary_of(html) == "Menu 2 unread"
+    nav = re.search(r'<nav aria-label="Main".*?</nav>', html, re.S).group(0)
+    menu = re.search(r"<details[^>]*>.*?</details>", nav, re.S).group(0)
+    assert 'href="/buy/"' in menu and 'action="/logout"' in menu and "csrf_token" in menu
+    auth.logout()
+    auth.login_as("admin")
+    assert summary_of(client.get("/admin/users").get_data(as_text=True)) == "Menu 1 open alert"
