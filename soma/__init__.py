@@ -121,8 +121,11 @@ def register_commands(app: Flask) -> None:
 
 def register_hooks(app: Flask) -> None:
     """Security headers and template helpers."""
+    from soma import badges, layout
     from soma.money import register_money_filters
     from soma.security import register
 
     register(app)
     register_money_filters(app)
+    badges.register(app)
+    layout.register(app)

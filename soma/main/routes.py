@@ -6,7 +6,8 @@ from sqlalchemy import text
 
 from soma.classes.service import dashboard_for
 from soma.extensions import db, limiter
-from soma.models import Role
+from soma.ledger.pricing import PricingMissing, get_token_pricing
+from soma.models import PricingUserType, Role
 from soma.security import role_required
 from soma.wallet.service import wallet_summary
 
@@ -24,7 +25,12 @@ def index():
     """The public landing page; logged-in users go to their home."""
     if current_user.is_authenticated:
         return redirect(url_for("main.dashboard"))
-    return render_template("main/index.html")
+    try:
+        student = get_token_pricing(PricingUserType.STUDENT)
+        teacher = get_token_pricing(PricingUserType.TEACHER)
+    except PricingMissing:
+        student = teacher = None
+    return render_template("main/index.html", student=student, teacher=teacher)
 
 
 @bp.get("/dashboard")

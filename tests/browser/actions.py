@@ -1,6 +1,6 @@
 """What a person does in the browser, in more than one test."""
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.builders import DEFAULT_PASSWORD
 
@@ -10,4 +10,14 @@ def log_in(page: Page, live_server: str, email: str):
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(DEFAULT_PASSWORD)
     page.locator("main form").get_by_role("button", name="Log in").click()
-    expect(page.get_by_test_id("nav-user")).to_be_visible()
+    # On a phone the user's name is inside the closed menu: there, not necessarily in view.
+    expect(page.get_by_test_id("nav-user")).to_be_attached()
+
+
+def main_nav(page: Page) -> Locator:
+    """The site's navigation with its links in view: on a phone its menu is opened first."""
+    nav = page.get_by_role("navigation", name="Main")
+    menu = nav.locator("details.nav-menu")
+    if nav.locator("details.nav-menu > summary").is_visible() and not menu.evaluate("m => m.open"):
+        nav.locator("details.nav-menu > summary").click()
+    return nav

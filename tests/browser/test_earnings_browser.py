@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from soma import ledger
-from tests.browser.actions import log_in
+from tests.browser.actions import log_in, main_nav
 from tests.builders import fund, make_class, make_user
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -53,7 +53,7 @@ def test_a_teacher_reads_the_earnings_page_on_a_wide_screen_and_a_phone(
     page.set_viewport_size({"width": width, "height": 900})
     log_in(page, live_server, "wanjiru@example.com")
 
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Earnings").click()
+    main_nav(page).get_by_role("link", name="Earnings").click()
 
     expect(page.get_by_role("heading", name="Your earnings")).to_be_visible()
     expect(page.get_by_test_id("this-month")).to_contain_text("This month so far (November)")
