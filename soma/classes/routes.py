@@ -247,19 +247,21 @@ def meeting_link(class_id: int):
         session = service.set_meeting_url(session, current_user, form.meeting_url.data or None)
     except InvalidMove as error:
         db.session.rollback()
-        form.meeting_url.errors = [error.message]
-        return _link_answer(session, form, error.status)
+        return _link_answer(session, None, error.status, error.message)
     if not _is_htmx():
         flash("Meeting link saved." if session.meeting_url else "Meeting link removed.", "success")
         return redirect(url_for("classes.show", class_id=session.id), 303)
     return _link_answer(session, None, 200)
 
 
-def _link_answer(session: ClassSession, form: MeetingLinkForm | None, status: int):
+def _link_answer(
+    session: ClassSession, form: MeetingLinkForm | None, status: int, error: str | None = None
+):
     """The panel with the link form (its errors, if any); the whole page without htmx."""
     if not _is_htmx():
-        return _show_page(session, status=status, link_form=form)
-    return render_template("classes/_panel.html", **_panel_context(session, link_form=form)), status
+        return _show_page(session, error, status, link_form=form)
+    context = _panel_context(session, error, link_form=form)
+    return render_template("classes/_panel.html", **context), status
 
 
 @bp.post("/<id(class_sessions):class_id>/<name>")
