@@ -134,10 +134,16 @@ def tracker_for(session, viewer_id: int) -> tracker.Tracker:
     return tracker.tracker_for(session, viewer, clock.now(), service.pause_limit())
 
 
-def link_tag(session) -> str:
-    """A short tag of the class's meeting link: the timer fires `class-changed` when the
-    link it was rendered with is not the class's now, so the panel shows the new one."""
-    return f"{zlib.crc32((session.meeting_url or '').encode()):08x}"
+def panel_state(session) -> str:
+    """What the panel shows of the class: its status and a tag of its meeting link.
+
+    The panel carries it (a hidden input the timer's poll includes); when it is not the
+    class's now, the timer fires `class-changed` and the panel reloads. So a panel left
+    behind (a new link, or a reload that read the class just before a move and arrived
+    after it) is put right by the next poll.
+    """
+    tag = zlib.crc32((session.meeting_url or "").encode())
+    return f"{session.status}.{tag:08x}"
 
 
 def _panel_context(
@@ -165,6 +171,7 @@ def _panel_context(
         "form": ActionForm(),
         "link_form": link_form,
         "events": service.events_of(session.id),
+        "panel_state": panel_state(session),
     }
 
 
@@ -185,7 +192,6 @@ def _show_page(
     return render_template(
         "classes/show.html",
         tracker=tracker_for(session, current_user.id),
-        link_tag=link_tag(session),
         refresh=None if session.is_final else tracker.NO_SCRIPT_REFRESH,
         **_panel_context(session, error, link_form),
     ), status
@@ -216,12 +222,10 @@ def timer(class_id: int):
             abort(404)
         session = service.settle_if_due(found)
     headers = {}
-    tag = link_tag(session)
-    if request.args.get("seen") != session.status or request.args.get("link", tag) != tag:
+    shown = request.args.get("panel")
+    if request.args.get("seen") != session.status or shown not in (None, panel_state(session)):
         headers["HX-Trigger"] = "class-changed"
-    page = render_template(
-        "classes/_timer.html", tracker=tracker_for(session, current_user.id), link_tag=tag
-    )
+    page = render_template("classes/_timer.html", tracker=tracker_for(session, current_user.id))
     return page, 200, headers
 
 
@@ -340,6 +344,5 @@ def _answer(session: ClassSession, error: str | None, status: int):
     return render_template(
         "classes/_panel_and_timer.html",
         tracker=tracker_for(session, current_user.id),
-        link_tag=link_tag(session),
         **_panel_context(session, error),
     ), status

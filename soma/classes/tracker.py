@@ -49,7 +49,8 @@ def viewer_of(session, user_id: int) -> Viewer:
     return Viewer.ADMIN
 
 
-@dataclass(frozen=True)
+# Plain slotted dataclasses, not frozen ones: built on every poll of every open tracker.
+@dataclass(slots=True)
 class Figure:
     """One figure of the timer: a duration (`seconds`) or a text (tokens)."""
 
@@ -89,7 +90,7 @@ def countdown_text(seconds: int) -> str:
     return f"{minutes:02d}:{secs:02d}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Tracker:
     """The timer of a class for one viewer at `now`."""
 
@@ -111,7 +112,9 @@ class Tracker:
 
 
 def _whose(viewer: Viewer, student: str, teacher: str, admin: str) -> str:
-    return {Viewer.STUDENT: student, Viewer.TEACHER: teacher, Viewer.ADMIN: admin}[viewer]
+    if viewer is Viewer.STUDENT:
+        return student
+    return teacher if viewer is Viewer.TEACHER else admin
 
 
 def tracker_for(session, viewer: Viewer, now: datetime, pause_limit: timedelta) -> Tracker:
@@ -120,11 +123,7 @@ def tracker_for(session, viewer: Viewer, now: datetime, pause_limit: timedelta) 
     status = ClassStatus(session.status)
     planned = session.planned_seconds
     active = active_at(clock, now)
-    build = {
-        ClassStatus.SCHEDULED: _scheduled,
-        ClassStatus.IN_PROGRESS: _in_progress,
-        ClassStatus.PAUSED: _paused,
-    }.get(status, _final)
+    build = _BUILDERS.get(status, _final)
     phase, figures, token_status, lines, poll = build(session, viewer, now, active, pause_limit)
     return Tracker(
         session=session,
@@ -317,6 +316,13 @@ def _final(session, viewer, now, active, pause_limit):
     # The figures say what moved; the line only a cancel's "nothing".
     status_line = "No tokens moved: nothing was held and nothing was charged." if cancelled else ""
     return "final", figures, status_line, [], None
+
+
+_BUILDERS = {
+    ClassStatus.SCHEDULED: _scheduled,
+    ClassStatus.IN_PROGRESS: _in_progress,
+    ClassStatus.PAUSED: _paused,
+}
 
 
 def _end_reason(session, viewer, pause_limit) -> str | None:

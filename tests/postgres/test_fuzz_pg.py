@@ -89,7 +89,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "classes.new": {"teacher": "{teacher_id}"},
     "classes.create": {"teacher": "{teacher_id}", "title": "Fuzz", "start": "2026-11-25T10:00",
                        "duration": "60", "key": "fuzz-booking-key"},
-    "classes.timer": {"seen": "scheduled", "link": "00000000"},
+    "classes.timer": {"seen": "scheduled", "panel": "scheduled.00000000"},
     "classes.control": {},
     "classes.meeting_link": {"meeting_url": "https://meet.example.com/fuzz"},
     "purchases.start": {"package": "{package_id}", "custom_tokens": "", "provider": "sandbox",

@@ -314,11 +314,14 @@ def test_the_teacher_sets_the_meeting_link_and_the_student_sees_it(app, people, 
 
     # The student's open tracker notices the new link and reloads its panel.
     version = the_class(app, class_id).version
-    old = people.clients["student"].get(f"/classes/{class_id}/timer?seen=scheduled&link=00000000")
-    assert old.headers["HX-Trigger"] == "class-changed"
-    tag = re.search(r"link=([0-9a-f]{8})", old.get_data(as_text=True)).group(1)
-    same = people.clients["student"].get(f"/classes/{class_id}/timer?seen=scheduled&link={tag}")
-    assert "HX-Trigger" not in same.headers
+    timer = f"/classes/{class_id}/timer?seen=scheduled"
+    empty = "scheduled.00000000"  # the panel as it was before the link
+    assert people.clients["student"].get(f"{timer}&panel={empty}").headers["HX-Trigger"] == (
+        "class-changed"
+    )
+    state = re.search(r'name="panel" value="([^"]+)"', html).group(1)
+    assert state != empty
+    assert "HX-Trigger" not in people.clients["student"].get(f"{timer}&panel={state}").headers
     assert the_class(app, class_id).version == version  # a link is not a move of the class
 
     response = post_link(people, "teacher", class_id, "https://meet.example.com/new", htmx=True)
@@ -449,6 +452,24 @@ def test_the_unread_count_follows_class_changed(app, people, clock):
     again = people.clients["student"].get("/notifications/unread").get_data(as_text=True)
     assert f'data-testid="nav-unread-count">{count + 1}<' in again
     assert app.test_client().get("/notifications/unread").status_code == 204
+
+
+def test_a_panel_left_behind_is_reloaded_by_the_next_poll(app, people, clock):
+    """A panel reload that read the class just before a move and arrived after it shows
+    the old state; the timer's poll carries the panel's state, and sets it right."""
+    class_id = people.make("in_progress")
+    stale = (
+        re.search(r'name="panel" value="([^"]+)"', people.page("teacher", class_id))
+        .group(1)
+        .replace("in_progress", "scheduled")
+    )
+    client = people.clients["teacher"]
+    answer = client.get(f"/classes/{class_id}/timer?seen=in_progress&panel={stale}")
+    assert answer.headers["HX-Trigger"] == "class-changed"
+    assert 'hx-include="#panel-state"' in answer.get_data(as_text=True)
+    current = stale.replace("scheduled", "in_progress")
+    answer = client.get(f"/classes/{class_id}/timer?seen=in_progress&panel={current}")
+    assert "HX-Trigger" not in answer.headers
 
 
 def test_a_teachers_own_move_fires_class_changed(app, people, clock):
