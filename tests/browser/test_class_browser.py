@@ -51,7 +51,9 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
     expect(page.get_by_test_id("meeting-none")).to_have_text(
         "Your teacher has not added a meeting link yet."
     )
-    expect(page.get_by_test_id("nav-unread-count")).to_have_count(0)  # nothing for the student yet
+    expect(page.get_by_test_id("nav-notifications").locator(".count-badge")).to_have_count(
+        0
+    )  # nothing for the student yet
 
     teacher_context = browser.new_context()
     try:
@@ -107,7 +109,7 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
         expect(page.get_by_test_id("active")).to_have_text("30:00")
         expect(page.get_by_test_id("left")).to_have_count(0)
         # The class's end notified the student: the count follows class-changed, no reload.
-        expect(page.get_by_test_id("nav-unread-count")).to_have_text("1")
+        expect(page.get_by_test_id("nav-notifications").locator(".count-badge")).to_have_text("1")
         expect(page.get_by_test_id("viewer-available")).to_have_text("25 tokens")
         expect(page.get_by_test_id("viewer-locked")).to_have_text("0 tokens")
         expect(teacher_page.get_by_test_id("status")).to_have_text("Completed")

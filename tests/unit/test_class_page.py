@@ -440,9 +440,9 @@ def test_the_unread_count_follows_class_changed(app, people, clock):
         db.session.commit()
     after = people.clients["student"].get("/notifications/unread")
     count = int(
-        re.search(r'data-testid="nav-unread-count">(\d+)<', after.get_data(as_text=True))[1]
+        re.search(r'<span class="count-badge">(\d+)</span>', after.get_data(as_text=True))[1]
     )
-    before_count = re.search(r'data-testid="nav-unread-count">(\d+)<', before)
+    before_count = re.search(r'<span class="count-badge">(\d+)</span>', before)
     assert count == (int(before_count[1]) if before_count else 0) + 2
     assert f"Notifications, {count} unread" in after.get_data(as_text=True)
     # The class ends: the timer fires class-changed, and the count comes back one higher.
@@ -450,7 +450,7 @@ def test_the_unread_count_follows_class_changed(app, people, clock):
     timer = people.clients["student"].get(f"/classes/{class_id}/timer?seen=in_progress")
     assert timer.headers["HX-Trigger"] == "class-changed"
     again = people.clients["student"].get("/notifications/unread").get_data(as_text=True)
-    assert f'data-testid="nav-unread-count">{count + 1}<' in again
+    assert f'<span class="count-badge">{count + 1}</span>' in again
     assert app.test_client().get("/notifications/unread").status_code == 204
 
 
