@@ -11,6 +11,7 @@ out of band); without JavaScript they post and the page reloads.
 """
 
 import secrets
+import zlib
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -19,18 +20,17 @@ from flask_login import current_user, login_required
 from soma import clock, timezones
 from soma.admin.confirm import confirmation, confirmed
 from soma.auth.freeze import AccountFrozen
-from soma.classes import service
-from soma.classes.forms import BookingForm
-from soma.classes.machine import END_REASON_LABELS, Action, EndReason, InvalidMove, active_at
+from soma.classes import service, tracker
+from soma.classes.forms import BookingForm, MeetingLinkForm
+from soma.classes.machine import Action, InvalidMove
 from soma.errors import SomaError
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
 from soma.inputs import query_id
 from soma.ledger import InsufficientTokens, get_token_pricing
 from soma.ledger.pricing import class_cost_at
-from soma.models import ClassStatus, PricingUserType, Role, User
+from soma.models import PricingUserType, Role, User
 from soma.models.classes import DURATIONS, ClassSession
-from soma.money import tokens
 from soma.security import SESSION_USER_ENDPOINTS, refuse_ended_session, role_required
 
 bp = Blueprint("classes", __name__, url_prefix="/classes")
@@ -137,72 +137,50 @@ def create():
 # The tracker -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Tracker:
-    """What the timer shows, computed from the class and the server's `now`."""
-
-    session: ClassSession
-    active: int
-    left: int
-    percent: int
-    token_status: str
-    end_reason: str | None
-
-    @property
-    def elapsed_text(self) -> str:
-        return _mm_ss(self.active)
-
-    @property
-    def left_text(self) -> str:
-        return _mm_ss(self.left)
+def tracker_for(session, viewer_id: int) -> tracker.Tracker:
+    """The timer of `session` for the viewer `viewer_id` (its student, its teacher, an admin)."""
+    viewer = tracker.viewer_of(session, viewer_id)
+    return tracker.tracker_for(session, viewer, clock.now(), service.pause_limit())
 
 
-def _mm_ss(seconds: int) -> str:
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+def panel_state(session) -> str:
+    """What the panel shows of the class: its status and a tag of its meeting link.
+
+    The panel carries it (a hidden input the timer's poll includes); when it is not the
+    class's now, the timer fires `class-changed` and the panel reloads. So a panel left
+    behind (a new link, or a reload that read the class just before a move and arrived
+    after it) is put right by the next poll.
+    """
+    tag = zlib.crc32((session.meeting_url or "").encode())
+    return f"{session.status}.{tag:08x}"
 
 
-def _token_status(session: ClassSession) -> str:
-    cost, status = session.cost_tokens, ClassStatus(session.status)
-    if status == ClassStatus.SCHEDULED:
-        return f"{tokens(cost)} will be held when the class starts"
-    if status in (ClassStatus.IN_PROGRESS, ClassStatus.PAUSED):
-        return f"{tokens(cost)} locked"
-    if status == ClassStatus.CANCELLED:
-        return "No tokens moved"
-    charged = session.charged_tokens or 0
-    returned = cost - charged
-    if not charged:
-        return f"{tokens(cost)} returned to the student"
-    text = f"{tokens(charged)} paid to the teacher"
-    return text + (f", {returned:,} returned to the student" if returned else "")
-
-
-def tracker_for(session: ClassSession) -> Tracker:
-    active = active_at(service.clock_of(session), clock.now())
-    planned = session.planned_seconds
-    reason = END_REASON_LABELS[EndReason(session.end_reason)] if session.end_reason else None
-    return Tracker(
-        session=session,
-        active=active,
-        left=planned - active,
-        percent=100 * active // planned,
-        token_status=_token_status(session),
-        end_reason=reason,
-    )
-
-
-def _panel_context(session: ClassSession, error: str | None = None) -> dict:
-    available, locked = service.wallet_balances(current_user.id)
+def _panel_context(
+    session: ClassSession, error: str | None = None, link_form: MeetingLinkForm | None = None
+) -> dict:
+    """The panel's figures, for the viewer: the student's balance, the teacher's balance
+    and earnings at the teacher rate, nothing of an admin's own."""
+    viewer = tracker.viewer_of(session, current_user.id)
+    available = locked = None
+    if viewer != tracker.Viewer.ADMIN:
+        available, locked = service.wallet_balances(current_user.id)
+    earning = service.teacher_earning(session) if viewer == tracker.Viewer.TEACHER else None
+    if link_form is None:
+        link_form = MeetingLinkForm(formdata=None, meeting_url=session.meeting_url or "")
     return {
         "session": session,
         "error": error,
         "available": available,
         "locked": locked,
-        "is_teacher": current_user.id == session.teacher_id,
-        "is_student": current_user.id == session.student_id,
+        "earning": earning,
+        "viewer": viewer.value,
+        "is_teacher": viewer == tracker.Viewer.TEACHER,
+        "is_student": viewer == tracker.Viewer.STUDENT,
         "is_admin": current_user.role == Role.ADMIN,
         "form": ActionForm(),
+        "link_form": link_form,
         "events": service.events_of(session.id),
+        "panel_state": panel_state(session),
     }
 
 
@@ -214,11 +192,17 @@ def show(class_id: int):
     return _show_page(session)
 
 
-def _show_page(session: ClassSession, error: str | None = None, status: int = 200):
+def _show_page(
+    session: ClassSession,
+    error: str | None = None,
+    status: int = 200,
+    link_form: MeetingLinkForm | None = None,
+):
     return render_template(
         "classes/show.html",
-        tracker=tracker_for(session),
-        **_panel_context(session, error),
+        tracker=tracker_for(session, current_user.id),
+        refresh=None if session.is_final else tracker.NO_SCRIPT_REFRESH,
+        **_panel_context(session, error, link_form),
     ), status
 
 
@@ -247,9 +231,11 @@ def timer(class_id: int):
             abort(404)
         session = service.settle_if_due(found)
     headers = {}
-    if request.args.get("seen") != session.status:
+    shown = request.args.get("panel")
+    if request.args.get("seen") != session.status or shown not in (None, panel_state(session)):
         headers["HX-Trigger"] = "class-changed"
-    return render_template("classes/_timer.html", tracker=tracker_for(session)), 200, headers
+    page = render_template("classes/_timer.html", tracker=tracker_for(session, current_user.id))
+    return page, 200, headers
 
 
 @bp.get("/<id(class_sessions):class_id>/panel")
@@ -258,6 +244,37 @@ def panel(class_id: int):
     """The controls and the viewer's balance; reloaded when the class changes."""
     session = _class_or_404(class_id)
     return render_template("classes/_panel.html", **_panel_context(session))
+
+
+@bp.post("/<id(class_sessions):class_id>/meeting-link")
+@login_required
+def meeting_link(class_id: int):
+    """Set, change or remove where the class happens: its teacher's alone."""
+    session = _class_or_404(class_id)
+    if current_user.id != session.teacher_id:
+        abort(403)
+    form = MeetingLinkForm()
+    if not form.validate_on_submit():
+        return _link_answer(session, form, 422)
+    try:
+        session = service.set_meeting_url(session, current_user, form.meeting_url.data or None)
+    except InvalidMove as error:
+        db.session.rollback()
+        return _link_answer(session, None, error.status, error.message)
+    if not _is_htmx():
+        flash("Meeting link saved." if session.meeting_url else "Meeting link removed.", "success")
+        return redirect(url_for("classes.show", class_id=session.id), 303)
+    return _link_answer(session, None, 200)
+
+
+def _link_answer(
+    session: ClassSession, form: MeetingLinkForm | None, status: int, error: str | None = None
+):
+    """The panel with the link form (its errors, if any); the whole page without htmx."""
+    if not _is_htmx():
+        return _show_page(session, error, status, link_form=form)
+    context = _panel_context(session, error, link_form=form)
+    return render_template("classes/_panel.html", **context), status
 
 
 @bp.post("/<id(class_sessions):class_id>/<name>")
@@ -285,7 +302,10 @@ def control(class_id: int, name: str):
         return _answer(_class_or_404(class_id), error.message, error.status)
     if not _is_htmx():
         return redirect(url_for("classes.show", class_id=session.id), 303)
-    return _answer(session, None, 200)
+    body, status = _answer(session, None, 200)
+    # What the viewer's own move changed elsewhere on the page (the unread count: an
+    # ended class notifies both sides) follows, as it does a move seen by the timer.
+    return body, status, {"HX-Trigger": "class-changed"}
 
 
 def _admin_outside(session: ClassSession) -> bool:
@@ -332,6 +352,6 @@ def _answer(session: ClassSession, error: str | None, status: int):
         return _show_page(session, error, status)
     return render_template(
         "classes/_panel_and_timer.html",
-        tracker=tracker_for(session),
+        tracker=tracker_for(session, current_user.id),
         **_panel_context(session, error),
     ), status

@@ -27,8 +27,8 @@ from soma.classes.machine import Action, ClassClock, InvalidMove, MoneyStep, Mov
 from soma.errors import FieldRefusal, KeyReused, SomaError
 from soma.extensions import db
 from soma.fastread import read_one
-from soma.ledger.pricing import class_cost
-from soma.models import EntryKind, Role, User, Wallet
+from soma.ledger.pricing import class_cost, get_token_pricing, tokens_to_cents
+from soma.models import EntryKind, JournalEntry, PricingUserType, Role, User, Wallet
 from soma.models.classes import (
     DURATIONS,
     FINAL_STATUSES,
@@ -108,6 +108,8 @@ class ClassView:
     """A class's row as the timer reads it: plain values, no ORM instance to build."""
 
     id: int
+    student_id: int
+    teacher_id: int
     status: str
     scheduled_start: datetime
     duration_minutes: int
@@ -117,6 +119,7 @@ class ClassView:
     paused_at: datetime | None
     charged_tokens: int | None
     end_reason: str | None
+    meeting_url: str | None
 
     planned_seconds = ClassSession.planned_seconds
     status_label = ClassSession.status_label
@@ -155,15 +158,17 @@ def view_for(viewer_id: int, class_id: int) -> tuple[ClassView, int] | None:
 
 @dataclass(frozen=True)
 class Dashboard:
+    in_progress: list[ClassSession]
     upcoming: list[ClassSession]
     past: list[ClassSession]
 
 
 def dashboard_for(user: User, past_limit: int = 10) -> Dashboard:
-    """A user's classes not yet over (soonest first) and the latest ones that are."""
+    """A user's classes under way, those not started yet (soonest first) and the latest
+    ones that are over: a class in progress or paused is never listed as upcoming."""
     mine = or_(ClassSession.student_id == user.id, ClassSession.teacher_id == user.id)
     final = ClassSession.status.in_([s.value for s in FINAL_STATUSES])
-    upcoming = db.session.scalars(
+    not_final = db.session.scalars(
         select(ClassSession).where(mine, ~final).order_by(ClassSession.scheduled_start)
     ).all()
     past = db.session.scalars(
@@ -172,7 +177,9 @@ def dashboard_for(user: User, past_limit: int = 10) -> Dashboard:
         .order_by(ClassSession.scheduled_start.desc(), ClassSession.id.desc())
         .limit(past_limit)
     ).all()
-    return Dashboard(list(upcoming), list(past))
+    live = [c for c in not_final if c.status in HOLDING_STATUSES]
+    upcoming = [c for c in not_final if c.status not in HOLDING_STATUSES]
+    return Dashboard(live, upcoming, list(past))
 
 
 def teachers() -> list[User]:
@@ -743,7 +750,59 @@ def sweep(now: datetime | None = None, limit: int = 500) -> SweepResult:
     return SweepResult(completed, ended_early, failed)
 
 
+# Where the class happens ---------------------------------------------------------------
+
+
+def set_meeting_url(session: ClassSession, actor: User, url: str | None) -> ClassSession:
+    """Set (or, with None, remove) the class's meeting link. Only its teacher may:
+    PermissionError otherwise; InvalidMove once the class is over. The link is checked
+    by the form (soma.classes.forms.meeting_url_problem)."""
+    if actor.id != session.teacher_id:
+        raise PermissionError(f"user {actor.id} may not set the link of class {session.id}")
+    if session.is_final:
+        raise InvalidMove("This class is over; its meeting link can no longer change.")
+    # Not a move of the class: its version (the state's compare-and-set) is left alone.
+    db.session.execute(
+        update(ClassSession)
+        .where(ClassSession.id == session.id)
+        .values(meeting_url=url)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return _reload(session.id)
+
+
 # The tracker's figures -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Earning:
+    """What the teacher earns for a class, in tokens and at the teacher rate."""
+
+    tokens: int
+    cents: int
+    final: bool  # earned (the settle's frozen value), else what the full class would earn
+    rate_tokens: int
+    rate_cents: int
+
+
+def teacher_earning(session: ClassSession, now: datetime | None = None) -> Earning:
+    """For a final class, what its settle paid the teacher, valued as the ledger froze
+    it; before that, its whole cost at the teacher rate in force now."""
+    pricing = get_token_pricing(PricingUserType.TEACHER, now or clock.now())
+    rate = (pricing.tokens, pricing.usd_cents)
+    if not session.is_final:
+        cost = session.cost_tokens
+        return Earning(cost, tokens_to_cents(cost, pricing), False, *rate)
+    charged = session.charged_tokens or 0
+    cents = 0
+    if charged and session.closing_entry_id is not None:
+        cents = db.session.scalar(
+            select(JournalEntry.teacher_usd_cents).where(
+                JournalEntry.id == session.closing_entry_id
+            )
+        )
+    return Earning(charged, cents or 0, True, *rate)
 
 
 def wallet_balances(user_id: int) -> tuple[int, int]:

@@ -150,6 +150,8 @@ class ClassSession(Base):
     hold_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     closing_entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     charged_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Where the class happens (a video call's https link), set by its teacher.
+    meeting_url: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     student = relationship("User", foreign_keys=[student_id])

@@ -20,6 +20,17 @@ def unread_notifications():
     return {"unread_notifications": count}
 
 
+@bp.get("/unread")
+def unread():
+    """The navigation's notifications link with its unread count, for htmx to swap in
+    when a class changes (a class that ends notifies both sides). Logged out: nothing
+    (204, which htmx does not swap), never the log-in page inside the navigation."""
+    if not current_user.is_authenticated:
+        return "", 204
+    count = service.unread_count(current_user.id)
+    return render_template("notifications/_unread.html", unread=count)
+
+
 @bp.get("/")
 @login_required
 def index():

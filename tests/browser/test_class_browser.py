@@ -44,6 +44,16 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
     page.goto(class_url)
     expect(page.get_by_test_id("status")).to_have_text("Scheduled")
     expect(page.get_by_test_id("viewer-available")).to_have_text("30 tokens")
+    # A countdown to the start, ticking between polls; no "time left" before the class.
+    starts_in = page.get_by_test_id("starts-in").inner_text()
+    expect(page.get_by_test_id("starts-in")).not_to_have_text(starts_in)
+    expect(page.get_by_test_id("left")).to_have_count(0)
+    expect(page.get_by_test_id("meeting-none")).to_have_text(
+        "Your teacher has not added a meeting link yet."
+    )
+    expect(page.get_by_test_id("nav-notifications").locator(".count-badge")).to_have_count(
+        0
+    )  # nothing for the student yet
 
     teacher_context = browser.new_context()
     try:
@@ -52,12 +62,26 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
         teacher_page.on("pageerror", lambda exc: errors.append(str(exc)))
         log_in(teacher_page, live_server, "tara@example.com")
         teacher_page.goto(class_url)
+        # The teacher adds where the class happens; the student's page shows it, no reload.
+        teacher_page.locator("#meeting_url").fill("https://meet.example.com/fractions")
+        teacher_page.get_by_test_id("meeting-save").click()
+        expect(teacher_page.get_by_test_id("meeting-link")).to_have_attribute(
+            "href", "https://meet.example.com/fractions"
+        )
+        link = page.get_by_test_id("meeting-link")
+        expect(link).to_have_attribute("href", "https://meet.example.com/fractions")
+        expect(link).to_have_attribute("rel", "noopener noreferrer")
         teacher_page.get_by_test_id("control-start").click()
         expect(teacher_page.get_by_test_id("status")).to_have_text("In progress")
 
         # The student's page sees the start and the hold, with no reload.
         expect(page.get_by_test_id("status")).to_have_text("In progress")
-        expect(page.get_by_test_id("token-status")).to_have_text("5 tokens locked")
+        expect(page.get_by_test_id("token-status")).to_contain_text(
+            "5 tokens of yours are held for this class."
+        )
+        expect(teacher_page.get_by_test_id("teacher-earning")).to_contain_text(
+            "You will earn 5 tokens ($0.20 at your rate of 10 tokens = $0.40)"
+        )
         expect(page.get_by_test_id("viewer-available")).to_have_text("25 tokens")
         expect(page.get_by_test_id("viewer-locked")).to_have_text("5 tokens")
 
@@ -67,6 +91,7 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
 
         teacher_page.get_by_test_id("control-pause").click()
         expect(page.get_by_test_id("status")).to_have_text("Paused")
+        expect(page.get_by_test_id("paused-for")).to_be_visible()
         frozen = elapsed_seconds(page)
         time.sleep(2)
         assert elapsed_seconds(page) == frozen
@@ -79,8 +104,12 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
 
         shifted.advance(minutes=30)  # the rest of the class passes
         expect(page.get_by_test_id("status")).to_have_text("Completed")
-        expect(page.get_by_test_id("token-status")).to_have_text("5 tokens paid to the teacher")
-        expect(page.get_by_test_id("elapsed")).to_have_text("30:00")
+        expect(page.get_by_test_id("charged")).to_have_text("5 tokens")
+        expect(page.get_by_test_id("returned")).to_have_text("0 tokens")
+        expect(page.get_by_test_id("active")).to_have_text("30:00")
+        expect(page.get_by_test_id("left")).to_have_count(0)
+        # The class's end notified the student: the count follows class-changed, no reload.
+        expect(page.get_by_test_id("nav-notifications").locator(".count-badge")).to_have_text("1")
         expect(page.get_by_test_id("viewer-available")).to_have_text("25 tokens")
         expect(page.get_by_test_id("viewer-locked")).to_have_text("0 tokens")
         expect(teacher_page.get_by_test_id("status")).to_have_text("Completed")

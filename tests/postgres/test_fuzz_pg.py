@@ -43,7 +43,7 @@ from soma.auth.forms import (
     ResetPasswordForm,
     SignupForm,
 )
-from soma.classes.forms import BookingForm
+from soma.classes.forms import BookingForm, MeetingLinkForm
 from soma.classes.routes import ACTIONS
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
@@ -103,8 +103,9 @@ FIELDS: dict[str, dict[str, str]] = {
     "classes.new": {"teacher": "{teacher_id}"},
     "classes.create": {"teacher": "{teacher_id}", "title": "Fuzz", "start": "2026-11-25T10:00",
                        "duration": "60", "key": "fuzz-booking-key"},
-    "classes.timer": {"seen": "scheduled"},
+    "classes.timer": {"seen": "scheduled", "panel": "scheduled.00000000"},
     "classes.control": {},
+    "classes.meeting_link": {"meeting_url": "https://meet.example.com/fuzz"},
     "purchases.start": {"package": "{package_id}", "custom_tokens": "", "provider": "sandbox",
                         "phone": "", "key": "fuzz-buy-key"},
     "purchases.show": {"session_id": "cs_x", "cancelled": "1"},
@@ -167,6 +168,7 @@ FORMS = {
     "gifts.confirm": ConfirmGiftForm,
     "classes.create": BookingForm,
     "classes.control": ActionForm,
+    "classes.meeting_link": MeetingLinkForm,
     "purchases.start": BuyForm,
     "wallet.transactions": HistoryFilterForm,
     "payouts.add_method": AddMethodForm,

@@ -352,7 +352,7 @@ def test_either_side_can_cancel_a_scheduled_class_and_nothing_moves(
     assert the_class(app, booked).status == "cancelled"
     assert entries_for(app, booked) == []
     page = text_of(client.get(f"/classes/{booked}").get_data(as_text=True))
-    assert "Cancelled" in page and "No tokens moved" in page
+    assert "Cancelled" in page and "No tokens moved" in page and "Time left" not in page
     assert "The class was cancelled before it started." in page
 
 
@@ -364,7 +364,11 @@ def test_start_holds_the_cost_and_the_tracker_shows_it(app, client, auth, people
     response = control(client, booked, "start")
     assert response.status_code == 200
     fragment = text_of(response.get_data(as_text=True))
-    assert "In progress" in fragment and "10 tokens locked" in fragment
+    assert "In progress" in fragment
+    assert "Ended now, this class would earn you 0 tokens; 10 tokens if it runs its full time." in (
+        fragment
+    )
+    assert "locked" not in fragment  # the teacher's balance line: what they can withdraw
     assert money(app, people) == ((15, 10), (0, 0))
     assert entries_for(app, booked) == [("class_hold", 10)]
     session = the_class(app, booked)
@@ -448,7 +452,8 @@ def test_invalid_moves_get_409_and_change_nothing(app, client, auth, people, boo
     assert response.status_code == 409
     text = text_of(response.get_data(as_text=True))
     assert "This class is over; it cannot be resumed now." in text
-    assert "Elapsed" in text  # the tracker page, with the error next to the controls
+    assert "Active time 03:00 of 60:00" in text  # the tracker page, with the error by the controls
+    assert "Time left" not in text
     assert entries_for(app, booked) == [("class_hold", 10), ("class_release", 10)]
     assert money(app, people) == ((25, 0), (0, 0))
 
@@ -584,8 +589,9 @@ def test_the_timer_settles_a_due_class_once_and_stops_polling(
     clock.advance(seconds=1)
     timer = client.get(f"/classes/{booked}/timer?seen=in_progress")
     html = timer.get_data(as_text=True)
-    assert "Completed" in text_of(html) and "10 tokens paid to the teacher" in text_of(html)
-    assert "Elapsed 60:00" in text_of(html) and "Time left 00:00" in text_of(html)
+    text = text_of(html)
+    assert "Completed Active time 60:00 of 60:00 You earned 10 tokens" in text
+    assert "Returned to your student 0 tokens" in text and "Time left" not in text
     assert "hx-trigger" not in html  # the polling stops
     assert timer.headers["HX-Trigger"] == "class-changed"  # the balance refreshes
     for _ in range(3):  # more polls, a page load, the sweeper: nothing more moves
@@ -602,7 +608,7 @@ def test_the_timer_settles_a_due_class_once_and_stops_polling(
         10,
     )
     panel = text_of(client.get(f"/classes/{booked}/panel").get_data(as_text=True))
-    assert "Your balance: 10 tokens available · 0 tokens locked" in panel
+    assert "Your balance: 10 tokens available to withdraw" in panel and "locked" not in panel
     with app.app_context():
         assert run_audit() == []
 
@@ -613,9 +619,10 @@ def test_ending_early_charges_pro_rata(app, client, auth, people, booked, clock)
     clock.advance(minutes=21)
     response = control(client, booked, "end")
     text = text_of(response.get_data(as_text=True))
-    assert (
-        "Ended early" in text and "4 tokens paid to the teacher, 6 returned to the student" in text
-    )
+    assert "Ended early Active time 21:00 of 60:00" in text
+    assert "You earned 4 tokens Returned to your student 6 tokens" in text
+    assert "You ended the class early; you earned for its active time." in text
+    assert "You earned 4 tokens ($0.16) for this class." in text  # at the teacher rate, frozen
     assert money(app, people) == ((21, 0), (4, 0))
     with app.app_context():
         messages = [n.message for n in db.session.scalars(select(ledger_notifications()))]
@@ -729,8 +736,9 @@ def test_the_timer_ends_a_class_paused_too_long(app, client, auth, people, booke
     control(client, booked, "pause")
     clock.advance(minutes=31)
     text = text_of(client.get(f"/classes/{booked}/timer?seen=paused").get_data(as_text=True))
-    assert "Ended early" in text and "1 token paid to the teacher, 9 returned" in text
-    assert "The class was paused too long and ended early." in text
+    assert "Ended early Active time 05:00 of 60:00" in text
+    assert "You earned 1 token Returned to your student 9 tokens" in text
+    assert "The class stayed paused for 30 minutes and ended early" in text
     assert money(app, people) == ((24, 0), (1, 0))
 
 
