@@ -21,6 +21,7 @@ import contextlib
 import smtplib
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -36,6 +37,7 @@ from soma.models import OutboxMessage
 
 DRAIN_BATCH = 50  # rows claimed per pass; a backlog is worked off over a few passes
 LEASE = timedelta(minutes=10)  # a claimed row is another sweeper's again after this
+DRAIN_BUDGET = timedelta(seconds=60)  # a pass sends for no longer than this (< LEASE)
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_WAIT = timedelta(hours=6)
 MAX_REFUSALS = 5  # attempts, the last refused for good (5xx), before a row is failed
@@ -119,16 +121,22 @@ class _SendFailed(Exception):
 
 
 def drain(limit: int = DRAIN_BATCH) -> DrainResult:
-    """Send up to `limit` due emails from the outbox and record each outcome."""
+    """Send up to `limit` due emails from the outbox and record each outcome as it happens.
+
+    Each outcome is committed right after its send, so a sweeper that dies, or a lease
+    that runs out, re-sends at most the one message in flight. A pass sends for at most
+    DRAIN_BUDGET (well under the lease): a slow server never holds back the next pass's
+    money work, and what is left is released, untried, for the next pass.
+    """
     claimed = _claim(limit)
     result = DrainResult()
     if not claimed:
         return result
-    outcomes = _send_all(claimed)
-    now = clock.now()
-    for message in claimed:
-        problem = outcomes.get(message.id)
-        if problem is None:
+    for message, problem in _send_each(claimed, time.monotonic() + DRAIN_BUDGET.total_seconds()):
+        now = clock.now()
+        if problem is _UNTRIED:
+            changes = {"next_attempt_at": now, "attempts": message.attempts - 1}
+        elif problem is None:
             changes = {"sent_at": now, "last_error": None}
             result.sent += 1
         elif problem.permanent and message.attempts >= MAX_REFUSALS:
@@ -144,7 +152,7 @@ def drain(limit: int = DRAIN_BATCH) -> DrainResult:
         db.session.execute(
             update(OutboxMessage).where(OutboxMessage.id == message.id).values(**changes)
         )
-    db.session.commit()
+        db.session.commit()
     if result.retrying or result.failed:
         current_app.logger.warning(
             "mail: %d sent, %d to retry, %d failed for good", *vars(result).values()
@@ -200,43 +208,54 @@ def _message(claimed: _Claimed, now: datetime) -> EmailMessage:
     return message
 
 
-def _send_all(claimed: list[_Claimed]) -> dict[int, _SendFailed]:
-    """Send each claimed message; the failures by row id (absent: sent)."""
+_UNTRIED = _SendFailed("not tried this pass", False)
+
+
+def _send_each(claimed: list[_Claimed], deadline: float):
+    """Send the claimed messages one by one, yielding (message, None) for each sent, (message,
+    _SendFailed) for each not sent, and (message, _UNTRIED) for those past the deadline."""
     now = clock.now()
     if current_app.config["MAIL_BACKEND"] == "console":
         for message in claimed:
             _print(_message(message, now))
-        return {}
-    failures: dict[int, _SendFailed] = {}
+            yield message, None
+        return
     try:
         connection = _connect()
     except (OSError, smtplib.SMTPException) as error:
         # The server is down or refuses us: every message waits for the next try.
         problem = _problem(error)
-        return {message.id: problem for message in claimed}
+        for message in claimed:
+            yield message, problem
+        return
     try:
         for index, message in enumerate(claimed):
+            if time.monotonic() > deadline:
+                for rest in claimed[index:]:
+                    yield rest, _UNTRIED
+                return
             try:
                 connection.send_message(_message(message, now))
             except (smtplib.SMTPServerDisconnected, OSError) as error:
                 # The connection is gone: this message and the rest wait for the next try.
                 problem = _problem(error)
                 for rest in claimed[index:]:
-                    failures[rest.id] = problem
-                return failures
+                    yield rest, problem
+                return
             except smtplib.SMTPException as error:
-                failures[message.id] = _problem(error)
+                yield message, _problem(error)
                 _reset(connection)
             except (ValueError, UnicodeError) as error:
                 # An address this server cannot take (say, not ASCII without SMTPUTF8).
-                failures[message.id] = _SendFailed(f"{type(error).__name__}: {error}", True)
+                yield message, _SendFailed(f"{type(error).__name__}: {error}", True)
                 _reset(connection)
+            else:
+                yield message, None
     finally:
         try:
             connection.quit()
         except (OSError, smtplib.SMTPException):
             connection.close()
-    return failures
 
 
 def _connect() -> smtplib.SMTP:

@@ -19,8 +19,9 @@ MAX_NAME_LENGTH = 64  # users.time_zone; the longest IANA name is about half of 
 
 @cache
 def zone_names() -> tuple[str, ...]:
-    """Every IANA zone name this machine knows, sorted."""
-    return tuple(sorted(available_timezones()))
+    """Every IANA zone name this machine knows, sorted; not the aliases that name no place
+    ("localtime" is whatever the server's zone is, "Factory" no zone at all)."""
+    return tuple(sorted(available_timezones() - {"localtime", "Factory"}))
 
 
 @cache

@@ -15,7 +15,7 @@ from flask import (
 from flask_login import current_user, login_required, logout_user
 
 from soma import clock, timezones
-from soma.auth import reset, service
+from soma.auth import reset, service, throttle
 from soma.auth.forms import (
     AccountForm,
     ForgotPasswordForm,
@@ -194,12 +194,17 @@ def change_password():
 
 @bp.route("/password/forgot", methods=["GET", "POST"])
 @limiter.limit(FORGOT_RATE_LIMIT, methods=["POST"])
-@limiter.limit(FORGOT_PER_EMAIL_RATE_LIMIT, methods=["POST"], key_func=_per_email_asked)
 def forgot_password():
-    """Ask for a link to reset a password; the answer is the same for every email."""
+    """Ask for a link to reset a password; the answer is the same for every email.
+
+    Past FORGOT_PER_EMAIL_RATE_LIMIT for one email the answer is still the same, and no
+    more mail is sent: whoever asks for someone else's address again and again can
+    neither flood them nor keep their own request out with a 429.
+    """
     form = ForgotPasswordForm()
     if form.validate_on_submit():
-        reset.request_reset(form.email.data)
+        if throttle.allow(FORGOT_PER_EMAIL_RATE_LIMIT, _per_email_asked()):
+            reset.request_reset(form.email.data)
         minutes = int(reset.LINK_LIFETIME.total_seconds() // 60)
         return render_template("auth/forgot_sent.html", email=form.email.data, minutes=minutes)
     status = 400 if form.is_submitted() else 200
@@ -234,10 +239,11 @@ def reset_password(token: str):
             return redirect(url_for("auth.login"))
     status = 400 if form.is_submitted() else 200
     page = render_template("auth/reset.html", form=form, user=user, token=token)
-    # The token is in the address: no page this one leads to should be told it.
-    return page, status, {"Referrer-Policy": "no-referrer"}
+    # The token is in the address: no page is told more than our origin (which the CSRF
+    # check of an HTTPS POST needs as its Referer; "no-referrer" would refuse every reset).
+    return page, status, {"Referrer-Policy": "strict-origin"}
 
 
 def _link_refused(refused: reset.ResetLinkRefused):
     page = render_template("auth/reset_refused.html", message=refused.message)
-    return page, refused.status, {"Referrer-Policy": "no-referrer"}
+    return page, refused.status, {"Referrer-Policy": "strict-origin"}

@@ -88,3 +88,8 @@ def pause_message(until: datetime) -> str:
         f"paused to protect it. Try again in {wait_text(seconds)} "
         f"(from {minute_after:%H:%M} UTC)."
     )
+
+
+def allow(limit: str, key: str) -> bool:
+    """Count one use of `key` against `limit` ("5 per hour"); False once it is spent."""
+    return _strategy().hit(parse(limit), _SCOPE, key)

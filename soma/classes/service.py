@@ -50,6 +50,11 @@ TEACHER_ACTIONS = frozenset(
 )
 
 
+# How far ahead a class may be booked (pricing, a teacher's plans and the arithmetic of its
+# end all stay within reach).
+BOOKING_HORIZON = timedelta(days=2 * 366)
+
+
 class BookingError(FieldRefusal):
     """A class that cannot be booked as asked."""
 
@@ -238,6 +243,8 @@ def book(
         raise BookingError("Give the start time with its time zone.", "start")
     if start <= now:
         raise BookingError("Choose a start time in the future.", "start")
+    if start > now + BOOKING_HORIZON:
+        raise BookingError("Book a class at most two years ahead.", "start")
     title = _title(title, teacher)
     end = start + timedelta(minutes=duration_minutes)
     cost = class_cost(duration_minutes, now)
