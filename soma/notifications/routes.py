@@ -28,7 +28,8 @@ def unread():
     if not current_user.is_authenticated:
         return "", 204
     count = service.unread_count(current_user.id)
-    return render_template("notifications/_unread.html", unread=count)
+    # (and the closed phone menu's count, out of band)
+    return render_template("notifications/_unread.html", unread=count, oob=True)
 
 
 @bp.get("/")

@@ -445,6 +445,9 @@ def test_the_unread_count_follows_class_changed(app, people, clock):
     before_count = re.search(r'<span class="count-badge">(\d+)</span>', before)
     assert count == (int(before_count[1]) if before_count else 0) + 2
     assert f"Notifications, {count} unread" in after.get_data(as_text=True)
+    # The closed phone menu's count comes with it, out of band.
+    assert '<span id="menu-unread" hx-swap-oob="true">' in after.get_data(as_text=True)
+    assert f'title="Unread notifications">{count}<' in after.get_data(as_text=True)
     # The class ends: the timer fires class-changed, and the count comes back one higher.
     clock.advance(minutes=70)
     timer = people.clients["student"].get(f"/classes/{class_id}/timer?seen=in_progress")
