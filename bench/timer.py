@@ -21,6 +21,7 @@ Settings (environment):
     SOMA_BENCH_SECONDS        measured seconds per run (6)
     SOMA_BENCH_ROUNDS         turns of each endpoint (3)
     SOMA_BENCH_CLASSES        classes in progress (200)
+    SOMA_BENCH_REDIS_URL      the rate-limit store, default redis://127.0.0.1:6379/13
 """
 
 import http.client
@@ -47,6 +48,8 @@ CLIENTS = 4
 WARMUP = 1.0
 PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
 SECRET_KEY = "bench-secret-key-for-the-timer-benchmark"  # noqa: S105
+# The rate-limit store production requires (a database of its own on the local Redis).
+REDIS_URL = os.environ.get("SOMA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
 def free_port() -> int:
@@ -101,7 +104,14 @@ class Server:
             "SECRET_KEY": SECRET_KEY,
             "DATABASE_URL": make_url(database_url(name)).render_as_string(hide_password=False),
             "LOGIN_RATE_LIMIT": "100000 per minute",
-            "RATELIMIT_STORAGE_URI": "memory://",
+            # What production refuses to start without (a shared limit store, the payout
+            # key, mail, the support address); none of it is on the timer's path.
+            "RATELIMIT_STORAGE_URI": REDIS_URL,
+            "PAYOUT_ENCRYPTION_KEY": "pA6f6sQ0lqgJcHk2mW2v0c3Yb8bC9s7T1x4zQeR5uLk=",
+            "SUPPORT_EMAIL": "support@bench.example",
+            "MAIL_BACKEND": "smtp",
+            "MAIL_FROM": "bench@bench.example",
+            "APP_BASE_URL": "http://127.0.0.1",
         }
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         command = [gunicorn, "--workers", str(WORKERS), "--worker-class", "gthread",
