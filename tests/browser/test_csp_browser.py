@@ -1,5 +1,7 @@
 """Every page of every role, in Chromium, under the app's real CSP: no console error, no
-CSP violation, no script error.
+CSP violation, no script error; and on a phone (390 by 844), no page scrolls sideways
+(tests/browser/walk.py's PhoneCheck, which also saves every page's screenshot at 390 and
+1280 px to test-results/pages/).
 
 Each role's walk starts from its home page, the class pages of its classes (one in each
 state) and its purchase pages, and follows every link it finds on the way (same origin,
@@ -15,7 +17,7 @@ from playwright.sync_api import Page, expect
 
 from soma.classes import service as class_service
 from tests.browser.actions import log_in
-from tests.browser.walk import seeds_for, walk
+from tests.browser.walk import PhoneCheck, seeds_for, walk
 from tests.builders import make_funded_user, make_user
 
 REPORT_VIOLATIONS = """
@@ -74,14 +76,26 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("role", ["anonymous", "student", "teacher", "admin"])
-def test_every_page_of_each_role_is_clean_under_the_csp(app, live_server, page: Page, site, role):
+def test_every_page_of_each_role_is_clean_under_the_csp_and_fits_a_phone(
+    app, live_server, page: Page, site, role
+):
     page.add_init_script(REPORT_VIOLATIONS)
     seeds = seeds_for(page, live_server, site, role)
+    phone = PhoneCheck(page, role)
 
-    endpoints, problems = walk(app, page, live_server, seeds)
-
+    endpoints, problems = walk(app, page, live_server, seeds, on_page=phone)
     assert problems == []
+    # A page that is not found, as this role meets it: its links fit too (its console
+    # reports the 404 itself, which is no problem).
+    response = page.goto(f"{live_server}/no-such-page")
+    assert response is not None and response.status == 404
+    phone("/no-such-page", "error-404")
+
+    assert phone.problems == []
     assert EXPECTED[role] <= endpoints, EXPECTED[role] - endpoints
+    assert len(phone.measured) >= len(seeds)
+    assert all(phone.file_name(endpoint, 390).exists() for endpoint in endpoints)
+    assert all(phone.file_name(endpoint, 1280).exists() for endpoint in endpoints)
 
 
 def test_the_timer_moves_the_progress_bar_without_inline_styles(app, live_server, page: Page, site):

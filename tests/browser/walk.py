@@ -1,7 +1,8 @@
-"""The walk of every page a role can reach, shared by the CSP and the phone suites: where
-each role starts, and every same-origin link followed from there. The world it walks
+"""The walk of every page a role can reach: where each role starts, and every same-origin
+link followed from there; on each page, the phone check (`PhoneCheck`). The world it walks
 (the `site` and `shifted` fixtures) is in conftest.py."""
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from playwright.sync_api import Page
@@ -74,3 +75,92 @@ def seeds_for(page: Page, live_server: str, site, role: str) -> list[str]:
     if role == "student":
         seeds += [f"/buy/sandbox/{site['pending']}", "/classes/new"]
     return seeds
+
+
+PAGES = Path(__file__).resolve().parents[2] / "test-results" / "pages"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+NAV_HEIGHT = 80  # one line with the menu closed (it was three lines, about 260 px)
+
+# The document's width, and each element that reaches past the window's edges without an
+# ancestor that scrolls or clips sideways inside the window; the widest first.
+OVERFLOW = """
+() => {
+  const width = document.documentElement.clientWidth;
+  const contained = (element) => {
+    for (let up = element.parentElement; up && up !== document.body; up = up.parentElement) {
+      const style = getComputedStyle(up);
+      if (style.overflowX !== "visible" && style.overflowX !== "clip") {
+        const box = up.getBoundingClientRect();
+        if (box.left >= -1 && box.right <= width + 1) return true;
+      }
+    }
+    return false;
+  };
+  const name = (element) => {
+    let text = element.tagName.toLowerCase();
+    if (element.id) text += "#" + element.id;
+    for (const cls of element.classList) text += "." + cls;
+    const testid = element.getAttribute("data-testid");
+    if (testid) text += `[data-testid=${testid}]`;
+    const words = (element.innerText || "").trim().replace(/\\s+/g, " ").slice(0, 40);
+    return words ? `${text} "${words}"` : text;
+  };
+  const wide = [];
+  for (const element of document.body.querySelectorAll("*")) {
+    const box = element.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    if (box.right <= width + 1 && box.left >= -1) continue;
+    if (contained(element)) continue;
+    wide.push({element: name(element), width: Math.round(box.width),
+               left: Math.round(box.left), right: Math.round(box.right)});
+  }
+  wide.sort((a, b) => b.width - a.width);
+  return {scrollWidth: document.documentElement.scrollWidth, width, wide: wide.slice(0, 3)};
+}
+"""
+
+
+class PhoneCheck:
+    """Every page on a phone (390 by 844): nothing makes the page scroll sideways.
+
+    The document must be no wider than the window, and no element may reach past the
+    window's edges unless it sits inside an element that scrolls (or clips) sideways
+    itself, like the console's section line or a wide table; the navigation is one line.
+    A problem names the page and its widest element. It also saves a full-page screenshot
+    of each page, once per role and endpoint, at 390 and 1280 px, to
+    test-results/pages/<role>-<endpoint>-<width>.png, so that a reviewer can look at the
+    whole product in one folder (test-results/ is not committed).
+    """
+
+    def __init__(self, page: Page, role: str):
+        self.page, self.role = page, role
+        self.problems: list[str] = []
+        self.measured: list[str] = []
+        self.pictured: set[str] = set()
+        PAGES.mkdir(parents=True, exist_ok=True)
+
+    def file_name(self, endpoint: str, width: int) -> Path:
+        return PAGES / f"{self.role}-{endpoint}-{width}.png"
+
+    def __call__(self, path: str, endpoint: str) -> None:
+        page = self.page
+        page.set_viewport_size(PHONE)
+        self.measured.append(path)
+        found = page.evaluate(OVERFLOW)
+        if found["scrollWidth"] > found["width"] or found["wide"]:
+            widest = found["wide"][0] if found["wide"] else None
+            self.problems.append(
+                f"{path} ({endpoint}): the page is {found['scrollWidth']} px wide in a "
+                f"{found['width']} px window; widest element: {widest}"
+            )
+        nav = page.locator("header.site-header nav").bounding_box()
+        if nav is None or nav["height"] > NAV_HEIGHT:
+            tall = round(nav["height"]) if nav else None
+            self.problems.append(f"{path} ({endpoint}): the navigation is {tall} px tall")
+        if endpoint not in self.pictured:
+            self.pictured.add(endpoint)
+            page.screenshot(path=self.file_name(endpoint, 390), full_page=True)
+            page.set_viewport_size(DESKTOP)
+            page.screenshot(path=self.file_name(endpoint, 1280), full_page=True)
+        page.set_viewport_size(DESKTOP)
