@@ -128,7 +128,9 @@ def test_a_gift_under_way_makes_the_freeze_wait_until_it_has_committed(app, peop
     freeze_thread.join(10)
 
     assert "error" not in given and "error" not in frozen, (given, frozen)
-    assert given["done_at"] <= frozen["done_at"]
+    # (No comparison of when each thread got back: the freeze may return before the gift's
+    # thread does, once the gift's commit has let it go. That it waited is asserted above;
+    # that the gift went through before it, by the balances.)
     with app.app_context():
         assert balances(people["sender"]) == (70, 0)
         assert balances(people["recipient"]) == (30, 0)
