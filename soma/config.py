@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 from dotenv import load_dotenv
+from limits import parse
 
 # Every setting read from the environment, with its default. `.env.example`
 # lists the same names; a test keeps them in step.
@@ -17,6 +18,7 @@ ENV_SETTINGS = {
     "DATABASE_POOL_PRE_PING": "0",
     "RATELIMIT_STORAGE_URI": "memory://",
     "LOGIN_RATE_LIMIT": "5 per minute",
+    "TIMER_RATE_LIMIT": "300 per minute",
     "PROXY_FIX_X_FOR": "0",
     "CLASS_PAUSE_LIMIT_MINUTES": "30",
     "MPESA_KES_PER_USD": "",
@@ -130,6 +132,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "RATELIMIT_STORAGE_URI": limits_storage,
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
+        "TIMER_RATE_LIMIT": _rate_limit(settings, "TIMER_RATE_LIMIT", "300 per minute"),
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
         "CLASS_PAUSE_LIMIT_MINUTES": _positive_int(settings, "CLASS_PAUSE_LIMIT_MINUTES", 30),
         "MPESA_KES_PER_USD": _rate(settings, "MPESA_KES_PER_USD"),
@@ -242,6 +245,18 @@ def _positive_int(settings: dict, name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive whole number, not {raw!r}")
     return int(raw)
+
+
+def _rate_limit(settings: dict, name: str, default: str) -> str:
+    """A rate limit in Flask-Limiter's words ("300 per minute"), checked when the app starts."""
+    raw = str(settings.get(name) or default).strip()
+    try:
+        allowed = parse(raw).amount
+    except ValueError:
+        allowed = 0
+    if allowed < 1:
+        raise ConfigError(f"{name} must be a rate limit such as {default!r}, not {raw!r}")
+    return raw
 
 
 def _flag(value) -> bool:

@@ -14,7 +14,16 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required
 
 from soma import clock, timezones
@@ -23,6 +32,7 @@ from soma.auth.freeze import AccountFrozen
 from soma.classes import service, tracker
 from soma.classes.forms import BookingForm, MeetingLinkForm
 from soma.classes.machine import Action, InvalidMove
+from soma.classes.poll_limit import poll_limited
 from soma.errors import SomaError
 from soma.extensions import db, limiter
 from soma.forms import ActionForm
@@ -207,7 +217,8 @@ def _show_page(
 
 
 @bp.get("/<id(class_sessions):class_id>/timer")
-@limiter.exempt  # polled every second by design; it only reads
+@limiter.exempt  # its own limit, cheaper to count
+@poll_limited
 @login_required
 def timer(class_id: int):
     """The timer fragment, polled every second: one query, for the class and the viewer.
@@ -217,15 +228,20 @@ def timer(class_id: int):
     session that has been ended is logged out here, as on every other page.
 
     A class that has fallen due is settled here, then read again as the tracker does.
+
+    It renders its template alone, without the site's context processors (the
+    fragment shows no navigation, no footer, no form); the security headers are
+    added after it as on every response.
     """
-    found = service.view_for(current_user.id, class_id)
+    user = current_user._get_current_object()
+    found = service.view_for(user.id, class_id)
     if found is None:
         abort(404)
     session, session_version = found
-    if session_version != current_user.session_version:
+    if session_version != user.session_version:
         return refuse_ended_session()
     if service.due(service.clock_of(session), clock.now(), service.pause_limit()) is not None:
-        viewer = db.session.get(User, current_user.id)
+        viewer = db.session.get(User, user.id)
         found = service.class_for(viewer, class_id) if viewer is not None else None
         if found is None:
             abort(404)
@@ -234,8 +250,8 @@ def timer(class_id: int):
     shown = request.args.get("panel")
     if request.args.get("seen") != session.status or shown not in (None, panel_state(session)):
         headers["HX-Trigger"] = "class-changed"
-    page = render_template("classes/_timer.html", tracker=tracker_for(session, current_user.id))
-    return page, 200, headers
+    template = current_app.jinja_env.get_template("classes/_timer.html")
+    return template.render(tracker=tracker_for(session, user.id)), 200, headers
 
 
 @bp.get("/<id(class_sessions):class_id>/panel")
