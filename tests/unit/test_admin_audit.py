@@ -15,6 +15,9 @@ from soma.models import AdminAction, Alert, AuditRun, User
 from tests.builders import make_user
 from tests.helpers import csrf_from, fund, post_form, text_of
 
+# Every audit here runs twice: full, and incremental from a checkpoint of the new database.
+pytestmark = pytest.mark.usefixtures("audit_mode")
+
 
 @pytest.fixture
 def inline(app):
