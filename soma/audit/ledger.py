@@ -80,12 +80,11 @@ def balances_match_postings(scope: Scope = FULL) -> list[Violation]:
                 "locked"
             ),
         )
-        .outerjoin(heads, heads.c.wallet_id == Posting.wallet_id)
-        .where(Posting.seq > func.coalesce(heads.c.seq, 0))
+        .where(scope.postings(Posting.id))
         .group_by(Posting.wallet_id)
         .subquery()
     )
-    base = aliased(heads)
+    base = heads
     available = func.coalesce(base.c.available, 0) + func.coalesce(sums.c.available, 0)
     locked = func.coalesce(base.c.locked, 0) + func.coalesce(sums.c.locked, 0)
     rows = db.session.execute(
@@ -367,7 +366,7 @@ def posting_chains_hold(scope: Scope = FULL) -> list[Violation]:
             (link == Posting.hash).label("holds"),
         )
         .outerjoin(heads, heads.c.wallet_id == Posting.wallet_id)
-        .where(Posting.seq > start_seq)
+        .where(scope.postings(Posting.id))
         .subquery()
     )
     broken = select(
@@ -401,12 +400,11 @@ def _heads_not_last_postings(scope: Scope) -> list[Violation]:
     heads = scope.heads()
     last_seq = (
         select(Posting.wallet_id, func.max(Posting.seq).label("seq"))
-        .outerjoin(heads, heads.c.wallet_id == Posting.wallet_id)
-        .where(Posting.seq > func.coalesce(heads.c.seq, 0))
+        .where(scope.postings(Posting.id))
         .group_by(Posting.wallet_id)
         .subquery()
     )
-    base = aliased(heads)
+    base = heads
     last = aliased(Posting)
     seq = func.coalesce(last_seq.c.seq, base.c.seq, 0)
     link = func.coalesce(last.hash, base.c.hash, "")
