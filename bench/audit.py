@@ -61,9 +61,17 @@ def migration_head() -> str:
     return ScriptDirectory(str(ROOT / "migrations")).get_current_head()
 
 
-def exists(name: str) -> bool:
+def cached(name: str) -> bool:
+    """Whether cache `name` is complete (marked a template once built); one left
+    half-built by an interrupted run is dropped."""
     with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+    if row and not row[0]:
+        print(f"dropping the unfinished cache {name}")
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return bool(row and row[0])
 
 
 def drop_stale(head: str) -> None:
@@ -324,18 +332,18 @@ def main() -> int:
     with Databases() as dbs:
         previous = None
         for size in SIZES:
-            cached = cache_name(size, head)
-            if not exists(cached):
+            cache = cache_name(size, head)
+            if not cached(cache):
                 if previous:
-                    admin_sql(f'CREATE DATABASE "{cached}" TEMPLATE "{previous}"')
+                    admin_sql(f'CREATE DATABASE "{cache}" TEMPLATE "{previous}"')
                 else:
-                    admin_sql(f'CREATE DATABASE "{cached}"')
-                    migrate(cached)
-                seconds = extend(cached, size)
-                admin_sql(f'ALTER DATABASE "{cached}" IS_TEMPLATE true')
-                print(f"built {size:,} entries in {seconds:.0f} s (cached as {cached})")
-            previous = cached
-            work = dbs.create(f"{size // 1000}k", template=cached)
+                    admin_sql(f'CREATE DATABASE "{cache}"')
+                    migrate(cache)
+                seconds = extend(cache, size)
+                admin_sql(f'ALTER DATABASE "{cache}" IS_TEMPLATE true')
+                print(f"built {size:,} entries in {seconds:.0f} s (cached as {cache})")
+            previous = cache
+            work = dbs.create(f"{size // 1000}k", template=cache)
             full = run_audit_process(work, full=True)
             row = {"size": size, "full": full}
             if size == SIZES[-1]:
