@@ -10,7 +10,8 @@ verdict per target; it asserts nothing.
    pass) and its balances and head set: a journal the audit finds clean. Rows go in by
    COPY. Each size is kept as a template database named after the migration head
    (soma_bench_audit_<size>_<head>), so later runs only copy it; templates of another
-   head are dropped.
+   head, or left half-built, are dropped. Building is the slow part, once: minutes for
+   1M entries (the hashes in Python, the rows into indexed tables).
 2. On a copy of each size, the full audit (`soma.audit.audit(full=True)`, as
    `flask soma audit --full` runs it) in a subprocess of its own: its time, and the peak
    resident set of that process (ru_maxrss), against the same process before the audit.
