@@ -9,6 +9,7 @@ only makes sense on some backends says so with `@pytest.mark.backends("sqlite")`
 import os
 import secrets
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -267,6 +268,26 @@ def app(database_url):
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture(params=["full", "incremental"])
+def audit_mode(request, app) -> str:
+    """Run a test's audits both ways. "full": no checkpoint, so run_audit() checks every
+    row from the start. "incremental": a checkpoint of the new database first (dated long
+    ago, before any clock a test sets), so run_audit() checks, by the incremental paths,
+    every row the test makes."""
+    if request.param == "incremental":
+        from soma.audit import audit
+
+        with app.app_context():
+            app.config["SOMA_CLOCK"] = FakeClock(datetime(2000, 1, 1, tzinfo=UTC))
+            try:
+                result = audit(full=True)
+            finally:
+                app.config.pop("SOMA_CLOCK")
+            assert (result.violations, result.full) == ([], True)
+            assert result.checkpoint_id is not None
+    return request.param
 
 
 @pytest.fixture(autouse=True)

@@ -83,9 +83,10 @@ def shown_status(run: AuditRun) -> str:
     return "abandoned" if is_abandoned(run) else run.status
 
 
-def start(admin: User) -> int:
+def start(admin: User, full: bool = False) -> int:
     """Queue a run for `admin` with its admin action, in one committed transaction;
-    return its id. AuditBusy when another run is queued or running."""
+    return its id. AuditBusy when another run is queued or running. `full`: recheck
+    everything from the start, not only what the last checkpoint has not proven."""
     now = clock.now()
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
@@ -96,17 +97,20 @@ def start(admin: User) -> int:
         .values(status=AuditRunStatus.ERROR.value, error=ABANDONED)
     )
     queued = literal(AuditRunStatus.QUEUED.value)
-    values = select(queued, literal(admin.id), literal(now, AuditRun.created_at.type))
+    values = select(
+        queued, literal(admin.id), literal(now, AuditRun.created_at.type), literal(full)
+    )
     columns = values.where(~exists().where(_young(now)))
     run_id = db.session.execute(
         insert(AuditRun)
-        .from_select(["status", "started_by_id", "created_at"], columns)
+        .from_select(["status", "started_by_id", "created_at", "full"], columns)
         .returning(AuditRun.id)
     ).scalar()
     if run_id is None:
         db.session.rollback()
         raise AuditBusy
-    actions.record(admin, "run_audit", "audit_run", run_id, None, {"status": "queued"})
+    detail = {"status": "queued", **({"full": True} if full else {})}
+    actions.record(admin, "run_audit", "audit_run", run_id, None, detail)
     db.session.commit()
     return run_id
 
@@ -144,20 +148,27 @@ def work(app, run_id: int) -> None:
             db.session.remove()
 
 
-def execute(run_id: int | None) -> tuple[int, list | None]:
+def execute(run_id: int | None, full: bool | None = None) -> tuple[int, list | None]:
     """Run every check for run `run_id` (already running; None: a new one, as the CLI
-    does); store its result; return (run id, violations), None when it could not finish."""
-    from soma.audit import run_audit
+    does), incrementally from the last checkpoint unless `full` (None: as the run was
+    queued); store its result; return (run id, violations), None when it could not finish.
+    A clean run writes the next checkpoint (soma.audit.checkpoint)."""
+    import soma.audit
 
     if run_id is None:
-        run = AuditRun(status=AuditRunStatus.RUNNING.value, created_at=clock.now())
+        run = AuditRun(status=AuditRunStatus.RUNNING.value, created_at=clock.now(), full=bool(full))
         run.started_at = run.created_at
         db.session.add(run)
         db.session.commit()
         run_id = run.id
+    elif full is None:
+        full = db.session.scalar(select(AuditRun.full).where(AuditRun.id == run_id))
     began = time.monotonic()
     try:
-        found = run_audit()
+        result = soma.audit.audit(full=bool(full))
+        found = result.violations
+        if result.full and not full:  # no checkpoint to start from, or one not to trust
+            db.session.execute(update(AuditRun).where(AuditRun.id == run_id).values(full=True))
     except BaseException as error:  # Ctrl-C too: never leave the run "running"
         db.session.rollback()
         current_app.logger.exception("audit run %s: could not finish", run_id)
@@ -254,20 +265,32 @@ def audit_start():
     """Start a run, after the confirmation step; the page then follows it."""
     if not ActionForm().validate_on_submit():
         abort(400)
+    full = request.form.get("full") == "yes"
     if not confirmed():
+        if full:
+            checks = "every ledger invariant over every row (flask soma audit --full)"
+            warning = (
+                "It reads every ledger row: on a large ledger it takes a while and loads the "
+                "database. Only one run at a time."
+            )
+        else:
+            checks = (
+                "every ledger invariant over what the last checkpoint has not proven, and the "
+                "checkpoint itself (flask soma audit)"
+            )
+            warning = "Only one run at a time."
         return confirmation(
-            "Run the audit?",
+            "Run a full audit?" if full else "Run the audit?",
             [
-                ("Checks", "every ledger invariant, as flask soma audit does"),
+                ("Checks", checks),
                 ("Runs", "in the background; this page follows it"),
             ],
             "Run the audit",
             url_for("admin.audit"),
-            warning="It reads every ledger row: on a large ledger it takes a while and loads "
-            "the database. Only one run at a time.",
+            warning=warning,
         )
     try:
-        run_id = start(current_user)
+        run_id = start(current_user, full=full)
     except AuditBusy:
         flash("An audit run is already queued or running. Wait for it to finish.", "error")
         return redirect(url_for("admin.audit"), 303)

@@ -1,17 +1,25 @@
 """`flask soma audit`: prove the ledger's invariants from the stored rows (SPEC §2.10).
 
 `CHECKS` is the one list of every check, in the order they run: the ledger's own
-first, then each feature's. A check is a function returning the violations it
-found. Nothing registers itself by being imported: a new check is added here.
-Only the CLI, the admin and the tests import this package.
+first, then each feature's. A check is a function of the run's scope (soma.audit.
+checkpoint: everything, or what came after the last checkpoint) returning the
+violations it found. Nothing registers itself by being imported: a new check is added
+here. Only the CLI, the admin and the tests import this package.
+
+`run_audit()` checks what the last checkpoint has not proven (everything when there is
+none); `run_audit(full=True)` everything from the start. `audit()` does the same and,
+when the run is clean, writes the next checkpoint.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from soma.audit import classes, earnings, gifts, ledger, purchases, withdrawals
+from soma import clock
+from soma.audit import checkpoint, classes, earnings, gifts, ledger, purchases, withdrawals
+from soma.audit.checkpoint import Scope
 from soma.audit.violation import Violation
 
-CHECKS: list[Callable[[], list[Violation]]] = [
+CHECKS: list[Callable[[Scope], list[Violation]]] = [
     ledger.entries_sum_to_zero,
     ledger.entries_have_two_postings,
     ledger.balances_match_postings,
@@ -39,12 +47,42 @@ CHECKS: list[Callable[[], list[Violation]]] = [
 ]
 
 
-def run_audit() -> list[Violation]:
-    """Run every check; return the violations found (none when all holds)."""
-    found: list[Violation] = []
-    for check in CHECKS:
-        found.extend(check())
-    return found
+@dataclass(frozen=True)
+class AuditResult:
+    """What a run found, whether it checked everything, and the checkpoint it wrote."""
+
+    violations: list[Violation]
+    full: bool
+    checkpoint_id: int | None = None
 
 
-__all__ = ["CHECKS", "Violation", "run_audit"]
+def audit(full: bool = False, write_checkpoint: bool = True) -> AuditResult:
+    """Run every check in one snapshot: everything when `full` (or when there is no
+    trustworthy checkpoint), else what the last checkpoint has not proven. A clean run
+    writes the next checkpoint (when `write_checkpoint`)."""
+    started_at = clock.now()
+    checkpoint.begin_snapshot()
+    try:
+        scope, found = checkpoint.prepare(full)
+        for check in CHECKS:
+            found.extend(check(scope))
+        if not scope.full:
+            checkpoint.finish_scope()
+    except BaseException:
+        checkpoint.rollback()
+        raise
+    written = None
+    if not found and write_checkpoint:
+        written = checkpoint.write(scope.full, started_at)
+    else:
+        checkpoint.rollback()
+    return AuditResult(found, scope.full, written)
+
+
+def run_audit(full: bool = False) -> list[Violation]:
+    """Run every check (see audit()); return the violations found, none when all holds.
+    Writes no checkpoint."""
+    return audit(full, write_checkpoint=False).violations
+
+
+__all__ = ["CHECKS", "AuditResult", "Violation", "audit", "run_audit"]

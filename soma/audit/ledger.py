@@ -1,15 +1,25 @@
 """The audit's checks of the ledger itself: entries, postings and wallet balances.
 
-Each is one set-based query (or, for the chains, one ordered stream), so the
-audit's cost grows with the ledger's rows, not with round trips.
+Each is one set-based query that returns only violations (at most MOST), so the audit's
+time grows with the ledger's rows and its memory does not. The chains are checked in SQL
+too: each posting's link is recomputed from the hash before it (a window over a wallet's
+postings in seq order) by `soma_link`, migration 0009's SQL function on PostgreSQL and
+soma.ledger.core.chain_link registered on SQLite's connection.
+
+In an incremental run (soma.audit.checkpoint) the entry checks read only the entries in
+scope; a wallet's balances are its checkpointed ones plus its postings since, its chain
+continues from its checkpointed head, and its locked tokens are its checkpointed ones
+(proven equal to its open holds then) plus the holds since, less the holds closed since.
+The checks of every wallet's row (negative balances, heads) stay over all wallets: one
+row each, and a wallet's row can change without a new entry.
 """
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select, union_all
 from sqlalchemy.orm import aliased
 
-from soma.audit.violation import Violation
+from soma.audit.checkpoint import FULL, Scope
+from soma.audit.violation import MOST, Violation
 from soma.extensions import db
-from soma.ledger.core import chain_link
 from soma.ledger.operations import HOLD_KINDS
 from soma.ledger.pricing import value_cents_sql
 from soma.models import (
@@ -21,18 +31,18 @@ from soma.models import (
     Wallet,
 )
 
-# Postings read at a time while the chains are recomputed: memory stays bounded.
-CHAIN_BATCH = 5000
-
 # Kinds whose tokens are what the payee got: the held tokens less those returned.
 SETTLE_KINDS = (EntryKind.CLASS_SETTLE.value, EntryKind.WITHDRAWAL_PAID.value)
 
 
-def entries_sum_to_zero() -> list[Violation]:
+def entries_sum_to_zero(scope: Scope = FULL) -> list[Violation]:
     rows = db.session.execute(
         select(Posting.entry_id, func.sum(Posting.amount))
+        .where(scope.entries(Posting.entry_id))
         .group_by(Posting.entry_id)
         .having(func.sum(Posting.amount) != 0)
+        .order_by(Posting.entry_id)
+        .limit(MOST)
     ).all()
     return [
         Violation("entry-unbalanced", f"entry {entry_id} postings sum to {total}, not 0")
@@ -40,12 +50,15 @@ def entries_sum_to_zero() -> list[Violation]:
     ]
 
 
-def entries_have_two_postings() -> list[Violation]:
+def entries_have_two_postings(scope: Scope = FULL) -> list[Violation]:
     rows = db.session.execute(
         select(JournalEntry.id, func.count(Posting.id))
         .outerjoin(Posting, Posting.entry_id == JournalEntry.id)
+        .where(scope.entries(JournalEntry.id))
         .group_by(JournalEntry.id)
         .having(func.count(Posting.id) < 2)
+        .order_by(JournalEntry.id)
+        .limit(MOST)
     ).all()
     return [
         Violation("entry-incomplete", f"entry {entry_id} has {count} posting(s), not 2 or more")
@@ -53,7 +66,10 @@ def entries_have_two_postings() -> list[Violation]:
     ]
 
 
-def balances_match_postings() -> list[Violation]:
+def balances_match_postings(scope: Scope = FULL) -> list[Violation]:
+    """Each wallet's balances are what its postings sum to: in an incremental run, its
+    checkpointed balances plus its postings past its checkpointed head."""
+    heads = scope.heads()
     sums = (
         select(
             Posting.wallet_id,
@@ -64,11 +80,13 @@ def balances_match_postings() -> list[Violation]:
                 "locked"
             ),
         )
+        .where(scope.postings(Posting.id))
         .group_by(Posting.wallet_id)
         .subquery()
     )
-    available = func.coalesce(sums.c.available, 0)
-    locked = func.coalesce(sums.c.locked, 0)
+    base = heads
+    available = func.coalesce(base.c.available, 0) + func.coalesce(sums.c.available, 0)
+    locked = func.coalesce(base.c.locked, 0) + func.coalesce(sums.c.locked, 0)
     rows = db.session.execute(
         select(
             Wallet.id,
@@ -80,7 +98,10 @@ def balances_match_postings() -> list[Violation]:
             locked,
         )
         .outerjoin(sums, sums.c.wallet_id == Wallet.id)
+        .outerjoin(base, base.c.wallet_id == Wallet.id)
         .where(or_(Wallet.available != available, Wallet.locked != locked))
+        .order_by(Wallet.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -92,11 +113,12 @@ def balances_match_postings() -> list[Violation]:
     ]
 
 
-def no_negative_balances() -> list[Violation]:
+def no_negative_balances(scope: Scope = FULL) -> list[Violation]:
     rows = db.session.execute(
-        select(Wallet.id, Wallet.user_id, Wallet.code, Wallet.available, Wallet.locked).where(
-            or_(and_(Wallet.available < 0, ~Wallet.is_source), Wallet.locked < 0)
-        )
+        select(Wallet.id, Wallet.user_id, Wallet.code, Wallet.available, Wallet.locked)
+        .where(or_(and_(Wallet.available < 0, ~Wallet.is_source), Wallet.locked < 0))
+        .order_by(Wallet.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -107,7 +129,7 @@ def no_negative_balances() -> list[Violation]:
     ]
 
 
-def holds_close_with_their_amount() -> list[Violation]:
+def holds_close_with_their_amount(scope: Scope = FULL) -> list[Violation]:
     """A settle or release gives up exactly the tokens its hold locked, from that wallet."""
     closing = aliased(JournalEntry)
     hold_leg = aliased(Posting)
@@ -126,8 +148,10 @@ def holds_close_with_their_amount() -> list[Violation]:
                 close_leg.wallet_id == hold_leg.wallet_id,
             ),
         )
-        .where(closing.closes_entry_id.is_not(None))
+        .where(closing.closes_entry_id.is_not(None), scope.entries(closing.id))
         .where(or_(close_leg.amount.is_(None), close_leg.amount != -hold_leg.amount))
+        .order_by(closing.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -139,26 +163,68 @@ def holds_close_with_their_amount() -> list[Violation]:
     ]
 
 
-def locked_equals_open_holds() -> list[Violation]:
-    """A user's locked tokens are exactly those of their holds that nothing has closed yet."""
-    closing = aliased(JournalEntry)
-    open_holds = (
-        select(Posting.wallet_id, func.sum(Posting.amount).label("held"))
-        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(
-            JournalEntry.kind.in_([kind.value for kind in HOLD_KINDS]),
-            Posting.bucket == Bucket.LOCKED.value,
-            ~exists().where(closing.closes_entry_id == JournalEntry.id),
+def locked_equals_open_holds(scope: Scope = FULL) -> list[Violation]:
+    """A user's locked tokens are exactly those of their holds that nothing has closed yet.
+
+    Incrementally: the checkpointed locked tokens (then proven equal to the open holds),
+    plus what the holds in scope locked, less what the holds closed by entries in scope
+    had locked (a hold made and closed since counts both ways)."""
+    hold_kinds = [kind.value for kind in HOLD_KINDS]
+    if scope.full:
+        closing = aliased(JournalEntry)
+        held_now = (
+            select(Posting.wallet_id, func.sum(Posting.amount).label("held"))
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(
+                JournalEntry.kind.in_(hold_kinds),
+                Posting.bucket == Bucket.LOCKED.value,
+                ~exists().where(closing.closes_entry_id == JournalEntry.id),
+            )
+            .group_by(Posting.wallet_id)
+            .subquery()
         )
-        .group_by(Posting.wallet_id)
-        .subquery()
-    )
-    held = func.coalesce(open_holds.c.held, 0)
+        held = func.coalesce(held_now.c.held, 0)
+        query = select(Wallet.id, Wallet.user_id, Wallet.locked, held).outerjoin(
+            held_now, held_now.c.wallet_id == Wallet.id
+        )
+    else:
+        closing = aliased(JournalEntry)
+        opened = (
+            select(Posting.wallet_id, Posting.amount)
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(
+                JournalEntry.kind.in_(hold_kinds),
+                Posting.bucket == Bucket.LOCKED.value,
+                scope.entries(JournalEntry.id),
+            )
+        )
+        closed = (
+            select(Posting.wallet_id, -Posting.amount)
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .join(closing, closing.closes_entry_id == JournalEntry.id)
+            .where(
+                JournalEntry.kind.in_(hold_kinds),
+                Posting.bucket == Bucket.LOCKED.value,
+                scope.entries(closing.id),
+            )
+        )
+        moves = union_all(opened, closed).subquery()
+        since = (
+            select(moves.c.wallet_id, func.sum(moves.c.amount).label("held"))
+            .group_by(moves.c.wallet_id)
+            .subquery()
+        )
+        heads = scope.heads()
+        held = func.coalesce(heads.c.locked, 0) + func.coalesce(since.c.held, 0)
+        query = (
+            select(Wallet.id, Wallet.user_id, Wallet.locked, held)
+            .outerjoin(since, since.c.wallet_id == Wallet.id)
+            .outerjoin(heads, heads.c.wallet_id == Wallet.id)
+        )
     rows = db.session.execute(
-        select(Wallet.id, Wallet.user_id, Wallet.locked, held)
-        .outerjoin(open_holds, open_holds.c.wallet_id == Wallet.id)
-        .where(Wallet.user_id.is_not(None), Wallet.locked != held)
+        query.where(Wallet.user_id.is_not(None), Wallet.locked != held)
         .order_by(Wallet.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -170,13 +236,17 @@ def locked_equals_open_holds() -> list[Violation]:
     ]
 
 
-def entry_tokens_match_postings() -> list[Violation]:
+def entry_tokens_match_postings(scope: Scope = FULL) -> list[Violation]:
     """An entry's tokens are what its postings moved (see soma.ledger.operations): for a
     settle, what the payee got; for every other kind, the sum of its positive postings
     (a hold's locked amount, a release's returned amount, a credit's or a transfer's)."""
     payer = (
         select(Posting.entry_id, Posting.wallet_id)
-        .where(Posting.bucket == Bucket.LOCKED.value, Posting.amount < 0)
+        .where(
+            Posting.bucket == Bucket.LOCKED.value,
+            Posting.amount < 0,
+            scope.entries(Posting.entry_id),
+        )
         .subquery()
     )
     to_payee = and_(
@@ -190,9 +260,11 @@ def entry_tokens_match_postings() -> list[Violation]:
         select(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens, moved)
         .join(Posting, Posting.entry_id == JournalEntry.id)
         .outerjoin(payer, payer.c.entry_id == JournalEntry.id)
+        .where(scope.entries(JournalEntry.id))
         .group_by(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens)
         .having(JournalEntry.tokens != moved)
         .order_by(JournalEntry.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -203,15 +275,17 @@ def entry_tokens_match_postings() -> list[Violation]:
     ]
 
 
-def postings_repeat_their_entry() -> list[Violation]:
+def postings_repeat_their_entry(scope: Scope = FULL) -> list[Violation]:
     """A posting's kind and time are copies of its entry's (history reads them from it)."""
     rows = db.session.execute(
         select(Posting.id, Posting.entry_id)
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
         .where(
-            or_(Posting.kind != JournalEntry.kind, Posting.created_at != JournalEntry.created_at)
+            or_(Posting.kind != JournalEntry.kind, Posting.created_at != JournalEntry.created_at),
+            scope.entries(JournalEntry.id),
         )
         .order_by(Posting.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -222,17 +296,21 @@ def postings_repeat_their_entry() -> list[Violation]:
     ]
 
 
-def entry_values_match_pricing() -> list[Violation]:
+def entry_values_match_pricing(scope: Scope = FULL) -> list[Violation]:
     """An entry's frozen USD values are its tokens at the rates in force when it was made."""
     student = value_cents_sql(PricingUserType.STUDENT, JournalEntry.tokens, JournalEntry.created_at)
     teacher = value_cents_sql(PricingUserType.TEACHER, JournalEntry.tokens, JournalEntry.created_at)
-    values = select(
-        JournalEntry.id.label("entry_id"),
-        JournalEntry.usd_cents,
-        JournalEntry.teacher_usd_cents,
-        student.label("student_cents"),
-        teacher.label("teacher_cents"),
-    ).subquery()
+    values = (
+        select(
+            JournalEntry.id.label("entry_id"),
+            JournalEntry.usd_cents,
+            JournalEntry.teacher_usd_cents,
+            student.label("student_cents"),
+            teacher.label("teacher_cents"),
+        )
+        .where(scope.entries(JournalEntry.id))
+        .subquery()
+    )
     rows = db.session.execute(
         select(values)
         .where(
@@ -244,6 +322,7 @@ def entry_values_match_pricing() -> list[Violation]:
             )
         )
         .order_by(values.c.entry_id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -255,72 +334,88 @@ def entry_values_match_pricing() -> list[Violation]:
     ]
 
 
-def posting_chains_hold() -> list[Violation]:
+def posting_chains_hold(scope: Scope = FULL) -> list[Violation]:
     """Recompute every wallet's hash chain (see soma.ledger.core) and name, per wallet,
     the first broken link: a posting edited past the append-only triggers no longer
-    hashes to what it says, though every balance may still add up. Seq has no gaps."""
-    rows = db.session.execute(
+    hashes to what it says, though every balance may still add up. Seq has no gaps.
+
+    Each link is checked against the stored hash before it (a window over the wallet's
+    postings by seq), from the start or from the checkpointed head: an edited posting
+    breaks its own link, an edited hash its own and the next."""
+    heads = scope.heads()
+    window = {"partition_by": Posting.wallet_id, "order_by": Posting.seq}
+    start_seq = func.coalesce(heads.c.seq, 0)
+    previous_seq = func.lag(Posting.seq, 1, start_seq).over(**window)
+    previous_hash = func.lag(Posting.hash, 1, func.coalesce(heads.c.hash, "")).over(**window)
+    link = func.soma_link(
+        previous_hash,
+        Posting.entry_id,
+        Posting.wallet_id,
+        Posting.seq,
+        Posting.bucket,
+        Posting.amount,
+        Posting.available_after,
+        Posting.locked_after,
+    )
+    links = (
         select(
             Posting.wallet_id,
             Posting.seq,
             Posting.id,
-            Posting.entry_id,
-            Posting.bucket,
-            Posting.amount,
-            Posting.available_after,
-            Posting.locked_after,
-            Posting.hash,
+            previous_seq.label("previous_seq"),
+            (link == Posting.hash).label("holds"),
         )
-        .order_by(Posting.wallet_id, Posting.seq)
-        .execution_options(yield_per=CHAIN_BATCH)
+        .outerjoin(heads, heads.c.wallet_id == Posting.wallet_id)
+        .where(scope.postings(Posting.id))
+        .subquery()
     )
+    broken = select(
+        links,
+        func.row_number().over(partition_by=links.c.wallet_id, order_by=links.c.seq).label("nth"),
+    ).where(or_(links.c.seq != links.c.previous_seq + 1, ~links.c.holds))
+    broken = broken.subquery()
+    rows = db.session.execute(
+        select(broken.c.wallet_id, broken.c.seq, broken.c.id, broken.c.previous_seq)
+        .where(broken.c.nth == 1)
+        .order_by(broken.c.wallet_id)
+        .limit(MOST)
+    ).all()
     found = []
-    wallet_id, seq, link, broken = None, 0, "", False
-    for row in rows:
-        if row.wallet_id != wallet_id:
-            wallet_id, seq, link, broken = row.wallet_id, 0, "", False
-        if broken:
-            continue
-        if row.seq != seq + 1:
-            found.append(
-                Violation(
-                    "posting-chain",
-                    f"wallet {wallet_id} jumps from seq {seq} to seq {row.seq} (posting {row.id})",
-                )
+    for wallet_id, seq, posting_id, before in rows:
+        if seq != before + 1:
+            detail = f"wallet {wallet_id} jumps from seq {before} to seq {seq}"
+            detail += f" (posting {posting_id})"
+        else:
+            detail = (
+                f"wallet {wallet_id} breaks at seq {seq} (posting {posting_id}): its content "
+                "and the chain before it do not hash to its hash"
             )
-            broken = True
-            continue
-        seq = row.seq
-        content = (row.bucket, row.amount, row.available_after, row.locked_after)
-        link = chain_link(link, row.entry_id, wallet_id, seq, *content)
-        if link != row.hash:
-            found.append(
-                Violation(
-                    "posting-chain",
-                    f"wallet {wallet_id} breaks at seq {seq} (posting {row.id}): its content "
-                    "and the chain before it do not hash to its hash",
-                )
-            )
-            broken = True
-    return found + _heads_not_last_postings()
+        found.append(Violation("posting-chain", detail))
+    return found + _heads_not_last_postings(scope)
 
 
-def _heads_not_last_postings() -> list[Violation]:
-    """Each wallet's chain head is its last posting's seq and hash (0 and '' if none)."""
+def _heads_not_last_postings(scope: Scope) -> list[Violation]:
+    """Each wallet's chain head is its last posting's seq and hash (0 and '' if none;
+    in an incremental run, the checkpointed head if none since)."""
+    heads = scope.heads()
     last_seq = (
         select(Posting.wallet_id, func.max(Posting.seq).label("seq"))
+        .where(scope.postings(Posting.id))
         .group_by(Posting.wallet_id)
         .subquery()
     )
+    base = heads
     last = aliased(Posting)
-    seq = func.coalesce(last_seq.c.seq, 0)
-    link = func.coalesce(last.hash, "")
+    seq = func.coalesce(last_seq.c.seq, base.c.seq, 0)
+    link = func.coalesce(last.hash, base.c.hash, "")
     rows = db.session.execute(
         select(Wallet.id, Wallet.head_seq, seq)
         .outerjoin(last_seq, last_seq.c.wallet_id == Wallet.id)
         .outerjoin(last, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
+        .outerjoin(base, base.c.wallet_id == Wallet.id)
         .where(or_(Wallet.head_seq != seq, Wallet.head_hash != link))
         .order_by(Wallet.id)
+        .limit(MOST)
     ).all()
     return [
         Violation(

@@ -1,18 +1,60 @@
 """The audit's checks of purchases (SPEC §2.10): every paid purchase credited exactly once;
-every refund and dispute's tokens held back as its record says, and the status it makes."""
+every refund and dispute's tokens held back as its record says, and the status it makes.
 
-from sqlalchemy import and_, case, func, or_, select
+The credit check finds the wrong purchases in SQL. The reversal checks aggregate in SQL
+and read, in Python, only purchases with reversals or refunds (a few), one at a time.
+In an incremental run they look at the purchases named by an entry in scope (directly
+or through a reversal), those made since the checkpoint, those whose `updated_at` (set
+on every status change) is since it, and those whose reversals are new, or were made or
+resolved since it. An edit of an old purchase that leaves `updated_at` alone is left to
+`--full`.
+"""
 
-from soma.audit.violation import Violation
+from sqlalchemy import and_, case, func, or_, select, true
+
+from soma.audit.checkpoint import FULL, Scope
+from soma.audit.violation import MOST, Violation
 from soma.extensions import db
 from soma.models import EntryKind, JournalEntry, PlatformAccount, Posting, Purchase, Wallet
 from soma.models.purchase import CREDITED, PurchaseReversal
 from soma.purchases.reversals import derived_status, due
 
 
-def purchases_credited_exactly_once() -> list[Violation]:
+def _purchases_in_scope(scope: Scope):
+    """SQL: a purchase is in the run's scope (see the module's docstring)."""
+    if scope.full:
+        return true()
+    reversals = (
+        select(PurchaseReversal.purchase_id)
+        .where(
+            or_(
+                scope.named(PurchaseReversal.id, "reversal"),
+                scope.newer(PurchaseReversal.id, "through_reversal_id"),
+                scope.changed(PurchaseReversal.created_at),
+                scope.changed(PurchaseReversal.resolved_at),
+            )
+        )
+        .correlate(None)
+    )
+    return or_(
+        scope.named(Purchase.id, "purchase"),
+        scope.newer(Purchase.id, "through_purchase_id"),
+        scope.changed(Purchase.updated_at),
+        Purchase.id.in_(reversals),
+    )
+
+
+def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
     """A paid purchase has one purchase entry of its tokens and, if it has a bonus, one
     bonus entry of it; a purchase never paid has neither."""
+    purchase_in_scope = _purchases_in_scope(scope)
+    in_scope = (
+        true()
+        if scope.full
+        else JournalEntry.reference_id.in_(
+            select(Purchase.id).where(purchase_in_scope).correlate(None)
+        )
+    )
     kind = JournalEntry.kind
     entries = (
         select(
@@ -26,9 +68,25 @@ def purchases_credited_exactly_once() -> list[Violation]:
                 "bonus"
             ),
         )
-        .where(JournalEntry.reference_type == "purchase")
+        .where(JournalEntry.reference_type == "purchase", in_scope)
         .group_by(JournalEntry.reference_id)
         .subquery()
+    )
+    credits = func.coalesce(entries.c.credits, 0)
+    credited = func.coalesce(entries.c.credited, 0)
+    bonuses = func.coalesce(entries.c.bonuses, 0)
+    bonus = func.coalesce(entries.c.bonus, 0)
+    wrong = or_(
+        and_(
+            Purchase.status.in_(CREDITED),
+            or_(
+                credits != 1,
+                credited != Purchase.tokens,
+                bonuses != case((Purchase.bonus_tokens != 0, 1), else_=0),
+                bonus != Purchase.bonus_tokens,
+            ),
+        ),
+        and_(Purchase.status.not_in(CREDITED), or_(credits != 0, bonuses != 0)),
     )
     rows = db.session.execute(
         select(
@@ -36,11 +94,15 @@ def purchases_credited_exactly_once() -> list[Violation]:
             Purchase.status,
             Purchase.tokens,
             Purchase.bonus_tokens,
-            func.coalesce(entries.c.credits, 0),
-            func.coalesce(entries.c.credited, 0),
-            func.coalesce(entries.c.bonuses, 0),
-            func.coalesce(entries.c.bonus, 0),
-        ).outerjoin(entries, entries.c.purchase_id == Purchase.id)
+            credits,
+            credited,
+            bonuses,
+            bonus,
+        )
+        .outerjoin(entries, entries.c.purchase_id == Purchase.id)
+        .where(purchase_in_scope, wrong)
+        .order_by(Purchase.id)
+        .limit(MOST)
     ).all()
     found = []
     for purchase_id, status, tokens, bonus_tokens, credits, credited, bonuses, bonus in rows:
@@ -61,7 +123,7 @@ REVERSING = (EntryKind.REFUND.value, EntryKind.ADJUSTMENT.value)
 PARTS = {PlatformAccount.ISSUANCE.value: 0, PlatformAccount.PROMOTIONS.value: 1}
 
 
-def reversal_entries_match_their_reversals() -> list[Violation]:
+def reversal_entries_match_their_reversals(scope: Scope = FULL) -> list[Violation]:
     """Every refund and adjustment entry that names a reversal or a purchase (before
     reversals were records, refunds named the purchase) names one that exists, and each
     purchase's such entries net to what its reversals say they hold back: purchased
@@ -77,6 +139,12 @@ def reversal_entries_match_their_reversals() -> list[Violation]:
     purchase_of_entry = and_(
         JournalEntry.reference_type == "purchase", Purchase.id == JournalEntry.reference_id
     )
+    scoped = select(Purchase.id).where(_purchases_in_scope(scope)).correlate(None)
+    in_scope = (
+        true()
+        if scope.full
+        else or_(owner.in_(scoped), and_(owner.is_(None), scope.entries(JournalEntry.id)))
+    )
     netted = db.session.execute(
         select(owner, Wallet.code, func.sum(Posting.amount))
         .select_from(JournalEntry)
@@ -88,6 +156,7 @@ def reversal_entries_match_their_reversals() -> list[Violation]:
             JournalEntry.kind.in_(REVERSING),
             JournalEntry.reference_type.in_(("reversal", "purchase")),
             Wallet.code.in_(list(PARTS)),
+            in_scope,
         )
         .group_by(owner, Wallet.code)
     ).all()
@@ -107,7 +176,9 @@ def reversal_entries_match_their_reversals() -> list[Violation]:
                 PurchaseReversal.purchase_id,
                 func.sum(PurchaseReversal.tokens_taken),
                 func.sum(PurchaseReversal.bonus_taken),
-            ).group_by(PurchaseReversal.purchase_id)
+            )
+            .where(true() if scope.full else PurchaseReversal.purchase_id.in_(scoped))
+            .group_by(PurchaseReversal.purchase_id)
         )
     }
     for purchase_id in sorted(set(moved) | set(held)):
@@ -123,30 +194,42 @@ def reversal_entries_match_their_reversals() -> list[Violation]:
     return found
 
 
-def purchase_status_follows_reversals() -> list[Violation]:
+def purchase_status_follows_reversals(scope: Scope = FULL) -> list[Violation]:
     """A credited purchase's status is what its reversals make it (paid, refunded or
     disputed), and each reversal holds back or is owed exactly what the set of active
     reversals makes it due. (Purchases refunded before reversals were records keep the
-    old scheme's rounding, so only their status is checked.)"""
-    by_purchase: dict[int, list[PurchaseReversal]] = {}
-    for reversal in db.session.scalars(select(PurchaseReversal).order_by(PurchaseReversal.id)):
-        by_purchase.setdefault(reversal.purchase_id, []).append(reversal)
-    legacy = set(
-        db.session.scalars(
-            select(JournalEntry.reference_id)
-            .where(JournalEntry.reference_type == "purchase", JournalEntry.kind.in_(REVERSING))
-            .distinct()
+    old scheme's rounding, so only their status is checked.) Read one purchase, and its
+    reversals, at a time."""
+    legacy = (
+        select(JournalEntry.id)
+        .where(
+            JournalEntry.reference_type == "purchase",
+            JournalEntry.reference_id == Purchase.id,
+            JournalEntry.kind.in_(REVERSING),
         )
+        .exists()
     )
-    found = []
-    looked_at = db.session.scalars(
-        select(Purchase).where(
+    looked_at = db.session.execute(
+        select(Purchase, legacy)
+        .where(
             Purchase.status.in_(CREDITED),
             or_(Purchase.status != "paid", Purchase.id.in_(select(PurchaseReversal.purchase_id))),
+            _purchases_in_scope(scope),
         )
+        .order_by(Purchase.id)
+        .execution_options(yield_per=500)
     )
-    for purchase in looked_at:
-        mine = by_purchase.get(purchase.id, [])
+    found = []
+    for purchase, is_legacy in looked_at:
+        if len(found) >= MOST:
+            break
+        mine = list(
+            db.session.scalars(
+                select(PurchaseReversal)
+                .where(PurchaseReversal.purchase_id == purchase.id)
+                .order_by(PurchaseReversal.id)
+            )
+        )
         expected = derived_status(purchase, mine)
         if purchase.status != expected:
             found.append(
@@ -155,7 +238,7 @@ def purchase_status_follows_reversals() -> list[Violation]:
                     f"purchase {purchase.id} is {purchase.status}; its reversals say {expected}",
                 )
             )
-        if purchase.id in legacy:
+        if is_legacy:
             continue
         owed = due(purchase, mine)
         for reversal in mine:

@@ -12,3 +12,7 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.check}: {self.detail}"
+
+
+# The most violations one check names: a ledger broken everywhere is reported, not listed.
+MOST = 1000

@@ -12,14 +12,24 @@ redemption. No other withdrawal is named by an adjustment.
 The last is a violation rather than a warning on purpose: there is no alerts table yet
 (issue 13), and `flask soma audit` exiting 1 is what an operator's monitoring already
 watches. The sweeper logs the same withdrawals as a warning on each pass.
+
+An incremental run looks at the withdrawals named by an entry in scope, those made since
+the checkpoint, those whose `updated_at` (set on every status change) is since it, and
+every one still open (requested or processing: the stuck check reads those anyway); the
+entries it reads are theirs and those in scope. The fee total is then the scoped
+withdrawals' (the same sum, split). An edit of an old finished withdrawal that leaves
+`updated_at` alone is left to `--full`. The settlement check reads the scoped
+withdrawals' entries into Python, grouped by withdrawal (withdrawals are few next to
+entries); the others find the wrong ones in SQL.
 """
 
 from collections import defaultdict
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select, true
 from sqlalchemy.orm import aliased
 
-from soma.audit.violation import Violation
+from soma.audit.checkpoint import FULL, Scope
+from soma.audit.violation import MOST, Violation
 from soma.extensions import db
 from soma.ledger.pricing import pricing_in_force_query
 from soma.models import (
@@ -48,7 +58,27 @@ KINDS = (HOLD, PAID, RELEASE, REVERSAL)
 NAMES_A_WITHDRAWAL = JournalEntry.reference_type == "withdrawal"
 
 
-def _entries_by_withdrawal() -> dict[int, dict[str, list[tuple[int, int]]]]:
+def _in_scope(scope: Scope):
+    """SQL: a withdrawal is in the run's scope (see the module's docstring)."""
+    if scope.full:
+        return true()
+    return or_(
+        scope.named(Withdrawal.id, "withdrawal"),
+        scope.newer(Withdrawal.id, "through_withdrawal_id"),
+        scope.changed(Withdrawal.updated_at),
+        Withdrawal.status.in_(OPEN_STATUSES),
+    )
+
+
+def _entries_in_scope(scope: Scope):
+    """SQL: an entry naming a withdrawal is in scope: its withdrawal is, or it is."""
+    if scope.full:
+        return true()
+    scoped = select(Withdrawal.id).where(_in_scope(scope)).correlate(None)
+    return or_(JournalEntry.reference_id.in_(scoped), scope.entries(JournalEntry.id))
+
+
+def _entries_by_withdrawal(scope: Scope) -> dict[int, dict[str, list[tuple[int, int]]]]:
     """{withdrawal id: {kind: [(entry id, tokens)]}} of the entries that name a withdrawal.
 
     (The ledger's own operations may hold and close a withdrawal hold naming nothing,
@@ -57,7 +87,7 @@ def _entries_by_withdrawal() -> dict[int, dict[str, list[tuple[int, int]]]]:
     """
     rows = db.session.execute(
         select(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens, JournalEntry.reference_id)
-        .where(NAMES_A_WITHDRAWAL)
+        .where(NAMES_A_WITHDRAWAL, _entries_in_scope(scope))
         .order_by(JournalEntry.id)
     ).all()
     found: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -66,14 +96,14 @@ def _entries_by_withdrawal() -> dict[int, dict[str, list[tuple[int, int]]]]:
     return found
 
 
-def _platform_legs(kind: str = PAID) -> dict[int, dict[str, int]]:
+def _platform_legs(scope: Scope, kind: str = PAID) -> dict[int, dict[str, int]]:
     """{entry id: {platform account code, or "user:<id>:<bucket>": tokens}} of the `kind`
     entries naming a withdrawal: where each payout's (or reversal's) tokens went."""
     rows = db.session.execute(
         select(Posting.entry_id, Wallet.code, Wallet.user_id, Posting.bucket, Posting.amount)
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(JournalEntry.kind == kind, NAMES_A_WITHDRAWAL)
+        .where(JournalEntry.kind == kind, NAMES_A_WITHDRAWAL, _entries_in_scope(scope))
     ).all()
     legs: dict[int, dict[str, int]] = defaultdict(dict)
     for entry_id, code, user_id, bucket, amount in rows:
@@ -84,13 +114,13 @@ def _platform_legs(kind: str = PAID) -> dict[int, dict[str, int]]:
     return legs
 
 
-def withdrawals_settled_exactly_once() -> list[Violation]:
+def withdrawals_settled_exactly_once(scope: Scope = FULL) -> list[Violation]:
     """Each withdrawal held its tokens once (the hold it names); a paid one retired exactly
     them once (its fee tokens to fees, the rest to redemption); a failed or rejected one
     released exactly them once; one still requested or processing has only its hold. Every
     entry that names a withdrawal is of a withdrawal's kinds and names one that exists."""
-    entries, found = _entries_by_withdrawal(), []
-    legs, reversal_legs = _platform_legs(), _platform_legs(REVERSAL)
+    entries, found = _entries_by_withdrawal(scope), []
+    legs, reversal_legs = _platform_legs(scope), _platform_legs(scope, REVERSAL)
     withdrawals = db.session.execute(
         select(
             Withdrawal.id,
@@ -101,7 +131,9 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
             Withdrawal.closed_entry_id,
             Withdrawal.user_id,
             Withdrawal.reversed_at,
-        ).order_by(Withdrawal.id)
+        )
+        .where(_in_scope(scope))
+        .order_by(Withdrawal.id)
     ).all()
     known = set()
     for row in withdrawals:
@@ -164,27 +196,41 @@ def withdrawals_settled_exactly_once() -> list[Violation]:
                 )
     for withdrawal_id in sorted(set(entries) - known):
         found.append(f"withdrawal entries name withdrawal {withdrawal_id}, which does not exist")
-    return [Violation("withdrawal-settlement", detail) for detail in found]
+    return [Violation("withdrawal-settlement", detail) for detail in found[:MOST]]
 
 
-def withdrawal_fees_add_up() -> list[Violation]:
+def withdrawal_fees_add_up(scope: Scope = FULL) -> list[Violation]:
     """Each withdrawal's net and fee make what was asked for, and the fees account's tokens
     from payouts are exactly the paid withdrawals' fee tokens."""
     found = [
         f"withdrawal {withdrawal_id}: net {net} + fee {fee} is not the {asked} cents asked"
         for withdrawal_id, asked, fee, net in db.session.execute(
-            select(
-                Withdrawal.id, Withdrawal.usd_cents, Withdrawal.fee_cents, Withdrawal.net_cents
-            ).where(Withdrawal.net_cents + Withdrawal.fee_cents != Withdrawal.usd_cents)
+            select(Withdrawal.id, Withdrawal.usd_cents, Withdrawal.fee_cents, Withdrawal.net_cents)
+            .where(Withdrawal.net_cents + Withdrawal.fee_cents != Withdrawal.usd_cents)
+            .where(_in_scope(scope))
+            .order_by(Withdrawal.id)
+            .limit(MOST)
         ).all()
     ]
-    fee_tokens_due = sum(
-        db.session.scalars(
-            select(Withdrawal.fee_tokens).where(Withdrawal.status == WithdrawalStatus.PAID.value)
+    fee_tokens_due = int(
+        db.session.scalar(
+            select(func.coalesce(func.sum(Withdrawal.fee_tokens), 0)).where(
+                Withdrawal.status == WithdrawalStatus.PAID.value, _in_scope(scope)
+            )
         )
     )
-    fees_received = sum(
-        legs.get(PlatformAccount.FEES.value, 0) for legs in _platform_legs().values()
+    fees_received = int(
+        db.session.scalar(
+            select(func.coalesce(func.sum(Posting.amount), 0))
+            .join(Wallet, Wallet.id == Posting.wallet_id)
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(
+                JournalEntry.kind == PAID,
+                NAMES_A_WITHDRAWAL,
+                _entries_in_scope(scope),
+                Wallet.code == PlatformAccount.FEES.value,
+            )
+        )
     )
     if fees_received != fee_tokens_due:
         found.append(
@@ -194,8 +240,9 @@ def withdrawal_fees_add_up() -> list[Violation]:
     return [Violation("withdrawal-fees", detail) for detail in found]
 
 
-def no_withdrawal_processing_too_long() -> list[Violation]:
-    """No withdrawal has been processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES."""
+def no_withdrawal_processing_too_long(scope: Scope = FULL) -> list[Violation]:
+    """No withdrawal has been processing past WITHDRAWAL_PROCESSING_ALERT_MINUTES (in
+    every run: the processing ones are few, and time alone makes one stuck)."""
     return [
         Violation(
             "withdrawal-stuck",
@@ -215,7 +262,7 @@ def _teacher_rate(column):
     )
 
 
-def withdrawal_amounts_follow_the_rules() -> list[Violation]:
+def withdrawal_amounts_follow_the_rules(scope: Scope = FULL) -> list[Violation]:
     """Each withdrawal's amounts are soma.payouts.amounts' for what it asked, at the teacher
     rate in force when it was made: fee = max(50 ¢, 2 % rounded down), net = asked - fee,
     tokens = the fewest worth at least the dollars asked (ceil), fee tokens = the fee's
@@ -233,7 +280,8 @@ def withdrawal_amounts_follow_the_rules() -> list[Violation]:
         fee.label("fee_due"),
         _teacher_rate(TokenPricing.tokens).label("rate_tokens"),
         _teacher_rate(TokenPricing.usd_cents).label("rate_cents"),
-    ).subquery()
+    )
+    rates = rates.where(_in_scope(scope)).subquery()
     r = rates.c
     tokens_due = (r.usd_cents * r.rate_tokens + r.rate_cents - 1) // r.rate_cents
     fee_tokens_due = r.fee_due * r.rate_tokens // r.rate_cents
@@ -260,6 +308,7 @@ def withdrawal_amounts_follow_the_rules() -> list[Violation]:
             )
         )
         .order_by(r.withdrawal_id)
+        .limit(MOST)
     ).all()
     return [
         Violation(
@@ -275,7 +324,7 @@ def withdrawal_amounts_follow_the_rules() -> list[Violation]:
     ]
 
 
-def withdrawals_belong_to_their_teacher() -> list[Violation]:
+def withdrawals_belong_to_their_teacher(scope: Scope = FULL) -> list[Violation]:
     """Each withdrawal is paid to one of its own teacher's methods, and its hold locked
     exactly its tokens on its own teacher's wallet: one locked posting, and every posting
     of the hold on that wallet (nobody else's tokens held, nobody else's locked)."""
@@ -286,7 +335,9 @@ def withdrawals_belong_to_their_teacher() -> list[Violation]:
             select(Withdrawal.id, Withdrawal.user_id, Withdrawal.method_id, PayoutMethod.user_id)
             .outerjoin(PayoutMethod, PayoutMethod.id == Withdrawal.method_id)
             .where(or_(PayoutMethod.user_id.is_(None), PayoutMethod.user_id != Withdrawal.user_id))
+            .where(_in_scope(scope))
             .order_by(Withdrawal.id)
+            .limit(MOST)
         ).all()
     ]
     own = Wallet.user_id == Withdrawal.user_id
@@ -305,6 +356,7 @@ def withdrawals_belong_to_their_teacher() -> list[Violation]:
         )
         .outerjoin(Posting, Posting.entry_id == Withdrawal.hold_entry_id)
         .outerjoin(Wallet, Wallet.id == Posting.wallet_id)
+        .where(_in_scope(scope))
         .group_by(Withdrawal.id, Withdrawal.user_id, Withdrawal.tokens)
         .having(
             or_(
@@ -314,6 +366,7 @@ def withdrawals_belong_to_their_teacher() -> list[Violation]:
             )
         )
         .order_by(Withdrawal.id)
+        .limit(MOST)
     ).all()
     found += [
         f"withdrawal {withdrawal_id} of user {user_id} holds {tokens} tokens, but its hold "
@@ -324,7 +377,7 @@ def withdrawals_belong_to_their_teacher() -> list[Violation]:
     return [Violation("withdrawal-owner", detail) for detail in found]
 
 
-def withdrawal_holds_close_with_their_status() -> list[Violation]:
+def withdrawal_holds_close_with_their_status(scope: Scope = FULL) -> list[Violation]:
     """A withdrawal's hold is closed (by any entry at all) exactly when it is finished: a
     paid one's by its WITHDRAWAL_PAID entry, a failed or rejected one's by its
     WITHDRAWAL_RELEASE entry, that entry being its `closed_entry_id` and naming it. One
@@ -370,8 +423,9 @@ def withdrawal_holds_close_with_their_status() -> list[Violation]:
             closing.reference_id,
         )
         .outerjoin(closing, closing.closes_entry_id == Withdrawal.hold_entry_id)
-        .where(or_(wrong_open, wrong_finished, wrong_reversal))
+        .where(or_(wrong_open, wrong_finished, wrong_reversal), _in_scope(scope))
         .order_by(Withdrawal.id)
+        .limit(MOST)
     ).all()
     found = []
     for (

@@ -1,5 +1,6 @@
 """All models, imported here so that Alembic and the app see every table."""
 
+from soma.models.audit import AuditCheckpoint, AuditCheckpointWallet
 from soma.models.base import Base, UTCDateTime, utcnow
 from soma.models.classes import ClassEvent, ClassSession, ClassStatus
 from soma.models.earnings import EarningsCheckpoint, EarningsMonth
@@ -45,6 +46,8 @@ __all__ = [
     "SOURCE_ACCOUNTS",
     "AdminAction",
     "Alert",
+    "AuditCheckpoint",
+    "AuditCheckpointWallet",
     "AuditRun",
     "AuditRunStatus",
     "Base",

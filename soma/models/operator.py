@@ -3,7 +3,17 @@
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from soma.models.base import Base, BigId, UTCDateTime, one_of, utcnow
@@ -104,5 +114,8 @@ class AuditRun(Base):
     violation_count: Mapped[int | None] = mapped_column(Integer)
     violations: Mapped[str | None] = mapped_column(Text)  # JSON list of strings
     error: Mapped[str | None] = mapped_column(String(500))
+    # Whether it rechecked everything from the start, or only what the last checkpoint
+    # had not proven (soma.audit.checkpoint).
+    full: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     started_by = relationship("User", foreign_keys=[started_by_id])

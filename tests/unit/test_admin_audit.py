@@ -15,6 +15,9 @@ from soma.models import AdminAction, Alert, AuditRun, User
 from tests.builders import make_user
 from tests.helpers import csrf_from, fund, post_form, text_of
 
+# Every audit here runs twice: full, and incremental from a checkpoint of the new database.
+pytestmark = pytest.mark.usefixtures("audit_mode")
+
 
 @pytest.fixture
 def inline(app):
@@ -142,7 +145,7 @@ def test_flask_soma_audit_stores_its_run_and_alerts(app, runner, client, auth):
     corrupt_two_wallets(app)
     result = runner.invoke(args=["soma", "audit"])
     assert result.exit_code == 1
-    assert "Audit FAILED: 2 violation(s)." in result.stderr
+    assert "Audit FAILED: 2 violation(s)" in result.stderr
     [run] = all_runs(app)
     assert (run.status, run.violation_count, run.started_by_id) == ("failed", 2, None)
     assert run.duration_ms is not None and run.finished_at is not None
@@ -203,10 +206,10 @@ def test_the_fragment_polls_until_the_run_is_final(app, client, auth):
 
 
 def test_a_run_that_breaks_stores_the_error_without_a_stack(app, client, auth, inline, monkeypatch):
-    def broken():
+    def broken(full=False):
         raise RuntimeError("checks could not read the ledger\n  File secret.py, line 3")
 
-    monkeypatch.setattr("soma.audit.run_audit", broken)
+    monkeypatch.setattr("soma.audit.audit", broken)
     auth.login_as("admin")
     run_confirmed(client)
     [run] = all_runs(app)

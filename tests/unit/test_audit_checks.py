@@ -21,6 +21,9 @@ from soma.extensions import db
 from soma.models import ClassSession, EntryKind, JournalEntry, PlatformAccount, Wallet
 from tests.helpers import make_user
 
+# Every audit here runs twice: full, and incremental from a checkpoint of the new database.
+pytestmark = pytest.mark.usefixtures("audit_mode")
+
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashes(monkeypatch):

@@ -3,6 +3,7 @@ service could, is named; real withdrawals on every path pass."""
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, text
 
 from soma import ledger
@@ -12,6 +13,9 @@ from soma.ledger.pricing import publish_pricing
 from soma.models import Bucket, EntryKind, Posting, PricingUserType, Wallet
 from soma.payouts import withdrawals as service
 from tests.builders import make_teacher, make_user, make_withdrawal, payout_method
+
+# Every audit here runs twice: full, and incremental from a checkpoint of the new database.
+pytestmark = pytest.mark.usefixtures("audit_mode")
 
 
 def checks(violations) -> list[str]:

@@ -21,6 +21,9 @@ from soma.wallet.history import Cursor, history_page, iter_history
 from tests.builders import make_user
 from tests.helpers import postings_of, wallet_row
 
+# Every audit here runs twice: full, and incremental from a checkpoint of the new database.
+pytestmark = pytest.mark.usefixtures("audit_mode")
+
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashes(monkeypatch):

@@ -1,0 +1,367 @@
+"""Where the audit starts from: the last checkpoint, the scope it leaves, and the next one.
+
+A clean run ends by writing an AuditCheckpoint (soma.models.audit) of the snapshot it
+checked: every wallet's chain head and balances, and the newest id of each table the
+checks scope by id. The next incremental run proves only what came after:
+
+* The checkpoint itself: its hash is recomputed from its fields, its wallet rows and the
+  hash of the checkpoint before it, for every checkpoint in the chain; any mismatch is a
+  violation, and the run then falls back to a full one (nothing it says is trusted).
+* The postings in scope (a temporary table): each wallet's past its checkpointed head,
+  found through the (wallet_id, seq) index. The entries in scope (another): those with
+  an id past the checkpoint's, and every entry of a posting in scope. Both, because an entry
+  whose transaction drew its id before the checkpoint's snapshot but committed after it
+  has a smaller id, yet its postings come after its wallets' heads (a wallet's postings
+  are numbered under its row lock). An entry with no posting at all (itself a violation)
+  is seen only when its id is past the checkpoint's.
+* Each wallet's balances are its checkpointed ones plus its postings since, and its chain
+  continues from the checkpointed head (soma.audit.ledger).
+* The objects whose rows can change without a new entry are scoped per check, as each
+  module's docstring says: by id past the checkpoint, by the entries in scope, by
+  `updated_at` since the checkpoint (less CHANGED_MARGIN, for transactions that stamped
+  their rows before the snapshot and committed after it), and by status where a row still
+  open can change.
+
+What an incremental run does not see: an edit, made after a checkpoint, of a row the
+checkpoint had already proven (an entry, a posting, a finished class, the earnings of a
+wallet with no payment since). `--full` rechecks everything from the start; run it now
+and then (the admin console offers it too). The checkpoint's hash is a plain SHA-256, not
+a keyed one: it catches an edited checkpoint, not someone who recomputes the whole chain
+(who could as well rewrite the postings' own chains).
+
+On PostgreSQL the whole run reads one REPEATABLE READ snapshot, so the checkpoint it
+writes says exactly what its checks saw. SQLite has no concurrent writers to speak of.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    Table,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    true,
+    union,
+)
+from sqlalchemy.exc import IntegrityError
+
+from soma.audit.violation import Violation
+from soma.extensions import db
+from soma.ledger.core import chain_link
+from soma.models import (
+    AuditCheckpoint,
+    AuditCheckpointWallet,
+    ClassSession,
+    Gift,
+    JournalEntry,
+    Purchase,
+    PurchaseReversal,
+    Wallet,
+    Withdrawal,
+)
+
+# Rows stamped up to this long before a checkpoint's snapshot count as changed after it.
+CHANGED_MARGIN = timedelta(hours=1)
+# Wallet rows read at a time while a checkpoint is hashed.
+HASH_BATCH = 5000
+
+# The postings and entries an incremental run checks: temporary tables, per connection.
+SCOPE_METADATA = MetaData()
+SCOPE_POSTINGS = Table(
+    "audit_scope_postings",
+    SCOPE_METADATA,
+    Column("posting_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry_id", BigInteger),
+    prefixes=["TEMPORARY"],
+)
+SCOPE_ENTRIES = Table(
+    "audit_scope_entries",
+    SCOPE_METADATA,
+    Column("entry_id", BigInteger, primary_key=True, autoincrement=False),
+    prefixes=["TEMPORARY"],
+)
+
+# Each wallet's postings past its checkpointed head, found by the (wallet_id, seq) index
+# one wallet at a time (LATERAL on PostgreSQL; SQLite's nested loop does it by itself).
+PAST_HEADS = """
+INSERT INTO audit_scope_postings (posting_id, entry_id)
+SELECT p.id, p.entry_id
+FROM wallets w
+LEFT JOIN audit_checkpoint_wallets h ON h.checkpoint_id = :checkpoint AND h.wallet_id = w.id
+"""
+PAST_HEADS_JOIN = {
+    # OFFSET 0 keeps the planner from flattening the subquery into one scan of postings.
+    "postgresql": """CROSS JOIN LATERAL (SELECT id, entry_id FROM postings
+        WHERE postings.wallet_id = w.id AND postings.seq > COALESCE(h.seq, 0) OFFSET 0) p""",
+    "sqlite": "JOIN postings p ON p.wallet_id = w.id AND p.seq > COALESCE(h.seq, 0)",
+}
+
+THROUGH = {
+    "through_entry_id": JournalEntry.id,
+    "through_class_id": ClassSession.id,
+    "through_purchase_id": Purchase.id,
+    "through_reversal_id": PurchaseReversal.id,
+    "through_gift_id": Gift.id,
+    "through_withdrawal_id": Withdrawal.id,
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a run checks: everything (`checkpoint` None), or what came after `checkpoint`."""
+
+    checkpoint: AuditCheckpoint | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def since(self) -> datetime | None:
+        """Rows stamped at or after this changed after the checkpoint (with a margin)."""
+        return None if self.full else self.checkpoint.created_at - CHANGED_MARGIN
+
+    def through(self, name: str) -> int:
+        return 0 if self.full else getattr(self.checkpoint, name)
+
+    def entries(self, column):
+        """SQL: `column` (an entry id) is in scope."""
+        if self.full:
+            return true()
+        return column.in_(select(SCOPE_ENTRIES.c.entry_id).correlate(None))
+
+    def postings(self, column):
+        """SQL: `column` (a posting id) is in scope: past its wallet's checkpointed head."""
+        if self.full:
+            return true()
+        return column.in_(select(SCOPE_POSTINGS.c.posting_id).correlate(None))
+
+    def newer(self, column, name: str):
+        """SQL: `column` (an id) is past the checkpoint's `name` (always, in a full run)."""
+        return true() if self.full else column > self.through(name)
+
+    def changed(self, column):
+        """SQL: `column` (a timestamp) is since the checkpoint (always, in a full run)."""
+        return true() if self.full else column >= self.since
+
+    def named(self, column, reference_type: str):
+        """SQL: `column` (an object's id) is named by an entry in scope of `reference_type`."""
+        if self.full:
+            return true()
+        return column.in_(
+            select(JournalEntry.reference_id)
+            .where(
+                JournalEntry.reference_type == reference_type,
+                JournalEntry.id.in_(select(SCOPE_ENTRIES.c.entry_id)),
+            )
+            .correlate(None)
+        )
+
+    def heads(self):
+        """A subquery of the checkpoint's wallet rows (none in a full run): wallet_id, seq,
+        hash, available, locked."""
+        checkpoint_id = -1 if self.full else self.checkpoint.id
+        return (
+            select(
+                AuditCheckpointWallet.wallet_id,
+                AuditCheckpointWallet.seq,
+                AuditCheckpointWallet.hash,
+                AuditCheckpointWallet.available,
+                AuditCheckpointWallet.locked,
+            )
+            .where(AuditCheckpointWallet.checkpoint_id == checkpoint_id)
+            .subquery("heads")
+        )
+
+
+FULL = Scope()
+
+
+def latest() -> AuditCheckpoint | None:
+    return db.session.scalars(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
+    ).first()
+
+
+def begin_snapshot() -> None:
+    """Start the run's one transaction: on PostgreSQL a REPEATABLE READ snapshot without
+    JIT; on SQLite, with `soma_link` (PostgreSQL has it from migration 0009)."""
+    db.session.commit()
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        # JIT compiling costs a large query a second; the audit's run in a fraction of it.
+        db.session.execute(text("SET LOCAL jit = off"))
+        return
+    raw = db.session.connection().connection.driver_connection
+    raw.create_function("soma_link", 8, chain_link, deterministic=True)
+
+
+def prepare(full: bool) -> tuple[Scope, list[Violation]]:
+    """The scope of this run and the violations of the checkpoint it starts from (a full
+    scope when asked, when there is none, or when it does not hold)."""
+    if full:
+        return FULL, []
+    checkpoint = latest()
+    if checkpoint is None:
+        return FULL, []
+    found = _checkpoints_hold()
+    if found:
+        return FULL, found
+    scope = Scope(checkpoint)
+    _fill_scope(scope)
+    return scope, []
+
+
+def _fill_scope(scope: Scope) -> None:
+    """The temporary tables of the postings and entries in scope (see the module's
+    docstring)."""
+    connection = db.session.connection()
+    postgresql = connection.dialect.name == "postgresql"
+    finish_scope()
+    SCOPE_METADATA.create_all(connection)
+    connection.execute(
+        text(PAST_HEADS + PAST_HEADS_JOIN[connection.dialect.name]),
+        {"checkpoint": scope.checkpoint.id},
+    )
+    past_id = select(JournalEntry.id).where(JournalEntry.id > scope.through("through_entry_id"))
+    connection.execute(
+        insert(SCOPE_ENTRIES).from_select(
+            ["entry_id"], union(past_id, select(SCOPE_POSTINGS.c.entry_id))
+        )
+    )
+    if postgresql:
+        connection.execute(text("ANALYZE audit_scope_postings, audit_scope_entries"))
+
+
+def finish_scope() -> None:
+    db.session.execute(text("DROP TABLE IF EXISTS audit_scope_entries"))
+    db.session.execute(text("DROP TABLE IF EXISTS audit_scope_postings"))
+
+
+# Hashes ----------------------------------------------------------------------------------
+
+
+def wallets_digest(checkpoint_id: int) -> tuple[int, str]:
+    """(count, SHA-256) of a checkpoint's wallet rows, streamed in wallet order."""
+    digest, count = hashlib.sha256(), 0
+    rows = db.session.execute(
+        select(
+            AuditCheckpointWallet.wallet_id,
+            AuditCheckpointWallet.seq,
+            AuditCheckpointWallet.hash,
+            AuditCheckpointWallet.available,
+            AuditCheckpointWallet.locked,
+        )
+        .where(AuditCheckpointWallet.checkpoint_id == checkpoint_id)
+        .order_by(AuditCheckpointWallet.wallet_id)
+        .execution_options(yield_per=HASH_BATCH)
+    )
+    for row in rows:
+        digest.update(("|".join(map(str, row)) + "\n").encode())
+        count += 1
+    return count, digest.hexdigest()
+
+
+def checkpoint_hash(checkpoint: AuditCheckpoint) -> str:
+    """The hash of a checkpoint's fields (its wallet rows by their digest) and the
+    hash of the one before it."""
+    fields = (
+        checkpoint.previous_hash,
+        checkpoint.previous_id,
+        checkpoint.id,
+        checkpoint.created_at.isoformat(),
+        int(checkpoint.full),
+        *(getattr(checkpoint, name) for name in THROUGH),
+        checkpoint.wallets,
+        checkpoint.wallets_digest,
+    )
+    return hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()
+
+
+def _checkpoints_hold() -> list[Violation]:
+    """Every checkpoint hashes to its hash and follows the one before; the newest's wallet
+    rows are the ones it hashed."""
+    found, previous = [], None
+    rows = db.session.scalars(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.id).execution_options(yield_per=500)
+    )
+    for checkpoint in rows:
+        expected_id = previous.id if previous else 0
+        expected_hash = previous.hash if previous else ""
+        if (checkpoint.previous_id, checkpoint.previous_hash) != (expected_id, expected_hash):
+            found.append(f"checkpoint {checkpoint.id} does not follow checkpoint {expected_id}")
+        if checkpoint_hash(checkpoint) != checkpoint.hash:
+            found.append(f"checkpoint {checkpoint.id}'s content does not hash to its hash")
+        previous = checkpoint
+    if previous is not None:
+        count, digest = wallets_digest(previous.id)
+        if (count, digest) != (previous.wallets, previous.wallets_digest):
+            found.append(
+                f"checkpoint {previous.id}'s {count} wallet row(s) are not the "
+                f"{previous.wallets} it hashed"
+            )
+    return [Violation("audit-checkpoint", detail) for detail in found]
+
+
+def write(full: bool, started_at: datetime) -> int | None:
+    """Checkpoint what this clean run proved, in its own snapshot; commit; return its id
+    (None when another run wrote the next checkpoint first)."""
+    previous = latest()
+    through = {
+        name: func.coalesce(select(func.max(column)).scalar_subquery(), 0)
+        for name, column in THROUGH.items()
+    }
+    values = db.session.execute(select(*(v.label(k) for k, v in through.items()))).one()
+    checkpoint = AuditCheckpoint(
+        created_at=started_at,
+        full=full,
+        previous_id=previous.id if previous else 0,
+        previous_hash=previous.hash if previous else "",
+        **values._asdict(),
+    )
+    try:
+        db.session.add(checkpoint)
+        db.session.flush()
+    except IntegrityError:
+        db.session.rollback()
+        return None
+    db.session.execute(
+        insert(AuditCheckpointWallet).from_select(
+            ["checkpoint_id", "wallet_id", "seq", "hash", "available", "locked"],
+            select(
+                literal(checkpoint.id),
+                Wallet.id,
+                Wallet.head_seq,
+                Wallet.head_hash,
+                Wallet.available,
+                Wallet.locked,
+            ),
+        )
+    )
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("ANALYZE audit_checkpoint_wallets"))
+    checkpoint.wallets, checkpoint.wallets_digest = wallets_digest(checkpoint.id)
+    checkpoint.hash = checkpoint_hash(checkpoint)
+    # Only the newest checkpoint's wallet rows are read again.
+    db.session.execute(
+        delete(AuditCheckpointWallet).where(AuditCheckpointWallet.checkpoint_id != checkpoint.id)
+    )
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return None
+    return checkpoint.id
+
+
+def rollback() -> None:
+    """End the run's snapshot without writing anything."""
+    db.session.rollback()

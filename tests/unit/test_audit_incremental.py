@@ -1,0 +1,316 @@
+"""The incremental audit: a clean run checkpoints what it proved; the next checks only what
+came after (and the checkpoint itself); `--full` rechecks everything from the start.
+
+Corruptions are made with raw SQL past the append-only triggers, as only someone
+bypassing the ledger could. A row edited BEFORE the last checkpoint is, by design, only
+caught by a full run (the incremental one takes the checkpoint's word for it); one edited
+or added AFTER it is caught by both.
+"""
+
+from sqlalchemy import func, select, text
+
+from soma import ledger
+from soma.audit import Violation, audit, checkpoint, run_audit
+from soma.extensions import db
+from soma.models import (
+    AuditCheckpoint,
+    AuditCheckpointWallet,
+    AuditRun,
+    JournalEntry,
+    Posting,
+    Wallet,
+)
+from tests.builders import (
+    make_class,
+    make_funded_user,
+    make_teacher,
+    make_user,
+    make_withdrawal,
+    paid_purchase,
+)
+from tests.helpers import csrf_from, post_form
+
+
+def allow_edits(*tables: str) -> None:
+    """Let this transaction edit append-only `tables` (see test_audit_checks)."""
+    if db.session.connection().dialect.name == "postgresql":
+        db.session.execute(text("SET LOCAL session_replication_role = replica"))
+        return
+    for table in tables:
+        db.session.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only_update"))
+
+
+def activity(tag: str) -> dict[str, int]:
+    """A purchase, a finished class, a gift and a withdrawal, by people of their own."""
+    student = make_funded_user(200)
+    teacher = make_teacher(3000)
+    friend = make_user("student")
+    paid_purchase(student)
+    make_class(student, teacher, "completed")
+    with ledger.atomic():
+        gift = ledger.transfer(student.id, friend.id, 5, key=f"gift:{tag}")
+    make_withdrawal(teacher)
+    db.session.commit()
+    return {"student": student.id, "teacher": teacher.id, "friend": friend.id, "gift": gift.id}
+
+
+def wallet_of(user_id: int) -> Wallet:
+    return db.session.scalar(select(Wallet).where(Wallet.user_id == user_id))
+
+
+def checkpoints() -> list[AuditCheckpoint]:
+    return db.session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).all()
+
+
+def test_incremental_and_full_agree_on_a_clean_ledger_and_checkpoints_chain(ctx, runner):
+    activity("one")
+    first = runner.invoke(args=["soma", "audit"])
+    assert first.exit_code == 0, first.output
+    assert "Audit passed: every ledger invariant holds (full run)." in first.stdout  # none yet
+
+    people = activity("two")
+    second = runner.invoke(args=["soma", "audit"])
+    assert second.exit_code == 0, second.output
+    assert "(incremental run)" in second.stdout
+    assert run_audit() == run_audit(full=True) == []
+
+    one, two = checkpoints()
+    assert (one.full, two.full) == (True, False)
+    assert (two.previous_id, two.previous_hash) == (one.id, one.hash)
+    assert two.through_entry_id == db.session.scalar(select(func.max(JournalEntry.id)))
+    # Only the newest keeps its wallet rows: each wallet's head and balances, as they are.
+    rows = db.session.scalars(select(AuditCheckpointWallet)).all()
+    assert {row.checkpoint_id for row in rows} == {two.id}
+    assert len(rows) == two.wallets == db.session.scalar(select(func.count(Wallet.id)))
+    student = wallet_of(people["student"])
+    [row] = [row for row in rows if row.wallet_id == student.id]
+    assert (row.seq, row.hash, row.available, row.locked) == (
+        student.head_seq,
+        student.head_hash,
+        student.available,
+        student.locked,
+    )
+    assert [run.full for run in db.session.scalars(select(AuditRun).order_by(AuditRun.id))] == [
+        True,
+        False,
+    ]
+
+    full = runner.invoke(args=["soma", "audit", "--full"])
+    assert full.exit_code == 0 and "(full run)" in full.stdout
+    assert checkpoints()[-1].full is True
+
+
+def test_an_edit_before_the_checkpoint_is_caught_by_full_only(ctx):
+    people = activity("one")
+    assert audit().checkpoint_id is not None
+    activity("two")
+    allow_edits("postings")
+    db.session.execute(
+        text("UPDATE postings SET amount = amount + 1 WHERE entry_id = :gift AND amount > 0"),
+        {"gift": people["gift"]},
+    )
+    db.session.commit()
+    # The incremental run takes the checkpoint's word for what it proved: by design.
+    assert run_audit() == []
+    found = run_audit(full=True)
+    assert (
+        Violation("entry-unbalanced", f"entry {people['gift']} postings sum to 1, not 0") in found
+    )
+    assert "posting-chain" in {violation.check for violation in found}
+    # A clean incremental run does not hide it from the next full one.
+    assert audit().violations == []
+    assert "entry-unbalanced" in {violation.check for violation in run_audit(full=True)}
+
+
+def test_an_edit_after_the_checkpoint_is_caught_by_the_incremental_run(ctx):
+    activity("one")
+    assert audit().checkpoint_id is not None
+    people = activity("two")
+    allow_edits("postings", "journal_entries")
+    db.session.execute(
+        text("UPDATE postings SET amount = amount + 1 WHERE entry_id = :gift AND amount > 0"),
+        {"gift": people["gift"]},
+    )
+    db.session.execute(
+        text("UPDATE journal_entries SET memo = 'x', tokens = 9 WHERE id = :gift"),
+        {"gift": people["gift"]},
+    )
+    db.session.commit()
+    found = run_audit()
+    assert (
+        Violation("entry-unbalanced", f"entry {people['gift']} postings sum to 1, not 0") in found
+    )
+    assert {"posting-chain", "entry-tokens-mismatch", "entry-value-mismatch"} <= {
+        violation.check for violation in found
+    }
+    assert found == run_audit(full=True)
+    # A failed run writes no checkpoint.
+    before = len(checkpoints())
+    assert audit().checkpoint_id is None
+    assert len(checkpoints()) == before
+
+
+def test_a_balance_edited_before_the_checkpoint_is_caught_by_both(ctx):
+    """A wallet's row can change with no entry: every run checks every wallet."""
+    people = activity("one")
+    assert audit().checkpoint_id is not None
+    db.session.execute(
+        text("UPDATE wallets SET available = available + 7 WHERE user_id = :id"),
+        {"id": people["friend"]},
+    )
+    db.session.commit()
+    friend = wallet_of(people["friend"])
+    expected = Violation(
+        "balance-mismatch",
+        f"wallet {friend.id} (user {people['friend']}) holds 12 available and 0 locked, "
+        "but its postings sum to 5 and 0",
+    )
+    assert expected in run_audit()
+    assert expected in run_audit(full=True)
+
+
+def test_a_posting_added_past_a_head_is_caught_by_the_incremental_run(ctx):
+    """A posting slipped in after the checkpoint, below no new entry id: its seq is past
+    its wallet's checkpointed head, so its entry is in scope."""
+    people = activity("one")
+    assert audit().checkpoint_id is not None
+    friend = wallet_of(people["friend"])
+    db.session.execute(
+        text(
+            "INSERT INTO postings (entry_id, wallet_id, bucket, amount, available_after, "
+            "locked_after, kind, created_at, seq, hash) "
+            "SELECT entry_id, wallet_id, 'locked', 3, available_after, locked_after + 3, kind, "
+            "created_at, seq + 1, hash FROM postings WHERE wallet_id = :w AND seq = :s"
+        ),
+        {"w": friend.id, "s": friend.head_seq},
+    )
+    db.session.commit()
+    found = run_audit()
+    assert (
+        Violation("entry-unbalanced", f"entry {people['gift']} postings sum to 3, not 0") in found
+    )
+    assert (
+        Violation(
+            "balance-mismatch",
+            f"wallet {friend.id} (user {people['friend']}) holds 5 available and 0 locked, "
+            "but its postings sum to 5 and 3",
+        )
+        in found
+    )
+    assert found == run_audit(full=True)
+
+
+def test_an_edited_checkpoint_is_caught_and_the_run_falls_back_to_full(ctx):
+    people = activity("one")
+    first = audit().checkpoint_id
+    activity("two")
+    second = audit().checkpoint_id
+    assert (first, second) != (None, None)
+    # Claim more than it proved, to hide later entries from the next run.
+    db.session.execute(
+        text("UPDATE audit_checkpoints SET through_entry_id = 10000 WHERE id = :c"),
+        {"c": second},
+    )
+    allow_edits("postings")
+    db.session.execute(
+        text("UPDATE postings SET amount = amount + 1 WHERE entry_id = :gift AND amount > 0"),
+        {"gift": people["gift"]},
+    )
+    db.session.commit()
+    result = audit()
+    assert result.full is True  # a checkpoint that does not hold is not trusted
+    assert (
+        Violation("audit-checkpoint", f"checkpoint {second}'s content does not hash to its hash")
+        in result.violations
+    )
+    assert (
+        Violation("entry-unbalanced", f"entry {people['gift']} postings sum to 1, not 0")
+        in result.violations
+    )
+    assert result.checkpoint_id is None
+
+
+def test_an_edited_checkpoint_wallet_row_or_a_broken_chain_of_checkpoints_is_caught(ctx):
+    people = activity("one")
+    first = audit().checkpoint_id
+    second = audit().checkpoint_id
+    student = wallet_of(people["student"])
+    db.session.execute(
+        text(
+            "UPDATE audit_checkpoint_wallets SET available = available + 5 "
+            "WHERE checkpoint_id = :c AND wallet_id = :w"
+        ),
+        {"c": second, "w": student.id},
+    )
+    db.session.commit()
+    assert run_audit() == [
+        Violation(
+            "audit-checkpoint",
+            f"checkpoint {second}'s {db.session.scalar(select(func.count(Wallet.id)))} "
+            f"wallet row(s) are not the "
+            f"{db.session.get(AuditCheckpoint, second).wallets} it hashed",
+        )
+    ]
+    db.session.execute(
+        text("UPDATE audit_checkpoint_wallets SET available = available - 5 WHERE wallet_id = :w"),
+        {"w": student.id},
+    )
+    db.session.execute(text("UPDATE audit_checkpoints SET hash = 'x' WHERE id = :c"), {"c": first})
+    db.session.commit()
+    found = run_audit()
+    assert found == [
+        Violation("audit-checkpoint", f"checkpoint {first}'s content does not hash to its hash"),
+        Violation("audit-checkpoint", f"checkpoint {second} does not follow checkpoint {first}"),
+    ]
+
+
+def test_the_admin_runs_incremental_by_default_and_full_on_request(app, client, auth):
+    app.config["AUDIT_RUN_INLINE"] = True
+    auth.login_as("admin")
+    for full in (False, False, True):
+        data = {"full": "yes"} if full else {}
+        asked = post_form(client, "/admin/audit", data)
+        page = asked.get_data(as_text=True)
+        assert ("Run a full audit?" if full else "Run the audit?") in page
+        fields = {"csrf_token": csrf_from(page), "confirmed": "yes", **data}
+        client.post("/admin/audit", data=fields)
+    with app.app_context():
+        runs = db.session.scalars(select(AuditRun).order_by(AuditRun.id)).all()
+        # The first had no checkpoint to start from: it ran in full, and says so.
+        assert [(run.status, run.full) for run in runs] == [
+            ("passed", True),
+            ("passed", False),
+            ("passed", True),
+        ]
+        assert len(checkpoints()) == 3
+    page = client.get(f"/admin/audit?run={runs[1].id}").get_data(as_text=True)
+    assert "Incremental: what the last checkpoint had not proven" in page
+    page = client.get(f"/admin/audit?run={runs[2].id}").get_data(as_text=True)
+    assert "Full: every ledger row from the start" in page
+
+
+def test_an_incremental_run_reads_only_the_entries_since_its_checkpoint(ctx):
+    """The scope of an incremental run is the entries since the checkpoint: none on a
+    ledger that has not moved, so a run reads no posting of the past."""
+    activity("one")
+    assert audit().checkpoint_id is not None
+    checkpoint.begin_snapshot()
+    scope, found = checkpoint.prepare(full=False)
+    assert found == [] and not scope.full
+    scoped = db.session.scalar(text("SELECT count(*) FROM audit_scope_entries"))
+    checkpoint.finish_scope()
+    checkpoint.rollback()
+    assert scoped == 0
+    people = activity("two")
+    checkpoint.begin_snapshot()
+    scope, _ = checkpoint.prepare(full=False)
+    scoped = set(db.session.scalars(text("SELECT entry_id FROM audit_scope_entries")))
+    checkpoint.finish_scope()
+    checkpoint.rollback()
+    newest = set(
+        db.session.scalars(
+            select(JournalEntry.id).where(JournalEntry.id > scope.through("through_entry_id"))
+        )
+    )
+    assert scoped == newest and people["gift"] in scoped
+    assert db.session.scalar(select(func.count(Posting.id))) > 2 * len(scoped)
