@@ -128,25 +128,30 @@ def exists(name: str) -> bool:
 def cached_database(kind: str, version: str, build, **params) -> tuple[str, bool, float]:
     """A database of `kind` kept between runs; return (name, built now, seconds to build).
 
-    Its name carries a digest of the migration head, the generator's `version` and
-    `params`: a run whose schema or generator changed builds a new one, and drops every
-    other `soma_bench_<kind>_*` database (stale ones). `build(name, **params)` fills a
+    Its name is `soma_bench_<kind>_<digest of params>_<digest of the migration head and
+    the generator's version>`: a run whose schema or generator changed builds a new one,
+    and drops the stale ones of the same kind and params (those of other params, a quick
+    run's small ones say, are left alone). `build(name, **params)` fills a
     database that has been created and migrated; it is built under a temporary name and
     renamed when complete, so a build cut short is never reused.
     """
     import hashlib
 
-    key = f"{migration_head()}|{version}|{sorted(params.items())}"
-    name = f"soma_bench_{kind}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    family = f"soma_bench_{kind}_{digest(repr(sorted(params.items())))}"
+    name = f"{family}_{digest(migration_head() + '|' + version)}"
     with psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5) as conn:
         others = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s",
-            (f"soma\\_bench\\_{kind}\\_%", name),
+            (family.replace("_", "\\_") + "\\_%", name),
         ).fetchall()
-    for (other,) in others:
-        if other.endswith("_building") and other.removesuffix("_building") == name:
-            continue
-        admin_sql(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    for (other,) in others:  # (one in use, by a run on another branch say, is left)
+        try:
+            admin_sql(f'DROP DATABASE IF EXISTS "{other}"')
+        except psycopg.Error as error:
+            print(f"left stale database {other}: {error}".strip(), file=sys.stderr)
     if exists(name):
         return name, False, 0.0
     import time

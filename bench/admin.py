@@ -4,35 +4,38 @@ journal entries over a year against the same page on an empty database.
 Run by `make bench` (or `.venv/bin/python bench/admin.py`). It prints figures, it asserts
 nothing.
 
-The big database is built once with bulk SQL (see LEDGER_SQL) and kept between runs as
-`soma_bench_admin_<entries>`: building ten million entries takes minutes, so a run that
-finds it complete (its row count and its migration both right) reuses it. It holds
-STUDENTS students and TEACHERS teachers, and ENTRIES entries one after another over the
-year up to the build's time, in blocks of ten as the ledger writes them: a purchase of
-100 tokens from issuance; three one-hour classes (a hold of 10 tokens, then its settle
-to a teacher); a gift of 5 tokens to another student, or (one block in fifty) a refund
-taking 20 bought tokens back; and a 45-minute class, or (one block in ten) a teacher's
-withdrawal of $2.00 (50 tokens held, then retired: 12 to fees, 38 to redemption) with its
-withdrawals row. Each entry's postings sum to zero, each posting carries its wallet's
-balances after it and its seq, values are frozen at the default rates, and the wallets'
-balances are the sums of their postings. One purchase in a thousand blocks failed. The
-hashes are stand-ins and the audit is not run on this database.
+The big database is built once with bulk SQL in the server (see LEDGER_SQL: generate_series,
+no row through Python, the secondary indexes made after the load) and kept between runs
+as `soma_bench_admin_<digest>`, the digest of the migration head, GENERATOR and ENTRIES
+(see `_common.cached_database`: a stale one is dropped). It holds STUDENTS students and
+TEACHERS teachers, and ENTRIES entries one after another over the year up to the build's
+time, in blocks of ten as the ledger writes them: a purchase of 100 tokens from issuance;
+three one-hour classes (a hold of 10 tokens, then its settle to a teacher); a gift of 5
+tokens to another student, or (one block in fifty) a refund taking 20 bought tokens back;
+and a 45-minute class, or (one block in ten) a teacher's withdrawal of $2.00 (50 tokens
+held, then retired: 12 to fees, 38 to redemption) with its withdrawals row. Each entry's
+postings sum to zero, values are frozen at the default rates, and the wallets' balances
+are the sums of their postings. One purchase in a thousand blocks failed. What the
+metrics page never reads is a stand-in, and the audit is not run on this database: the
+hashes, the balances after each posting (0), and seq (increasing in each wallet, with
+gaps: 3 x entry id + leg), which spares sorting every posting by wallet. The build ends
+with the rollup's first fold of every entry (what `flask soma metrics` does once), timed.
 
-Printed: the rollup's first fold of every entry (what `flask soma metrics` does once);
-then GET /admin/ through the Flask test client (server time: routing, the session's
-user, the queries, the template) on the big database and on an empty one: the first
-view after the fold (a new app and connection) and the median of REPEATS alternating
-warm views, and their ratio (target close to 1); then each query of a view with its
-plan, server time and buffers.
+Printed: how the database was had (built now, or kept), what the build and the fold took
+when it was built; then GET /admin/ through the Flask test client (server time: routing,
+the session's user, the queries, the template) on the big database, on an empty one and
+on one with the same users and no entries: the first view (a new app and connection),
+then after a discarded warm-up pass the median of REPEATS alternating warm views, their
+ratios and the database backends' CPU per view, and a verdict (TARGET); then each query
+of a view with its plan, server time and buffers.
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_ADMIN_ENTRIES    journal entries in the big database (10000000; a multiple
-                                of ten)
-    SOMA_BENCH_ADMIN_REBUILD    1 to drop and build the big database again
+    SOMA_BENCH_ADMIN_ENTRIES    journal entries in the big database (10000000, 100000 with
+                                BENCH_QUICK=1; a multiple of ten)
 
-The empty database has a unique name and is dropped at the end, even on error; the big one
-is kept (drop it with DROP DATABASE soma_bench_admin_<entries>).
+The small databases have unique names and are dropped at the end, even on error; the big
+one is kept (DROP DATABASE it to build it again).
 """
 
 import os
@@ -375,12 +378,11 @@ def explain(db, sql: str, params) -> dict:
     }
 
 
-def empty_database(dbs: Databases, users: bool) -> str:
+def empty_database(dbs: Databases, users: bool, template: str) -> str:
     """A database with no entries: only the admin, or (`users`) the big one's users too."""
     from werkzeug.security import generate_password_hash
 
-    name = dbs.create("admin_users" if users else "admin_empty")
-    migrate(name)
+    name = dbs.create("admin_users" if users else "admin_empty", template=template)
     with psycopg.connect(libpq_url(name)) as conn:
         if users:
             conn.execute(
@@ -441,8 +443,10 @@ def main() -> int:
     )
     now = built_at + timedelta(minutes=1)
     with Databases() as dbs:
-        empty = empty_database(dbs, users=False)
-        users_only = empty_database(dbs, users=True)
+        template = dbs.create("admin_template")
+        migrate(template)
+        empty = empty_database(dbs, users=False, template=template)
+        users_only = empty_database(dbs, users=True, template=template)
         with psycopg.connect(libpq_url(users_only), autocommit=True) as conn:
             conn.execute("VACUUM (ANALYZE) users, wallets")
         figures = measure({"big": name, "empty": empty, "users": users_only}, now)

@@ -36,7 +36,7 @@ asserts nothing. Two tables:
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_SECONDS          measured seconds per run (3; 1 with BENCH_QUICK=1)
+    SOMA_BENCH_SECONDS          measured seconds per run (2.5; 1 with BENCH_QUICK=1)
     SOMA_BENCH_ROUNDS           measured rounds (3; 1 and no warm-up round with BENCH_QUICK=1)
     SOMA_BENCH_HISTORY_ENTRIES  entries in the history wallet (1000000; 20000 quick)
     SOMA_BENCH_PGBENCH          the pgbench binary (found on PATH or in PostgreSQL's bin)
@@ -82,7 +82,7 @@ from _common import (
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 
-SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", quick(3, 1)))
+SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", quick(2.5, 1)))
 ROUNDS = int(os.environ.get("SOMA_BENCH_ROUNDS", quick(3, 1)))
 WARMUP_ROUNDS = quick(1, 0)
 SETTLE_IN = quick(0.5, 0.2)

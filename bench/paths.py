@@ -28,7 +28,7 @@ time: these are the costs of a path, not a load test.
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_PATH_SECONDS     seconds per path per round (1.5; 0.5 with BENCH_QUICK=1)
+    SOMA_BENCH_PATH_SECONDS     seconds per path per round (1; 0.5 with BENCH_QUICK=1)
     SOMA_BENCH_PATH_ROUNDS      measured rounds (5; 1 and no warm-up with BENCH_QUICK=1)
 """
 
@@ -57,7 +57,7 @@ from _common import (
 )
 from sqlalchemy.engine import make_url
 
-SECONDS = float(os.environ.get("SOMA_BENCH_PATH_SECONDS", quick(1.5, 0.5)))
+SECONDS = float(os.environ.get("SOMA_BENCH_PATH_SECONDS", quick(1.0, 0.5)))
 ROUNDS = int(os.environ.get("SOMA_BENCH_PATH_ROUNDS", quick(5, 1)))
 WARMUP_ROUNDS = quick(1, 0)
 PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
