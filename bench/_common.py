@@ -171,14 +171,23 @@ def cached_database(kind: str, version: str, build, **params) -> tuple[str, bool
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+_watcher = None  # one connection for every look at pg_stat_activity
+
+
 def backend_pids(name: str) -> list[int]:
     """The server processes now connected to database `name` (same machine)."""
-    with psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        ).fetchall()
-    return [pid for (pid,) in rows]
+    global _watcher
+    query = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    for attempt in range(2):
+        try:
+            if _watcher is None or _watcher.closed:
+                _watcher = psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5)
+            return [pid for (pid,) in _watcher.execute(query, (name,)).fetchall()]
+        except psycopg.OperationalError:
+            _watcher = None
+            if attempt:
+                raise
+    return []
 
 
 def cpu_seconds(pid: int) -> float | None:
