@@ -771,8 +771,8 @@ def row(label: str, found: dict, unit: str, ratio: str = "", rounds: str = "") -
         label,
         f"{found['rate']:.0f} {unit}/s",
         f"{found['p50_ms']:.2f}",
-        f"{found['p99_ms']:.2f}",
-        fmt_ms(found["worker_cpu_ms"]).removesuffix(" ms"),
+        "" if found["p99_ms"] != found["p99_ms"] else f"{found['p99_ms']:.2f}",  # (nan: none)
+        fmt_ms(found["worker_cpu_ms"]).removesuffix(" ms").replace("n/a", ""),
         fmt_ms(found["server_cpu_ms"]).removesuffix(" ms"),
         ratio,
         rounds,
