@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export FLASK_APP := app
 
-.PHONY: run test test-unit test-postgres test-browser lint format bench clean
+.PHONY: run test test-unit test-postgres test-browser lint format bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,20 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## bench: run every bench/*.py in turn on PostgreSQL (SOMA_BENCH_POSTGRES_URL); each table
+## is headed by the file that prints it; the big databases are kept between runs
 bench: $(VENV)/.installed-dev
-	@for f in bench/[!_]*.py; do $(BIN)/python $$f || exit 1; done
+	@started=$$(date +%s); \
+	for f in bench/[!_]*.py; do \
+		echo; echo "=== $$f: $$(head -1 $$f | sed 's/^\"\"\"//')"; \
+		$(BIN)/python $$f || exit 1; \
+	done; \
+	echo; echo "make bench$${BENCH_QUICK:+-quick}: every bench in $$(( $$(date +%s) - started )) s"
+
+## bench-quick: the same, each bench one short round on small data (BENCH_QUICK=1): it
+## shows every table runs; its figures are not the bench's
+bench-quick: $(VENV)/.installed-dev
+	@BENCH_QUICK=1 $(MAKE) --no-print-directory bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-results

@@ -6,6 +6,7 @@ Not a benchmark itself (`make bench` skips files whose names start with _).
 import contextlib
 import io
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -98,3 +99,287 @@ def migrate(name: str) -> None:
             raise
         finally:
             db.engine.dispose()
+
+
+# -- quick mode, the migration head, cached databases ------------------------------------
+
+# BENCH_QUICK=1 (`make bench-quick`): each bench one short round on small data, to see
+# that it runs and what its table looks like; its figures are not the bench's.
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def quick(full, small):
+    """`small` in quick mode, else `full`."""
+    return small if QUICK else full
+
+
+def migration_head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(ROOT / "migrations")).get_current_head()
+
+
+def exists(name: str) -> bool:
+    with psycopg.connect(SERVER_URL, connect_timeout=5) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        return found is not None
+
+
+def cached_database(kind: str, version: str, build, **params) -> tuple[str, bool, float]:
+    """A database of `kind` kept between runs; return (name, built now, seconds to build).
+
+    Its name is `soma_bench_<kind>_<digest of params>_<digest of the migration head and
+    the generator's version>`: a run whose schema or generator changed builds a new one,
+    and drops the stale ones of the same kind and params (those of other params, a quick
+    run's small ones say, are left alone). `build(name, **params)` fills a
+    database that has been created and migrated; it is built under a temporary name and
+    renamed when complete, so a build cut short is never reused.
+    """
+    import hashlib
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    family = f"soma_bench_{kind}_{digest(repr(sorted(params.items())))}"
+    name = f"{family}_{digest(migration_head() + '|' + version)}"
+    with psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5) as conn:
+        others = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s",
+            (family.replace("_", "\\_") + "\\_%", name),
+        ).fetchall()
+    for (other,) in others:  # (one in use, by a run on another branch say, is left)
+        try:
+            admin_sql(f'DROP DATABASE IF EXISTS "{other}"')
+        except psycopg.Error as error:
+            print(f"left stale database {other}: {error}".strip(), file=sys.stderr)
+    if exists(name):
+        return name, False, 0.0
+    import time
+
+    started = time.perf_counter()
+    building = f"{name}_building"
+    admin_sql(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+    admin_sql(f'CREATE DATABASE "{building}"')
+    migrate(building)
+    build(building, **params)
+    admin_sql(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+    return name, True, time.perf_counter() - started
+
+
+# -- the database server's CPU ------------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+_watcher = None  # one connection for every look at pg_stat_activity
+
+
+def backend_pids(name: str) -> list[int]:
+    """The server processes now connected to database `name` (same machine)."""
+    global _watcher
+    query = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    for attempt in range(2):
+        try:
+            if _watcher is None or _watcher.closed:
+                _watcher = psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=5)
+            return [pid for (pid,) in _watcher.execute(query, (name,)).fetchall()]
+        except psycopg.OperationalError:
+            _watcher = None
+            if attempt:
+                raise
+    return []
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of process `pid` from /proc, in seconds; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class ServerCPU:
+    """CPU seconds the backends of database `name` spend between start() and stop().
+
+    Read from /proc/<pid>/stat of the backends pg_stat_activity lists (the server must
+    run on this machine). A sampler thread looks every `every` seconds, so a backend that
+    comes and goes meanwhile (pgbench's) is counted up to its last sample; a backend new
+    since start() counts from zero. If /proc cannot be read, `seconds` is None.
+    """
+
+    def __init__(self, name: str, every: float = 0.1):
+        self.name, self.every = name, every
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.seconds: float | None = None
+        self._stop = None
+        self._thread = None
+
+    def _sample(self, baseline: bool = False) -> None:
+        for pid in backend_pids(self.name):
+            used = cpu_seconds(pid)
+            if used is None:
+                continue
+            if pid not in self.first:
+                self.first[pid] = used if baseline else 0.0
+            self.last[pid] = used
+
+    def start(self, poll: bool = False) -> "ServerCPU":
+        import threading
+
+        self._sample(baseline=True)
+        if poll:
+            self._stop = threading.Event()
+
+            def run():
+                while not self._stop.wait(self.every):
+                    self._sample()
+
+            self._thread = threading.Thread(target=run, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self._sample()
+        # No backend read: the server is elsewhere, or its processes are not ours to read.
+        self.seconds = sum(self.last[p] - self.first[p] for p in self.last) if self.last else None
+        return self.seconds
+
+
+def per_op_ms(seconds: float | None, ops: int) -> float | None:
+    return None if seconds is None or not ops else 1000 * seconds / ops
+
+
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+# -- medians, verdicts, tables -------------------------------------------------------------
+
+
+def median(values):
+    import statistics
+
+    return statistics.median(values)
+
+
+def verdict(what: str, value: float, target: float, higher: bool = True, unit: str = "") -> str:
+    """One line: the figure against its target, and whether it meets it."""
+    met = value >= target if higher else value <= target
+    sign = ">=" if higher else "<="
+    return f"verdict: {what} {value:.2f}{unit} (target {sign} {target:g}{unit}): " + (
+        "MEETS" if met else "MISSES"
+    )
+
+
+def table(rows: list[tuple], header: tuple | None = None, indent: str = "  ") -> None:
+    """Print `rows` as columns, the first left-aligned and the rest right-aligned."""
+    rows = [tuple(str(cell) for cell in row) for row in rows]
+    if header:
+        rows.insert(0, tuple(header))
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(widths[i + 1]) for i, cell in enumerate(row[1:])
+        ]
+        print(indent + "  ".join(cells).rstrip())
+
+
+# -- the Flask test client ------------------------------------------------------------------
+
+CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def csrf_token(page: str) -> str:
+    """The CSRF token a page carries (a form's hidden field, or htmx's header)."""
+    found = CSRF_FIELD.search(page) or re.search(r'"X-CSRFToken": "([^"]+)"', page)
+    if found is None:
+        raise RuntimeError("the page carries no CSRF token")
+    return found.group(1)
+
+
+def log_in(client, email: str, password: str) -> str:
+    """Log in through the form, CSRF token and all; return the session's CSRF token."""
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": token}
+    )
+    if response.status_code != 302:
+        raise RuntimeError(f"could not log in as {email}: {response.status_code}")
+    return token
+
+
+def form_fields(page: str, action: str) -> dict:
+    """The named inputs (hidden ones included) of the form posting to `action` on `page`."""
+    from html.parser import HTMLParser
+
+    fields: dict = {}
+
+    class Parser(HTMLParser):
+        inside = False
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "form":
+                self.inside = attrs.get("action") == action
+            elif self.inside and tag in ("input", "button") and attrs.get("name"):
+                if attrs.get("type") in ("checkbox", "radio") and "checked" not in attrs:
+                    return
+                fields.setdefault(attrs["name"], attrs.get("value") or "")
+
+        def handle_endtag(self, tag):
+            if tag == "form":
+                self.inside = False
+
+    Parser().feed(page)
+    if not fields:
+        raise RuntimeError(f"no form posting to {action} on the page")
+    return fields
+
+
+# -- bulk loads -------------------------------------------------------------------------------
+
+
+def drop_secondary_indexes(conn, tables: tuple[str, ...]):
+    """Drop `tables`' indexes and unique constraints other than primary keys, for a bulk
+    load (one sort per index afterwards is far faster than millions of random inserts
+    into each); return a function that makes them again, as they were."""
+    indexes = conn.execute(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+        "WHERE i.tablename = ANY(%s) AND i.schemaname = current_schema() AND NOT EXISTS ("
+        "  SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+        (list(tables),),
+    ).fetchall()
+    constraints = conn.execute(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) "
+        "FROM pg_constraint c WHERE c.contype = 'u' AND c.conrelid::regclass::text = ANY(%s)",
+        (list(tables),),
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    for table_name, name, _ in constraints:
+        conn.execute(f'ALTER TABLE "{table_name}" DROP CONSTRAINT "{name}"')
+
+    def restore() -> None:
+        for table_name, name, definition in constraints:
+            conn.execute(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{name}" {definition}')
+        for _, definition in indexes:
+            conn.execute(definition)
+
+    return restore
+
+
+def platform_wallet(conn, code: str) -> int:
+    """The id of the platform account `code` (its first sub-account, if it is split)."""
+    found = conn.execute(
+        "SELECT id FROM wallets WHERE code = %s OR code LIKE %s ORDER BY code <> %s, id LIMIT 1",
+        (code, code + "%", code),
+    ).fetchone()
+    if found is None:
+        raise RuntimeError(f"no platform account {code}")
+    return found[0]

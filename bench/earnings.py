@@ -25,9 +25,13 @@ ratios (target close to 1); then each query's plan with its server time and buff
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_EARNINGS_CLASSES classes of the long-serving teacher (100000)
+    SOMA_BENCH_EARNINGS_CLASSES classes of the long-serving teacher (100000; 5000 with
+                                BENCH_QUICK=1)
 
-Every database it makes has a unique name and is dropped at the end, even on error.
+The database is kept between runs (`_common.cached_database`: its name is a digest of the
+migration head, GENERATOR, CLASSES and NOW, so a new month or schema builds it again and
+drops the stale one); each run first empties the earnings checkpoints, so that the first
+view builds them as on a fresh database.
 """
 
 import os
@@ -37,14 +41,26 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from _common import SERVER_URL, Databases, libpq_url, make_app, migrate
+from _common import (
+    QUICK,
+    SERVER_URL,
+    ServerCPU,
+    cached_database,
+    libpq_url,
+    make_app,
+    platform_wallet,
+    quick,
+    verdict,
+)
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
-CLASSES = int(os.environ.get("SOMA_BENCH_EARNINGS_CLASSES", "100000"))
+CLASSES = int(os.environ.get("SOMA_BENCH_EARNINGS_CLASSES", quick(100_000, 5_000)))
+GENERATOR = "2"  # part of the kept database's name: change it when HISTORY_SQL changes
+TARGET = 1.25  # the long-serving teacher's page takes at most this times the new one's
 SPACING_MINUTES = 65
 STUDENTS = 40
-REPEATS = 31
+REPEATS = quick(31, 3)
 PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
 # The app's clock for the bench: the last hour of last month, when a view reads the most of
 # the month before (growth compares with last month up to the same point: all of it, here).
@@ -164,11 +180,11 @@ SELECT setval(pg_get_serial_sequence('class_sessions', 'id'),
 """
 
 
-def build(name: str, classes: int) -> tuple[dict, float]:
-    """Fill database `name`; return the teachers' user ids and the seconds it took."""
+def build(name: str, classes: int, now: str) -> None:
+    """Fill database `name` (made and migrated) for the clock `now` (NOW, which is part of
+    the kept database's name: a new month builds it again)."""
     from werkzeug.security import generate_password_hash
 
-    started = time.perf_counter()
     hashed = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1")
     base = NOW - timedelta(hours=1) - timedelta(minutes=SPACING_MINUTES * classes)
     with psycopg.connect(libpq_url(name)) as conn:
@@ -193,9 +209,9 @@ def build(name: str, classes: int) -> tuple[dict, float]:
             return user_id, wallet_id
 
         long_user, long_wallet = user("long-serving@bench.example", "teacher")
-        new_user, _ = user("new@bench.example", "teacher")
+        user("new@bench.example", "teacher")
         students = [user(f"student{i}@bench.example", "student")[1] for i in range(STUDENTS)]
-        issuance = conn.execute("SELECT id FROM wallets WHERE code = 'issuance'").fetchone()[0]
+        issuance = platform_wallet(conn, "issuance")
         params = {
             "n": classes,
             "s": STUDENTS,
@@ -213,9 +229,19 @@ def build(name: str, classes: int) -> tuple[dict, float]:
         conn.commit()
     with psycopg.connect(libpq_url(name), autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE) journal_entries, postings, wallets, class_sessions")
-    emails = {"long-serving": "long-serving@bench.example", "new": "new@bench.example"}
-    ids = {"long-serving": long_user, "new": new_user}
-    return {"ids": ids, "emails": emails}, time.perf_counter() - started
+
+
+EMAILS = {"long-serving": "long-serving@bench.example", "new": "new@bench.example"}
+
+
+def teachers_of(name: str) -> dict:
+    """The two teachers' user ids and emails."""
+    with psycopg.connect(libpq_url(name)) as conn:
+        ids = {
+            label: conn.execute("SELECT id FROM users WHERE email = %s", (email,)).fetchone()[0]
+            for label, email in EMAILS.items()
+        }
+    return {"ids": ids, "emails": dict(EMAILS)}
 
 
 def _students_inline(statement: str, students: list[int]) -> str:
@@ -229,17 +255,25 @@ def log_in(client, email: str) -> None:
         raise RuntimeError(f"could not log in as {email}: {response.status_code}")
 
 
-def timed_views(clients: dict, repeats: int) -> dict:
-    """Median ms of GET /earnings per client, the clients taking turns."""
+def timed_views(clients: dict, repeats: int, name: str | None = None) -> dict:
+    """Median ms of GET /earnings per client, the clients taking turns; with the database
+    `name`, also the median server CPU ms of each view (its backends', from /proc)."""
     times = {label: [] for label in clients}
+    server = {label: [] for label in clients}
     for _ in range(repeats):  # alternate, so that noise hits both alike
         for label, client in clients.items():
+            cpu = ServerCPU(name).start() if name else None
             started = time.perf_counter()
             response = client.get("/earnings")
             times[label].append(1000 * (time.perf_counter() - started))
+            if cpu is not None:
+                server[label].append(1000 * (cpu.stop() or 0.0))
             if response.status_code != 200:
                 raise RuntimeError(f"/earnings answered {response.status_code}")
-    return {label: statistics.median(values) for label, values in times.items()}
+    found = {label: statistics.median(values) for label, values in times.items()}
+    if name:
+        found["server"] = {label: statistics.mean(values) for label, values in server.items()}
+    return found
 
 
 def timed_service(app, teachers: dict) -> tuple[dict, dict, dict]:
@@ -310,6 +344,9 @@ def measure(name: str, teachers: dict) -> dict:
     for label, client in clients.items():
         log_in(client, teachers["emails"][label])
     app.config["PROPAGATE_EXCEPTIONS"] = True
+    with psycopg.connect(libpq_url(name)) as conn:  # (kept between runs: start with none)
+        conn.execute("DELETE FROM earnings_months")
+        conn.execute("DELETE FROM earnings_checkpoints")
     first = timed_views(clients, 1)
     with app.app_context():
         wallet_id, months = db.session.execute(
@@ -324,7 +361,7 @@ def measure(name: str, teachers: dict) -> dict:
     for case, tail in (("no tail", 0), ("longest tail", CHECKPOINT_AFTER - 1)):
         set_tail(app, wallet_id, tail)
         timed_views(clients, 2)  # warm
-        views = timed_views(clients, REPEATS)
+        views = timed_views(clients, REPEATS, name)
         service, results, plans = timed_service(app, teachers)
         figures["cases"][case] = {
             "tail": tail,
@@ -378,16 +415,18 @@ def main() -> int:
     except psycopg.Error as error:
         print(f"cannot connect to PostgreSQL (SOMA_BENCH_POSTGRES_URL): {error}", file=sys.stderr)
         return 1
-    with Databases() as dbs:
-        name = dbs.create("earnings")
-        migrate(name)
-        teachers, seconds = build(name, CLASSES)
-        print(
-            f"built a teacher with {CLASSES:,} classes, one every {SPACING_MINUTES} minutes "
-            f"(~{24 * 60 // SPACING_MINUTES} a day) with {STUDENTS} students, and a new "
-            f"teacher, in {seconds:.1f} s"
-        )
-        figures = measure(name, teachers)
+    name, built, seconds = cached_database(
+        "earnings", GENERATOR, build, classes=CLASSES, now=NOW.isoformat()
+    )
+    teachers = teachers_of(name)
+    print(
+        f"{'built' if built else 'reused'} {name}: a teacher with {CLASSES:,} classes, one every "
+        f"{SPACING_MINUTES} minutes (~{24 * 60 // SPACING_MINUTES} a day) with {STUDENTS} "
+        "students, and a new teacher"
+        + (f", in {seconds:.1f} s" if built else " (kept between runs)")
+        + (" [QUICK]" if QUICK else "")
+    )
+    figures = measure(name, teachers)
     first = figures["first"]
     print()
     print("GET /earnings through the Flask test client (server time), milliseconds")
@@ -398,15 +437,34 @@ def main() -> int:
     )
     for case, result in figures["cases"].items():
         views, service = result["views"], result["service"]
-        print(f"  {case} ({result['tail']} payments after the checkpoint), median of {REPEATS}:")
+        print(
+            f"  {case} ({result['tail']} payments after the checkpoint), median of {REPEATS} "
+            "alternating views after 2 discarded:"
+        )
         print(
             f"    page      long-serving {views['long-serving']:7.2f}   new {views['new']:7.2f}"
-            f"   ratio {views['long-serving'] / views['new']:5.2f}   (target close to 1)"
+            f"   ratio {views['long-serving'] / views['new']:5.2f}"
+        )
+        cpu = views["server"]
+        print(
+            f"    server CPU long-serving {cpu['long-serving']:7.2f}   new {cpu['new']:7.2f}"
+            "   (mean per view, the database's backends)"
         )
         print(
             f"    queries   long-serving {service['long-serving']:7.2f}   new "
             f"{service['new']:7.2f}   ratio {service['long-serving'] / service['new']:5.2f}"
             "   (earnings_of alone)"
+        )
+    for case, result in figures["cases"].items():
+        views = result["views"]
+        print(
+            "  "
+            + verdict(
+                f"/earnings, {case}, long-serving / new teacher",
+                views["long-serving"] / views["new"],
+                TARGET,
+                higher=False,
+            )
         )
     result = figures["cases"]["no tail"]["results"]["long-serving"]
     print(

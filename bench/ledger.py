@@ -1,49 +1,58 @@
-"""Benchmark the ledger on PostgreSQL: throughput against pgbench, and history depth.
+"""Benchmark the ledger's money paths on PostgreSQL against pgbench and against each other.
 
 Run by `make bench` (or `.venv/bin/python bench/ledger.py`). It prints figures, it
-asserts nothing. Two figures:
+asserts nothing. Two tables:
 
-1. Ledger operations per second: WORKERS processes, each with its own app and
-   engine, loop `hold 10 tokens` then `settle` it (fully or partly) to their own
-   teacher, each operation a transaction of its own (`own_transaction=True`:
-   one statement in autocommit, one round trip). The settle is told the
-   hold's student and amount, as a class session that recorded its hold does,
-   so the ledger checks them inside the entry's statement instead of reading
-   the hold first. Beside it, pgbench's
-   TPC-B-like tps with the same number of clients for the same time, on its own
-   database on the same server with the same settings, and the ratio.
-   pgbench runs at scale 8, one branch per client as is usual (scale >= clients):
-   each TPC-B transaction updates one of `scale` branch rows, so with fewer
-   branches than clients the clients would mostly queue on those row locks and
-   pgbench would be a weak baseline. The ledger workers each use their own two
-   wallets, as different users mostly do. Also printed, for context: one worker
-   against one pgbench client, the round trips of a hold and of a settle (read
-   off libpq's protocol trace), the workers' CPU per operation, 8 workers with
-   the pool's pre-ping (DATABASE_POOL_PRE_PING=1), which costs a round trip per
-   transaction, and 8 workers posting in the session's transaction instead
-   (`with ledger.atomic():`, BEGIN and COMMIT around the statement), the way
-   an operation that writes more than its entry runs.
-2. The history page (`soma.wallet.history.history_page`) of a wallet with
-   HISTORY_ENTRIES journal entries: page 1 against a page ~90% deep, with and
-   without a kind filter, median of several runs, and the query plan.
+1. Money operations at WORKERS workers (processes, each with its own app and engine,
+   started once), each run SECONDS long after SETTLE_IN seconds of running in:
+   - holds and settles: a class payment is a hold then a settle, two operations; the
+     unit is one operation. Each is a transaction of its own (`own_transaction=True`:
+     one statement in autocommit), the settle told the hold's student and amount as a
+     class session that recorded its hold does;
+   - transfers: 1 token from one student to another;
+   both between wallets drawn at random from one shared pool of POOL students (and POOL
+   teachers), so that workers contend for rows as pgbench's clients do for its POOL
+   branches. Their reference is pgbench's TPC-B-like script with WORKERS clients at
+   scale POOL on its own database on the same server;
+   - credits from issuance (`soma.ledger.operations.credit`, 1 token to the worker's own
+     student): every worker meets the others only on the platform's issuance account;
+   - sandbox purchase fulfilment: pending sandbox purchases made as the buy page makes
+     them (`service.start`; one made so, the rest of the round's copied from it in SQL
+     beforehand, outside the timed part), then `service.fulfil(id, "sandbox", receipt=...)`
+     as the sandbox's Pay button calls it;
+   and the reference of these two, transfers between distinct users: each worker between
+   its own two students, so that nothing but the ledger itself is shared.
+   The runs take turns in every round (the order reversed every other round), a first
+   round is discarded as a warm-up, and the figures are medians over ROUNDS rounds; each
+   ratio is the median of the rounds' own ratios. Beside each: latency, the workers' CPU
+   per operation, and the server's: the CPU of the database's backends (from
+   /proc/<pid>/stat, same machine) per operation. Then the round trips of a hold and of a
+   settle, read off libpq's protocol trace.
+2. The wallet history page, whole (GET /wallet/history through the Flask test client,
+   logged in: routing, session, the query, the template), on a wallet of
+   HISTORY_ENTRIES entries: page 1 against a page ~90% deep, with and without a kind
+   filter, in alternating turns after a discarded warm-up, medians; and the query alone
+   (`history_page`) with its plan, for context.
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_SECONDS          measured seconds per throughput run (6)
-    SOMA_BENCH_ROUNDS           turns of pgbench and ledger at 8 clients; medians (3)
-    SOMA_BENCH_HISTORY_ENTRIES  entries in the history wallet (1000000)
+    SOMA_BENCH_SECONDS          measured seconds per run (2.5; 1 with BENCH_QUICK=1)
+    SOMA_BENCH_ROUNDS           measured rounds (3; 1 and no warm-up round with BENCH_QUICK=1)
+    SOMA_BENCH_HISTORY_ENTRIES  entries in the history wallet (1000000; 20000 quick)
     SOMA_BENCH_PGBENCH          the pgbench binary (found on PATH or in PostgreSQL's bin)
+    BENCH_QUICK=1               one short round, 2 workers, small data
 
-Every database it makes has a unique name and is dropped at the end, even on error.
+The history database is kept between runs (see `_common.cached_database`); every other
+database it makes has a unique name and is dropped at the end, even on error.
 """
 
 import glob
 import multiprocessing
 import os
+import random
 import re
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,69 +61,344 @@ import traceback
 from datetime import UTC, datetime
 
 import psycopg
-from _common import SERVER_URL, Databases, libpq_url, make_app, migrate
+from _common import (
+    QUICK,
+    SERVER_URL,
+    Databases,
+    ServerCPU,
+    cached_database,
+    drop_secondary_indexes,
+    fmt_ms,
+    libpq_url,
+    make_app,
+    median,
+    migrate,
+    per_op_ms,
+    platform_wallet,
+    quick,
+    table,
+    verdict,
+)
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 
-SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", "6"))
-ROUNDS = int(os.environ.get("SOMA_BENCH_ROUNDS", "3"))
-WARMUP = 2.0
-WORKERS = 8
-PGBENCH_SCALE = 8
+SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", quick(2.5, 1)))
+ROUNDS = int(os.environ.get("SOMA_BENCH_ROUNDS", quick(3, 1)))
+WARMUP_ROUNDS = quick(1, 0)
+SETTLE_IN = quick(0.5, 0.2)
+WORKERS = quick(8, 2)
+POOL = 8
 PGBENCH_THREADS = 2
-HISTORY_ENTRIES = int(os.environ.get("SOMA_BENCH_HISTORY_ENTRIES", "1000000"))
+HISTORY_ENTRIES = int(os.environ.get("SOMA_BENCH_HISTORY_ENTRIES", quick(1_000_000, 20_000)))
 HISTORY_DEPTH = 0.9
 HOLD = 10
-REPEATS = 15
+REPEATS = quick(15, 3)
+PURCHASES_PER_WORKER = quick(1500, 300)
+PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
+
+# The runs of a round: (key, label, unit, reference key).
+RUNS = (
+    ("pgbench", f"pgbench TPC-B, {WORKERS} clients, scale {POOL}", "tx", None),
+    ("holdsettle", "holds and settles, shared pool", "op", "pgbench"),
+    ("transfer_pool", "transfers, shared pool", "op", "pgbench"),
+    ("transfer_own", "transfers between distinct users", "op", None),
+    ("credit", "credits from issuance", "op", "transfer_own"),
+    ("fulfil", "sandbox purchase fulfilment", "purchase", "transfer_own"),
+)
 
 
-def make_pairs(name: str, count: int) -> list[tuple[int, int]]:
-    """Create `count` (student, teacher) pairs; fund each student generously."""
+def make_users(name: str) -> dict:
+    """POOL students and POOL teachers (the shared pool), and two students per worker;
+    every student funded generously. Return their user ids."""
+    from werkzeug.security import generate_password_hash
+
     from soma import ledger
     from soma.extensions import db
     from soma.models import User
 
     app = make_app(name)
-    pairs = []
+    hashed = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1")
+    people = {"students": [], "teachers": [], "own": []}
+
+    def person(email, role):
+        user = User(email=email, display_name=email.split("@")[0], password_hash=hashed, role=role)
+        db.session.add(user)
+        db.session.flush()
+        ledger.open_wallet(user.id)
+        db.session.commit()
+        if role == "student":
+            ledger.credit(user.id, 10**12, key=f"bench-fund-{user.id}", own_transaction=True)
+        return user.id
+
     with app.app_context():
-        for i in range(count):
-            users = [
-                User(
-                    email=f"bench-{role}-{i}@example.com",
-                    display_name=f"Bench {role} {i}",
-                    password_hash="!",  # noqa: S106 - an unusable hash: no log-in
-                    role=role,
-                )
-                for role in ("student", "teacher")
-            ]
-            db.session.add_all(users)
-            db.session.flush()
-            for user in users:
-                ledger.open_wallet(user.id)
-            db.session.commit()
-            with ledger.atomic():
-                ledger.credit(users[0].id, 10**12, key=f"bench-fund-{users[0].id}")
-            pairs.append((users[0].id, users[1].id))
+        for i in range(POOL):
+            people["students"].append(person(f"pool-student-{i}@bench.example", "student"))
+            people["teachers"].append(person(f"pool-teacher-{i}@bench.example", "teacher"))
+        for i in range(WORKERS):
+            people["own"].append(
+                tuple(person(f"own-{i}-{n}@bench.example", "student") for n in "ab")
+            )
         db.session.remove()
         db.engine.dispose()
-    return pairs
+    return people
 
 
-# -- figure 1: ledger throughput ---------------------------------------------------------
+# -- the operations each worker loops ---------------------------------------------------
 
 
-def current_engine_options() -> dict:
-    from soma.config import build_config
+def _hold_settle(ledger, rng, people, index, key):
+    """A class payment: hold 10, settle 10 or 7 of it to a teacher; two operations."""
+    student = rng.choice(people["students"])
+    teacher = rng.choice(people["teachers"])
+    held = ledger.hold(student, HOLD, key=key + "h", own_transaction=True)
+    first = time.perf_counter()
+    charge = HOLD if rng.random() < 0.5 else HOLD - 3
+    facts = {"to_user_id": teacher, "holder_id": student, "held": HOLD}
+    ledger.settle(held.id, charge, key=key + "s", own_transaction=True, **facts)
+    return first, time.perf_counter()
 
-    settings = {"SOMA_ENV": "development", "SECRET_KEY": "-", "DATABASE_URL": SERVER_URL}
-    return dict(build_config(settings, "instance")["SQLALCHEMY_ENGINE_OPTIONS"])
+
+def _transfer_pool(ledger, rng, people, index, key):
+    giver, taker = rng.sample(people["students"], 2)
+    ledger.transfer(giver, taker, 1, key=key, own_transaction=True)
+    return (time.perf_counter(),)
 
 
-def describe(run: dict) -> str:
-    return (
-        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-        f"worker CPU {run['cpu_ms']:.2f} ms/op"
-    )
+def _transfer_own(ledger, rng, people, index, key):
+    giver, taker = people["own"][index]
+    ledger.transfer(giver, taker, 1, key=key, own_transaction=True)
+    return (time.perf_counter(),)
+
+
+def _credit(ledger, rng, people, index, key):
+    from soma.ledger.operations import credit
+
+    credit(people["own"][index][0], 1, key=key, own_transaction=True)
+    return (time.perf_counter(),)
+
+
+OPERATIONS = {
+    "holdsettle": _hold_settle,
+    "transfer_pool": _transfer_pool,
+    "transfer_own": _transfer_own,
+    "credit": _credit,
+}
+
+
+def worker(name, index, people, commands, results) -> None:
+    """One worker process: its own app and engine; runs what it is told until None."""
+    try:
+        from soma import ledger
+        from soma.extensions import db
+        from soma.purchases import service
+
+        app = make_app(name)
+        rng = random.Random(index)
+        tag = secrets.token_hex(3)
+        with app.app_context():
+            for op in OPERATIONS.values():  # connect, compile (each shape of settle too)
+                for _ in range(8):
+                    op(ledger, rng, people, index, f"prime-{tag}-{index}-{secrets.token_hex(4)}")
+            primer = people["primers"][index]
+            service.fulfil(primer, "sandbox", receipt=f"SANDBOX-{primer}")
+            results.put(("ready", index))
+            while (command := commands.get()) is not None:
+                run, start_at, seconds, purchases = command
+                time.sleep(max(0.0, start_at - time.perf_counter()))
+                begin = start_at + SETTLE_IN
+                end = begin + seconds
+                ops, latencies, n, exhausted = 0, [], 0, False
+                cpu_first = cpu_last = None
+                last = time.perf_counter()
+                while last < end:
+                    n += 1
+                    if run == "fulfil":
+                        if n > len(purchases):
+                            exhausted = True
+                            break
+                        purchase_id = purchases[n - 1]
+                        service.fulfil(purchase_id, "sandbox", receipt=f"SANDBOX-{purchase_id}")
+                        finished = (time.perf_counter(),)
+                    else:
+                        key = f"{run}-{tag}-{index}-{start_at:.3f}-{n}"
+                        finished = OPERATIONS[run](ledger, rng, people, index, key)
+                    for at in finished:
+                        if begin <= at < end:
+                            ops += 1
+                            latencies.append(at - last)
+                            cpu_last = time.process_time()
+                            cpu_first = cpu_first if cpu_first is not None else cpu_last
+                        last = at
+                db.session.remove()
+                # CPU from the first counted operation's end to the last's: ops - 1 of them
+                cpu = (cpu_last - cpu_first, ops - 1) if ops > 1 else (0.0, 0)
+                results.put(("ok", index, ops, latencies, cpu, exhausted))
+            db.engine.dispose()
+    except BaseException:
+        results.put(("error", index, traceback.format_exc()))
+
+
+class Workers:
+    """WORKERS worker processes, started once for every run."""
+
+    def __init__(self, name: str, people: dict):
+        # Forked, not spawned: the app's modules are already imported here, and a worker
+        # starts in a moment instead of importing them again (seconds each on a busy
+        # machine). Nothing here holds a connection or a thread when they fork.
+        context = multiprocessing.get_context("fork")
+        self.name = name
+        self.results = context.Queue()
+        self.commands = [context.Queue() for _ in range(WORKERS)]
+        self.processes = [
+            context.Process(target=worker, args=(name, i, people, self.commands[i], self.results))
+            for i in range(WORKERS)
+        ]
+
+    def __enter__(self):
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            self._get(180)
+        return self
+
+    def _get(self, timeout: float):
+        found = self.results.get(timeout=timeout)
+        if found[0] == "error":
+            raise RuntimeError(f"ledger worker {found[1]} failed:\n{found[2]}")
+        return found
+
+    def run(self, run: str, purchases: list[list[int]] | None = None) -> dict:
+        """Ops/s of every worker doing `run` for SECONDS, and the server's CPU meanwhile."""
+        start_at = time.perf_counter() + 0.3
+        for i, queue in enumerate(self.commands):
+            queue.put((run, start_at, SECONDS, purchases[i] if purchases else None))
+        time.sleep(max(0.0, start_at + SETTLE_IN - time.perf_counter()))
+        server = ServerCPU(self.name).start()
+        time.sleep(max(0.0, start_at + SETTLE_IN + SECONDS - time.perf_counter()))
+        server.stop()
+        outcomes = [self._get(SECONDS + 120) for _ in self.processes]
+        ops = sum(outcome[2] for outcome in outcomes)
+        latencies = sorted(x for outcome in outcomes for x in outcome[3])
+        return {
+            "rate": ops / SECONDS,
+            "ops": ops,
+            "worker_cpu_ms": per_op_ms(
+                sum(outcome[4][0] for outcome in outcomes),
+                sum(outcome[4][1] for outcome in outcomes),
+            ),
+            "server_cpu_ms": per_op_ms(server.seconds, ops),
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+            "exhausted": any(outcome[5] for outcome in outcomes),
+        }
+
+    def __exit__(self, *_):
+        for queue in self.commands:
+            queue.put(None)
+        for process in self.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+
+
+# -- purchases to fulfil ---------------------------------------------------------------------
+
+
+def first_purchases(name: str, people: dict) -> list[int]:
+    """Two pending sandbox purchases per worker's student, made as the buy page makes them
+    (the page's default package, the sandbox, a fresh form key): the first to be copied,
+    the second for the worker to fulfil before it is timed. Return the first ones."""
+    from soma.extensions import db
+    from soma.models import Provider, User
+    from soma.purchases import service
+
+    app = make_app(name)
+    made = []
+    with app.app_context():
+        quotes = service.package_quotes()
+        chosen = quotes[1] if len(quotes) > 1 else quotes[0]
+        for student, _ in people["own"]:
+            user = db.session.get(User, student)
+            for _ in range(2):
+                purchase = service.start(user, chosen, Provider.SANDBOX, secrets.token_urlsafe(16))
+                made.append(purchase.id)
+        db.session.remove()
+        db.engine.dispose()
+    return made
+
+
+def copy_purchases(name: str, templates: list[int], count: int) -> list[list[int]]:
+    """`count` pending copies of each template purchase, with its status history, in SQL
+    (whatever columns the tables have); fresh keys and times. Return the ids per worker."""
+    made = []
+    with psycopg.connect(libpq_url(name)) as conn:
+
+        def columns(table, leave_out):
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = %s AND table_schema = current_schema() "
+                "ORDER BY ordinal_position",
+                (table,),
+            ).fetchall()
+            return [column for (column,) in rows if column not in leave_out]
+
+        purchase_columns = columns("purchases", ("id",))
+        event_columns = columns("purchase_events", ("id", "purchase_id"))
+        fresh = {
+            "idempotency_key": "p.idempotency_key || '-' || %(tag)s || '-' || g",
+            "created_at": "now()",
+            "updated_at": "now()",
+        }
+        chosen = ", ".join(fresh.get(column, f"p.{column}") for column in purchase_columns)
+        for template in templates:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"INSERT INTO purchases ({', '.join(purchase_columns)}) "
+                    f"SELECT {chosen} FROM purchases p, generate_series(1, %(n)s) g "
+                    "WHERE p.id = %(id)s ORDER BY g RETURNING id",
+                    {"id": template, "n": count, "tag": secrets.token_hex(4)},
+                ).fetchall()
+            ]
+            copied = ", ".join(f"e.{column}" for column in event_columns)
+            conn.execute(
+                f"INSERT INTO purchase_events (purchase_id, {', '.join(event_columns)}) "
+                f"SELECT new.id, {copied} FROM purchase_events e, unnest(%s::bigint[]) new(id) "
+                "WHERE e.purchase_id = %s",
+                (ids, template),
+            )
+            made.append(ids)
+        conn.commit()
+    with psycopg.connect(libpq_url(name), autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) purchases, purchase_events")
+    return made
+
+
+# -- pgbench ----------------------------------------------------------------------------------
+
+
+def run_pgbench(pgbench: str, name: str, clients: int, seconds: float) -> dict:
+    threads = min(PGBENCH_THREADS, clients)
+    command = [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(max(1, round(seconds)))]
+    server = ServerCPU(name).start(poll=True)
+    done = subprocess.run([*command, libpq_url(name)], capture_output=True, text=True)
+    server.stop()
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+    latency = re.search(r"latency average = ([\d.]+) ms", done.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+    if not tps:
+        raise RuntimeError("cannot read pgbench's output:\n" + done.stdout + done.stderr)
+    return {
+        "rate": float(tps.group(1)),
+        "ops": int(processed.group(1)) if processed else 0,
+        "p50_ms": float(latency.group(1)) if latency else float("nan"),  # (its average)
+        "p99_ms": float("nan"),
+        "worker_cpu_ms": None,  # (pgbench's client is not ours to measure)
+        "server_cpu_ms": per_op_ms(server.seconds, int(processed.group(1)) if processed else 0),
+        "exhausted": False,
+    }
 
 
 def _hold(ledger, student: int, key: str, alone: bool):
@@ -142,84 +426,6 @@ def _one_cycle(ledger, student, teacher, tag: str, n: int, alone=True) -> tuple[
     charge = HOLD if n % 2 else HOLD - 3
     _settle(ledger, held, charge, student, teacher, f"{tag}-{n}-s", alone)
     return t_hold, time.perf_counter()
-
-
-def ledger_worker(name, pair, tag, overrides, alone, ready, go, results) -> None:
-    """One worker process: its own app and engine; hold/settle until the time is up."""
-    try:
-        from soma import ledger
-        from soma.extensions import db
-
-        app = make_app(name, **overrides)
-        with app.app_context():
-            student, teacher = pair
-            _one_cycle(ledger, student, teacher, f"{tag}-ready", 0, alone)  # connect, compile
-            ready.put(os.getpid())
-            go.wait()
-            begin = time.perf_counter() + WARMUP
-            end = begin + SECONDS
-            ops, latencies, n = 0, [], 0
-            cpu_first = cpu_last = 0.0
-            last = time.perf_counter()
-            while last < end:
-                n += 1
-                for finished in _one_cycle(ledger, student, teacher, tag, n, alone):
-                    if begin <= finished < end:
-                        ops += 1
-                        latencies.append(finished - last)
-                        cpu_last = time.process_time()
-                        cpu_first = cpu_first or cpu_last
-                    last = finished
-            db.session.remove()
-            db.engine.dispose()
-        results.put(("ok", ops, latencies, (cpu_last - cpu_first) / max(ops - 1, 1)))
-    except BaseException:
-        results.put(("error", traceback.format_exc(), None, None))
-        ready.put(None)
-
-
-def run_ledger(
-    name: str, pairs: list[tuple[int, int]], workers: int, alone: bool = True, **overrides
-) -> dict:
-    """Ops/s of `workers` processes over SECONDS after WARMUP (app settings `overrides`).
-
-    `alone`: each operation a transaction of its own; else in the session's.
-    """
-    context = multiprocessing.get_context("spawn")
-    ready, results, go = context.Queue(), context.Queue(), context.Event()
-    tag = f"run{workers}-{secrets.token_hex(3)}"
-    processes = [
-        context.Process(
-            target=ledger_worker,
-            args=(name, pairs[i], f"{tag}-{i}", overrides, alone, ready, go, results),
-        )
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        for _ in processes:
-            if ready.get(timeout=120) is None:
-                break
-        go.set()
-        outcomes = [results.get(timeout=WARMUP + SECONDS + 120) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-    errors = [detail for status, detail, _, _ in outcomes if status == "error"]
-    if errors:
-        raise RuntimeError("a ledger worker failed:\n" + errors[0])
-    ops = sum(count for _, count, _, _ in outcomes)
-    latencies = sorted(x for _, _, lat, _ in outcomes for x in lat)
-    return {
-        "ops_per_s": ops / SECONDS,
-        "ops": ops,
-        "cpu_ms": 1000 * statistics.mean(cpu for _, _, _, cpu in outcomes),
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-    }
 
 
 def round_trips_per_op(name: str, pair: tuple[int, int], alone: bool, cycles: int = 50) -> dict:
@@ -287,15 +493,6 @@ def round_trips_per_op(name: str, pair: tuple[int, int], alone: bool, cycles: in
     return {op: {k: v / cycles for k, v in c.items()} for op, c in counts.items()}
 
 
-# -- pgbench -----------------------------------------------------------------------------
-
-
-def median_run(runs: list[dict], figure: str) -> dict:
-    """The run whose `figure` is the median of `runs` (the lower middle one of an even count)."""
-    ordered = sorted(runs, key=lambda run: run[figure])
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def find_pgbench() -> str | None:
     found = os.environ.get("SOMA_BENCH_PGBENCH") or shutil.which("pgbench")
     if found:
@@ -305,29 +502,11 @@ def find_pgbench() -> str | None:
 
 
 def pgbench_init(pgbench: str, name: str) -> None:
-    command = [pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE)]
+    command = [pgbench, "-i", "-q", "-s", str(POOL)]
     done = subprocess.run([*command, libpq_url(name)], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
 
-
-def run_pgbench(pgbench: str, name: str, clients: int) -> dict:
-    threads = min(PGBENCH_THREADS, clients)
-    command = [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(round(SECONDS))]
-    done = subprocess.run([*command, libpq_url(name)], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
-    latency = re.search(r"latency average = ([\d.]+) ms", done.stdout)
-    if not tps:
-        raise RuntimeError("cannot read pgbench's output:\n" + done.stdout + done.stderr)
-    return {
-        "tps": float(tps.group(1)),
-        "latency_ms": float(latency.group(1)) if latency else float("nan"),
-    }
-
-
-# -- figure 2: history depth ---------------------------------------------------------------
 
 HISTORY_SQL = """
 -- One student wallet W with every entry, a teacher T, and the issuance account I.
@@ -338,7 +517,7 @@ HISTORY_SQL = """
 INSERT INTO journal_entries (id, kind, idempotency_key, request_digest, tokens, usd_cents,
     teacher_usd_cents, reference_type, reference_id, closes_entry_id, memo, created_at)
 SELECT g, (ARRAY['purchase', 'class_hold', 'class_settle', 'gift'])[r + 1],
-    'bench-history-' || g, md5(g::text) || md5(g::text),
+    'bench-history-' || g, to_hex(g),
     tokens, tokens * 10, tokens * 4,
     CASE WHEN r IN (1, 2) THEN 'class' END,
     CASE WHEN r IN (1, 2) THEN c + 1 END,
@@ -348,8 +527,9 @@ FROM generate_series(1, %(n)s) AS g,
     LATERAL (SELECT mod(g - 1, 4) AS r, (g - 1) / 4 AS c) AS cycle,
     LATERAL (SELECT (ARRAY[100, 10, 7, 5])[r + 1] AS tokens) AS amount;
 
--- seq numbers each wallet's postings in entry order; the hashes are stand-ins (the
--- history page never reads them, and the audit is not run on this database).
+-- seq numbers each wallet's postings in entry order, worked out from the cycle (W has
+-- six postings a cycle, T two, I one) rather than by sorting; the hashes are stand-ins
+-- (the history page never reads them, and the audit is not run on this database).
 INSERT INTO postings (entry_id, wallet_id, bucket, amount, available_after, locked_after,
     kind, created_at, seq, hash)
 SELECT g, wallet_id, leg.bucket, leg.amount,
@@ -361,16 +541,17 @@ SELECT g, wallet_id, leg.bucket, leg.amount,
     CASE leg.who WHEN 'W' THEN (ARRAY[0, 10, 0, 0])[r + 1] ELSE 0 END,
     (ARRAY['purchase', 'class_hold', 'class_settle', 'gift'])[r + 1],
     %(base)s + g * interval '30 seconds',
-    row_number() OVER (PARTITION BY wallet_id ORDER BY g, leg.n),
-    md5(g::text || leg.n) || md5(leg.n || g::text)
+    leg.per_cycle * c + leg.nth,
+    to_hex(g) || '-' || leg.n
 FROM generate_series(1, %(n)s) AS g,
     LATERAL (SELECT mod(g - 1, 4) AS r, (g - 1) / 4 AS c) AS cycle,
     (VALUES
-        (0, 1, 'I', 'available', -100), (0, 2, 'W', 'available', 100),
-        (1, 1, 'W', 'available', -10), (1, 2, 'W', 'locked', 10),
-        (2, 1, 'W', 'locked', -10), (2, 2, 'T', 'available', 7), (2, 3, 'W', 'available', 3),
-        (3, 1, 'W', 'available', -5), (3, 2, 'T', 'available', 5)
-    ) AS leg (leg_r, n, who, bucket, amount),
+        (0, 1, 'I', 'available', -100, 1, 1), (0, 2, 'W', 'available', 100, 6, 1),
+        (1, 1, 'W', 'available', -10, 6, 2), (1, 2, 'W', 'locked', 10, 6, 3),
+        (2, 1, 'W', 'locked', -10, 6, 4), (2, 2, 'T', 'available', 7, 2, 1),
+        (2, 3, 'W', 'available', 3, 6, 5),
+        (3, 1, 'W', 'available', -5, 6, 6), (3, 2, 'T', 'available', 5, 2, 2)
+    ) AS leg (leg_r, n, who, bucket, amount, per_cycle, nth),
     LATERAL (SELECT CASE leg.who WHEN 'W' THEN %(w)s WHEN 'T' THEN %(t)s ELSE %(i)s END
         AS wallet_id) AS owner
 WHERE leg_r = r
@@ -391,9 +572,12 @@ SELECT setval(pg_get_serial_sequence('postings', 'id'), (SELECT max(id) FROM pos
 """
 
 
-def build_history(name: str, entries: int) -> tuple[int, float]:
-    """Fill database `name` with a wallet of `entries` entries; return (wallet id, seconds)."""
-    started = time.perf_counter()
+def build_history(name: str, entries: int) -> None:
+    """Fill database `name` (migrated) with a wallet of `entries` entries, its owner
+    HISTORY_EMAIL (password PASSWORD)."""
+    from werkzeug.security import generate_password_hash
+
+    hashed = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1")
     with psycopg.connect(libpq_url(name)) as conn:
         # The rows are consistent by construction: skip the per-row foreign key
         # triggers for the load (a session setting, for superusers only).
@@ -402,41 +586,39 @@ def build_history(name: str, entries: int) -> tuple[int, float]:
         except psycopg.Error:
             conn.rollback()
         conn.execute("SET maintenance_work_mem = '256MB'")
+        restore = drop_secondary_indexes(conn, ("journal_entries", "postings"))
         ids = {}
         for who, role in (("w", "student"), ("t", "teacher")):
             user_id = conn.execute(
                 "INSERT INTO users (email, display_name, password_hash, role, created_at) "
-                "VALUES (%s, %s, '!', %s, now()) RETURNING id",
-                (f"bench-history-{role}@example.com", f"History {role}", role),
+                "VALUES (%s, %s, %s, %s, now()) RETURNING id",
+                (f"bench-history-{role}@example.com", f"History {role}", hashed, role),
             ).fetchone()[0]
             ids[who] = conn.execute(
                 "INSERT INTO wallets (user_id, is_source, available, locked, created_at) "
                 "VALUES (%s, false, 0, 0, now()) RETURNING id",
                 (user_id,),
             ).fetchone()[0]
-        ids["i"] = conn.execute("SELECT id FROM wallets WHERE code = 'issuance'").fetchone()[0]
+        ids["i"] = platform_wallet(conn, "issuance")
         params = {"n": entries, "base": datetime(2020, 1, 1, tzinfo=UTC), **ids}
         with conn.cursor() as cursor:
             for statement in HISTORY_SQL.split(";\n"):
                 if statement.strip():
                     cursor.execute(statement, params)
+        restore()
         conn.commit()
     with psycopg.connect(libpq_url(name), autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE) journal_entries, postings, wallets")
-    return ids["w"], time.perf_counter() - started
 
 
-def entry_cursor(name: str, wallet_id: int, back: int):
-    """The history cursor of the wallet's entry `back` entries from the newest."""
+def entry_cursor(entries: int, back: int):
+    """The history cursor of the wallet's entry `back` entries from the newest: its first
+    posting's seq, worked out as HISTORY_SQL numbers them (the wallet is in every entry)."""
     from soma.wallet.history import Cursor
 
-    with psycopg.connect(libpq_url(name)) as conn:
-        (seq,) = conn.execute(
-            "SELECT min(seq) FROM postings WHERE wallet_id = %s "
-            "GROUP BY entry_id ORDER BY min(seq) DESC OFFSET %s LIMIT 1",
-            (wallet_id, back - 1),
-        ).fetchone()
-    return Cursor(seq)
+    g = entries - back + 1
+    cycle, r = divmod(g - 1, 4)
+    return Cursor(6 * cycle + (1, 2, 4, 6)[r])
 
 
 def time_history(name: str, wallet_id: int, cursor) -> list[dict]:
@@ -476,7 +658,7 @@ def time_history(name: str, wallet_id: int, cursor) -> list[dict]:
                     {
                         "kind": kind or "any",
                         "page": label,
-                        "ms": 1000 * statistics.median(timings[label]),
+                        "ms": 1000 * median(timings[label]),
                         "rows": len(page.rows),
                         "first": page.rows[0].entry_id if page.rows else None,
                         "more": page.next_cursor is not None,
@@ -524,7 +706,77 @@ def explain(db, sql: str, params) -> dict:
     }
 
 
-# -- main ----------------------------------------------------------------------------------
+HISTORY_EMAIL = "bench-history-student@example.com"
+
+
+def history_database() -> tuple[str, int, str]:
+    """The kept history database: (name, wallet id, how it was had)."""
+    name, built, seconds = cached_database("history", "3", build_history, entries=HISTORY_ENTRIES)
+    with psycopg.connect(libpq_url(name)) as conn:
+        (wallet_id,) = conn.execute(
+            "SELECT w.id FROM wallets w JOIN users u ON u.id = w.user_id WHERE u.email = %s",
+            (HISTORY_EMAIL,),
+        ).fetchone()
+    how = f"built in {seconds:.0f} s" if built else "reused (kept between runs)"
+    return name, wallet_id, how
+
+
+def time_pages(name: str, cursor) -> list[dict]:
+    """The whole history page through the test client: page 1 and deep, with and without a
+    kind; a discarded warm-up pass, then REPEATS alternating passes; medians."""
+    from _common import log_in
+
+    from soma.extensions import db
+
+    app = make_app(name, PROPAGATE_EXCEPTIONS=True)
+    client = app.test_client()
+    log_in(client, HISTORY_EMAIL, PASSWORD)
+    cases = {}
+    for kind in (None, "class_hold"):
+        filtered = f"kind={kind}&" if kind else ""
+        cases[(kind or "any", "page 1")] = f"/wallet/history?{filtered}"
+        cases[(kind or "any", "deep")] = f"/wallet/history?{filtered}cursor={cursor.encode()}"
+    times = {case: [] for case in cases}
+    server = {case: 0.0 for case in cases}
+    for n in range(REPEATS + 1):  # the first pass warms up and is discarded
+        for case, url in cases.items():
+            cpu = ServerCPU(name).start()
+            started = time.perf_counter()
+            response = client.get(url)
+            took = time.perf_counter() - started
+            cpu.stop()
+            if response.status_code != 200 or "<table" not in response.get_data(as_text=True):
+                raise RuntimeError(f"{url} answered {response.status_code} without its table")
+            if n:
+                times[case].append(took)
+                server[case] += cpu.seconds or 0.0
+    with app.app_context():
+        db.engine.dispose()
+    return [
+        {
+            "kind": kind,
+            "page": page,
+            "ms": 1000 * median(times[(kind, page)]),
+            "server_ms": 1000 * server[(kind, page)] / REPEATS,
+        }
+        for kind, page in cases
+    ]
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def row(label: str, found: dict, unit: str, ratio: str = "", rounds: str = "") -> tuple:
+    return (
+        label,
+        f"{found['rate']:.0f} {unit}/s",
+        f"{found['p50_ms']:.2f}",
+        "" if found["p99_ms"] != found["p99_ms"] else f"{found['p99_ms']:.2f}",  # (nan: none)
+        fmt_ms(found["worker_cpu_ms"]).removesuffix(" ms").replace("n/a", ""),
+        fmt_ms(found["server_cpu_ms"]).removesuffix(" ms"),
+        ratio,
+        rounds,
+    )
 
 
 def main() -> int:
@@ -532,9 +784,9 @@ def main() -> int:
     pgbench = find_pgbench()
     print(f"Soma ledger benchmark on {make_url(SERVER_URL).render_as_string()}")
     print(
-        f"{WORKERS} workers (processes), {SECONDS:g} s measured after {WARMUP:g} s warm-up, "
-        f"{ROUNDS} rounds; "
-        f"{os.cpu_count()} CPUs; pgbench {'at ' + pgbench if pgbench else 'not found'}"
+        f"{WORKERS} workers (processes), {SECONDS:g} s measured after {SETTLE_IN:g} s per run; "
+        f"{WARMUP_ROUNDS} warm-up round discarded, then {ROUNDS} rounds; {os.cpu_count()} CPUs; "
+        f"pgbench {'at ' + pgbench if pgbench else 'not found'}" + (" [QUICK]" if QUICK else "")
     )
     try:
         conn = psycopg.connect(SERVER_URL, connect_timeout=5)
@@ -548,98 +800,131 @@ def main() -> int:
                 "('server_version', 'synchronous_commit', 'fsync', 'shared_buffers')"
             ).fetchall()
         )
-    print("server: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    print("server: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())), flush=True)
+    found = {key: [] for key, *_ in RUNS}
     with Databases() as dbs:
         template = dbs.create("template")
         migrate(template)
         ledger_db = dbs.create("ledger", template=template)
-        history_db = dbs.create("history", template=template)
-        pairs = make_pairs(ledger_db, WORKERS)
-        counted = round_trips_per_op(ledger_db, pairs[0], alone=True)
-        counted_in_session = round_trips_per_op(ledger_db, pairs[0], alone=False)
-
+        people = make_users(ledger_db)
+        pair = (people["students"][0], people["teachers"][0])
+        counted = round_trips_per_op(ledger_db, pair, alone=True)
+        print(f"  set up in {time.perf_counter() - started:.0f} s", flush=True)
+        made = first_purchases(ledger_db, people)
+        templates, people["primers"] = made[::2], made[1::2]
         pgbench_db = None
         if pgbench:
             pgbench_db = dbs.create("pgbench")
             pgbench_init(pgbench, pgbench_db)
+        with Workers(ledger_db, people) as workers:
+            for n in range(WARMUP_ROUNDS + ROUNDS):
+                purchases = copy_purchases(ledger_db, templates, PURCHASES_PER_WORKER)
+                this = {}
+                for key, *_ in RUNS if n % 2 == 0 else reversed(RUNS):
+                    if key == "pgbench":
+                        if pgbench:
+                            this[key] = run_pgbench(pgbench, pgbench_db, WORKERS, SECONDS)
+                    else:
+                        this[key] = workers.run(key, purchases if key == "fulfil" else None)
+                if n >= WARMUP_ROUNDS:
+                    for key, value in this.items():
+                        found[key].append(value)
+                print(
+                    f"  round {n + 1} of {WARMUP_ROUNDS + ROUNDS} done"
+                    + (" (a warm-up, discarded)" if n < WARMUP_ROUNDS else "")
+                    + f" at {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
 
-        # pgbench and the ledger take turns, ROUNDS times, so that a checkpoint
-        # or another process weighs on both alike; the figures are medians.
-        bases, multis = [], []
-        for _ in range(ROUNDS):
-            if pgbench:
-                bases.append(run_pgbench(pgbench, pgbench_db, WORKERS))
-            multis.append(run_ledger(ledger_db, pairs, WORKERS))
-        base = median_run(bases, "tps") if pgbench else None
-        multi = median_run(multis, "ops_per_s")
-        # Context only: the same with the pool's pre-ping (a round trip per
-        # transaction). Every other figure uses the app's own engine options.
-        options = {**current_engine_options(), "pool_pre_ping": True}
-        pinged = run_ledger(ledger_db, pairs, WORKERS, SQLALCHEMY_ENGINE_OPTIONS=options)
-        in_session = run_ledger(ledger_db, pairs, WORKERS, alone=False)
-        single = run_ledger(ledger_db, pairs, 1)
-        base_single = run_pgbench(pgbench, pgbench_db, 1) if pgbench else None
+    def middle(key: str) -> dict:
+        runs = found[key]
+        out = {}
+        for figure in runs[0]:
+            values = [run[figure] for run in runs if run[figure] is not None]
+            if figure == "exhausted":
+                out[figure] = any(values)
+            else:
+                out[figure] = median(values) if values else None
+        return out
 
-        print()
-        print("1. Ledger throughput (hold and settle alternately, each its own transaction)")
-        rows = [
-            ("ledger, 1 worker", f"{single['ops_per_s']:9.0f} ops/s", describe(single)),
-            (f"ledger, {WORKERS} workers", f"{multi['ops_per_s']:9.0f} ops/s", describe(multi)),
-        ]
-        if base:
-            rows += [
-                ("pgbench TPC-B, 1 client", f"{base_single['tps']:9.0f} tps",
-                 f"avg {base_single['latency_ms']:.2f} ms"),
-                (f"pgbench TPC-B, {WORKERS} clients", f"{base['tps']:9.0f} tps",
-                 f"avg {base['latency_ms']:.2f} ms (scale {PGBENCH_SCALE}, "
-                 f"-j {PGBENCH_THREADS})"),
-                ("ratio ledger/pgbench, 1", f"{single['ops_per_s'] / base_single['tps']:9.2f}", ""),
-                (f"ratio ledger/pgbench, {WORKERS}", f"{multi['ops_per_s'] / base['tps']:9.2f}",
-                 "target >= 0.5; per round " + ", ".join(
-                     f"{m['ops_per_s'] / b['tps']:.2f} ({m['ops_per_s']:.0f}/{b['tps']:.0f})"
-                     for m, b in zip(multis, bases, strict=True))),
-            ]  # fmt: skip
-        rows.append(
-            (f"(ledger, {WORKERS}, pre-ping on)", f"{pinged['ops_per_s']:9.0f} ops/s",
-             describe(pinged) + (f"; ratio {pinged['ops_per_s'] / base['tps']:.2f}"
-                                 if base else ""))
-        )  # fmt: skip
-        rows.append(
-            (f"(ledger, {WORKERS}, in session tx)", f"{in_session['ops_per_s']:9.0f} ops/s",
-             describe(in_session) + (f"; ratio {in_session['ops_per_s'] / base['tps']:.2f}"
-                                     if base else ""))
-        )  # fmt: skip
-        for label, figure, note in rows:
-            print(f"  {label:<28}{figure:>16}   {note}")
-        for how, tallies in (("", counted), (" in session tx", counted_in_session)):
-            for op, c in tallies.items():
-                trips = sum(c.values())
-                detail = ", ".join(f"{k} {v:g}" for k, v in sorted(c.items()))
-                print(f"  {op + ' round trips' + how:<32}{trips:>12.1f}   {detail}")
+    ratios = {}
+    print()
+    print("1. Money operations, each its own transaction (medians of the rounds)")
+    rows = []
+    for key, label, unit, reference in RUNS:
+        if not found[key]:
+            continue
+        note = rounds = ""
+        if reference and found[reference]:
+            each = [
+                run["rate"] / base["rate"]
+                for run, base in zip(found[key], found[reference], strict=True)
+            ]
+            ratios[key] = median(each)
+            note = f"{ratios[key]:.2f} x {reference}"
+            rounds = ", ".join(f"{r:.2f}" for r in each)
+        rows.append(row(label, middle(key), unit, note, rounds))
+    table(
+        rows,
+        ("run", "rate", "p50 ms", "p99 ms", "worker CPU ms", "server CPU ms",
+         "ratio (median)", "per round"),
+    )  # fmt: skip
+    print(
+        "  (an op is one money operation; a class payment is a hold plus a settle, two ops;\n"
+        "   CPU per op (per pgbench transaction); pgbench's p50 is its average latency)"
+    )
+    for op, tally in counted.items():
+        detail = ", ".join(f"{k} {v:g}" for k, v in sorted(tally.items()))
+        print(f"  round trips of a {op}: {sum(tally.values()):.1f} ({detail})")
+    if middle("fulfil")["exhausted"]:
+        print("  WARNING: a worker ran out of purchases to fulfil: raise PURCHASES_PER_WORKER")
+    fulfil_cpu = middle("fulfil")["worker_cpu_ms"]
+    lines = [
+        ("holdsettle", "holds and settles / pgbench TPC-B", 0.5),
+        ("transfer_pool", "transfers / pgbench TPC-B", 0.5),
+        ("fulfil", f"purchase fulfilment / transfers, {WORKERS} workers", 0.5),
+        ("credit", f"credits from issuance / transfers between distinct users, {WORKERS}", 0.8),
+    ]
+    for key, what, target in lines:
+        if key in ratios:
+            print("  " + verdict(what, ratios[key], target))
+    if fulfil_cpu is not None:
+        line = verdict("worker CPU per fulfilment", fulfil_cpu, 1.0, higher=False, unit=" ms")
+        print("  " + line)
 
-        print()
-        n = HISTORY_ENTRIES
-        print(f"2. History page of a wallet with {n:,} entries (median of {REPEATS})", flush=True)
-        wallet_id, seconds = build_history(history_db, n)
-        cursor = entry_cursor(history_db, wallet_id, int(n * HISTORY_DEPTH))
-        cases, postings = time_history(history_db, wallet_id, cursor)
-        print(f"  built {n:,} entries, {postings:,} postings in {seconds:.1f} s; deep = after")
-        print(f"  the cursor of the entry {int(n * HISTORY_DEPTH):,} back from the newest")
-        by = {(c["kind"], c["page"]): c for c in cases}
-        for c in cases:
-            print(
-                f"  kind={c['kind']:<11} {c['page']:<7}{c['ms']:9.2f} ms   "
-                f"server {c['plan']['server_ms']:.2f} ms, {c['plan']['buffers']} buffers, "
-                f"{c['rows']} rows from entry {c['first']:,}{', more' if c['more'] else ''}"
-            )
-        for kind in ("any", "class_hold"):
-            ratio = by[(kind, "deep")]["ms"] / by[(kind, "page 1")]["ms"]
-            print(f"  kind={kind:<11} deep/page 1 {ratio:7.2f}    target close to 1")
-        for c in cases:
-            if c["page"] == "deep":
-                print(f"  plan, kind={c['kind']}, deep: " + " > ".join(c["plan"]["nodes"]))
-        if any(c["plan"]["sorts_all"] for c in cases):
-            print("  WARNING: a plan sorts more than one page of rows")
+    print()
+    n = HISTORY_ENTRIES
+    print(f"2. Wallet history page, wallet of {n:,} entries (median of {REPEATS})", flush=True)
+    history_db, wallet_id, how = history_database()
+    cursor = entry_cursor(n, int(n * HISTORY_DEPTH))
+    pages = time_pages(history_db, cursor)
+    cases, postings = time_history(history_db, wallet_id, cursor)
+    print(f"  database {history_db}: {postings:,} postings, {how}; deep = after the cursor")
+    print(f"  of the entry {int(n * HISTORY_DEPTH):,} back from the newest")
+    by = {(c["kind"], c["page"]): c for c in cases}
+    rows = []
+    for kind in ("any", "class_hold"):
+        first, deep = (next(p for p in pages if p["kind"] == kind and p["page"] == page)
+                       for page in ("page 1", "deep"))  # fmt: skip
+        rows.append((
+            f"kind={kind}", f"{first['ms']:.2f}", f"{deep['ms']:.2f}",
+            f"{deep['ms'] / first['ms']:.2f}", f"{first['server_ms']:.2f}",
+            f"{deep['server_ms']:.2f}", f"{by[(kind, 'page 1')]['ms']:.2f}",
+            f"{by[(kind, 'deep')]['ms']:.2f}",
+        ))  # fmt: skip
+    table(
+        rows,
+        ("whole page, ms", "page 1", "deep", "deep/page 1", "server CPU p1", "server CPU deep",
+         "query p1", "query deep"),
+    )  # fmt: skip
+    for kind, (*_, ratio, _, _, _, _) in zip(("any", "class_hold"), rows, strict=True):
+        print("  " + verdict(f"history kind={kind}, deep/page 1 time", float(ratio), 1.25,
+                             higher=False))  # fmt: skip
+    for c in cases:
+        if c["page"] == "deep":
+            print(f"  plan, kind={c['kind']}, deep: " + " > ".join(c["plan"]["nodes"]))
+    if any(c["plan"]["sorts_all"] for c in cases):
+        print("  WARNING: a plan sorts more than one page of rows")
     print()
     print(f"bench/ledger.py finished in {time.perf_counter() - started:.0f} s")
     return 0
