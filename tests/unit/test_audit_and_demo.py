@@ -39,7 +39,7 @@ def wallet_of(user_id: int) -> Wallet:
 
 
 def platform(code: str) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code))
 
 
 def checks(violations: list[Violation]) -> set[str]:
