@@ -94,6 +94,22 @@ def _give_demo_bonus(user_id: int) -> None:
         click.echo(f"           gave the demo student a bonus of {DEMO_STUDENT_BONUS} tokens")
 
 
+@soma_cli.command("shards")
+def shards() -> None:
+    """Make the sub-accounts of every platform account that SOMA_PLATFORM_SHARDS asks for
+    and do not exist yet (idempotent). Until they exist, the app uses those that do."""
+    from soma.ledger.shards import ensure_shards, existing_shards
+
+    wanted = current_app.config["SOMA_PLATFORM_SHARDS"]
+    created = ensure_shards(wanted)
+    with db.engine.connect() as connection:
+        found = existing_shards(connection)
+    click.echo(
+        f"Platform accounts have {found} shard(s) each ({created} created; the setting asks "
+        f"for {wanted}); a running app uses min(setting, shards) once restarted."
+    )
+
+
 @soma_cli.command("audit")
 @click.option(
     "--full",

@@ -42,6 +42,7 @@ ENV_SETTINGS = {
     "SUPPORT_EMAIL": "",
     "SWEEPER_STALE_SECONDS": "120",
     "AUDIT_RUN_TIMEOUT_SECONDS": "3600",
+    "SOMA_PLATFORM_SHARDS": "16",
     "APP_BASE_URL": "",
     "MAIL_BACKEND": "",
     "MAIL_SERVER": "localhost",
@@ -152,6 +153,7 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "SUPPORT_EMAIL": support_email,
         "SWEEPER_STALE_SECONDS": _positive_int(settings, "SWEEPER_STALE_SECONDS", 120),
         "AUDIT_RUN_TIMEOUT_SECONDS": _positive_int(settings, "AUDIT_RUN_TIMEOUT_SECONDS", 3600),
+        "SOMA_PLATFORM_SHARDS": _platform_shards(settings),
         **mail,
         # Tests run an audit started from /admin/audit in the request, not in a thread.
         "AUDIT_RUN_INLINE": False,
@@ -245,6 +247,14 @@ def _positive_int(settings: dict, name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive whole number, not {raw!r}")
     return int(raw)
+
+
+def _platform_shards(settings: dict) -> int:
+    """How many sub-accounts each platform account is spread over (soma.ledger.shards)."""
+    shards = _positive_int(settings, "SOMA_PLATFORM_SHARDS", 16)
+    if shards > 256:
+        raise ConfigError(f"SOMA_PLATFORM_SHARDS must be 1 to 256, not {shards}")
+    return shards
 
 
 def _rate_limit(settings: dict, name: str, default: str) -> str:

@@ -254,7 +254,9 @@ def _kind(kind: EntryKind):
     return JournalEntry.kind == literal_column(f"'{kind.value}'")
 
 
-def _entry_totals(first_after: int, through: int | None, dialect: str, issuance_id: int):
+def _entry_totals(
+    first_after: int, through: int | None, dialect: str, issuance_ids: tuple[int, ...]
+):
     """SQL: (day, *DayTotals) of the entries with first_after < id <= through (no upper
     bound when None), by UTC day. See the module's docstring for what counts."""
     refund_side = Posting.__table__.alias("refund_side")
@@ -305,7 +307,7 @@ def _entry_totals(first_after: int, through: int | None, dialect: str, issuance_
                 reversal,
                 JournalEntry.kind.in_([EntryKind.REFUND.value, EntryKind.ADJUSTMENT.value]),
                 refund_side.c.entry_id == JournalEntry.id,
-                refund_side.c.wallet_id == literal(issuance_id),
+                refund_side.c.wallet_id.in_([literal(i) for i in issuance_ids]),
             ),
         )
         .where(*conditions)
@@ -313,10 +315,13 @@ def _entry_totals(first_after: int, through: int | None, dialect: str, issuance_
     )
 
 
-def _issuance_id() -> int:
-    """The issuance account's wallet (0 before the ledger made it: no refund joins it)."""
-    found = db.session.scalar(select(Wallet.id).where(Wallet.code == PlatformAccount.ISSUANCE))
-    return found or 0
+def _issuance_ids() -> tuple[int, ...]:
+    """The issuance account's wallets, one per shard (none before the ledger made them:
+    no refund joins them)."""
+    found = db.session.scalars(
+        select(Wallet.id).where(Wallet.code == PlatformAccount.ISSUANCE).order_by(Wallet.id)
+    )
+    return tuple(found) or (0,)
 
 
 def _as_date(text: str) -> date:
@@ -362,7 +367,7 @@ def figures(now: datetime | None = None) -> Metrics:
         if key is not None:
             by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + DayTotals(*values)
     tail_entries = 0
-    for key, *values in db.session.execute(_entry_totals(through, None, dialect, _issuance_id())):
+    for key, *values in db.session.execute(_entry_totals(through, None, dialect, _issuance_ids())):
         totals = DayTotals(*values)
         tail_entries += totals.entries
         by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + totals
@@ -421,12 +426,18 @@ def _holdings(now: datetime) -> list[Holding]:
 
 
 def _platform() -> list[Holding]:
+    """One holding per platform account: the sum of its shards (soma.ledger.shards)."""
     rows = db.session.execute(
-        select(Wallet.code, Wallet.available, Wallet.locked)
+        select(
+            Wallet.code,
+            _sum(Wallet.available),
+            _sum(Wallet.locked),
+        )
         .where(Wallet.code.is_not(None))
-        .order_by(Wallet.id)
+        .group_by(Wallet.code)
+        .order_by(func.min(Wallet.id))
     ).all()
-    return [Holding(code, 1, available, locked) for code, available, locked in rows]
+    return [Holding(code, 1, int(available), int(locked)) for code, available, locked in rows]
 
 
 def _active(now: datetime, through: int) -> dict[str, int]:
@@ -561,7 +572,8 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
         "refund_cents",
     ]
     days = MetricsDay.__table__
-    upsert = insert(days).from_select(names, _entry_totals(after, through, dialect, _issuance_id()))
+    totals = _entry_totals(after, through, dialect, _issuance_ids())
+    upsert = insert(days).from_select(names, totals)
     db.session.execute(
         upsert.on_conflict_do_update(
             index_elements=[days.c.day],

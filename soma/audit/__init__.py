@@ -24,6 +24,7 @@ CHECKS: list[Callable[[Scope], list[Violation]]] = [
     ledger.entries_have_two_postings,
     ledger.balances_match_postings,
     ledger.no_negative_balances,
+    ledger.platform_shards_complete,
     ledger.holds_close_with_their_amount,
     ledger.locked_equals_open_holds,
     ledger.entry_tokens_match_postings,

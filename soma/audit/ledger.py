@@ -23,9 +23,11 @@ from soma.extensions import db
 from soma.ledger.operations import HOLD_KINDS
 from soma.ledger.pricing import value_cents_sql
 from soma.models import (
+    SOURCE_ACCOUNTS,
     Bucket,
     EntryKind,
     JournalEntry,
+    PlatformAccount,
     Posting,
     PricingUserType,
     Wallet,
@@ -92,6 +94,7 @@ def balances_match_postings(scope: Scope = FULL) -> list[Violation]:
             Wallet.id,
             Wallet.user_id,
             Wallet.code,
+            Wallet.shard,
             Wallet.available,
             Wallet.locked,
             available,
@@ -106,16 +109,25 @@ def balances_match_postings(scope: Scope = FULL) -> list[Violation]:
     return [
         Violation(
             "balance-mismatch",
-            f"wallet {w_id} ({code or f'user {user_id}'}) holds {cached_a} available and "
+            f"wallet {w_id} ({_owner(code, shard, user_id)}) holds {cached_a} available and "
             f"{cached_l} locked, but its postings sum to {posted_a} and {posted_l}",
         )
-        for w_id, user_id, code, cached_a, cached_l, posted_a, posted_l in rows
+        for w_id, user_id, code, shard, cached_a, cached_l, posted_a, posted_l in rows
     ]
 
 
+def _owner(code: str | None, shard: int, user_id: int | None) -> str:
+    """A wallet as the audit names it: a platform account's shard, or a user's."""
+    return f"{code} shard {shard}" if code else f"user {user_id}"
+
+
 def no_negative_balances(scope: Scope = FULL) -> list[Violation]:
+    """No wallet below zero: each shard of a sink (redemption, fees) on its own, not only
+    the account's sum, since each is a wallet the ledger takes tokens from."""
     rows = db.session.execute(
-        select(Wallet.id, Wallet.user_id, Wallet.code, Wallet.available, Wallet.locked)
+        select(
+            Wallet.id, Wallet.user_id, Wallet.code, Wallet.shard, Wallet.available, Wallet.locked
+        )
         .where(or_(and_(Wallet.available < 0, ~Wallet.is_source), Wallet.locked < 0))
         .order_by(Wallet.id)
         .limit(MOST)
@@ -123,10 +135,45 @@ def no_negative_balances(scope: Scope = FULL) -> list[Violation]:
     return [
         Violation(
             "negative-balance",
-            f"wallet {w_id} ({code or f'user {user_id}'}) has {a} available, {lk} locked",
+            f"wallet {w_id} ({_owner(code, shard, user_id)}) has {a} available, {lk} locked",
         )
-        for w_id, user_id, code, a, lk in rows
+        for w_id, user_id, code, shard, a, lk in rows
     ]
+
+
+def platform_shards_complete(scope: Scope = FULL) -> list[Violation]:
+    """Every platform account has shards 0 to k-1, the same k for each (soma.ledger.shards),
+    none other; each shard is a source exactly when its account is, and holds nothing
+    locked. No wallet names an account that does not exist."""
+    rows = db.session.execute(
+        select(Wallet.id, Wallet.code, Wallet.shard, Wallet.is_source, Wallet.locked).where(
+            Wallet.code.is_not(None)
+        )
+    ).all()
+    found: list[str] = []
+    shards: dict[str, set[int]] = {account.value: set() for account in PlatformAccount}
+    for wallet_id, code, shard, is_source, locked in rows:
+        if code not in shards:
+            found.append(f"wallet {wallet_id} belongs to {code!r}, which is no platform account")
+            continue
+        shards[code].add(shard)
+        if is_source != (PlatformAccount(code) in SOURCE_ACCOUNTS):
+            found.append(
+                f"wallet {wallet_id} ({code} shard {shard}) says it is "
+                f"{'' if is_source else 'not '}a source; {code} is "
+                f"{'' if PlatformAccount(code) in SOURCE_ACCOUNTS else 'not '}one"
+            )
+        if locked:
+            found.append(f"wallet {wallet_id} ({code} shard {shard}) has {locked} locked")
+    counts = {code: len(numbers) for code, numbers in shards.items()}
+    for code, numbers in shards.items():
+        if not numbers:
+            found.append(f"{code} has no wallet")
+        elif numbers != set(range(len(numbers))):
+            found.append(f"{code} has shards {sorted(numbers)}, not 0 to {len(numbers) - 1}")
+    if len(set(counts.values())) > 1:
+        found.append(f"the platform accounts have different numbers of shards: {counts}")
+    return [Violation("platform-shards", detail) for detail in found]
 
 
 def holds_close_with_their_amount(scope: Scope = FULL) -> list[Violation]:

@@ -6,8 +6,9 @@ An entry is written in the caller's transaction, in this order:
    key was used before (return that entry, or refuse different content), or
    that the hold it closes is already closed (AlreadySettled).
 2. One conditional UPDATE per wallet, in a fixed order (users by id, then
-   platform accounts by code) so that concurrent entries never deadlock. The
-   WHERE clause refuses an overdraft; the CHECK constraints are the backstop.
+   platform accounts by code and shard) so that concurrent entries never
+   deadlock. The WHERE clause refuses an overdraft; the CHECK constraints are
+   the backstop.
 3. INSERT the postings, with the balances the UPDATEs returned.
 
 On PostgreSQL the three steps are one statement (a chain of CTEs, see
@@ -42,6 +43,11 @@ in SQL on PostgreSQL (`soma_link`, `soma_head` and `soma_prior`, migration 0009,
 called from the wallet's UPDATE), and in Python on SQLite and by the audit (`chain_link`,
 `wallet_links`); a posting edited past the append-only triggers no longer hashes
 to what it says, and the audit names the first such link.
+
+A platform account is several wallets, its shards (see soma.ledger.shards): a
+leg that names the account alone is posted to the shard its entry's reference
+(or key) hashes to, so concurrent purchases lock different issuance rows. A
+debit from a sink account (redemption, fees) must name its shard.
 
 The fixed lock order holds within one entry; a transaction that posts several
 entries touching the same wallets in different orders can deadlock (PostgreSQL
@@ -93,7 +99,9 @@ from soma.ledger.errors import (
     LedgerError,
 )
 from soma.ledger.pricing import value_cents_sql
+from soma.ledger.shards import shard_count, shard_for, shard_key
 from soma.models import (
+    SOURCE_ACCOUNTS,
     Bucket,
     EntryKind,
     JournalEntry,
@@ -113,28 +121,39 @@ wallets = Wallet.__table__
 
 @dataclass(frozen=True, order=True)
 class Account:
-    """A wallet named the one way it is always named: a platform code or a user id."""
+    """A wallet named the one way it is always named: a platform code or a user id.
+
+    A platform account's `shard` is None until `post` places the entry on one.
+    """
 
     platform: str | None = None
     user_id: int | None = None
+    shard: int | None = None
 
     @property
     def sort_key(self) -> tuple:
         # Users first, platform accounts last: a purchase waiting on a busy
-        # user's wallet then does not hold the issuance row, which every
+        # user's wallet then does not hold an issuance row, which every
         # purchase needs. One total order either way, so no deadlocks.
-        return (1, self.platform, 0) if self.platform else (0, "", self.user_id)
+        return (1, self.platform, self.shard or 0) if self.platform else (0, "", self.user_id)
 
     def describe(self) -> str:
+        # The account, not its shard: an entry's digest is the same whatever shard it took.
         return self.platform or f"user:{self.user_id}"
+
+    def name(self) -> str:
+        return self.describe() if self.shard is None else f"{self.platform}:{self.shard}"
 
 
 def user_account(user_id: int) -> Account:
     return Account(user_id=int(user_id))
 
 
-def platform_account(code: PlatformAccount | str) -> Account:
-    return Account(platform=PlatformAccount(code).value)
+def platform_account(code: PlatformAccount | str, shard: int | None = None) -> Account:
+    """A platform account; on `shard` if given, else on the shard `post` picks."""
+    if shard is not None and (not is_whole(shard) or shard < 0):
+        raise InvalidPosting(f"a shard is a whole number, not negative, not {shard!r}")
+    return Account(platform=PlatformAccount(code).value, shard=shard)
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,29 @@ class PostedEntry:
     tokens: int
     idempotency_key: str
     replayed: bool = False
+
+
+def _placed(legs: list[Leg], key: str, reference) -> list[Leg]:
+    """The legs with every platform account on a shard (see soma.ledger.shards).
+
+    An account the caller left unplaced goes to the shard the entry's reference (or
+    key) hashes to. A debit from a sink must say which shard: any other could hold
+    fewer tokens than the account as a whole.
+    """
+    placed = []
+    chosen = None
+    for leg in legs:
+        account = leg.account
+        if account.platform is not None and account.shard is None:
+            if leg.amount < 0 and PlatformAccount(account.platform) not in SOURCE_ACCOUNTS:
+                raise InvalidPosting(
+                    f"a debit from {account.platform} names the shard it takes from"
+                )
+            if chosen is None:
+                chosen = shard_for(shard_key(key, reference), shard_count())
+            leg = Leg(Account(platform=account.platform, shard=chosen), leg.bucket, leg.amount)
+        placed.append(leg)
+    return placed
 
 
 def _digest(kind: str, tokens: int, legs: list[Leg], reference, closes: int | None) -> str:
@@ -276,7 +318,10 @@ def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None)
     d_available = bindparam(f"p_{Bucket.AVAILABLE.value}{suffix}", type_=BigInteger())
     d_locked = bindparam(f"p_{Bucket.LOCKED.value}{suffix}", type_=BigInteger())
     if platform:
-        owner = wallets.c.code == bindparam(f"p_owner{suffix}", type_=String())
+        owner = and_(
+            wallets.c.code == bindparam(f"p_owner{suffix}", type_=String()),
+            wallets.c.shard == bindparam(f"p_shard{suffix}", type_=Integer()),
+        )
         available_ok = or_(wallets.c.available + d_available >= 0, wallets.c.is_source)
     else:
         owner = wallets.c.user_id == bindparam(f"p_owner{suffix}", type_=Integer())
@@ -491,6 +536,7 @@ def post(
         raise InvalidPosting("a hold check needs the hold the entry closes")
     now = (now or utcnow()).astimezone(UTC)
     digest = _digest(kind, tokens, legs, reference, closes_entry_id)
+    legs = _placed(legs, key, reference)
     accounts = sorted(_deltas_by_account(legs).items(), key=lambda item: item[0].sort_key)
     values = {
         "p_kind": kind,
@@ -573,6 +619,8 @@ def _one_statement(values: dict, accounts, strict: bool) -> str:
     shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
     for i, (account, deltas) in enumerate(accounts):
         values[f"p_owner{i}"] = account.platform or account.user_id
+        if account.platform:
+            values[f"p_shard{i}"] = account.shard
         values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
         values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
     return _whole_entry_sql(shape, "p_held" in values, strict)
@@ -704,6 +752,7 @@ def _apply(connection, account: Account, deltas: dict[str, int]):
         _wallet_update_alone(account.platform is not None),
         {
             "p_owner": account.platform or account.user_id,
+            "p_shard": account.shard,
             "p_available": deltas.get(Bucket.AVAILABLE, 0),
             "p_locked": deltas.get(Bucket.LOCKED, 0),
         },
@@ -716,8 +765,13 @@ def _apply(connection, account: Account, deltas: dict[str, int]):
 @cache
 def _balances_query(platform: bool):
     """The wallet's balances, read to explain a refused UPDATE."""
-    owner = wallets.c.code if platform else wallets.c.user_id
-    return select(wallets.c.available, wallets.c.locked).where(owner == bindparam("p_owner"))
+    if platform:
+        owner = and_(
+            wallets.c.code == bindparam("p_owner"), wallets.c.shard == bindparam("p_shard")
+        )
+    else:
+        owner = wallets.c.user_id == bindparam("p_owner")
+    return select(wallets.c.available, wallets.c.locked).where(owner)
 
 
 def _refuse(connection, account: Account, deltas: dict[str, int]) -> NoReturn:
@@ -731,10 +785,10 @@ def _refuse(connection, account: Account, deltas: dict[str, int]) -> NoReturn:
     d_locked = deltas.get(Bucket.LOCKED, 0)
     current = connection.execute(
         _balances_query(account.platform is not None),
-        {"p_owner": account.platform or account.user_id},
+        {"p_owner": account.platform or account.user_id, "p_shard": account.shard},
     ).first()
     if current is None:
-        raise InvalidPosting(f"no wallet for {account.describe()}")
+        raise InvalidPosting(f"no wallet for {account.name()}")
     locked_at_fault = d_locked < 0 and (d_available >= 0 or current.locked + d_locked < 0)
     if locked_at_fault:
         raise InsufficientTokens(needed=-d_locked, available=current.locked)

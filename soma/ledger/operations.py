@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, select
 from soma.extensions import db
 from soma.ledger.core import Leg, PostedEntry, platform_account, post, user_account
 from soma.ledger.errors import InvalidPosting
+from soma.ledger.shards import shard_count, shard_for, shard_key
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
 from soma.money import is_whole
 
@@ -271,18 +272,49 @@ def unretire(
     *,
     key: str,
     kind: str = EntryKind.ADJUSTMENT,
+    retired_entry_id: int | None = None,
     **details: Unpack[EntryDetails],
 ) -> PostedEntry:
     """Undo a `retire` whose money came back (a payout reversed): `tokens` return to the
     user's available balance, `fee_tokens` of them from the fees account and the rest
-    from redemption. Keyed by the caller (the reversal): once."""
+    from redemption. Keyed by the caller (the reversal): once.
+
+    The tokens come back from the shards of redemption and fees the retire credited
+    (soma.ledger.shards): those of `retired_entry_id`, the retire entry, when given;
+    else the shards its reference hashes to, which are the retire's when it has the
+    retire's reference (and the number of shards has not changed since)."""
     tokens = _positive(tokens)
     if not is_whole(fee_tokens) or not 0 <= fee_tokens < tokens:
         raise InvalidPosting(f"an unretire's fee is 0 to {tokens - 1} tokens, not {fee_tokens}")
+    if retired_entry_id is not None:
+        shards = _retired_shards(retired_entry_id)
+    else:
+        shard = shard_for(shard_key(key, details.get("reference")), shard_count())
+        shards = {PlatformAccount.REDEMPTION: shard, PlatformAccount.FEES: shard}
+    redemption = platform_account(PlatformAccount.REDEMPTION, shards[PlatformAccount.REDEMPTION])
     legs = [
-        Leg(platform_account(PlatformAccount.REDEMPTION), Bucket.AVAILABLE, -(tokens - fee_tokens)),
+        Leg(redemption, Bucket.AVAILABLE, -(tokens - fee_tokens)),
         Leg(user_account(user_id), Bucket.AVAILABLE, tokens),
     ]
     if fee_tokens:
-        legs.insert(1, Leg(platform_account(PlatformAccount.FEES), Bucket.AVAILABLE, -fee_tokens))
+        fees = platform_account(PlatformAccount.FEES, shards.get(PlatformAccount.FEES))
+        legs.insert(1, Leg(fees, Bucket.AVAILABLE, -fee_tokens))
     return post(kind, key, legs, tokens=tokens, **details)
+
+
+def _retired_shards(entry_id: int) -> dict[PlatformAccount, int]:
+    """The shard of redemption (and of fees, if it took a fee) the retire `entry_id` credited."""
+    rows = db.session.execute(
+        select(Wallet.code, Wallet.shard)
+        .join(Posting, Posting.wallet_id == Wallet.id)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(
+            Posting.entry_id == entry_id,
+            Wallet.code.is_not(None),
+            JournalEntry.kind == EntryKind.WITHDRAWAL_PAID.value,
+        )
+    ).all()
+    shards = {PlatformAccount(code): shard for code, shard in rows}
+    if PlatformAccount.REDEMPTION not in shards:
+        raise InvalidPosting(f"entry {entry_id} is not a retire")
+    return shards

@@ -13,7 +13,9 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    SmallInteger,
     String,
+    UniqueConstraint,
     false,
     text,
 )
@@ -52,7 +54,11 @@ ENTRY_KIND_LABELS = {
 
 
 class PlatformAccount(enum.StrEnum):
-    """The platform's own accounts. Issuance and promotions are where tokens come from."""
+    """The platform's own accounts. Issuance and promotions are where tokens come from.
+
+    Each is split into sub-accounts (wallets with the same `code` and their own `shard`,
+    0 to N-1; see soma.ledger.shards): an account's balance is the sum of its shards'.
+    """
 
     ISSUANCE = "issuance"
     REDEMPTION = "redemption"
@@ -86,11 +92,17 @@ class Wallet(Base):
         CheckConstraint("locked >= 0", name="locked_not_negative"),
         CheckConstraint("(user_id IS NULL) <> (code IS NULL)", name="user_or_platform"),
         CheckConstraint("NOT is_source OR user_id IS NULL", name="only_platform_is_source"),
+        CheckConstraint("shard >= 0 AND (code IS NOT NULL OR shard = 0)", name="shard_of_platform"),
+        # One wallet per sub-account of a platform account (users' wallets are shard 0).
+        UniqueConstraint("code", "shard"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), unique=True)
-    code: Mapped[str | None] = mapped_column(String(32), unique=True)
+    code: Mapped[str | None] = mapped_column(String(32))
+    # Which sub-account of the platform account `code` this wallet is (0 for a user's):
+    # entries spread over the shards so that no one row is locked by every purchase.
+    shard: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     # A source account (issuance, promotions) goes negative by what it has issued.
     is_source: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     available: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -110,7 +122,7 @@ class Wallet(Base):
         return self.available + self.locked
 
     def __repr__(self) -> str:
-        owner = f"user {self.user_id}" if self.user_id else self.code
+        owner = f"user {self.user_id}" if self.user_id else f"{self.code}:{self.shard}"
         return f"<Wallet {self.id} {owner} {self.available}+{self.locked}>"
 
 

@@ -655,6 +655,7 @@ def reverse_paid(withdrawal_id: int, reversal_key: str, source: str, note: str) 
             withdrawal.tokens,
             withdrawal.fee_tokens,
             key=f"withdrawal:{withdrawal_id}:reversal:{reversal_key}"[:200],
+            retired_entry_id=withdrawal.closed_entry_id,
             reference=("withdrawal", withdrawal_id),
             memo=f"Withdrawal #{withdrawal_id} reversed: tokens returned",
             now=now,

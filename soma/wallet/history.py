@@ -304,9 +304,8 @@ def _history_query(
     # the other side of a gift, the purchase of a refund, whether the tokens are
     # promotional (the other side is the promotions account).
     other = aliased(Posting)
-    promotions = (
-        select(Wallet.id).where(Wallet.code == PlatformAccount.PROMOTIONS.value).scalar_subquery()
-    )
+    # Any shard of promotions (soma.ledger.shards).
+    promotions = aliased(Wallet)
     sender = aliased(User)
     recipient = aliased(User)
     return (
@@ -326,7 +325,11 @@ def _history_query(
             JournalEntry.reference_type,
             JournalEntry.reference_id,
             exists()
-            .where(other.entry_id == page.c.entry_id, other.wallet_id == promotions)
+            .where(
+                other.entry_id == page.c.entry_id,
+                promotions.id == other.wallet_id,
+                promotions.code == PlatformAccount.PROMOTIONS.value,
+            )
             .label("promotional"),
             sender.display_name.label("gift_sender"),
             recipient.display_name.label("gift_recipient"),

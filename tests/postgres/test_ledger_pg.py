@@ -57,7 +57,7 @@ def wallet_of(user_id: int) -> tuple[int, int]:
 
 
 def platform_balance(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def entries_by_key(prefix: str) -> list[JournalEntry]:

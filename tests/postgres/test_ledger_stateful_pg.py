@@ -67,9 +67,13 @@ def sql(statement: str, **params):
 
 
 def balances() -> dict[str, tuple[int, int]]:
-    """Every wallet's cached (available, locked), by owner."""
-    rows = sql("SELECT coalesce(code, 'user:' || user_id), available, locked FROM wallets")
-    return {owner: (available, locked) for owner, available, locked in rows}
+    """Every wallet's cached (available, locked), by owner; a platform account's summed
+    over its shards (soma.ledger.shards)."""
+    rows = sql(
+        "SELECT coalesce(code, 'user:' || user_id), sum(available), sum(locked) FROM wallets "
+        "GROUP BY coalesce(code, 'user:' || user_id)"
+    )
+    return {owner: (int(available), int(locked)) for owner, available, locked in rows}
 
 
 def snapshot() -> tuple:

@@ -42,7 +42,7 @@ def wallet_of(user_id: int) -> Wallet:
 
 
 def platform(code: str) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code))
 
 
 def checks(violations: list[Violation]) -> set[str]:
@@ -207,14 +207,13 @@ def test_audit_names_an_entry_without_postings(ctx, runner):
 def test_audit_names_a_negative_balance(ctx):
     """The CHECK constraint refuses a negative balance, so the corruption first disables it."""
     db.session.execute(text("PRAGMA ignore_check_constraints = ON"))
-    db.session.execute(text("UPDATE wallets SET available = -3 WHERE code = 'fees'"))
+    db.session.execute(text("UPDATE wallets SET available = -3 WHERE code = 'fees' AND shard = 5"))
     db.session.commit()
-    fees_id = db.session.scalar(select(Wallet.id).where(Wallet.code == "fees"))
+    fees_id = db.session.scalar(select(Wallet.id).where(Wallet.code == "fees", Wallet.shard == 5))
 
     violations = run_audit()
-    assert Violation("negative-balance", f"wallet {fees_id} (fees) has -3 available, 0 locked") in (
-        violations
-    )
+    expected = f"wallet {fees_id} (fees shard 5) has -3 available, 0 locked"
+    assert Violation("negative-balance", expected) in violations
     assert checks(violations) == {"negative-balance", "balance-mismatch"}
 
 

@@ -11,6 +11,7 @@ from soma import ledger
 from soma.extensions import db
 from soma.ledger.core import Leg, platform_account, post, user_account
 from soma.ledger.pricing import tokens_value_cents
+from soma.ledger.shards import shard_count, shard_for
 from soma.models import Bucket, EntryKind, JournalEntry, PlatformAccount, Posting, Wallet
 from tests.builders import fund, make_user
 
@@ -32,11 +33,15 @@ def balances(user_id: int) -> tuple[int, int]:
 
 
 def platform(code: str) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code))
 
 
 def platform_balances() -> dict[str, int]:
-    rows = db.session.execute(select(Wallet.code, Wallet.available).where(Wallet.code.is_not(None)))
+    rows = db.session.execute(
+        select(Wallet.code, func.sum(Wallet.available))
+        .where(Wallet.code.is_not(None))
+        .group_by(Wallet.code)
+    )
     return dict(rows.all())
 
 
@@ -167,10 +172,15 @@ def test_debit_returns_tokens_to_issuance(student):
     assert (written.kind, written.tokens, written.memo) == (EntryKind.REFUND, 12, "Refund")
     assert (written.reference_type, written.reference_id) == ("purchase", 3)
     assert (written.usd_cents, written.teacher_usd_cents) == (120, 48)
+    # Each shard of issuance has its own balance: the refund's shard (its reference's)
+    # had issued nothing, unless the funding was on it too.
+    shard = db.session.get(Wallet, posting_wallet(posted.id, "issuance"))
+    assert shard.shard == shard_for("purchase:3", shard_count())
     assert postings_of(posted.id) == {
-        ("issuance", AVAILABLE): (12, -18, 0),
+        ("issuance", AVAILABLE): (12, shard.available, 0),
         (f"user:{student}", AVAILABLE): (-12, 18, 0),
     }
+    assert shard.available in (12, -18)
 
 
 def test_hold_moves_tokens_from_available_to_locked(student):
@@ -555,10 +565,27 @@ def test_held_tokens_cannot_be_spent_twice(student, other_student):
 
 def test_a_platform_account_that_is_not_a_source_cannot_go_negative(student):
     before = snapshot()
-    with pytest.raises(ledger.InsufficientTokens), ledger.atomic():
+    # A debit from a sink names its shard (any other might hold too few tokens) ...
+    with pytest.raises(ledger.InvalidPosting, match="names the shard"), ledger.atomic():
         ledger.credit(student, 5, key=key(), source=PlatformAccount.FEES)
+    # ... and one that does is refused when that shard would go negative.
+    legs = [
+        Leg(platform_account(PlatformAccount.FEES, 3), AVAILABLE, -5),
+        Leg(user_account(student), AVAILABLE, 5),
+    ]
+    with pytest.raises(ledger.InsufficientTokens), ledger.atomic():
+        post(EntryKind.ADJUSTMENT, key(), legs, tokens=5)
     assert snapshot() == before
     assert platform("fees") == 0
+
+
+def posting_wallet(entry_id: int, code: str) -> int:
+    """The wallet (which shard of `code`) the entry posted to."""
+    return db.session.scalar(
+        select(Wallet.id)
+        .join(Posting, Posting.wallet_id == Wallet.id)
+        .where(Posting.entry_id == entry_id, Wallet.code == code)
+    )
 
 
 def test_amounts_must_be_positive_whole_numbers(student, other_student):

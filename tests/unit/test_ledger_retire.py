@@ -1,7 +1,7 @@
 """ledger.retire: a withdrawal hold retired whole, its fee to the fees account, once."""
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from soma import ledger
 from soma.audit import run_audit
@@ -13,7 +13,7 @@ from tests.helpers import balances
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def hold_of(teacher_id: int, tokens: int, key: str) -> int:

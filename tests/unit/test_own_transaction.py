@@ -27,7 +27,7 @@ def counts() -> tuple[int, int]:
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def entry(entry_id: int) -> JournalEntry:

@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from soma import ledger
 from soma.audit import run_audit
@@ -36,7 +36,7 @@ def paid_purchase(app, tokens: int = 250) -> tuple[int, int]:
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def refunds_of(purchase_id: int) -> list[tuple[str, int]]:

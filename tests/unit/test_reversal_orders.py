@@ -12,7 +12,7 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from soma import ledger
 from soma.audit import run_audit
@@ -119,7 +119,7 @@ def expected(outcome, refunds, dispute):
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def deliver(app, queue: list[dict], drain: bool = True) -> list[dict]:

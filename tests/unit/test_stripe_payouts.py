@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from soma import clock as app_clock
 from soma import ledger
@@ -51,7 +51,8 @@ def teacher(app, auth, clock, connect):
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value)) or 0
+    total = select(func.sum(Wallet.available)).where(Wallet.code == code.value)
+    return db.session.scalar(total) or 0
 
 
 def entries_of(withdrawal_id: int) -> list[tuple[str, int]]:

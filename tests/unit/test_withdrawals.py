@@ -30,7 +30,7 @@ from tests.helpers import balances
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def entries_of(withdrawal_id: int) -> list[tuple[str, int]]:
