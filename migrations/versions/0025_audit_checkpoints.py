@@ -4,16 +4,16 @@
 `audit_checkpoint_wallets` the newest checkpoint's wallet heads and balances (see
 soma.models.audit). `audit_runs.full` says whether a run rechecked everything.
 
-Revision ID: 0026
-Revises: 0023
+Revision ID: 0025
+Revises: 0024
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0026"
-down_revision = "0023"
+revision = "0025"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 
