@@ -32,11 +32,30 @@ def autocommit_row(
     dropped. (After an error, a write may or may not have happened: a caller
     that wrote retries with the same idempotency key to find out.)
     """
+    return autocommit_rows([(sql, params)], keep)[0]
+
+
+def autocommit_rows(
+    statements: list[tuple[str, dict]], keep: Callable[[psycopg.Error], bool] | None = None
+) -> list[tuple | None]:
+    """Run statements (driver SQL, with their values) in one transaction; each one's first row.
+
+    One statement runs alone in autocommit, as `autocommit_row`. Several are sent
+    at once (psycopg's pipeline) between a BEGIN and a COMMIT: one round trip, so
+    the locks the first one takes are held only while the others run. If one
+    fails, the ones after it are skipped and all are rolled back; errors are as
+    for `autocommit_row`.
+    """
     pooled = db.engine.raw_connection()
     driver = pooled.driver_connection
+    sql, params = statements[0]
     try:
         driver.autocommit = True
-        return driver.execute(sql, params).fetchone()
+        if len(statements) == 1:
+            return [driver.execute(sql, params).fetchone()]
+        with driver.pipeline(), driver.transaction():
+            cursors = [driver.execute(sql, params) for sql, params in statements]
+        return [cursor.fetchone() for cursor in cursors]
     except psycopg.Error as error:
         if keep is not None and keep(error):
             raise

@@ -28,6 +28,12 @@ def _email(notification: Notification) -> None:
     if user is None or not user.email_notifications:
         return
     db.session.flush()  # its id names the email
+    email(user, notification)
+
+
+def email(user: User, notification) -> bool:
+    """Queue the email of a notification already written (its id names the email, so it
+    is queued once however often this is called); True when this call queued it."""
     lines = [f"Hello {user.display_name},", "", notification.message]
     if notification.link:
         lines += ["", f"See it on Soma: {mail.absolute_url(notification.link)}"]
@@ -38,7 +44,7 @@ def _email(notification: Notification) -> None:
         "You get this email because email notifications are on for your account. "
         f"Turn them off at {mail.absolute_url('/account')}.",
     ]
-    mail.queue(
+    return mail.queue(
         user.email,
         f"Soma: {notification.message}",
         "\n".join(lines) + "\n",

@@ -6,33 +6,69 @@ status in one transaction with its ledger entries, so a webhook, a success
 page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
+
+On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`):
+the compare-and-set of the purchase, its history row, its notification and the
+tokens' entry, with the bonus's entry sent with it in the same transaction, so
+the issuance and promotions rows are locked only while those run. Its email and
+the purchase's `credited_entry_id` follow in a short transaction of their own;
+`credited_entry_id` still empty on a credited purchase means that one has not
+run (a crash in between), and the next confirmation of the purchase, or the
+sweeper (`finish_credits`), runs it. On SQLite, and when a `claim` must commit
+with the credit, all of it is one transaction in the session.
 """
 
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
 from flask import current_app
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    bindparam,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.orm.util import identity_key
 
-from soma import clock, ledger, money, transitions
+from soma import clock, fastread, ledger, money, transitions
 from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused
 from soma.extensions import db
+from soma.ledger import core
+from soma.ledger.operations import credit_legs
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
-from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User
+from soma.models import (
+    EntryKind,
+    Notification,
+    PlatformAccount,
+    PricingUserType,
+    Role,
+    User,
+    UTCDateTime,
+)
 from soma.models.purchase import (
+    CREDITED,
     CUSTOM_MAX,
     CUSTOM_MIN,
+    PROVIDER_LABELS,
     Provider,
     Purchase,
     PurchaseEvent,
     PurchaseStatus,
     TokenPackage,
 )
-from soma.notifications.service import notify
+from soma.notifications.service import email, notify
 from soma.providers import daraja, sandbox
 from soma.providers import stripe as stripe_provider
 from soma.security import owned
@@ -280,6 +316,8 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
     purchase (matching a payment to it, say), and refuses the whole by raising.
     Safe to call any number of times, from any number of places at once.
     """
+    if claim is None and db.session.get_bind().dialect.name == "postgresql":
+        return _fulfil_at_once(purchase_id, source, refs)
 
     def work():
         purchase = _move_from(
@@ -312,16 +350,226 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
             .values(credited_entry_id=first.id)
             .execution_options(synchronize_session=False)
         )
-        notify(
-            purchase.user_id,
-            "purchase_credited",
-            f"{purchase.total_tokens:,} tokens were added to your wallet "
-            f"(purchase #{purchase_id}).",
-            link=f"/buy/purchases/{purchase_id}",
-        )
+        notify(purchase.user_id, CREDITED_KIND, *_credited_note(purchase_id, purchase.total_tokens))
 
     transitions.retrying(work, "This purchase")
     return fresh(purchase_id)
+
+
+CREDITED_KIND = "purchase_credited"
+
+
+def _credited_note(purchase_id: int, total_tokens: int) -> tuple[str, str]:
+    """The notification of a credit: its message and link."""
+    message = f"{total_tokens:,} tokens were added to your wallet (purchase #{purchase_id})."
+    return message, f"/buy/purchases/{purchase_id}"
+
+
+# What a purchase is for never changes once started: what its credit writes.
+FACTS = ("user_id", "tokens", "bonus_tokens", "amount_minor", "currency", "provider")
+_FACTS = select(*(getattr(Purchase, name) for name in FACTS)).where(
+    Purchase.id == bindparam("p_purchase")
+)
+
+
+def _facts(purchase_id: int) -> tuple:
+    """The purchase's FACTS: from the session if it holds them, else read in autocommit."""
+    loaded = db.session.identity_map.get(identity_key(Purchase, purchase_id))
+    if loaded is not None and all(name in loaded.__dict__ for name in FACTS):
+        return tuple(loaded.__dict__[name] for name in FACTS)
+    row = fastread.read_one(_FACTS, {"p_purchase": purchase_id})
+    if row is None:
+        raise NoResultFound(f"no purchase {purchase_id}")
+    return row
+
+
+def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
+    """`fulfil` on PostgreSQL: the credit in one statement (see the module's docstring)."""
+    user_id, tokens, bonus, amount_minor, currency, provider = _facts(purchase_id)
+    if db.session().in_transaction():
+        db.session.commit()  # what the caller wrote goes first (it went with the credit before)
+    message, link = _credited_note(purchase_id, tokens + bonus)
+    guard = core.Guard(
+        _paid_if_payable,
+        tuple(sorted(refs)),
+        {
+            "p_g_purchase": purchase_id,
+            "p_g_user": user_id,
+            "p_g_tokens": tokens,
+            "p_g_bonus": bonus,
+            "p_g_now": clock.now(),
+            "p_g_source": source[:64],
+            "p_g_message": message[:500],
+            "p_g_link": link,
+            **{f"p_g_{name}": value for name, value in refs.items()},
+        },
+    )
+    price = money.amount(amount_minor, currency)
+    label = PROVIDER_LABELS[Provider(provider)]
+    memos = (
+        f"Bought {tokens:,} tokens for {price} ({label})",
+        f"Bonus with purchase #{purchase_id}",
+    )
+    kinds = (EntryKind.PURCHASE, EntryKind.BONUS)
+    asked = [
+        {
+            "kind": kind,
+            "key": f"purchase:{purchase_id}:{part}",
+            "legs": credit_legs(user_id, amount, account),
+            "tokens": amount,
+            "reference": ("purchase", purchase_id),
+            "memo": memo,
+        }
+        for (part, account), amount, kind, memo in zip(
+            PARTS, (tokens, bonus), kinds, memos, strict=True
+        )
+        if amount
+    ]
+    done = core.post_guarded(guard, *asked)
+    if done is not None:
+        _history_id, notification_id = done.written
+        _finish_credit(purchase_id, done.entries[0].id, user_id, notification_id, message, link)
+    purchase = fresh(purchase_id)
+    if done is None and purchase.credited and purchase.credited_entry_id is None:
+        finish_credit(purchase_id)  # credited, but what follows never ran (a crash)
+        purchase = fresh(purchase_id)
+    return purchase
+
+
+@cache
+def _paid_if_payable(*refs: str):
+    """The guard of a credit: the purchase moves to paid if it is payable (and is the
+    one the entries are for), with its history row and its notification."""
+    purchases, events = Purchase.__table__, PurchaseEvent.__table__
+    now = bindparam("p_g_now", type_=UTCDateTime())
+    was = (
+        select(purchases.c.id, purchases.c.status)
+        .where(purchases.c.id == bindparam("p_g_purchase", type_=BigInteger()))
+        .with_for_update()
+        .cte("was")
+    )
+    moved = (
+        update(purchases)
+        .where(
+            purchases.c.id == was.c.id,
+            or_(*(was.c.status == status for status in PAYABLE)),
+            purchases.c.user_id == bindparam("p_g_user", type_=Integer()),
+            purchases.c.tokens == bindparam("p_g_tokens", type_=BigInteger()),
+            purchases.c.bonus_tokens == bindparam("p_g_bonus", type_=BigInteger()),
+        )
+        .values(
+            status=PurchaseStatus.PAID.value,
+            updated_at=now,
+            failure_reason=null(),
+            version=purchases.c.version + 1,
+            **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
+        )
+        # `was` is the row as locked, before this UPDATE: its status is the one moved from.
+        .returning(purchases.c.id, purchases.c.user_id, was.c.status)
+        .cte("moved")
+    )
+    history = (
+        insert(events)
+        .from_select(
+            ["purchase_id", "from_status", "to_status", "source", "note", "at"],
+            select(
+                moved.c.id,
+                moved.c.status,
+                literal(PurchaseStatus.PAID.value),
+                bindparam("p_g_source", type_=String()),
+                literal(""),
+                now,
+            ),
+        )
+        .returning(events.c.id)
+        .cte("history")
+    )
+    noted = (
+        insert(Notification.__table__)
+        .from_select(
+            ["user_id", "kind", "message", "link", "created_at"],
+            select(
+                moved.c.user_id,
+                literal(CREDITED_KIND),
+                bindparam("p_g_message", type_=String()),
+                bindparam("p_g_link", type_=String()),
+                now,
+            ),
+        )
+        .returning(Notification.__table__.c.id)
+        .cte("noted")
+    )
+    return moved, (history, noted)
+
+
+@dataclass(frozen=True)
+class _Note:
+    id: int
+    kind: str
+    message: str
+    link: str | None
+
+
+def _finish_credit(
+    purchase_id: int, entry_id: int, user_id: int, notification_id: int | None, message, link
+) -> None:
+    """What follows a credit, in one short transaction: the email of its notification and
+    the purchase's `credited_entry_id` (set once, and only here or with the credit)."""
+    user = db.session.get(User, user_id)
+    if notification_id is not None and user.email_notifications:
+        email(user, _Note(notification_id, CREDITED_KIND, message, link))
+    db.session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase_id, Purchase.credited_entry_id.is_(None))
+        .values(credited_entry_id=entry_id)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
+def finish_credit(purchase_id: int) -> bool:
+    """Run what follows the credit of a credited purchase if it never ran; True if it did now.
+
+    Found from what the credit wrote: its entry and its notification. A purchase
+    credited with no such entry is left as it is, for the audit to name.
+    """
+    purchase = fresh(purchase_id)
+    if not purchase.credited or purchase.credited_entry_id is not None:
+        db.session.rollback()
+        return False
+    entry_id = db.session.scalar(
+        select(core.entries.c.id).where(
+            core.entries.c.idempotency_key == f"purchase:{purchase_id}:tokens"
+        )
+    )
+    if entry_id is None:
+        db.session.rollback()
+        return False
+    message, link = _credited_note(purchase_id, purchase.total_tokens)
+    notification_id = db.session.scalar(
+        select(Notification.id)
+        .where(
+            Notification.user_id == purchase.user_id,
+            Notification.kind == CREDITED_KIND,
+            Notification.link == link,
+        )
+        .order_by(Notification.id)
+        .limit(1)
+    )
+    _finish_credit(purchase_id, entry_id, purchase.user_id, notification_id, message, link)
+    return True
+
+
+def finish_credits(limit: int = 100) -> int:
+    """The sweeper's pass: finish every credit whose follow-up never ran; how many."""
+    found = db.session.scalars(
+        select(Purchase.id)
+        .where(Purchase.status.in_(CREDITED), Purchase.credited_entry_id.is_(None))
+        .order_by(Purchase.id)
+        .limit(limit)
+    ).all()
+    db.session.rollback()
+    return sum(finish_credit(purchase_id) for purchase_id in found)
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:
