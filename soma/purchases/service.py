@@ -353,7 +353,15 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
         notify(purchase.user_id, CREDITED_KIND, *_credited_note(purchase_id, purchase.total_tokens))
 
     transitions.retrying(work, "This purchase")
-    return fresh(purchase_id)
+    return _finished(fresh(purchase_id))
+
+
+def _finished(purchase: Purchase) -> Purchase:
+    """The purchase, once what follows its credit has run (if it was credited)."""
+    if purchase.credited and purchase.credited_entry_id is None:
+        finish_credit(purchase.id)  # credited, but what follows never ran (a crash)
+        purchase = fresh(purchase.id)
+    return purchase
 
 
 CREDITED_KIND = "purchase_credited"
@@ -429,11 +437,8 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
     if done is not None:
         _history_id, notification_id = done.written
         _finish_credit(purchase_id, done.entries[0].id, user_id, notification_id, message, link)
-    purchase = fresh(purchase_id)
-    if done is None and purchase.credited and purchase.credited_entry_id is None:
-        finish_credit(purchase_id)  # credited, but what follows never ran (a crash)
-        purchase = fresh(purchase_id)
-    return purchase
+        return fresh(purchase_id)
+    return _finished(fresh(purchase_id))
 
 
 @cache
