@@ -55,7 +55,7 @@ def autocommit_rows(
             return [driver.execute(sql, params).fetchone()]
         with driver.pipeline(), driver.transaction():
             cursors = [driver.execute(sql, params) for sql, params in statements]
-        return [cursor.fetchone() for cursor in cursors]
+        return [cursor.fetchone() if cursor.description else None for cursor in cursors]
     except psycopg.Error as error:
         if keep is not None and keep(error):
             raise

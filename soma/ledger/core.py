@@ -591,9 +591,12 @@ class Guarded:
     written: tuple
 
 
-def post_guarded(guard: Guard, first: dict, *also: dict) -> Guarded | None:
+def post_guarded(
+    guard: Guard, first: dict, *also: dict, then: tuple[tuple[str, dict], ...] = ()
+) -> Guarded | None:
     """Post `first` only if `guard` holds, with the guard's writes, and `also` after
     it, in one transaction of their own (PostgreSQL); None if the guard held no row.
+    `then` are statements (driver SQL and values) sent after them, in that transaction.
 
     `first` and each of `also` are `post`'s arguments (kind, key, legs, tokens, and
     any of reference, memo, actor_id, now). `first` with the guard is one statement,
@@ -616,6 +619,7 @@ def post_guarded(guard: Guard, first: dict, *also: dict) -> Guarded | None:
     values.update(guard.values)
     statements = [(_one_statement(values, accounts, True, (guard.build, guard.shape)), values)]
     statements += [(_one_statement(v, a, strict=True), v) for v, a in prepared[1:]]
+    statements += then
     try:
         rows = autocommit_rows(statements, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
     except psycopg.Error as error:  # only a refusal is kept raw
@@ -630,7 +634,7 @@ def post_guarded(guard: Guard, first: dict, *also: dict) -> Guarded | None:
     if head[0] is None:
         return None
     posted = [PostedEntry(head[0], values["p_kind"], values["p_tokens"], values["p_key"])]
-    for (v, _), row in zip(prepared[1:], rows[1:], strict=True):
+    for (v, _), row in zip(prepared[1:], rows[1 : len(prepared)], strict=True):
         entry_id = row[0]
         posted.append(
             PostedEntry(entry_id, v["p_kind"], v["p_tokens"], v["p_key"]) if entry_id else None

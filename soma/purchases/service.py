@@ -7,15 +7,15 @@ page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
-On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`):
-the compare-and-set of the purchase, its history row, its notification and the
-tokens' entry, with the bonus's entry sent with it in the same transaction, so
-the issuance and promotions rows are locked only while those run. Its email and
-the purchase's `credited_entry_id` follow in a short transaction of their own;
-`credited_entry_id` still empty on a credited purchase means that one has not
-run (a crash in between), and the next confirmation of the purchase, or the
-sweeper (`finish_credits`), runs it. On SQLite, and when a `claim` must commit
-with the credit, all of it is one transaction in the session.
+On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`): the
+compare-and-set of the purchase guards the tokens' entry, and writes the status
+history row, the notification and its email from the purchase's row, so either
+all of it is written or none. The bonus's entry and the purchase's
+`credited_entry_id` are two more statements sent with it in one round trip and
+one transaction: the issuance and promotions rows are locked only while the
+database runs them, never while this process does anything, and no crash leaves
+a credit without its history, notification or email. On SQLite, and when a
+`claim` must commit with the credit, all of it is one transaction in the session.
 """
 
 import math
@@ -38,8 +38,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError, NoResultFound
-from sqlalchemy.orm.util import identity_key
 
 from soma import clock, fastread, ledger, money, transitions
 from soma.auth.freeze import refuse_if_frozen
@@ -51,6 +51,7 @@ from soma.ledger.pricing import get_token_pricing, tokens_to_cents
 from soma.models import (
     EntryKind,
     Notification,
+    OutboxMessage,
     PlatformAccount,
     PricingUserType,
     Role,
@@ -58,7 +59,6 @@ from soma.models import (
     UTCDateTime,
 )
 from soma.models.purchase import (
-    CREDITED,
     CUSTOM_MAX,
     CUSTOM_MIN,
     PROVIDER_LABELS,
@@ -68,7 +68,7 @@ from soma.models.purchase import (
     PurchaseStatus,
     TokenPackage,
 )
-from soma.notifications.service import email, notify
+from soma.notifications.service import email_text, notify
 from soma.providers import daraja, sandbox
 from soma.providers import stripe as stripe_provider
 from soma.security import owned
@@ -353,15 +353,7 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
         notify(purchase.user_id, CREDITED_KIND, *_credited_note(purchase_id, purchase.total_tokens))
 
     transitions.retrying(work, "This purchase")
-    return _finished(fresh(purchase_id))
-
-
-def _finished(purchase: Purchase) -> Purchase:
-    """The purchase, once what follows its credit has run (if it was credited)."""
-    if purchase.credited and purchase.credited_entry_id is None:
-        finish_credit(purchase.id)  # credited, but what follows never ran (a crash)
-        purchase = fresh(purchase.id)
-    return purchase
+    return fresh(purchase_id)
 
 
 CREDITED_KIND = "purchase_credited"
@@ -373,33 +365,38 @@ def _credited_note(purchase_id: int, total_tokens: int) -> tuple[str, str]:
     return message, f"/buy/purchases/{purchase_id}"
 
 
-# What a purchase is for never changes once started: what its credit writes.
-FACTS = ("user_id", "tokens", "bonus_tokens", "amount_minor", "currency", "provider")
-_FACTS = select(*(getattr(Purchase, name) for name in FACTS)).where(
-    Purchase.id == bindparam("p_purchase")
+# What a credit writes that never changes once the purchase is started, and to whom.
+_FACTS = (
+    select(
+        Purchase.user_id,
+        Purchase.tokens,
+        Purchase.bonus_tokens,
+        Purchase.amount_minor,
+        Purchase.currency,
+        Purchase.provider,
+        User.email,
+        User.display_name,
+        User.email_notifications,
+    )
+    .join(User, User.id == Purchase.user_id)
+    .where(Purchase.id == bindparam("p_purchase"))
 )
 
 
-def _facts(purchase_id: int) -> tuple:
-    """The purchase's FACTS: from the session if it holds them, else read in autocommit."""
-    loaded = db.session.identity_map.get(identity_key(Purchase, purchase_id))
-    if loaded is not None and all(name in loaded.__dict__ for name in FACTS):
-        return tuple(loaded.__dict__[name] for name in FACTS)
-    row = fastread.read_one(_FACTS, {"p_purchase": purchase_id})
-    if row is None:
-        raise NoResultFound(f"no purchase {purchase_id}")
-    return row
-
-
 def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
-    """`fulfil` on PostgreSQL: the credit in one statement (see the module's docstring)."""
-    user_id, tokens, bonus, amount_minor, currency, provider = _facts(purchase_id)
+    """`fulfil` on PostgreSQL: the credit and all it writes in one transaction of its own,
+    sent at once (see the module's docstring)."""
+    facts = fastread.read_one(_FACTS, {"p_purchase": purchase_id})
+    if facts is None:
+        raise NoResultFound(f"no purchase {purchase_id}")
+    user_id, tokens, bonus, amount_minor, currency, provider, to, name, wants_mail = facts
     if db.session().in_transaction():
         db.session.commit()  # what the caller wrote goes first (it went with the credit before)
     message, link = _credited_note(purchase_id, tokens + bonus)
+    subject, body = email_text(name, message, link)
     guard = core.Guard(
         _paid_if_payable,
-        tuple(sorted(refs)),
+        (tuple(sorted(refs)), bool(wants_mail)),
         {
             "p_g_purchase": purchase_id,
             "p_g_user": user_id,
@@ -409,6 +406,9 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
             "p_g_source": source[:64],
             "p_g_message": message[:500],
             "p_g_link": link,
+            "p_g_to": to,
+            "p_g_subject": subject,
+            "p_g_body": body,
             **{f"p_g_{name}": value for name, value in refs.items()},
         },
     )
@@ -433,18 +433,36 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
         )
         if amount
     ]
-    done = core.post_guarded(guard, *asked)
-    if done is not None:
-        _history_id, notification_id = done.written
-        _finish_credit(purchase_id, done.entries[0].id, user_id, notification_id, message, link)
-        return fresh(purchase_id)
-    return _finished(fresh(purchase_id))
+    marked = {"p_purchase": purchase_id, "p_key": f"purchase:{purchase_id}:tokens"}
+    core.post_guarded(guard, *asked, then=((_credited_entry_sql(), marked),))
+    return fresh(purchase_id)
 
 
 @cache
-def _paid_if_payable(*refs: str):
+def _credited_entry_sql() -> str:
+    """Driver SQL: the purchase's `credited_entry_id`, once its entry is written (the
+    guard's statement cannot: it moves the purchase's row already)."""
+    entries = core.entries
+    statement = (
+        update(Purchase.__table__)
+        .where(
+            Purchase.__table__.c.id == bindparam("p_purchase", type_=BigInteger()),
+            Purchase.__table__.c.credited_entry_id.is_(None),
+        )
+        .values(
+            credited_entry_id=select(entries.c.id)
+            .where(entries.c.idempotency_key == bindparam("p_key", type_=String()))
+            .scalar_subquery()
+        )
+    )
+    return str(statement.compile(dialect=PGDialect_psycopg()))
+
+
+@cache
+def _paid_if_payable(refs: tuple[str, ...], mail: bool):
     """The guard of a credit: the purchase moves to paid if it is payable (and is the
-    one the entries are for), with its history row and its notification."""
+    one the entries are for), with its history row, its notification and, if its
+    student wants them, the notification's email (keyed by the notification)."""
     purchases, events = Purchase.__table__, PurchaseEvent.__table__
     now = bindparam("p_g_now", type_=UTCDateTime())
     was = (
@@ -489,8 +507,9 @@ def _paid_if_payable(*refs: str):
         .returning(events.c.id)
         .cte("history")
     )
+    notes = Notification.__table__
     noted = (
-        insert(Notification.__table__)
+        insert(notes)
         .from_select(
             ["user_id", "kind", "message", "link", "created_at"],
             select(
@@ -501,80 +520,42 @@ def _paid_if_payable(*refs: str):
                 now,
             ),
         )
-        .returning(Notification.__table__.c.id)
+        .returning(notes.c.id, notes.c.user_id)
         .cte("noted")
     )
-    return moved, (history, noted)
-
-
-@dataclass(frozen=True)
-class _Note:
-    id: int
-    kind: str
-    message: str
-    link: str | None
-
-
-def _finish_credit(
-    purchase_id: int, entry_id: int, user_id: int, notification_id: int | None, message, link
-) -> None:
-    """What follows a credit, in one short transaction: the email of its notification and
-    the purchase's `credited_entry_id` (set once, and only here or with the credit)."""
-    user = db.session.get(User, user_id)
-    if notification_id is not None and user.email_notifications:
-        email(user, _Note(notification_id, CREDITED_KIND, message, link))
-    db.session.execute(
-        update(Purchase)
-        .where(Purchase.id == purchase_id, Purchase.credited_entry_id.is_(None))
-        .values(credited_entry_id=entry_id)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
-
-
-def finish_credit(purchase_id: int) -> bool:
-    """Run what follows the credit of a credited purchase if it never ran; True if it did now.
-
-    Found from what the credit wrote: its entry and its notification. A purchase
-    credited with no such entry is left as it is, for the audit to name.
-    """
-    purchase = fresh(purchase_id)
-    if not purchase.credited or purchase.credited_entry_id is not None:
-        db.session.rollback()
-        return False
-    entry_id = db.session.scalar(
-        select(core.entries.c.id).where(
-            core.entries.c.idempotency_key == f"purchase:{purchase_id}:tokens"
+    if not mail:
+        return moved, (history, noted)
+    outbox = OutboxMessage.__table__
+    mailed = (
+        insert(outbox)
+        .from_select(
+            [
+                "to_address",
+                "subject",
+                "body",
+                "kind",
+                "key",
+                "user_id",
+                "created_at",
+                "attempts",
+                "next_attempt_at",
+            ],
+            select(
+                bindparam("p_g_to", type_=String()),
+                bindparam("p_g_subject", type_=String()),
+                bindparam("p_g_body", type_=String()),
+                literal(CREDITED_KIND),
+                func.concat(literal("notification:"), noted.c.id),  # (no CAST: see core)
+                noted.c.user_id,
+                now,
+                literal(0),
+                now,
+            ),
         )
+        .returning(outbox.c.id)
+        .cte("mailed")
     )
-    if entry_id is None:
-        db.session.rollback()
-        return False
-    message, link = _credited_note(purchase_id, purchase.total_tokens)
-    notification_id = db.session.scalar(
-        select(Notification.id)
-        .where(
-            Notification.user_id == purchase.user_id,
-            Notification.kind == CREDITED_KIND,
-            Notification.link == link,
-        )
-        .order_by(Notification.id)
-        .limit(1)
-    )
-    _finish_credit(purchase_id, entry_id, purchase.user_id, notification_id, message, link)
-    return True
-
-
-def finish_credits(limit: int = 100) -> int:
-    """The sweeper's pass: finish every credit whose follow-up never ran; how many."""
-    found = db.session.scalars(
-        select(Purchase.id)
-        .where(Purchase.status.in_(CREDITED), Purchase.credited_entry_id.is_(None))
-        .order_by(Purchase.id)
-        .limit(limit)
-    ).all()
-    db.session.rollback()
-    return sum(finish_credit(purchase_id) for purchase_id in found)
+    return moved, (history, noted, mailed)
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:

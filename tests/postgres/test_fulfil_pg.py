@@ -1,7 +1,6 @@
 """A purchase's one-statement credit on PostgreSQL, raced: by the webhook and the poller for
-one purchase, by many purchases of one student at once, and by finishers after a crash."""
+one purchase, and by many purchases of one student at once."""
 
-import pytest
 from sqlalchemy import select
 
 from soma.audit import run_audit
@@ -10,7 +9,7 @@ from soma.models import PlatformAccount, Purchase, Wallet
 from soma.purchases import service
 from tests.buying import credits_of
 from tests.helpers import balances, errors, ok, race
-from tests.unit.test_purchase_credit import DONE, after_the_credit, bought, crash_after_the_credit
+from tests.unit.test_purchase_credit import DONE, after_the_credit, bought
 
 
 def platform(code: PlatformAccount) -> int:
@@ -86,22 +85,3 @@ def test_many_purchases_of_one_student_fulfilled_at_once_credit_each_once(app, w
     for n, purchase_id in enumerate(purchases):
         wanted = [("purchase", 250), ("bonus", 10)] if n % 2 == 0 else [("purchase", 40 + n)]
         assert credits_of(app, purchase_id) == wanted
-
-
-@pytest.mark.parametrize("finishers", [6])
-def test_finishers_racing_after_a_crash_send_one_email(app, wide_app, monkeypatch, finishers):
-    with app.app_context():
-        purchase_id, user_id = bought()
-        crash_after_the_credit(monkeypatch, purchase_id)
-        assert run_audit() == []
-
-    work = [lambda: service.fulfil(purchase_id, "stripe:evt_1").status] * finishers
-    work += [service.finish_credits] * finishers
-    outcomes = race(wide_app, work)
-
-    assert errors(outcomes) == []
-    with app.app_context():
-        assert balances(user_id) == (260, 0)
-        assert after_the_credit(purchase_id) == DONE
-        assert run_audit() == []
-    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
