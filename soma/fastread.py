@@ -9,6 +9,7 @@ class timer). Errors come out as SQLAlchemy's; a connection goes back to the
 pool out of autocommit or not at all.
 """
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
@@ -41,7 +42,7 @@ def autocommit_rows(
     """Run statements (driver SQL, with their values) in one transaction; each one's first row.
 
     One statement runs alone in autocommit, as `autocommit_row`. Several are sent
-    at once (psycopg's pipeline) between a BEGIN and a COMMIT: one round trip, so
+    at once (psycopg's pipeline) and run as one transaction: one round trip, so
     the locks the first one takes are held only while the others run. If one
     fails, the ones after it are skipped and all are rolled back; errors are as
     for `autocommit_row`.
@@ -52,9 +53,11 @@ def autocommit_rows(
     try:
         driver.autocommit = True
         if len(statements) == 1:
-            return [driver.execute(sql, params).fetchone()]
-        with driver.pipeline(), driver.transaction():
-            cursors = [driver.execute(sql, params) for sql, params in statements]
+            return [_execute(driver, sql, params).fetchone()]
+        # Sent at once with one Sync: the statements between two Syncs are one
+        # implicit transaction, committed at the Sync if all succeed, else rolled back.
+        with driver.pipeline():
+            cursors = [_execute(driver, sql, params) for sql, params in statements]
         return [cursor.fetchone() if cursor.description else None for cursor in cursors]
     except psycopg.Error as error:
         if keep is not None and keep(error):
@@ -80,6 +83,32 @@ def autocommit_rows(
     finally:
         _back_out_of_autocommit(pooled, driver)
         pooled.close()
+
+
+# psycopg caches its parsing of a statement's %(name)s placeholders only for
+# statements up to this long (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
+_DRIVER_CACHES = 4096
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+def _execute(driver, sql: str, params: dict):
+    """Execute on `driver`; a statement too long for psycopg to cache its parsing of is
+    sent with positional placeholders ($1, ...), converted once here."""
+    if len(sql) <= _DRIVER_CACHES:
+        return driver.execute(sql, params)
+    raw, names = _positional(sql)
+    return psycopg.RawCursor(driver).execute(raw, [params[name] for name in names])
+
+
+@cache
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with each %(name)s as $n (the same n for the same name), and the names in order."""
+    names: dict[str, int] = {}
+
+    def number(match) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    return _NAMED.sub(number, sql), tuple(names)
 
 
 def _back_out_of_autocommit(pooled, driver) -> None:

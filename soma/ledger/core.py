@@ -584,19 +584,22 @@ class Guard:
 
 @dataclass(frozen=True)
 class Guarded:
-    """What `post_guarded` wrote: its entries (None for one whose key was used before)
-    and the first column of each row the guard's CTEs wrote."""
+    """What `post_guarded` wrote: its entries (None for one whose key was used before),
+    the first column of each row the guard's CTEs wrote, and the first row (or None)
+    of each of its `then` statements."""
 
     entries: list
     written: tuple
+    then: tuple = ()
 
 
 def post_guarded(
     guard: Guard, first: dict, *also: dict, then: tuple[tuple[str, dict], ...] = ()
-) -> Guarded | None:
+) -> Guarded:
     """Post `first` only if `guard` holds, with the guard's writes, and `also` after
-    it, in one transaction of their own (PostgreSQL); None if the guard held no row.
-    `then` are statements (driver SQL and values) sent after them, in that transaction.
+    it, in one transaction of their own (PostgreSQL); no entries if the guard held no
+    row. `then` are statements (driver SQL and values) sent after them, in that
+    transaction, whether the guard held or not.
 
     `first` and each of `also` are `post`'s arguments (kind, key, legs, tokens, and
     any of reference, memo, actor_id, now). `first` with the guard is one statement,
@@ -632,14 +635,14 @@ def post_guarded(
             _refused_at(connection, step, failed_values, failed_accounts)
     head = rows[0]
     if head[0] is None:
-        return None
+        return Guarded([], (), tuple(rows[len(prepared) :]))
     posted = [PostedEntry(head[0], values["p_kind"], values["p_tokens"], values["p_key"])]
     for (v, _), row in zip(prepared[1:], rows[1 : len(prepared)], strict=True):
         entry_id = row[0]
         posted.append(
             PostedEntry(entry_id, v["p_kind"], v["p_tokens"], v["p_key"]) if entry_id else None
         )
-    return Guarded(posted, tuple(head[3:]))
+    return Guarded(posted, tuple(head[3:]), tuple(rows[len(prepared) :]))
 
 
 def _as_entry(asked: dict) -> dict:

@@ -20,7 +20,7 @@ a credit without its history, notification or email. On SQLite, and when a
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 
@@ -40,6 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from soma import clock, fastread, ledger, money, transitions
 from soma.auth.freeze import refuse_if_frozen
@@ -434,8 +437,37 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
         if amount
     ]
     marked = {"p_purchase": purchase_id, "p_key": f"purchase:{purchase_id}:tokens"}
-    core.post_guarded(guard, *asked, then=((_credited_entry_sql(), marked),))
-    return fresh(purchase_id)
+    then = ((_credited_entry_sql(), marked), (_purchase_sql(), marked))
+    done = core.post_guarded(guard, *asked, then=then)
+    return _as_loaded(done.then[-1])
+
+
+@cache
+def _purchase_sql() -> str:
+    """Driver SQL: the purchase's row, read at the end of its credit's transaction."""
+    table = Purchase.__table__
+    statement = select(*table.columns).where(
+        table.c.id == bindparam("p_purchase", type_=BigInteger())
+    )
+    return str(statement.compile(dialect=PGDialect_psycopg()))
+
+
+def _as_loaded(row: tuple) -> Purchase:
+    """The purchase as the session would have loaded `row` (its columns, in order),
+    without asking the database again."""
+    values = {
+        column.key: value.astimezone(UTC) if isinstance(value, datetime) else value
+        for column, value in zip(Purchase.__table__.columns, row, strict=True)
+    }
+    loaded = db.session.identity_map.get(identity_key(Purchase, values["id"]))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
+        return loaded
+    purchase = Purchase(**values)
+    make_transient_to_detached(purchase)
+    db.session.add(purchase)
+    return purchase
 
 
 @cache

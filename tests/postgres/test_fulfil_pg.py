@@ -1,11 +1,14 @@
 """A purchase's one-statement credit on PostgreSQL, raced: by the webhook and the poller for
 one purchase, and by many purchases of one student at once."""
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import PlatformAccount, Purchase, Wallet
+from soma.fastread import autocommit_rows
+from soma.models import PlatformAccount, Purchase, TokenPackage, Wallet
 from soma.purchases import service
 from tests.buying import credits_of
 from tests.helpers import balances, errors, ok, race
@@ -85,3 +88,23 @@ def test_many_purchases_of_one_student_fulfilled_at_once_credit_each_once(app, w
     for n, purchase_id in enumerate(purchases):
         wanted = [("purchase", 250), ("bonus", 10)] if n % 2 == 0 else [("purchase", 40 + n)]
         assert credits_of(app, purchase_id) == wanted
+
+
+def test_statements_sent_together_commit_together_or_not_at_all(app):
+    with app.app_context():
+        package = db.session.scalars(select(TokenPackage).order_by(TokenPackage.id)).first()
+        before, package_id = package.sort_order, package.id
+        db.session.rollback()
+        move = (
+            "UPDATE token_packages SET sort_order = sort_order + 1 WHERE id = %(id)s",
+            {"id": package_id},
+        )
+        failing = ("SELECT 1 / %(zero)s", {"zero": 0})
+        with pytest.raises(DBAPIError, match="division by zero"):
+            autocommit_rows([move, move, failing])
+        assert db.session.get(TokenPackage, package_id).sort_order == before
+        db.session.rollback()
+
+        assert autocommit_rows([move, move, ("SELECT 1", {})]) == [None, None, (1,)]
+        db.session.expire_all()
+        assert db.session.get(TokenPackage, package_id).sort_order == before + 2

@@ -74,11 +74,12 @@ DONE = {
 def crash_after_the_credit(monkeypatch, purchase_id: int) -> None:
     """Credit the purchase, the worker dying right after the credit's round trip."""
 
-    def crash(purchase_id):
+    def crash(purchase_or_row):
         raise ConnectionError("the worker died after the credit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(service, "fresh", crash)
+        patch.setattr(service, "fresh", crash)  # the step after the credit on SQLite
+        patch.setattr(service, "_as_loaded", crash)  # and on PostgreSQL
         with pytest.raises(ConnectionError):
             service.fulfil(purchase_id, "stripe:evt_1", receipt=f"R-{purchase_id}")
     db.session.rollback()
