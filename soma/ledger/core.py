@@ -22,7 +22,10 @@ posted with `own_transaction=True`: it is then written and committed in a
 transaction of its own, apart from the session's. On PostgreSQL that is the
 entry's one statement in autocommit, one round trip in all; the statement
 raises (see migration 0004) rather than return a refusal, so a refused entry
-writes nothing.
+writes nothing. `post_guarded` does the same for an entry that must move
+another row with it (a purchase to paid): a compare-and-set of that row guards
+the entry in its statement, and more entries can follow in the same round
+trip and transaction.
 
 Every posting is a link in its wallet's chain. Under the wallet's row lock (the
 UPDATE of step 2) the posting draws the wallet's next sequence number and hashes
