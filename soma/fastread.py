@@ -9,6 +9,7 @@ class timer). Errors come out as SQLAlchemy's; a connection goes back to the
 pool out of autocommit or not at all.
 """
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
@@ -32,11 +33,32 @@ def autocommit_row(
     dropped. (After an error, a write may or may not have happened: a caller
     that wrote retries with the same idempotency key to find out.)
     """
+    return autocommit_rows([(sql, params)], keep)[0]
+
+
+def autocommit_rows(
+    statements: list[tuple[str, dict]], keep: Callable[[psycopg.Error], bool] | None = None
+) -> list[tuple | None]:
+    """Run statements (driver SQL, with their values) in one transaction; each one's first row.
+
+    One statement runs alone in autocommit, as `autocommit_row`. Several are sent
+    at once (psycopg's pipeline) and run as one transaction: one round trip, so
+    the locks the first one takes are held only while the others run. If one
+    fails, the ones after it are skipped and all are rolled back; errors are as
+    for `autocommit_row`.
+    """
     pooled = db.engine.raw_connection()
     driver = pooled.driver_connection
+    sql, params = statements[0]
     try:
         driver.autocommit = True
-        return driver.execute(sql, params).fetchone()
+        if len(statements) == 1:
+            return [_execute(driver, sql, params).fetchone()]
+        # Sent at once with one Sync: the statements between two Syncs are one
+        # implicit transaction, committed at the Sync if all succeed, else rolled back.
+        with driver.pipeline():
+            cursors = [_execute(driver, sql, params) for sql, params in statements]
+        return [cursor.fetchone() if cursor.description else None for cursor in cursors]
     except psycopg.Error as error:
         if keep is not None and keep(error):
             raise
@@ -61,6 +83,32 @@ def autocommit_row(
     finally:
         _back_out_of_autocommit(pooled, driver)
         pooled.close()
+
+
+# psycopg caches its parsing of a statement's %(name)s placeholders only for
+# statements up to this long (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
+_DRIVER_CACHES = 4096
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+def _execute(driver, sql: str, params: dict):
+    """Execute on `driver`; a statement too long for psycopg to cache its parsing of is
+    sent with positional placeholders ($1, ...), converted once here."""
+    if len(sql) <= _DRIVER_CACHES:
+        return driver.execute(sql, params)
+    raw, names = _positional(sql)
+    return psycopg.RawCursor(driver).execute(raw, [params[name] for name in names])
+
+
+@cache
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with each %(name)s as $n (the same n for the same name), and the names in order."""
+    names: dict[str, int] = {}
+
+    def number(match) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    return _NAMED.sub(number, sql), tuple(names)
 
 
 def _back_out_of_autocommit(pooled, driver) -> None:

@@ -53,6 +53,14 @@ def absolute_url(path: str) -> str:
     return current_app.config["APP_BASE_URL"] + path
 
 
+def subject_line(subject: str) -> str:
+    """A subject is one line: no header can be smuggled in through a title or a name."""
+    subject = " ".join(subject.split())
+    if len(subject) > _SUBJECT_LENGTH:
+        subject = subject[: _SUBJECT_LENGTH - 1] + "…"
+    return subject
+
+
 def queue(
     to: str, subject: str, body: str, kind: str, key: str, user_id: int | None = None
 ) -> bool:
@@ -64,10 +72,7 @@ def queue(
     if len(key) > OutboxMessage.key.type.length:
         raise ValueError(f"outbox key too long: {key[:40]}...")
     now = clock.now()
-    # A subject is one line: no header can be smuggled in through a title or a name.
-    subject = " ".join(subject.split())
-    if len(subject) > _SUBJECT_LENGTH:
-        subject = subject[: _SUBJECT_LENGTH - 1] + "…"
+    subject = subject_line(subject)
     dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
         dialect.insert(OutboxMessage)

@@ -23,7 +23,10 @@ posted with `own_transaction=True`: it is then written and committed in a
 transaction of its own, apart from the session's. On PostgreSQL that is the
 entry's one statement in autocommit, one round trip in all; the statement
 raises (see migration 0004) rather than return a refusal, so a refused entry
-writes nothing.
+writes nothing. `post_guarded` does the same for an entry that must move
+another row with it (a purchase to paid): a compare-and-set of that row guards
+the entry in its statement, and more entries can follow in the same round
+trip and transaction.
 
 Every posting is a link in its wallet's chain. Under the wallet's row lock (the
 UPDATE of step 2) the posting draws the wallet's next sequence number and hashes
@@ -58,9 +61,9 @@ transaction.
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import NoReturn
@@ -90,7 +93,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from soma.extensions import db
-from soma.fastread import autocommit_row
+from soma.fastread import autocommit_row, autocommit_rows
 from soma.ledger.errors import (
     AlreadySettled,
     IdempotencyConflict,
@@ -281,28 +284,30 @@ def _entry_binds() -> dict:
     }
 
 
-def _entry_insert(dialect_module, binds: dict):
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id of the entry."""
+def _entry_insert(dialect_module, binds: dict, only_if=None):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id of the entry; with `only_if`
+    (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds."""
     tokens, now = binds["tokens"], binds["now"]
-    return (
-        dialect_module.insert(entries)
-        .values(
-            kind=binds["kind"],
-            idempotency_key=bindparam("p_key", type_=String()),
-            request_digest=bindparam("p_digest", type_=String()),
-            tokens=tokens,
-            usd_cents=value_cents_sql(PricingUserType.STUDENT, tokens, now),
-            teacher_usd_cents=value_cents_sql(PricingUserType.TEACHER, tokens, now),
-            reference_type=bindparam("p_reference_type", type_=String()),
-            reference_id=bindparam("p_reference_id", type_=BigInteger()),
-            closes_entry_id=bindparam("p_closes_entry_id", type_=BigInteger()),
-            memo=bindparam("p_memo", type_=String()),
-            actor_id=bindparam("p_actor_id", type_=Integer()),
-            created_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(entries.c.id)
+    columns = dict(
+        kind=binds["kind"],
+        idempotency_key=bindparam("p_key", type_=String()),
+        request_digest=bindparam("p_digest", type_=String()),
+        tokens=tokens,
+        usd_cents=value_cents_sql(PricingUserType.STUDENT, tokens, now),
+        teacher_usd_cents=value_cents_sql(PricingUserType.TEACHER, tokens, now),
+        reference_type=bindparam("p_reference_type", type_=String()),
+        reference_id=bindparam("p_reference_id", type_=BigInteger()),
+        closes_entry_id=bindparam("p_closes_entry_id", type_=BigInteger()),
+        memo=bindparam("p_memo", type_=String()),
+        actor_id=bindparam("p_actor_id", type_=Integer()),
+        created_at=now,
     )
+    statement = dialect_module.insert(entries)
+    if only_if is None:
+        statement = statement.values(**columns)
+    else:
+        statement = statement.from_select(list(columns), select(*columns.values()).where(only_if))
+    return statement.on_conflict_do_nothing().returning(entries.c.id)
 
 
 def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None):
@@ -408,7 +413,10 @@ REFUSED_SQLSTATE = "SM001"
 
 @cache
 def _whole_entry_statement(
-    shape: tuple[tuple[bool, tuple[str, ...]], ...], guarded: bool, strict: bool
+    shape: tuple[tuple[bool, tuple[str, ...]], ...],
+    guarded: bool,
+    strict: bool,
+    guard: tuple | None = None,
 ):
     """PostgreSQL: the entry's INSERT, its wallets' UPDATEs and its postings, in one statement.
 
@@ -432,9 +440,20 @@ def _whole_entry_statement(
     When `strict`, a refusal is raised instead: the statement passes the step
     to `soma_refuse_entry` (migration 0004), which fails the whole statement
     unless the step is NULL. That is what lets the entry run in autocommit.
+
+    With `guard` (a `Guard`'s build and shape), the entry is written only if the
+    guard's first CTE returns a row, before it; the guard's other CTEs write from
+    that row, and the statement returns the first column of each after the rest.
+    A guard that returns no row writes nothing and refuses nothing; a guard that
+    does, on an entry whose key was used, refuses at step len(shape) + 1.
     """
     binds = _entry_binds()
-    entry = _entry_insert(postgresql, binds).cte("entry")
+    condition, after = None, ()
+    if guard is not None:
+        build, guard_shape = guard
+        moved, after = build(*guard_shape)
+        condition = exists().select_from(moved)
+    entry = _entry_insert(postgresql, binds, condition).cte("entry")
     previous, updated = entry, []
     for i, (platform, buckets) in enumerate(shape):
         # entry.id makes it UPDATE ... FROM entry: no row to update without an entry.
@@ -486,16 +505,17 @@ def _whole_entry_statement(
     checks = [(step, exists().select_from(wallet)) for step, wallet in enumerate(updated)]
     if guarded:
         checks.insert(0, (len(updated), _hold_matches()))
-    refused_at = case(
-        (~exists().select_from(entry), null()),
-        *((~check, step) for step, check in checks),
-    )
+    no_entry = [(~exists().select_from(entry), null())]
+    if condition is not None:
+        no_entry = [(~condition, null()), (~exists().select_from(entry), len(updated) + 1)]
+    refused_at = case(*no_entry, *((~check, step) for step, check in checks))
     if strict:
         refused_at = func.soma_refuse_entry(refused_at, type_=Integer())
     return select(
         select(entry.c.id).scalar_subquery(),
         refused_at,
         select(func.count()).select_from(written).scalar_subquery(),
+        *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
     )
 
 
@@ -529,29 +549,10 @@ def post(
     `closes_entry_id` is already closed. On any of them nothing was written; in
     the session's transaction, the caller must roll back.
     """
-    _validate(kind, key, tokens, legs)
-    if now is not None and now.tzinfo is None:
-        raise InvalidPosting("an entry's time is an aware datetime, not a naive one")
-    if hold_check is not None and closes_entry_id is None:
-        raise InvalidPosting("a hold check needs the hold the entry closes")
-    now = (now or utcnow()).astimezone(UTC)
-    digest = _digest(kind, tokens, legs, reference, closes_entry_id)
-    legs = _placed(legs, key, reference)
-    accounts = sorted(_deltas_by_account(legs).items(), key=lambda item: item[0].sort_key)
-    values = {
-        "p_kind": kind,
-        "p_key": key,
-        "p_digest": digest,
-        "p_tokens": tokens,
-        "p_reference_type": reference[0] if reference else None,
-        "p_reference_id": reference[1] if reference else None,
-        "p_closes_entry_id": closes_entry_id,
-        "p_memo": memo[:500],
-        "p_actor_id": actor_id,
-        "p_now": now,
-    }
-    if hold_check is not None:
-        values["p_holder"], values["p_held"], values["p_hold_kind"] = hold_check
+    values, accounts = _entry_values(
+        kind, key, legs, tokens, reference, memo, actor_id, closes_entry_id, hold_check, now
+    )
+    digest = values["p_digest"]
     if own_transaction:
         session = db.session()
         if session.in_transaction() and _session_has_written(session.connection()):
@@ -584,15 +585,150 @@ def post(
     return PostedEntry(entry_id, kind, tokens, key)
 
 
+def _entry_values(
+    kind, key, legs, tokens, reference, memo, actor_id, closes_entry_id, hold_check, now
+) -> tuple[dict, list]:
+    """An entry checked: its statement's values, and its accounts in lock order with
+    their deltas."""
+    _validate(kind, key, tokens, legs)
+    if now is not None and now.tzinfo is None:
+        raise InvalidPosting("an entry's time is an aware datetime, not a naive one")
+    if hold_check is not None and closes_entry_id is None:
+        raise InvalidPosting("a hold check needs the hold the entry closes")
+    now = (now or utcnow()).astimezone(UTC)
+    # The digest is of the legs as asked for: where a shard was left to the entry,
+    # a replay matches however many shards there are by then.
+    digest = _digest(kind, tokens, legs, reference, closes_entry_id)
+    legs = _placed(legs, key, reference)
+    accounts = sorted(_deltas_by_account(legs).items(), key=lambda item: item[0].sort_key)
+    values = {
+        "p_kind": kind,
+        "p_key": key,
+        "p_digest": digest,
+        "p_tokens": tokens,
+        "p_reference_type": reference[0] if reference else None,
+        "p_reference_id": reference[1] if reference else None,
+        "p_closes_entry_id": closes_entry_id,
+        "p_memo": memo[:500],
+        "p_actor_id": actor_id,
+        "p_now": now,
+    }
+    if hold_check is not None:
+        values["p_holder"], values["p_held"], values["p_hold_kind"] = hold_check
+    return values, accounts
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Writes to other tables made in an entry's own statement, around it (PostgreSQL).
+
+    `build(*shape)` returns a CTE that must return a row for the entry to be
+    written (a compare-and-set of the row the entry is for, say), and a tuple
+    of CTEs that write from that row (its history, say). The statement is built
+    once per (build, shape), so `shape` names all that changes its SQL. The
+    guard's parameters are named `p_g_...` and their values are in `values`.
+    """
+
+    build: Callable[..., tuple]
+    shape: tuple
+    values: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """What `post_guarded` wrote: its entries (None for one whose key was used before),
+    the first column of each row the guard's CTEs wrote, and the first row (or None)
+    of each of its `then` statements."""
+
+    entries: list
+    written: tuple
+    then: tuple = ()
+
+
+def post_guarded(
+    guard: Guard, first: dict, *also: dict, then: tuple[tuple[str, dict], ...] = ()
+) -> Guarded:
+    """Post `first` only if `guard` holds, with the guard's writes, and `also` after
+    it, in one transaction of their own (PostgreSQL); no entries if the guard held no
+    row. `then` are statements (driver SQL and values) sent after them, in that
+    transaction, whether the guard held or not.
+
+    `first` and each of `also` are `post`'s arguments (kind, key, legs, tokens, and
+    any of reference, memo, actor_id, now). `first` with the guard is one statement,
+    in autocommit when alone: the guard's row (a purchase, say) moves if and only if
+    the entry is written, with no other transaction between. Each of `also` is one
+    more entry's statement, sent with it at once (one round trip) and committed with
+    it; it is written whether or not the guard held, so it must be one that is
+    written already whenever the guard holds no row (keyed by the same thing).
+
+    Raises as `post` does, and IdempotencyConflict when the guard held but the
+    first entry's key was used before; nothing is written then.
+    """
+    if db.engine.dialect.name != "postgresql":
+        raise InvalidPosting("a guarded entry is one statement: PostgreSQL only")
+    session = db.session()
+    if session.in_transaction() and _session_has_written(session.connection()):
+        raise InvalidPosting("commit the session's writes before a guarded entry")
+    prepared = [_entry_values(**_as_entry(asked)) for asked in (first, *also)]
+    values, accounts = prepared[0]
+    values.update(guard.values)
+    statements = [(_one_statement(values, accounts, True, (guard.build, guard.shape)), values)]
+    statements += [(_one_statement(v, a, strict=True), v) for v, a in prepared[1:]]
+    statements += then
+    try:
+        rows = autocommit_rows(statements, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
+    except psycopg.Error as error:  # only a refusal is kept raw
+        # Which statement refused is not said: the first's checks are tried first.
+        step = int(error.diag.message_detail)
+        if step == len(accounts) + 1:
+            raise IdempotencyConflict(values["p_key"]) from None
+        failed_values, failed_accounts = _failing(prepared, step)
+        with db.engine.connect() as connection:
+            _refused_at(connection, step, failed_values, failed_accounts)
+    head = rows[0]
+    if head[0] is None:
+        return Guarded([], (), tuple(rows[len(prepared) :]))
+    posted = [PostedEntry(head[0], values["p_kind"], values["p_tokens"], values["p_key"])]
+    for (v, _), row in zip(prepared[1:], rows[1 : len(prepared)], strict=True):
+        entry_id = row[0]
+        posted.append(
+            PostedEntry(entry_id, v["p_kind"], v["p_tokens"], v["p_key"]) if entry_id else None
+        )
+    return Guarded(posted, tuple(head[3:]), tuple(rows[len(prepared) :]))
+
+
+def _as_entry(asked: dict) -> dict:
+    known = ("reference", "memo", "actor_id", "now")
+    return {
+        "kind": asked["kind"],
+        "key": asked["key"],
+        "legs": asked["legs"],
+        "tokens": asked["tokens"],
+        **{name: asked.get(name, "" if name == "memo" else None) for name in known},
+        "closes_entry_id": None,
+        "hold_check": None,
+    }
+
+
+def _failing(prepared: list, step: int) -> tuple[dict, list]:
+    """The entry that a refusal at `step` names: the first with a wallet at that step."""
+    for values, accounts in prepared:
+        if step < len(accounts):
+            return values, accounts
+    return prepared[0]
+
+
 @cache
-def _whole_entry_sql(shape: tuple, guarded: bool, strict: bool = False) -> str:
+def _whole_entry_sql(
+    shape: tuple, guarded: bool, strict: bool = False, guard: tuple | None = None
+) -> str:
     """The statement's SQL text for the driver, its constants written in.
 
     Compiled once per shape: running the text skips SQLAlchemy's per-execution
     cache-key walk of a large statement, the ledger's hottest path.
     """
     dialect = PGDialect_psycopg()
-    compiled = _whole_entry_statement(shape, guarded, strict).compile(dialect=dialect)
+    compiled = _whole_entry_statement(shape, guarded, strict, guard).compile(dialect=dialect)
     ours = {name: None for name in compiled.binds if name.startswith("p_")}
     sql = str(compiled)
     # The statement's own constants (0, 'locked', the pricing user types) are
@@ -614,7 +750,7 @@ def _whole_entry_sql(shape: tuple, guarded: bool, strict: bool = False) -> str:
 _ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
 
 
-def _one_statement(values: dict, accounts, strict: bool) -> str:
+def _one_statement(values: dict, accounts, strict: bool, guard: tuple | None = None) -> str:
     """The entry's statement for PostgreSQL; adds each wallet's values to `values`."""
     shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
     for i, (account, deltas) in enumerate(accounts):
@@ -623,7 +759,7 @@ def _one_statement(values: dict, accounts, strict: bool) -> str:
             values[f"p_shard{i}"] = account.shard
         values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
         values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
-    return _whole_entry_sql(shape, "p_held" in values, strict)
+    return _whole_entry_sql(shape, "p_held" in values, strict, guard)
 
 
 def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
@@ -829,6 +965,8 @@ def atomic() -> Iterator[None]:
 
 __all__ = [
     "Account",
+    "Guard",
+    "Guarded",
     "Leg",
     "PostedEntry",
     "atomic",
@@ -836,5 +974,6 @@ __all__ = [
     "open_wallet",
     "platform_account",
     "post",
+    "post_guarded",
     "user_account",
 ]

@@ -60,11 +60,15 @@ def credit(
 ) -> PostedEntry:
     """Add `tokens` to a user's available balance from a platform account."""
     tokens = _positive(tokens)
-    legs = [
-        Leg(platform_account(source), Bucket.AVAILABLE, -tokens),
+    return post(kind, key, credit_legs(user_id, tokens, source), tokens=tokens, **details)
+
+
+def credit_legs(user_id: int, tokens: int, source: PlatformAccount) -> list[Leg]:
+    """The postings of a credit (for `core.post_guarded`, which takes postings)."""
+    return [
+        Leg(platform_account(source), Bucket.AVAILABLE, -_positive(tokens)),
         Leg(user_account(user_id), Bucket.AVAILABLE, tokens),
     ]
-    return post(kind, key, legs, tokens=tokens, **details)
 
 
 def debit(

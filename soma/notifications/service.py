@@ -28,9 +28,22 @@ def _email(notification: Notification) -> None:
     if user is None or not user.email_notifications:
         return
     db.session.flush()  # its id names the email
-    lines = [f"Hello {user.display_name},", "", notification.message]
-    if notification.link:
-        lines += ["", f"See it on Soma: {mail.absolute_url(notification.link)}"]
+    subject, body = email_text(user.display_name, notification.message, notification.link)
+    mail.queue(
+        user.email,
+        subject,
+        body,
+        notification.kind,
+        f"notification:{notification.id}",
+        user_id=user.id,
+    )
+
+
+def email_text(name: str, message: str, link: str | None) -> tuple[str, str]:
+    """The subject and body of a notification's email to a user called `name`."""
+    lines = [f"Hello {name},", "", message]
+    if link:
+        lines += ["", f"See it on Soma: {mail.absolute_url(link)}"]
     lines += [
         "",
         "— Soma",
@@ -38,14 +51,7 @@ def _email(notification: Notification) -> None:
         "You get this email because email notifications are on for your account. "
         f"Turn them off at {mail.absolute_url('/account')}.",
     ]
-    mail.queue(
-        user.email,
-        f"Soma: {notification.message}",
-        "\n".join(lines) + "\n",
-        notification.kind,
-        f"notification:{notification.id}",
-        user_id=user.id,
-    )
+    return mail.subject_line(f"Soma: {message}"), "\n".join(lines) + "\n"
 
 
 def unread_count(user_id: int) -> int:

@@ -6,33 +6,72 @@ status in one transaction with its ledger entries, so a webhook, a success
 page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
+
+On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`): the
+compare-and-set of the purchase guards the tokens' entry, and writes the status
+history row, the notification and its email from the purchase's row, so either
+all of it is written or none. The bonus's entry and the purchase's
+`credited_entry_id` are two more statements sent with it in one round trip and
+one transaction: the issuance and promotions rows are locked only while the
+database runs them, never while this process does anything, and no crash leaves
+a credit without its history, notification or email. On SQLite, and when a
+`claim` must commit with the credit, all of it is one transaction in the session.
 """
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
 from flask import current_app
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    bindparam,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
-from soma import clock, ledger, money, transitions
+from soma import clock, fastread, ledger, money, transitions
 from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused
 from soma.extensions import db
+from soma.ledger import core
+from soma.ledger.operations import credit_legs
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
-from soma.models import EntryKind, PlatformAccount, PricingUserType, Role, User
+from soma.models import (
+    EntryKind,
+    Notification,
+    OutboxMessage,
+    PlatformAccount,
+    PricingUserType,
+    Role,
+    User,
+    UTCDateTime,
+)
 from soma.models.purchase import (
     CUSTOM_MAX,
     CUSTOM_MIN,
+    PROVIDER_LABELS,
     Provider,
     Purchase,
     PurchaseEvent,
     PurchaseStatus,
     TokenPackage,
 )
-from soma.notifications.service import notify
+from soma.notifications.service import email_text, notify
 from soma.providers import daraja, sandbox
 from soma.providers import stripe as stripe_provider
 from soma.security import owned
@@ -280,6 +319,8 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
     purchase (matching a payment to it, say), and refuses the whole by raising.
     Safe to call any number of times, from any number of places at once.
     """
+    if claim is None and db.session.get_bind().dialect.name == "postgresql":
+        return _fulfil_at_once(purchase_id, source, refs)
 
     def work():
         purchase = _move_from(
@@ -312,16 +353,241 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
             .values(credited_entry_id=first.id)
             .execution_options(synchronize_session=False)
         )
-        notify(
-            purchase.user_id,
-            "purchase_credited",
-            f"{purchase.total_tokens:,} tokens were added to your wallet "
-            f"(purchase #{purchase_id}).",
-            link=f"/buy/purchases/{purchase_id}",
-        )
+        notify(purchase.user_id, CREDITED_KIND, *_credited_note(purchase_id, purchase.total_tokens))
 
     transitions.retrying(work, "This purchase")
     return fresh(purchase_id)
+
+
+CREDITED_KIND = "purchase_credited"
+
+
+def _credited_note(purchase_id: int, total_tokens: int) -> tuple[str, str]:
+    """The notification of a credit: its message and link."""
+    message = f"{total_tokens:,} tokens were added to your wallet (purchase #{purchase_id})."
+    return message, f"/buy/purchases/{purchase_id}"
+
+
+# What a credit writes that never changes once the purchase is started, and to whom.
+_FACTS = (
+    select(
+        Purchase.user_id,
+        Purchase.tokens,
+        Purchase.bonus_tokens,
+        Purchase.amount_minor,
+        Purchase.currency,
+        Purchase.provider,
+        User.email,
+        User.display_name,
+        User.email_notifications,
+    )
+    .join(User, User.id == Purchase.user_id)
+    .where(Purchase.id == bindparam("p_purchase"))
+)
+
+
+def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
+    """`fulfil` on PostgreSQL: the credit and all it writes in one transaction of its own,
+    sent at once (see the module's docstring)."""
+    facts = fastread.read_one(_FACTS, {"p_purchase": purchase_id})
+    if facts is None:
+        raise NoResultFound(f"no purchase {purchase_id}")
+    user_id, tokens, bonus, amount_minor, currency, provider, to, name, wants_mail = facts
+    if db.session().in_transaction():
+        db.session.commit()  # what the caller wrote goes first (it went with the credit before)
+    message, link = _credited_note(purchase_id, tokens + bonus)
+    subject, body = email_text(name, message, link)
+    guard = core.Guard(
+        _paid_if_payable,
+        (tuple(sorted(refs)), bool(wants_mail)),
+        {
+            "p_g_purchase": purchase_id,
+            "p_g_user": user_id,
+            "p_g_tokens": tokens,
+            "p_g_bonus": bonus,
+            "p_g_now": clock.now(),
+            "p_g_source": source[:64],
+            "p_g_message": message[:500],
+            "p_g_link": link,
+            "p_g_to": to,
+            "p_g_subject": subject,
+            "p_g_body": body,
+            **{f"p_g_{name}": value for name, value in refs.items()},
+        },
+    )
+    price = money.amount(amount_minor, currency)
+    label = PROVIDER_LABELS[Provider(provider)]
+    memos = (
+        f"Bought {tokens:,} tokens for {price} ({label})",
+        f"Bonus with purchase #{purchase_id}",
+    )
+    kinds = (EntryKind.PURCHASE, EntryKind.BONUS)
+    asked = [
+        {
+            "kind": kind,
+            "key": f"purchase:{purchase_id}:{part}",
+            "legs": credit_legs(user_id, amount, account),
+            "tokens": amount,
+            "reference": ("purchase", purchase_id),
+            "memo": memo,
+        }
+        for (part, account), amount, kind, memo in zip(
+            PARTS, (tokens, bonus), kinds, memos, strict=True
+        )
+        if amount
+    ]
+    marked = {"p_purchase": purchase_id, "p_key": f"purchase:{purchase_id}:tokens"}
+    then = ((_credited_entry_sql(), marked), (_purchase_sql(), marked))
+    done = core.post_guarded(guard, *asked, then=then)
+    return _as_loaded(done.then[-1])
+
+
+@cache
+def _purchase_sql() -> str:
+    """Driver SQL: the purchase's row, read at the end of its credit's transaction."""
+    table = Purchase.__table__
+    statement = select(*table.columns).where(
+        table.c.id == bindparam("p_purchase", type_=BigInteger())
+    )
+    return str(statement.compile(dialect=PGDialect_psycopg()))
+
+
+def _as_loaded(row: tuple) -> Purchase:
+    """The purchase as the session would have loaded `row` (its columns, in order),
+    without asking the database again."""
+    values = {
+        column.key: value.astimezone(UTC) if isinstance(value, datetime) else value
+        for column, value in zip(Purchase.__table__.columns, row, strict=True)
+    }
+    loaded = db.session.identity_map.get(identity_key(Purchase, values["id"]))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
+        return loaded
+    purchase = Purchase(**values)
+    make_transient_to_detached(purchase)
+    db.session.add(purchase)
+    return purchase
+
+
+@cache
+def _credited_entry_sql() -> str:
+    """Driver SQL: the purchase's `credited_entry_id`, once its entry is written (the
+    guard's statement cannot: it moves the purchase's row already)."""
+    entries = core.entries
+    statement = (
+        update(Purchase.__table__)
+        .where(
+            Purchase.__table__.c.id == bindparam("p_purchase", type_=BigInteger()),
+            Purchase.__table__.c.credited_entry_id.is_(None),
+        )
+        .values(
+            credited_entry_id=select(entries.c.id)
+            .where(entries.c.idempotency_key == bindparam("p_key", type_=String()))
+            .scalar_subquery()
+        )
+    )
+    return str(statement.compile(dialect=PGDialect_psycopg()))
+
+
+@cache
+def _paid_if_payable(refs: tuple[str, ...], mail: bool):
+    """The guard of a credit: the purchase moves to paid if it is payable (and is the
+    one the entries are for), with its history row, its notification and, if its
+    student wants them, the notification's email (keyed by the notification)."""
+    purchases, events = Purchase.__table__, PurchaseEvent.__table__
+    now = bindparam("p_g_now", type_=UTCDateTime())
+    was = (
+        select(purchases.c.id, purchases.c.status)
+        .where(purchases.c.id == bindparam("p_g_purchase", type_=BigInteger()))
+        .with_for_update()
+        .cte("was")
+    )
+    moved = (
+        update(purchases)
+        .where(
+            purchases.c.id == was.c.id,
+            or_(*(was.c.status == status for status in PAYABLE)),
+            purchases.c.user_id == bindparam("p_g_user", type_=Integer()),
+            purchases.c.tokens == bindparam("p_g_tokens", type_=BigInteger()),
+            purchases.c.bonus_tokens == bindparam("p_g_bonus", type_=BigInteger()),
+        )
+        .values(
+            status=PurchaseStatus.PAID.value,
+            updated_at=now,
+            failure_reason=null(),
+            version=purchases.c.version + 1,
+            **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
+        )
+        # `was` is the row as locked, before this UPDATE: its status is the one moved from.
+        .returning(purchases.c.id, purchases.c.user_id, was.c.status)
+        .cte("moved")
+    )
+    history = (
+        insert(events)
+        .from_select(
+            ["purchase_id", "from_status", "to_status", "source", "note", "at"],
+            select(
+                moved.c.id,
+                moved.c.status,
+                literal(PurchaseStatus.PAID.value),
+                bindparam("p_g_source", type_=String()),
+                literal(""),
+                now,
+            ),
+        )
+        .returning(events.c.id)
+        .cte("history")
+    )
+    notes = Notification.__table__
+    noted = (
+        insert(notes)
+        .from_select(
+            ["user_id", "kind", "message", "link", "created_at"],
+            select(
+                moved.c.user_id,
+                literal(CREDITED_KIND),
+                bindparam("p_g_message", type_=String()),
+                bindparam("p_g_link", type_=String()),
+                now,
+            ),
+        )
+        .returning(notes.c.id, notes.c.user_id)
+        .cte("noted")
+    )
+    if not mail:
+        return moved, (history, noted)
+    outbox = OutboxMessage.__table__
+    mailed = (
+        insert(outbox)
+        .from_select(
+            [
+                "to_address",
+                "subject",
+                "body",
+                "kind",
+                "key",
+                "user_id",
+                "created_at",
+                "attempts",
+                "next_attempt_at",
+            ],
+            select(
+                bindparam("p_g_to", type_=String()),
+                bindparam("p_g_subject", type_=String()),
+                bindparam("p_g_body", type_=String()),
+                literal(CREDITED_KIND),
+                func.concat(literal("notification:"), noted.c.id),  # (no CAST: see core)
+                noted.c.user_id,
+                now,
+                literal(0),
+                now,
+            ),
+        )
+        .returning(outbox.c.id)
+        .cte("mailed")
+    )
+    return moved, (history, noted, mailed)
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:

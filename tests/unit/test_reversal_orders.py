@@ -23,6 +23,7 @@ from tests.builders import make_user
 from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.fakes.stripe_server import event, signed
 from tests.helpers import balances
+from tests.unit.test_purchase_credit import after_the_credit
 
 PACKAGE = 250  # 250 tokens + 10 bonus for $25.00
 WHOLE = 2500
@@ -196,4 +197,9 @@ def test_every_order_of_stripe_events_ends_where_the_model_says(
         assert issuance == before[0] - (250 if credited else 0) + tokens_taken
         assert promotions == before[1] - (10 if credited else 0) + bonus_taken
         assert (db.session.get(User, user_id).flagged_at is not None) == (short > 0)
+        # The credit's notification, email and credited entry: once if credited, else none.
+        state = after_the_credit(purchase_id)
+        once = 1 if credited else 0
+        assert (state["notifications"], state["mails"]) == (once, once)
+        assert state["credited_entry"] == bool(credited)
         assert run_audit() == []

@@ -1,0 +1,195 @@
+"""A purchase's credit and all it writes: its entries, status history, notification, email
+and credited entry, written once and together (on PostgreSQL in one round trip; on SQLite
+in one transaction), however often and late the confirmation comes."""
+
+import pytest
+from sqlalchemy import func, select, update
+
+from soma import ledger
+from soma.audit import run_audit
+from soma.extensions import db
+from soma.ledger.errors import IdempotencyConflict
+from soma.models import JournalEntry, Notification, OutboxMessage, Purchase, PurchaseEvent
+from soma.purchases import service
+from tests.builders import make_user
+from tests.buying import credits_of
+from tests.helpers import balances
+
+
+def bought(tokens: int = 250, bonus: bool = True) -> tuple[int, int]:
+    """A pending sandbox purchase of a new student's: (purchase id, user id)."""
+    student = make_user("student")
+    if bonus:
+        chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
+    else:
+        chosen = service.quote(custom_tokens=tokens)
+    purchase = service.start(student, chosen, service.Provider.SANDBOX, f"buy-{student.id}")
+    return purchase.id, student.id
+
+
+def after_the_credit(purchase_id: int) -> dict:
+    """What the credit and its follow-up wrote for the purchase."""
+    db.session.expire_all()
+    purchase = db.session.get(Purchase, purchase_id)
+    link = f"/buy/purchases/{purchase_id}"
+    notes = db.session.scalars(
+        select(Notification.id).where(
+            Notification.kind == "purchase_credited", Notification.link == link
+        )
+    ).all()
+    mails = db.session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(OutboxMessage.key.in_([f"notification:{note}" for note in notes]))
+    )
+    history = db.session.scalars(
+        select(PurchaseEvent.to_status)
+        .where(PurchaseEvent.purchase_id == purchase_id)
+        .order_by(PurchaseEvent.id)
+    ).all()
+    tokens_entry = db.session.scalar(
+        select(JournalEntry.id).where(
+            JournalEntry.idempotency_key == f"purchase:{purchase_id}:tokens"
+        )
+    )
+    return {
+        "status": purchase.status,
+        "history": history,
+        "notifications": len(notes),
+        "mails": mails,
+        "credited_entry": purchase.credited_entry_id is not None
+        and purchase.credited_entry_id == tokens_entry,
+    }
+
+
+DONE = {
+    "status": "paid",
+    "history": ["pending", "paid"],
+    "notifications": 1,
+    "mails": 1,
+    "credited_entry": True,
+}
+
+
+def crash_after_the_credit(monkeypatch, purchase_id: int) -> None:
+    """Credit the purchase, the worker dying right after the credit's round trip."""
+
+    def crash(purchase_or_row):
+        raise ConnectionError("the worker died after the credit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "fresh", crash)  # the step after the credit on SQLite
+        patch.setattr(service, "_as_loaded", crash)  # and on PostgreSQL
+        with pytest.raises(ConnectionError):
+            service.fulfil(purchase_id, "stripe:evt_1", receipt=f"R-{purchase_id}")
+    db.session.rollback()
+
+
+def test_a_credit_writes_its_entries_history_notification_and_email_once(app):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        first = service.fulfil(purchase_id, "stripe:evt_1", receipt="R-1")
+        again = service.fulfil(purchase_id, "stripe:evt_1", receipt="R-1")  # the replay
+        late = service.fulfil(purchase_id, "mpesa:query:late")
+
+        assert (first.status, first.receipt, again.status, late.receipt) == (
+            "paid",
+            "R-1",
+            "paid",
+            "R-1",
+        )
+        assert balances(user_id) == (260, 0)
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+
+
+def test_a_purchase_without_a_bonus_is_credited_by_one_entry(app):
+    with app.app_context():
+        purchase_id, user_id = bought(40, bonus=False)
+        service.fulfil(purchase_id, "sandbox", receipt="S-1")
+        assert balances(user_id) == (40, 0)
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+    assert credits_of(app, purchase_id) == [("purchase", 40)]
+
+
+def test_a_late_confirmation_credits_an_expired_or_failed_purchase_and_records_from_where(app):
+    with app.app_context():
+        expired, expired_user = bought()
+        service.expire(expired, "sweeper")
+        failed, failed_user = bought(40, bonus=False)
+        service.fail(failed, "stripe:evt_f", "declined")
+
+        service.fulfil(expired, "stripe:evt_late")
+        service.fulfil(failed, "stripe:evt_late2", payment_intent_id="pi_2")
+        service.fail(failed, "stripe:evt_f", "declined")  # the failure again, later still
+
+        assert balances(expired_user) == (260, 0)
+        assert balances(failed_user) == (40, 0)
+        assert after_the_credit(expired)["history"] == ["pending", "expired", "paid"]
+        assert after_the_credit(failed) == {**DONE, "history": ["pending", "failed", "paid"]}
+        purchase = db.session.get(Purchase, failed)
+        assert (purchase.failure_reason, purchase.payment_intent_id) == (None, "pi_2")
+        moved_from = db.session.scalars(
+            select(PurchaseEvent.from_status).where(
+                PurchaseEvent.purchase_id == failed, PurchaseEvent.to_status == "paid"
+            )
+        ).all()
+        assert moved_from == ["failed"]
+        assert run_audit() == []
+
+
+def test_a_refunded_purchase_is_not_credited_again_by_a_late_confirmation(app):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        service.fulfil(purchase_id, "stripe:evt_1")
+        db.session.execute(
+            update(Purchase).where(Purchase.id == purchase_id).values(status="refunded")
+        )
+        db.session.commit()
+
+        service.fulfil(purchase_id, "stripe:evt_1")
+        assert balances(user_id) == (260, 0)
+        assert after_the_credit(purchase_id)["history"] == ["pending", "paid"]
+    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+
+
+def test_a_crash_after_the_credit_leaves_it_whole_and_a_resent_event_changes_nothing(
+    app, monkeypatch
+):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        crash_after_the_credit(monkeypatch, purchase_id)
+
+        # Credited once, with its history, notification, email and credited entry.
+        assert balances(user_id) == (260, 0)
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+
+        again = service.fulfil(purchase_id, "stripe:evt_1", receipt=f"R-{purchase_id}")
+        assert (again.status, again.receipt) == ("paid", f"R-{purchase_id}")
+        assert balances(user_id) == (260, 0)
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+    assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+
+
+def test_a_credit_whose_entry_key_was_used_writes_nothing(app):
+    with app.app_context():
+        purchase_id, user_id = bought(40, bonus=False)
+        # Not a purchase's entry, but under its key: the purchase must not move without it.
+        ledger.credit(user_id, 5, key=f"purchase:{purchase_id}:tokens")
+        db.session.commit()
+
+        with pytest.raises(IdempotencyConflict):
+            service.fulfil(purchase_id, "sandbox")
+        db.session.rollback()
+        assert balances(user_id) == (5, 0)
+        assert after_the_credit(purchase_id) == {
+            "status": "pending",
+            "history": ["pending"],
+            "notifications": 0,
+            "mails": 0,
+            "credited_entry": False,
+        }
