@@ -2,7 +2,7 @@
 one purchase, and by many purchases of one student at once."""
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from soma.audit import run_audit
@@ -16,7 +16,8 @@ from tests.unit.test_purchase_credit import DONE, after_the_credit, bought
 
 
 def platform(code: PlatformAccount) -> int:
-    return db.session.scalar(select(Wallet.available).where(Wallet.code == code.value))
+    """The account's balance: the sum of its shards."""
+    return db.session.scalar(select(func.sum(Wallet.available)).where(Wallet.code == code.value))
 
 
 def test_the_webhook_and_the_poller_fulfilling_one_purchase_at_once_credit_it_once(app, wide_app):
