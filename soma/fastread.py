@@ -42,7 +42,7 @@ def autocommit_rows(
     """Run statements (driver SQL, with their values) in one transaction; each one's first row.
 
     One statement runs alone in autocommit, as `autocommit_row`. Several are sent
-    at once (psycopg's pipeline) and run as one transaction: one round trip, so
+    at once (psycopg's pipeline) between BEGIN and COMMIT: one round trip, so
     the locks the first one takes are held only while the others run. If one
     fails, the ones after it are skipped and all are rolled back; errors are as
     for `autocommit_row`.
@@ -54,10 +54,16 @@ def autocommit_rows(
         driver.autocommit = True
         if len(statements) == 1:
             return [_execute(driver, sql, params).fetchone()]
-        # Sent at once with one Sync: the statements between two Syncs are one
-        # implicit transaction, committed at the Sync if all succeed, else rolled back.
+        # Sent at once, one round trip, inside BEGIN ... COMMIT. Not an implicit
+        # transaction up to the pipeline's Sync: psycopg sends the Sync even when
+        # Python is interrupted between two sends, which would commit the statements
+        # already sent. With BEGIN first, an interrupted or failed pipeline leaves
+        # the transaction open or aborted, and the connection is dropped (below),
+        # which rolls all of it back.
         with driver.pipeline():
+            driver.execute("BEGIN")
             cursors = [_execute(driver, sql, params) for sql, params in statements]
+            driver.execute("COMMIT")
         return [cursor.fetchone() if cursor.description else None for cursor in cursors]
     except psycopg.Error as error:
         if keep is not None and keep(error):

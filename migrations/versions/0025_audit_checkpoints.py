@@ -21,6 +21,15 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade():
+    # A wallet's postings are numbered from 1: a posting numbered 0 or below would sit
+    # before every checkpointed head, where an incremental audit does not look.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE postings ADD CONSTRAINT ck_postings_seq_from_one CHECK (seq >= 1)")
+    else:
+        op.execute(
+            "CREATE TRIGGER postings_seq_from_one BEFORE INSERT ON postings "
+            "WHEN NEW.seq < 1 BEGIN SELECT RAISE(ABORT, 'postings are numbered from 1'); END"
+        )
     op.create_table(
         "audit_checkpoints",
         sa.Column("id", BigId, nullable=False),
@@ -63,6 +72,10 @@ def upgrade():
 
 
 def downgrade():
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE postings DROP CONSTRAINT ck_postings_seq_from_one")
+    else:
+        op.execute("DROP TRIGGER postings_seq_from_one")
     op.drop_column("audit_runs", "full")
     op.drop_table("audit_checkpoint_wallets")
     op.drop_table("audit_checkpoints")

@@ -31,6 +31,8 @@ def classes_settle_exactly_once(scope: Scope = FULL) -> list[Violation]:
     class_in_scope = or_(
         scope.named(ClassSession.id, "class"),
         scope.newer(ClassSession.id, "through_class_id"),
+        # Made before the checkpoint's snapshot but committed after it: a smaller id.
+        scope.changed(ClassSession.created_at),
         ClassSession.status.in_((ClassStatus.SCHEDULED, *RUNNING)),
     )
     in_scope = (

@@ -109,3 +109,69 @@ def test_statements_sent_together_commit_together_or_not_at_all(app):
         assert autocommit_rows([move, move, ("SELECT 1", {})]) == [None, None, (1,)]
         db.session.expire_all()
         assert db.session.get(TokenPackage, package_id).sort_order == before + 2
+
+
+def test_statements_interrupted_between_two_sends_commit_nothing(app, monkeypatch):
+    """Python interrupted after the first statement went out (a worker's signal, a bad
+    value): psycopg still sends the pipeline's Sync, which must not commit the first."""
+    from soma import fastread
+
+    with app.app_context():
+        package = db.session.scalars(select(TokenPackage).order_by(TokenPackage.id)).first()
+        before, package_id = package.sort_order, package.id
+        db.session.rollback()
+        move = (
+            "UPDATE token_packages SET sort_order = sort_order + 1 WHERE id = %(id)s",
+            {"id": package_id},
+        )
+        sent = []
+        real = fastread._execute
+
+        def interrupted(driver, sql, params):
+            if sent:
+                raise KeyboardInterrupt
+            sent.append(sql)
+            return real(driver, sql, params)
+
+        monkeypatch.setattr(fastread, "_execute", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            autocommit_rows([move, move])
+        monkeypatch.setattr(fastread, "_execute", real)
+        assert sent == [move[0]]
+        assert db.session.get(TokenPackage, package_id).sort_order == before
+
+
+def test_a_credit_interrupted_mid_round_trip_credits_nothing_and_a_resent_event_credits_once(
+    app, monkeypatch
+):
+    from soma import fastread
+
+    with app.app_context():
+        purchase_id, user_id = bought()
+        issuance = platform(PlatformAccount.ISSUANCE)
+        real = fastread._execute
+        calls = []
+
+        def interrupted(driver, sql, params):
+            calls.append(sql)
+            if len(calls) == 3:  # the guarded credit went out; the bonus did not
+                raise KeyboardInterrupt
+            return real(driver, sql, params)
+
+        monkeypatch.setattr(fastread, "_execute", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            service.fulfil(purchase_id, "stripe:evt_1", payment_intent_id="pi_1")
+        monkeypatch.setattr(fastread, "_execute", real)
+        db.session.rollback()
+        assert db.session.get(Purchase, purchase_id).status == "pending"
+        assert credits_of(app, purchase_id) == []
+        assert balances(user_id) == (0, 0)
+        assert platform(PlatformAccount.ISSUANCE) == issuance
+
+        assert (
+            service.fulfil(purchase_id, "stripe:evt_1", payment_intent_id="pi_1").status == "paid"
+        )
+        assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+        assert balances(user_id) == (260, 0)
+        assert platform(PlatformAccount.ISSUANCE) == issuance - 250
+        assert run_audit() == []

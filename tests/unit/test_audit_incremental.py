@@ -314,3 +314,56 @@ def test_an_incremental_run_reads_only_the_entries_since_its_checkpoint(ctx):
     )
     assert scoped == newest and people["gift"] in scoped
     assert db.session.scalar(select(func.count(Posting.id))) > 2 * len(scoped)
+
+
+def test_a_posting_numbered_before_one_is_refused_by_the_database(ctx):
+    """Postings are numbered from 1: one numbered 0 would sit before every checkpointed
+    head, where an incremental run does not look, so the database refuses it."""
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    people = activity("zero")
+    assert audit().checkpoint_id is not None
+    friend = wallet_of(people["friend"])
+    with pytest.raises(DBAPIError):
+        db.session.execute(
+            text(
+                "INSERT INTO postings (entry_id, wallet_id, bucket, amount, available_after, "
+                "locked_after, kind, created_at, seq, hash) "
+                "SELECT entry_id, wallet_id, 'locked', 3, available_after, locked_after + 3, "
+                "kind, created_at, 0, hash FROM postings WHERE wallet_id = :w AND seq = :s"
+            ),
+            {"w": friend.id, "s": friend.head_seq},
+        )
+    db.session.rollback()
+    assert (
+        db.session.scalar(
+            select(func.count()).select_from(Posting).where(Posting.wallet_id == friend.id)
+        )
+        == friend.head_seq
+    )
+    assert run_audit() == [] and run_audit(full=True) == []
+
+
+def test_a_gift_committed_after_the_checkpoint_with_a_smaller_id_is_still_in_scope(ctx):
+    """A gift whose transaction drew its id before the checkpoint's snapshot and committed
+    after it (here: a row given a smaller id, and no entry) is brought in by its time."""
+    from soma.models import Gift
+
+    people = activity("late")
+    assert audit().checkpoint_id is not None
+    db.session.add(
+        Gift(
+            id=-7,
+            key="late-gift",
+            sender_id=people["student"],
+            recipient_id=people["friend"],
+            tokens=4,
+        )
+    )
+    db.session.commit()
+    expected = Violation(
+        "gift-not-transferred-once", "gift -7 of 4 tokens has 0 GIFT entries moving 0 tokens"
+    )
+    assert expected in run_audit()
+    assert expected in run_audit(full=True)
