@@ -168,18 +168,18 @@ class Scope:
     def heads(self):
         """A subquery of the checkpoint's wallet rows (none in a full run): wallet_id, seq,
         hash, available, locked."""
-        checkpoint_id = -1 if self.full else self.checkpoint.id
-        return (
-            select(
-                AuditCheckpointWallet.wallet_id,
-                AuditCheckpointWallet.seq,
-                AuditCheckpointWallet.hash,
-                AuditCheckpointWallet.available,
-                AuditCheckpointWallet.locked,
-            )
-            .where(AuditCheckpointWallet.checkpoint_id == checkpoint_id)
-            .subquery("heads")
-        )
+        return _wallet_rows(-1 if self.full else self.checkpoint.id).subquery("heads")
+
+
+def _wallet_rows(checkpoint_id: int):
+    """A select of a checkpoint's wallet rows: wallet_id, seq, hash, available, locked."""
+    return select(
+        AuditCheckpointWallet.wallet_id,
+        AuditCheckpointWallet.seq,
+        AuditCheckpointWallet.hash,
+        AuditCheckpointWallet.available,
+        AuditCheckpointWallet.locked,
+    ).where(AuditCheckpointWallet.checkpoint_id == checkpoint_id)
 
 
 FULL = Scope()
@@ -253,14 +253,7 @@ def wallets_digest(checkpoint_id: int) -> tuple[int, str]:
     """(count, SHA-256) of a checkpoint's wallet rows, streamed in wallet order."""
     digest, count = hashlib.sha256(), 0
     rows = db.session.execute(
-        select(
-            AuditCheckpointWallet.wallet_id,
-            AuditCheckpointWallet.seq,
-            AuditCheckpointWallet.hash,
-            AuditCheckpointWallet.available,
-            AuditCheckpointWallet.locked,
-        )
-        .where(AuditCheckpointWallet.checkpoint_id == checkpoint_id)
+        _wallet_rows(checkpoint_id)
         .order_by(AuditCheckpointWallet.wallet_id)
         .execution_options(yield_per=HASH_BATCH)
     )
