@@ -455,12 +455,12 @@ def _whole_entry_statement(
     does, on an entry whose key was used, refuses at step len(shape) + 1.
     """
     binds = _entry_binds()
-    condition, after, given, refuse_used = None, (), {}, True
+    condition, after, given, refuse_used, shown = None, (), {}, True, None
     if guard is not None:
         build, guard_shape = guard
         moved, after, *more = build(*guard_shape)
         if more:
-            given, refuse_used = more
+            given, refuse_used, shown = more
         condition = exists().select_from(moved)
     entry = _entry_insert(postgresql, binds, condition).cte("entry")
     previous, updated = entry, []
@@ -525,6 +525,8 @@ def _whole_entry_statement(
         refused_at,
         select(func.count()).select_from(written).scalar_subquery(),
         *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
+        # (Each a scan of the CTE's one row, which the database keeps, not a lookup.)
+        *(select(column).scalar_subquery() for column in (shown.c if shown is not None else ())),
     )
     if given:
         # The entry's values the guard's rows give, in place of parameters.
@@ -656,11 +658,13 @@ class Guard:
 class Guarded:
     """What `post_guarded` wrote: its entries (None for one whose key was used before),
     the first column of each row the guard's CTEs wrote, and the first row (or None)
-    of each of its `then` statements."""
+    of each of its `then` statements; from `post_row_credits`, also what each
+    statement showed (see `RowCredit`)."""
 
     entries: list
     written: tuple
     then: tuple = ()
+    shown: tuple = ()
 
 
 def post_guarded(
@@ -721,8 +725,9 @@ class RowCredit:
     itself reads from the row its guard returns (PostgreSQL).
 
     `guard.build(*guard.shape)` returns a CTE of one row or none, a tuple of CTEs
-    written from it (as a `Guard`'s), and SQL over that row for the entry's facts:
-    `user_id` (the user credited), `tokens` (how many) and `memo`. The entry is keyed
+    written from it (as a `Guard`'s), SQL over that row for the entry's facts:
+    `user_id` (the user credited), `tokens` (how many) and `memo`, and optionally a
+    CTE of one row whose columns the statement returns too (`Guarded.shown`). The entry is keyed
     `key`, refers to `reference` and is written only if that row exists. So the
     caller need not read the row first: its facts go from the row to the entry, its
     postings, its wallets and its digest (the same digest `post` computes for the
@@ -757,16 +762,7 @@ def post_row_credits(
     shards = shard_count()
     statements = []
     for credit in (first, *also):
-        sql = _whole_entry_sql(
-            _CREDIT_SHAPE,
-            False,
-            True,
-            (
-                _credit_from_row,
-                (credit.guard.build, credit.guard.shape, credit.source, credit.kind,
-                 credit.reference[0], credit.refuse_used),
-            ),
-        )  # fmt: skip
+        sql = _whole_entry_sql(_CREDIT_SHAPE, False, True, (_credit_from_row, _credit_key(credit)))
         values = {
             **credit.guard.values,
             "p_key": credit.key,
@@ -789,16 +785,26 @@ def post_row_credits(
         named = "the user credited" if step == 0 else sources
         raise InvalidPosting(f"no wallet for {named} by {first.key}") from None
     # Each credit's entry id (None: not written), the guard's writes, `then`'s rows.
-    ids = [row[0] for row in rows[: 1 + len(also)]]
+    credits = (first, *also)
+    ids = [row[0] for row in rows[: len(credits)]]
+    afters = [len(_credit_from_row(*_credit_key(credit))[1]) for credit in credits]
     head = rows[0]
-    written = tuple(head[3:]) if head[0] is not None else ()
-    return Guarded(ids, written, tuple(rows[1 + len(also) :]))
+    written = tuple(head[3 : 3 + afters[0]]) if head[0] is not None else ()
+    shown = tuple(tuple(row[3 + after :]) for row, after in zip(rows, afters, strict=False))
+    return Guarded(ids, written, tuple(rows[len(credits) :]), shown)
+
+
+def _credit_key(credit: RowCredit) -> tuple:
+    """What a row credit's statement is built (and cached) by."""
+    guard = credit.guard
+    return (guard.build, guard.shape, credit.source, credit.kind, credit.reference[0],
+            credit.refuse_used)  # fmt: skip
 
 
 @cache
 def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
     """The guard of a row credit, with the entry's values read from its row."""
-    rows, after, facts = build(*shape)
+    rows, after, facts, *shown = build(*shape)
     user_id, tokens = facts["user_id"], facts["tokens"]
 
     def one(column):
@@ -819,7 +825,7 @@ def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
         "p_available1": one(-tokens),
         "p_locked1": literal(0, BigInteger()),
     }
-    return rows, after, given, refuse_used
+    return rows, after, given, refuse_used, shown[0] if shown else None
 
 
 # Stand-ins for a credit's numbers in its canonical text (see `credit_digest_sql`).

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
+    exists,
     func,
     insert,
     literal,
@@ -38,9 +39,9 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state, manager_of_class, set_committed_value
@@ -408,22 +409,11 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
             now,
             refuse_used=False,  # a replay's: the credited entry is marked with the bonus
         ),
-        then=((_purchase_sql(), {"p_purchase": purchase_id}),),
     )
-    row = done.then[-1]
-    if row is None:
+    row = done.shown[-1]  # the purchase's row as the credit leaves it
+    if row[0] is None:
         raise NoResultFound(f"no purchase {purchase_id}")
     return _as_loaded(row)
-
-
-@cache
-def _purchase_sql() -> str:
-    """Driver SQL: the purchase's row, read at the end of its credit's transaction."""
-    table = Purchase.__table__
-    statement = select(*table.columns).where(
-        table.c.id == bindparam("p_purchase", type_=BigInteger())
-    )
-    return str(statement.compile(dialect=PGDialect_psycopg()))
 
 
 def _as_loaded(row: tuple) -> Purchase:
@@ -644,22 +634,35 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
 def _bonus_if_credited():
     """The guard of a credit's bonus, sent after the credit: the purchase's credited entry
     is marked, if it is not yet, with the bonus's entry (if it has a bonus). A replay
-    finds it marked, so writes neither."""
+    finds it marked, so writes neither. The statement shows the purchase's row as the
+    credit leaves it (the row as marked, or as it is)."""
     purchases, entries = Purchase.__table__, core.entries
+    purchase_id = bindparam("p_g_purchase", type_=BigInteger())
     marked = (
         update(purchases)
         .where(
-            purchases.c.id == bindparam("p_g_purchase", type_=BigInteger()),
+            purchases.c.id == purchase_id,
             purchases.c.credited_entry_id.is_(None),
             entries.c.idempotency_key == bindparam("p_g_key", type_=String()),
         )
         .values(credited_entry_id=entries.c.id)
-        .returning(purchases.c.id, purchases.c.user_id, purchases.c.bonus_tokens)
+        .returning(*purchases.c)
         .cte("marked")
     )
-    rows = select(marked).where(marked.c.bonus_tokens > 0).cte("bonus")
+    rows = (
+        select(marked.c.id, marked.c.user_id, marked.c.bonus_tokens)
+        .where(marked.c.bonus_tokens > 0)
+        .cte("bonus")
+    )
     memo = _words(BONUS_MEMO, purchase=rows.c.id)
-    return rows, (), {"user_id": rows.c.user_id, "tokens": rows.c.bonus_tokens, "memo": memo}
+    # (The statement's own snapshot sees the credit's statement, before it: the row
+    # is locked by it, so no one else has moved it since.)
+    final = union_all(
+        select(*marked.c),
+        select(*purchases.c).where(purchases.c.id == purchase_id, ~exists().select_from(marked)),
+    ).cte("final")
+    facts = {"user_id": rows.c.user_id, "tokens": rows.c.bonus_tokens, "memo": memo}
+    return rows, (), facts, final
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:
