@@ -807,22 +807,23 @@ def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
     rows, after, facts, *shown = build(*shape)
     user_id, tokens = facts["user_id"], facts["tokens"]
 
-    def one(column):
-        return select(column).select_from(rows).scalar_subquery()
-
+    # Columns of the guard's row, which the statement's parts read FROM it: not
+    # sub-selects, since the wallet's UPDATE passes them to soma_head and soma_prior,
+    # which PostgreSQL inlines only for arguments without one (else each is a call of
+    # a SQL function, planned on every run).
     given = {
         "p_kind": literal(kind, String()),
-        "p_tokens": one(tokens),
-        "p_digest": one(credit_digest_sql(kind, source, user_id, tokens, reference_type)),
+        "p_tokens": tokens,
+        "p_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
         "p_reference_type": literal(reference_type, String()),
         "p_closes_entry_id": null(),
-        "p_memo": one(func.left(facts["memo"], 500)),
+        "p_memo": func.left(facts["memo"], 500),
         "p_actor_id": null(),
-        "p_owner0": one(user_id),
-        "p_available0": one(tokens),
+        "p_owner0": user_id,
+        "p_available0": tokens,
         "p_locked0": literal(0, BigInteger()),
         "p_owner1": literal(PlatformAccount(source).value, String()),
-        "p_available1": one(-tokens),
+        "p_available1": -tokens,
         "p_locked1": literal(0, BigInteger()),
     }
     return rows, after, given, refuse_used, shown[0] if shown else None
