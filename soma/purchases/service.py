@@ -7,15 +7,18 @@ page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
-On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`): the
-compare-and-set of the purchase guards the tokens' entry, and writes the status
-history row, the notification and its email from the purchase's row, so either
-all of it is written or none. The bonus's entry and the purchase's
-`credited_entry_id` are two more statements sent with it in one round trip and
-one transaction: the issuance and promotions rows are locked only while the
-database runs them, never while this process does anything, and no crash leaves
-a credit without its history, notification or email. On SQLite, and when a
-`claim` must commit with the credit, all of it is one transaction in the session.
+On PostgreSQL a credit is two statements sent at once, one round trip and one
+transaction (`core.post_row_credits`), and nothing is read before them: the first
+moves the purchase to paid if it is payable (a compare-and-set), writes its status
+history row, the notification and its email, and the tokens' entry, all from the
+purchase's row and its student's as the statement finds them (the entry's amount,
+memo and digest too: the words are written in SQL, the same as Python's); the
+second marks the purchase's `credited_entry_id` and writes the bonus's entry, if it
+has one, and returns the purchase's row. Either all of it is written or none, the
+issuance and promotions rows are locked only while the database runs them, never
+while this process does anything, and no crash leaves a credit without its history,
+notification or email. On SQLite, and when a `claim` must commit with the credit,
+all of it is one transaction in the session.
 """
 
 import math
@@ -62,6 +65,7 @@ from soma.models import (
     Role,
     User,
     UTCDateTime,
+    utcnow,
 )
 from soma.models.purchase import (
     CUSTOM_MAX,
@@ -383,6 +387,7 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
     if db.session().in_transaction():
         db.session.commit()  # what the caller wrote goes first (it went with the credit before)
     now = clock.now()
+    entered = utcnow()  # an entry's time is the ledger's (as `ledger.credit` stamps it)
     reference = ("purchase", purchase_id)
     base = current_app.config["APP_BASE_URL"]
     paid = core.Guard(
@@ -399,14 +404,14 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
     bonus = core.Guard(_bonus_if_credited, (), marked)
     (_, account), (bonus_part, bonus_account) = PARTS
     done = core.post_row_credits(
-        core.RowCredit(paid, EntryKind.PURCHASE, marked["p_g_key"], account, reference, now),
+        core.RowCredit(paid, EntryKind.PURCHASE, marked["p_g_key"], account, reference, entered),
         core.RowCredit(
             bonus,
             EntryKind.BONUS,
             f"purchase:{purchase_id}:{bonus_part}",
             bonus_account,
             reference,
-            now,
+            entered,
             refuse_used=False,  # a replay's: the credited entry is marked with the bonus
         ),
     )
