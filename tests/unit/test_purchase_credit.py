@@ -3,15 +3,23 @@ and credited entry, written once and together (on PostgreSQL in one round trip; 
 in one transaction), however often and late the confirmation comes."""
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
 from soma.ledger import core
-from soma.ledger.errors import IdempotencyConflict
+from soma.ledger.errors import IdempotencyConflict, InvalidPosting
 from soma.ledger.operations import credit_legs
-from soma.models import JournalEntry, Notification, OutboxMessage, Purchase, PurchaseEvent, User
+from soma.models import (
+    JournalEntry,
+    Notification,
+    OutboxMessage,
+    Purchase,
+    PurchaseEvent,
+    User,
+    Wallet,
+)
 from soma.notifications.service import email_text
 from soma.purchases import service
 from tests.builders import make_user
@@ -325,3 +333,22 @@ def test_a_credits_entry_replayed_through_the_ledger_is_the_same_entry(app):
         db.session.commit()
         assert balances(user_id) == (260, 0)
         assert run_audit() == []
+
+
+def test_a_credit_to_a_student_without_a_wallet_is_refused_and_writes_nothing(app):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        db.session.execute(delete(Wallet).where(Wallet.user_id == user_id))
+        db.session.commit()
+
+        with pytest.raises(InvalidPosting, match="no wallet"):
+            service.fulfil(purchase_id, "stripe:evt_1")
+        db.session.rollback()
+        assert after_the_credit(purchase_id) == {
+            "status": "pending",
+            "history": ["pending"],
+            "notifications": 0,
+            "mails": 0,
+            "credited_entry": False,
+        }
+    assert credits_of(app, purchase_id) == []
