@@ -452,7 +452,11 @@ def _whole_entry_statement(
     guard's first CTE returns a row, before it; the guard's other CTEs write from
     that row, and the statement returns the first column of each after the rest.
     A guard that returns no row writes nothing and refuses nothing; a guard that
-    does, on an entry whose key was used, refuses at step len(shape) + 1.
+    does, on an entry whose key was used, refuses at step len(shape) + 1. A guard's
+    build may also return (a row credit's, see `_credit_from_row`) SQL for some of
+    the entry's parameters, read from its row in their place; whether a used key
+    refuses (else the entry is left out, as without a guard); and a CTE of one row
+    whose columns the statement returns after the rest.
     """
     binds = _entry_binds()
     condition, after, given, refuse_used, shown = None, (), {}, True, None
