@@ -19,8 +19,9 @@ asserts nothing. Two tables:
    - sandbox purchase fulfilment: pending sandbox purchases made as the buy page makes
      them (`service.start`; one made so, the rest of the round's copied from it in SQL
      beforehand, outside the timed part), then `service.fulfil(id, "sandbox", receipt=...)`
-     as the sandbox's Pay button calls it;
-   and the reference of these two, transfers between distinct users: each worker between
+     as the sandbox's Pay button calls it; twice: of the first package with a bonus (two
+     entries, tokens and bonus) and of the first without one (one entry);
+   and the reference of these, transfers between distinct users: each worker between
    its own two students, so that nothing but the ledger itself is shared.
    The runs take turns in every round (the order reversed every other round), a first
    round is discarded as a warm-up, and the figures are medians over ROUNDS rounds; each
@@ -103,8 +104,10 @@ RUNS = (
     ("transfer_pool", "transfers, shared pool", "op", "pgbench"),
     ("transfer_own", "transfers between distinct users", "op", None),
     ("credit", "credits from issuance", "op", "transfer_own"),
-    ("fulfil", "sandbox purchase fulfilment", "purchase", "transfer_own"),
+    ("fulfil", "sandbox fulfilment, with a bonus (2 entries)", "purchase", "transfer_own"),
+    ("fulfil_plain", "sandbox fulfilment, no bonus (1 entry)", "purchase", "transfer_own"),
 )
+FULFILMENTS = ("fulfil", "fulfil_plain")
 
 
 def make_users(name: str) -> dict:
@@ -199,8 +202,8 @@ def worker(name, index, people, commands, results) -> None:
             for op in OPERATIONS.values():  # connect, compile (each shape of settle too)
                 for _ in range(8):
                     op(ledger, rng, people, index, f"prime-{tag}-{index}-{secrets.token_hex(4)}")
-            primer = people["primers"][index]
-            service.fulfil(primer, "sandbox", receipt=f"SANDBOX-{primer}")
+            for primer in people["primers"][index]:
+                service.fulfil(primer, "sandbox", receipt=f"SANDBOX-{primer}")
             results.put(("ready", index))
             while (command := commands.get()) is not None:
                 run, start_at, seconds, purchases = command
@@ -212,7 +215,7 @@ def worker(name, index, people, commands, results) -> None:
                 last = time.perf_counter()
                 while last < end:
                     n += 1
-                    if run == "fulfil":
+                    if run in FULFILMENTS:
                         if n > len(purchases):
                             exhausted = True
                             break
@@ -304,24 +307,33 @@ class Workers:
 # -- purchases to fulfil ---------------------------------------------------------------------
 
 
-def first_purchases(name: str, people: dict) -> list[int]:
-    """Two pending sandbox purchases per worker's student, made as the buy page makes them
-    (the page's default package, the sandbox, a fresh form key): the first to be copied,
-    the second for the worker to fulfil before it is timed. Return the first ones."""
+def first_purchases(name: str, people: dict) -> dict[str, list[tuple[int, int]]]:
+    """Two pending sandbox purchases per worker's student and kind of fulfilment, made as
+    the buy page makes them (a package, the sandbox, a fresh form key): the first to be
+    copied, the second for the worker to fulfil before it is timed. Return, per kind
+    ("fulfil": the first package with a bonus; "fulfil_plain": the first without), the
+    pairs per worker."""
     from soma.extensions import db
     from soma.models import Provider, User
     from soma.purchases import service
 
     app = make_app(name)
-    made = []
+    made = {}
     with app.app_context():
         quotes = service.package_quotes()
-        chosen = quotes[1] if len(quotes) > 1 else quotes[0]
-        for student, _ in people["own"]:
-            user = db.session.get(User, student)
-            for _ in range(2):
-                purchase = service.start(user, chosen, Provider.SANDBOX, secrets.token_urlsafe(16))
-                made.append(purchase.id)
+        packages = {
+            "fulfil": next(q for q in quotes if q.bonus_tokens),
+            "fulfil_plain": next(q for q in quotes if not q.bonus_tokens),
+        }
+        for kind, chosen in packages.items():
+            made[kind] = []
+            for student, _ in people["own"]:
+                user = db.session.get(User, student)
+                pair = tuple(
+                    service.start(user, chosen, Provider.SANDBOX, secrets.token_urlsafe(16)).id
+                    for _ in range(2)
+                )
+                made[kind].append(pair)
         db.session.remove()
         db.engine.dispose()
     return made
@@ -811,21 +823,25 @@ def main() -> int:
         counted = round_trips_per_op(ledger_db, pair, alone=True)
         print(f"  set up in {time.perf_counter() - started:.0f} s", flush=True)
         made = first_purchases(ledger_db, people)
-        templates, people["primers"] = made[::2], made[1::2]
+        templates = {kind: [pair[0] for pair in pairs] for kind, pairs in made.items()}
+        people["primers"] = [[made[kind][i][1] for kind in FULFILMENTS] for i in range(WORKERS)]
         pgbench_db = None
         if pgbench:
             pgbench_db = dbs.create("pgbench")
             pgbench_init(pgbench, pgbench_db)
         with Workers(ledger_db, people) as workers:
             for n in range(WARMUP_ROUNDS + ROUNDS):
-                purchases = copy_purchases(ledger_db, templates, PURCHASES_PER_WORKER)
+                purchases = {
+                    kind: copy_purchases(ledger_db, templates[kind], PURCHASES_PER_WORKER)
+                    for kind in FULFILMENTS
+                }
                 this = {}
                 for key, *_ in RUNS if n % 2 == 0 else reversed(RUNS):
                     if key == "pgbench":
                         if pgbench:
                             this[key] = run_pgbench(pgbench, pgbench_db, WORKERS, SECONDS)
                     else:
-                        this[key] = workers.run(key, purchases if key == "fulfil" else None)
+                        this[key] = workers.run(key, purchases.get(key))
                 if n >= WARMUP_ROUNDS:
                     for key, value in this.items():
                         found[key].append(value)
@@ -876,21 +892,23 @@ def main() -> int:
     for op, tally in counted.items():
         detail = ", ".join(f"{k} {v:g}" for k, v in sorted(tally.items()))
         print(f"  round trips of a {op}: {sum(tally.values()):.1f} ({detail})")
-    if middle("fulfil")["exhausted"]:
+    if any(found[kind] and middle(kind)["exhausted"] for kind in FULFILMENTS):
         print("  WARNING: a worker ran out of purchases to fulfil: raise PURCHASES_PER_WORKER")
-    fulfil_cpu = middle("fulfil")["worker_cpu_ms"]
     lines = [
         ("holdsettle", "holds and settles / pgbench TPC-B", 0.5),
         ("transfer_pool", "transfers / pgbench TPC-B", 0.5),
-        ("fulfil", f"purchase fulfilment / transfers, {WORKERS} workers", 0.5),
+        ("fulfil", f"fulfilment with a bonus / transfers, {WORKERS} workers", 0.5),
+        ("fulfil_plain", f"fulfilment without a bonus / transfers, {WORKERS} workers", 0.5),
         ("credit", f"credits from issuance / transfers between distinct users, {WORKERS}", 0.8),
     ]
     for key, what, target in lines:
         if key in ratios:
             print("  " + verdict(what, ratios[key], target))
-    if fulfil_cpu is not None:
-        line = verdict("worker CPU per fulfilment", fulfil_cpu, 1.0, higher=False, unit=" ms")
-        print("  " + line)
+    for kind, what in (("fulfil", "with a bonus"), ("fulfil_plain", "without a bonus")):
+        cpu = middle(kind)["worker_cpu_ms"] if found[kind] else None
+        if cpu is not None:
+            line = verdict(f"worker CPU per fulfilment {what}", cpu, 1.0, higher=False, unit=" ms")
+            print("  " + line)
 
     print()
     n = HISTORY_ENTRIES

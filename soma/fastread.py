@@ -64,7 +64,10 @@ def autocommit_rows(
             driver.execute("BEGIN")
             cursors = [_execute(driver, sql, params) for sql, params in statements]
             driver.execute("COMMIT")
-        return [cursor.fetchone() if cursor.description else None for cursor in cursors]
+        # (A result's status, not `description`: that builds every column's description.)
+        return [
+            cursor.fetchone() if cursor.pgresult.status == _ROWS else None for cursor in cursors
+        ]
     except psycopg.Error as error:
         if keep is not None and keep(error):
             raise
@@ -91,10 +94,12 @@ def autocommit_rows(
         pooled.close()
 
 
+_ROWS = psycopg.pq.ExecStatus.TUPLES_OK
+
 # psycopg caches its parsing of a statement's %(name)s placeholders only for
 # statements up to this long (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
 _DRIVER_CACHES = 4096
-_NAMED = re.compile(r"%\((\w+)\)s")
+_NAMED = re.compile(r"%%|%\((\w+)\)s")
 
 
 def _execute(driver, sql: str, params: dict):
@@ -108,10 +113,13 @@ def _execute(driver, sql: str, params: dict):
 
 @cache
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """`sql` with each %(name)s as $n (the same n for the same name), and the names in order."""
+    """`sql` with each %(name)s as $n (the same n for the same name), and the names in order
+    (and each %% as the % it stands for)."""
     names: dict[str, int] = {}
 
     def number(match) -> str:
+        if match.group(1) is None:
+            return "%"
         return f"${names.setdefault(match.group(1), len(names) + 1)}"
 
     return _NAMED.sub(number, sql), tuple(names)

@@ -91,6 +91,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 from soma.extensions import db
 from soma.fastread import autocommit_row, autocommit_rows
@@ -203,7 +205,13 @@ def _placed(legs: list[Leg], key: str, reference) -> list[Leg]:
 
 
 def _digest(kind: str, tokens: int, legs: list[Leg], reference, closes: int | None) -> str:
-    canonical = json.dumps(
+    canonical = _canonical(kind, tokens, legs, reference, closes)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(kind: str, tokens: int, legs: list[Leg], reference, closes: int | None) -> str:
+    """What an entry's request digest is the SHA-256 of."""
+    return json.dumps(
         {
             "kind": kind,
             "tokens": tokens,
@@ -213,7 +221,6 @@ def _digest(kind: str, tokens: int, legs: list[Leg], reference, closes: int | No
         },
         sort_keys=True,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _validate(kind: str, key: str, tokens: int, legs: list[Leg]) -> None:
@@ -445,13 +452,19 @@ def _whole_entry_statement(
     guard's first CTE returns a row, before it; the guard's other CTEs write from
     that row, and the statement returns the first column of each after the rest.
     A guard that returns no row writes nothing and refuses nothing; a guard that
-    does, on an entry whose key was used, refuses at step len(shape) + 1.
+    does, on an entry whose key was used, refuses at step len(shape) + 1. A guard's
+    build may also return (a row credit's, see `_credit_from_row`) SQL for some of
+    the entry's parameters, read from its row in their place; whether a used key
+    refuses (else the entry is left out, as without a guard); and a CTE of one row
+    whose columns the statement returns after the rest.
     """
     binds = _entry_binds()
-    condition, after = None, ()
+    condition, after, given, refuse_used, shown = None, (), {}, True, None
     if guard is not None:
         build, guard_shape = guard
-        moved, after = build(*guard_shape)
+        moved, after, *more = build(*guard_shape)
+        if more:
+            given, refuse_used, shown = more
         condition = exists().select_from(moved)
     entry = _entry_insert(postgresql, binds, condition).cte("entry")
     previous, updated = entry, []
@@ -506,17 +519,28 @@ def _whole_entry_statement(
     if guarded:
         checks.insert(0, (len(updated), _hold_matches()))
     no_entry = [(~exists().select_from(entry), null())]
-    if condition is not None:
+    if condition is not None and refuse_used:
         no_entry = [(~condition, null()), (~exists().select_from(entry), len(updated) + 1)]
     refused_at = case(*no_entry, *((~check, step) for step, check in checks))
     if strict:
         refused_at = func.soma_refuse_entry(refused_at, type_=Integer())
-    return select(
+    statement = select(
         select(entry.c.id).scalar_subquery(),
         refused_at,
         select(func.count()).select_from(written).scalar_subquery(),
         *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
+        # (Each a scan of the CTE's one row, which the database keeps, not a lookup.)
+        *(select(column).scalar_subquery() for column in (shown.c if shown is not None else ())),
     )
+    if given:
+        # The entry's values the guard's rows give, in place of parameters.
+        def read(element):
+            if isinstance(element, BindParameter) and element.key in given:
+                return given[element.key]
+            return None
+
+        statement = visitors.replacement_traverse(statement, {}, read)
+    return statement
 
 
 def post(
@@ -638,11 +662,13 @@ class Guard:
 class Guarded:
     """What `post_guarded` wrote: its entries (None for one whose key was used before),
     the first column of each row the guard's CTEs wrote, and the first row (or None)
-    of each of its `then` statements."""
+    of each of its `then` statements; from `post_row_credits`, also what each
+    statement showed (see `RowCredit`)."""
 
     entries: list
     written: tuple
     then: tuple = ()
+    shown: tuple = ()
 
 
 def post_guarded(
@@ -697,6 +723,146 @@ def post_guarded(
     return Guarded(posted, tuple(head[3:]), tuple(rows[len(prepared) :]))
 
 
+@dataclass(frozen=True)
+class RowCredit:
+    """A credit to a user from a platform source account, of an amount the statement
+    itself reads from the row its guard returns (PostgreSQL).
+
+    `guard.build(*guard.shape)` returns a CTE of one row or none, a tuple of CTEs
+    written from it (as a `Guard`'s), SQL over that row for the entry's facts:
+    `user_id` (the user credited), `tokens` (how many) and `memo`, and optionally a
+    CTE of one row whose columns the statement returns too (`Guarded.shown`). The entry is keyed
+    `key`, refers to `reference` and is written only if that row exists. So the
+    caller need not read the row first: its facts go from the row to the entry, its
+    postings, its wallets and its digest (the same digest `post` computes for the
+    same credit, see `credit_digest_sql`) inside the statement. With `refuse_used`,
+    a key used before refuses the whole, as in `post_guarded`; without, the entry is
+    then left out (a replay).
+    """
+
+    guard: Guard
+    kind: str
+    key: str
+    source: PlatformAccount
+    reference: tuple[str, int]
+    now: datetime
+    refuse_used: bool = True
+
+
+# A credit's accounts in lock order (users first): the user's wallet, the source's shard.
+_CREDIT_SHAPE = ((False, (Bucket.AVAILABLE.value,)), (True, (Bucket.AVAILABLE.value,)))
+
+
+def post_row_credits(
+    first: RowCredit, *also: RowCredit, then: tuple[tuple[str, dict], ...] = ()
+) -> Guarded:
+    """Post row credits (see `RowCredit`) and run `then` after them, all in one transaction
+    of its own sent at once (one round trip), as `post_guarded` does (PostgreSQL)."""
+    if db.engine.dialect.name != "postgresql":
+        raise InvalidPosting("a row credit is one statement: PostgreSQL only")
+    session = db.session()
+    if session.in_transaction() and _session_has_written(session.connection()):
+        raise InvalidPosting("commit the session's writes before a guarded entry")
+    shards = shard_count()
+    statements = []
+    for credit in (first, *also):
+        sql = _whole_entry_sql(_CREDIT_SHAPE, False, True, (_credit_from_row, _credit_key(credit)))
+        values = {
+            **credit.guard.values,
+            "p_key": credit.key,
+            "p_reference_id": credit.reference[1],
+            "p_now": credit.now.astimezone(UTC),
+            "p_shard1": shard_for(shard_key(credit.key, credit.reference), shards),
+        }
+        statements.append((sql, values))
+    try:
+        rows = autocommit_rows(
+            statements + list(then), keep=lambda e: e.sqlstate == REFUSED_SQLSTATE
+        )
+    except psycopg.Error as error:  # only a refusal is kept raw
+        step = int(error.diag.message_detail)
+        if step == len(_CREDIT_SHAPE) + 1:
+            raise IdempotencyConflict(first.key) from None
+        # A credit is refused only for a wallet that does not exist (step 0 the
+        # user's, step 1 the source's shard).
+        sources = " or ".join(f"a shard of {credit.source.value}" for credit in (first, *also))
+        named = "the user credited" if step == 0 else sources
+        raise InvalidPosting(f"no wallet for {named} by {first.key}") from None
+    # Each credit's entry id (None: not written), the guard's writes, `then`'s rows.
+    credits = (first, *also)
+    ids = [row[0] for row in rows[: len(credits)]]
+    afters = [len(_credit_from_row(*_credit_key(credit))[1]) for credit in credits]
+    head = rows[0]
+    written = tuple(head[3 : 3 + afters[0]]) if head[0] is not None else ()
+    shown = tuple(tuple(row[3 + after :]) for row, after in zip(rows, afters, strict=False))
+    return Guarded(ids, written, tuple(rows[len(credits) :]), shown)
+
+
+def _credit_key(credit: RowCredit) -> tuple:
+    """What a row credit's statement is built (and cached) by."""
+    guard = credit.guard
+    return (guard.build, guard.shape, credit.source, credit.kind, credit.reference[0],
+            credit.refuse_used)  # fmt: skip
+
+
+@cache
+def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
+    """The guard of a row credit, with the entry's values read from its row."""
+    rows, after, facts, *shown = build(*shape)
+    user_id, tokens = facts["user_id"], facts["tokens"]
+
+    # Columns of the guard's row, which the statement's parts read FROM it: not
+    # sub-selects, since the wallet's UPDATE passes them to soma_head and soma_prior,
+    # which PostgreSQL inlines only for arguments without one (else each is a call of
+    # a SQL function, planned on every run).
+    given = {
+        "p_kind": literal(kind, String()),
+        "p_tokens": tokens,
+        "p_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
+        "p_reference_type": literal(reference_type, String()),
+        "p_closes_entry_id": null(),
+        "p_memo": func.left(facts["memo"], 500),
+        "p_actor_id": null(),
+        "p_owner0": user_id,
+        "p_available0": tokens,
+        "p_locked0": literal(0, BigInteger()),
+        "p_owner1": literal(PlatformAccount(source).value, String()),
+        "p_available1": -tokens,
+        "p_locked1": literal(0, BigInteger()),
+    }
+    return rows, after, given, refuse_used, shown[0] if shown else None
+
+
+# Stand-ins for a credit's numbers in its canonical text (see `credit_digest_sql`).
+_STAND_INS = {"tokens": 987654321987654321, "user": 987654321987654322, "ref": 987654321987654323}
+
+
+def credit_digest_sql(kind: str, source, user_id, tokens, reference_type: str):
+    """SQL: the request digest `post` computes for a credit of `tokens` to user `user_id`
+    from `source`, referring to (`reference_type`, the `p_reference_id` parameter).
+
+    The canonical text is `post`'s own, made with stand-in numbers and each stand-in
+    then replaced by its SQL, so the two cannot drift apart."""
+    source = PlatformAccount(source)
+    if not source.value < "user:":  # the legs' sort order, fixed into the text
+        raise InvalidPosting(f"cannot digest a credit from {source.value} in SQL")
+    fake = _STAND_INS
+    legs = [
+        Leg(platform_account(source), Bucket.AVAILABLE, -fake["tokens"]),
+        Leg(user_account(fake["user"]), Bucket.AVAILABLE, fake["tokens"]),
+    ]
+    text = _canonical(kind, fake["tokens"], legs, (reference_type, fake["ref"]), None)
+    by_number = {
+        str(fake["tokens"]): tokens,
+        str(fake["user"]): user_id,
+        str(fake["ref"]): bindparam("p_reference_id", type_=BigInteger()),
+    }
+    parts = re.split("(" + "|".join(by_number) + ")", text)
+    # concat() writes each number in decimal, as Python does (no CAST: see _ALIAS).
+    pieces = [by_number.get(part, literal(part, String())) for part in parts if part]
+    return func.encode(func.sha256(func.convert_to(func.concat(*pieces), "UTF8")), "hex")
+
+
 def _as_entry(asked: dict) -> dict:
     known = ("reference", "memo", "actor_id", "now")
     return {
@@ -730,21 +896,22 @@ def _whole_entry_sql(
     dialect = PGDialect_psycopg()
     compiled = _whole_entry_statement(shape, guarded, strict, guard).compile(dialect=dialect)
     ours = {name: None for name in compiled.binds if name.startswith("p_")}
-    sql = str(compiled)
-    # The statement's own constants (0, 'locked', the pricing user types) are
-    # written into the text, so the driver adapts only each entry's values.
+    # One line: the driver caches its parsing of statements up to 4 kB only.
+    # Column aliases are dropped too: the INSERT and the result read columns by
+    # position. (Before the constants are written in: they may hold spaces.)
+    sql = " ".join(str(compiled).split())
+    sql = _ALIAS.sub("", sql).replace(", ", ",")
+    # The statement's own constants (0, 'locked', the pricing user types, the
+    # words of a memo) are written into the text, so the driver adapts only each
+    # entry's values.
     for name, value in compiled.construct_params(ours).items():
         if name in ours:
             continue
         render = compiled.binds[name].type.literal_processor(dialect)
         if render is None:
             raise InvalidPosting(f"cannot write the constant {name} into the statement")
-        sql = sql.replace(f"%({name})s", render(value))
-    # One line: the driver caches its parsing of statements up to 4 kB only.
-    # (The constants written in hold no whitespace, comma or " AS ".) Column
-    # aliases are dropped too: the INSERT and the result read columns by position.
-    sql = " ".join(sql.split())
-    return _ALIAS.sub("", sql).replace(", ", ",")
+        sql = sql.replace(f"%({name})s", render(value).replace("%", "%%"))
+    return sql
 
 
 _ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
@@ -969,11 +1136,14 @@ __all__ = [
     "Guarded",
     "Leg",
     "PostedEntry",
+    "RowCredit",
     "atomic",
     "chain_link",
+    "credit_digest_sql",
     "open_wallet",
     "platform_account",
     "post",
     "post_guarded",
+    "post_row_credits",
     "user_account",
 ]

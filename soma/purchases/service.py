@@ -7,18 +7,22 @@ page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
-On PostgreSQL a credit is one statement in autocommit (`core.post_guarded`): the
-compare-and-set of the purchase guards the tokens' entry, and writes the status
-history row, the notification and its email from the purchase's row, so either
-all of it is written or none. The bonus's entry and the purchase's
-`credited_entry_id` are two more statements sent with it in one round trip and
-one transaction: the issuance and promotions rows are locked only while the
-database runs them, never while this process does anything, and no crash leaves
-a credit without its history, notification or email. On SQLite, and when a
-`claim` must commit with the credit, all of it is one transaction in the session.
+On PostgreSQL a credit is two statements sent at once, one round trip and one
+transaction (`core.post_row_credits`), and nothing is read before them: the first
+moves the purchase to paid if it is payable (a compare-and-set), writes its status
+history row, the notification and its email, and the tokens' entry, all from the
+purchase's row and its student's as the statement finds them (the entry's amount,
+memo and digest too: the words are written in SQL, the same as Python's); the
+second marks the purchase's `credited_entry_id` and writes the bonus's entry, if it
+has one, and returns the purchase's row. Either all of it is written or none, the
+issuance and promotions rows are locked only while the database runs them, never
+while this process does anything, and no crash leaves a credit without its history,
+notification or email. On SQLite, and when a `claim` must commit with the credit,
+all of it is one transaction in the session.
 """
 
 import math
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,29 +31,30 @@ from functools import cache
 from flask import current_app
 from sqlalchemy import (
     BigInteger,
-    Integer,
     String,
     bindparam,
+    case,
+    exists,
     func,
     insert,
     literal,
     null,
     or_,
     select,
+    true,
+    union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError, NoResultFound
-from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm import configure_mappers, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state, manager_of_class, set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from soma import clock, fastread, ledger, money, transitions
+from soma import clock, ledger, mail, money, transitions
 from soma.auth.freeze import refuse_if_frozen
 from soma.errors import FieldRefusal, KeyReused
 from soma.extensions import db
 from soma.ledger import core
-from soma.ledger.operations import credit_legs
 from soma.ledger.pricing import get_token_pricing, tokens_to_cents
 from soma.models import (
     EntryKind,
@@ -60,6 +65,7 @@ from soma.models import (
     Role,
     User,
     UTCDateTime,
+    utcnow,
 )
 from soma.models.purchase import (
     CUSTOM_MAX,
@@ -330,7 +336,7 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
             return
         if claim is not None:
             claim()
-        memos = (_memo(purchase), f"Bonus with purchase #{purchase_id}")
+        memos = (_memo(purchase), BONUS_MEMO.format(purchase=purchase_id))
         kinds = (EntryKind.PURCHASE, EntryKind.BONUS)
         first = None
         for (part, account), amount, kind, memo in zip(
@@ -360,96 +366,59 @@ def fulfil(purchase_id: int, source: str, claim=None, **refs) -> Purchase:
 
 
 CREDITED_KIND = "purchase_credited"
+CREDITED_MESSAGE = "{tokens} tokens were added to your wallet (purchase #{purchase})."
+BONUS_MEMO = "Bonus with purchase #{purchase}"
+CREDITED_LINK = "/buy/purchases/{purchase}"
 
 
 def _credited_note(purchase_id: int, total_tokens: int) -> tuple[str, str]:
     """The notification of a credit: its message and link."""
-    message = f"{total_tokens:,} tokens were added to your wallet (purchase #{purchase_id})."
-    return message, f"/buy/purchases/{purchase_id}"
-
-
-# What a credit writes that never changes once the purchase is started, and to whom.
-_FACTS = (
-    select(
-        Purchase.user_id,
-        Purchase.tokens,
-        Purchase.bonus_tokens,
-        Purchase.amount_minor,
-        Purchase.currency,
-        Purchase.provider,
-        User.email,
-        User.display_name,
-        User.email_notifications,
-    )
-    .join(User, User.id == Purchase.user_id)
-    .where(Purchase.id == bindparam("p_purchase"))
-)
+    message = CREDITED_MESSAGE.format(tokens=f"{total_tokens:,}", purchase=purchase_id)
+    return message, CREDITED_LINK.format(purchase=purchase_id)
 
 
 def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
     """`fulfil` on PostgreSQL: the credit and all it writes in one transaction of its own,
-    sent at once (see the module's docstring)."""
-    facts = fastread.read_one(_FACTS, {"p_purchase": purchase_id})
-    if facts is None:
-        raise NoResultFound(f"no purchase {purchase_id}")
-    user_id, tokens, bonus, amount_minor, currency, provider, to, name, wants_mail = facts
+    sent at once (see the module's docstring).
+
+    Nothing is read first: the statements read the purchase and its student themselves,
+    and write the memos, the notification and its email from them in SQL (the same
+    words as `_memo`, `_credited_note` and `email_text`, see `_paid_if_payable`)."""
     if db.session().in_transaction():
         db.session.commit()  # what the caller wrote goes first (it went with the credit before)
-    message, link = _credited_note(purchase_id, tokens + bonus)
-    subject, body = email_text(name, message, link)
-    guard = core.Guard(
+    now = clock.now()
+    entered = utcnow()  # an entry's time is the ledger's (as `ledger.credit` stamps it)
+    reference = ("purchase", purchase_id)
+    base = current_app.config["APP_BASE_URL"]
+    paid = core.Guard(
         _paid_if_payable,
-        (tuple(sorted(refs)), bool(wants_mail)),
+        (tuple(sorted(refs)), base),
         {
             "p_g_purchase": purchase_id,
-            "p_g_user": user_id,
-            "p_g_tokens": tokens,
-            "p_g_bonus": bonus,
-            "p_g_now": clock.now(),
+            "p_g_now": now,
             "p_g_source": source[:64],
-            "p_g_message": message[:500],
-            "p_g_link": link,
-            "p_g_to": to,
-            "p_g_subject": subject,
-            "p_g_body": body,
             **{f"p_g_{name}": value for name, value in refs.items()},
         },
     )
-    price = money.amount(amount_minor, currency)
-    label = PROVIDER_LABELS[Provider(provider)]
-    memos = (
-        f"Bought {tokens:,} tokens for {price} ({label})",
-        f"Bonus with purchase #{purchase_id}",
+    marked = {"p_g_purchase": purchase_id, "p_g_key": f"purchase:{purchase_id}:tokens"}
+    bonus = core.Guard(_bonus_if_credited, (), marked)
+    (_, account), (bonus_part, bonus_account) = PARTS
+    done = core.post_row_credits(
+        core.RowCredit(paid, EntryKind.PURCHASE, marked["p_g_key"], account, reference, entered),
+        core.RowCredit(
+            bonus,
+            EntryKind.BONUS,
+            f"purchase:{purchase_id}:{bonus_part}",
+            bonus_account,
+            reference,
+            entered,
+            refuse_used=False,  # a replay's: the credited entry is marked with the bonus
+        ),
     )
-    kinds = (EntryKind.PURCHASE, EntryKind.BONUS)
-    asked = [
-        {
-            "kind": kind,
-            "key": f"purchase:{purchase_id}:{part}",
-            "legs": credit_legs(user_id, amount, account),
-            "tokens": amount,
-            "reference": ("purchase", purchase_id),
-            "memo": memo,
-        }
-        for (part, account), amount, kind, memo in zip(
-            PARTS, (tokens, bonus), kinds, memos, strict=True
-        )
-        if amount
-    ]
-    marked = {"p_purchase": purchase_id, "p_key": f"purchase:{purchase_id}:tokens"}
-    then = ((_credited_entry_sql(), marked), (_purchase_sql(), marked))
-    done = core.post_guarded(guard, *asked, then=then)
-    return _as_loaded(done.then[-1])
-
-
-@cache
-def _purchase_sql() -> str:
-    """Driver SQL: the purchase's row, read at the end of its credit's transaction."""
-    table = Purchase.__table__
-    statement = select(*table.columns).where(
-        table.c.id == bindparam("p_purchase", type_=BigInteger())
-    )
-    return str(statement.compile(dialect=PGDialect_psycopg()))
+    row = done.shown[-1]  # the purchase's row as the credit leaves it
+    if row[0] is None:
+        raise NoResultFound(f"no purchase {purchase_id}")
+    return _as_loaded(row)
 
 
 def _as_loaded(row: tuple) -> Purchase:
@@ -459,58 +428,120 @@ def _as_loaded(row: tuple) -> Purchase:
         column.key: value.astimezone(UTC) if isinstance(value, datetime) else value
         for column, value in zip(Purchase.__table__.columns, row, strict=True)
     }
-    loaded = db.session.identity_map.get(identity_key(Purchase, values["id"]))
+    session = db.session()
+    key = identity_key(Purchase, values["id"])
+    loaded = session.identity_map.get(key)
     if loaded is not None:
         for name, value in values.items():
             set_committed_value(loaded, name, value)
         return loaded
-    purchase = Purchase(**values)
-    make_transient_to_detached(purchase)
-    db.session.add(purchase)
+    manager = manager_of_class(Purchase)
+    if manager.dispatch.load:  # (none today) as a listener of loads expects
+        purchase = Purchase(**values)
+        make_transient_to_detached(purchase)
+        session.add(purchase)
+        return purchase
+    # As the ORM's loading does for a row it has not seen: a new instance, its columns
+    # as loaded, in the identity map (no session transaction begins; none is needed).
+    configure_mappers()
+    purchase = manager.new_instance()
+    state = instance_state(purchase)
+    state.dict.update(values)
+    state.key, state.identity_token = key, None
+    state.session_id = session.hash_key
+    session.identity_map._add_unpresent(state, key)
     return purchase
 
 
-@cache
-def _credited_entry_sql() -> str:
-    """Driver SQL: the purchase's `credited_entry_id`, once its entry is written (the
-    guard's statement cannot: it moves the purchase's row already)."""
-    entries = core.entries
-    statement = (
-        update(Purchase.__table__)
-        .where(
-            Purchase.__table__.c.id == bindparam("p_purchase", type_=BigInteger()),
-            Purchase.__table__.c.credited_entry_id.is_(None),
-        )
-        .values(
-            credited_entry_id=select(entries.c.id)
-            .where(entries.c.idempotency_key == bindparam("p_key", type_=String()))
-            .scalar_subquery()
-        )
+# -- the credit's words in SQL ---------------------------------------------------------------
+
+
+def _thousands(number):
+    """SQL: a whole number >= 0 as Python's f"{number:,}" writes it."""
+    return func.to_char(number, literal("FM9,999,999,999,999,999,999"))
+
+
+def _words(template: str, **parts):
+    """SQL: `template` (str.format's {name} fields) with each field's SQL from `parts`."""
+    pieces = []
+    for text, field, _, _ in string.Formatter().parse(template):
+        if text:
+            pieces.append(literal(text, String()))
+        if field is not None:
+            pieces.append(parts[field])
+    return func.concat(*pieces)
+
+
+def _price_sql(minor, currency):
+    """SQL: `money.amount(minor, currency)`."""
+    whole = func.abs(minor)
+    usd = _words(
+        "{sign}${dollars}.{cents}",
+        sign=case((minor < 0, literal("-")), else_=literal("")),
+        dollars=_thousands(func.div(whole, 100)),
+        cents=func.lpad(func.concat(func.mod(whole, 100)), 2, literal("0")),
     )
-    return str(statement.compile(dialect=PGDialect_psycopg()))
+    kes = _words("KES {shillings}", shillings=_thousands(minor))
+    return case((currency == "USD", usd), (currency == "KES", kes))
+
+
+def _memo_sql(rows):
+    """SQL: `_memo` of the purchase in `rows`."""
+    labels = PROVIDER_LABELS.items()
+    label = case(*((rows.c.provider == provider.value, literal(text)) for provider, text in labels))
+    return _words(
+        MEMO,
+        tokens=_thousands(rows.c.tokens),
+        price=_price_sql(rows.c.amount_minor, rows.c.currency),
+        label=label,
+    )
+
+
+_MARKS = {"name": "\x01name\x01", "message": "\x01message\x01", "link": "\x01link\x01"}
 
 
 @cache
-def _paid_if_payable(refs: tuple[str, ...], mail: bool):
-    """The guard of a credit: the purchase moves to paid if it is payable (and is the
-    one the entries are for), with its history row, its notification and, if its
-    student wants them, the notification's email (keyed by the notification)."""
-    purchases, events = Purchase.__table__, PurchaseEvent.__table__
+def _email_templates(base: str) -> tuple[str, str]:
+    """`email_text`'s subject and body as str.format templates ({name}, {message}, {link}),
+    for an app whose APP_BASE_URL is `base` (made with it, so they never drift apart)."""
+    subject, body = email_text(_MARKS["name"], _MARKS["message"], _MARKS["link"])
+    # A credit's message is short and of single spaces: subject_line leaves it as it is.
+    longest = CREDITED_MESSAGE.format(tokens=f"{2**63:,}", purchase=2**63)
+    if mail.subject_line(subject.replace(_MARKS["message"], longest)) != subject.replace(
+        _MARKS["message"], longest
+    ):
+        raise RuntimeError("a credit's email subject would be cut: write it in Python")
+
+    def template(text: str) -> str:
+        text = text.replace("{", "{{").replace("}", "}}")
+        for name, mark in _MARKS.items():
+            text = text.replace(mark, "{" + name + "}")
+        return text
+
+    del base  # (the cache's key: email_text wrote it in)
+    return template(subject), template(body)
+
+
+@cache
+def _paid_if_payable(refs: tuple[str, ...], base: str):
+    """The guard of a credit: the purchase moves to paid if it is payable, with its history
+    row, its notification and, if its student wants them, the notification's email (keyed
+    by the notification); the purchase's tokens, its student and its memo for the entry."""
+    purchases, events, users = Purchase.__table__, PurchaseEvent.__table__, User.__table__
     now = bindparam("p_g_now", type_=UTCDateTime())
     was = (
         select(purchases.c.id, purchases.c.status)
         .where(purchases.c.id == bindparam("p_g_purchase", type_=BigInteger()))
-        .with_for_update()
+        .with_for_update(of=purchases)
         .cte("was")
     )
+    # `was` is the row as locked, before this UPDATE: its status is the one moved from.
     moved = (
         update(purchases)
         .where(
             purchases.c.id == was.c.id,
             or_(*(was.c.status == status for status in PAYABLE)),
-            purchases.c.user_id == bindparam("p_g_user", type_=Integer()),
-            purchases.c.tokens == bindparam("p_g_tokens", type_=BigInteger()),
-            purchases.c.bonus_tokens == bindparam("p_g_bonus", type_=BigInteger()),
+            users.c.id == purchases.c.user_id,
         )
         .values(
             status=PurchaseStatus.PAID.value,
@@ -519,8 +550,19 @@ def _paid_if_payable(refs: tuple[str, ...], mail: bool):
             version=purchases.c.version + 1,
             **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
         )
-        # `was` is the row as locked, before this UPDATE: its status is the one moved from.
-        .returning(purchases.c.id, purchases.c.user_id, was.c.status)
+        .returning(
+            purchases.c.id,
+            purchases.c.user_id,
+            was.c.status,
+            purchases.c.tokens,
+            purchases.c.bonus_tokens,
+            purchases.c.amount_minor,
+            purchases.c.currency,
+            purchases.c.provider,
+            users.c.email,
+            users.c.display_name,
+            users.c.email_notifications,
+        )
         .cte("moved")
     )
     history = (
@@ -539,24 +581,24 @@ def _paid_if_payable(refs: tuple[str, ...], mail: bool):
         .returning(events.c.id)
         .cte("history")
     )
+    message = _words(
+        CREDITED_MESSAGE,
+        tokens=_thousands(moved.c.tokens + moved.c.bonus_tokens),
+        purchase=moved.c.id,
+    )
+    link = _words(CREDITED_LINK, purchase=moved.c.id)
     notes = Notification.__table__
     noted = (
         insert(notes)
         .from_select(
             ["user_id", "kind", "message", "link", "created_at"],
-            select(
-                moved.c.user_id,
-                literal(CREDITED_KIND),
-                bindparam("p_g_message", type_=String()),
-                bindparam("p_g_link", type_=String()),
-                now,
-            ),
+            select(moved.c.user_id, literal(CREDITED_KIND), func.left(message, 500), link, now),
         )
         .returning(notes.c.id, notes.c.user_id)
         .cte("noted")
     )
-    if not mail:
-        return moved, (history, noted)
+    subject, body = _email_templates(base)
+    words = {"name": moved.c.display_name, "message": message, "link": link}
     outbox = OutboxMessage.__table__
     mailed = (
         insert(outbox)
@@ -573,21 +615,59 @@ def _paid_if_payable(refs: tuple[str, ...], mail: bool):
                 "next_attempt_at",
             ],
             select(
-                bindparam("p_g_to", type_=String()),
-                bindparam("p_g_subject", type_=String()),
-                bindparam("p_g_body", type_=String()),
+                moved.c.email,
+                _words(subject, **words),
+                _words(body, **words),
                 literal(CREDITED_KIND),
                 func.concat(literal("notification:"), noted.c.id),  # (no CAST: see core)
                 noted.c.user_id,
                 now,
                 literal(0),
                 now,
-            ),
+            )
+            .select_from(noted.join(moved, true()))
+            .where(moved.c.email_notifications.is_(True)),
         )
         .returning(outbox.c.id)
         .cte("mailed")
     )
-    return moved, (history, noted, mailed)
+    facts = {"user_id": moved.c.user_id, "tokens": moved.c.tokens, "memo": _memo_sql(moved)}
+    return moved, (history, noted, mailed), facts
+
+
+@cache
+def _bonus_if_credited():
+    """The guard of a credit's bonus, sent after the credit: the purchase's credited entry
+    is marked, if it is not yet, with the bonus's entry (if it has a bonus). A replay
+    finds it marked, so writes neither. The statement shows the purchase's row as the
+    credit leaves it (the row as marked, or as it is)."""
+    purchases, entries = Purchase.__table__, core.entries
+    purchase_id = bindparam("p_g_purchase", type_=BigInteger())
+    marked = (
+        update(purchases)
+        .where(
+            purchases.c.id == purchase_id,
+            purchases.c.credited_entry_id.is_(None),
+            entries.c.idempotency_key == bindparam("p_g_key", type_=String()),
+        )
+        .values(credited_entry_id=entries.c.id)
+        .returning(*purchases.c)
+        .cte("marked")
+    )
+    rows = (
+        select(marked.c.id, marked.c.user_id, marked.c.bonus_tokens)
+        .where(marked.c.bonus_tokens > 0)
+        .cte("bonus")
+    )
+    memo = _words(BONUS_MEMO, purchase=rows.c.id)
+    # (The statement's own snapshot sees the credit's statement, before it: the row
+    # is locked by it, so no one else has moved it since.)
+    final = union_all(
+        select(*marked.c),
+        select(*purchases.c).where(purchases.c.id == purchase_id, ~exists().select_from(marked)),
+    ).cte("final")
+    facts = {"user_id": rows.c.user_id, "tokens": rows.c.bonus_tokens, "memo": memo}
+    return rows, (), facts, final
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:
@@ -687,6 +767,9 @@ def fresh(purchase_id: int) -> Purchase:
     ).one()
 
 
+MEMO = "Bought {tokens} tokens for {price} ({label})"
+
+
 def _memo(purchase: Purchase) -> str:
     price = money.amount(purchase.amount_minor, purchase.currency)
-    return f"Bought {purchase.tokens:,} tokens for {price} ({purchase.provider_label})"
+    return MEMO.format(tokens=f"{purchase.tokens:,}", price=price, label=purchase.provider_label)

@@ -3,13 +3,24 @@ and credited entry, written once and together (on PostgreSQL in one round trip; 
 in one transaction), however often and late the confirmation comes."""
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.ledger.errors import IdempotencyConflict
-from soma.models import JournalEntry, Notification, OutboxMessage, Purchase, PurchaseEvent
+from soma.ledger import core
+from soma.ledger.errors import IdempotencyConflict, InvalidPosting
+from soma.ledger.operations import credit_legs
+from soma.models import (
+    JournalEntry,
+    Notification,
+    OutboxMessage,
+    Purchase,
+    PurchaseEvent,
+    User,
+    Wallet,
+)
+from soma.notifications.service import email_text
 from soma.purchases import service
 from tests.builders import make_user
 from tests.buying import credits_of
@@ -193,3 +204,151 @@ def test_a_credit_whose_entry_key_was_used_writes_nothing(app):
             "mails": 0,
             "credited_entry": False,
         }
+
+
+def written_for(purchase_id: int) -> dict:
+    """Every row the credit wrote for the purchase, as stored."""
+    db.session.expire_all()
+    purchase = db.session.get(Purchase, purchase_id)
+    entries = db.session.execute(
+        select(
+            JournalEntry.id,
+            JournalEntry.kind,
+            JournalEntry.idempotency_key,
+            JournalEntry.tokens,
+            JournalEntry.memo,
+            JournalEntry.request_digest,
+        )
+        .where(JournalEntry.reference_type == "purchase", JournalEntry.reference_id == purchase_id)
+        .order_by(JournalEntry.id)
+    ).all()
+    note = db.session.execute(
+        select(
+            Notification.id, Notification.user_id, Notification.message, Notification.link
+        ).where(Notification.link == f"/buy/purchases/{purchase_id}")
+    ).one()
+    mails = db.session.execute(
+        select(
+            OutboxMessage.to_address,
+            OutboxMessage.subject,
+            OutboxMessage.body,
+            OutboxMessage.kind,
+            OutboxMessage.user_id,
+        ).where(OutboxMessage.key == f"notification:{note.id}")
+    ).all()
+    return {"purchase": purchase, "entries": entries, "note": note, "mails": mails}
+
+
+def expected_entry(purchase: Purchase, part: str, kind: str, tokens: int, memo: str) -> tuple:
+    """An entry of the purchase's credit as `ledger.credit` would write it, digest included."""
+    source = dict(service.PARTS)[part]
+    legs = credit_legs(purchase.user_id, tokens, source)
+    digest = core._digest(kind, tokens, legs, ("purchase", purchase.id), None)
+    return (kind, f"purchase:{purchase.id}:{part}", tokens, memo, digest)
+
+
+@pytest.mark.parametrize("currency", ["USD", "KES"])
+def test_a_credit_writes_the_words_python_writes_in_every_row(app, currency):
+    """On PostgreSQL the words come from SQL, on SQLite from Python: the same either way."""
+    with app.app_context():
+        student = make_user("student", name="Ann 'O%s' \\ Mbeki,  Jr.")
+        chosen = next(q for q in service.package_quotes() if q.bonus_tokens)
+        purchase = service.start(student, chosen, service.Provider.SANDBOX, "buy-words")
+        # Large numbers, for the thousands' commas; each provider's label; both currencies.
+        provider = "mpesa" if currency == "KES" else "stripe"
+        db.session.execute(
+            update(Purchase)
+            .where(Purchase.id == purchase.id)
+            .values(tokens=1234567, bonus_tokens=1000, amount_minor=123456705,
+                    currency=currency, provider=provider)
+        )  # fmt: skip
+        db.session.commit()
+        purchase_id, user_id = purchase.id, student.id
+
+        done = service.fulfil(purchase_id, f"{provider}:evt_1", receipt="R-1")
+        found = written_for(purchase_id)
+        purchase = found["purchase"]
+
+        assert (done.status, done.receipt, done.credited_entry_id) == (
+            "paid",
+            "R-1",
+            found["entries"][0].id,
+        )
+        price = "$1,234,567.05" if currency == "USD" else "KES 123,456,705"
+        label = "Card (Stripe)" if currency == "USD" else "M-Pesa"
+        memo = f"Bought 1,234,567 tokens for {price} ({label})"
+        assert memo == service._memo(purchase)
+        assert [tuple(row[1:]) for row in found["entries"]] == [
+            expected_entry(purchase, "tokens", "purchase", 1234567, memo),
+            expected_entry(purchase, "bonus", "bonus", 1000, f"Bonus with purchase #{purchase_id}"),
+        ]
+        assert balances(user_id) == (1235567, 0)
+        message = f"1,235,567 tokens were added to your wallet (purchase #{purchase_id})."
+        link = f"/buy/purchases/{purchase_id}"
+        assert tuple(found["note"][1:]) == (user_id, message, link)
+        subject, body = email_text(student.display_name, message, link)
+        assert [tuple(mail) for mail in found["mails"]] == [
+            (student.email, subject, body, "purchase_credited", user_id)
+        ]
+        assert "Hello Ann 'O%s' \\ Mbeki,  Jr.," in body
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+
+
+def test_a_student_who_wants_no_email_gets_the_notification_only(app):
+    with app.app_context():
+        purchase_id, user_id = bought(40, bonus=False)
+        db.session.get(User, user_id).email_notifications = False
+        db.session.commit()
+
+        service.fulfil(purchase_id, "sandbox", receipt="S-1")
+        found = written_for(purchase_id)
+        assert balances(user_id) == (40, 0)
+        assert found["note"].user_id == user_id
+        assert found["mails"] == []
+        assert after_the_credit(purchase_id) == {**DONE, "mails": 0}
+
+
+def test_a_credits_entry_replayed_through_the_ledger_is_the_same_entry(app):
+    """The digest written with the credit is the one `ledger.credit` computes: the same
+    credit asked again through the ledger is a replay, not a refusal."""
+    with app.app_context():
+        purchase_id, user_id = bought()
+        service.fulfil(purchase_id, "stripe:evt_1")
+        purchase = db.session.get(Purchase, purchase_id)
+        for part, kind, tokens, memo in (
+            ("tokens", "purchase", 250, service._memo(purchase)),
+            ("bonus", "bonus", 10, f"Bonus with purchase #{purchase_id}"),
+        ):
+            again = ledger.credit(
+                user_id,
+                tokens,
+                key=f"purchase:{purchase_id}:{part}",
+                kind=kind,
+                source=dict(service.PARTS)[part],
+                reference=("purchase", purchase_id),
+                memo=memo,
+            )
+            assert again.replayed
+        db.session.commit()
+        assert balances(user_id) == (260, 0)
+        assert run_audit() == []
+
+
+def test_a_credit_to_a_student_without_a_wallet_is_refused_and_writes_nothing(app):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        db.session.execute(delete(Wallet).where(Wallet.user_id == user_id))
+        db.session.commit()
+
+        with pytest.raises(InvalidPosting, match="no wallet"):
+            service.fulfil(purchase_id, "stripe:evt_1")
+        db.session.rollback()
+        assert after_the_credit(purchase_id) == {
+            "status": "pending",
+            "history": ["pending"],
+            "notifications": 0,
+            "mails": 0,
+            "credited_entry": False,
+        }
+    assert credits_of(app, purchase_id) == []
