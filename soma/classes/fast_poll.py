@@ -133,11 +133,13 @@ class TimerPoll:
             poll_url = f"{root}/classes/{session.id}/timer?seen={session.status}"
             template = app.jinja_env.get_template(TEMPLATE)
             body = template.render(tracker=shown, poll_url=poll_url).encode()
-        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
         args = first_arguments(environ.get("QUERY_STRING", ""))
         panel = args.get("panel")
-        if args.get("seen") != session.status or panel not in (None, panel_state(session)):
-            headers.append(("HX-Trigger", "class-changed"))
+        changed = args.get("seen") != session.status or panel not in (None, panel_state(session))
+        # In the order Flask's response has them: the view's own header first.
+        headers = [("HX-Trigger", "class-changed")] if changed else []
+        headers.append(("Content-Type", "text/html; charset=utf-8"))
+        headers.append(("Content-Length", str(len(body))))
         headers.extend(self.headers())
         return "200 OK", headers, body
 

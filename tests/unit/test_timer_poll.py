@@ -1,6 +1,7 @@
 """The timer poll, cut to what a fragment fetched every second needs, and no less safe:
 what it shows each side, who it refuses, its headers, and its own rate limit."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -9,10 +10,11 @@ from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from soma.auth.freeze import freeze
+from soma.classes.fast_poll import THROUGH_FLASK, TimerPoll
 from soma.classes.poll_limit import SCOPE, PollLimit
 from soma.config import ConfigError, build_config
 from soma.extensions import db, limiter
-from soma.models import User
+from soma.models import JournalEntry, User
 from soma.security import CONTENT_SECURITY_POLICY
 from tests.builders import make_class, make_funded_user, make_user
 from tests.conftest import TEST_SETTINGS, AuthActions, make_app
@@ -196,3 +198,171 @@ def test_the_timer_limit_defaults_to_five_pages_a_user(tmp_path):
     assert build_config(dict(TEST_SETTINGS), str(tmp_path))["TIMER_RATE_LIMIT"] == (
         "300 per minute"
     )
+
+
+# The poll answered beneath Flask (soma.classes.fast_poll) ---------------------------------
+
+
+@pytest.fixture
+def answered(monkeypatch):
+    """Whether the WSGI layer answered each timer poll itself (True) or handed it to Flask."""
+    seen = []
+    answer = TimerPoll.answer
+
+    def watched(self, environ):
+        result = answer(self, environ)
+        seen.append(result is not None)
+        return result
+
+    monkeypatch.setattr(TimerPoll, "answer", watched)
+    return seen
+
+
+def through_flask(client, url, **headers):
+    return client.get(url, headers=headers, environ_overrides={THROUGH_FLASK: True})
+
+
+def assert_same_answer(fast, slow):
+    assert fast.status == slow.status
+    assert fast.headers.to_wsgi_list() == slow.headers.to_wsgi_list()
+    assert fast.get_data() == slow.get_data()
+
+
+@pytest.mark.parametrize(
+    "state", ["scheduled", "in_progress", "paused", "ended_early", "completed", "cancelled"]
+)
+def test_the_poll_beneath_flask_answers_as_flask_does_in_every_state(app, clock, answered, state):
+    """Same status, same headers in the same order, same bytes, for each side and for a
+    page that has seen the status or not, or holds an old panel."""
+    with app.app_context():
+        student = make_funded_user(25, email="sam@example.com")
+        teacher = make_user("teacher", email="tara@example.com")
+        make_user("admin", email="ada@example.com")
+        session = make_class(student, teacher, state)
+        class_id, status = session.id, session.status
+    clock.advance(minutes=7)  # two minutes into a class that started
+    for who in ("sam", "tara", "ada"):
+        client = app.test_client()
+        assert AuthActions(client).login(f"{who}@example.com").status_code == 302
+        for query in (f"seen={status}", "seen=scheduled", f"seen={status}&panel=x", ""):
+            url = f"/classes/{class_id}/timer?{query}"
+            fast = client.get(url, headers={"HX-Request": "true"})
+            assert answered[-1] is True
+            assert fast.status_code == 200
+            assert_same_answer(fast, through_flask(client, url, **{"HX-Request": "true"}))
+            assert (fast.headers.get("HX-Trigger") == "class-changed") == (
+                query != f"seen={status}"
+            )
+            assert fast.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+            assert fast.headers["Cache-Control"] == "no-store"
+
+
+def test_what_the_poll_beneath_flask_hands_to_flask(app, lesson, answered, monkeypatch):
+    """No session, a forged or a stolen one, another's class, a HEAD: Flask answers, as
+    before, and nothing of the class is shown."""
+    class_id, clients = lesson
+    url = f"/classes/{class_id}/timer?seen=in_progress"
+    assert poll(clients["sam"], class_id).status_code == 200 and answered == [True]
+
+    assert clients["nobody"].get(url).status_code == 302 and answered[-1] is False
+    assert poll(clients["otto"], class_id).status_code == 404 and answered[-1] is False
+    assert clients["sam"].head(url).status_code == 200  # Flask's own HEAD
+
+    cookie = clients["sam"].get_cookie("session").value
+    forged = app.test_client()
+    forged.set_cookie("session", cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB"))
+    answer = forged.get(url)
+    assert answer.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+
+    # The cookie taken to another browser: strong session protection logs it out.
+    stolen = app.test_client()
+    stolen.set_cookie("session", cookie)
+    answer = stolen.get(url, headers={"User-Agent": "Another browser"})
+    assert answer.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+    # The same cookie from its own browser is still answered beneath Flask.
+    assert poll(clients["sam"], class_id).status_code == 200 and answered[-1] is True
+
+
+def test_a_remembered_cookie_is_refused_once_it_is_too_old(app, lesson, answered, monkeypatch):
+    """A checked cookie is remembered by the worker, but its age is checked on every poll,
+    as Flask checks it: past PERMANENT_SESSION_LIFETIME it is no session at all."""
+    class_id, clients = lesson
+    assert poll(clients["sam"], class_id).status_code == 200
+    assert poll(clients["sam"], class_id).status_code == 200 and answered == [True, True]
+    lifetime = app.permanent_session_lifetime.total_seconds()
+    later = time.time() + lifetime + 5
+    monkeypatch.setattr(time, "time", lambda: later)
+    answer = poll(clients["sam"], class_id)
+    assert answer.status_code == 302 and answer.location.startswith("/login")
+    assert answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+
+
+def test_a_poll_handed_to_flask_is_counted_once(app, clock, answered):
+    """The WSGI layer counts the poll, then hands a 404 to Flask, which does not count it
+    again: three polls under a limit of three, the fourth refused."""
+    limited = make_app(app.config["SQLALCHEMY_DATABASE_URI"], TIMER_RATE_LIMIT="3 per minute")
+    try:
+        with limited.app_context():
+            limiter.reset()
+            student = make_funded_user(25, email="sam@example.com")
+            teacher = make_user("teacher", email="tara@example.com")
+            class_id = make_class(student, teacher, "in_progress").id
+        sam = limited.test_client()
+        assert AuthActions(sam).login("sam@example.com").status_code == 302
+        assert poll(sam, class_id + 1000).status_code == 404
+        assert poll(sam, class_id + 1001).status_code == 404
+        assert poll(sam, class_id).status_code == 200
+        assert answered == [False, False, True]
+        refused = poll(sam, class_id)
+        assert refused.status_code == 429 and answered[-1] is False
+        assert "Elapsed" not in refused.get_data(as_text=True)
+    finally:
+        with limited.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_a_class_that_falls_due_is_settled_by_flask_once(app, lesson, answered, clock):
+    """The poll beneath Flask never settles: a class whose time has run is handed to the
+    Flask view, which completes it; the next polls show it completed, beneath Flask."""
+    class_id, clients = lesson
+    clock.advance(minutes=60)
+    answer = poll(clients["sam"], class_id)
+    assert answered[-1] is False
+    assert answer.headers["HX-Trigger"] == "class-changed"
+    assert "Completed" in text_of(answer.get_data(as_text=True))
+    again = clients["tara"].get(f"/classes/{class_id}/timer?seen=completed")
+    assert answered[-1] is True
+    assert "Completed Active time 60:00" in text_of(again.get_data(as_text=True))
+    assert "HX-Trigger" not in again.headers
+    with app.app_context():
+        entries = db.session.execute(
+            db.select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "class", JournalEntry.reference_id == class_id)
+            .order_by(JournalEntry.id)
+        ).all()
+    assert [tuple(row) for row in entries] == [("class_hold", 10), ("class_settle", 10)]
+
+
+def test_the_poll_beneath_flask_knows_its_client_as_flask_login_does(app, lesson, answered):
+    """Strong session protection hashes the client's first forwarded address and its user
+    agent: a session made behind a proxy, in a browser whose name is not ASCII, is answered
+    beneath Flask from that browser, and logged out from any other."""
+    class_id, _ = lesson
+    client = app.test_client()
+    client.environ_base.update(
+        HTTP_USER_AGENT="Navigateur (é) 1.0".encode().decode("latin1"),
+        HTTP_X_FORWARDED_FOR="203.0.113.9, 10.0.0.1",
+    )
+    assert AuthActions(client).login("sam@example.com").status_code == 302
+    url = f"/classes/{class_id}/timer?seen=in_progress"
+    fast = client.get(url)
+    assert fast.status_code == 200 and answered[-1] is True
+    assert_same_answer(fast, through_flask(client, url))
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.7"
+    moved = client.get(url)
+    assert moved.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in moved.get_data(as_text=True)
