@@ -42,8 +42,10 @@ from werkzeug.http import parse_cookie
 
 from soma import clock
 from soma.classes import service, tracker
+from soma.classes.poll_cache import PollCache
 from soma.classes.poll_limit import VERDICT, poll_limit_of
 from soma.classes.routes import panel_state
+from soma.extensions import db
 from soma.inputs import parse_id
 from soma.models.classes import ClassSession
 from soma.security import SESSION_VERSION_KEY, security_header_items
@@ -69,6 +71,7 @@ class TimerPoll:
         self.column = ClassSession.__table__.c.id
         self._headers: list[tuple[str, str]] | None = None
         self._serializer = None
+        self._cache: PollCache | bool | None = None
         self.max_age = int(app.permanent_session_lifetime.total_seconds())
         # Checked session cookies, by their text: {cookie: (session data, signed at)}.
         self._cookies: dict[str, tuple[dict, int]] = {}
@@ -115,9 +118,15 @@ class TimerPoll:
         if not allowed:
             return None
         with app.app_context():
-            found = service.view_for(user_id, class_id)
+            cache = self.cache()
+            found = cache.get(user_id, class_id) if cache is not None else None
             if found is None:
-                return None
+                mark = cache.mark() if cache is not None else 0
+                found = service.view_for(user_id, class_id)
+                if found is None:
+                    return None
+                if cache is not None:
+                    cache.put(user_id, class_id, *found, mark)
             session, session_version = found
             if session_version != data.get(SESSION_VERSION_KEY):
                 return None
@@ -175,6 +184,20 @@ class TimerPoll:
             self._cookies.clear()
         self._cookies[value] = (data, int(signed_at.timestamp()))
         return data
+
+    def cache(self) -> PollCache | None:
+        """The worker's cache of timer reads, on PostgreSQL with TIMER_POLL_CACHE on (made
+        on the first poll, in the app's context)."""
+        if self._cache is False:
+            return None
+        if self._cache is None:
+            engine = db.engine
+            if not self.app.config["TIMER_POLL_CACHE"] or engine.dialect.name != "postgresql":
+                self._cache = False
+                return None
+            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._cache = PollCache(url, engine)
+        return self._cache
 
     def serializer(self):
         """The app's session signing serializer (Flask makes one per request), made once."""
