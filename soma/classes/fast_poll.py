@@ -71,7 +71,14 @@ class TimerPoll:
         self.column = ClassSession.__table__.c.id
         self._headers: list[tuple[str, str]] | None = None
         self._serializer = None
-        self._cache: PollCache | bool | None = None
+        # Made here, with the app (its commit hook registered before any request runs);
+        # its listener starts with the first poll, in the worker process.
+        self._cache: PollCache | None = None
+        with app.app_context():
+            engine = db.engine
+            if app.config["TIMER_POLL_CACHE"] and engine.dialect.name == "postgresql":
+                url = engine.url.set(drivername="postgresql")
+                self._cache = PollCache(url.render_as_string(hide_password=False), engine)
         self.max_age = int(app.permanent_session_lifetime.total_seconds())
         # Checked session cookies, by their text: {cookie: (session data, signed at)}.
         self._cookies: dict[str, tuple[dict, int]] = {}
@@ -186,17 +193,7 @@ class TimerPoll:
         return data
 
     def cache(self) -> PollCache | None:
-        """The worker's cache of timer reads, on PostgreSQL with TIMER_POLL_CACHE on (made
-        on the first poll, in the app's context)."""
-        if self._cache is False:
-            return None
-        if self._cache is None:
-            engine = db.engine
-            if not self.app.config["TIMER_POLL_CACHE"] or engine.dialect.name != "postgresql":
-                self._cache = False
-                return None
-            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._cache = PollCache(url, engine)
+        """The worker's cache of timer reads: on PostgreSQL with TIMER_POLL_CACHE on."""
         return self._cache
 
     def serializer(self):
