@@ -13,9 +13,10 @@ that answers the ordinary poll itself, with the same checks in the same order:
 2. Flask-Login's strong session protection (the session's `_id` is the hash of
    this client's address and user agent);
 3. the poll's own rate limit (soma.classes.poll_limit), counted once;
-4. the class and the viewer's row in one query (soma.classes.service.view_for):
-   the viewer must be its student, its teacher or an admin, and the session's
-   version must be the user's current one;
+4. the class and the viewer's row in one query (soma.classes.service.view_for),
+   or that read kept by the worker until PostgreSQL notifies a change
+   (soma.classes.poll_cache): the viewer must be its student, its teacher or an
+   admin, and the session's version must be the user's current one;
 5. the fragment, from the same template, and the same headers as the Flask path
    (the security headers of soma.security, Cache-Control: no-store, Vary: Cookie).
 
@@ -104,8 +105,8 @@ class TimerPoll:
         """The poll's answer, or None for Flask to answer it."""
         app = self.app
         config = app.config
-        if config.get("LOGIN_DISABLED"):
-            return None
+        if config.get("LOGIN_DISABLED") or config.get("TRUSTED_HOSTS"):
+            return None  # (Flask checks the host against TRUSTED_HOSTS: left to it)
         class_id = parse_id(PATH.fullmatch(environ["PATH_INFO"]).group(1), self.column)
         if class_id is None:
             return None
