@@ -93,7 +93,7 @@ class TimerPoll:
             try:
                 answer = self.answer(environ)
             except Exception:  # Flask answers it, with its error handling and logging.
-                log.debug("timer poll handed to Flask after an error", exc_info=True)
+                log.warning("timer poll handed to Flask after an error", exc_info=True)
                 answer = None
             if answer is not None:
                 status, headers, body = answer
