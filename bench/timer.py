@@ -11,8 +11,13 @@ back to back for SECONDS, each as a student logged in with their own session
 cookie, going round the classes:
 
 - the timer: GET /classes/<id>/timer?seen=in_progress, as every open tracker
-  page does every second (its poll limit counted, the user's row and the
-  class's row in one query, a fragment);
+  page does every second (answered beneath Flask by soma.classes.fast_poll: the
+  session cookie checked, its poll limit counted, the user's row and the
+  class's row from the worker's cache, read again when PostgreSQL notifies a
+  change or after 10 s, a fragment). The classes do not change while it runs,
+  so nearly every poll here is served from the cache, as the polls of a class
+  between two of its moves are; a read costs one query more (about 60 us of
+  worker CPU and a round trip);
 - the constant: GET /livez, a fixed answer of the same app (no database).
 
 A warm-up round of each is thrown away; then they take turns over ROUNDS rounds

@@ -23,15 +23,20 @@ def create_app(config: dict | None = None) -> Flask:
     settings = from_environment() if config is None else dict(config)
     app.config.update(build_config(settings, app.instance_path))
 
-    if app.config["PROXY_FIX_X_FOR"]:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
-
     register_extensions(app)
     register_converters(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
     register_hooks(app)
+
+    # The class timer's common poll is answered beneath Flask's request machinery
+    # (soma.classes.fast_poll); inside ProxyFix, so it sees the client's address.
+    from soma.classes.fast_poll import TimerPoll
+
+    app.wsgi_app = TimerPoll(app, app.wsgi_app)
+    if app.config["PROXY_FIX_X_FOR"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
     return app
 
 

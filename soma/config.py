@@ -19,6 +19,7 @@ ENV_SETTINGS = {
     "RATELIMIT_STORAGE_URI": "memory://",
     "LOGIN_RATE_LIMIT": "5 per minute",
     "TIMER_RATE_LIMIT": "300 per minute",
+    "TIMER_POLL_CACHE": "",
     "PROXY_FIX_X_FOR": "0",
     "CLASS_PAUSE_LIMIT_MINUTES": "30",
     "MPESA_KES_PER_USD": "",
@@ -134,6 +135,13 @@ def build_config(settings: dict, instance_path: str) -> dict:
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": settings.get("LOGIN_RATE_LIMIT") or "5 per minute",
         "TIMER_RATE_LIMIT": _rate_limit(settings, "TIMER_RATE_LIMIT", "300 per minute"),
+        # Each worker keeps the timer poll's reads until PostgreSQL notifies a change
+        # (soma.classes.poll_cache); on unless told otherwise, but in tests.
+        "TIMER_POLL_CACHE": (
+            _flag(settings["TIMER_POLL_CACHE"])
+            if str(settings.get("TIMER_POLL_CACHE") or "").strip()
+            else env != "testing"
+        ),
         "PROXY_FIX_X_FOR": int(settings.get("PROXY_FIX_X_FOR") or 0),
         "CLASS_PAUSE_LIMIT_MINUTES": _positive_int(settings, "CLASS_PAUSE_LIMIT_MINUTES", 30),
         "MPESA_KES_PER_USD": _rate(settings, "MPESA_KES_PER_USD"),

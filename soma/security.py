@@ -120,8 +120,27 @@ def is_safe_next(target: str | None) -> bool:
     return not parts.scheme and not parts.netloc
 
 
+def security_header_items(app: Flask) -> tuple[tuple[str, str], ...]:
+    """The security headers every response carries (unless the view set its own), in order."""
+    items = (
+        ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "strict-origin-when-cross-origin"),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+    )
+    if app.config["SOMA_ENV"] == "production":
+        items += (("Strict-Transport-Security", "max-age=63072000; includeSubDomains"),)
+    return items
+
+
 def register(app: Flask) -> None:
-    """Add the security headers to every response."""
+    """Add the security headers to every response.
+
+    The class timer's common poll is answered beneath Flask (soma.classes.fast_poll),
+    with these same headers from `security_header_items`.
+    """
+    items = security_header_items(app)
 
     @app.after_request
     def security_headers(response):
@@ -131,11 +150,6 @@ def register(app: Flask) -> None:
             # never stored by the browser or a proxy, so Back after log-out or
             # the next user of a shared computer cannot bring it up again.
             headers["Cache-Control"] = "no-store"
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if app.config["SOMA_ENV"] == "production":
-            headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        for name, value in items:
+            headers.setdefault(name, value)
         return response

@@ -27,6 +27,8 @@ from limits.strategies import FixedWindowRateLimiter
 from soma.extensions import limiter
 
 SCOPE = "soma-timer-poll"
+# The verdict on a poll already counted, left in the WSGI environ (soma.classes.fast_poll).
+VERDICT = "soma.timer_poll.allowed"
 BATCH_MAX = 10
 # Limits under BATCH_MAX * this many polls a window are counted a poll at a time.
 BATCH_SHARE = 30
@@ -43,6 +45,7 @@ class PollLimit:
         self._window = -1
         self._unsent: dict[str, int] = {}
         self._refused: set[str] = set()
+        self._counter: FixedWindowRateLimiter | None = None
 
     def allow(self, key: str) -> bool:
         """Count one poll of `key`; False when `key` is over the limit."""
@@ -60,34 +63,51 @@ class PollLimit:
                 return True
             self._unsent.pop(key, None)
         # The round trip to the store, outside the lock: other threads carry on.
-        if FixedWindowRateLimiter(limiter.storage).hit(self.item, SCOPE, key, cost=unsent):
+        if self._counter_for(limiter.storage).hit(self.item, SCOPE, key, cost=unsent):
             return True
         with self._lock:
             if window == self._window:
                 self._refused.add(key)
         return False
 
+    def _counter_for(self, storage) -> FixedWindowRateLimiter:
+        """The fixed-window counter on `storage`, made once (and again if the store changes)."""
+        counter = self._counter
+        if counter is None or counter.storage is not storage:
+            counter = self._counter = FixedWindowRateLimiter(storage)
+        return counter
+
 
 def poll_limit() -> PollLimit:
     """The app's PollLimit, made on first use."""
-    extensions = current_app.extensions
-    found = extensions.get("soma_timer_poll_limit")
+    return poll_limit_of(current_app)
+
+
+def poll_limit_of(app) -> PollLimit:
+    """`app`'s PollLimit, made on first use."""
+    found = app.extensions.get("soma_timer_poll_limit")
     if found is None:
-        found = extensions.setdefault(
-            "soma_timer_poll_limit", PollLimit(current_app.config["TIMER_RATE_LIMIT"])
+        found = app.extensions.setdefault(
+            "soma_timer_poll_limit", PollLimit(app.config["TIMER_RATE_LIMIT"])
         )
     return found
 
 
 def poll_limited(view):
     """Count each call of `view` against its user (or, with no one logged in, its
-    address), before anything else: past the limit, 429."""
+    address), before anything else: past the limit, 429.
+
+    A poll the WSGI layer (soma.classes.fast_poll) has counted and handed on is not
+    counted again: its verdict is in the environ."""
 
     @wraps(view)
     def limited(*args, **kwargs):
-        user_id = session.get("_user_id")
-        key = f"user:{user_id}" if user_id is not None else f"address:{request.remote_addr}"
-        if not poll_limit().allow(key):
+        allowed = request.environ.get(VERDICT)
+        if allowed is None:
+            user_id = session.get("_user_id")
+            key = f"user:{user_id}" if user_id is not None else f"address:{request.remote_addr}"
+            allowed = poll_limit().allow(key)
+        if not allowed:
             abort(429)
         return view(*args, **kwargs)
 

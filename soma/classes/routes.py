@@ -223,6 +223,10 @@ def _show_page(
 def timer(class_id: int):
     """The timer fragment, polled every second: one query, for the class and the viewer.
 
+    The common poll never gets here: soma.classes.fast_poll answers it beneath Flask,
+    with the same checks, template and headers, and hands this view everything else
+    (a 404, an ended session, a class to settle, a refused poll, ...).
+
     `current_user` here is a SessionUser (see soma.security): only its id and
     session version are used, and the viewer's row is read with the class; a
     session that has been ended is logged out here, as on every other page.

@@ -1,22 +1,31 @@
 """The timer poll, cut to what a fragment fetched every second needs, and no less safe:
 what it shows each side, who it refuses, its headers, and its own rate limit."""
 
+import os
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
+from sqlalchemy import create_engine
 
 from soma.auth.freeze import freeze
+from soma.auth.service import end_sessions
+from soma.classes import service
+from soma.classes.fast_poll import THROUGH_FLASK, TimerPoll
+from soma.classes.machine import Action
+from soma.classes.poll_cache import PollCache
 from soma.classes.poll_limit import SCOPE, PollLimit
 from soma.config import ConfigError, build_config
 from soma.extensions import db, limiter
-from soma.models import User
+from soma.models import JournalEntry, User
 from soma.security import CONTENT_SECURITY_POLICY
 from tests.builders import make_class, make_funded_user, make_user
 from tests.conftest import TEST_SETTINGS, AuthActions, make_app
-from tests.helpers import text_of
+from tests.helpers import csrf_from, text_of
 
 
 @pytest.fixture
@@ -196,3 +205,398 @@ def test_the_timer_limit_defaults_to_five_pages_a_user(tmp_path):
     assert build_config(dict(TEST_SETTINGS), str(tmp_path))["TIMER_RATE_LIMIT"] == (
         "300 per minute"
     )
+
+
+# The poll answered beneath Flask (soma.classes.fast_poll) ---------------------------------
+
+
+@pytest.fixture
+def answered(monkeypatch):
+    """Whether the WSGI layer answered each timer poll itself (True) or handed it to Flask."""
+    seen = []
+    answer = TimerPoll.answer
+
+    def watched(self, environ):
+        result = answer(self, environ)
+        seen.append(result is not None)
+        return result
+
+    monkeypatch.setattr(TimerPoll, "answer", watched)
+    return seen
+
+
+def through_flask(client, url, **headers):
+    return client.get(url, headers=headers, environ_overrides={THROUGH_FLASK: True})
+
+
+def assert_same_answer(fast, slow):
+    assert fast.status == slow.status
+    assert fast.headers.to_wsgi_list() == slow.headers.to_wsgi_list()
+    assert fast.get_data() == slow.get_data()
+
+
+@pytest.mark.parametrize(
+    "state", ["scheduled", "in_progress", "paused", "ended_early", "completed", "cancelled"]
+)
+def test_the_poll_beneath_flask_answers_as_flask_does_in_every_state(app, clock, answered, state):
+    """Same status, same headers in the same order, same bytes, for each side and for a
+    page that has seen the status or not, or holds an old panel."""
+    with app.app_context():
+        student = make_funded_user(25, email="sam@example.com")
+        teacher = make_user("teacher", email="tara@example.com")
+        make_user("admin", email="ada@example.com")
+        session = make_class(student, teacher, state)
+        class_id, status = session.id, session.status
+    clock.advance(minutes=7)  # two minutes into a class that started
+    for who in ("sam", "tara", "ada"):
+        client = app.test_client()
+        assert AuthActions(client).login(f"{who}@example.com").status_code == 302
+        for query in (f"seen={status}", "seen=scheduled", f"seen={status}&panel=x", ""):
+            url = f"/classes/{class_id}/timer?{query}"
+            fast = client.get(url, headers={"HX-Request": "true"})
+            assert answered[-1] is True
+            assert fast.status_code == 200
+            assert_same_answer(fast, through_flask(client, url, **{"HX-Request": "true"}))
+            assert (fast.headers.get("HX-Trigger") == "class-changed") == (
+                query != f"seen={status}"
+            )
+            assert fast.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+            assert fast.headers["Cache-Control"] == "no-store"
+
+
+def test_what_the_poll_beneath_flask_hands_to_flask(app, lesson, answered, monkeypatch):
+    """No session, a forged or a stolen one, another's class, a HEAD: Flask answers, as
+    before, and nothing of the class is shown."""
+    class_id, clients = lesson
+    url = f"/classes/{class_id}/timer?seen=in_progress"
+    assert poll(clients["sam"], class_id).status_code == 200 and answered == [True]
+
+    assert clients["nobody"].get(url).status_code == 302 and answered[-1] is False
+    assert poll(clients["otto"], class_id).status_code == 404 and answered[-1] is False
+    assert clients["sam"].head(url).status_code == 200  # Flask's own HEAD
+
+    cookie = clients["sam"].get_cookie("session").value
+    forged = app.test_client()
+    forged.set_cookie("session", cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB"))
+    answer = forged.get(url)
+    assert answer.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+
+    # The cookie taken to another browser: strong session protection logs it out.
+    stolen = app.test_client()
+    stolen.set_cookie("session", cookie)
+    answer = stolen.get(url, headers={"User-Agent": "Another browser"})
+    assert answer.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+    # The same cookie from its own browser is still answered beneath Flask.
+    assert poll(clients["sam"], class_id).status_code == 200 and answered[-1] is True
+
+
+def test_a_remembered_cookie_is_refused_once_it_is_too_old(app, lesson, answered, monkeypatch):
+    """A checked cookie is remembered by the worker, but its age is checked on every poll,
+    as Flask checks it: past PERMANENT_SESSION_LIFETIME it is no session at all."""
+    class_id, clients = lesson
+    assert poll(clients["sam"], class_id).status_code == 200
+    assert poll(clients["sam"], class_id).status_code == 200 and answered == [True, True]
+    lifetime = app.permanent_session_lifetime.total_seconds()
+    later = time.time() + lifetime + 5
+    monkeypatch.setattr(time, "time", lambda: later)
+    answer = poll(clients["sam"], class_id)
+    assert answer.status_code == 302 and answer.location.startswith("/login")
+    assert answered[-1] is False
+    assert "Elapsed" not in answer.get_data(as_text=True)
+
+
+def test_a_poll_handed_to_flask_is_counted_once(app, clock, answered):
+    """The WSGI layer counts the poll, then hands a 404 to Flask, which does not count it
+    again: three polls under a limit of three, the fourth refused."""
+    limited = make_app(app.config["SQLALCHEMY_DATABASE_URI"], TIMER_RATE_LIMIT="3 per minute")
+    try:
+        with limited.app_context():
+            limiter.reset()
+            student = make_funded_user(25, email="sam@example.com")
+            teacher = make_user("teacher", email="tara@example.com")
+            class_id = make_class(student, teacher, "in_progress").id
+        sam = limited.test_client()
+        assert AuthActions(sam).login("sam@example.com").status_code == 302
+        assert poll(sam, class_id + 1000).status_code == 404
+        assert poll(sam, class_id + 1001).status_code == 404
+        assert poll(sam, class_id).status_code == 200
+        assert answered == [False, False, True]
+        refused = poll(sam, class_id)
+        assert refused.status_code == 429 and answered[-1] is False
+        assert "Elapsed" not in refused.get_data(as_text=True)
+    finally:
+        with limited.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def class_entries(app, class_id: int) -> list[tuple[str, int]]:
+    with app.app_context():
+        rows = db.session.execute(
+            db.select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "class", JournalEntry.reference_id == class_id)
+            .order_by(JournalEntry.id)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def test_a_class_that_falls_due_is_settled_by_flask_once(app, lesson, answered, clock):
+    """The poll beneath Flask never settles: a class whose time has run is handed to the
+    Flask view, which completes it; the next polls show it completed, beneath Flask."""
+    class_id, clients = lesson
+    clock.advance(minutes=60)
+    answer = poll(clients["sam"], class_id)
+    assert answered[-1] is False
+    assert answer.headers["HX-Trigger"] == "class-changed"
+    assert "Completed" in text_of(answer.get_data(as_text=True))
+    again = clients["tara"].get(f"/classes/{class_id}/timer?seen=completed")
+    assert answered[-1] is True
+    assert "Completed Active time 60:00" in text_of(again.get_data(as_text=True))
+    assert "HX-Trigger" not in again.headers
+    with app.app_context():
+        entries = db.session.execute(
+            db.select(JournalEntry.kind, JournalEntry.tokens)
+            .where(JournalEntry.reference_type == "class", JournalEntry.reference_id == class_id)
+            .order_by(JournalEntry.id)
+        ).all()
+    assert [tuple(row) for row in entries] == [("class_hold", 10), ("class_settle", 10)]
+
+
+def test_the_poll_beneath_flask_knows_its_client_as_flask_login_does(app, lesson, answered):
+    """Strong session protection hashes the client's first forwarded address and its user
+    agent: a session made behind a proxy, in a browser whose name is not ASCII, is answered
+    beneath Flask from that browser, and logged out from any other."""
+    class_id, _ = lesson
+    client = app.test_client()
+    client.environ_base.update(
+        HTTP_USER_AGENT="Navigateur (é) 1.0".encode().decode("latin1"),
+        HTTP_X_FORWARDED_FOR="203.0.113.9, 10.0.0.1",
+    )
+    assert AuthActions(client).login("sam@example.com").status_code == 302
+    url = f"/classes/{class_id}/timer?seen=in_progress"
+    fast = client.get(url)
+    assert fast.status_code == 200 and answered[-1] is True
+    assert_same_answer(fast, through_flask(client, url))
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.7"
+    moved = client.get(url)
+    assert moved.status_code == 302 and answered[-1] is False
+    assert "Elapsed" not in moved.get_data(as_text=True)
+
+
+# The worker's cache of timer reads (soma.classes.poll_cache) -----------------------------
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    """Whether `condition()` came true within `seconds` (a notification's delivery)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def cached(app, clock, monkeypatch):
+    """An app with the timer cache on (tests have it off), a class in progress, its two
+    sides logged in, another app on the same database (another worker, or the sweeper),
+    and how many times the poll read the database."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    cached_app = make_app(url, TIMER_POLL_CACHE="1", SOMA_CLOCK=clock)
+    other = make_app(url, SOMA_CLOCK=clock)
+    reads = []
+    view_for = service.view_for
+
+    def counted(*args):
+        reads.append(args)
+        return view_for(*args)
+
+    monkeypatch.setattr(service, "view_for", counted)
+    with app.app_context():
+        student = make_funded_user(25, email="sam@example.com")
+        teacher = make_user("teacher", email="tara@example.com")
+        class_id = make_class(student, teacher, "in_progress").id
+        ids = {"sam": student.id, "tara": teacher.id}
+    clock.now = clock.now.replace(minute=5, second=0) + timedelta(seconds=75)
+    clients = {}
+    for who in ("sam", "tara"):
+        clients[who] = cached_app.test_client()
+        assert AuthActions(clients[who]).login(f"{who}@example.com").status_code == 302
+    assert poll(clients["sam"], class_id).status_code == 200  # starts the listener
+    with cached_app.app_context():
+        cache = cached_app.wsgi_app.cache()
+    if cache is not None:
+        assert cache.listening.wait(10)
+    yield SimpleNamespace(
+        app=cached_app,
+        other=other,
+        cache=cache,
+        class_id=class_id,
+        clients=clients,
+        ids=ids,
+        reads=reads,
+    )
+    for each in (cached_app, other):
+        with each.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_the_cache_is_kept_only_on_postgresql_and_serves_repeated_polls(app, cached):
+    postgres = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+    assert (cached.cache is not None) == postgres
+    cached.reads.clear()
+    for _ in range(3):
+        answer = poll(cached.clients["sam"], cached.class_id)
+        assert "In progress Elapsed 01:15" in text_of(answer.get_data(as_text=True))
+    # On PostgreSQL the first read is kept and the next polls use it; SQLite reads each.
+    assert len(cached.reads) == (1 if postgres else 3)
+
+
+def test_a_change_by_another_worker_is_shown_once_its_notification_arrives(app, cached, clock):
+    """The teacher pauses in another worker: this worker hears of it and its next poll
+    reads the class again and shows it paused."""
+    poll(cached.clients["sam"], cached.class_id)
+    with cached.other.app_context():
+        session = service.class_for(db.session.get(User, cached.ids["tara"]), cached.class_id)
+        service.act(session, Action.PAUSE, db.session.get(User, cached.ids["tara"]))
+    if cached.cache is not None:
+        assert wait_until(lambda: cached.cache.get(cached.ids["sam"], cached.class_id) is None)
+    answer = poll(cached.clients["sam"], cached.class_id)
+    assert answer.headers["HX-Trigger"] == "class-changed"
+    assert "Paused Elapsed 01:15" in text_of(answer.get_data(as_text=True))
+
+
+def control_post(client, class_id: int, name: str):
+    page = client.get(f"/classes/{class_id}").get_data(as_text=True)
+    return client.post(
+        f"/classes/{class_id}/{name}",
+        data={"csrf_token": csrf_from(page)},
+        headers={"HX-Request": "true"},
+    )
+
+
+def test_a_change_in_the_same_worker_is_shown_by_the_very_next_poll(cached, clock):
+    poll(cached.clients["tara"], cached.class_id)
+    assert control_post(cached.clients["tara"], cached.class_id, "end").status_code in (200, 303)
+    answer = poll(cached.clients["tara"], cached.class_id)  # no wait: the commit emptied the cache
+    html = answer.get_data(as_text=True)
+    assert "Ended early" in text_of(html) and "hx-trigger" not in html
+
+
+def test_an_ended_session_is_refused_once_its_notification_arrives(app, cached):
+    assert poll(cached.clients["sam"], cached.class_id).status_code == 200
+    with cached.other.app_context():
+        end_sessions(db.session.get(User, cached.ids["sam"]))
+        db.session.commit()
+    if cached.cache is not None:
+        assert wait_until(lambda: cached.cache.get(cached.ids["sam"], cached.class_id) is None)
+    answer = poll(cached.clients["sam"], cached.class_id)
+    assert answer.status_code == 302 and answer.location.startswith("/login")
+    assert "Elapsed" not in answer.get_data(as_text=True)
+
+
+def test_a_class_the_sweeper_completes_is_shown_completed_and_settled_once(app, cached, clock):
+    poll(cached.clients["sam"], cached.class_id)
+    clock.advance(minutes=60)
+    with cached.other.app_context():
+        assert service.sweep().completed == 1
+    if cached.cache is not None:
+        assert wait_until(lambda: cached.cache.get(cached.ids["sam"], cached.class_id) is None)
+    for who in ("sam", "tara", "sam"):
+        answer = poll(cached.clients[who], cached.class_id)
+        assert "Completed Active time 60:00" in text_of(answer.get_data(as_text=True))
+    assert class_entries(app, cached.class_id) == [("class_hold", 10), ("class_settle", 10)]
+
+
+def test_a_class_that_falls_due_is_settled_once_though_its_read_is_kept(app, cached, clock):
+    """The kept read says the class has run its time: the poll goes to the Flask view,
+    which settles it once; the polls after show it completed."""
+    poll(cached.clients["sam"], cached.class_id)
+    clock.advance(minutes=60)
+    for who in ("sam", "tara", "sam", "tara"):
+        answer = poll(cached.clients[who], cached.class_id)
+        assert "Completed Active time 60:00" in text_of(answer.get_data(as_text=True))
+    assert class_entries(app, cached.class_id) == [("class_hold", 10), ("class_settle", 10)]
+
+
+def test_another_users_class_is_never_served_from_the_cache(app, cached):
+    """Kept reads are the viewer's own: a read kept for the student is not another
+    teacher's, who gets 404."""
+    with app.app_context():
+        make_user("teacher", email="otto@example.com")
+    otto = cached.app.test_client()
+    assert AuthActions(otto).login("otto@example.com").status_code == 302
+    poll(cached.clients["sam"], cached.class_id)
+    for _ in range(2):
+        answer = poll(otto, cached.class_id)
+        assert answer.status_code == 404 and "Elapsed" not in answer.get_data(as_text=True)
+
+
+def test_a_read_begun_before_a_change_is_not_kept():
+    """The race the marks close: a read that began before a notification (or an emptying)
+    naming its class or its viewer is not stored; others are."""
+    engine = create_engine("sqlite://")
+    cache = PollCache("postgresql://unused", engine)
+    cache._pid = os.getpid()  # no listener thread: this test plays it
+    cache._up()
+    mark = cache.mark()
+    cache.forget("c:5")
+    cache.put(1, 5, "class 5 as read before", 0, mark)
+    cache.put(1, 6, "class 6", 0, mark)
+    assert cache.get(1, 5) is None and cache.get(1, 6) == ("class 6", 0)
+    mark = cache.mark()
+    cache.forget("u:2")
+    cache.put(2, 6, "user 2's view", 0, mark)
+    assert cache.get(2, 6) is None
+    # A notification drops what it names, and only that.
+    cache.put(3, 7, "class 7", 0, cache.mark())
+    cache.forget("c:6")
+    assert cache.get(1, 6) is None and cache.get(3, 7) == ("class 7", 0)
+    # A commit of this worker empties it, and refuses reads begun before.
+    mark = cache.mark()
+    with engine.begin() as connection:
+        connection.exec_driver_sql("SELECT 1")
+    assert cache.get(3, 7) is None
+    cache.put(3, 7, "class 7 as read before", 0, mark)
+    assert cache.get(3, 7) is None
+    # Too many notifications since the read began to know what they named: not kept.
+    mark = cache.mark()
+    for number in range(2000):
+        cache.forget(f"c:{1000 + number}")
+    cache.put(1, 5, "class 5", 0, mark)
+    assert cache.get(1, 5) is None
+    # While the listener is down nothing is served or kept.
+    cache.put(1, 5, "class 5", 0, cache.mark())
+    assert cache.get(1, 5) == ("class 5", 0)
+    cache._down()
+    assert cache.get(1, 5) is None
+    cache.put(1, 5, "class 5", 0, cache.mark())
+    cache._up()
+    assert cache.get(1, 5) is None
+
+
+def test_the_cache_stops_serving_when_its_connection_is_lost(app, cached):
+    """The listening connection killed: nothing is served until it listens again, and
+    then it starts empty."""
+    if cached.cache is None:
+        pytest.skip("no notifications on SQLite: nothing is kept")
+    poll(cached.clients["sam"], cached.class_id)
+    assert cached.cache.get(cached.ids["sam"], cached.class_id) is not None
+    with app.app_context():
+        db.session.execute(
+            db.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND query IN ('LISTEN soma_timer', 'SELECT 1')"
+            )
+        )
+        db.session.commit()
+    assert wait_until(lambda: not cached.cache.live)
+    assert cached.cache.get(cached.ids["sam"], cached.class_id) is None
+    assert wait_until(lambda: cached.cache.live)
+    assert cached.cache.get(cached.ids["sam"], cached.class_id) is None
+    answer = poll(cached.clients["sam"], cached.class_id)
+    assert "In progress Elapsed 01:15" in text_of(answer.get_data(as_text=True))
