@@ -42,6 +42,7 @@ from sqlalchemy import (
     Column,
     MetaData,
     Table,
+    any_,
     delete,
     func,
     insert,
@@ -136,13 +137,13 @@ class Scope:
         """SQL: `column` (an entry id) is in scope."""
         if self.full:
             return true()
-        return column.in_(select(SCOPE_ENTRIES.c.entry_id).correlate(None))
+        return _among(column, select(SCOPE_ENTRIES.c.entry_id))
 
     def postings(self, column):
         """SQL: `column` (a posting id) is in scope: past its wallet's checkpointed head."""
         if self.full:
             return true()
-        return column.in_(select(SCOPE_POSTINGS.c.posting_id).correlate(None))
+        return _among(column, select(SCOPE_POSTINGS.c.posting_id))
 
     def newer(self, column, name: str):
         """SQL: `column` (an id) is past the checkpoint's `name` (always, in a full run)."""
@@ -158,10 +159,7 @@ class Scope:
             return true()
         return column.in_(
             select(JournalEntry.reference_id)
-            .where(
-                JournalEntry.reference_type == reference_type,
-                JournalEntry.id.in_(select(SCOPE_ENTRIES.c.entry_id)),
-            )
+            .where(JournalEntry.reference_type == reference_type, self.entries(JournalEntry.id))
             .correlate(None)
         )
 
@@ -169,6 +167,19 @@ class Scope:
         """A subquery of the checkpoint's wallet rows (none in a full run): wallet_id, seq,
         hash, available, locked."""
         return _wallet_rows(-1 if self.full else self.checkpoint.id).subquery("heads")
+
+
+def _among(column, ids):
+    """SQL: `column` is one of the ids `ids` (a select of one column of a scope table).
+
+    On PostgreSQL `column = ANY(ARRAY(ids))`: the array is read once and `column`'s index
+    looked up for each id. With `column IN (ids)` the planner, costing an index lookup as
+    a random read from disk, prefers reading the whole table once and hashing the scope
+    against it, so an incremental run would read the whole journal (or every posting),
+    many times, to check a few thousand rows. SQLite looks ids up by index either way."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return column == any_(func.array(ids.correlate(None).scalar_subquery()))
+    return column.in_(ids.correlate(None))
 
 
 def _wallet_rows(checkpoint_id: int):
