@@ -1,7 +1,8 @@
 """The audit's check of the earnings checkpoints: each is what the ledger sums to.
 
-Sums are made in SQL; Python compares them per wallet and month (teachers' months: far
-fewer than entries). An incremental run looks at the wallets with a posting in scope and
+Sums are made and compared in SQL, per wallet and month: the ledger's and the stored ones
+side by side (a UNION ALL summed by wallet and month), returning only the months that
+differ (at most MOST). An incremental run looks at the wallets with a posting in scope and
 those whose earnings checkpoint moved since the audit's (`updated_at`); an edit of the
 months of a wallet with neither is left to `--full`.
 """

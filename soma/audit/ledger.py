@@ -3,8 +3,11 @@
 Each is one set-based query that returns only violations (at most MOST), so the audit's
 time grows with the ledger's rows and its memory does not. The chains are checked in SQL
 too: each posting's link is recomputed from the hash before it (a window over a wallet's
-postings in seq order) by `soma_link`, migration 0009's SQL function on PostgreSQL and
-soma.ledger.core.chain_link registered on SQLite's connection.
+postings in seq order) by `soma_link`, migration 0009's SQL function on PostgreSQL (plain
+SQL, so the planner inlines it into the query: sha256() of the fields, no call per row)
+and soma.ledger.core.chain_link registered on SQLite's connection. Checks that sort and
+cap their wrong rows ask through violation.first(), so PostgreSQL plans them for every
+row instead of an index walk that expects to stop early.
 
 In an incremental run (soma.audit.checkpoint) the entry checks read only the entries in
 scope; a wallet's balances are its checkpointed ones plus its postings since, its chain

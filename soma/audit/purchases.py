@@ -1,8 +1,10 @@
 """The audit's checks of purchases (SPEC §2.10): every paid purchase credited exactly once;
 every refund and dispute's tokens held back as its record says, and the status it makes.
 
-The credit check finds the wrong purchases in SQL. The reversal checks aggregate in SQL
-and read, in Python, only purchases with reversals or refunds (a few), one at a time.
+The credit check and the check of refund entries against reversals find the wrong
+purchases in SQL (the entries' and the reversals' totals side by side, at most MOST
+returned). The status check reads, in Python, only purchases with reversals or refunds
+(a few), one at a time, since the status they make is soma.purchases.reversals' rule.
 In an incremental run they look at the purchases named by an entry in scope (directly
 or through a reversal), those made since the checkpoint, those whose `updated_at` (set
 on every status change) is since it, and those whose reversals are new, or were made or

@@ -18,9 +18,9 @@ the checkpoint, those whose `updated_at` (set on every status change) is since i
 every one still open (requested or processing: the stuck check reads those anyway); the
 entries it reads are theirs and those in scope. The fee total is then the scoped
 withdrawals' (the same sum, split). An edit of an old finished withdrawal that leaves
-`updated_at` alone is left to `--full`. The settlement check reads the scoped
-withdrawals' entries into Python, grouped by withdrawal (withdrawals are few next to
-entries); the others find the wrong ones in SQL.
+`updated_at` alone is left to `--full`. Every check finds the wrong withdrawals in SQL
+(at most MOST); the settlement check then reads the entries and legs of those alone, to
+say in Python what is wrong with each.
 """
 
 from collections import defaultdict
