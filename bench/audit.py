@@ -13,9 +13,11 @@ verdict per target; it asserts nothing.
    head, or left half-built, are dropped. Building is the slow part, once: minutes for
    1M entries (the hashes in Python, the rows into indexed tables).
 2. On a copy of each size, the full audit (`soma.audit.audit(full=True)`, as
-   `flask soma audit --full` runs it) in a subprocess of its own: its time, and the peak
-   resident set of that process (ru_maxrss), against the same process before the audit.
-   Constant memory: about the same peak at 1M and 3M.
+   `flask soma audit --full` runs it) in a subprocess of its own: its time, each check's
+   (the slowest are printed), and the peak resident set of that process during the audit
+   (VmHWM, reset just before it through /proc/self/clear_refs; ru_maxrss where that is
+   not allowed, which also counts the imports), against its resident set just before.
+   Constant memory: the audit's own growth about the same at 1M and 3M.
 3. On the largest, after the full audit's checkpoint, NEW_ENTRIES entries more through the
    ledger (credits and gifts, 100 to a transaction), then the incremental audit (`flask
    soma audit`), in a subprocess too. Target: under 2 % of the full audit's time.
@@ -48,6 +50,7 @@ CACHE_PREFIX = "soma_bench_audit_"
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 RATIO_TARGET = 0.02
 TOTAL_TARGET = 180.0
+SLOWEST = 4  # checks named in the breakdown
 
 
 def link(previous, entry_id, wallet_id, seq, bucket, amount, available, locked) -> str:
@@ -249,29 +252,75 @@ def _load(conn, done, upto, first_id, students, teachers, issuance, state, rates
 # -- measuring -----------------------------------------------------------------------------
 
 
+def _status_mb(field: str) -> float | None:
+    """A figure of this process's /proc/self/status (VmRSS, VmHWM) in MB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Start this process's peak resident set (VmHWM) again from its current size (Linux:
+    /proc/self/clear_refs), so the peak read after the audit is the audit's own, not the
+    imports' before it. False when the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _timed_checks(timings: dict) -> None:
+    """Time each of soma.audit.CHECKS into `timings` (the bench's breakdown)."""
+    import soma.audit
+
+    def timed(check):
+        def run(scope):
+            started = time.perf_counter()
+            try:
+                return check(scope)
+            finally:
+                timings[check.__name__] = time.perf_counter() - started
+
+        return run
+
+    soma.audit.CHECKS[:] = [timed(check) for check in soma.audit.CHECKS]
+
+
 def audit_here(name: str, full: bool) -> None:
     """In a subprocess: run the audit on database `name`; print its figures as JSON."""
     from soma.audit import audit
     from soma.extensions import db
 
     app = make_app(name)
+    timings: dict[str, float] = {}
+    _timed_checks(timings)
     with app.app_context():
         db.session.execute(db.text("SELECT 1"))  # connected: the baseline includes that
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _status_mb("VmRSS") if _reset_peak() else None
+        if before is None:  # no /proc: the process's peak since it started
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
         result = audit(full=full)
         seconds = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             json.dumps(
                 {
                     "seconds": seconds,
-                    "before_mb": before / 1024,
-                    "peak_mb": peak / 1024,
+                    "before_mb": before,
+                    "peak_mb": peak,
                     "violations": [str(v) for v in result.violations[:5]],
                     "count": len(result.violations),
                     "full": result.full,
                     "checkpoint": result.checkpoint_id,
+                    "checks": sorted(timings.items(), key=lambda item: -item[1]),
                 }
             )
         )
@@ -355,7 +404,7 @@ def main() -> int:
 
     print()
     print(
-        f"{'entries':>10} {'full audit':>11} {'peak RSS':>9} {'RSS before':>11} "
+        f"{'entries':>10} {'full audit':>11} {'peak RSS':>9} {'RSS before':>11} {'growth':>7} "
         f"{'incremental':>12} {'incr. RSS':>10} {'ratio':>7}"
     )
     for row in results:
@@ -363,13 +412,23 @@ def main() -> int:
         ratio = incremental["seconds"] / full["seconds"] if incremental else None
         print(
             f"{row['size']:>10,} {full['seconds']:>10.2f}s {full['peak_mb']:>7.0f}MB "
-            f"{full['before_mb']:>9.0f}MB "
+            f"{full['before_mb']:>9.0f}MB {full['peak_mb'] - full['before_mb']:>5.0f}MB "
             + (
                 f"{incremental['seconds']:>11.3f}s {incremental['peak_mb']:>8.0f}MB {ratio:>6.2%}"
                 if incremental
                 else f"{'—':>12} {'—':>10} {'—':>7}"
             )
         )
+    print("\nWhere the time goes (seconds; the slowest checks, then the rest together):")
+    runs = [(f"full, {row['size']:,}", row["full"]) for row in results]
+    runs += [(f"incremental, {row['size']:,}", row["incremental"]) for row in results[-1:]]
+    for label, run in runs:
+        checks = run.get("checks", [])
+        rest = sum(seconds for _, seconds in checks[SLOWEST:])
+        outside = run["seconds"] - sum(seconds for _, seconds in checks)
+        parts = [f"{name} {seconds:.2f}" for name, seconds in checks[:SLOWEST]]
+        parts += [f"{len(checks) - SLOWEST} others {rest:.2f}", f"checkpoint {outside:.2f}"]
+        print(f"  {label}: " + ", ".join(parts))
     last = results[-1]
     print(
         f"\n{NEW_ENTRIES:,} entries added through the ledger in {last['added_s']:.1f} s before "
@@ -388,11 +447,13 @@ def main() -> int:
     print(verdict(ratio < RATIO_TARGET, f"incremental / full = {ratio:.2%} (target < 2 %)"))
     if len(results) > 1:
         low, high = results[0]["full"]["peak_mb"], results[-1]["full"]["peak_mb"]
+        grew = [row["full"]["peak_mb"] - row["full"]["before_mb"] for row in results]
         print(
             verdict(
                 high <= low * 1.25,
                 f"peak memory {low:.0f} MB at {results[0]['size']:,} and {high:.0f} MB at "
-                f"{results[-1]['size']:,} entries (constant: within 25 %)",
+                f"{results[-1]['size']:,} entries, the audit's own {grew[0]:.0f} and "
+                f"{grew[-1]:.0f} MB (constant: within 25 %)",
             )
         )
     else:

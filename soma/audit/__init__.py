@@ -11,6 +11,7 @@ none); `run_audit(full=True)` everything from the start. `audit()` does the same
 when the run is clean, writes the next checkpoint.
 """
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,12 @@ def audit(full: bool = False, write_checkpoint: bool = True) -> AuditResult:
     trustworthy checkpoint), else what the last checkpoint has not proven. A clean run
     writes the next checkpoint (when `write_checkpoint`)."""
     started_at = clock.now()
+    # Every object alive now (the app's modules, models, compiled SQL) outlives the run:
+    # frozen, the collector's full passes during the run walk only the run's own objects
+    # instead of pausing for all of them (a few tenths of a second each, a fixed cost an
+    # incremental run would otherwise pay more than once). Unfrozen after, collected as
+    # before: nothing is kept alive by this.
+    gc.freeze()
     checkpoint.begin_snapshot()
     try:
         scope, found = checkpoint.prepare(full)
@@ -71,7 +78,9 @@ def audit(full: bool = False, write_checkpoint: bool = True) -> AuditResult:
             checkpoint.finish_scope()
     except BaseException:
         checkpoint.rollback()
+        gc.unfreeze()
         raise
+    gc.unfreeze()
     written = None
     if not found and write_checkpoint:
         written = checkpoint.write(scope.full, started_at)

@@ -4,9 +4,10 @@ A clean run ends by writing an AuditCheckpoint (soma.models.audit) of the snapsh
 checked: every wallet's chain head and balances, and the newest id of each table the
 checks scope by id. The next incremental run proves only what came after:
 
-* The checkpoint itself: its hash is recomputed from its fields, its wallet rows and the
-  hash of the checkpoint before it, for every checkpoint in the chain; any mismatch is a
-  violation, and the run then falls back to a full one (nothing it says is trusted).
+* The checkpoint itself: its MAC is recomputed from its fields, its wallet rows and the
+  hash of the checkpoint before it, for the newest and each back to the newest full one;
+  any mismatch is a violation, and the run then falls back to a full one (nothing it
+  says is trusted).
 * The postings in scope (a temporary table): each wallet's past its checkpointed head,
   found through the (wallet_id, seq) index. The entries in scope (another): those with
   an id past the checkpoint's, and every entry of a posting in scope. Both, because an entry
@@ -25,23 +26,35 @@ checks scope by id. The next incremental run proves only what came after:
 What an incremental run does not see: an edit, made after a checkpoint, of a row the
 checkpoint had already proven (an entry, a posting, a finished class, the earnings of a
 wallet with no payment since). `--full` rechecks everything from the start; run it now
-and then (the admin console offers it too). The checkpoint's hash is a plain SHA-256, not
-a keyed one: it catches an edited checkpoint, not someone who recomputes the whole chain
-(who could as well rewrite the postings' own chains).
+and then (the admin console offers it too).
+
+The checkpoint's hash is a MAC: HMAC-SHA256 under a key derived from the app's
+SECRET_KEY with a label of its own (_key()), so someone who can write the database but
+has not the key cannot forge a checkpoint that agrees with a wallet row they raised;
+the MAC fails and the run checks everything. Why SECRET_KEY and not a setting of its
+own: it is already required wherever the audit runs (the CLI and the admin console are
+the same app), it is never in the database, and whoever holds it can already sign an
+admin's session, so a second secret would add one more thing to lose without keeping
+out anyone the first does not. Changing it fails every checkpoint's MAC: incremental
+runs report it and run in full until a clean `--full` run seals a new one (safe, only
+slower).
 
 On PostgreSQL the whole run reads one REPEATABLE READ snapshot, so the checkpoint it
 writes says exactly what its checks saw. SQLite has no concurrent writers to speak of.
 """
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import (
     BigInteger,
     Column,
     MetaData,
     Table,
+    any_,
     delete,
     func,
     insert,
@@ -136,13 +149,13 @@ class Scope:
         """SQL: `column` (an entry id) is in scope."""
         if self.full:
             return true()
-        return column.in_(select(SCOPE_ENTRIES.c.entry_id).correlate(None))
+        return _among(column, select(SCOPE_ENTRIES.c.entry_id))
 
     def postings(self, column):
         """SQL: `column` (a posting id) is in scope: past its wallet's checkpointed head."""
         if self.full:
             return true()
-        return column.in_(select(SCOPE_POSTINGS.c.posting_id).correlate(None))
+        return _among(column, select(SCOPE_POSTINGS.c.posting_id))
 
     def newer(self, column, name: str):
         """SQL: `column` (an id) is past the checkpoint's `name` (always, in a full run)."""
@@ -158,10 +171,7 @@ class Scope:
             return true()
         return column.in_(
             select(JournalEntry.reference_id)
-            .where(
-                JournalEntry.reference_type == reference_type,
-                JournalEntry.id.in_(select(SCOPE_ENTRIES.c.entry_id)),
-            )
+            .where(JournalEntry.reference_type == reference_type, self.entries(JournalEntry.id))
             .correlate(None)
         )
 
@@ -169,6 +179,19 @@ class Scope:
         """A subquery of the checkpoint's wallet rows (none in a full run): wallet_id, seq,
         hash, available, locked."""
         return _wallet_rows(-1 if self.full else self.checkpoint.id).subquery("heads")
+
+
+def _among(column, ids):
+    """SQL: `column` is one of the ids `ids` (a select of one column of a scope table).
+
+    On PostgreSQL `column = ANY(ARRAY(ids))`: the array is read once and `column`'s index
+    looked up for each id. With `column IN (ids)` the planner, costing an index lookup as
+    a random read from disk, prefers reading the whole table once and hashing the scope
+    against it, so an incremental run would read the whole journal (or every posting),
+    many times, to check a few thousand rows. SQLite looks ids up by index either way."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return column == any_(func.array(ids.correlate(None).scalar_subquery()))
+    return column.in_(ids.correlate(None))
 
 
 def _wallet_rows(checkpoint_id: int):
@@ -263,9 +286,26 @@ def wallets_digest(checkpoint_id: int) -> tuple[int, str]:
     return count, digest.hexdigest()
 
 
+# The MAC key's label: the checkpoint key is HMAC-SHA256(SECRET_KEY, this), so no other
+# use of SECRET_KEY (sessions, CSRF tokens) ever signs with the same key. A new version
+# of the checkpoint's fields gets a new label.
+KEY_LABEL = b"soma audit checkpoint MAC v1"
+
+
+def _key() -> bytes:
+    """The checkpoints' MAC key, derived from the app's SECRET_KEY (never stored in the
+    database)."""
+    secret = current_app.config["SECRET_KEY"]
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not secret:
+        raise RuntimeError("SECRET_KEY is empty: the audit cannot sign its checkpoints")
+    return hmac.new(secret, KEY_LABEL, hashlib.sha256).digest()
+
+
 def checkpoint_hash(checkpoint: AuditCheckpoint) -> str:
-    """The hash of a checkpoint's fields (its wallet rows by their digest) and the
-    hash of the one before it."""
+    """The MAC (HMAC-SHA256 under _key()) of a checkpoint's fields (its wallet rows by
+    their digest) and the hash of the one before it."""
     fields = (
         checkpoint.previous_hash,
         checkpoint.previous_id,
@@ -276,22 +316,37 @@ def checkpoint_hash(checkpoint: AuditCheckpoint) -> str:
         checkpoint.wallets,
         checkpoint.wallets_digest,
     )
-    return hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()
+    return hmac.new(_key(), "|".join(map(str, fields)).encode(), hashlib.sha256).hexdigest()
 
 
 def _checkpoints_hold() -> list[Violation]:
-    """Every checkpoint hashes to its hash and follows the one before; the newest's wallet
-    rows are the ones it hashed."""
-    found, previous = [], None
-    rows = db.session.scalars(
-        select(AuditCheckpoint).order_by(AuditCheckpoint.id).execution_options(yield_per=500)
+    """The checkpoints an incremental run relies on hold: the newest and those back to
+    the newest full one (a full run proved everything without its predecessors) each
+    carry their MAC and follow the one before (that one's stored hash); the newest's
+    wallet rows are the ones it hashed.
+
+    Older checkpoints are history: a checkpoint written under an earlier SECRET_KEY fails
+    its MAC, which sends incremental runs to full ones (reported) until a clean
+    `--full` run starts the chain again under the new key."""
+    found = []
+    last_full = db.session.scalar(
+        select(func.max(AuditCheckpoint.id)).where(AuditCheckpoint.full.is_(True))
     )
-    for checkpoint in rows:
+    relied_on = db.session.scalars(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.id >= (last_full or 0))
+        .order_by(AuditCheckpoint.id)
+        .execution_options(yield_per=500)
+    )
+    previous = None
+    for checkpoint in relied_on:
+        if previous is None and checkpoint.previous_id:
+            previous = db.session.get(AuditCheckpoint, checkpoint.previous_id)
         expected_id = previous.id if previous else 0
         expected_hash = previous.hash if previous else ""
         if (checkpoint.previous_id, checkpoint.previous_hash) != (expected_id, expected_hash):
             found.append(f"checkpoint {checkpoint.id} does not follow checkpoint {expected_id}")
-        if checkpoint_hash(checkpoint) != checkpoint.hash:
+        if not hmac.compare_digest(checkpoint_hash(checkpoint), checkpoint.hash):
             found.append(f"checkpoint {checkpoint.id}'s content does not hash to its hash")
         previous = checkpoint
     if previous is not None:

@@ -1,12 +1,13 @@
 """The audit's check of the earnings checkpoints: each is what the ledger sums to.
 
-Sums are made in SQL; Python compares them per wallet and month (teachers' months: far
-fewer than entries). An incremental run looks at the wallets with a posting in scope and
+Sums are made and compared in SQL, per wallet and month: the ledger's and the stored ones
+side by side (a UNION ALL summed by wallet and month), returning only the months that
+differ (at most MOST). An incremental run looks at the wallets with a posting in scope and
 those whose earnings checkpoint moved since the audit's (`updated_at`); an edit of the
 months of a wallet with neither is left to `--full`.
 """
 
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import BigInteger, and_, cast, func, literal, or_, select, true, union_all
 
 from soma.audit.checkpoint import FULL, Scope
 from soma.audit.violation import MOST, Violation
@@ -32,36 +33,50 @@ def earnings_checkpoints_match_the_ledger(scope: Scope = FULL) -> list[Violation
             ),
         )
         .where(_wallets_in_scope(Posting.wallet_id, scope))
-        .add_columns(Posting.wallet_id, month, *totals_columns())
+        .add_columns(
+            Posting.wallet_id.label("wallet_id"),
+            month.label("month"),
+            *(
+                column.label(f"ledger_{name}")
+                for column, name in zip(totals_columns(), FIGURES, strict=True)
+            ),
+        )
         .group_by(Posting.wallet_id, month)
     )
-    summed = {(wallet, key): tuple(sums) for wallet, key, *sums in db.session.execute(counted)}
-    stored = {
-        (wallet, key): tuple(sums)
-        for wallet, key, *sums in db.session.execute(
-            select(
-                EarningsMonth.wallet_id,
-                EarningsMonth.month,
-                *(getattr(EarningsMonth, name) for name in FIGURES),
-            ).where(_wallets_in_scope(EarningsMonth.wallet_id, scope))
+    counted = counted.subquery()
+    # Per wallet and month, the ledger's sums and the stored ones, side by side.
+    sides = union_all(
+        select(
+            counted.c.wallet_id,
+            counted.c.month,
+            *(counted.c[f"ledger_{name}"] for name in FIGURES),
+            *(literal(0, BigInteger).label(f"kept_{name}") for name in FIGURES),
+        ),
+        select(
+            EarningsMonth.wallet_id,
+            EarningsMonth.month,
+            *(literal(0, BigInteger).label(f"ledger_{name}") for name in FIGURES),
+            *(getattr(EarningsMonth, name).label(f"kept_{name}") for name in FIGURES),
+        ).where(_wallets_in_scope(EarningsMonth.wallet_id, scope)),
+    ).subquery()
+    summed = [cast(func.sum(column), BigInteger) for column in sides.c[2:]]
+    expected, kept = summed[: len(FIGURES)], summed[len(FIGURES) :]
+    rows = db.session.execute(
+        select(sides.c[0], sides.c[1], *summed)
+        .group_by(sides.c[0], sides.c[1])
+        .having(or_(*(a != b for a, b in zip(expected, kept, strict=True))))
+        .order_by(sides.c[0], sides.c[1])
+        .limit(MOST)
+    )
+    return [
+        Violation(
+            "earnings-checkpoint",
+            f"wallet {wallet}'s earnings for {key} say "
+            f"{_describe(tuple(sums[len(FIGURES) :]))}, but its class payments up to its "
+            f"checkpoint sum to {_describe(tuple(sums[: len(FIGURES)]))}",
         )
-    }
-    found = []
-    for wallet, key in sorted(set(summed) | set(stored)):
-        expected = summed.get((wallet, key), (0, 0, 0, 0))
-        kept = stored.get((wallet, key), (0, 0, 0, 0))
-        if expected != kept:
-            found.append(
-                Violation(
-                    "earnings-checkpoint",
-                    f"wallet {wallet}'s earnings for {key} say "
-                    f"{_describe(kept)}, but its class payments up to its checkpoint sum to "
-                    f"{_describe(expected)}",
-                )
-            )
-        if len(found) >= MOST:
-            break
-    return found
+        for wallet, key, *sums in rows
+    ]
 
 
 def _wallets_in_scope(column, scope: Scope):

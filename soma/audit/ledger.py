@@ -3,8 +3,11 @@
 Each is one set-based query that returns only violations (at most MOST), so the audit's
 time grows with the ledger's rows and its memory does not. The chains are checked in SQL
 too: each posting's link is recomputed from the hash before it (a window over a wallet's
-postings in seq order) by `soma_link`, migration 0009's SQL function on PostgreSQL and
-soma.ledger.core.chain_link registered on SQLite's connection.
+postings in seq order) by `soma_link`, migration 0009's SQL function on PostgreSQL (plain
+SQL, so the planner inlines it into the query: sha256() of the fields, no call per row)
+and soma.ledger.core.chain_link registered on SQLite's connection. Checks that sort and
+cap their wrong rows ask through violation.first(), so PostgreSQL plans them for every
+row instead of an index walk that expects to stop early.
 
 In an incremental run (soma.audit.checkpoint) the entry checks read only the entries in
 scope; a wallet's balances are its checkpointed ones plus its postings since, its chain
@@ -18,10 +21,9 @@ from sqlalchemy import and_, case, exists, func, or_, select, union_all
 from sqlalchemy.orm import aliased
 
 from soma.audit.checkpoint import FULL, Scope
-from soma.audit.violation import MOST, Violation
+from soma.audit.violation import MOST, Violation, first
 from soma.extensions import db
 from soma.ledger.operations import HOLD_KINDS
-from soma.ledger.pricing import value_cents_sql
 from soma.models import (
     SOURCE_ACCOUNTS,
     Bucket,
@@ -30,6 +32,7 @@ from soma.models import (
     PlatformAccount,
     Posting,
     PricingUserType,
+    TokenPricing,
     Wallet,
 )
 
@@ -324,16 +327,15 @@ def entry_tokens_match_postings(scope: Scope = FULL) -> list[Violation]:
 
 def postings_repeat_their_entry(scope: Scope = FULL) -> list[Violation]:
     """A posting's kind and time are copies of its entry's (history reads them from it)."""
-    rows = db.session.execute(
-        select(Posting.id, Posting.entry_id)
+    wrong = (
+        select(Posting.id.label("posting_id"), Posting.entry_id)
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
         .where(
             or_(Posting.kind != JournalEntry.kind, Posting.created_at != JournalEntry.created_at),
             scope.entries(JournalEntry.id),
         )
-        .order_by(Posting.id)
-        .limit(MOST)
-    ).all()
+    )
+    rows = db.session.execute(first(wrong, "posting_id")).all()
     return [
         Violation(
             "posting-entry-mismatch",
@@ -343,34 +345,78 @@ def postings_repeat_their_entry(scope: Scope = FULL) -> list[Violation]:
     ]
 
 
+def _rates():
+    """A CTE of when each pricing was in force: user_type, since, until (None: still in
+    force), tokens, usd_cents. At any time, the pricing in force is the newest version of
+    the latest `effective_at` not after it (soma.ledger.pricing.pricing_in_force_query)."""
+    newest = func.row_number().over(
+        partition_by=(TokenPricing.user_type, TokenPricing.effective_at),
+        order_by=TokenPricing.version.desc(),
+    )
+    versions = select(
+        TokenPricing.user_type,
+        TokenPricing.effective_at,
+        TokenPricing.tokens,
+        TokenPricing.usd_cents,
+        newest.label("nth"),
+    ).subquery()
+    v = versions.c
+    until = func.lead(v.effective_at).over(partition_by=v.user_type, order_by=v.effective_at)
+    return (
+        select(
+            v.user_type,
+            v.effective_at.label("since"),
+            until.label("until"),
+            v.tokens,
+            v.usd_cents,
+        )
+        .where(v.nth == 1)
+        .cte("rates")
+    )
+
+
 def entry_values_match_pricing(scope: Scope = FULL) -> list[Violation]:
-    """An entry's frozen USD values are its tokens at the rates in force when it was made."""
-    student = value_cents_sql(PricingUserType.STUDENT, JournalEntry.tokens, JournalEntry.created_at)
-    teacher = value_cents_sql(PricingUserType.TEACHER, JournalEntry.tokens, JournalEntry.created_at)
-    values = (
+    """An entry's frozen USD values are its tokens at the rates in force when it was made
+    (rounded half up, as soma.ledger.pricing.value_cents_sql freezes them).
+
+    Each entry is joined to the time each rate was in force (a few rows), not looked up
+    by a subquery per entry."""
+    rates = _rates()
+    at = JournalEntry.created_at
+
+    def in_force(user_type: PricingUserType):
+        rate = rates.alias(f"{user_type.value}_rate")
+        condition = and_(
+            rate.c.user_type == user_type.value,
+            rate.c.since <= at,
+            or_(rate.c.until.is_(None), at < rate.c.until),
+        )
+        cents = (JournalEntry.tokens * rate.c.usd_cents * 2 + rate.c.tokens) // (rate.c.tokens * 2)
+        return rate, condition, cents
+
+    student, student_joins, student_cents = in_force(PricingUserType.STUDENT)
+    teacher, teacher_joins, teacher_cents = in_force(PricingUserType.TEACHER)
+    wrong = (
         select(
             JournalEntry.id.label("entry_id"),
             JournalEntry.usd_cents,
             JournalEntry.teacher_usd_cents,
-            student.label("student_cents"),
-            teacher.label("teacher_cents"),
+            student_cents.label("student_cents"),
+            teacher_cents.label("teacher_cents"),
         )
-        .where(scope.entries(JournalEntry.id))
-        .subquery()
-    )
-    rows = db.session.execute(
-        select(values)
+        .outerjoin(student, student_joins)
+        .outerjoin(teacher, teacher_joins)
         .where(
+            scope.entries(JournalEntry.id),
             or_(
-                values.c.student_cents.is_(None),
-                values.c.teacher_cents.is_(None),
-                values.c.usd_cents != values.c.student_cents,
-                values.c.teacher_usd_cents != values.c.teacher_cents,
-            )
+                student.c.tokens.is_(None),
+                teacher.c.tokens.is_(None),
+                JournalEntry.usd_cents != student_cents,
+                JournalEntry.teacher_usd_cents != teacher_cents,
+            ),
         )
-        .order_by(values.c.entry_id)
-        .limit(MOST)
-    ).all()
+    )
+    rows = db.session.execute(first(wrong, "entry_id")).all()
     return [
         Violation(
             "entry-value-mismatch",

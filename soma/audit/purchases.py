@@ -1,8 +1,10 @@
 """The audit's checks of purchases (SPEC §2.10): every paid purchase credited exactly once;
 every refund and dispute's tokens held back as its record says, and the status it makes.
 
-The credit check finds the wrong purchases in SQL. The reversal checks aggregate in SQL
-and read, in Python, only purchases with reversals or refunds (a few), one at a time.
+The credit check and the check of refund entries against reversals find the wrong
+purchases in SQL (the entries' and the reversals' totals side by side, at most MOST
+returned). The status check reads, in Python, only purchases with reversals or refunds
+(a few), one at a time, since the status they make is soma.purchases.reversals' rule.
 In an incremental run they look at the purchases named by an entry in scope (directly
 or through a reversal), those made since the checkpoint, those whose `updated_at` (set
 on every status change) is since it, and those whose reversals are new, or were made or
@@ -10,7 +12,7 @@ resolved since it. An edit of an old purchase that leaves `updated_at` alone is 
 `--full`.
 """
 
-from sqlalchemy import and_, case, func, or_, select, true
+from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select, true, union_all
 
 from soma.audit.checkpoint import FULL, Scope
 from soma.audit.violation import MOST, Violation
@@ -145,8 +147,12 @@ def reversal_entries_match_their_reversals(scope: Scope = FULL) -> list[Violatio
         if scope.full
         else or_(owner.in_(scoped), and_(owner.is_(None), scope.entries(JournalEntry.id)))
     )
-    netted = db.session.execute(
-        select(owner, Wallet.code, func.sum(Posting.amount))
+    netted = (
+        select(
+            owner.label("purchase_id"),
+            Wallet.code.label("code"),
+            func.sum(Posting.amount).label("amount"),
+        )
         .select_from(JournalEntry)
         .join(Posting, Posting.entry_id == JournalEntry.id)
         .join(Wallet, Wallet.id == Posting.wallet_id)
@@ -159,38 +165,57 @@ def reversal_entries_match_their_reversals(scope: Scope = FULL) -> list[Violatio
             in_scope,
         )
         .group_by(owner, Wallet.code)
-    ).all()
-    found: list[Violation] = []
-    moved: dict[int, list[int]] = {}
-    for purchase_id, code, amount in netted:
-        if purchase_id is None:
-            found.append(
-                Violation("reversal-stray", f"{amount} tokens refunded to {code} for no reversal")
-            )
-            continue
-        moved.setdefault(purchase_id, [0, 0])[PARTS[code]] += int(amount)
-    held = {
-        purchase_id: [int(tokens), int(bonus)]
-        for purchase_id, tokens, bonus in db.session.execute(
-            select(
-                PurchaseReversal.purchase_id,
-                func.sum(PurchaseReversal.tokens_taken),
-                func.sum(PurchaseReversal.bonus_taken),
-            )
-            .where(true() if scope.full else PurchaseReversal.purchase_id.in_(scoped))
-            .group_by(PurchaseReversal.purchase_id)
+        .subquery()
+    )
+    issuance, promotions = list(PARTS)
+    found = [
+        Violation("reversal-stray", f"{amount} tokens refunded to {code} for no reversal")
+        for code, amount in db.session.execute(
+            select(netted.c.code, netted.c.amount)
+            .where(netted.c.purchase_id.is_(None))
+            .order_by(netted.c.code)
         )
-    }
-    for purchase_id in sorted(set(moved) | set(held)):
-        entries, records = moved.get(purchase_id, [0, 0]), held.get(purchase_id, [0, 0])
-        if entries != records:
-            found.append(
-                Violation(
-                    "reversal-entries",
-                    f"purchase {purchase_id}'s refund entries hold back {entries[0]} tokens and "
-                    f"{entries[1]} bonus, its reversals say {records[0]} and {records[1]}",
-                )
-            )
+    ]
+
+    def zero(name: str):
+        return literal(0, BigInteger).label(name)
+
+    # Per purchase, what its entries held back and what its reversals say, side by side.
+    sides = union_all(
+        select(
+            netted.c.purchase_id,
+            case((netted.c.code == issuance, netted.c.amount), else_=0).label("tokens"),
+            case((netted.c.code == promotions, netted.c.amount), else_=0).label("bonus"),
+            zero("tokens_taken"),
+            zero("bonus_taken"),
+        ).where(netted.c.purchase_id.is_not(None)),
+        select(
+            PurchaseReversal.purchase_id,
+            zero("tokens"),
+            zero("bonus"),
+            PurchaseReversal.tokens_taken,
+            PurchaseReversal.bonus_taken,
+        ).where(true() if scope.full else PurchaseReversal.purchase_id.in_(scoped)),
+    ).subquery()
+    totals = [
+        cast(func.sum(sides.c[name]), BigInteger)
+        for name in ("tokens", "bonus", "tokens_taken", "bonus_taken")
+    ]
+    rows = db.session.execute(
+        select(sides.c.purchase_id, *totals)
+        .group_by(sides.c.purchase_id)
+        .having(or_(totals[0] != totals[2], totals[1] != totals[3]))
+        .order_by(sides.c.purchase_id)
+        .limit(MOST)
+    )
+    found += [
+        Violation(
+            "reversal-entries",
+            f"purchase {purchase_id}'s refund entries hold back {tokens} tokens and "
+            f"{bonus} bonus, its reversals say {tokens_taken} and {bonus_taken}",
+        )
+        for purchase_id, tokens, bonus, tokens_taken, bonus_taken in rows
+    ]
     return found
 
 

@@ -18,9 +18,9 @@ the checkpoint, those whose `updated_at` (set on every status change) is since i
 every one still open (requested or processing: the stuck check reads those anyway); the
 entries it reads are theirs and those in scope. The fee total is then the scoped
 withdrawals' (the same sum, split). An edit of an old finished withdrawal that leaves
-`updated_at` alone is left to `--full`. The settlement check reads the scoped
-withdrawals' entries into Python, grouped by withdrawal (withdrawals are few next to
-entries); the others find the wrong ones in SQL.
+`updated_at` alone is left to `--full`. Every check finds the wrong withdrawals in SQL
+(at most MOST); the settlement check then reads the entries and legs of those alone, to
+say in Python what is wrong with each.
 """
 
 from collections import defaultdict
@@ -78,8 +78,153 @@ def _entries_in_scope(scope: Scope):
     return or_(JournalEntry.reference_id.in_(scoped), scope.entries(JournalEntry.id))
 
 
-def _entries_by_withdrawal(scope: Scope) -> dict[int, dict[str, list[tuple[int, int]]]]:
-    """{withdrawal id: {kind: [(entry id, tokens)]}} of the entries that name a withdrawal.
+def _count(condition):
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _total(condition, amount=Posting.amount):
+    return func.coalesce(func.sum(case((condition, amount), else_=0)), 0)
+
+
+def _legs_hold(sign, user_leg: bool):
+    """SQL, over one entry's postings joined to their wallets and its withdrawal: the
+    platform legs are exactly redemption `sign` x (tokens - fee tokens) and, when there
+    is a fee, fees `sign` x fee tokens; with `user_leg`, the user legs are exactly the
+    withdrawal's teacher's available `-sign` x tokens (see _platform_legs)."""
+    code = Wallet.code
+    platform = [PlatformAccount.REDEMPTION.value, PlatformAccount.FEES.value]
+    redemption, fees = code == platform[0], code == platform[1]
+    has_fee = Withdrawal.fee_tokens != 0
+    holds = and_(
+        _count(redemption) > 0,
+        _total(redemption) == sign * (Withdrawal.tokens - Withdrawal.fee_tokens),
+        _count(and_(code.is_not(None), code.not_in(platform))) == 0,
+        or_(
+            and_(has_fee, _count(fees) > 0, _total(fees) == sign * Withdrawal.fee_tokens),
+            and_(~has_fee, _count(fees) == 0),
+        ),
+    )
+    if not user_leg:
+        return holds
+    own = and_(
+        code.is_(None),
+        Wallet.user_id == Withdrawal.user_id,
+        Posting.bucket == Bucket.AVAILABLE.value,
+    )
+    other_user = and_(
+        code.is_(None),
+        or_(
+            Wallet.user_id.is_distinct_from(Withdrawal.user_id),
+            Posting.bucket != Bucket.AVAILABLE.value,
+        ),
+    )
+    return and_(
+        holds,
+        _count(own) > 0,
+        _total(own) == -sign * Withdrawal.tokens,
+        _count(other_user) == 0,
+    )
+
+
+def _settlements(scope: Scope):
+    """A subquery, per withdrawal named by an entry in scope, of its entries' counts by
+    kind, its hold's id and tokens, its closing entry (the newest paid or release one),
+    and how many of its entries move the wrong tokens or send them to the wrong wallets."""
+    kind = JournalEntry.kind
+    # Per entry: whether it is wrong in itself (a payout's or a reversal's legs, a
+    # closing entry's or a reversal's tokens).
+    wrong = case(
+        (and_(kind == PAID, ~_legs_hold(1, user_leg=False)), 1),
+        (and_(kind == REVERSAL, ~_legs_hold(-1, user_leg=True)), 1),
+        else_=0,
+    )
+    entries = (
+        select(
+            JournalEntry.id,
+            kind.label("kind"),
+            JournalEntry.tokens,
+            JournalEntry.reference_id,
+            Withdrawal.tokens.label("due"),
+            wrong.label("wrong_legs"),
+        )
+        .join(Withdrawal, Withdrawal.id == JournalEntry.reference_id)
+        .outerjoin(Posting, Posting.entry_id == JournalEntry.id)
+        .outerjoin(Wallet, Wallet.id == Posting.wallet_id)
+        .where(NAMES_A_WITHDRAWAL, _entries_in_scope(scope))
+        .group_by(
+            JournalEntry.id,
+            kind,
+            JournalEntry.tokens,
+            JournalEntry.reference_id,
+            Withdrawal.id,
+            Withdrawal.tokens,
+            Withdrawal.fee_tokens,
+            Withdrawal.user_id,
+        )
+        .subquery()
+    )
+    e = entries.c
+    e_closing = e.kind.in_((PAID, RELEASE))
+    return (
+        select(
+            e.reference_id.label("withdrawal_id"),
+            _count(e.kind == HOLD).label("holds"),
+            func.max(case((e.kind == HOLD, e.id))).label("hold_id"),
+            func.max(case((e.kind == HOLD, e.tokens))).label("hold_tokens"),
+            _count(e.kind == PAID).label("paid"),
+            _count(e.kind == RELEASE).label("released"),
+            _count(e.kind == REVERSAL).label("reversals"),
+            _count(e.kind.not_in(KINDS)).label("others"),
+            func.max(case((e_closing, e.id))).label("closing_id"),
+            _count(and_(e_closing, e.tokens != e.due)).label("closing_wrong"),
+            _count(and_(e.kind == PAID, e.wrong_legs == 1)).label("payouts_wrong"),
+            _count(and_(e.kind == REVERSAL, or_(e.wrong_legs == 1, e.tokens != e.due))).label(
+                "reversals_wrong"
+            ),
+        )
+        .group_by(e.reference_id)
+        .subquery()
+    )
+
+
+def _unsettled(scope: Scope) -> list[int]:
+    """The ids of the withdrawals in scope that withdrawals_settled_exactly_once words
+    (at most MOST), found in SQL."""
+    s = _settlements(scope)
+    status = Withdrawal.status
+    expected_reversals = case(
+        (and_(status == WithdrawalStatus.PAID.value, Withdrawal.reversed_at.is_not(None)), 1),
+        else_=0,
+    )
+    expected_paid = case((status == WithdrawalStatus.PAID.value, 1), else_=0)
+    expected_released = case((status.in_(RELEASED_STATUSES), 1), else_=0)
+    counted = {column.name: func.coalesce(column, 0) for column in s.c}
+    wrong = or_(
+        counted["reversals"] != expected_reversals,
+        counted["reversals_wrong"] != 0,
+        counted["others"] != 0,
+        counted["holds"] != 1,
+        s.c.hold_id.is_distinct_from(Withdrawal.hold_entry_id),
+        s.c.hold_tokens.is_distinct_from(Withdrawal.tokens),
+        counted["paid"] != expected_paid,
+        counted["released"] != expected_released,
+        Withdrawal.closed_entry_id.is_distinct_from(s.c.closing_id),
+        counted["closing_wrong"] != 0,
+        counted["payouts_wrong"] != 0,
+    )
+    return list(
+        db.session.scalars(
+            select(Withdrawal.id)
+            .outerjoin(s, s.c.withdrawal_id == Withdrawal.id)
+            .where(_in_scope(scope), wrong)
+            .order_by(Withdrawal.id)
+            .limit(MOST)
+        )
+    )
+
+
+def _entries_by_withdrawal(ids: list[int]) -> dict[int, dict[str, list[tuple[int, int]]]]:
+    """{withdrawal id: {kind: [(entry id, tokens)]}} of the entries naming withdrawals `ids`.
 
     (The ledger's own operations may hold and close a withdrawal hold naming nothing,
     as its tests do; the ledger's checks cover those. Every entry the withdrawal service
@@ -87,7 +232,7 @@ def _entries_by_withdrawal(scope: Scope) -> dict[int, dict[str, list[tuple[int, 
     """
     rows = db.session.execute(
         select(JournalEntry.id, JournalEntry.kind, JournalEntry.tokens, JournalEntry.reference_id)
-        .where(NAMES_A_WITHDRAWAL, _entries_in_scope(scope))
+        .where(NAMES_A_WITHDRAWAL, JournalEntry.reference_id.in_(ids))
         .order_by(JournalEntry.id)
     ).all()
     found: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -96,14 +241,14 @@ def _entries_by_withdrawal(scope: Scope) -> dict[int, dict[str, list[tuple[int, 
     return found
 
 
-def _platform_legs(scope: Scope, kind: str = PAID) -> dict[int, dict[str, int]]:
+def _platform_legs(ids: list[int], kind: str = PAID) -> dict[int, dict[str, int]]:
     """{entry id: {platform account code, or "user:<id>:<bucket>": tokens}} of the `kind`
-    entries naming a withdrawal: where each payout's (or reversal's) tokens went."""
+    entries naming withdrawals `ids`: where each payout's (or reversal's) tokens went."""
     rows = db.session.execute(
         select(Posting.entry_id, Wallet.code, Wallet.user_id, Posting.bucket, Posting.amount)
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(JournalEntry.kind == kind, NAMES_A_WITHDRAWAL, _entries_in_scope(scope))
+        .where(JournalEntry.kind == kind, NAMES_A_WITHDRAWAL, JournalEntry.reference_id.in_(ids))
     ).all()
     legs: dict[int, dict[str, int]] = defaultdict(dict)
     for entry_id, code, user_id, bucket, amount in rows:
@@ -118,9 +263,31 @@ def withdrawals_settled_exactly_once(scope: Scope = FULL) -> list[Violation]:
     """Each withdrawal held its tokens once (the hold it names); a paid one retired exactly
     them once (its fee tokens to fees, the rest to redemption); a failed or rejected one
     released exactly them once; one still requested or processing has only its hold. Every
-    entry that names a withdrawal is of a withdrawal's kinds and names one that exists."""
-    entries, found = _entries_by_withdrawal(scope), []
-    legs, reversal_legs = _platform_legs(scope), _platform_legs(scope, REVERSAL)
+    entry that names a withdrawal is of a withdrawal's kinds and names one that exists.
+
+    SQL finds the wrong withdrawals (at most MOST); Python reads only theirs to word them."""
+    ids = _unsettled(scope)
+    found = _word_settlements(ids) if ids else []
+    orphans = db.session.scalars(
+        select(JournalEntry.reference_id)
+        .where(
+            NAMES_A_WITHDRAWAL,
+            _entries_in_scope(scope),
+            ~select(Withdrawal.id).where(Withdrawal.id == JournalEntry.reference_id).exists(),
+        )
+        .group_by(JournalEntry.reference_id)
+        .order_by(JournalEntry.reference_id)
+        .limit(MOST)
+    )
+    for withdrawal_id in orphans:
+        found.append(f"withdrawal entries name withdrawal {withdrawal_id}, which does not exist")
+    return [Violation("withdrawal-settlement", detail) for detail in found[:MOST]]
+
+
+def _word_settlements(ids: list[int]) -> list[str]:
+    """What is wrong with each of withdrawals `ids` (found wrong by _unsettled)."""
+    entries, found = _entries_by_withdrawal(ids), []
+    legs, reversal_legs = _platform_legs(ids), _platform_legs(ids, REVERSAL)
     withdrawals = db.session.execute(
         select(
             Withdrawal.id,
@@ -132,14 +299,12 @@ def withdrawals_settled_exactly_once(scope: Scope = FULL) -> list[Violation]:
             Withdrawal.user_id,
             Withdrawal.reversed_at,
         )
-        .where(_in_scope(scope))
+        .where(Withdrawal.id.in_(ids))
         .order_by(Withdrawal.id)
     ).all()
-    known = set()
     for row in withdrawals:
         withdrawal_id, status, tokens, fee_tokens, hold_entry_id, closed_by = row[:6]
         user_id, reversed_at = row[6:]
-        known.add(withdrawal_id)
         mine = entries.get(withdrawal_id, {})
         holds, paid, released = mine.get(HOLD, []), mine.get(PAID, []), mine.get(RELEASE, [])
         reversals = mine.get(REVERSAL, [])
@@ -194,9 +359,7 @@ def withdrawals_settled_exactly_once(scope: Scope = FULL) -> list[Violation]:
                 found.append(
                     f"{what}: payout entry {entry_id} sent {went} to the platform, not {expected}"
                 )
-    for withdrawal_id in sorted(set(entries) - known):
-        found.append(f"withdrawal entries name withdrawal {withdrawal_id}, which does not exist")
-    return [Violation("withdrawal-settlement", detail) for detail in found[:MOST]]
+    return found
 
 
 def withdrawal_fees_add_up(scope: Scope = FULL) -> list[Violation]:

@@ -367,3 +367,104 @@ def test_a_gift_committed_after_the_checkpoint_with_a_smaller_id_is_still_in_sco
     )
     assert expected in run_audit()
     assert expected in run_audit(full=True)
+
+
+# The checkpoint's MAC ------------------------------------------------------------------------
+
+
+def forge_checkpoint(checkpoint_id: int, wallet_id: int, tokens: int, mac) -> None:
+    """Do what someone who can write the database could: invent `tokens` in a wallet, then
+    make checkpoint `checkpoint_id` say it proved that balance (its wallet row, its wallet
+    digest) and seal it with `mac` (a function of the checkpoint)."""
+    db.session.execute(
+        text("UPDATE wallets SET available = available + :t WHERE id = :w"),
+        {"t": tokens, "w": wallet_id},
+    )
+    db.session.execute(
+        text(
+            "UPDATE audit_checkpoint_wallets SET available = available + :t "
+            "WHERE checkpoint_id = :c AND wallet_id = :w"
+        ),
+        {"t": tokens, "c": checkpoint_id, "w": wallet_id},
+    )
+    forged = db.session.get(AuditCheckpoint, checkpoint_id)
+    forged.wallets, forged.wallets_digest = checkpoint.wallets_digest(checkpoint_id)
+    forged.hash = mac(forged)
+    db.session.commit()
+
+
+def unkeyed_hash(forged: AuditCheckpoint) -> str:
+    """The checkpoint's hash as it was before it was keyed: SHA-256 of its fields, which
+    anyone who can read the code and the database can recompute."""
+    import hashlib
+
+    fields = (
+        forged.previous_hash,
+        forged.previous_id,
+        forged.id,
+        forged.created_at.isoformat(),
+        int(forged.full),
+        *(getattr(forged, name) for name in checkpoint.THROUGH),
+        forged.wallets,
+        forged.wallets_digest,
+    )
+    return hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()
+
+
+def test_a_checkpoint_forged_without_the_key_does_not_hide_invented_tokens(ctx):
+    people = activity("one")
+    audit()
+    newest = audit().checkpoint_id  # incremental: it follows the first
+    student = wallet_of(people["student"])
+    forge_checkpoint(newest, student.id, 1000, unkeyed_hash)
+    assert db.session.get(AuditCheckpoint, newest).hash == unkeyed_hash(
+        db.session.get(AuditCheckpoint, newest)
+    )
+
+    result = audit()
+    assert result.full is True  # the MAC failed: nothing the checkpoint says is trusted
+    invented = Violation(
+        "balance-mismatch",
+        f"wallet {student.id} (user {people['student']}) holds "
+        f"{student.available} available and 0 locked, but its postings sum to "
+        f"{student.available - 1000} and 0",
+    )
+    assert result.violations == [
+        Violation("audit-checkpoint", f"checkpoint {newest}'s content does not hash to its hash"),
+        invented,
+    ]
+    assert result.checkpoint_id is None
+    assert checkpoints()[-1].id == newest
+
+
+def test_only_the_key_seals_a_checkpoint(ctx):
+    """The same forgery sealed with the app's own key is trusted by an incremental run
+    (which is why the key is kept out of the database); `--full` still finds it."""
+    people = activity("one")
+    newest = audit().checkpoint_id
+    student = wallet_of(people["student"])
+    forge_checkpoint(newest, student.id, 1000, checkpoint.checkpoint_hash)
+    assert run_audit() == []
+    assert [violation.check for violation in run_audit(full=True)] == ["balance-mismatch"]
+
+
+def test_a_new_secret_key_sends_the_audit_back_to_a_full_run_until_one_is_clean(app, ctx):
+    activity("one")
+    first = audit().checkpoint_id
+    app.config["SECRET_KEY"] = "a-new-secret-key"
+    activity("two")
+    # Every checkpoint was sealed under the old key: none is trusted.
+    result = audit()
+    assert result.full is True
+    assert result.violations == [
+        Violation("audit-checkpoint", f"checkpoint {first}'s content does not hash to its hash")
+    ]
+    assert result.checkpoint_id is None
+    assert audit().full is True  # still: nothing was written
+    # A full run does not read the checkpoint; clean, it starts the chain under the new key.
+    fresh = audit(full=True)
+    assert (fresh.violations, fresh.full) == ([], True)
+    activity("three")
+    after = audit()
+    assert (after.violations, after.full) == ([], False)
+    assert checkpoints()[-1].previous_id == fresh.checkpoint_id

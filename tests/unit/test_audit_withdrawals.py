@@ -393,3 +393,63 @@ def test_a_reversed_withdrawal_put_back_to_processing_is_named(ctx, clock):
     assert "withdrawal-hold-closed" in checks(violations)
     assert f"withdrawal {ids['reversed']} (processing) is marked reversed" in str(violations)
     assert f"withdrawal {ids['reversed']} (processing) is open, but its hold" in str(violations)
+
+
+def settlement(violations) -> list[str]:
+    return [v.detail for v in violations if v.check == "withdrawal-settlement"]
+
+
+def test_a_payout_sending_its_tokens_to_another_account_is_named(ctx, clock):
+    ids = every_status(clock)
+    paid = service.fresh(ids["paid"])
+    issuance = db.session.scalar(
+        select(Wallet.id).where(Wallet.code == "issuance", Wallet.shard == 0)
+    )
+    allow_edits("postings")
+    db.session.execute(
+        text(
+            "UPDATE postings SET wallet_id = :issuance, seq = seq + 1000000 "
+            "WHERE entry_id = :entry AND wallet_id IN "
+            "(SELECT id FROM wallets WHERE code = 'redemption')"
+        ),
+        {"issuance": issuance, "entry": paid.closed_entry_id},
+    )
+    db.session.commit()
+    [found] = settlement(run_audit())
+    net = paid.tokens - paid.fee_tokens
+    assert found.startswith(
+        f"withdrawal {paid.id} (paid): payout entry {paid.closed_entry_id} sent {{"
+    )
+    assert f"'issuance': {net}" in found and f"'fees': {paid.fee_tokens}" in found
+    assert found.endswith(
+        f"}} to the platform, not {{'redemption': {net}, 'fees': {paid.fee_tokens}}}"
+    )
+
+
+def test_a_reversal_giving_the_tokens_back_to_someone_else_is_named(ctx, clock):
+    ids = every_status(clock)
+    withdrawal = service.fresh(ids["reversed"])
+    reversal = db.session.scalar(
+        select(Posting.entry_id)
+        .join(Wallet, Wallet.id == Posting.wallet_id)
+        .where(Wallet.user_id == withdrawal.user_id, Posting.kind == EntryKind.ADJUSTMENT.value)
+    )
+    stranger = make_user("student")
+    elsewhere = db.session.scalar(select(Wallet.id).where(Wallet.user_id == stranger.id))
+    allow_edits("postings")
+    db.session.execute(
+        text(
+            "UPDATE postings SET wallet_id = :elsewhere WHERE entry_id = :entry AND wallet_id = "
+            "(SELECT id FROM wallets WHERE user_id = :teacher)"
+        ),
+        {"elsewhere": elsewhere, "entry": reversal, "teacher": withdrawal.user_id},
+    )
+    db.session.commit()
+    [found] = settlement(run_audit())
+    assert found.startswith(f"withdrawal {withdrawal.id} (paid): reversal entry {reversal} moves ")
+    assert f"'user:{stranger.id}:available': {withdrawal.tokens}" in found
+    assert found.endswith(
+        f"({withdrawal.tokens} tokens), not {{'user:{withdrawal.user_id}:available': "
+        f"{withdrawal.tokens}, 'redemption': {-(withdrawal.tokens - withdrawal.fee_tokens)}, "
+        f"'fees': {-withdrawal.fee_tokens}}}"
+    )
