@@ -904,17 +904,25 @@ def _whole_entry_sql(
     # The statement's own constants (0, 'locked', the pricing user types, the
     # words of a memo) are written into the text, so the driver adapts only each
     # entry's values.
+    # In one pass, so a constant's own text is never searched for another's mark. The
+    # dialect's literal processor already doubles a `%` for the driver's paramstyle.
+    constants = {}
     for name, value in compiled.construct_params(ours).items():
         if name in ours:
             continue
         render = compiled.binds[name].type.literal_processor(dialect)
         if render is None:
             raise InvalidPosting(f"cannot write the constant {name} into the statement")
-        sql = sql.replace(f"%({name})s", render(value).replace("%", "%%"))
-    return sql
+        constants[name] = render(value)
+
+    def constant(mark: re.Match) -> str:
+        return constants.get(mark.group(1), mark.group(0))
+
+    return _MARK.sub(constant, sql)
 
 
 _ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
+_MARK = re.compile(r"%\((\w+)\)s")
 
 
 def _one_statement(values: dict, accounts, strict: bool, guard: tuple | None = None) -> str:
