@@ -146,7 +146,9 @@ class TimerPoll:
             shown = tracker.tracker_for(session, viewer, now, limit)
             # What url_for('classes.timer', class_id=..., seen=...) builds (a status is
             # a plain word: nothing in it to quote).
-            root = environ.get("SCRIPT_NAME", "").rstrip("/")
+            # WSGI hands the prefix over as latin-1 text; Werkzeug decodes it as UTF-8.
+            script = environ.get("SCRIPT_NAME", "")
+            root = script.encode("latin-1").decode("utf-8", "replace").rstrip("/")
             poll_url = f"{root}/classes/{session.id}/timer?seen={session.status}"
             template = app.jinja_env.get_template(TEMPLATE)
             body = template.render(tracker=shown, poll_url=poll_url).encode()

@@ -11,8 +11,10 @@ A worker keeps each (viewer, class) read here, and drops it when either row chan
 - each worker holds one connection that LISTENs, in a thread of its own, and
   drops what each notification names;
 - a commit of the worker's own (a SQLAlchemy transaction on its engine) empties
-  the whole cache first, so a request that follows a change in the same worker
-  never waits for the notification;
+  the whole cache, before the database commits and again once its connection is
+  back in the pool, so a request that follows a change in the same worker never
+  waits for the notification (a poll read while the commit was under way is not
+  kept past it);
 - a read begun before a change is never kept after it: a read is stored only if
   no notification naming its class or viewer (and no emptying) came since it
   began;
@@ -48,6 +50,8 @@ PING_SECONDS = 1.0
 MAX_ENTRIES = 50_000  # emptied when full
 RECENT = 1024  # notifications remembered, to refuse a read that began before one
 RETRY_SECONDS = (0.5, 1, 2, 5)
+TRIGGERS = ["class_sessions_timer_notify", "users_timer_notify"]  # migration 0026
+_COMMITTED = "soma_timer_committed"  # a connection's mark: it committed since its checkout
 
 
 class PollCache:
@@ -66,6 +70,7 @@ class PollCache:
         self._pid = None
         self.listening = threading.Event()  # set once LISTEN is in place (tests wait on it)
         event.listen(engine, "commit", self._on_commit)
+        event.listen(engine, "checkin", self._on_checkin)
 
     # The poll's side ---------------------------------------------------------------------
 
@@ -146,8 +151,17 @@ class PollCache:
         self._by_class.clear()
         self._by_user.clear()
 
-    def _on_commit(self, _connection) -> None:
+    def _on_commit(self, connection) -> None:
+        # SQLAlchemy says so before the database commits; a poll of another thread may
+        # read the rows as they were in between and store them. So the cache is emptied
+        # again once the connection is back in the pool, its commit done: anything read
+        # before then is dropped, or refused by `put` (its mark is older).
+        connection.info[_COMMITTED] = True
         self.empty()
+
+    def _on_checkin(self, _dbapi_connection, record) -> None:
+        if record is not None and record.info.pop(_COMMITTED, False):
+            self.empty()
 
     # The listener --------------------------------------------------------------------------
 
@@ -181,6 +195,10 @@ class PollCache:
             self.listening.set()
 
 
+class MissingTriggers(Exception):
+    """The database has no triggers to notify the cache (migration 0026 not applied)."""
+
+
 def _listen(ref, url: str) -> None:
     """The listener thread: LISTEN, apply each notification, check the connection; on any
     failure stop serving, and try again. Ends when its cache is gone."""
@@ -188,6 +206,17 @@ def _listen(ref, url: str) -> None:
     while ref() is not None:
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+                # Without the triggers (the code is newer than the database: run `flask
+                # db upgrade`) nothing would ever be heard: keep serving nothing.
+                found = connection.execute(
+                    "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s) AND tgenabled <> 'D'",
+                    (TRIGGERS,),
+                ).fetchone()[0]
+                if found != len(TRIGGERS):
+                    raise MissingTriggers(
+                        "the timer cache's triggers are missing (flask db upgrade): "
+                        "every poll reads the database"
+                    )
                 connection.execute(f"LISTEN {CHANNEL}")
                 cache = ref()
                 if cache is None:
@@ -205,7 +234,12 @@ def _listen(ref, url: str) -> None:
                     if ref() is None:
                         return
                     connection.execute("SELECT 1")
-        except Exception:  # the connection failed, or the database is gone
+        except MissingTriggers as missing:
+            if attempt == 0:
+                log.warning("%s", missing)
+        except Exception as error:  # the connection failed, or the database is gone
+            if attempt == 0:  # once per outage; every poll reads the database meanwhile
+                log.warning("timer cache listener lost its connection: %s", error)
             log.debug("timer cache listener lost its connection", exc_info=True)
         cache = ref()
         if cache is None:

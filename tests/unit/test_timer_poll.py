@@ -600,3 +600,40 @@ def test_the_cache_stops_serving_when_its_connection_is_lost(app, cached):
     assert cached.cache.get(cached.ids["sam"], cached.class_id) is None
     answer = poll(cached.clients["sam"], cached.class_id)
     assert "In progress Elapsed 01:15" in text_of(answer.get_data(as_text=True))
+
+
+def test_without_its_triggers_the_cache_serves_nothing_and_says_so(app, clock, caplog):
+    """Code newer than its database (migration 0026 not applied, or its triggers turned
+    off): LISTEN would hear nothing, so the cache never serves, every poll reads, and
+    the worker's log says why."""
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        pytest.skip("no notifications on SQLite: nothing is kept")
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    with app.app_context():
+        student = make_funded_user(25, email="sam@example.com")
+        class_id = make_class(student, make_user("teacher"), "in_progress").id
+        student_id = student.id
+        db.session.execute(db.text("ALTER TABLE class_sessions DISABLE TRIGGER USER"))
+        db.session.commit()
+    clock.now = clock.now.replace(minute=5, second=0) + timedelta(seconds=75)
+    cached_app = make_app(url, TIMER_POLL_CACHE="1", SOMA_CLOCK=clock)
+    try:
+        client = cached_app.test_client()
+        assert AuthActions(client).login("sam@example.com").status_code == 302
+        with caplog.at_level("WARNING", logger="soma.classes.poll_cache"):
+            assert poll(client, class_id).status_code == 200  # starts the listener
+            with cached_app.app_context():
+                cache = cached_app.wsgi_app.cache()
+            assert wait_until(lambda: "triggers are missing" in caplog.text)
+        assert not cache.live
+        for _ in range(3):
+            answer = poll(client, class_id)
+            assert "In progress Elapsed 01:15" in text_of(answer.get_data(as_text=True))
+        assert cache.get(student_id, class_id) is None
+    finally:
+        with app.app_context():
+            db.session.execute(db.text("ALTER TABLE class_sessions ENABLE TRIGGER USER"))
+            db.session.commit()
+        with cached_app.app_context():
+            db.session.remove()
+            db.engine.dispose()
