@@ -63,7 +63,7 @@ from _common import (
 ENTRIES = int(os.environ.get("SOMA_BENCH_ADMIN_ENTRIES", quick(10_000_000, 100_000))) // 100 * 100
 # The generator's version: part of the kept database's name (with the migration head and
 # ENTRIES), so that a change to the SQL below builds it again.
-GENERATOR = "big-2"
+GENERATOR = "big-3"
 STUDENTS = 20_000
 TEACHERS = 2_000
 PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
@@ -75,9 +75,10 @@ LOADERS = 2  # connections loading at once (the machine's cores)
 # Who a leg moves: the platform's accounts, or the block's people (see WHO).
 ISSUANCE, STUDENT, NEIGHBOUR, TEACHER, LONG, WITHDRAWER, REDEMPTION, FEES = range(1, 9)
 # A block's variant, by b: a withdrawal block (b % 10 = 0), the long-serving teacher's
-# (b % 10 = 3: its first class), a refund block (b % 50 = 1), or a plain one.
+# (b % 125 = 3: its first class, about 22 a day), a refund block (b % 50 = 1), or a plain
+# one.
 PLAIN, WITHDRAWAL, LONG_CLASS, REFUND = range(4)
-VARIANT = """CASE WHEN b %% 10 = 0 THEN 1 WHEN b %% 10 = 3 THEN 2 WHEN b %% 50 = 1 THEN 3
+VARIANT = """CASE WHEN b %% 10 = 0 THEN 1 WHEN b %% 125 = 3 THEN 2 WHEN b %% 50 = 1 THEN 3
     ELSE 0 END"""
 
 
@@ -163,7 +164,7 @@ FROM generate_series(%(lo)s, %(hi)s - 1) AS b
 JOIN {rows} ON t.variant = """
     + VARIANT
     + """
-CROSS JOIN LATERAL (SELECT 10 * b + t.j AS id,
+CROSS JOIN LATERAL (SELECT %(first)s + 10 * b + t.j AS id,
     %(start)s + (10 * b + t.j) * %(step)s::bigint * interval '1 microsecond' AS at) AS e
 """
 )
@@ -216,12 +217,65 @@ WHERE t.kind = 'class_settle'
 """
 )
 
+# The long-serving teacher's years before the year: first a purchase of 1,000 tokens for
+# each student (entries 1..S), then `before` one-hour classes one every 65 minutes up to
+# the year's start, class k (1..before) with student k mod S: its hold S + 2k - 1, its
+# settle S + 2k. The year's entries come after them (ids from `first` + 1).
+BEFORE_SQL = [
+    """
+INSERT INTO journal_entries (id, kind, idempotency_key, request_digest, tokens, usd_cents,
+    teacher_usd_cents, reference_type, reference_id, closes_entry_id, memo, created_at)
+SELECT s, 'purchase', 'bench-admin-' || s, to_hex(s), 1000, 10000, 4000, NULL, NULL, NULL, '',
+    %(origin)s - interval '1 day'
+FROM generate_series(1, %(students)s) AS s
+UNION ALL
+SELECT %(students)s + 2 * k - 2 + h, kind, 'bench-admin-' || (%(students)s + 2 * k - 2 + h),
+    to_hex(%(students)s + 2 * k - 2 + h), 10, 100, 40, 'class', %(students)s + 2 * k - 1,
+    CASE WHEN h = 2 THEN %(students)s + 2 * k - 1 END, '',
+    %(origin)s + (k - 1) * interval '65 minutes' + (h - 1) * interval '60 minutes'
+FROM generate_series(1, %(before)s) AS k,
+    (VALUES (1, 'class_hold'), (2, 'class_settle')) AS t (h, kind)
+""",
+    """
+INSERT INTO postings (id, entry_id, wallet_id, bucket, amount, available_after, locked_after,
+    kind, created_at, seq, hash)
+SELECT 3 * s + n, s, wallet_id, 'available', amount, 0, 0, 'purchase',
+    %(origin)s - interval '1 day', 3 * s + n, to_hex(s) || '-' || n
+FROM generate_series(1, %(students)s) AS s,
+    LATERAL (VALUES (0, %(issuance)s, -1000), (1, %(student0)s + s - 1, 1000))
+        AS leg (n, wallet_id, amount)
+UNION ALL
+SELECT 3 * e + n, e, CASE WHEN who = 0 THEN %(student0)s + k %% %(students)s ELSE %(long)s END,
+    bucket, amount, 0, 0, kind,
+    %(origin)s + (k - 1) * interval '65 minutes' + (h - 1) * interval '60 minutes',
+    3 * e + n, to_hex(e) || '-' || n
+FROM generate_series(1, %(before)s) AS k,
+    (VALUES (1, 0, 'class_hold', 0, 'available', -10), (1, 1, 'class_hold', 0, 'locked', 10),
+        (2, 0, 'class_settle', 0, 'locked', -10), (2, 1, 'class_settle', 1, 'available', 10))
+        AS t (h, n, kind, who, bucket, amount),
+    LATERAL (SELECT %(students)s + 2 * k - 2 + h AS e) AS x
+""",
+    """
+INSERT INTO class_sessions (id, booking_key, student_id, teacher_id, title, scheduled_start,
+    scheduled_end, duration_minutes, cost_tokens, status, version, active_seconds,
+    started_at, ended_at, end_reason, hold_entry_id, closing_entry_id, charged_tokens,
+    created_at)
+SELECT id, 'bench-class-' || id, %(student0)s + k %% %(students)s - %(owner)s,
+    %(long)s - %(owner)s, 'Class ' || id, at, at + interval '60 minutes', 60, 10,
+    'completed', 3, 3600, at, at + interval '60 minutes', 'completed', id, id + 1, 10,
+    at - interval '1 day'
+FROM generate_series(1, %(before)s) AS k,
+    LATERAL (SELECT %(students)s + 2 * k - 1 AS id,
+        %(origin)s + (k - 1) * interval '65 minutes' AS at) AS c
+""",
+]
+
 WITHDRAWALS_SQL = """
 INSERT INTO withdrawals (id, key, user_id, method_id, usd_cents, tokens, fee_cents,
     net_cents, fee_tokens, status, version, review_reason, hold_entry_id, closed_entry_id,
     created_at, updated_at, finished_at, attempt)
 SELECT b / 10 + 1, 'bench-withdrawal-' || b, w.user_id, m.id, 200, 50, 50, 150, 12, 'paid',
-    2, '', 10 * b + 9, 10 * b + 10, at, at, at, 1
+    2, '', %(first)s + 10 * b + 9, %(first)s + 10 * b + 10, at, at, at, 1
 FROM generate_series(0, %(blocks)s - 1, 10) AS b
 CROSS JOIN LATERAL (SELECT %(start)s + (10 * b + 10) * %(step)s::bigint * interval '1 microsecond'
         AS at) AS e
@@ -324,8 +378,14 @@ def build(name: str, entries: int) -> None:
             (LONG_EMAIL,),
         ).fetchone()
         restore = drop_secondary_indexes(conn, LOADED_TABLES)
+        # The long-serving teacher: CLASSES classes, those of the year (a block in 125)
+        # and the rest before it, one every 65 minutes.
+        before = entries // 100 - len(range(3, entries // 10, 125))
         params = {
             "blocks": entries // 10,
+            "before": before,
+            "origin": start - before * timedelta(minutes=65),
+            "first": STUDENTS + 2 * before,
             "start": start,
             "step": step,
             "student0": first["student"],
@@ -364,6 +424,8 @@ def build(name: str, entries: int) -> None:
 
         with ThreadPoolExecutor(LOADERS) as pool:
             list(pool.map(load, shares))
+        for statement in BEFORE_SQL:
+            conn.execute(statement, params)
         conn.execute(WITHDRAWALS_SQL, params)
         conn.execute(FAILED_SQL, params)
         _log(parts, "load", started)
