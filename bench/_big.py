@@ -11,11 +11,14 @@ tokens from issuance; three one-hour classes (a hold of 10 tokens, then its sett
 teacher); a gift of 5 tokens to another student, or (one block in fifty) a refund taking
 20 bought tokens back; and a 45-minute class, or (one block in ten) a teacher's
 withdrawal of $2.00 (50 tokens held, then retired: 12 to fees, 38 to redemption) with
-its withdrawals row. The first class of one block in ten is the long-serving teacher's:
-ENTRIES / 100 classes (100,000 at ten million entries). Every class is a completed
-class_sessions row (its id the hold's entry id, the hold and the settle referencing
-it), so the earnings page reads its hours as it would in production. One purchase in a
-thousand blocks failed.
+its withdrawals row. The long-serving teacher has ENTRIES / 100 classes (100,000 at ten
+million entries), about 22 a day: the first class of one block in 125 within the year
+(8,000), and before the year the rest, one every 65 minutes (eleven years; entries
+before the year's, with a purchase of 1,000 tokens for each student first: 204,000
+entries more at ten million). Every class is a completed class_sessions row (its id the
+hold's entry id, the hold and the settle referencing it), so the earnings page reads its
+hours as it would in production. One purchase in a thousand blocks failed. Entry ids
+follow time.
 
 What is exact, because the pages read it: each entry's postings sum to zero; values are
 frozen at the default rates (10 cents a token for students, 4 for teachers); the
