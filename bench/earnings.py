@@ -6,9 +6,10 @@ asserts nothing.
 
 The database is bench/_big.py's, shared with bench/admin.py (which builds it when it is
 missing; so does this file, run alone): ten million journal entries over a year. Its
-long-serving teacher has ENTRIES / 100 classes among them (100,000: one a block in ten,
-about 270 a day), every one a completed class_sessions row with its hold and settle, the
-settle's postings numbered by seq in the teacher's wallet and its values frozen at the
+long-serving teacher has ENTRIES / 100 classes (100,000), about 22 a day: eight
+thousand among the year's entries and the rest in the eleven years before them, every
+one a completed class_sessions row with its hold and settle, the settle's postings
+numbered by seq in the teacher's wallet and its values frozen at the
 teacher rate; its new teacher has none. The app's clock is a minute after the newest
 entry, which is in the last hour of a month: the worst time for the one read that
 depends on the date (last month up to the same point, which is then all of it).
@@ -236,8 +237,9 @@ def main() -> int:
     teachers = teachers_of(name)
     print(
         f"{'built' if built else 'reused'} {name} ({made['entries']:,} entries over a year, "
-        f"shared with bench/admin.py): a teacher with {CLASSES:,} classes (~"
-        f"{CLASSES // 365:,} a day) and a new teacher; the clock {now:%Y-%m-%d %H:%M} UTC"
+        f"shared with bench/admin.py): a teacher with {CLASSES:,} classes (about 22 a day, "
+        f"the last {CLASSES * 2 // 25:,} in that year) and a new teacher; the clock "
+        f"{now:%Y-%m-%d %H:%M} UTC"
         + (f"; built in {seconds:.0f} s" if built else " (kept between runs)")
         + (" [QUICK]" if QUICK else "")
     )
