@@ -209,9 +209,11 @@ def main() -> int:
         postings = conn.execute(
             "SELECT reltuples::bigint FROM pg_class WHERE relname = 'postings'"
         ).fetchone()[0]
+        newest = conn.execute("SELECT max(id) FROM journal_entries").fetchone()[0]
     print(
         f"{'built' if built else 'reused'} {name}: {ENTRIES:,} entries over the year to "
-        f"{made['end_at']:%Y-%m-%d %H:%M} UTC, {STUDENTS:,} students, {USERS_TEACHERS:,} "
+        f"{made['end_at']:%Y-%m-%d %H:%M} UTC ({newest - ENTRIES:,} more before it: the "
+        f"long-serving teacher's earlier years), {STUDENTS:,} students, {USERS_TEACHERS:,} "
         "teachers"
         + (f", in {seconds:.0f} s" if built else " (kept between runs)")
         + (" [QUICK]" if QUICK else "")
@@ -221,7 +223,7 @@ def main() -> int:
         f"  when built: in {made['build_seconds']:.0f} s ({made['parts']}); the first fold "
         f"of every entry into the rollup (what `flask soma metrics` does once, beside the "
         f"index builds) took {made['fold_seconds']:.1f} s, through entry "
-        f"{made['fold_through']:,} (the newest {ENTRIES - made['fold_through']:,} are "
+        f"{made['fold_through']:,} (the newest {newest - made['fold_through']:,} are "
         "younger than the fold's lag and stay in the tail)"
     )
     now = made["end_at"] + timedelta(minutes=1)
