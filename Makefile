@@ -51,14 +51,17 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 
 ## bench: run every bench/*.py in turn on PostgreSQL (SOMA_BENCH_POSTGRES_URL); each table
-## is headed by the file that prints it; the big databases are kept between runs
+## is headed by the file that prints it; the big databases are kept between runs (built
+## when missing: the 10M-entry ledger of admin.py and earnings.py, bench/_big.py, first)
 bench: $(VENV)/.installed-dev
-	@started=$$(date +%s); \
+	@started=$$(date +%s); times=""; \
 	for f in bench/[!_]*.py; do \
 		echo; echo "=== $$f: $$(head -1 $$f | sed 's/^\"\"\"//')"; \
+		began=$$(date +%s); \
 		$(BIN)/python $$f || exit 1; \
+		times="$$times $$(basename $$f .py) $$(( $$(date +%s) - began )) s,"; \
 	done; \
-	echo; echo "make bench$${BENCH_QUICK:+-quick}: every bench in $$(( $$(date +%s) - started )) s"
+	echo; echo "make bench$${BENCH_QUICK:+-quick}: every bench in $$(( $$(date +%s) - started )) s:$${times%,}"
 
 ## bench-quick: the same, each bench one short round on small data (BENCH_QUICK=1): it
 ## shows every table runs; its figures are not the bench's

@@ -346,9 +346,16 @@ def form_fields(page: str, action: str) -> dict:
 
 
 def drop_secondary_indexes(conn, tables: tuple[str, ...]):
-    """Drop `tables`' indexes and unique constraints other than primary keys, for a bulk
+    """Drop `tables`' indexes, unique constraints and unreferenced primary keys, for a bulk
     load (one sort per index afterwards is far faster than millions of random inserts
-    into each); return a function that makes them again, as they were."""
+    into each); return a function that makes them again, as they were.
+
+    `restore()` makes them on `conn`; `restore(apply=False)` returns instead the
+    statements that build each index (CREATE INDEX, CREATE UNIQUE INDEX for a unique
+    constraint: each takes only a SHARE lock, so several run at once, on several
+    connections) and, last, those that attach the constraints to their indexes (ALTER
+    TABLE ... ADD CONSTRAINT ... UNIQUE or PRIMARY KEY USING INDEX: instant, but an
+    exclusive lock), to be run after every index is built."""
     indexes = conn.execute(
         "SELECT i.indexname, i.indexdef FROM pg_indexes i "
         "WHERE i.tablename = ANY(%s) AND i.schemaname = current_schema() AND NOT EXISTS ("
@@ -356,20 +363,41 @@ def drop_secondary_indexes(conn, tables: tuple[str, ...]):
         (list(tables),),
     ).fetchall()
     constraints = conn.execute(
-        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) "
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), "
+        "pg_get_indexdef(c.conindid) "
         "FROM pg_constraint c WHERE c.contype = 'u' AND c.conrelid::regclass::text = ANY(%s)",
+        (list(tables),),
+    ).fetchall()
+    # Primary keys too, where no foreign key refers to the table (postings' say): a
+    # referenced one stays, as dropping it would drop the foreign keys.
+    constraints += conn.execute(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), "
+        "pg_get_indexdef(c.conindid) "
+        "FROM pg_constraint c WHERE c.contype = 'p' AND c.conrelid::regclass::text = ANY(%s) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint f "
+        "WHERE f.contype = 'f' AND f.confrelid = c.conrelid)",
         (list(tables),),
     ).fetchall()
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
-    for table_name, name, _ in constraints:
+    for table_name, name, _, _ in constraints:
         conn.execute(f'ALTER TABLE "{table_name}" DROP CONSTRAINT "{name}"')
 
-    def restore() -> None:
-        for table_name, name, definition in constraints:
-            conn.execute(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{name}" {definition}')
-        for _, definition in indexes:
-            conn.execute(definition)
+    def restore(apply: bool = True) -> tuple[list[str], list[str]] | None:
+        if apply:
+            for table_name, name, definition, _ in constraints:
+                conn.execute(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{name}" {definition}')
+            for _, definition in indexes:
+                conn.execute(definition)
+            return None
+        builds = [index for _, _, _, index in constraints]
+        builds += [definition for _, definition in indexes]
+        attach = [
+            f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{name}" '
+            f'{definition.split(" (", 1)[0]} USING INDEX "{name}"'
+            for table_name, name, definition, _ in constraints
+        ]
+        return builds, attach
 
     return restore
 

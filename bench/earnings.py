@@ -1,237 +1,58 @@
-"""Benchmark the teacher's earnings dashboard on PostgreSQL: a teacher with a long
-history against a new one.
+"""Benchmark the teacher's earnings dashboard on PostgreSQL, on the big marketplace
+database: a teacher with a long history against a new one.
 
 Run by `make bench` (or `.venv/bin/python bench/earnings.py`). It prints figures, it
 asserts nothing.
 
-One database holds a teacher with CLASSES classes (completed, every tenth ended
-early, one every SPACING_MINUTES so that the last ends an hour before NOW: about 22 a
-day, twelve years back), their students, and a new teacher with none. The app's clock
-is NOW, the last hour of last month: the worst time for the one read that depends on
-the date (last month up to the same point, which is then all of it). Along the way the
-teacher rate changed twice, so the frozen values differ by era. The rows are built in
-SQL (see HISTORY_SQL), as the ledger and the class service would have written them:
-each class a booked, started and finished class_sessions row with its hold and its
-settle, each entry's postings summing to zero, each posting's balances after its
-entry, each wallet's postings numbered by seq, the entries' values frozen at the
-pricing in force at their time, the wallets' balances the sums of their postings.
-The hashes are stand-ins and class events are left out: the dashboard reads neither,
-and the audit is not run on this database.
+The database is bench/_big.py's, shared with bench/admin.py (which builds it when it is
+missing; so does this file, run alone): ten million journal entries over a year. Its
+long-serving teacher has ENTRIES / 100 classes (100,000), about 22 a day: eight
+thousand among the year's entries and the rest in the eleven years before them, every
+one a completed class_sessions row with its hold and settle, the settle's postings
+numbered by seq in the teacher's wallet and its values frozen at the
+teacher rate; its new teacher has none. The app's clock is a minute after the newest
+entry, which is in the last hour of a month: the worst time for the one read that
+depends on the date (last month up to the same point, which is then all of it).
 
 Printed: GET /earnings through the Flask test client (server time: routing, the
 session's user, the queries, the template), and the service's queries alone
-(`earnings_of`), for each teacher, median of REPEATS alternating runs, and their
-ratios (target close to 1); then each query's plan with its server time and buffers.
+(`earnings_of`), for each teacher, median of REPEATS alternating runs after two
+discarded, their ratios (target TARGET) and the database backends' CPU per view; then
+each query's plan with its server time and buffers.
 
 Settings (environment):
     SOMA_BENCH_POSTGRES_URL     server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_EARNINGS_CLASSES classes of the long-serving teacher (100000; 5000 with
-                                BENCH_QUICK=1)
+    SOMA_BENCH_ADMIN_ENTRIES    entries in the big database (10000000; 100000 with
+                                BENCH_QUICK=1): the long-serving teacher has a hundredth
 
-The database is kept between runs (`_common.cached_database`: its name is a digest of the
-migration head, GENERATOR, CLASSES and NOW, so a new month or schema builds it again and
-drops the stale one); each run first empties the earnings checkpoints, so that the first
-view builds them as on a fresh database.
+Each run first empties the earnings checkpoints (the big database is kept between runs),
+so that the first view builds them as on a fresh database.
 """
 
-import os
 import statistics
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import psycopg
+from _big import ENTRIES, LONG_EMAIL, NEW_EMAIL, PASSWORD, big_database, meta
 from _common import (
     QUICK,
     SERVER_URL,
     ServerCPU,
-    cached_database,
     libpq_url,
     make_app,
-    platform_wallet,
     quick,
     verdict,
 )
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
-CLASSES = int(os.environ.get("SOMA_BENCH_EARNINGS_CLASSES", quick(100_000, 5_000)))
-GENERATOR = "2"  # part of the kept database's name: change it when HISTORY_SQL changes
+CLASSES = ENTRIES // 100
 TARGET = 1.25  # the long-serving teacher's page takes at most this times the new one's
-SPACING_MINUTES = 65
-STUDENTS = 40
 REPEATS = quick(31, 3)
-PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
-# The app's clock for the bench: the last hour of last month, when a view reads the most of
-# the month before (growth compares with last month up to the same point: all of it, here).
-NOW = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
-    hours=1
-)
 
-HISTORY_SQL = """
--- Teacher rates over the years: v1 (4 c a token, from the migrations), then v2 and v3.
-INSERT INTO token_pricing (user_type, version, tokens, usd_cents, class_tokens_per_hour,
-    effective_at, created_at)
-VALUES ('teacher', 2, 10, 45, 10, %(base)s + interval '4 years', %(base)s),
-       ('teacher', 3, 10, 50, 10, %(base)s + interval '8 years', %(base)s);
-
--- Class k (1..n) of student s = k mod S: 30, 45 or 60 minutes (cost 5, 8, 10 tokens),
--- starting every SPACING minutes; every tenth ended early half-way (charge ceil(cost/2)).
-CREATE TEMP TABLE bench_class AS
-SELECT k, student, cost, minutes, start,
-    CASE WHEN early THEN minutes * 30 ELSE minutes * 60 END AS active,
-    CASE WHEN early THEN (cost + 1) / 2 ELSE cost END AS charge,
-    early
-FROM generate_series(1, %(n)s) AS k,
-    LATERAL (SELECT (ARRAY[%(students)s])[1 + mod(k, %(s)s)] AS student,
-        (ARRAY[5, 8, 10])[1 + mod(k, 3)] AS cost,
-        (ARRAY[30, 45, 60])[1 + mod(k, 3)] AS minutes,
-        %(base)s + (k - 1) * %(spacing)s * interval '1 minute' AS start,
-        mod(k, 10) = 0 AS early) AS c;
-
--- Entries: 1..S fund each student (a purchase from issuance, a day before the first
--- class); then class k's hold (S + 2k - 1, at its start) and settle (S + 2k, at its end).
-CREATE TEMP TABLE bench_entry AS
-SELECT s AS id, 'purchase' AS kind, 10000000::bigint AS tokens, NULL::bigint AS class_id,
-    NULL::bigint AS closes, %(base)s - interval '1 day' AS at
-FROM generate_series(1, %(s)s) AS s
-UNION ALL
-SELECT %(s)s + 2 * k - 1, 'class_hold', cost, k, NULL, start FROM bench_class
-UNION ALL
-SELECT %(s)s + 2 * k, 'class_settle', charge, k, %(s)s + 2 * k - 1,
-    start + active * interval '1 second' FROM bench_class;
-
-INSERT INTO journal_entries (id, kind, idempotency_key, request_digest, tokens, usd_cents,
-    teacher_usd_cents, reference_type, reference_id, closes_entry_id, memo, created_at)
-SELECT e.id, e.kind, 'bench-earnings-' || e.id, md5(e.id::text) || md5(e.kind),
-    e.tokens,
-    (e.tokens * ps.usd_cents * 2 + ps.tokens) / (ps.tokens * 2),
-    (e.tokens * pt.usd_cents * 2 + pt.tokens) / (pt.tokens * 2),
-    CASE WHEN e.class_id IS NOT NULL THEN 'class' END, e.class_id, e.closes, '', e.at
-FROM bench_entry AS e,
-    LATERAL (SELECT tokens, usd_cents FROM token_pricing WHERE user_type = 'student'
-        AND effective_at <= e.at ORDER BY effective_at DESC, version DESC LIMIT 1) AS ps,
-    LATERAL (SELECT tokens, usd_cents FROM token_pricing WHERE user_type = 'teacher'
-        AND effective_at <= e.at ORDER BY effective_at DESC, version DESC LIMIT 1) AS pt;
-
--- The legs: a purchase moves issuance to the student; a hold, the student's available to
--- locked; a settle, the locked cost out, the charge to the teacher, the rest back.
-CREATE TEMP TABLE bench_leg AS
-SELECT s AS entry_id, %(issuance)s AS wallet_id, 'available' AS bucket,
-    -10000000::bigint AS amount, 'purchase' AS kind, %(base)s - interval '1 day' AS at
-FROM generate_series(1, %(s)s) AS s
-UNION ALL
-SELECT s, (ARRAY[%(students)s])[s], 'available', 10000000, 'purchase',
-    %(base)s - interval '1 day'
-FROM generate_series(1, %(s)s) AS s
-UNION ALL
-SELECT %(s)s + 2 * k - 1, student, bucket, amount, 'class_hold', start
-FROM bench_class,
-    LATERAL (VALUES ('available', -cost), ('locked', cost)) AS leg (bucket, amount)
-UNION ALL
-SELECT %(s)s + 2 * k, wallet_id, bucket, amount, 'class_settle',
-    start + active * interval '1 second'
-FROM bench_class,
-    LATERAL (VALUES (student, 'locked', -cost), (%(teacher)s, 'available', charge),
-        (student, 'available', cost - charge)) AS leg (wallet_id, bucket, amount)
-WHERE amount <> 0;
-
-INSERT INTO postings (entry_id, wallet_id, bucket, amount, available_after, locked_after,
-    kind, created_at, seq, hash)
-SELECT entry_id, wallet_id, bucket, amount,
-    sum(CASE WHEN bucket = 'available' THEN amount ELSE 0 END)
-        OVER (PARTITION BY wallet_id ORDER BY entry_id),
-    sum(CASE WHEN bucket = 'locked' THEN amount ELSE 0 END)
-        OVER (PARTITION BY wallet_id ORDER BY entry_id),
-    kind, at,
-    row_number() OVER (PARTITION BY wallet_id ORDER BY entry_id, bucket),
-    md5(entry_id::text || bucket) || md5(wallet_id::text || entry_id)
-FROM bench_leg
-ORDER BY entry_id, wallet_id, bucket;
-
--- The students' user ids are their wallets' owners (see build()).
-INSERT INTO class_sessions (id, booking_key, student_id, teacher_id, title, scheduled_start,
-    scheduled_end, duration_minutes, cost_tokens, status, version, active_seconds,
-    started_at, ended_at, end_reason, hold_entry_id, closing_entry_id, charged_tokens,
-    created_at)
-SELECT k, 'bench-class-' || k, w.user_id, %(teacher_user)s, 'Class ' || k, start,
-    start + minutes * interval '1 minute', minutes, cost,
-    CASE WHEN early THEN 'ended_early' ELSE 'completed' END, 3, active,
-    start, start + active * interval '1 second',
-    CASE WHEN early THEN 'ended_by_teacher' ELSE 'completed' END,
-    %(s)s + 2 * k - 1, %(s)s + 2 * k, charge, start - interval '1 day'
-FROM bench_class JOIN wallets AS w ON w.id = bench_class.student;
-
-UPDATE wallets SET available = s.available, locked = s.locked, head_seq = s.head_seq
-FROM (
-    SELECT wallet_id,
-        coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0) AS available,
-        coalesce(sum(amount) FILTER (WHERE bucket = 'locked'), 0) AS locked,
-        max(seq) AS head_seq
-    FROM postings GROUP BY wallet_id
-) AS s
-WHERE wallets.id = s.wallet_id;
-
-SELECT setval(pg_get_serial_sequence('journal_entries', 'id'),
-    (SELECT max(id) FROM journal_entries));
-SELECT setval(pg_get_serial_sequence('postings', 'id'), (SELECT max(id) FROM postings));
-SELECT setval(pg_get_serial_sequence('class_sessions', 'id'),
-    (SELECT max(id) FROM class_sessions));
-"""
-
-
-def build(name: str, classes: int, now: str) -> None:
-    """Fill database `name` (made and migrated) for the clock `now` (NOW, which is part of
-    the kept database's name: a new month builds it again)."""
-    from werkzeug.security import generate_password_hash
-
-    hashed = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1")
-    base = NOW - timedelta(hours=1) - timedelta(minutes=SPACING_MINUTES * classes)
-    with psycopg.connect(libpq_url(name)) as conn:
-        # Consistent by construction: skip the per-row foreign key triggers for the load.
-        try:
-            conn.execute("SET session_replication_role = replica")
-        except psycopg.Error:
-            conn.rollback()
-        conn.execute("SET maintenance_work_mem = '256MB'")
-
-        def user(email: str, role: str) -> tuple[int, int]:
-            user_id = conn.execute(
-                "INSERT INTO users (email, display_name, password_hash, role, created_at) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (email, email.split("@")[0], hashed, role, base - timedelta(days=2)),
-            ).fetchone()[0]
-            wallet_id = conn.execute(
-                "INSERT INTO wallets (user_id, is_source, available, locked, created_at) "
-                "VALUES (%s, false, 0, 0, %s) RETURNING id",
-                (user_id, base - timedelta(days=2)),
-            ).fetchone()[0]
-            return user_id, wallet_id
-
-        long_user, long_wallet = user("long-serving@bench.example", "teacher")
-        user("new@bench.example", "teacher")
-        students = [user(f"student{i}@bench.example", "student")[1] for i in range(STUDENTS)]
-        issuance = platform_wallet(conn, "issuance")
-        params = {
-            "n": classes,
-            "s": STUDENTS,
-            "base": base,
-            "spacing": SPACING_MINUTES,
-            "students": students,
-            "teacher": long_wallet,
-            "teacher_user": long_user,
-            "issuance": issuance,
-        }
-        with conn.cursor() as cursor:
-            for statement in HISTORY_SQL.split(";\n"):
-                if statement.strip():
-                    cursor.execute(_students_inline(statement, students), params)
-        conn.commit()
-    with psycopg.connect(libpq_url(name), autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) journal_entries, postings, wallets, class_sessions")
-
-
-EMAILS = {"long-serving": "long-serving@bench.example", "new": "new@bench.example"}
+EMAILS = {"long-serving": LONG_EMAIL, "new": NEW_EMAIL}
 
 
 def teachers_of(name: str) -> dict:
@@ -242,11 +63,6 @@ def teachers_of(name: str) -> dict:
             for label, email in EMAILS.items()
         }
     return {"ids": ids, "emails": dict(EMAILS)}
-
-
-def _students_inline(statement: str, students: list[int]) -> str:
-    """The students' wallet ids written into ARRAY[...] (a parameter list would be one value)."""
-    return statement.replace("ARRAY[%(students)s]", f"ARRAY[{', '.join(map(str, students))}]")
 
 
 def log_in(client, email: str) -> None:
@@ -331,14 +147,14 @@ def set_tail(app, wallet_id: int, payments: int) -> None:
         db.session.remove()
 
 
-def measure(name: str, teachers: dict) -> dict:
+def measure(name: str, teachers: dict, now) -> dict:
     """The first views (the long-serving teacher's builds the checkpoint), then views and
     the service with no tail and with the longest tail a view leaves, for both teachers."""
     from soma.earnings.service import CHECKPOINT_AFTER
     from soma.extensions import db
 
     app = make_app(
-        name, WTF_CSRF_ENABLED=False, LOGIN_RATE_LIMIT="1000 per minute", SOMA_CLOCK=lambda: NOW
+        name, WTF_CSRF_ENABLED=False, LOGIN_RATE_LIMIT="1000 per minute", SOMA_CLOCK=lambda: now
     )
     clients = {label: app.test_client() for label in teachers["emails"]}
     for label, client in clients.items():
@@ -415,18 +231,19 @@ def main() -> int:
     except psycopg.Error as error:
         print(f"cannot connect to PostgreSQL (SOMA_BENCH_POSTGRES_URL): {error}", file=sys.stderr)
         return 1
-    name, built, seconds = cached_database(
-        "earnings", GENERATOR, build, classes=CLASSES, now=NOW.isoformat()
-    )
+    name, built, seconds = big_database()
+    made = meta(name)
+    now = made["end_at"] + timedelta(minutes=1)
     teachers = teachers_of(name)
     print(
-        f"{'built' if built else 'reused'} {name}: a teacher with {CLASSES:,} classes, one every "
-        f"{SPACING_MINUTES} minutes (~{24 * 60 // SPACING_MINUTES} a day) with {STUDENTS} "
-        "students, and a new teacher"
-        + (f", in {seconds:.1f} s" if built else " (kept between runs)")
+        f"{'built' if built else 'reused'} {name} ({made['entries']:,} entries over a year, "
+        f"shared with bench/admin.py): a teacher with {CLASSES:,} classes (about 22 a day, "
+        f"the last {CLASSES * 2 // 25:,} in that year) and a new teacher; the clock "
+        f"{now:%Y-%m-%d %H:%M} UTC"
+        + (f"; built in {seconds:.0f} s" if built else " (kept between runs)")
         + (" [QUICK]" if QUICK else "")
     )
-    figures = measure(name, teachers)
+    figures = measure(name, teachers, now)
     first = figures["first"]
     print()
     print("GET /earnings through the Flask test client (server time), milliseconds")
