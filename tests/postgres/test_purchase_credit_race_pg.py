@@ -1,4 +1,4 @@
-"""Review of the one-round-trip credit, raced against the credit through the session (a
+"""The one-round-trip credit, raced against the credit through the session (a
 fulfilment with a claim, as an admin's match of an M-Pesa payment runs it)."""
 
 from soma.audit import run_audit
