@@ -3,7 +3,7 @@
 from soma.models.audit import AuditCheckpoint, AuditCheckpointWallet
 from soma.models.base import Base, UTCDateTime, utcnow
 from soma.models.classes import ClassEvent, ClassSession, ClassStatus
-from soma.models.earnings import EarningsCheckpoint, EarningsMonth
+from soma.models.earnings import EarningsCheckpoint, EarningsDay, EarningsMonth
 from soma.models.gift import Gift
 from soma.models.ledger import (
     ENTRY_KIND_LABELS,
@@ -56,6 +56,7 @@ __all__ = [
     "ClassSession",
     "ClassStatus",
     "EarningsCheckpoint",
+    "EarningsDay",
     "EarningsMonth",
     "EntryKind",
     "EventStatus",
