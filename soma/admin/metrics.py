@@ -66,8 +66,9 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
-    union,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -82,6 +83,7 @@ from soma.ledger.pricing import get_token_pricing, tokens_to_cents
 from soma.models import (
     EntryKind,
     JournalEntry,
+    MetricsActiveDay,
     MetricsCheckpoint,
     MetricsDay,
     MetricsWallet,
@@ -441,18 +443,35 @@ def _platform() -> list[Holding]:
 
 
 def _active(now: datetime, through: int) -> dict[str, int]:
-    """Users' wallets with a posting in the last ACTIVE_DAYS days, by role: those the
-    rollup saw then (an index range, with the role in it), with those the tail's postings
-    saw (a union: each once)."""
+    """Users' wallets with a posting in the last ACTIVE_DAYS days, by role, in one
+    statement (one snapshot of the rollup): the rollup's wallets whose latest posting is
+    in a day after the window's first day (MetricsActiveDay, a month of rows), those of
+    that first day from `since` on (an index range of MetricsWallet), and the wallets the
+    tail's postings saw that the rollup does not already count (each once)."""
     since = now - timedelta(days=ACTIVE_DAYS)
-    seen = union(
-        select(MetricsWallet.wallet_id, MetricsWallet.role).where(MetricsWallet.last_at >= since),
-        select(Posting.wallet_id, User.role)
+    next_day = datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC)
+    seen = MetricsWallet.__table__.alias("seen")
+    parts = union_all(
+        select(MetricsActiveDay.role, _sum(MetricsActiveDay.wallets))
+        .where(MetricsActiveDay.day >= next_day.date().isoformat())
+        .group_by(MetricsActiveDay.role),
+        select(MetricsWallet.role, func.count())
+        .where(MetricsWallet.last_at >= since, MetricsWallet.last_at < next_day)
+        .group_by(MetricsWallet.role),
+        select(User.role, func.count(func.distinct(Posting.wallet_id)))
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(User, User.id == Wallet.user_id)
-        .where(Posting.entry_id > through, Posting.created_at >= since),
-    ).subquery()
-    counts = dict(db.session.execute(select(seen.c.role, func.count()).group_by(seen.c.role)).all())
+        .outerjoin(seen, seen.c.wallet_id == Posting.wallet_id)
+        .where(
+            Posting.entry_id > through,
+            Posting.created_at >= since,
+            or_(seen.c.wallet_id.is_(None), seen.c.last_at < since),
+        )
+        .group_by(User.role),
+    )
+    counts: dict[str, int] = {}
+    for role, count in db.session.execute(parts):
+        counts[role] = counts.get(role, 0) + int(count)
     return {role.value: counts.get(role.value, 0) for role in (Role.STUDENT, Role.TEACHER)}
 
 
@@ -589,6 +608,7 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
         .where(Posting.entry_id > after, Posting.entry_id <= through)
         .group_by(Posting.wallet_id, User.role)
     )
+    _move_active_days(latest, dialect, insert)
     upsert = insert(wallets).from_select(["wallet_id", "role", "last_at"], latest)
     # Only a later posting moves a wallet's row: no dead row for one that did not move.
     db.session.execute(
@@ -598,6 +618,41 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
             where=upsert.excluded.last_at > wallets.c.last_at,
         )
     )
+
+
+def _move_active_days(latest, dialect: str, insert) -> None:
+    """Before `latest` (wallet_id, role, last_at) moves MetricsWallet on: take each wallet
+    it moves out of the day of its old latest posting and into the day of its new one
+    (a new wallet only into it), in MetricsActiveDay."""
+    new = latest.subquery("new")
+    old = MetricsWallet.__table__.alias("old")
+    wallet_id, role, last_at = new.c
+    moves = union_all(
+        select(day_of(old.c.last_at, dialect).label("day"), old.c.role, literal(-1).label("n"))
+        .select_from(new)
+        .join(old, old.c.wallet_id == wallet_id)
+        .where(last_at > old.c.last_at),
+        select(day_of(last_at, dialect), role, literal(1))
+        .select_from(new)
+        .outerjoin(old, old.c.wallet_id == wallet_id)
+        .where(or_(old.c.wallet_id.is_(None), last_at > old.c.last_at)),
+    ).subquery("moves")
+    change = func.sum(moves.c.n)
+    rows = (
+        select(moves.c.day, moves.c.role, cast(change, BigInteger))
+        .where(literal_column("1") == literal_column("1"))
+        .group_by(moves.c.day, moves.c.role)
+        .having(change != 0)
+    )
+    days = MetricsActiveDay.__table__
+    upsert = insert(days).from_select(["day", "role", "wallets"], rows)
+    db.session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[days.c.day, days.c.role],
+            set_={"wallets": days.c.wallets + upsert.excluded.wallets},
+        )
+    )
+    db.session.execute(days.delete().where(days.c.wallets == 0))
 
 
 def catch_up(now: datetime | None = None, batch: int = CATCH_UP_BATCH) -> int:

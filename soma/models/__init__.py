@@ -15,7 +15,12 @@ from soma.models.ledger import (
     Posting,
     Wallet,
 )
-from soma.models.metrics import MetricsCheckpoint, MetricsDay, MetricsWallet
+from soma.models.metrics import (
+    MetricsActiveDay,
+    MetricsCheckpoint,
+    MetricsDay,
+    MetricsWallet,
+)
 from soma.models.notification import Notification
 from soma.models.operator import AdminAction, Alert, AuditRun, AuditRunStatus, Heartbeat
 from soma.models.outbox import OutboxMessage
@@ -64,6 +69,7 @@ __all__ = [
     "Heartbeat",
     "JournalEntry",
     "MethodKind",
+    "MetricsActiveDay",
     "MetricsCheckpoint",
     "MetricsDay",
     "MetricsWallet",
