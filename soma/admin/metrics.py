@@ -367,27 +367,31 @@ def figures(now: datetime | None = None) -> Metrics:
     by_day: dict[date, DayTotals] = {}
     for _, key, *values in rows:
         if key is not None:
-            by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + DayTotals(*values)
+            day = _as_date(key)
+            totals = DayTotals(*values)
+            by_day[day] = by_day[day] + totals if day in by_day else totals
     tail_entries = 0
     for key, *values in db.session.execute(_entry_totals(through, None, dialect, _issuance_ids())):
+        day = _as_date(key)
         totals = DayTotals(*values)
         tail_entries += totals.entries
-        by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + totals
+        by_day[day] = by_day[day] + totals if day in by_day else totals
 
     days = [Day(day, by_day.get(day, DayTotals())) for day in day_list]
-    months = []
-    for start in month_starts:
-        end = add_months(start, 1).date()
-        total = DayTotals()
-        for day, totals in by_day.items():
-            if start.date() <= day < end:
-                total += totals
-        months.append(Month(start, total))
+    # Each day once, into the month it is in (if shown).
+    month_of_day = {(start.year, start.month): i for i, start in enumerate(month_starts)}
+    sums = [[0] * len(DayTotals().figures) for _ in month_starts]
+    for day, totals in by_day.items():
+        i = month_of_day.get((day.year, day.month))
+        if i is not None:
+            sums[i] = [a + b for a, b in zip(sums[i], totals.figures, strict=True)]
+    months = [Month(start, DayTotals(*sums[i])) for i, start in enumerate(month_starts)]
 
+    users, holdings = _people(now)
     return Metrics(
         now=now,
-        users=_users(),
-        holdings=_holdings(now),
+        users=users,
+        holdings=holdings,
         platform=_platform(),
         days=days,
         months=months,
@@ -398,33 +402,36 @@ def figures(now: datetime | None = None) -> Metrics:
     )
 
 
-def _users() -> dict[str, int]:
-    counts = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
-    return {role.value: counts.get(role.value, 0) for role in Role}
-
-
-def _holdings(now: datetime) -> list[Holding]:
-    """Users' tokens by role: one row per wallet, summed (no entry is read)."""
+def _people(now: datetime) -> tuple[dict[str, int], list[Holding]]:
+    """Accounts by role, and users' tokens by role: one pass over the users and their
+    wallets (one row each), summed in SQL (no entry is read)."""
     rows = db.session.execute(
-        select(User.role, func.count(), _sum(Wallet.available), _sum(Wallet.locked))
-        .select_from(Wallet)
-        .join(User, User.id == Wallet.user_id)
+        select(
+            User.role,
+            func.count(User.id),
+            func.count(Wallet.id),
+            _sum(Wallet.available),
+            _sum(Wallet.locked),
+        )
+        .select_from(User)
+        .outerjoin(Wallet, Wallet.user_id == User.id)
         .group_by(User.role)
     ).all()
-    found = {role: (count, available, locked) for role, count, available, locked in rows}
+    found = {role: figures for role, *figures in rows}
+    users = {role.value: found.get(role.value, (0,))[0] for role in Role}
     rates = {
         Role.STUDENT.value: get_token_pricing(PricingUserType.STUDENT, now),
         Role.TEACHER.value: get_token_pricing(PricingUserType.TEACHER, now),
     }
     holdings = []
     for role in (Role.STUDENT.value, Role.TEACHER.value, Role.ADMIN.value):
-        count, available, locked = found.get(role, (0, 0, 0))
+        _, count, available, locked = found.get(role, (0, 0, 0, 0))
         if role == Role.ADMIN.value and not (available or locked):
             continue  # admins hold no tokens in the ordinary course
         rate = rates.get(role)
         value = tokens_to_cents(available + locked, rate) if rate else None
         holdings.append(Holding(role, count, available, locked, value))
-    return holdings
+    return users, holdings
 
 
 def _platform() -> list[Holding]:
