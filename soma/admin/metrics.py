@@ -68,6 +68,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -98,6 +99,7 @@ from soma.models import (
     Withdrawal,
     WithdrawalStatus,
 )
+from soma.models.user import STAFF
 from soma.money import usd
 from soma.security import role_required
 
@@ -403,21 +405,38 @@ def figures(now: datetime | None = None) -> Metrics:
 
 
 def _people(now: datetime) -> tuple[dict[str, int], list[Holding]]:
-    """Accounts by role, and users' tokens by role: one pass over the users and their
-    wallets (one row each), summed in SQL (no entry is read)."""
+    """Accounts by role, and users' tokens by role (summed in SQL, no entry is read), in
+    one statement: the staff (teachers and admins) with their wallets, through
+    ix_users_staff, and every user's wallet together; the students are the rest. No join
+    of every user to every wallet."""
+    everyone = "*"
     rows = db.session.execute(
-        select(
-            User.role,
-            func.count(User.id),
-            func.count(Wallet.id),
-            _sum(Wallet.available),
-            _sum(Wallet.locked),
+        union_all(
+            select(
+                User.role,
+                func.count(User.id),
+                func.count(Wallet.id),
+                _sum(Wallet.available),
+                _sum(Wallet.locked),
+            )
+            .select_from(User)
+            .outerjoin(Wallet, Wallet.user_id == User.id)
+            .where(text(STAFF))
+            .group_by(User.role),
+            select(
+                literal(everyone, String()),
+                select(func.count()).select_from(User).scalar_subquery(),
+                func.count(),
+                _sum(Wallet.available),
+                _sum(Wallet.locked),
+            ).where(Wallet.user_id.is_not(None)),
         )
-        .select_from(User)
-        .outerjoin(Wallet, Wallet.user_id == User.id)
-        .group_by(User.role)
     ).all()
-    found = {role: figures for role, *figures in rows}
+    found = {role: [int(x) for x in figures] for role, *figures in rows}
+    students = found.pop(everyone)
+    for figures in found.values():
+        students = [a - b for a, b in zip(students, figures, strict=True)]
+    found[Role.STUDENT.value] = students
     users = {role.value: found.get(role.value, (0,))[0] for role in Role}
     rates = {
         Role.STUDENT.value: get_token_pricing(PricingUserType.STUDENT, now),
