@@ -5,7 +5,8 @@ What counts, and at what value (every dollar figure is a value the ledger froze 
 the entry was written, SPEC §2.9, never today's rate):
 
 - Tokens in circulation are the wallets' cached balances (one row per user, summed
-  by role) and each platform account's balance. Issuance and promotions are negative
+  by role: the staff's through `ix_users_staff`, the students' as every user's wallet
+  less the staff's) and each platform account's balance. Issuance and promotions are negative
   by what they issued; the ledger balances, so everything together sums to zero.
 - Entries per day are the journal entries the ledger dated in each UTC day.
 - An active wallet is a user's wallet with a posting in the last 30 days: anything
@@ -32,17 +33,20 @@ the entry was written, SPEC §2.9, never today's rate):
 
 How it stays fast at any size: no view reads every entry. The entries up to a
 checkpoint (an entry id) are summed once into `metrics_days` (one row per UTC day)
-and `metrics_wallets` (each wallet's latest posting) (soma.models.metrics), so a view
-reads at most a year of day rows, the wallets active in 30 days and the entries after
-the checkpoint (the tail: a primary-key range and its postings through
+and `metrics_wallets` (each wallet's latest posting), with `metrics_active_days` (how
+many wallets have their latest posting in each day) (soma.models.metrics), so a view
+reads at most a year of day rows, a month of active-day rows and the wallets of the
+window's first day, and the entries after the checkpoint (the tail: a primary-key range and its postings through
 `uq_postings_entry_wallet_bucket`, whose first column is entry_id). A view that finds
 CHECKPOINT_AFTER entries or more in the tail moves the checkpoint on, and so does
 `flask soma sweep` on each pass.
 
 Active wallets: a rollup keyed by wallet (its latest posting) rather than by (day,
-wallet). The count is then the wallets whose latest posting is in the window: an
-index range on `ix_metrics_wallets_last_at`, as long as the active wallets (tens of
-thousands at most), not days x wallets, and the table stays one row per wallet.
+wallet), and counted by the day of that latest posting (`metrics_active_days`, moved
+by each fold). The count is the wallets whose latest posting is in the window: the
+day counts after the window's first day, plus that day's wallets from the window's
+first instant on (an index range on `ix_metrics_wallets_last_at`, a day of them), not
+a row per active wallet; the table stays one row per wallet.
 Counting distinct wallets straight from the postings of the last 30 days would read
 a month of postings (about two million at ten million entries a year) on every view.
 
