@@ -36,8 +36,9 @@ checkpoint (an entry id) are summed once into `metrics_days` (one row per UTC da
 and `metrics_wallets` (each wallet's latest posting), with `metrics_active_days` (how
 many wallets have their latest posting in each day) (soma.models.metrics), so a view
 reads at most a year of day rows, a month of active-day rows and the wallets of the
-window's first day, and the entries after the checkpoint (the tail: a primary-key range and its postings through
-`uq_postings_entry_wallet_bucket`, whose first column is entry_id). A view that finds
+window's first day, and the entries after the checkpoint (the tail: a primary-key
+range and its postings through `uq_postings_entry_wallet_bucket`, whose first column
+is entry_id). A view that finds
 CHECKPOINT_AFTER entries or more in the tail moves the checkpoint on, and so does
 `flask soma sweep` on each pass.
 
