@@ -526,7 +526,7 @@ def fold(name: str, now: datetime) -> tuple[float, int]:
     app = make_app(name, SOMA_CLOCK=lambda: now)
     with app.app_context():
         db.session.connection().exec_driver_sql(
-            "TRUNCATE metrics_days, metrics_wallets, metrics_checkpoint"
+            "TRUNCATE metrics_days, metrics_wallets, metrics_active_days, metrics_checkpoint"
         )
         db.session.commit()
         started = time.perf_counter()
@@ -535,7 +535,7 @@ def fold(name: str, now: datetime) -> tuple[float, int]:
         db.session.remove()
         db.engine.dispose()
     with psycopg.connect(libpq_url(name), autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) metrics_days, metrics_wallets")
+        conn.execute("VACUUM (ANALYZE) metrics_days, metrics_wallets, metrics_active_days")
     return seconds, through
 
 

@@ -135,7 +135,7 @@ def set_tail(app, wallet_id: int, payments: int) -> None:
 
     with app.app_context():
         connection = db.session.connection()
-        for table in ("earnings_months", "earnings_checkpoints"):
+        for table in ("earnings_days", "earnings_months", "earnings_checkpoints"):
             connection.exec_driver_sql(f"DELETE FROM {table} WHERE wallet_id = %s", (wallet_id,))
         upto = connection.exec_driver_sql(
             "SELECT seq FROM postings WHERE wallet_id = %s AND kind = 'class_settle' "
@@ -161,6 +161,7 @@ def measure(name: str, teachers: dict, now) -> dict:
         log_in(client, teachers["emails"][label])
     app.config["PROPAGATE_EXCEPTIONS"] = True
     with psycopg.connect(libpq_url(name)) as conn:  # (kept between runs: start with none)
+        conn.execute("DELETE FROM earnings_days")
         conn.execute("DELETE FROM earnings_months")
         conn.execute("DELETE FROM earnings_checkpoints")
     first = timed_views(clients, 1)

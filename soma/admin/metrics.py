@@ -5,7 +5,8 @@ What counts, and at what value (every dollar figure is a value the ledger froze 
 the entry was written, SPEC §2.9, never today's rate):
 
 - Tokens in circulation are the wallets' cached balances (one row per user, summed
-  by role) and each platform account's balance. Issuance and promotions are negative
+  by role: the staff's through `ix_users_staff`, the students' as every user's wallet
+  less the staff's) and each platform account's balance. Issuance and promotions are negative
   by what they issued; the ledger balances, so everything together sums to zero.
 - Entries per day are the journal entries the ledger dated in each UTC day.
 - An active wallet is a user's wallet with a posting in the last 30 days: anything
@@ -32,17 +33,21 @@ the entry was written, SPEC §2.9, never today's rate):
 
 How it stays fast at any size: no view reads every entry. The entries up to a
 checkpoint (an entry id) are summed once into `metrics_days` (one row per UTC day)
-and `metrics_wallets` (each wallet's latest posting) (soma.models.metrics), so a view
-reads at most a year of day rows, the wallets active in 30 days and the entries after
-the checkpoint (the tail: a primary-key range and its postings through
-`uq_postings_entry_wallet_bucket`, whose first column is entry_id). A view that finds
+and `metrics_wallets` (each wallet's latest posting), with `metrics_active_days` (how
+many wallets have their latest posting in each day) (soma.models.metrics), so a view
+reads at most a year of day rows, a month of active-day rows and the wallets of the
+window's first day, and the entries after the checkpoint (the tail: a primary-key
+range and its postings through `uq_postings_entry_wallet_bucket`, whose first column
+is entry_id). A view that finds
 CHECKPOINT_AFTER entries or more in the tail moves the checkpoint on, and so does
 `flask soma sweep` on each pass.
 
 Active wallets: a rollup keyed by wallet (its latest posting) rather than by (day,
-wallet). The count is then the wallets whose latest posting is in the window: an
-index range on `ix_metrics_wallets_last_at`, as long as the active wallets (tens of
-thousands at most), not days x wallets, and the table stays one row per wallet.
+wallet), and counted by the day of that latest posting (`metrics_active_days`, moved
+by each fold). The count is the wallets whose latest posting is in the window: the
+day counts after the window's first day, plus that day's wallets from the window's
+first instant on (an index range on `ix_metrics_wallets_last_at`, a day of them), not
+a row per active wallet; the table stays one row per wallet.
 Counting distinct wallets straight from the postings of the last 30 days would read
 a month of postings (about two million at ten million entries a year) on every view.
 
@@ -66,8 +71,10 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
-    union,
+    text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -82,6 +89,7 @@ from soma.ledger.pricing import get_token_pricing, tokens_to_cents
 from soma.models import (
     EntryKind,
     JournalEntry,
+    MetricsActiveDay,
     MetricsCheckpoint,
     MetricsDay,
     MetricsWallet,
@@ -96,6 +104,7 @@ from soma.models import (
     Withdrawal,
     WithdrawalStatus,
 )
+from soma.models.user import STAFF
 from soma.money import usd
 from soma.security import role_required
 
@@ -365,27 +374,31 @@ def figures(now: datetime | None = None) -> Metrics:
     by_day: dict[date, DayTotals] = {}
     for _, key, *values in rows:
         if key is not None:
-            by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + DayTotals(*values)
+            day = _as_date(key)
+            totals = DayTotals(*values)
+            by_day[day] = by_day[day] + totals if day in by_day else totals
     tail_entries = 0
     for key, *values in db.session.execute(_entry_totals(through, None, dialect, _issuance_ids())):
+        day = _as_date(key)
         totals = DayTotals(*values)
         tail_entries += totals.entries
-        by_day[_as_date(key)] = by_day.get(_as_date(key), DayTotals()) + totals
+        by_day[day] = by_day[day] + totals if day in by_day else totals
 
     days = [Day(day, by_day.get(day, DayTotals())) for day in day_list]
-    months = []
-    for start in month_starts:
-        end = add_months(start, 1).date()
-        total = DayTotals()
-        for day, totals in by_day.items():
-            if start.date() <= day < end:
-                total += totals
-        months.append(Month(start, total))
+    # Each day once, into the month it is in (if shown).
+    month_of_day = {(start.year, start.month): i for i, start in enumerate(month_starts)}
+    sums = [[0] * len(DayTotals().figures) for _ in month_starts]
+    for day, totals in by_day.items():
+        i = month_of_day.get((day.year, day.month))
+        if i is not None:
+            sums[i] = [a + b for a, b in zip(sums[i], totals.figures, strict=True)]
+    months = [Month(start, DayTotals(*sums[i])) for i, start in enumerate(month_starts)]
 
+    users, holdings = _people(now)
     return Metrics(
         now=now,
-        users=_users(),
-        holdings=_holdings(now),
+        users=users,
+        holdings=holdings,
         platform=_platform(),
         days=days,
         months=months,
@@ -396,33 +409,53 @@ def figures(now: datetime | None = None) -> Metrics:
     )
 
 
-def _users() -> dict[str, int]:
-    counts = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
-    return {role.value: counts.get(role.value, 0) for role in Role}
-
-
-def _holdings(now: datetime) -> list[Holding]:
-    """Users' tokens by role: one row per wallet, summed (no entry is read)."""
+def _people(now: datetime) -> tuple[dict[str, int], list[Holding]]:
+    """Accounts by role, and users' tokens by role (summed in SQL, no entry is read), in
+    one statement: the staff (teachers and admins) with their wallets, through
+    ix_users_staff, and every user's wallet together; the students are the rest. No join
+    of every user to every wallet."""
+    everyone = "*"
     rows = db.session.execute(
-        select(User.role, func.count(), _sum(Wallet.available), _sum(Wallet.locked))
-        .select_from(Wallet)
-        .join(User, User.id == Wallet.user_id)
-        .group_by(User.role)
+        union_all(
+            select(
+                User.role,
+                func.count(User.id),
+                func.count(Wallet.id),
+                _sum(Wallet.available),
+                _sum(Wallet.locked),
+            )
+            .select_from(User)
+            .outerjoin(Wallet, Wallet.user_id == User.id)
+            .where(text(STAFF))
+            .group_by(User.role),
+            select(
+                literal(everyone, String()),
+                select(func.count()).select_from(User).scalar_subquery(),
+                func.count(),
+                _sum(Wallet.available),
+                _sum(Wallet.locked),
+            ).where(Wallet.user_id.is_not(None)),
+        )
     ).all()
-    found = {role: (count, available, locked) for role, count, available, locked in rows}
+    found = {role: [int(x) for x in figures] for role, *figures in rows}
+    students = found.pop(everyone)
+    for figures in found.values():
+        students = [a - b for a, b in zip(students, figures, strict=True)]
+    found[Role.STUDENT.value] = students
+    users = {role.value: found.get(role.value, (0,))[0] for role in Role}
     rates = {
         Role.STUDENT.value: get_token_pricing(PricingUserType.STUDENT, now),
         Role.TEACHER.value: get_token_pricing(PricingUserType.TEACHER, now),
     }
     holdings = []
     for role in (Role.STUDENT.value, Role.TEACHER.value, Role.ADMIN.value):
-        count, available, locked = found.get(role, (0, 0, 0))
+        _, count, available, locked = found.get(role, (0, 0, 0, 0))
         if role == Role.ADMIN.value and not (available or locked):
             continue  # admins hold no tokens in the ordinary course
         rate = rates.get(role)
         value = tokens_to_cents(available + locked, rate) if rate else None
         holdings.append(Holding(role, count, available, locked, value))
-    return holdings
+    return users, holdings
 
 
 def _platform() -> list[Holding]:
@@ -441,18 +474,35 @@ def _platform() -> list[Holding]:
 
 
 def _active(now: datetime, through: int) -> dict[str, int]:
-    """Users' wallets with a posting in the last ACTIVE_DAYS days, by role: those the
-    rollup saw then (an index range, with the role in it), with those the tail's postings
-    saw (a union: each once)."""
+    """Users' wallets with a posting in the last ACTIVE_DAYS days, by role, in one
+    statement (one snapshot of the rollup): the rollup's wallets whose latest posting is
+    in a day after the window's first day (MetricsActiveDay, a month of rows), those of
+    that first day from `since` on (an index range of MetricsWallet), and the wallets the
+    tail's postings saw that the rollup does not already count (each once)."""
     since = now - timedelta(days=ACTIVE_DAYS)
-    seen = union(
-        select(MetricsWallet.wallet_id, MetricsWallet.role).where(MetricsWallet.last_at >= since),
-        select(Posting.wallet_id, User.role)
+    next_day = datetime.combine(since.date() + timedelta(days=1), datetime.min.time(), UTC)
+    seen = MetricsWallet.__table__.alias("seen")
+    parts = union_all(
+        select(MetricsActiveDay.role, _sum(MetricsActiveDay.wallets))
+        .where(MetricsActiveDay.day >= next_day.date().isoformat())
+        .group_by(MetricsActiveDay.role),
+        select(MetricsWallet.role, func.count())
+        .where(MetricsWallet.last_at >= since, MetricsWallet.last_at < next_day)
+        .group_by(MetricsWallet.role),
+        select(User.role, func.count(func.distinct(Posting.wallet_id)))
         .join(Wallet, Wallet.id == Posting.wallet_id)
         .join(User, User.id == Wallet.user_id)
-        .where(Posting.entry_id > through, Posting.created_at >= since),
-    ).subquery()
-    counts = dict(db.session.execute(select(seen.c.role, func.count()).group_by(seen.c.role)).all())
+        .outerjoin(seen, seen.c.wallet_id == Posting.wallet_id)
+        .where(
+            Posting.entry_id > through,
+            Posting.created_at >= since,
+            or_(seen.c.wallet_id.is_(None), seen.c.last_at < since),
+        )
+        .group_by(User.role),
+    )
+    counts: dict[str, int] = {}
+    for role, count in db.session.execute(parts):
+        counts[role] = counts.get(role, 0) + int(count)
     return {role.value: counts.get(role.value, 0) for role in (Role.STUDENT, Role.TEACHER)}
 
 
@@ -589,6 +639,7 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
         .where(Posting.entry_id > after, Posting.entry_id <= through)
         .group_by(Posting.wallet_id, User.role)
     )
+    _move_active_days(latest, dialect, insert)
     upsert = insert(wallets).from_select(["wallet_id", "role", "last_at"], latest)
     # Only a later posting moves a wallet's row: no dead row for one that did not move.
     db.session.execute(
@@ -598,6 +649,41 @@ def _fold(after: int, through: int, dialect: str, insert) -> None:
             where=upsert.excluded.last_at > wallets.c.last_at,
         )
     )
+
+
+def _move_active_days(latest, dialect: str, insert) -> None:
+    """Before `latest` (wallet_id, role, last_at) moves MetricsWallet on: take each wallet
+    it moves out of the day of its old latest posting and into the day of its new one
+    (a new wallet only into it), in MetricsActiveDay."""
+    new = latest.subquery("new")
+    old = MetricsWallet.__table__.alias("old")
+    wallet_id, role, last_at = new.c
+    moves = union_all(
+        select(day_of(old.c.last_at, dialect).label("day"), old.c.role, literal(-1).label("n"))
+        .select_from(new)
+        .join(old, old.c.wallet_id == wallet_id)
+        .where(last_at > old.c.last_at),
+        select(day_of(last_at, dialect), role, literal(1))
+        .select_from(new)
+        .outerjoin(old, old.c.wallet_id == wallet_id)
+        .where(or_(old.c.wallet_id.is_(None), last_at > old.c.last_at)),
+    ).subquery("moves")
+    change = func.sum(moves.c.n)
+    rows = (
+        select(moves.c.day, moves.c.role, cast(change, BigInteger))
+        .where(literal_column("1") == literal_column("1"))
+        .group_by(moves.c.day, moves.c.role)
+        .having(change != 0)
+    )
+    days = MetricsActiveDay.__table__
+    upsert = insert(days).from_select(["day", "role", "wallets"], rows)
+    db.session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[days.c.day, days.c.role],
+            set_={"wallets": days.c.wallets + upsert.excluded.wallets},
+        )
+    )
+    db.session.execute(days.delete().where(days.c.wallets == 0))
 
 
 def catch_up(now: datetime | None = None, batch: int = CATCH_UP_BATCH) -> int:

@@ -34,8 +34,10 @@ Every figure is an aggregate in the database, never a loop over entries in Pytho
 months are summed once into a checkpoint (soma.models.earnings: the payments up to a
 posting seq, which never change), so a view reads at most a few hundred month rows,
 the payments since the checkpoint (the tail, through `ix_postings_wallet_kind_seq`),
-last month's payments up to the same point (`ix_postings_class_pay`, migration 0014)
-and the withdrawals: its cost does not grow with the teacher's history. A view that
+last month up to the same point (its whole days before the same point's day from the
+checkpoint's days, EarningsDay, migration 0027, and the payments of that one day up to
+the same point through `ix_postings_class_pay`) and the withdrawals: its cost does not
+grow with the teacher's history, nor with how much they teach in a month. A view that
 finds CHECKPOINT_AFTER payments or more in the tail moves the checkpoint on.
 """
 
@@ -64,6 +66,7 @@ from soma.ledger.pricing import get_token_pricing, tokens_to_cents
 from soma.models import (
     ClassSession,
     EarningsCheckpoint,
+    EarningsDay,
     EarningsMonth,
     EntryKind,
     JournalEntry,
@@ -220,6 +223,13 @@ def month_of(column, dialect: str):
     return func.strftime("%Y-%m", column, type_=String())
 
 
+def day_of(column, dialect: str):
+    """SQL: the UTC day of a time, as EarningsDay names it: "2026-11-30"."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD", type_=String())
+    return func.strftime("%Y-%m-%d", column, type_=String())
+
+
 def _share_cents():
     """The teacher's share of the entry's frozen teacher value, rounded half up (see above)."""
     return (Posting.amount * JournalEntry.teacher_usd_cents * 2 + JournalEntry.tokens) // (
@@ -293,6 +303,16 @@ _shown = case(
 # they run through come from one snapshot: read apart, a checkpoint moved on between the
 # two reads (by another view) would count the payments it took in twice. No row: no
 # checkpoint yet, so nothing summed and every payment is in the tail.
+# The checkpointed whole days of last month before the same point's day, summed.
+_DAYS_BEFORE = (
+    select(_sum(EarningsDay.cents))
+    .where(
+        EarningsDay.wallet_id == bindparam("p_wallet"),
+        EarningsDay.day >= bindparam("p_first_day"),
+        EarningsDay.day < bindparam("p_point_day"),
+    )
+    .scalar_subquery()
+)
 CHECKPOINTED = (
     select(
         EarningsCheckpoint.through_seq,
@@ -301,20 +321,34 @@ CHECKPOINTED = (
         _sum(EarningsMonth.seconds),
         _sum(EarningsMonth.tokens),
         _sum(EarningsMonth.cents),
+        _DAYS_BEFORE,
     )
     .select_from(EarningsCheckpoint)
     .outerjoin(EarningsMonth, EarningsMonth.wallet_id == EarningsCheckpoint.wallet_id)
     .where(EarningsCheckpoint.wallet_id == bindparam("p_wallet"))
     .group_by(EarningsCheckpoint.through_seq, _shown)
 )
-# The payments after the checkpoint, by the month shown they fall in.
+# The payments after the checkpoint, by the month shown they fall in; last, the cents of
+# those dated in last month before the same point's day (see SAME_POINT).
+_before_point_day = and_(
+    Posting.created_at >= bindparam("p_from", type_=_time),
+    Posting.created_at < bindparam("p_point_from", type_=_time),
+)
 TAIL = (
     _class_pay(Posting.seq > bindparam("p_through", type_=BigInteger()))
-    .add_columns(_month_index, *totals_columns())
+    .add_columns(
+        _month_index,
+        *totals_columns(),
+        _sum(case((_before_point_day, _share_cents()), else_=0)),
+    )
     .group_by(_month_index)
 )
+# Last month up to the same point is the checkpointed whole days before the same
+# point's day (_DAYS_BEFORE), the tail's payments in those days (TAIL's last column) and
+# the payments of the same point's own day up to it, whatever their seq: about a day of
+# payments through ix_postings_class_pay, not a month of them.
 SAME_POINT = _class_pay(
-    Posting.created_at >= bindparam("p_from", type_=_time),
+    Posting.created_at >= bindparam("p_point_from", type_=_time),
     Posting.created_at < bindparam("p_until", type_=_time),
 ).add_columns(_sum(_share_cents()))
 # Tokens that left the wallet as paid withdrawals (net of any part a paid entry returned).
@@ -334,28 +368,45 @@ def earnings_of(teacher: User, now: datetime | None = None) -> Earnings:
     keys = [month_key(start) for start in starts]
     by_month = {key: Totals() for key in keys}
     lifetime = Totals()
+    same_point = min(starts[-2] + (now - this_month), this_month)
+    point_from = same_point.replace(hour=0, minute=0, second=0, microsecond=0)
     checkpointed = db.session.execute(
-        CHECKPOINTED, {"p_wallet": wallet_id, "p_first_key": keys[0], "p_last_key": keys[-1]}
+        CHECKPOINTED,
+        {
+            "p_wallet": wallet_id,
+            "p_first_key": keys[0],
+            "p_last_key": keys[-1],
+            "p_first_day": starts[-2].date().isoformat(),
+            "p_point_day": point_from.date().isoformat(),
+        },
     )
     rows = checkpointed.all()
     through = rows[0][0] if rows else 0  # one checkpoint row: every row names its seq
-    for _, key, *figures in rows:
+    days_before = rows[0][-1] if rows else 0  # likewise, the checkpointed days
+    for _, key, *figures, _ in rows:
         totals = Totals(*figures)
         lifetime += totals
         if key:
             by_month[key] += totals
-    params = {"p_wallet": wallet_id, "p_through": through, "p_end": add_months(this_month, 1)}
+    params = {
+        "p_wallet": wallet_id,
+        "p_through": through,
+        "p_end": add_months(this_month, 1),
+        "p_from": starts[-2],
+        "p_point_from": point_from,
+    }
     params.update({f"p_month{i}": start for i, start in enumerate(starts)})
     tail_payments = 0
-    for index, *figures in db.session.execute(TAIL, params):
+    before = days_before
+    for index, *figures, tail_before in db.session.execute(TAIL, params):
+        before += tail_before
         totals = Totals(*figures)
         lifetime += totals
         tail_payments += totals.classes
         if index >= 0:
             by_month[keys[index]] += totals
-    same_point = min(starts[-2] + (now - this_month), this_month)
-    before = db.session.execute(
-        SAME_POINT, {"p_wallet": wallet_id, "p_from": starts[-2], "p_until": same_point}
+    before += db.session.execute(
+        SAME_POINT, {"p_wallet": wallet_id, "p_point_from": point_from, "p_until": same_point}
     ).scalar_one()
     withdrawn = db.session.execute(WITHDRAWN, {"p_wallet": wallet_id}).scalar_one()
     months = [Month(start, by_month[key]) for start, key in zip(starts, keys, strict=True)]
@@ -428,6 +479,19 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
         written = len(
             db.session.execute(upsert.returning(months.c.month), {"p_wallet": wallet_id}).all()
         )
+        day = day_of(Posting.created_at, dialect)
+        day_rows = (
+            _class_pay(Posting.seq > through, Posting.seq <= newest)
+            .add_columns(literal(wallet_id, BigInteger()), day, _sum(_share_cents()))
+            .group_by(day)
+        )
+        days = EarningsDay.__table__
+        upsert = insert(days).from_select(["wallet_id", "day", "cents"], day_rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[days.c.wallet_id, days.c.day],
+            set_={"cents": days.c.cents + upsert.excluded.cents},
+        )
+        db.session.execute(upsert, {"p_wallet": wallet_id})
         db.session.execute(
             update(EarningsCheckpoint)
             .where(EarningsCheckpoint.wallet_id == wallet_id)

@@ -3,7 +3,7 @@
 from soma.models.audit import AuditCheckpoint, AuditCheckpointWallet
 from soma.models.base import Base, UTCDateTime, utcnow
 from soma.models.classes import ClassEvent, ClassSession, ClassStatus
-from soma.models.earnings import EarningsCheckpoint, EarningsMonth
+from soma.models.earnings import EarningsCheckpoint, EarningsDay, EarningsMonth
 from soma.models.gift import Gift
 from soma.models.ledger import (
     ENTRY_KIND_LABELS,
@@ -15,7 +15,12 @@ from soma.models.ledger import (
     Posting,
     Wallet,
 )
-from soma.models.metrics import MetricsCheckpoint, MetricsDay, MetricsWallet
+from soma.models.metrics import (
+    MetricsActiveDay,
+    MetricsCheckpoint,
+    MetricsDay,
+    MetricsWallet,
+)
 from soma.models.notification import Notification
 from soma.models.operator import AdminAction, Alert, AuditRun, AuditRunStatus, Heartbeat
 from soma.models.outbox import OutboxMessage
@@ -56,6 +61,7 @@ __all__ = [
     "ClassSession",
     "ClassStatus",
     "EarningsCheckpoint",
+    "EarningsDay",
     "EarningsMonth",
     "EntryKind",
     "EventStatus",
@@ -63,6 +69,7 @@ __all__ = [
     "Heartbeat",
     "JournalEntry",
     "MethodKind",
+    "MetricsActiveDay",
     "MetricsCheckpoint",
     "MetricsDay",
     "MetricsWallet",

@@ -54,3 +54,20 @@ class EarningsMonth(Base):
     seconds: Mapped[int] = mapped_column(BigInteger)  # active class time
     tokens: Mapped[int] = mapped_column(BigInteger)
     cents: Mapped[int] = mapped_column(BigInteger)  # the payments' frozen teacher values
+
+
+class EarningsDay(Base):
+    """A wallet's class payments up to its checkpoint that the ledger dated in one UTC
+    day, in frozen cents: what the dashboard's "last month up to the same point" adds
+    up by whole days (the rest of that day read from the ledger), so that figure reads
+    about a day of payments rather than a month of them. Written beside EarningsMonth,
+    in the same transaction, up to the same checkpoint."""
+
+    __tablename__ = "earnings_days"
+    __table_args__ = (CheckConstraint("cents >= 0", name="cents_not_negative"),)
+
+    wallet_id: Mapped[int] = mapped_column(
+        ForeignKey("earnings_checkpoints.wallet_id"), primary_key=True
+    )
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "2026-11-30": UTC
+    cents: Mapped[int] = mapped_column(BigInteger)

@@ -64,3 +64,19 @@ class MetricsWallet(Base):
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MetricsActiveDay(Base):
+    """How many users' wallets of a role have their latest posting (MetricsWallet.last_at)
+    in one UTC day: kept by the fold beside MetricsWallet, in the same transaction, so
+    that the active wallets are these days' counts after the window's first day, plus
+    that one day's wallets read from MetricsWallet, plus the tail's: a month of day rows,
+    not a row per active wallet."""
+
+    __tablename__ = "metrics_active_days"
+    # (No CHECK on wallets: an upsert's candidate row carries the change, -1 for a day a
+    # wallet leaves, and the databases check it before finding the conflict.)
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "2026-11-30", UTC
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    wallets: Mapped[int] = mapped_column(BigInteger)

@@ -8,7 +8,14 @@ from sqlalchemy import delete, func, select, text
 from soma import ledger
 from soma.admin import metrics
 from soma.extensions import db
-from soma.models import JournalEntry, MetricsCheckpoint, MetricsDay, MetricsWallet, utcnow
+from soma.models import (
+    JournalEntry,
+    MetricsActiveDay,
+    MetricsCheckpoint,
+    MetricsDay,
+    MetricsWallet,
+    utcnow,
+)
 from tests.builders import fund, make_user
 from tests.helpers import errors, race
 
@@ -50,7 +57,7 @@ def test_views_moving_the_checkpoint_while_money_moves_count_each_entry_once(app
         assert db.session.scalar(select(func.sum(MetricsDay.entries))) == entries
         after = metrics.figures(now)
         assert (after.days, after.active) == (during.days, during.active)
-        for table in (MetricsDay, MetricsWallet, MetricsCheckpoint):
+        for table in (MetricsDay, MetricsWallet, MetricsActiveDay, MetricsCheckpoint):
             db.session.execute(delete(table))
         db.session.commit()
         scratch = metrics.figures(now)

@@ -13,7 +13,14 @@ from soma import ledger
 from soma.audit import run_audit
 from soma.earnings import service
 from soma.extensions import db
-from soma.models import EarningsCheckpoint, EarningsMonth, EntryKind, User, Wallet
+from soma.models import (
+    EarningsCheckpoint,
+    EarningsDay,
+    EarningsMonth,
+    EntryKind,
+    User,
+    Wallet,
+)
 from tests.builders import fund, make_class, make_user
 from tests.helpers import FakeClock, errors, race
 
@@ -57,6 +64,7 @@ def test_views_moving_the_checkpoint_while_classes_pay_count_each_payment_once(a
         assert checkpointed.lifetime.classes == 9
         assert checkpointed.lifetime.tokens == 5 * 10 + 4 * 7
         assert run_audit() == []
+        db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
         db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
         db.session.execute(
             delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id)
@@ -141,10 +149,17 @@ def test_the_reads_use_their_indexes_with_a_generic_plan(ctx):
     db.session.execute(text("SET LOCAL enable_seqscan = off"))
     when = datetime(2026, 11, 24, tzinfo=UTC)
     same_point = generic_plan_of(
-        service.SAME_POINT, {"p_wallet": wallet_id, "p_from": when, "p_until": when}
+        service.SAME_POINT,
+        {"p_wallet": wallet_id, "p_point_from": when, "p_until": when},
     )
     assert "ix_postings_class_pay" in same_point, same_point
-    params = {"p_wallet": wallet_id, "p_through": 0, "p_end": when}
+    params = {
+        "p_wallet": wallet_id,
+        "p_through": 0,
+        "p_end": when,
+        "p_from": when,
+        "p_point_from": when,
+    }
     params.update({f"p_month{i}": when for i in range(service.MONTHS)})
     tail = generic_plan_of(service.TAIL, params)
     assert "ix_postings_wallet_kind_seq" in tail or "ix_postings_class_pay" in tail, tail

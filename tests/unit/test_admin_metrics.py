@@ -5,7 +5,7 @@ checkpoint that keeps the page fast, which must never change a figure."""
 
 import re
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -17,6 +17,7 @@ from soma.extensions import db
 from soma.models import (
     EntryKind,
     JournalEntry,
+    MetricsActiveDay,
     MetricsCheckpoint,
     MetricsDay,
     MetricsWallet,
@@ -224,7 +225,9 @@ def test_the_checkpoint_changes_no_figure_and_matches_a_fold_from_scratch(econom
     stepped_wallets = db.session.execute(
         select(MetricsWallet.wallet_id, MetricsWallet.last_at)
     ).all()
-    for table in (MetricsDay, MetricsWallet, MetricsCheckpoint):
+    stepped_active_days = active_days()
+    assert stepped_active_days == recounted_active_days()
+    for table in (MetricsDay, MetricsWallet, MetricsActiveDay, MetricsCheckpoint):
         db.session.execute(delete(table))
     db.session.commit()
     assert metrics.advance_checkpoint(later) == newest
@@ -235,7 +238,67 @@ def test_the_checkpoint_changes_no_figure_and_matches_a_fold_from_scratch(econom
     assert sorted(
         db.session.execute(select(MetricsWallet.wallet_id, MetricsWallet.last_at)).all()
     ) == sorted(stepped_wallets)
+    assert active_days() == stepped_active_days == recounted_active_days()
     assert sum(d[1] for d in stepped) == db.session.scalar(select(func.count(JournalEntry.id)))
+
+
+def active_days() -> list[tuple]:
+    """The rollup's active wallets by day and role."""
+    rows = db.session.execute(
+        select(MetricsActiveDay.day, MetricsActiveDay.role, MetricsActiveDay.wallets)
+    )
+    return sorted(tuple(row) for row in rows)
+
+
+def recounted_active_days() -> list[tuple]:
+    """The same, counted from the rollup's wallets, one by one."""
+    found = Counter(
+        (f"{last_at.astimezone(UTC):%Y-%m-%d}", role)
+        for role, last_at in db.session.execute(select(MetricsWallet.role, MetricsWallet.last_at))
+    )
+    return sorted((day, role, count) for (day, role), count in found.items())
+
+
+def test_active_wallets_start_at_the_windows_first_instant_wherever_the_checkpoint_is(ctx, clock):
+    """The window starts 30 days ago to the instant: on its first day, a wallet last seen
+    before that instant is not active and one seen after it is; a wallet counted by the
+    rollup and seen again in the tail counts once."""
+    now = datetime(2026, 11, 24, 9, tzinfo=UTC)
+    since = now - timedelta(days=metrics.ACTIVE_DAYS)  # 25 October, 09:00
+    clock.now = now
+    users = {}
+    for name, when in {
+        "day before": since - timedelta(hours=10),
+        "first day, before": since - timedelta(hours=1),
+        "first day, after": since + timedelta(hours=1),
+        "later": now - timedelta(days=14),
+        "comes back": now - timedelta(days=54),
+    }.items():
+        users[name] = make_user("student", name=name)
+        fund(users[name].id, 10, now=when)
+    teacher = make_user("teacher")
+    fund(teacher.id, 10, now=since + timedelta(minutes=1))
+    later = now + metrics.FOLD_LAG + timedelta(minutes=1)
+    expected = {"student": 2, "teacher": 1}
+    assert metrics.figures(now).active == expected  # no checkpoint: all from the tail
+    metrics.catch_up(later)
+    assert metrics.figures(now).active == expected
+    assert active_days() == recounted_active_days()
+    assert ("2026-10-25", "student", 2) in active_days()
+
+    # Seen again, in the tail: one already counted and one back after two months.
+    fund(users["later"].id, 10, now=now - timedelta(hours=1))
+    fund(users["comes back"].id, 10, now=now - timedelta(hours=1))
+    figures = metrics.figures(now)
+    assert figures.tail_entries == 2
+    assert figures.active == {"student": 3, "teacher": 1}
+    metrics.catch_up(later)
+    assert metrics.figures(now).active == {"student": 3, "teacher": 1}
+    assert active_days() == recounted_active_days()
+    # A minute later the first day's early wallet is still out, the later one still in;
+    # a day later the first day's late one is out too.
+    assert metrics.figures(now + timedelta(minutes=1)).active == {"student": 3, "teacher": 1}
+    assert metrics.figures(now + timedelta(days=1)).active == {"student": 2, "teacher": 0}
 
 
 def test_a_view_after_new_entries_shows_them_and_the_fold_takes_in_only_those(

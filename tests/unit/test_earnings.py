@@ -16,7 +16,14 @@ from soma.earnings import service
 from soma.earnings.chart import bar_chart, scale_top, short_usd
 from soma.earnings.service import Growth, Totals, add_months, earnings_of, month_start
 from soma.extensions import db
-from soma.models import EarningsCheckpoint, EarningsMonth, Posting, User, Wallet
+from soma.models import (
+    EarningsCheckpoint,
+    EarningsDay,
+    EarningsMonth,
+    Posting,
+    User,
+    Wallet,
+)
 from tests.builders import fund, make_class, make_funded_user, make_user
 from tests.helpers import text_of
 
@@ -245,6 +252,7 @@ def figures(earnings) -> tuple:
 
 
 def reset_checkpoint(wallet_id: int) -> None:
+    db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
     db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
     db.session.execute(delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id))
     db.session.commit()
@@ -269,6 +277,64 @@ def test_the_figures_are_the_same_wherever_the_checkpoint_stands(three_rates, cl
         .order_by(EarningsMonth.month)
     ).all()
     assert months == [("2026-09", 1, 40), ("2026-10", 2, 60), ("2026-11", 1, 48)]
+
+
+def test_last_month_up_to_the_same_point_is_the_same_wherever_the_checkpoint_stands(ctx, clock):
+    """The same point's figure adds the checkpointed whole days (EarningsDay), the tail's
+    payments in those days and the payments of the same point's own day up to it: each
+    payment once, wherever the checkpoint stands, and none after the same point."""
+    teacher = make_user("teacher")
+    student = make_funded_user(100)
+    # October (4 c a token, 40 c a class): the 2nd and the 20th are whole days before
+    # the same point (24 October 09:00), 02:00 on the 24th is before it on its own day,
+    # 15:00 on the 24th and the 28th are after it.
+    for when in (
+        datetime(2026, 10, 2, 9, tzinfo=UTC),
+        datetime(2026, 10, 20, 9, tzinfo=UTC),
+        datetime(2026, 10, 24, 2, tzinfo=UTC),
+        datetime(2026, 10, 24, 15, tzinfo=UTC),
+        datetime(2026, 10, 28, 9, tzinfo=UTC),
+    ):
+        clock.now = when
+        make_class(student, teacher, "completed")
+    clock.now = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    make_class(student, teacher, "completed", minutes=90)  # 15 tokens: 60 c
+    clock.now = NOW
+    wallet_id = wallet_id_of(teacher.id)
+    paid = db.session.execute(
+        select(Posting.seq, Posting.created_at)
+        .where(Posting.wallet_id == wallet_id, Posting.amount > 0)
+        .order_by(Posting.seq)
+    ).all()
+    assert [f"{at:%m-%d}" for _, at in paid] == [
+        "10-02",
+        "10-20",
+        "10-24",
+        "10-24",
+        "10-28",
+        "11-03",
+    ]
+    assert paid[2][1] < datetime(2026, 10, 24, 9, tzinfo=UTC) < paid[3][1]
+
+    for upto in [0, *(seq for seq, _ in paid)]:
+        reset_checkpoint(wallet_id)
+        service.advance_checkpoint(wallet_id, upto=upto)
+        earnings = earnings_of(teacher)
+        assert earnings.growth == Growth(60, 120, datetime(2026, 10, 24, 9, tzinfo=UTC)), upto
+        assert (earnings.growth.text, earnings.last_month.totals.cents) == ("-50%", 200), upto
+        assert run_audit() == []
+    days = db.session.execute(
+        select(EarningsDay.day, EarningsDay.cents)
+        .where(EarningsDay.wallet_id == wallet_id)
+        .order_by(EarningsDay.day)
+    ).all()
+    assert days == [
+        ("2026-10-02", 40),
+        ("2026-10-20", 40),
+        ("2026-10-24", 80),
+        ("2026-10-28", 40),
+        ("2026-11-03", 60),
+    ]
 
 
 def test_a_checkpoint_moves_on_by_adding_only_the_payments_after_it(three_rates, clock):
