@@ -407,6 +407,51 @@ def test_the_audit_names_a_checkpoint_that_is_not_what_the_ledger_sums_to(three_
     ]
 
 
+def test_the_audit_names_a_day_of_a_checkpoint_that_is_not_what_the_ledger_sums_to(three_rates):
+    """The day rows ("last month up to the same point" adds them up) are audited as the
+    months are: one changed, one deleted and one invented are each named."""
+    wallet_id = wallet_id_of(three_rates.id)
+    service.advance_checkpoint(wallet_id)
+    assert run_audit() == []
+    days = db.session.execute(
+        select(EarningsDay.day, EarningsDay.cents)
+        .where(EarningsDay.wallet_id == wallet_id)
+        .order_by(EarningsDay.day)
+    ).all()
+    months = db.session.scalar(
+        select(func.sum(EarningsMonth.cents)).where(EarningsMonth.wallet_id == wallet_id)
+    )
+    assert len(days) >= 2 and sum(cents for _, cents in days) == months
+    changed, deleted = days[0], days[-1]
+    db.session.execute(
+        update(EarningsDay)
+        .where(EarningsDay.wallet_id == wallet_id, EarningsDay.day == changed.day)
+        .values(cents=EarningsDay.cents + 5)
+    )
+    db.session.execute(
+        delete(EarningsDay).where(
+            EarningsDay.wallet_id == wallet_id, EarningsDay.day == deleted.day
+        )
+    )
+    db.session.add(EarningsDay(wallet_id=wallet_id, day="2026-09-01", cents=7))
+    db.session.commit()
+
+    assert run_audit() == [
+        Violation(
+            "earnings-checkpoint",
+            f"wallet {wallet_id}'s earnings for {day} say {kept} cents, but its class "
+            f"payments up to its checkpoint sum to {ledger} cents",
+        )
+        for day, kept, ledger in sorted(
+            [
+                ("2026-09-01", 7, 0),
+                (changed.day, changed.cents + 5, changed.cents),
+                (deleted.day, 0, deleted.cents),
+            ]
+        )
+    ]
+
+
 # The page ----------------------------------------------------------------------------
 
 
