@@ -2,6 +2,7 @@
 
 from sqlalchemy import select
 
+from soma import ledger
 from soma.extensions import db
 from soma.models import JournalEntry, Purchase
 from soma.purchases import service
@@ -72,3 +73,25 @@ def mpesa_settings(daraja_url: str, callback_secret: str) -> dict:
         "MPESA_CALLBACK_SECRET": callback_secret,
         "MPESA_KES_PER_USD": "129.50",
     }
+
+
+def replay_credits(purchase_id: int, user_id: int, tokens: int, bonus: int) -> None:
+    """Credit a fulfilled purchase's tokens and bonus again through the ledger, as Python
+    writes them (key, kind, source, reference, memo): each must be a replay of the entry
+    fulfil wrote, not a second credit nor a refusal."""
+    purchase = db.session.get(Purchase, purchase_id)
+    for part, kind, amount, memo in (
+        ("tokens", "purchase", tokens, service._memo(purchase)),
+        ("bonus", "bonus", bonus, f"Bonus with purchase #{purchase_id}"),
+    ):
+        again = ledger.credit(
+            user_id,
+            amount,
+            key=f"purchase:{purchase_id}:{part}",
+            kind=kind,
+            source=dict(service.PARTS)[part],
+            reference=("purchase", purchase_id),
+            memo=memo,
+        )
+        assert again.replayed
+    db.session.commit()

@@ -23,7 +23,7 @@ from soma.models import (
 from soma.notifications.service import email_text
 from soma.purchases import service
 from tests.builders import make_user
-from tests.buying import credits_of
+from tests.buying import credits_of, replay_credits
 from tests.helpers import balances
 
 
@@ -315,22 +315,7 @@ def test_a_credits_entry_replayed_through_the_ledger_is_the_same_entry(app):
     with app.app_context():
         purchase_id, user_id = bought()
         service.fulfil(purchase_id, "stripe:evt_1")
-        purchase = db.session.get(Purchase, purchase_id)
-        for part, kind, tokens, memo in (
-            ("tokens", "purchase", 250, service._memo(purchase)),
-            ("bonus", "bonus", 10, f"Bonus with purchase #{purchase_id}"),
-        ):
-            again = ledger.credit(
-                user_id,
-                tokens,
-                key=f"purchase:{purchase_id}:{part}",
-                kind=kind,
-                source=dict(service.PARTS)[part],
-                reference=("purchase", purchase_id),
-                memo=memo,
-            )
-            assert again.replayed
-        db.session.commit()
+        replay_credits(purchase_id, user_id, 250, 10)
         assert balances(user_id) == (260, 0)
         assert run_audit() == []
 

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select, update
 
-from soma import ledger
 from soma.audit import run_audit
 from soma.extensions import db
 from soma.models import JournalEntry, Notification, OutboxMessage, Purchase
 from soma.notifications.service import email_text
 from soma.purchases import service
 from tests.builders import make_user
+from tests.buying import replay_credits
 from tests.helpers import balances
 
 
@@ -189,22 +189,7 @@ def test_a_credit_through_the_ledger_after_fulfil_is_a_replay_for_a_large_kes_pu
         )  # fmt: skip
         db.session.commit()
         service.fulfil(purchase_id, "mpesa:cb_1", receipt="QWE123")
-        purchase = db.session.get(Purchase, purchase_id)
-        for part, kind, tokens, memo in (
-            ("tokens", "purchase", 9_999_999, service._memo(purchase)),
-            ("bonus", "bonus", 1, f"Bonus with purchase #{purchase_id}"),
-        ):
-            again = ledger.credit(
-                user_id,
-                tokens,
-                key=f"purchase:{purchase_id}:{part}",
-                kind=kind,
-                source=dict(service.PARTS)[part],
-                reference=("purchase", purchase_id),
-                memo=memo,
-            )
-            assert again.replayed
-        db.session.commit()
+        replay_credits(purchase_id, user_id, 9_999_999, 1)
         assert balances(user_id) == (10_000_000, 0)
         assert run_audit() == []
 
