@@ -126,6 +126,12 @@ THROUGH = {
     "through_withdrawal_id": Withdrawal.id,
 }
 
+# A checkpoint whose MAC fails: edited, forged without the key, or sealed under another key.
+UNSEALED = (
+    "checkpoint {}'s content does not match its seal (changed, forged, or sealed under "
+    "another SECRET_KEY)"
+)
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -347,7 +353,7 @@ def _checkpoints_hold() -> list[Violation]:
         if (checkpoint.previous_id, checkpoint.previous_hash) != (expected_id, expected_hash):
             found.append(f"checkpoint {checkpoint.id} does not follow checkpoint {expected_id}")
         if not hmac.compare_digest(checkpoint_hash(checkpoint), checkpoint.hash):
-            found.append(f"checkpoint {checkpoint.id}'s content does not hash to its hash")
+            found.append(UNSEALED.format(checkpoint.id))
         previous = checkpoint
     if previous is not None:
         count, digest = wallets_digest(previous.id)

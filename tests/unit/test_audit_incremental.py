@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text
 
 from soma import ledger
 from soma.audit import Violation, audit, checkpoint, run_audit
+from soma.audit.checkpoint import UNSEALED
 from soma.extensions import db
 from soma.models import (
     AuditCheckpoint,
@@ -220,7 +221,10 @@ def test_an_edited_checkpoint_is_caught_and_the_run_falls_back_to_full(ctx):
     result = audit()
     assert result.full is True  # a checkpoint that does not hold is not trusted
     assert (
-        Violation("audit-checkpoint", f"checkpoint {second}'s content does not hash to its hash")
+        Violation(
+            "audit-checkpoint",
+            UNSEALED.format(second),
+        )
         in result.violations
     )
     assert (
@@ -259,7 +263,10 @@ def test_an_edited_checkpoint_wallet_row_or_a_broken_chain_of_checkpoints_is_cau
     db.session.commit()
     found = run_audit()
     assert found == [
-        Violation("audit-checkpoint", f"checkpoint {first}'s content does not hash to its hash"),
+        Violation(
+            "audit-checkpoint",
+            UNSEALED.format(first),
+        ),
         Violation("audit-checkpoint", f"checkpoint {second} does not follow checkpoint {first}"),
     ]
 
@@ -430,7 +437,10 @@ def test_a_checkpoint_forged_without_the_key_does_not_hide_invented_tokens(ctx):
         f"{student.available - 1000} and 0",
     )
     assert result.violations == [
-        Violation("audit-checkpoint", f"checkpoint {newest}'s content does not hash to its hash"),
+        Violation(
+            "audit-checkpoint",
+            UNSEALED.format(newest),
+        ),
         invented,
     ]
     assert result.checkpoint_id is None
@@ -457,7 +467,10 @@ def test_a_new_secret_key_sends_the_audit_back_to_a_full_run_until_one_is_clean(
     result = audit()
     assert result.full is True
     assert result.violations == [
-        Violation("audit-checkpoint", f"checkpoint {first}'s content does not hash to its hash")
+        Violation(
+            "audit-checkpoint",
+            UNSEALED.format(first),
+        )
     ]
     assert result.checkpoint_id is None
     assert audit().full is True  # still: nothing was written
