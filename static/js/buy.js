@@ -48,6 +48,13 @@
       }
       update();
     });
+    // An amount typed before this script ran (a slow connection) chooses "another amount"
+    // too, unless the student has since chosen something other than the page's default.
+    var chosen = document.querySelector('input[name="package"]:checked');
+    if (custom && input.value && input.value !== input.defaultValue &&
+        (!chosen || chosen.defaultChecked)) {
+      custom.checked = true;
+    }
     update();
   }
 

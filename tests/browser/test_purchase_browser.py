@@ -72,3 +72,24 @@ def test_the_buy_page_shows_a_live_total_for_a_custom_amount(app, live_server, p
     expect(page.locator("footer.site-footer")).to_be_hidden()
     expect(page.get_by_test_id("receipt")).to_be_visible()
     assert errors == []
+
+
+def test_an_amount_typed_before_the_script_runs_chooses_another_amount(
+    app, live_server, page: Page
+):
+    """On a slow connection the student may type before buy.js has run: once it runs,
+    the amount typed still chooses "another amount" and shows its total."""
+    with app.app_context():
+        make_user("student", email="sl@example.com", name="Slow Sol")
+    log_in(page, live_server, "sl@example.com")
+    held = []
+    page.route("**/js/buy.js*", lambda route: held.append(route))
+    page.goto(f"{live_server}/buy/", wait_until="commit")
+    page.get_by_role("spinbutton", name="Tokens").fill("125")
+    custom = page.locator('input[name="package"][value="custom"]')
+    expect(custom).not_to_be_checked()  # the script has not run yet
+    page.wait_for_timeout(50)
+    assert len(held) == 1
+    held[0].continue_()
+    expect(custom).to_be_checked()
+    expect(page.get_by_test_id("live-total")).to_have_text("125 tokens ≈ $12.50")
