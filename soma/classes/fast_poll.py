@@ -45,7 +45,7 @@ from soma import clock
 from soma.classes import service, tracker
 from soma.classes.poll_cache import PollCache
 from soma.classes.poll_limit import VERDICT, poll_limit_of
-from soma.classes.routes import panel_state
+from soma.classes.routes import changed_since
 from soma.extensions import db
 from soma.inputs import parse_id
 from soma.models.classes import ClassSession
@@ -153,8 +153,7 @@ class TimerPoll:
             template = app.jinja_env.get_template(TEMPLATE)
             body = template.render(tracker=shown, poll_url=poll_url).encode()
         args = first_arguments(environ.get("QUERY_STRING", ""))
-        panel = args.get("panel")
-        changed = args.get("seen") != session.status or panel not in (None, panel_state(session))
+        changed = changed_since(session, args.get("seen"), args.get("panel"))
         # In the order Flask's response has them: the view's own header first.
         headers = [("HX-Trigger", "class-changed")] if changed else []
         headers.append(("Content-Type", "text/html; charset=utf-8"))

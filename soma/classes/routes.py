@@ -165,6 +165,12 @@ def panel_state(session) -> str:
     return f"{session.status}.{tag:08x}"
 
 
+def changed_since(session, seen: str | None, panel: str | None) -> bool:
+    """Whether the page that polled, having last seen status `seen` and panel `panel`,
+    must be told the class changed (HX-Trigger: class-changed)."""
+    return seen != session.status or panel not in (None, panel_state(session))
+
+
 def _panel_context(
     session: ClassSession, error: str | None = None, link_form: MeetingLinkForm | None = None
 ) -> dict:
@@ -251,8 +257,7 @@ def timer(class_id: int):
             abort(404)
         session = service.settle_if_due(found)
     headers = {}
-    shown = request.args.get("panel")
-    if request.args.get("seen") != session.status or shown not in (None, panel_state(session)):
+    if changed_since(session, request.args.get("seen"), request.args.get("panel")):
         headers["HX-Trigger"] = "class-changed"
     template = current_app.jinja_env.get_template("classes/_timer.html")
     return template.render(tracker=tracker_for(session, user.id)), 200, headers
