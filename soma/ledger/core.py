@@ -23,10 +23,10 @@ posted with `own_transaction=True`: it is then written and committed in a
 transaction of its own, apart from the session's. On PostgreSQL that is the
 entry's one statement in autocommit, one round trip in all; the statement
 raises (see migration 0004) rather than return a refusal, so a refused entry
-writes nothing. `post_guarded` does the same for an entry that must move
-another row with it (a purchase to paid): a compare-and-set of that row guards
-the entry in its statement, and more entries can follow in the same round
-trip and transaction.
+writes nothing. `post_row_credits` does the same for credits that must move
+another row with them (a purchase to paid): a compare-and-set of that row guards
+each entry in its statement, and the credits are sent in one round trip and one
+transaction.
 
 Every posting is a link in its wallet's chain. Under the wallet's row lock (the
 UPDATE of step 2) the posting draws the wallet's next sequence number and hashes
@@ -660,67 +660,14 @@ class Guard:
 
 @dataclass(frozen=True)
 class Guarded:
-    """What `post_guarded` wrote: its entries (None for one whose key was used before),
-    the first column of each row the guard's CTEs wrote, and the first row (or None)
-    of each of its `then` statements; from `post_row_credits`, also what each
-    statement showed (see `RowCredit`)."""
+    """What `post_row_credits` wrote: its entries' ids (None for one not written), the
+    first column of each row the first guard's CTEs wrote, the first row (or None) of
+    each of its `then` statements, and what each statement showed (see `RowCredit`)."""
 
     entries: list
     written: tuple
     then: tuple = ()
     shown: tuple = ()
-
-
-def post_guarded(
-    guard: Guard, first: dict, *also: dict, then: tuple[tuple[str, dict], ...] = ()
-) -> Guarded:
-    """Post `first` only if `guard` holds, with the guard's writes, and `also` after
-    it, in one transaction of their own (PostgreSQL); no entries if the guard held no
-    row. `then` are statements (driver SQL and values) sent after them, in that
-    transaction, whether the guard held or not.
-
-    `first` and each of `also` are `post`'s arguments (kind, key, legs, tokens, and
-    any of reference, memo, actor_id, now). `first` with the guard is one statement,
-    in autocommit when alone: the guard's row (a purchase, say) moves if and only if
-    the entry is written, with no other transaction between. Each of `also` is one
-    more entry's statement, sent with it at once (one round trip) and committed with
-    it; it is written whether or not the guard held, so it must be one that is
-    written already whenever the guard holds no row (keyed by the same thing).
-
-    Raises as `post` does, and IdempotencyConflict when the guard held but the
-    first entry's key was used before; nothing is written then.
-    """
-    if db.engine.dialect.name != "postgresql":
-        raise InvalidPosting("a guarded entry is one statement: PostgreSQL only")
-    session = db.session()
-    if session.in_transaction() and _session_has_written(session.connection()):
-        raise InvalidPosting("commit the session's writes before a guarded entry")
-    prepared = [_entry_values(**_as_entry(asked)) for asked in (first, *also)]
-    values, accounts = prepared[0]
-    values.update(guard.values)
-    statements = [(_one_statement(values, accounts, True, (guard.build, guard.shape)), values)]
-    statements += [(_one_statement(v, a, strict=True), v) for v, a in prepared[1:]]
-    statements += then
-    try:
-        rows = autocommit_rows(statements, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
-    except psycopg.Error as error:  # only a refusal is kept raw
-        # Which statement refused is not said: the first's checks are tried first.
-        step = int(error.diag.message_detail)
-        if step == len(accounts) + 1:
-            raise IdempotencyConflict(values["p_key"]) from None
-        failed_values, failed_accounts = _failing(prepared, step)
-        with db.engine.connect() as connection:
-            _refused_at(connection, step, failed_values, failed_accounts)
-    head = rows[0]
-    if head[0] is None:
-        return Guarded([], (), tuple(rows[len(prepared) :]))
-    posted = [PostedEntry(head[0], values["p_kind"], values["p_tokens"], values["p_key"])]
-    for (v, _), row in zip(prepared[1:], rows[1 : len(prepared)], strict=True):
-        entry_id = row[0]
-        posted.append(
-            PostedEntry(entry_id, v["p_kind"], v["p_tokens"], v["p_key"]) if entry_id else None
-        )
-    return Guarded(posted, tuple(head[3:]), tuple(rows[len(prepared) :]))
 
 
 @dataclass(frozen=True)
@@ -736,7 +683,7 @@ class RowCredit:
     caller need not read the row first: its facts go from the row to the entry, its
     postings, its wallets and its digest (the same digest `post` computes for the
     same credit, see `credit_digest_sql`) inside the statement. With `refuse_used`,
-    a key used before refuses the whole, as in `post_guarded`; without, the entry is
+    a key used before refuses the whole; without, the entry is
     then left out (a replay).
     """
 
@@ -757,7 +704,7 @@ def post_row_credits(
     first: RowCredit, *also: RowCredit, then: tuple[tuple[str, dict], ...] = ()
 ) -> Guarded:
     """Post row credits (see `RowCredit`) and run `then` after them, all in one transaction
-    of its own sent at once (one round trip), as `post_guarded` does (PostgreSQL)."""
+    of its own sent at once (one round trip), BEGIN ... COMMIT (PostgreSQL)."""
     if db.engine.dialect.name != "postgresql":
         raise InvalidPosting("a row credit is one statement: PostgreSQL only")
     session = db.session()
@@ -863,27 +810,6 @@ def credit_digest_sql(kind: str, source, user_id, tokens, reference_type: str):
     return func.encode(func.sha256(func.convert_to(func.concat(*pieces), "UTF8")), "hex")
 
 
-def _as_entry(asked: dict) -> dict:
-    known = ("reference", "memo", "actor_id", "now")
-    return {
-        "kind": asked["kind"],
-        "key": asked["key"],
-        "legs": asked["legs"],
-        "tokens": asked["tokens"],
-        **{name: asked.get(name, "" if name == "memo" else None) for name in known},
-        "closes_entry_id": None,
-        "hold_check": None,
-    }
-
-
-def _failing(prepared: list, step: int) -> tuple[dict, list]:
-    """The entry that a refusal at `step` names: the first with a wallet at that step."""
-    for values, accounts in prepared:
-        if step < len(accounts):
-            return values, accounts
-    return prepared[0]
-
-
 @cache
 def _whole_entry_sql(
     shape: tuple, guarded: bool, strict: bool = False, guard: tuple | None = None
@@ -925,7 +851,7 @@ _ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
 _MARK = re.compile(r"%\((\w+)\)s")
 
 
-def _one_statement(values: dict, accounts, strict: bool, guard: tuple | None = None) -> str:
+def _one_statement(values: dict, accounts, strict: bool) -> str:
     """The entry's statement for PostgreSQL; adds each wallet's values to `values`."""
     shape = tuple((account.platform is not None, tuple(deltas)) for account, deltas in accounts)
     for i, (account, deltas) in enumerate(accounts):
@@ -934,7 +860,7 @@ def _one_statement(values: dict, accounts, strict: bool, guard: tuple | None = N
             values[f"p_shard{i}"] = account.shard
         values[f"p_available{i}"] = deltas.get(Bucket.AVAILABLE, 0)
         values[f"p_locked{i}"] = deltas.get(Bucket.LOCKED, 0)
-    return _whole_entry_sql(shape, "p_held" in values, strict, guard)
+    return _whole_entry_sql(shape, "p_held" in values, strict)
 
 
 def _post_in_one_statement(connection, values: dict, accounts) -> int | None:
@@ -1151,7 +1077,6 @@ __all__ = [
     "open_wallet",
     "platform_account",
     "post",
-    "post_guarded",
     "post_row_credits",
     "user_account",
 ]

@@ -64,7 +64,7 @@ def credit(
 
 
 def credit_legs(user_id: int, tokens: int, source: PlatformAccount) -> list[Leg]:
-    """The postings of a credit (for `core.post_guarded`, which takes postings)."""
+    """The postings of a credit: from `source` to the user's available tokens."""
     return [
         Leg(platform_account(source), Bucket.AVAILABLE, -_positive(tokens)),
         Leg(user_account(user_id), Bucket.AVAILABLE, tokens),
