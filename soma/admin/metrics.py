@@ -387,12 +387,12 @@ def figures(now: datetime | None = None) -> Metrics:
     days = [Day(day, by_day.get(day, DayTotals())) for day in day_list]
     # Each day once, into the month it is in (if shown).
     month_of_day = {(start.year, start.month): i for i, start in enumerate(month_starts)}
-    sums = [[0] * len(DayTotals().figures) for _ in month_starts]
+    month_totals = [DayTotals() for _ in month_starts]
     for day, totals in by_day.items():
         i = month_of_day.get((day.year, day.month))
         if i is not None:
-            sums[i] = [a + b for a, b in zip(sums[i], totals.figures, strict=True)]
-    months = [Month(start, DayTotals(*sums[i])) for i, start in enumerate(month_starts)]
+            month_totals[i] += totals
+    months = [Month(start, total) for start, total in zip(month_starts, month_totals, strict=True)]
 
     users, holdings = _people(now)
     return Metrics(
