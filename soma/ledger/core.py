@@ -291,9 +291,10 @@ def _entry_binds() -> dict:
     }
 
 
-def _entry_insert(dialect_module, binds: dict, only_if=None):
+def _entry_insert(dialect_module, binds: dict, only_if=None, given_id: bool = False):
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id of the entry; with `only_if`
-    (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds."""
+    (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds. With
+    `given_id`, the entry's id is the `p_entry_id` parameter (else its sequence's next)."""
     tokens, now = binds["tokens"], binds["now"]
     columns = dict(
         kind=binds["kind"],
@@ -309,6 +310,8 @@ def _entry_insert(dialect_module, binds: dict, only_if=None):
         actor_id=bindparam("p_actor_id", type_=Integer()),
         created_at=now,
     )
+    if given_id:
+        columns["id"] = bindparam("p_entry_id", type_=BigInteger())
     statement = dialect_module.insert(entries)
     if only_if is None:
         statement = statement.values(**columns)
@@ -466,7 +469,7 @@ def _whole_entry_statement(
         if more:
             given, refuse_used, shown = more
         condition = exists().select_from(moved)
-    entry = _entry_insert(postgresql, binds, condition).cte("entry")
+    entry = _entry_insert(postgresql, binds, condition, "p_entry_id" in given).cte("entry")
     previous, updated = entry, []
     for i, (platform, buckets) in enumerate(shape):
         # entry.id makes it UPDATE ... FROM entry: no row to update without an entry.
@@ -677,8 +680,10 @@ class RowCredit:
 
     `guard.build(*guard.shape)` returns a CTE of one row or none, a tuple of CTEs
     written from it (as a `Guard`'s), SQL over that row for the entry's facts:
-    `user_id` (the user credited), `tokens` (how many) and `memo`, and optionally a
-    CTE of one row whose columns the statement returns too (`Guarded.shown`). The entry is keyed
+    `user_id` (the user credited), `tokens` (how many), `memo` and optionally
+    `entry_id` (the entry's id, taken by the guard from the entries' sequence, so the
+    row can name its entry in the same statement), and optionally a CTE of one row
+    whose columns the statement returns too (`Guarded.shown`). The entry is keyed
     `key`, refers to `reference` and is written only if that row exists. So the
     caller need not read the row first: its facts go from the row to the entry, its
     postings, its wallets and its digest (the same digest `post` computes for the
@@ -777,6 +782,8 @@ def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
         "p_available1": -tokens,
         "p_locked1": literal(0, BigInteger()),
     }
+    if "entry_id" in facts:
+        given["p_entry_id"] = facts["entry_id"]
     return rows, after, given, refuse_used, shown[0] if shown else None
 
 

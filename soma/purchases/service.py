@@ -9,16 +9,17 @@ purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
 On PostgreSQL a credit is two statements sent at once, one round trip and one
 transaction (`core.post_row_credits`), and nothing is read before them: the first
-moves the purchase to paid if it is payable (a compare-and-set), writes its status
-history row, the notification and its email, and the tokens' entry, all from the
+moves the purchase to paid if it is payable (a compare-and-set that also names its
+`credited_entry_id`, taken from the entries' sequence), writes its status history row,
+the notification and its email, and the tokens' entry with that id, all from the
 purchase's row and its student's as the statement finds them (the entry's amount,
 memo and digest too: the words are written in SQL, the same as Python's); the
-second marks the purchase's `credited_entry_id` and writes the bonus's entry, if it
-has one, and returns the purchase's row. Either all of it is written or none, the
-issuance and promotions rows are locked only while the database runs them, never
-while this process does anything, and no crash leaves a credit without its history,
-notification or email. On SQLite, and when a `claim` must commit with the credit,
-all of it is one transaction in the session.
+second writes the bonus's entry, if it has one, and returns the purchase's row.
+Either all of it is written or none, the issuance and promotions rows are locked
+only while the database runs them, never while this process does anything, and no
+crash leaves a credit without its history, notification or email. On SQLite, and
+when a `claim` must commit with the credit, all of it is one transaction in the
+session.
 """
 
 import math
@@ -34,7 +35,6 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
-    exists,
     func,
     insert,
     literal,
@@ -42,7 +42,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError, NoResultFound
@@ -400,11 +399,13 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
             **{f"p_g_{name}": value for name, value in refs.items()},
         },
     )
-    marked = {"p_g_purchase": purchase_id, "p_g_key": f"purchase:{purchase_id}:tokens"}
+    marked = {"p_g_purchase": purchase_id}
     bonus = core.Guard(_bonus_if_credited, (), marked)
     (_, account), (bonus_part, bonus_account) = PARTS
     done = core.post_row_credits(
-        core.RowCredit(paid, EntryKind.PURCHASE, marked["p_g_key"], account, reference, entered),
+        core.RowCredit(
+            paid, EntryKind.PURCHASE, f"purchase:{purchase_id}:tokens", account, reference, entered
+        ),
         core.RowCredit(
             bonus,
             EntryKind.BONUS,
@@ -412,7 +413,7 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
             bonus_account,
             reference,
             entered,
-            refuse_used=False,  # a replay's: the credited entry is marked with the bonus
+            refuse_used=False,  # a replay's, or a purchase credited before
         ),
     )
     row = done.shown[-1]  # the purchase's row as the credit leaves it
@@ -548,6 +549,10 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
             updated_at=now,
             failure_reason=null(),
             version=purchases.c.version + 1,
+            # The tokens' entry's id, taken here so the row names it in this statement
+            # (the entry, written below with it, exists when its key is checked: at the
+            # statement's end).
+            credited_entry_id=func.nextval(literal(f"{core.entries.name}_id_seq", String())),
             **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
         )
         .returning(
@@ -559,6 +564,7 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
             purchases.c.amount_minor,
             purchases.c.currency,
             purchases.c.provider,
+            purchases.c.credited_entry_id,
             users.c.email,
             users.c.display_name,
             users.c.email_notifications,
@@ -631,41 +637,38 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
         .returning(outbox.c.id)
         .cte("mailed")
     )
-    facts = {"user_id": moved.c.user_id, "tokens": moved.c.tokens, "memo": _memo_sql(moved)}
+    facts = {
+        "user_id": moved.c.user_id,
+        "tokens": moved.c.tokens,
+        "memo": _memo_sql(moved),
+        "entry_id": moved.c.credited_entry_id,
+    }
     return moved, (history, noted, mailed), facts
 
 
 @cache
 def _bonus_if_credited():
-    """The guard of a credit's bonus, sent after the credit: the purchase's credited entry
-    is marked, if it is not yet, with the bonus's entry (if it has a bonus). A replay
-    finds it marked, so writes neither. The statement shows the purchase's row as the
-    credit leaves it (the row as marked, or as it is)."""
-    purchases, entries = Purchase.__table__, core.entries
+    """The guard of a credit's bonus, sent after the credit: a paid purchase with a bonus,
+    credited (its entry named). The bonus's key keeps it once: a replay, or a purchase
+    credited before, finds the key used and writes nothing. The statement shows the
+    purchase's row as the credit leaves it (its own snapshot sees the credit's
+    statement, before it in the same transaction)."""
+    purchases = Purchase.__table__
     purchase_id = bindparam("p_g_purchase", type_=BigInteger())
-    marked = (
-        update(purchases)
-        .where(
-            purchases.c.id == purchase_id,
-            purchases.c.credited_entry_id.is_(None),
-            entries.c.idempotency_key == bindparam("p_g_key", type_=String()),
-        )
-        .values(credited_entry_id=entries.c.id)
-        .returning(*purchases.c)
-        .cte("marked")
-    )
+    # The row by its key, and the guard's conditions on it after: a WHERE on the table
+    # naming its status would be planned (generic, cached) as a walk of every paid
+    # purchase by the status index. (Read twice, so the database keeps its one row.)
+    final = select(*purchases.c).where(purchases.c.id == purchase_id).cte("final")
     rows = (
-        select(marked.c.id, marked.c.user_id, marked.c.bonus_tokens)
-        .where(marked.c.bonus_tokens > 0)
+        select(final.c.id, final.c.user_id, final.c.bonus_tokens)
+        .where(
+            final.c.status == PurchaseStatus.PAID.value,
+            final.c.credited_entry_id.is_not(None),
+            final.c.bonus_tokens > 0,
+        )
         .cte("bonus")
     )
     memo = _words(BONUS_MEMO, purchase=rows.c.id)
-    # (The statement's own snapshot sees the credit's statement, before it: the row
-    # is locked by it, so no one else has moved it since.)
-    final = union_all(
-        select(*marked.c),
-        select(*purchases.c).where(purchases.c.id == purchase_id, ~exists().select_from(marked)),
-    ).cte("final")
     facts = {"user_id": rows.c.user_id, "tokens": rows.c.bonus_tokens, "memo": memo}
     return rows, (), facts, final
 
