@@ -33,41 +33,11 @@ def autocommit_row(
     dropped. (After an error, a write may or may not have happened: a caller
     that wrote retries with the same idempotency key to find out.)
     """
-    return autocommit_rows([(sql, params)], keep)[0]
-
-
-def autocommit_rows(
-    statements: list[tuple[str, dict]], keep: Callable[[psycopg.Error], bool] | None = None
-) -> list[tuple | None]:
-    """Run statements (driver SQL, with their values) in one transaction; each one's first row.
-
-    One statement runs alone in autocommit, as `autocommit_row`. Several are sent
-    at once (psycopg's pipeline) between BEGIN and COMMIT: one round trip, so
-    the locks the first one takes are held only while the others run. If one
-    fails, the ones after it are skipped and all are rolled back; errors are as
-    for `autocommit_row`.
-    """
     pooled = db.engine.raw_connection()
     driver = pooled.driver_connection
-    sql, params = statements[0]
     try:
         driver.autocommit = True
-        if len(statements) == 1:
-            return [_execute(driver, sql, params).fetchone()]
-        # Sent at once, one round trip, inside BEGIN ... COMMIT. Not an implicit
-        # transaction up to the pipeline's Sync: psycopg sends the Sync even when
-        # Python is interrupted between two sends, which would commit the statements
-        # already sent. With BEGIN first, an interrupted or failed pipeline leaves
-        # the transaction open or aborted, and the connection is dropped (below),
-        # which rolls all of it back.
-        with driver.pipeline():
-            driver.execute("BEGIN")
-            cursors = [_execute(driver, sql, params) for sql, params in statements]
-            driver.execute("COMMIT")
-        # (A result's status, not `description`: that builds every column's description.)
-        return [
-            cursor.fetchone() if cursor.pgresult.status == _ROWS else None for cursor in cursors
-        ]
+        return _execute(driver, sql, params).fetchone()
     except psycopg.Error as error:
         if keep is not None and keep(error):
             raise
@@ -93,8 +63,6 @@ def autocommit_rows(
         _back_out_of_autocommit(pooled, driver)
         pooled.close()
 
-
-_ROWS = psycopg.pq.ExecStatus.TUPLES_OK
 
 # psycopg caches its parsing of a statement's %(name)s placeholders only for
 # statements up to this long (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).

@@ -91,11 +91,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.sql import visitors
-from sqlalchemy.sql.elements import BindParameter
 
 from soma.extensions import db
-from soma.fastread import autocommit_row, autocommit_rows
+from soma.fastread import autocommit_row
 from soma.ledger.errors import (
     AlreadySettled,
     IdempotencyConflict,
@@ -291,10 +289,11 @@ def _entry_binds() -> dict:
     }
 
 
-def _entry_insert(dialect_module, binds: dict, only_if=None, given_id: bool = False):
+def _entry_insert(dialect_module, binds: dict, only_if=None, given: dict | None = None):
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id of the entry; with `only_if`
-    (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds. With
-    `given_id`, the entry's id is the `p_entry_id` parameter (else its sequence's next)."""
+    (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds.
+    `given` holds SQL for columns in place of their parameters (`id` among them: the
+    entry's id, else its sequence's next)."""
     tokens, now = binds["tokens"], binds["now"]
     columns = dict(
         kind=binds["kind"],
@@ -310,8 +309,7 @@ def _entry_insert(dialect_module, binds: dict, only_if=None, given_id: bool = Fa
         actor_id=bindparam("p_actor_id", type_=Integer()),
         created_at=now,
     )
-    if given_id:
-        columns["id"] = bindparam("p_entry_id", type_=BigInteger())
+    columns.update(given or {})
     statement = dialect_module.insert(entries)
     if only_if is None:
         statement = statement.values(**columns)
@@ -320,7 +318,7 @@ def _entry_insert(dialect_module, binds: dict, only_if=None, given_id: bool = Fa
     return statement.on_conflict_do_nothing().returning(entries.c.id)
 
 
-def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None):
+def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None, d_available=None):
     """UPDATE one wallet by its owner, RETURNING its new state; no row if refused.
 
     The deltas are `p_available<suffix>` and `p_locked<suffix>` (0 for a bucket
@@ -328,9 +326,11 @@ def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None)
     `chain` (the buckets posted, in BUCKET_ORDER, and the SQL of the entry's id),
     the UPDATE also moves the wallet's chain head past those postings, computed
     from the head it replaces (PostgreSQL); without it the head is left as it is,
-    for the caller to move (SQLite).
+    for the caller to move (SQLite). `d_available`, if given, is SQL for that delta
+    in place of its parameter.
     """
-    d_available = bindparam(f"p_{Bucket.AVAILABLE.value}{suffix}", type_=BigInteger())
+    if d_available is None:
+        d_available = bindparam(f"p_{Bucket.AVAILABLE.value}{suffix}", type_=BigInteger())
     d_locked = bindparam(f"p_{Bucket.LOCKED.value}{suffix}", type_=BigInteger())
     if platform:
         owner = and_(
@@ -358,20 +358,17 @@ def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None)
         update(wallets)
         .where(owner, and_(available_ok, wallets.c.locked + d_locked >= 0))
         .values(**values)
-        .returning(
-            wallets.c.id,
-            wallets.c.available,
-            wallets.c.locked,
-            wallets.c.head_seq,
-            wallets.c.head_hash,
-            wallets.c.prior_hash,
-        )
+        .returning(*(wallets.c[name] for name in _WALLET_STATE))
     )
 
 
 @cache
 def _entry_insert_alone(dialect: str):
     return _entry_insert(postgresql if dialect == "postgresql" else sqlite, _entry_binds())
+
+
+# What a wallet's UPDATE returns: its new state (see `_wallet_update`).
+_WALLET_STATE = ("id", "available", "locked", "head_seq", "head_hash", "prior_hash")
 
 
 @cache
@@ -421,12 +418,24 @@ def _hold_check_alone():
 REFUSED_SQLSTATE = "SM001"
 
 
+# The columns of a posting a statement writes, in the order its legs give them.
+_POSTING_COLUMNS = [
+    "entry_id",
+    "wallet_id",
+    "bucket",
+    "amount",
+    "available_after",
+    "locked_after",
+    "kind",
+    "created_at",
+    "seq",
+    "hash",
+]
+
+
 @cache
 def _whole_entry_statement(
-    shape: tuple[tuple[bool, tuple[str, ...]], ...],
-    guarded: bool,
-    strict: bool,
-    guard: tuple | None = None,
+    shape: tuple[tuple[bool, tuple[str, ...]], ...], guarded: bool, strict: bool
 ):
     """PostgreSQL: the entry's INSERT, its wallets' UPDATEs and its postings, in one statement.
 
@@ -450,26 +459,9 @@ def _whole_entry_statement(
     When `strict`, a refusal is raised instead: the statement passes the step
     to `soma_refuse_entry` (migration 0004), which fails the whole statement
     unless the step is NULL. That is what lets the entry run in autocommit.
-
-    With `guard` (a `Guard`'s build and shape), the entry is written only if the
-    guard's first CTE returns a row, before it; the guard's other CTEs write from
-    that row, and the statement returns the first column of each after the rest.
-    A guard that returns no row writes nothing and refuses nothing; a guard that
-    does, on an entry whose key was used, refuses at step len(shape) + 1. A guard's
-    build may also return (a row credit's, see `_credit_from_row`) SQL for some of
-    the entry's parameters, read from its row in their place; whether a used key
-    refuses (else the entry is left out, as without a guard); and a CTE of one row
-    whose columns the statement returns after the rest.
     """
     binds = _entry_binds()
-    condition, after, given, refuse_used, shown = None, (), {}, True, None
-    if guard is not None:
-        build, guard_shape = guard
-        moved, after, *more = build(*guard_shape)
-        if more:
-            given, refuse_used, shown = more
-        condition = exists().select_from(moved)
-    entry = _entry_insert(postgresql, binds, condition, "p_entry_id" in given).cte("entry")
+    entry = _entry_insert(postgresql, binds).cte("entry")
     previous, updated = entry, []
     for i, (platform, buckets) in enumerate(shape):
         # entry.id makes it UPDATE ... FROM entry: no row to update without an entry.
@@ -498,21 +490,9 @@ def _whole_entry_statement(
         for i, (wallet, (_, buckets)) in enumerate(zip(updated, shape, strict=True))
         for n, bucket in enumerate(buckets, start=1)
     ]
-    columns = [
-        "entry_id",
-        "wallet_id",
-        "bucket",
-        "amount",
-        "available_after",
-        "locked_after",
-        "kind",
-        "created_at",
-        "seq",
-        "hash",
-    ]
     written = (
         insert(postings)
-        .from_select(columns, union_all(*legs))
+        .from_select(_POSTING_COLUMNS, union_all(*legs))
         .returning(postings.c.id)
         .cte("written")
     )
@@ -522,8 +502,6 @@ def _whole_entry_statement(
     if guarded:
         checks.insert(0, (len(updated), _hold_matches()))
     no_entry = [(~exists().select_from(entry), null())]
-    if condition is not None and refuse_used:
-        no_entry = [(~condition, null()), (~exists().select_from(entry), len(updated) + 1)]
     refused_at = case(*no_entry, *((~check, step) for step, check in checks))
     if strict:
         refused_at = func.soma_refuse_entry(refused_at, type_=Integer())
@@ -531,18 +509,7 @@ def _whole_entry_statement(
         select(entry.c.id).scalar_subquery(),
         refused_at,
         select(func.count()).select_from(written).scalar_subquery(),
-        *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
-        # (Each a scan of the CTE's one row, which the database keeps, not a lookup.)
-        *(select(column).scalar_subquery() for column in (shown.c if shown is not None else ())),
     )
-    if given:
-        # The entry's values the guard's rows give, in place of parameters.
-        def read(element):
-            if isinstance(element, BindParameter) and element.key in given:
-                return given[element.key]
-            return None
-
-        statement = visitors.replacement_traverse(statement, {}, read)
     return statement
 
 
@@ -647,12 +614,13 @@ def _entry_values(
 
 @dataclass(frozen=True)
 class Guard:
-    """Writes to other tables made in an entry's own statement, around it (PostgreSQL).
+    """Writes to other tables made in a row credit's own statement, around it (PostgreSQL).
 
-    `build(*shape)` returns a CTE that must return a row for the entry to be
-    written (a compare-and-set of the row the entry is for, say), and a tuple
-    of CTEs that write from that row (its history, say). The statement is built
-    once per (build, shape), so `shape` names all that changes its SQL. The
+    `build(*shape)` returns a CTE that must return a row for the credits to be
+    written (a compare-and-set of the row they are for, say); a tuple of CTEs that
+    write from that row (its history, say); the credits' facts, SQL over that row
+    (see `post_row_credits`); and columns the statement returns too. The statement is
+    built once per (build, shape), so `shape` names all that changes its SQL. The
     guard's parameters are named `p_g_...` and their values are in `values`.
     """
 
@@ -662,129 +630,220 @@ class Guard:
 
 
 @dataclass(frozen=True)
-class Guarded:
-    """What `post_row_credits` wrote: its entries' ids (None for one not written), the
-    first column of each row the first guard's CTEs wrote, the first row (or None) of
-    each of its `then` statements, and what each statement showed (see `RowCredit`)."""
-
-    entries: list
-    written: tuple
-    then: tuple = ()
-    shown: tuple = ()
-
-
-@dataclass(frozen=True)
 class RowCredit:
-    """A credit to a user from a platform source account, of an amount the statement
-    itself reads from the row its guard returns (PostgreSQL).
+    """One credit of `post_row_credits`: its entry's kind and key, and the platform
+    source account it is taken from."""
 
-    `guard.build(*guard.shape)` returns a CTE of one row or none, a tuple of CTEs
-    written from it (as a `Guard`'s), SQL over that row for the entry's facts:
-    `user_id` (the user credited), `tokens` (how many), `memo` and optionally
-    `entry_id` (the entry's id, taken by the guard from the entries' sequence, so the
-    row can name its entry in the same statement), and optionally a CTE of one row
-    whose columns the statement returns too (`Guarded.shown`). The entry is keyed
-    `key`, refers to `reference` and is written only if that row exists. So the
-    caller need not read the row first: its facts go from the row to the entry, its
-    postings, its wallets and its digest (the same digest `post` computes for the
-    same credit, see `credit_digest_sql`) inside the statement. With `refuse_used`,
-    a key used before refuses the whole; without, the entry is
-    then left out (a replay).
-    """
-
-    guard: Guard
     kind: str
     key: str
     source: PlatformAccount
-    reference: tuple[str, int]
-    now: datetime
-    refuse_used: bool = True
 
 
-# A credit's accounts in lock order (users first): the user's wallet, the source's shard.
-_CREDIT_SHAPE = ((False, (Bucket.AVAILABLE.value,)), (True, (Bucket.AVAILABLE.value,)))
+@dataclass(frozen=True)
+class Guarded:
+    """What `post_row_credits` wrote: each credit's entry id (None for one not written),
+    the first column of each row the guard's CTEs wrote, and the guard's columns as the
+    statement returned them (None if its row was not found)."""
+
+    entries: list
+    written: tuple
+    shown: tuple | None
 
 
 def post_row_credits(
-    first: RowCredit, *also: RowCredit, then: tuple[tuple[str, dict], ...] = ()
+    guard: Guard, credits: tuple[RowCredit, RowCredit], reference: tuple[str, int], now: datetime
 ) -> Guarded:
-    """Post row credits (see `RowCredit`) and run `then` after them, all in one transaction
-    of its own sent at once (one round trip), BEGIN ... COMMIT (PostgreSQL)."""
+    """Credit one user twice (the second of 0: once), of amounts the statement itself
+    reads from the row its guard returns: one statement in autocommit, one round trip
+    (PostgreSQL).
+
+    `guard.build(*guard.shape)` returns its CTE of one row or none, the CTEs written
+    from it, its facts and the columns to show (see `Guard`). The facts are SQL over
+    that row: `user_id` (the user credited), and for each credit `tokens` (how many;
+    for the second, 0 is no entry), `memo` and optionally `entry_id` (the entry's id,
+    taken by the guard from the entries' sequence so the row can name its entry in the
+    same statement). So the caller need not read the row first: its facts go from the
+    row to the entries, their postings, the wallets and the digests (the same digest
+    `post` computes for the same credit, see `credit_digest_sql`) inside the statement.
+    The entries are written only if the guard's row exists, and then they must be: a
+    key used before refuses the whole (IdempotencyConflict). The user's wallet is
+    updated once, its chain moved past both postings.
+    """
     if db.engine.dialect.name != "postgresql":
         raise InvalidPosting("a row credit is one statement: PostgreSQL only")
     session = db.session()
     if session.in_transaction() and _session_has_written(session.connection()):
-        raise InvalidPosting("commit the session's writes before a guarded entry")
+        raise InvalidPosting("commit the session's writes before a row credit")
+    first, second = credits
+    shape = tuple((credit.kind, PlatformAccount(credit.source)) for credit in credits)
+    sql = _row_credits_sql(guard.build, guard.shape, reference[0], shape)
     shards = shard_count()
-    statements = []
-    for credit in (first, *also):
-        sql = _whole_entry_sql(_CREDIT_SHAPE, False, True, (_credit_from_row, _credit_key(credit)))
-        values = {
-            **credit.guard.values,
-            "p_key": credit.key,
-            "p_reference_id": credit.reference[1],
-            "p_now": credit.now.astimezone(UTC),
-            "p_shard1": shard_for(shard_key(credit.key, credit.reference), shards),
-        }
-        statements.append((sql, values))
+    values = {**guard.values, "p_reference_id": reference[1], "p_now": now.astimezone(UTC)}
+    for i, credit in enumerate(credits):
+        values[f"p_key{i}"] = credit.key
+        values[f"p_owner{i + 1}"] = PlatformAccount(credit.source).value
+        values[f"p_shard{i + 1}"] = shard_for(shard_key(credit.key, reference), shards)
+        values[f"p_locked{i + 1}"] = 0
     try:
-        rows = autocommit_rows(
-            statements + list(then), keep=lambda e: e.sqlstate == REFUSED_SQLSTATE
-        )
+        row = autocommit_row(sql, values, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
     except psycopg.Error as error:  # only a refusal is kept raw
         step = int(error.diag.message_detail)
-        if step == len(_CREDIT_SHAPE) + 1:
-            raise IdempotencyConflict(first.key) from None
-        # A credit is refused only for a wallet that does not exist (step 0 the
-        # user's, step 1 the source's shard).
-        sources = " or ".join(f"a shard of {credit.source.value}" for credit in (first, *also))
-        named = "the user credited" if step == 0 else sources
+        if step == _KEY_USED:
+            raise IdempotencyConflict(f"{first.key} or {second.key}") from None
+        # Refused only for a wallet that does not exist (step 0 the user's, 1 and 2
+        # the sources' shards).
+        named = "the user credited" if step == 0 else f"a shard of {credits[step - 1].source}"
         raise InvalidPosting(f"no wallet for {named} by {first.key}") from None
-    # Each credit's entry id (None: not written), the guard's writes, `then`'s rows.
-    credits = (first, *also)
-    ids = [row[0] for row in rows[: len(credits)]]
-    afters = [len(_credit_from_row(*_credit_key(credit))[1]) for credit in credits]
-    head = rows[0]
-    written = tuple(head[3 : 3 + afters[0]]) if head[0] is not None else ()
-    shown = tuple(tuple(row[3 + after :]) for row, after in zip(rows, afters, strict=False))
-    return Guarded(ids, written, tuple(rows[len(credits) :]), shown)
+    if row is None:  # the guard's row was not found: nothing was written
+        return Guarded([None, None], (), None)
+    _, after, *_ = guard.build(*guard.shape)
+    return Guarded(list(row[:2]), tuple(row[4 : 4 + len(after)]), tuple(row[4 + len(after) :]))
 
 
-def _credit_key(credit: RowCredit) -> tuple:
-    """What a row credit's statement is built (and cached) by."""
-    guard = credit.guard
-    return (guard.build, guard.shape, credit.source, credit.kind, credit.reference[0],
-            credit.refuse_used)  # fmt: skip
+# The step a used key refuses at: after the user's wallet and the two sources' shards.
+_KEY_USED = 3
 
 
 @cache
-def _credit_from_row(build, shape, source, kind, reference_type, refuse_used):
-    """The guard of a row credit, with the entry's values read from its row."""
-    rows, after, facts, *shown = build(*shape)
-    user_id, tokens = facts["user_id"], facts["tokens"]
+def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
+    """The driver SQL of `post_row_credits` for a guard and the (kind, source) of each credit.
 
-    # Columns of the guard's row, which the statement's parts read FROM it: not
-    # sub-selects, since the wallet's UPDATE passes them to soma_head and soma_prior,
-    # which PostgreSQL inlines only for arguments without one (else each is a call of
-    # a SQL function, planned on every run).
-    given = {
-        "p_kind": literal(kind, String()),
-        "p_tokens": tokens,
-        "p_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
-        "p_reference_type": literal(reference_type, String()),
-        "p_closes_entry_id": null(),
-        "p_memo": func.left(facts["memo"], 500),
-        "p_actor_id": null(),
-        "p_owner0": user_id,
-        "p_available0": tokens,
-        "p_locked0": literal(0, BigInteger()),
-        "p_owner1": literal(PlatformAccount(source).value, String()),
-        "p_available1": -tokens,
-        "p_locked1": literal(0, BigInteger()),
-    }
-    if "entry_id" in facts:
-        given["p_entry_id"] = facts["entry_id"]
-    return rows, after, given, refuse_used, shown[0] if shown else None
+        <guard>   the guard's CTEs: its row, and what it writes from it
+        entry0    INSERT the first entry (if the guard's row exists)
+        entry1    INSERT the second (if the first was, and its amount is not 0)
+        credited  one row: the user, each entry's id and amount (none: NULL and 0)
+        wallet0   UPDATE the user's wallet once, its chain past one posting or two
+        wallet1   UPDATE the first source's shard (after wallet0: lock order)
+        wallet2   UPDATE the second source's shard (after wallet1), if its entry is
+        written   INSERT the postings, the user's in its chain's order
+
+    It returns, if the guard's row was found (else no row), each entry's id, the
+    refused step (raised by `soma_refuse_entry`: 0 to 2 a wallet not found,
+    `_KEY_USED` a key used before), how many postings were written, the first column
+    of each guard CTE's row and the guard's columns to show.
+    """
+    moved, after, facts, shown = build(*shape)
+    user_id = facts["user_id"]
+    now = bindparam("p_now", type_=UTCDateTime())
+    made = []
+    for i, ((kind, source), credit) in enumerate(zip(credits, facts["credits"], strict=True)):
+        tokens = credit["tokens"]
+        if i == 0:
+            condition = exists().select_from(moved)
+        else:
+            condition = and_(tokens > 0, exists().select_from(made[0]))
+        given = {
+            "idempotency_key": bindparam(f"p_key{i}", type_=String()),
+            "request_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
+            "reference_type": literal(reference_type, String()),
+            "closes_entry_id": null(),
+            "memo": func.left(credit["memo"], 500),
+            "actor_id": null(),
+        }
+        if "entry_id" in credit:
+            given["id"] = credit["entry_id"]
+        binds = {"kind": literal(kind, String()), "tokens": tokens, "now": now}
+        made.append(_entry_insert(postgresql, binds, condition, given).cte(f"entry{i}"))
+    entry0, entry1 = made
+    (kind0, _), (kind1, _) = credits
+    tokens0, tokens1 = (credit["tokens"] for credit in facts["credits"])
+
+    # The credit's facts as columns of one row, which the statement's parts read FROM it:
+    # not sub-selects, since the wallets' UPDATEs pass them to soma_link and soma_head,
+    # which PostgreSQL inlines only for arguments without one (else each is a call of a
+    # SQL function, planned on every run).
+    credited = (
+        select(
+            user_id.label("k_user"),
+            entry0.c.id.label("k_id0"),
+            tokens0.label("k_t0"),
+            entry1.c.id.label("k_id1"),
+            case((entry1.c.id.is_(None), 0), else_=tokens1).label("k_t1"),
+        )
+        .select_from(moved.join(entry0, true()).outerjoin(entry1, true()))
+        .cte("credited")
+    )
+    c, w = credited.c, wallets
+    available = Bucket.AVAILABLE.value
+
+    def link(previous, entry_id, seq, amount, available_after):
+        return func.soma_link(
+            previous, entry_id, w.c.id, seq, literal(available, String()), amount,
+            available_after, w.c.locked, type_=String(),
+        )  # fmt: skip
+
+    # The user's wallet, once: available chains the first posting, then the second if any.
+    two = c.k_id1.is_not(None)
+    total = w.c.available + c.k_t0 + c.k_t1
+    first_link = link(w.c.head_hash, c.k_id0, w.c.head_seq + 1, c.k_t0, w.c.available + c.k_t0)
+    second_link = link(first_link, c.k_id1, w.c.head_seq + 2, c.k_t1, total)
+    wallet0 = (
+        update(w)
+        .where(w.c.user_id == c.k_user)
+        .values(
+            available=total,
+            head_seq=w.c.head_seq + 1 + case((two, 1), else_=0),
+            head_hash=case((two, second_link), else_=first_link),
+            prior_hash=case((two, first_link), else_=w.c.head_hash),
+        )
+        .returning(*(w.c[name] for name in _WALLET_STATE))
+        .cte("wallet0")
+    )
+    # Each source's shard, after the wallet before it (lock order); the second only if
+    # its entry was written (UPDATE ... FROM entry1).
+    source0 = (
+        _wallet_update(True, "1", ((available,), entry0.c.id), -c.k_t0)
+        .where(exists().select_from(wallet0))
+        .cte("wallet1")
+    )
+    source1 = (
+        _wallet_update(True, "2", ((available,), entry1.c.id), -c.k_t1)
+        .where(exists().select_from(source0))
+        .cte("wallet2")
+    )
+
+    def leg(entry_id, wallet, amount, available_after, kind, seq, chained):
+        # (A refused wallet fails the whole statement, so a leg need not wait for the rest.)
+        return select(
+            entry_id, wallet.c.id, literal(available, String()), amount, available_after,
+            wallet.c.locked, literal(kind, String()), now, seq, chained,
+        ).select_from(credited.join(wallet, true()))  # fmt: skip
+
+    legs = [
+        # The user's first posting is the link before its head when the second was written.
+        leg(c.k_id0, wallet0, c.k_t0, wallet0.c.available - c.k_t1, kind0,
+            wallet0.c.head_seq - case((two, 1), else_=0),
+            case((two, wallet0.c.prior_hash), else_=wallet0.c.head_hash)),
+        leg(c.k_id0, source0, -c.k_t0, source0.c.available, kind0, source0.c.head_seq,
+            source0.c.head_hash),
+        leg(c.k_id1, wallet0, c.k_t1, wallet0.c.available, kind1, wallet0.c.head_seq,
+            wallet0.c.head_hash).where(two),
+        leg(c.k_id1, source1, -c.k_t1, source1.c.available, kind1, source1.c.head_seq,
+            source1.c.head_hash),
+    ]  # fmt: skip
+    written = (
+        insert(postings)
+        .from_select(_POSTING_COLUMNS, union_all(*legs))
+        .returning(postings.c.id)
+        .cte("written")
+    )
+    # (The statement reads FROM the guard's row: these run only when it was found.)
+    refused_at = case(
+        (~exists().select_from(entry0), _KEY_USED),
+        (and_(tokens1 > 0, ~exists().select_from(entry1)), _KEY_USED),
+        (~exists().select_from(wallet0), 0),
+        (~exists().select_from(source0), 1),
+        (and_(exists().select_from(entry1), ~exists().select_from(source1)), 2),
+    )
+    statement = select(
+        select(entry0.c.id).scalar_subquery(),
+        select(entry1.c.id).scalar_subquery(),
+        func.soma_refuse_entry(refused_at, type_=Integer()),
+        select(func.count()).select_from(written).scalar_subquery(),
+        *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
+        *shown,
+    ).select_from(moved)  # (no row if the guard's row was not found: nothing written)
+    return _driver_sql(statement)
 
 
 # Stand-ins for a credit's numbers in its canonical text (see `credit_digest_sql`).
@@ -818,16 +877,19 @@ def credit_digest_sql(kind: str, source, user_id, tokens, reference_type: str):
 
 
 @cache
-def _whole_entry_sql(
-    shape: tuple, guarded: bool, strict: bool = False, guard: tuple | None = None
-) -> str:
+def _whole_entry_sql(shape: tuple, guarded: bool, strict: bool = False) -> str:
     """The statement's SQL text for the driver, its constants written in.
 
     Compiled once per shape: running the text skips SQLAlchemy's per-execution
     cache-key walk of a large statement, the ledger's hottest path.
     """
+    return _driver_sql(_whole_entry_statement(shape, guarded, strict))
+
+
+def _driver_sql(statement) -> str:
+    """A ledger statement's SQL text for the driver (PostgreSQL), its constants written in."""
     dialect = PGDialect_psycopg()
-    compiled = _whole_entry_statement(shape, guarded, strict, guard).compile(dialect=dialect)
+    compiled = statement.compile(dialect=dialect)
     ours = {name: None for name in compiled.binds if name.startswith("p_")}
     # One line: the driver caches its parsing of statements up to 4 kB only.
     # Column aliases are dropped too: the INSERT and the result read columns by
@@ -854,7 +916,8 @@ def _whole_entry_sql(
     return _MARK.sub(constant, sql)
 
 
-_ALIAS = re.compile(r" AS \w+(?=[,) ]|$)")
+# (Not a `k_` alias: a statement's own name for a CTE's column, which it reads by name.)
+_ALIAS = re.compile(r" AS (?!k_)\w+(?=[,) ]|$)")
 _MARK = re.compile(r"%\((\w+)\)s")
 
 

@@ -44,7 +44,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state, manager_of_class, set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -399,27 +399,16 @@ def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
             **{f"p_g_{name}": value for name, value in refs.items()},
         },
     )
-    marked = {"p_g_purchase": purchase_id}
-    bonus = core.Guard(_bonus_if_credited, (), marked)
-    (_, account), (bonus_part, bonus_account) = PARTS
-    done = core.post_row_credits(
-        core.RowCredit(
-            paid, EntryKind.PURCHASE, f"purchase:{purchase_id}:tokens", account, reference, entered
-        ),
-        core.RowCredit(
-            bonus,
-            EntryKind.BONUS,
-            f"purchase:{purchase_id}:{bonus_part}",
-            bonus_account,
-            reference,
-            entered,
-            refuse_used=False,  # a replay's, or a purchase credited before
-        ),
+    credits = tuple(
+        core.RowCredit(kind, f"purchase:{purchase_id}:{part}", account)
+        for (part, account), kind in zip(PARTS, (EntryKind.PURCHASE, EntryKind.BONUS), strict=True)
     )
-    row = done.shown[-1]  # the purchase's row as the credit leaves it
-    if row[0] is None:
-        raise NoResultFound(f"no purchase {purchase_id}")
-    return _as_loaded(row)
+    done = core.post_row_credits(paid, credits, reference, entered)
+    if done.shown is not None:  # the purchase's row as the credit left it
+        return _as_loaded(done.shown)
+    # Not payable (paid before, say): the row as it is now, past any credit this
+    # statement waited for.
+    return fresh(purchase_id)
 
 
 def _as_loaded(row: tuple) -> Purchase:
@@ -525,9 +514,11 @@ def _email_templates(base: str) -> tuple[str, str]:
 
 @cache
 def _paid_if_payable(refs: tuple[str, ...], base: str):
-    """The guard of a credit: the purchase moves to paid if it is payable, with its history
-    row, its notification and, if its student wants them, the notification's email (keyed
-    by the notification); the purchase's tokens, its student and its memo for the entry."""
+    """The guard of a credit: the purchase moves to paid if it is payable, naming the
+    tokens' entry it will have, with its history row, its notification and, if its
+    student wants them, the notification's email (keyed by the notification); the
+    credits' facts (its student, and its tokens and bonus with their memos); and the
+    purchase's columns as it moved."""
     purchases, events, users = Purchase.__table__, PurchaseEvent.__table__, User.__table__
     now = bindparam("p_g_now", type_=UTCDateTime())
     was = (
@@ -556,15 +547,8 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
             **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
         )
         .returning(
-            purchases.c.id,
-            purchases.c.user_id,
-            was.c.status,
-            purchases.c.tokens,
-            purchases.c.bonus_tokens,
-            purchases.c.amount_minor,
-            purchases.c.currency,
-            purchases.c.provider,
-            purchases.c.credited_entry_id,
+            *purchases.c,
+            was.c.status.label("k_from"),  # (k_: a name the ledger's SQL keeps)
             users.c.email,
             users.c.display_name,
             users.c.email_notifications,
@@ -577,7 +561,7 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
             ["purchase_id", "from_status", "to_status", "source", "note", "at"],
             select(
                 moved.c.id,
-                moved.c.status,
+                moved.c.k_from,
                 literal(PurchaseStatus.PAID.value),
                 bindparam("p_g_source", type_=String()),
                 literal(""),
@@ -639,38 +623,17 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
     )
     facts = {
         "user_id": moved.c.user_id,
-        "tokens": moved.c.tokens,
-        "memo": _memo_sql(moved),
-        "entry_id": moved.c.credited_entry_id,
+        "credits": (
+            {
+                "tokens": moved.c.tokens,
+                "memo": _memo_sql(moved),
+                "entry_id": moved.c.credited_entry_id,
+            },
+            {"tokens": moved.c.bonus_tokens, "memo": _words(BONUS_MEMO, purchase=moved.c.id)},
+        ),
     }
-    return moved, (history, noted, mailed), facts
-
-
-@cache
-def _bonus_if_credited():
-    """The guard of a credit's bonus, sent after the credit: a paid purchase with a bonus,
-    credited (its entry named). The bonus's key keeps it once: a replay, or a purchase
-    credited before, finds the key used and writes nothing. The statement shows the
-    purchase's row as the credit leaves it (its own snapshot sees the credit's
-    statement, before it in the same transaction)."""
-    purchases = Purchase.__table__
-    purchase_id = bindparam("p_g_purchase", type_=BigInteger())
-    # The row by its key, and the guard's conditions on it after: a WHERE on the table
-    # naming its status would be planned (generic, cached) as a walk of every paid
-    # purchase by the status index. (Read twice, so the database keeps its one row.)
-    final = select(*purchases.c).where(purchases.c.id == purchase_id).cte("final")
-    rows = (
-        select(final.c.id, final.c.user_id, final.c.bonus_tokens)
-        .where(
-            final.c.status == PurchaseStatus.PAID.value,
-            final.c.credited_entry_id.is_not(None),
-            final.c.bonus_tokens > 0,
-        )
-        .cte("bonus")
-    )
-    memo = _words(BONUS_MEMO, purchase=rows.c.id)
-    facts = {"user_id": rows.c.user_id, "tokens": rows.c.bonus_tokens, "memo": memo}
-    return rows, (), facts, final
+    shown = [moved.c[column.name] for column in purchases.c]
+    return moved, (history, noted, mailed), facts, shown
 
 
 def fail(purchase_id: int, source: str, reason: str) -> Purchase:

@@ -3,12 +3,10 @@ one purchase, and by many purchases of one student at once."""
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError
 
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.fastread import autocommit_rows
-from soma.models import PlatformAccount, Purchase, TokenPackage, Wallet
+from soma.models import PlatformAccount, Purchase, Wallet
 from soma.purchases import service
 from tests.buying import credits_of
 from tests.helpers import balances, errors, ok, race
@@ -91,57 +89,7 @@ def test_many_purchases_of_one_student_fulfilled_at_once_credit_each_once(app, w
         assert credits_of(app, purchase_id) == wanted
 
 
-def test_statements_sent_together_commit_together_or_not_at_all(app):
-    with app.app_context():
-        package = db.session.scalars(select(TokenPackage).order_by(TokenPackage.id)).first()
-        before, package_id = package.sort_order, package.id
-        db.session.rollback()
-        move = (
-            "UPDATE token_packages SET sort_order = sort_order + 1 WHERE id = %(id)s",
-            {"id": package_id},
-        )
-        failing = ("SELECT 1 / %(zero)s", {"zero": 0})
-        with pytest.raises(DBAPIError, match="division by zero"):
-            autocommit_rows([move, move, failing])
-        assert db.session.get(TokenPackage, package_id).sort_order == before
-        db.session.rollback()
-
-        assert autocommit_rows([move, move, ("SELECT 1", {})]) == [None, None, (1,)]
-        db.session.expire_all()
-        assert db.session.get(TokenPackage, package_id).sort_order == before + 2
-
-
-def test_statements_interrupted_between_two_sends_commit_nothing(app, monkeypatch):
-    """Python interrupted after the first statement went out (a worker's signal, a bad
-    value): psycopg still sends the pipeline's Sync, which must not commit the first."""
-    from soma import fastread
-
-    with app.app_context():
-        package = db.session.scalars(select(TokenPackage).order_by(TokenPackage.id)).first()
-        before, package_id = package.sort_order, package.id
-        db.session.rollback()
-        move = (
-            "UPDATE token_packages SET sort_order = sort_order + 1 WHERE id = %(id)s",
-            {"id": package_id},
-        )
-        sent = []
-        real = fastread._execute
-
-        def interrupted(driver, sql, params):
-            if sent:
-                raise KeyboardInterrupt
-            sent.append(sql)
-            return real(driver, sql, params)
-
-        monkeypatch.setattr(fastread, "_execute", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            autocommit_rows([move, move])
-        monkeypatch.setattr(fastread, "_execute", real)
-        assert sent == [move[0]]
-        assert db.session.get(TokenPackage, package_id).sort_order == before
-
-
-def test_a_credit_interrupted_mid_round_trip_credits_nothing_and_a_resent_event_credits_once(
+def test_a_credit_interrupted_before_it_is_sent_writes_nothing_and_a_resent_event_credits_once(
     app, monkeypatch
 ):
     from soma import fastread
@@ -150,13 +98,9 @@ def test_a_credit_interrupted_mid_round_trip_credits_nothing_and_a_resent_event_
         purchase_id, user_id = bought()
         issuance = platform(PlatformAccount.ISSUANCE)
         real = fastread._execute
-        calls = []
 
         def interrupted(driver, sql, params):
-            calls.append(sql)
-            if len(calls) == 2:  # the guarded credit went out; the bonus did not
-                raise KeyboardInterrupt
-            return real(driver, sql, params)
+            raise KeyboardInterrupt
 
         monkeypatch.setattr(fastread, "_execute", interrupted)
         with pytest.raises(KeyboardInterrupt):
@@ -173,5 +117,39 @@ def test_a_credit_interrupted_mid_round_trip_credits_nothing_and_a_resent_event_
         )
         assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
         assert balances(user_id) == (260, 0)
+        assert after_the_credit(purchase_id) == DONE
+        assert run_audit() == []
+
+
+def test_a_credit_whose_answer_is_lost_is_whole_and_a_resent_event_credits_once(app, monkeypatch):
+    """Python interrupted once the statement went out (a worker's signal): the statement
+    is one transaction in autocommit, so it commits whole; the connection is dropped, and
+    the resent event finds the purchase paid."""
+    from soma import fastread
+
+    with app.app_context():
+        purchase_id, user_id = bought()
+        issuance = platform(PlatformAccount.ISSUANCE)
+        promotions = platform(PlatformAccount.PROMOTIONS)
+        real = fastread._execute
+
+        def interrupted(driver, sql, params):
+            real(driver, sql, params)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(fastread, "_execute", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            service.fulfil(purchase_id, "stripe:evt_1", payment_intent_id="pi_1")
+        monkeypatch.setattr(fastread, "_execute", real)
+        db.session.rollback()
+        assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+        assert after_the_credit(purchase_id) == DONE
+
+        again = service.fulfil(purchase_id, "stripe:evt_1", payment_intent_id="pi_1")
+        assert (again.status, again.payment_intent_id) == ("paid", "pi_1")
+        assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
+        assert balances(user_id) == (260, 0)
         assert platform(PlatformAccount.ISSUANCE) == issuance - 250
+        assert platform(PlatformAccount.PROMOTIONS) == promotions - 10
+        assert after_the_credit(purchase_id) == DONE
         assert run_audit() == []

@@ -206,6 +206,27 @@ def test_a_credit_whose_entry_key_was_used_writes_nothing(app):
         }
 
 
+def test_a_credit_whose_bonus_key_was_used_writes_nothing(app):
+    with app.app_context():
+        purchase_id, user_id = bought()
+        # Under the bonus's key, with other content: the tokens must not go without it.
+        ledger.credit(user_id, 5, key=f"purchase:{purchase_id}:bonus")
+        db.session.commit()
+
+        with pytest.raises(IdempotencyConflict):
+            service.fulfil(purchase_id, "sandbox")
+        db.session.rollback()
+        assert balances(user_id) == (5, 0)
+        assert after_the_credit(purchase_id) == {
+            "status": "pending",
+            "history": ["pending"],
+            "notifications": 0,
+            "mails": 0,
+            "credited_entry": False,
+        }
+    assert credits_of(app, purchase_id) == []
+
+
 def written_for(purchase_id: int) -> dict:
     """Every row the credit wrote for the purchase, as stored."""
     db.session.expire_all()
