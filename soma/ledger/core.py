@@ -23,10 +23,9 @@ posted with `own_transaction=True`: it is then written and committed in a
 transaction of its own, apart from the session's. On PostgreSQL that is the
 entry's one statement in autocommit, one round trip in all; the statement
 raises (see migration 0004) rather than return a refusal, so a refused entry
-writes nothing. `post_row_credits` does the same for credits that must move
-another row with them (a purchase to paid): a compare-and-set of that row guards
-each entry in its statement, and the credits are sent in one round trip and one
-transaction.
+writes nothing. `post_row_credits` does the same for two credits to one user that
+must move another row with them (a purchase to paid, with its tokens and bonus): a
+compare-and-set of that row guards both entries, all in one statement.
 
 Every posting is a link in its wallet's chain. Under the wallet's row lock (the
 UPDATE of step 2) the posting draws the wallet's next sequence number and hashes

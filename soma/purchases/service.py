@@ -7,19 +7,17 @@ page and a retry racing for one purchase credit it once: one of them moves
 the status, the rest find it moved. The ledger entries are keyed by the
 purchase too (`purchase:<id>:tokens`, `purchase:<id>:bonus`).
 
-On PostgreSQL a credit is two statements sent at once, one round trip and one
-transaction (`core.post_row_credits`), and nothing is read before them: the first
-moves the purchase to paid if it is payable (a compare-and-set that also names its
-`credited_entry_id`, taken from the entries' sequence), writes its status history row,
-the notification and its email, and the tokens' entry with that id, all from the
-purchase's row and its student's as the statement finds them (the entry's amount,
-memo and digest too: the words are written in SQL, the same as Python's); the
-second writes the bonus's entry, if it has one, and returns the purchase's row.
-Either all of it is written or none, the issuance and promotions rows are locked
-only while the database runs them, never while this process does anything, and no
-crash leaves a credit without its history, notification or email. On SQLite, and
-when a `claim` must commit with the credit, all of it is one transaction in the
-session.
+On PostgreSQL a credit is one statement in autocommit (`core.post_row_credits`), and
+nothing is read before it: it moves the purchase to paid if it is payable (a
+compare-and-set that also names its `credited_entry_id`, taken from the entries'
+sequence), writes its status history row, the notification and its email, the tokens'
+entry with that id and the bonus's entry if it has one, all from the purchase's row and
+its student's as the statement finds them (the entries' amounts, memos and digests too:
+the words are written in SQL, the same as Python's), and returns the purchase's row.
+Either all of it is written or none, the issuance and promotions rows are locked only
+while the database runs it, never while this process does anything, and no crash leaves
+a credit without its history, notification or email. On SQLite, and when a `claim` must
+commit with the credit, all of it is one transaction in the session.
 """
 
 import math
@@ -377,10 +375,10 @@ def _credited_note(purchase_id: int, total_tokens: int) -> tuple[str, str]:
 
 
 def _fulfil_at_once(purchase_id: int, source: str, refs: dict) -> Purchase:
-    """`fulfil` on PostgreSQL: the credit and all it writes in one transaction of its own,
-    sent at once (see the module's docstring).
+    """`fulfil` on PostgreSQL: the credit and all it writes in one statement of its own
+    (see the module's docstring).
 
-    Nothing is read first: the statements read the purchase and its student themselves,
+    Nothing is read first: the statement reads the purchase and its student itself,
     and write the memos, the notification and its email from them in SQL (the same
     words as `_memo`, `_credited_note` and `email_text`, see `_paid_if_payable`)."""
     if db.session().in_transaction():

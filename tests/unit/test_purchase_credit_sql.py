@@ -1,4 +1,4 @@
-"""A purchase's fulfilment (on PostgreSQL: two statements, nothing
+"""A purchase's fulfilment (on PostgreSQL: one statement, nothing
 read first, the words written in SQL): what it writes is what Python writes, whatever the
 app's settings and the order the provider's events come in, and the purchase it returns is
 the one the session then works with."""
