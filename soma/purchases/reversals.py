@@ -26,6 +26,7 @@ from soma import clock, ledger, money, transitions
 from soma.admin import actions
 from soma.errors import SomaError
 from soma.extensions import db
+from soma.ledger.shards import shard_count, shard_for, shard_key
 from soma.models import EntryKind, Provider, Purchase, User, Wallet
 from soma.models.purchase import (
     CREDITED,
@@ -276,6 +277,7 @@ def _rebalance(purchase: Purchase, source: str) -> None:
     then derive the purchase's status and the account's flag."""
     reversals = reversals_of(purchase.id)
     owed = due(purchase, reversals)
+    _lock_in_credit_order(purchase, reversals)
     # The balance is read under the wallet's lock: nothing spends or credits it
     # until this transaction ends, so a shortfall recorded here is real.
     parts = ("tokens", "bonus")
@@ -329,6 +331,26 @@ def _rebalance(purchase: Purchase, source: str) -> None:
     service.move(purchase, PurchaseStatus(status), source, note)
     _flag(purchase, short_now)
     _tell(purchase, taken_now, returned_now, short_now)
+
+
+def _lock_in_credit_order(purchase: Purchase, reversals: list[PurchaseReversal]) -> None:
+    """Lock the student's wallet, then every platform shard the rebalance may post to:
+    the issuance shards, then the promotions shards, each in shard order. A purchase's
+    credit takes them in that order (its user, issuance, then promotions), and the
+    rebalance's entries may not (one giving back a bonus before another takes tokens):
+    locked first, the two never wait for each other in a cycle (a deadlock)."""
+    db.session.execute(
+        select(Wallet.id).where(Wallet.user_id == purchase.user_id).with_for_update()
+    )
+    count = shard_count()
+    shards = sorted({shard_for(shard_key("", ("reversal", r.id)), count) for r in reversals})
+    for _, account in service.PARTS:
+        db.session.execute(
+            select(Wallet.id)
+            .where(Wallet.code == account.value, Wallet.shard.in_(shards))
+            .order_by(Wallet.shard)
+            .with_for_update()
+        )
 
 
 def _post(purchase: Purchase, reversal: PurchaseReversal, takes, gives) -> None:

@@ -485,28 +485,36 @@ def _memo_sql(rows):
     )
 
 
-_MARKS = {"name": "\x01name\x01", "message": "\x01message\x01", "link": "\x01link\x01"}
+def _marks(base: str) -> dict[str, str]:
+    """Where `email_text` puts the name, the message and the link: marks found nowhere in
+    `base` (the app's base URL, which email_text writes in too)."""
+    n = 0
+    while True:
+        marks = {name: f"\x01{name}{n}\x01" for name in ("name", "message", "link")}
+        if not any(mark in base for mark in marks.values()):
+            return marks
+        n += 1
 
 
 @cache
 def _email_templates(base: str) -> tuple[str, str]:
     """`email_text`'s subject and body as str.format templates ({name}, {message}, {link}),
     for an app whose APP_BASE_URL is `base` (made with it, so they never drift apart)."""
-    subject, body = email_text(_MARKS["name"], _MARKS["message"], _MARKS["link"])
+    marks = _marks(base)
+    subject, body = email_text(marks["name"], marks["message"], marks["link"])
     # A credit's message is short and of single spaces: subject_line leaves it as it is.
     longest = CREDITED_MESSAGE.format(tokens=f"{2**63:,}", purchase=2**63)
-    if mail.subject_line(subject.replace(_MARKS["message"], longest)) != subject.replace(
-        _MARKS["message"], longest
+    if mail.subject_line(subject.replace(marks["message"], longest)) != subject.replace(
+        marks["message"], longest
     ):
         raise RuntimeError("a credit's email subject would be cut: write it in Python")
 
     def template(text: str) -> str:
         text = text.replace("{", "{{").replace("}", "}}")
-        for name, mark in _MARKS.items():
+        for name, mark in marks.items():
             text = text.replace(mark, "{" + name + "}")
         return text
 
-    del base  # (the cache's key: email_text wrote it in)
     return template(subject), template(body)
 
 

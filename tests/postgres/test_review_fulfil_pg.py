@@ -449,15 +449,6 @@ def _bonus_only_give(purchase: Purchase) -> tuple[int, int]:
     raise AssertionError("no such amounts")
 
 
-DEADLOCK = (
-    "lock order: a reversal whose rebalance gives back bonus only (promotions shard) and "
-    "then takes tokens (issuance shard) locks promotions before issuance; the credit "
-    "locks issuance, then promotions; on the same shard (always, with one shard) they "
-    "deadlock and PostgreSQL aborts one (pre-existing: the pipeline had the same order)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DEADLOCK)
 def test_a_credit_racing_a_rebalance_that_gives_bonus_back_before_taking_does_not_deadlock(
     app, wide_app, monkeypatch
 ):
