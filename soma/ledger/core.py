@@ -676,13 +676,7 @@ def post_row_credits(
     first, second = credits
     shape = tuple((credit.kind, PlatformAccount(credit.source)) for credit in credits)
     sql = _row_credits_sql(guard.build, guard.shape, reference[0], shape)
-    shards = shard_count()
-    values = {**guard.values, "p_reference_id": reference[1], "p_now": now.astimezone(UTC)}
-    for i, credit in enumerate(credits):
-        values[f"p_key{i}"] = credit.key
-        values[f"p_owner{i + 1}"] = PlatformAccount(credit.source).value
-        values[f"p_shard{i + 1}"] = shard_for(shard_key(credit.key, reference), shards)
-        values[f"p_locked{i + 1}"] = 0
+    values = _row_credits_values(guard, credits, reference, now)
     try:
         row = autocommit_row(sql, values, keep=lambda e: e.sqlstate == REFUSED_SQLSTATE)
     except psycopg.Error as error:  # only a refusal is kept raw
@@ -697,6 +691,18 @@ def post_row_credits(
         return Guarded([None, None], (), None)
     _, after, *_ = guard.build(*guard.shape)
     return Guarded(list(row[:2]), tuple(row[4 : 4 + len(after)]), tuple(row[4 + len(after) :]))
+
+
+def _row_credits_values(guard: Guard, credits, reference: tuple[str, int], now) -> dict:
+    """The values of `post_row_credits`'s statement."""
+    shards = shard_count()
+    values = {**guard.values, "p_reference_id": reference[1], "p_now": now.astimezone(UTC)}
+    for i, credit in enumerate(credits):
+        values[f"p_key{i}"] = credit.key
+        values[f"p_owner{i + 1}"] = PlatformAccount(credit.source).value
+        values[f"p_shard{i + 1}"] = shard_for(shard_key(credit.key, reference), shards)
+        values[f"p_locked{i + 1}"] = 0
+    return values
 
 
 # The step a used key refuses at: after the user's wallet and the two sources' shards.

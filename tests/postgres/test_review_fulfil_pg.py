@@ -1,6 +1,8 @@
 """Review of the one-statement fulfilment (core.post_row_credits, service._fulfil_at_once):
 the chains it writes, what a refusal leaves, and races with refunds, on PostgreSQL."""
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import func, select, text
 
@@ -366,21 +368,29 @@ def test_the_credits_generic_plan_reads_no_large_table_whole(app):
                    (EntryKind.BONUS, PlatformAccount.PROMOTIONS))  # fmt: skip
         sql = core._row_credits_sql(service._paid_if_payable, ((), base), "purchase", credits)
         raw, names = _positional(sql)
-        values = {"p_g_purchase": pending, "p_g_now": "2026-12-01T00:00:00Z",
-                  "p_g_source": "sandbox", "p_reference_id": pending,
-                  "p_now": "2026-12-01T00:00:00Z", "p_key0": f"purchase:{pending}:tokens",
-                  "p_key1": f"purchase:{pending}:bonus", "p_owner1": "issuance",
-                  "p_owner2": "promotions", "p_shard1": 0, "p_shard2": 0, "p_locked1": 0,
-                  "p_locked2": 0}  # fmt: skip
+        guard = core.Guard(
+            service._paid_if_payable,
+            ((), base),
+            {"p_g_purchase": pending, "p_g_now": "2026-12-01T00:00:00Z", "p_g_source": "sandbox"},
+        )
+        row_credits = tuple(
+            core.RowCredit(kind, f"purchase:{pending}:{part}", source)
+            for (kind, source), part in zip(credits, ("tokens", "bonus"), strict=True)
+        )
+        when = datetime(2026, 12, 1, tzinfo=UTC)
+        values = core._row_credits_values(guard, row_credits, ("purchase", pending), when)
         pooled = db.engine.raw_connection()
         try:
             cursor = pooled.driver_connection.cursor()
             cursor.execute("SET plan_cache_mode = force_generic_plan")
             cursor.execute("PREPARE rv_credit AS " + raw)
-            arguments = ", ".join(
-                f"'{values[name]}'" if isinstance(values[name], str) else str(values[name])
-                for name in names
-            )
+
+            def argument(value):
+                if value is None:
+                    return "NULL"
+                return f"'{value}'" if isinstance(value, str | datetime) else str(value)
+
+            arguments = ", ".join(argument(values[name]) for name in names)
             cursor.execute(f"EXPLAIN EXECUTE rv_credit({arguments})")
             plan = "\n".join(row[0] for row in cursor.fetchall())
             cursor.execute("DEALLOCATE rv_credit")
