@@ -127,14 +127,15 @@ class PhoneCheck:
     The document must be no wider than the window, and no element may reach past the
     window's edges unless it sits inside an element that scrolls (or clips) sideways
     itself, like the console's section line or a wide table; the navigation is one line.
-    A problem names the page and its widest element. It also saves a full-page screenshot
-    of each page, once per role and endpoint, at 390 and 1280 px, to
+    A problem names the page and its widest element. With `pictures`, it also saves a
+    full-page screenshot of each page, once per role and endpoint, at 390 and 1280 px, to
     test-results/pages/<role>-<endpoint>-<width>.png, so that a reviewer can look at the
     whole product in one folder (test-results/ is not committed).
     """
 
-    def __init__(self, page: Page, role: str):
+    def __init__(self, page: Page, role: str, pictures: bool = True):
         self.page, self.role = page, role
+        self.pictures = pictures
         self.problems: list[str] = []
         self.measured: list[str] = []
         self.pictured: set[str] = set()
@@ -158,7 +159,7 @@ class PhoneCheck:
         if nav is None or nav["height"] > NAV_HEIGHT:
             tall = round(nav["height"]) if nav else None
             self.problems.append(f"{path} ({endpoint}): the navigation is {tall} px tall")
-        if endpoint not in self.pictured:
+        if self.pictures and endpoint not in self.pictured:
             self.pictured.add(endpoint)
             page.screenshot(path=self.file_name(endpoint, 390), full_page=True)
             page.set_viewport_size(DESKTOP)
