@@ -4,8 +4,9 @@ from sqlalchemy import select
 
 from soma import ledger
 from soma.extensions import db
-from soma.models import JournalEntry, Purchase
+from soma.models import JournalEntry, Notification, OutboxMessage, Purchase
 from soma.purchases import service
+from tests.builders import make_user
 from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.fakes.daraja_server import KEY as DARAJA_KEY
 from tests.fakes.daraja_server import SECRET as DARAJA_SECRET
@@ -95,3 +96,32 @@ def replay_credits(purchase_id: int, user_id: int, tokens: int, bonus: int) -> N
         )
         assert again.replayed
     db.session.commit()
+
+
+def sandbox_purchase(student=None, tokens: int = 250, bonus: bool = True, key: str = "") -> int:
+    """A pending sandbox purchase of `student`'s (a new student's if none), committed: the
+    package of `tokens` with its bonus, or a custom amount without one."""
+    student = student or make_user("student")
+    if bonus:
+        chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
+    else:
+        chosen = service.quote(custom_tokens=tokens)
+    key = key or f"buy-{student.id}-{tokens}-{bonus}"
+    purchase = service.start(student, chosen, service.Provider.SANDBOX, key)
+    db.session.commit()
+    return purchase.id
+
+
+def credit_mail_of(purchase_id: int):
+    """The credit's notification (id, message, link) and its email (subject, body)."""
+    note = db.session.execute(
+        select(Notification.id, Notification.message, Notification.link).where(
+            Notification.link == f"/buy/purchases/{purchase_id}"
+        )
+    ).one()
+    mail = db.session.execute(
+        select(OutboxMessage.subject, OutboxMessage.body).where(
+            OutboxMessage.key == f"notification:{note.id}"
+        )
+    ).one()
+    return note, mail

@@ -14,18 +14,14 @@ from soma.ledger.errors import IdempotencyConflict
 from soma.models import EntryKind, JournalEntry, Posting, Purchase, Wallet
 from soma.purchases import reversals, service
 from tests.builders import fund, make_user
+from tests.buying import sandbox_purchase
 from tests.helpers import balances, errors, race
 
 
 def started(student, tokens: int = 250, bonus: bool = True) -> int:
     """A pending sandbox purchase of `student`'s (a package with its bonus, or custom)."""
-    if bonus:
-        chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
-    else:
-        chosen = service.quote(custom_tokens=tokens)
     key = f"review-{student.id}-{tokens}-{bonus}-{db.session.scalar(func.random())}"
-    purchase = service.start(student, chosen, service.Provider.SANDBOX, key)
-    return purchase.id
+    return sandbox_purchase(student, tokens, bonus, key)
 
 
 def chain_problems(wallet_id: int) -> list[str]:

@@ -23,19 +23,14 @@ from soma.models import (
 from soma.notifications.service import email_text
 from soma.purchases import service
 from tests.builders import make_user
-from tests.buying import credits_of, replay_credits
+from tests.buying import credits_of, replay_credits, sandbox_purchase
 from tests.helpers import balances
 
 
 def bought(tokens: int = 250, bonus: bool = True) -> tuple[int, int]:
     """A pending sandbox purchase of a new student's: (purchase id, user id)."""
-    student = make_user("student")
-    if bonus:
-        chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
-    else:
-        chosen = service.quote(custom_tokens=tokens)
-    purchase = service.start(student, chosen, service.Provider.SANDBOX, f"buy-{student.id}")
-    return purchase.id, student.id
+    purchase_id = sandbox_purchase(tokens=tokens, bonus=bonus)
+    return purchase_id, db.session.get(Purchase, purchase_id).user_id
 
 
 def after_the_credit(purchase_id: int) -> dict:
@@ -186,31 +181,13 @@ def test_a_crash_after_the_credit_leaves_it_whole_and_a_resent_event_changes_not
     assert credits_of(app, purchase_id) == [("purchase", 250), ("bonus", 10)]
 
 
-def test_a_credit_whose_entry_key_was_used_writes_nothing(app):
+@pytest.mark.parametrize("part", ["tokens", "bonus"])
+def test_a_credit_whose_entry_key_was_used_writes_nothing(app, part):
     with app.app_context():
-        purchase_id, user_id = bought(40, bonus=False)
-        # Not a purchase's entry, but under its key: the purchase must not move without it.
-        ledger.credit(user_id, 5, key=f"purchase:{purchase_id}:tokens")
-        db.session.commit()
-
-        with pytest.raises(IdempotencyConflict):
-            service.fulfil(purchase_id, "sandbox")
-        db.session.rollback()
-        assert balances(user_id) == (5, 0)
-        assert after_the_credit(purchase_id) == {
-            "status": "pending",
-            "history": ["pending"],
-            "notifications": 0,
-            "mails": 0,
-            "credited_entry": False,
-        }
-
-
-def test_a_credit_whose_bonus_key_was_used_writes_nothing(app):
-    with app.app_context():
-        purchase_id, user_id = bought()
-        # Under the bonus's key, with other content: the tokens must not go without it.
-        ledger.credit(user_id, 5, key=f"purchase:{purchase_id}:bonus")
+        purchase_id, user_id = bought(40, bonus=False) if part == "tokens" else bought()
+        # Not a purchase's entry, but under the key of one of its parts (with other
+        # content): the purchase must not move, nor its other part go, without it.
+        ledger.credit(user_id, 5, key=f"purchase:{purchase_id}:{part}")
         db.session.commit()
 
         with pytest.raises(IdempotencyConflict):

@@ -10,35 +10,17 @@ from sqlalchemy import select, update
 
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import JournalEntry, Notification, OutboxMessage, Purchase
+from soma.models import JournalEntry, Notification, Purchase
 from soma.notifications.service import email_text
 from soma.purchases import service
-from tests.builders import make_user
-from tests.buying import replay_credits
+from tests.buying import credit_mail_of, replay_credits, sandbox_purchase
 from tests.helpers import balances
 
 
-def bought(tokens: int = 250) -> tuple[int, int]:
-    """A pending sandbox purchase of a new student's, with a bonus: (purchase id, user id)."""
-    student = make_user("student")
-    chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
-    purchase = service.start(student, chosen, service.Provider.SANDBOX, f"buy-{student.id}")
-    db.session.commit()
-    return purchase.id, student.id
-
-
-def mail_of(purchase_id: int):
-    note = db.session.execute(
-        select(Notification.id, Notification.message, Notification.link).where(
-            Notification.link == f"/buy/purchases/{purchase_id}"
-        )
-    ).one()
-    mail = db.session.execute(
-        select(OutboxMessage.subject, OutboxMessage.body).where(
-            OutboxMessage.key == f"notification:{note.id}"
-        )
-    ).one()
-    return note, mail
+def bought(tokens: int = 250, bonus: bool = True) -> tuple[int, int]:
+    """A pending sandbox purchase of a new student's: (purchase id, user id)."""
+    purchase_id = sandbox_purchase(tokens=tokens, bonus=bonus)
+    return purchase_id, db.session.get(Purchase, purchase_id).user_id
 
 
 @pytest.mark.parametrize(
@@ -59,7 +41,7 @@ def test_a_credit_email_is_pythons_whatever_the_base_url_holds(app, base):
 
         service.fulfil(purchase_id, "stripe:evt_pct")
         db.session.expire_all()
-        note, mail = mail_of(purchase_id)
+        note, mail = credit_mail_of(purchase_id)
         subject, body = email_text(student_name, note.message, note.link)
         assert f"{base}/buy/purchases/" in body
         assert (mail.subject, mail.body) == (subject, body)
@@ -205,7 +187,7 @@ def test_a_credit_email_to_a_student_of_any_name_is_pythons(app):
 
         service.fulfil(purchase_id, "stripe:evt_name")
         db.session.expire_all()
-        note, mail = mail_of(purchase_id)
+        note, mail = credit_mail_of(purchase_id)
         subject, body = email_text(name, note.message, note.link)
         assert body.startswith(f"Hello {name},\n")
         assert (mail.subject, mail.body) == (subject, body)

@@ -2,37 +2,20 @@
 through the email's template) and odd purchases, on both backends."""
 
 import pytest
-from sqlalchemy import select
 
 from soma.audit import run_audit
 from soma.extensions import db
-from soma.models import Notification, OutboxMessage, Purchase
+from soma.models import Purchase
 from soma.notifications.service import email_text
 from soma.purchases import service
-from tests.builders import make_user
+from tests.buying import credit_mail_of, sandbox_purchase
 from tests.helpers import balances
 
 
-def bought(tokens: int = 250) -> tuple[int, int]:
-    student = make_user("student")
-    chosen = next(q for q in service.package_quotes() if q.tokens == tokens)
-    purchase = service.start(student, chosen, service.Provider.SANDBOX, f"rv-{student.id}")
-    db.session.commit()
-    return purchase.id, student.id
-
-
-def mail_of(purchase_id: int):
-    note = db.session.execute(
-        select(Notification.id, Notification.message, Notification.link).where(
-            Notification.link == f"/buy/purchases/{purchase_id}"
-        )
-    ).one()
-    mail = db.session.execute(
-        select(OutboxMessage.subject, OutboxMessage.body).where(
-            OutboxMessage.key == f"notification:{note.id}"
-        )
-    ).one()
-    return note, mail
+def bought(tokens: int = 250, bonus: bool = True) -> tuple[int, int]:
+    """A pending sandbox purchase of a new student's: (purchase id, user id)."""
+    purchase_id = sandbox_purchase(tokens=tokens, bonus=bonus)
+    return purchase_id, db.session.get(Purchase, purchase_id).user_id
 
 
 BASES = {
@@ -57,7 +40,7 @@ def test_a_credit_email_is_pythons_for_an_odd_base_url(app, base):
         paid = service.fulfil(purchase_id, "stripe:evt_base")
         assert paid.status == "paid"
         db.session.expire_all()
-        note, mail = mail_of(purchase_id)
+        note, mail = credit_mail_of(purchase_id)
         assert (mail.subject, mail.body) == email_text(name, note.message, note.link)
         assert balances(user_id) == (260, 0)
         assert run_audit() == []
