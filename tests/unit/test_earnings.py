@@ -279,6 +279,15 @@ def test_the_figures_are_the_same_wherever_the_checkpoint_stands(three_rates, cl
     assert months == [("2026-09", 1, 40), ("2026-10", 2, 60), ("2026-11", 1, 48)]
 
 
+def days_of(wallet_id: int) -> list:
+    """The wallet's earnings day rows, (day, cents), in day order."""
+    return db.session.execute(
+        select(EarningsDay.day, EarningsDay.cents)
+        .where(EarningsDay.wallet_id == wallet_id)
+        .order_by(EarningsDay.day)
+    ).all()
+
+
 def test_last_month_up_to_the_same_point_is_the_same_wherever_the_checkpoint_stands(ctx, clock):
     """The same point's figure adds the checkpointed whole days (EarningsDay), the tail's
     payments in those days and the payments of the same point's own day up to it: each
@@ -323,11 +332,7 @@ def test_last_month_up_to_the_same_point_is_the_same_wherever_the_checkpoint_sta
         assert earnings.growth == Growth(60, 120, datetime(2026, 10, 24, 9, tzinfo=UTC)), upto
         assert (earnings.growth.text, earnings.last_month.totals.cents) == ("-50%", 200), upto
         assert run_audit() == []
-    days = db.session.execute(
-        select(EarningsDay.day, EarningsDay.cents)
-        .where(EarningsDay.wallet_id == wallet_id)
-        .order_by(EarningsDay.day)
-    ).all()
+    days = days_of(wallet_id)
     assert days == [
         ("2026-10-02", 40),
         ("2026-10-20", 40),
@@ -413,11 +418,7 @@ def test_the_audit_names_a_day_of_a_checkpoint_that_is_not_what_the_ledger_sums_
     wallet_id = wallet_id_of(three_rates.id)
     service.advance_checkpoint(wallet_id)
     assert run_audit() == []
-    days = db.session.execute(
-        select(EarningsDay.day, EarningsDay.cents)
-        .where(EarningsDay.wallet_id == wallet_id)
-        .order_by(EarningsDay.day)
-    ).all()
+    days = days_of(wallet_id)
     months = db.session.scalar(
         select(func.sum(EarningsMonth.cents)).where(EarningsMonth.wallet_id == wallet_id)
     )

@@ -33,6 +33,16 @@ def bought(tokens: int = 250, bonus: bool = True) -> tuple[int, int]:
     return purchase_id, db.session.get(Purchase, purchase_id).user_id
 
 
+# What `after_the_credit` finds of a purchase no credit wrote anything for.
+UNTOUCHED = {
+    "status": "pending",
+    "history": ["pending"],
+    "notifications": 0,
+    "mails": 0,
+    "credited_entry": False,
+}
+
+
 def after_the_credit(purchase_id: int) -> dict:
     """What the credit and its follow-up wrote for the purchase."""
     db.session.expire_all()
@@ -194,13 +204,7 @@ def test_a_credit_whose_entry_key_was_used_writes_nothing(app, part):
             service.fulfil(purchase_id, "sandbox")
         db.session.rollback()
         assert balances(user_id) == (5, 0)
-        assert after_the_credit(purchase_id) == {
-            "status": "pending",
-            "history": ["pending"],
-            "notifications": 0,
-            "mails": 0,
-            "credited_entry": False,
-        }
+        assert after_the_credit(purchase_id) == UNTOUCHED
     assert credits_of(app, purchase_id) == []
 
 
@@ -327,11 +331,5 @@ def test_a_credit_to_a_student_without_a_wallet_is_refused_and_writes_nothing(ap
         with pytest.raises(InvalidPosting, match="no wallet"):
             service.fulfil(purchase_id, "stripe:evt_1")
         db.session.rollback()
-        assert after_the_credit(purchase_id) == {
-            "status": "pending",
-            "history": ["pending"],
-            "notifications": 0,
-            "mails": 0,
-            "credited_entry": False,
-        }
+        assert after_the_credit(purchase_id) == UNTOUCHED
     assert credits_of(app, purchase_id) == []

@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -137,9 +138,10 @@ def test_a_poll_does_not_set_the_session_cookie_again(lesson):
     assert not [c for c in answer.headers.getlist("Set-Cookie") if c.startswith("session=")]
 
 
-def test_the_poll_has_a_limit_per_user(app, clock):
-    """Past TIMER_RATE_LIMIT a user's polls are refused (429, no figures); another user's
-    polls are not, and a new window lets them in again."""
+@contextmanager
+def polls_limited_to_three(app):
+    """An app on `app`'s database whose timer allows 3 polls a minute, and Sam's class with
+    Tara in progress: (that app, the class's id)."""
     limited = make_app(app.config["SQLALCHEMY_DATABASE_URI"], TIMER_RATE_LIMIT="3 per minute")
     try:
         with limited.app_context():
@@ -147,6 +149,17 @@ def test_the_poll_has_a_limit_per_user(app, clock):
             student = make_funded_user(25, email="sam@example.com")
             teacher = make_user("teacher", email="tara@example.com")
             class_id = make_class(student, teacher, "in_progress").id
+        yield limited, class_id
+    finally:
+        with limited.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_the_poll_has_a_limit_per_user(app, clock):
+    """Past TIMER_RATE_LIMIT a user's polls are refused (429, no figures); another user's
+    polls are not, and a new window lets them in again."""
+    with polls_limited_to_three(app) as (limited, class_id):
         sam, tara = limited.test_client(), limited.test_client()
         assert AuthActions(sam).login("sam@example.com").status_code == 302
         assert AuthActions(tara).login("tara@example.com").status_code == 302
@@ -162,10 +175,6 @@ def test_the_poll_has_a_limit_per_user(app, clock):
         # No one logged in is counted by address, and refused past the limit as well.
         nobody = limited.test_client()
         assert [poll(nobody, class_id).status_code for _ in range(4)] == [302, 302, 302, 429]
-    finally:
-        with limited.app_context():
-            db.session.remove()
-            db.engine.dispose()
 
 
 def test_polls_are_counted_in_the_store_a_batch_at_a_time(app, monkeypatch):
@@ -313,13 +322,7 @@ def test_a_remembered_cookie_is_refused_once_it_is_too_old(app, lesson, answered
 def test_a_poll_handed_to_flask_is_counted_once(app, clock, answered):
     """The WSGI layer counts the poll, then hands a 404 to Flask, which does not count it
     again: three polls under a limit of three, the fourth refused."""
-    limited = make_app(app.config["SQLALCHEMY_DATABASE_URI"], TIMER_RATE_LIMIT="3 per minute")
-    try:
-        with limited.app_context():
-            limiter.reset()
-            student = make_funded_user(25, email="sam@example.com")
-            teacher = make_user("teacher", email="tara@example.com")
-            class_id = make_class(student, teacher, "in_progress").id
+    with polls_limited_to_three(app) as (limited, class_id):
         sam = limited.test_client()
         assert AuthActions(sam).login("sam@example.com").status_code == 302
         assert poll(sam, class_id + 1000).status_code == 404
@@ -329,10 +332,6 @@ def test_a_poll_handed_to_flask_is_counted_once(app, clock, answered):
         refused = poll(sam, class_id)
         assert refused.status_code == 429 and answered[-1] is False
         assert "Elapsed" not in refused.get_data(as_text=True)
-    finally:
-        with limited.app_context():
-            db.session.remove()
-            db.engine.dispose()
 
 
 def class_entries(app, class_id: int) -> list[tuple[str, int]]:
