@@ -641,11 +641,10 @@ class RowCredit:
 @dataclass(frozen=True)
 class Guarded:
     """What `post_row_credits` wrote: each credit's entry id (None for one not written),
-    the first column of each row the guard's CTEs wrote, and the guard's columns as the
-    statement returned them (None if its row was not found)."""
+    and the guard's columns as the statement returned them (None if its row was not
+    found)."""
 
     entries: list
-    written: tuple
     shown: tuple | None
 
 
@@ -688,9 +687,11 @@ def post_row_credits(
         named = "the user credited" if step == 0 else f"a shard of {credits[step - 1].source}"
         raise InvalidPosting(f"no wallet for {named} by {first.key}") from None
     if row is None:  # the guard's row was not found: nothing was written
-        return Guarded([None, None], (), None)
+        return Guarded([None, None], None)
     _, after, *_ = guard.build(*guard.shape)
-    return Guarded(list(row[:2]), tuple(row[4 : 4 + len(after)]), tuple(row[4 + len(after) :]))
+    # (After the ids, the refusal, the postings' count and the first column of each row
+    # the guard's CTEs wrote: returned so the statement names, and so writes, them.)
+    return Guarded(list(row[:2]), tuple(row[4 + len(after) :]))
 
 
 def _row_credits_values(guard: Guard, credits, reference: tuple[str, int], now) -> dict:
