@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from _common import (
+    build_indexes,
     cached_database,
     drop_secondary_indexes,
     libpq_url,
@@ -481,24 +482,14 @@ def build(name: str, entries: int) -> None:
         builds, attach = restore(apply=False)
         fold_result = {}
 
-        def make_index(statement: str) -> None:
-            with psycopg.connect(url, autocommit=True) as builder:
-                builder.execute("SET maintenance_work_mem = '2GB'")
-                builder.execute("SET max_parallel_maintenance_workers = 0")
-                began_index = time.perf_counter()
-                builder.execute(statement)
-                with lock:
-                    _log(parts, "indexes (each)", began_index)
+        def built(seconds: float) -> None:
+            with lock:
+                parts["indexes (each)"] = parts.get("indexes (each)", 0.0) + seconds
 
         def run_fold() -> None:
             fold_result["seconds"], fold_result["through"] = fold(name, end + timedelta(minutes=1))
 
-        with ThreadPoolExecutor(LOADERS) as pool:
-            jobs = [pool.submit(run_fold)] + [pool.submit(make_index, s) for s in builds]
-            for job in jobs:
-                job.result()
-        for statement in attach:
-            conn.execute(statement)
+        build_indexes(url, builds, attach, LOADERS, (run_fold,), built, memory="2GB")
         _log(parts, "indexes and fold", started)
 
     started = time.perf_counter()

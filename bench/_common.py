@@ -402,6 +402,35 @@ def drop_secondary_indexes(conn, tables: tuple[str, ...]):
     return restore
 
 
+def build_indexes(
+    url: str, builds: list[str], attach: list[str], jobs=2, beside=(), each=None, memory="1GB"
+) -> None:
+    """Run the index builds `builds` (from `drop_secondary_indexes`'s `restore(apply=False)`)
+    `jobs` at a time, each on a connection of its own with maintenance_work_mem `memory`,
+    beside the callables `beside`; then attach the constraints (`attach`). `each(seconds)`
+    is told each build's time."""
+    from concurrent.futures import ThreadPoolExecutor
+    from time import perf_counter
+
+    def make_index(statement: str) -> None:
+        with psycopg.connect(url, autocommit=True) as builder:
+            builder.execute(f"SET maintenance_work_mem = '{memory}'")
+            builder.execute("SET max_parallel_maintenance_workers = 0")
+            began = perf_counter()
+            builder.execute(statement)
+            if each is not None:
+                each(perf_counter() - began)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        running = [pool.submit(job) for job in beside]
+        running += [pool.submit(make_index, statement) for statement in builds]
+        for job in running:
+            job.result()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in attach:
+            conn.execute(statement)
+
+
 def platform_wallet(conn, code: str) -> int:
     """The id of the platform account `code` (its first sub-account, if it is split)."""
     found = conn.execute(

@@ -29,7 +29,7 @@ app as gunicorn runs it, called as WSGI): the functions that take the most CPU.
 Settings (environment):
     BENCH_QUICK=1             one short round (a smoke test of the benchmark)
     SOMA_BENCH_POSTGRES_URL   server, default postgresql://postgres@127.0.0.1:5432/postgres
-    SOMA_BENCH_SECONDS        measured seconds per run (5; 2 quick)
+    SOMA_BENCH_SECONDS        measured seconds per run (3; 2 quick)
     SOMA_BENCH_ROUNDS         turns of each endpoint after the warm-up (3; 1 quick)
     SOMA_BENCH_CLASSES        classes in progress (200; 40 quick)
     SOMA_BENCH_REDIS_URL      the rate-limit store, default redis://127.0.0.1:6379/13
@@ -54,7 +54,7 @@ from _common import ROOT, SERVER_URL, Databases, database_url, make_app, migrate
 from sqlalchemy.engine import make_url
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", "2" if QUICK else "5"))
+SECONDS = float(os.environ.get("SOMA_BENCH_SECONDS", "2" if QUICK else "3"))
 ROUNDS = int(os.environ.get("SOMA_BENCH_ROUNDS", "1" if QUICK else "3"))
 CLASSES = int(os.environ.get("SOMA_BENCH_CLASSES", "40" if QUICK else "200"))
 TARGET = 0.8
