@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
+from psycopg.errors import DeadlockDetected
 from sqlalchemy import and_, bindparam, func, or_, select, true, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from soma import clock, ledger, timezones, transitions
 from soma.admin import actions
@@ -223,7 +224,22 @@ def book(
     PostgreSQL the exclusion constraints refuse an overlap that a concurrent
     booking made after the check: the loser gets the same message, and nothing
     of it is written.
+
+    Two such bookings can also deadlock: an exclusion constraint is checked after the
+    row goes in, so each can find the other's row and wait for its transaction.
+    PostgreSQL then refuses one of them; that one is booked once more, and its checks
+    (or the constraint, waiting for the other to end) now see the other booking.
     """
+    try:
+        return _book(student, teacher_id, title, start, duration_minutes, key, now)
+    except OperationalError as error:
+        if not isinstance(error.orig, DeadlockDetected):
+            raise
+        db.session.rollback()
+    return _book(student, teacher_id, title, start, duration_minutes, key, now)
+
+
+def _book(student, teacher_id, title, start, duration_minutes, key, now) -> ClassSession:
     now = now or clock.now()
     existing = _booked_with(key)
     if existing is not None:

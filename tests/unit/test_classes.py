@@ -866,6 +866,78 @@ def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
         assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
 
 
+def deadlock_once(monkeypatch, before=None):
+    """Make the next commit fail as PostgreSQL fails a deadlock's victim: its transaction
+    rolled back, then DeadlockDetected; `before()` runs first (another booking)."""
+    from psycopg.errors import DeadlockDetected
+    from sqlalchemy.exc import OperationalError
+
+    real = db.session.commit
+    calls = []
+
+    def commit():
+        if calls:
+            return real()
+        calls.append(1)
+        db.session.rollback()
+        if before is not None:
+            before()
+        raise OperationalError("INSERT INTO class_sessions ...", {}, DeadlockDetected("deadlock"))
+
+    monkeypatch.setattr(db.session, "commit", commit)
+    return calls
+
+
+def test_a_booking_refused_by_a_deadlock_is_booked_again(app, clock, monkeypatch):
+    """Two overlapping bookings at once can deadlock at the exclusion constraint; the
+    one PostgreSQL refuses is booked once more, and with nothing in its way it books."""
+    with app.app_context():
+        teacher = make_user("teacher", name="Tara Teacher")
+        student = make_funded_user(10)
+        teacher_id, student_id = teacher.id, student.id
+    start = clock() + timedelta(hours=1)
+
+    with app.app_context():
+        calls = deadlock_once(monkeypatch)
+        booked = service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "k")
+        assert calls == [1]
+        booked_id = booked.id
+
+    assert [row[:2] for row in class_rows(app)] == [(student_id, teacher_id)]
+    with app.app_context():
+        assert db.session.get(ClassSession, booked_id).booking_key == "k"
+        assert balances(student_id) == (10, 0)
+        notification = ledger_notifications()
+        notified = db.session.execute(select(notification.user_id, notification.kind)).all()
+        assert notified == [(teacher_id, "class_booked")]  # once, by the booking that stood
+
+
+def test_a_booking_refused_by_a_deadlock_then_sees_the_other_booking(app, clock, monkeypatch):
+    """The other booking of the deadlock went through: booked again, the refused one
+    finds it and is refused with the overlap's own message; nothing of it is written."""
+    with app.app_context():
+        teacher = make_user("teacher", name="Tara Teacher")
+        students = [make_funded_user(10) for _ in range(2)]
+        teacher_id, (first, second) = teacher.id, [student.id for student in students]
+    start = clock() + timedelta(hours=1)
+
+    def the_other_books():
+        service.book(db.session.get(User, second), teacher_id, "", start, 60, "other")
+
+    with app.app_context():
+        calls = deadlock_once(monkeypatch, before=the_other_books)
+        with pytest.raises(service.BookingError) as refused:
+            service.book(db.session.get(User, first), teacher_id, "", start, 60, "mine")
+        assert calls == [1]
+    assert str(refused.value) == (
+        "Tara Teacher is already booked on 24 Nov 2026 from 10:00 to 11:00 UTC. "
+        "Choose another time."
+    )
+    assert [row[:2] for row in class_rows(app)] == [(second, teacher_id)]
+    with app.app_context():
+        assert [balances(student_id) for student_id in (first, second)] == [(10, 0), (10, 0)]
+
+
 def test_a_double_submit_at_once_books_one_class_and_both_see_it(app, clock):
     """The second waits for the first (the student's row lock; SQLite's write lock), then
     finds the first booking by its key: the same class, not a refusal of its own time."""
