@@ -231,53 +231,61 @@ def _load(conn, done, upto, first_id, students, teachers, issuance, state, rates
         ) as copy:
             copy.write(postings)
 
-    # Each batch is sent by a thread of its own while this one makes the next.
-    sender, sending = ThreadPoolExecutor(1), None
-    for start in range(done, upto, batch):
-        entries, postings = io.StringIO(), io.StringIO()
-        for g in range(start, min(start + batch, upto)):
-            entry_id = first_id + g - done + 1
-            r, c = g % 4, g // 4
-            student, teacher = students[c % len(students)], teachers[c % len(teachers)]
-            at = (BASE + timedelta(seconds=g)).isoformat()
-            kind, tokens = kinds[r], tokens_of[r]
-            usd, teacher_usd = values[tokens]
-            closes = str(entry_id - 1) if r == 2 else "\\N"
-            entries.write(
-                f"{entry_id}\t{kind}\tbench-audit-{g}\t{'0' * 64}\t{tokens}\t{usd}\t"
-                f"{teacher_usd}\t{closes}\t\t{at}\n"
-            )
-            if r == 0:
-                legs = ((issuance, (("available", -100),)), (student, (("available", 100),)))
-            elif r == 1:
-                legs = ((student, (("available", -10), ("locked", 10))),)
-            elif r == 2:
-                legs = (
-                    (teacher, (("available", 7),)),
-                    (student, (("available", 3), ("locked", -10))),
+    def batches():
+        """The COPY texts of the entries and of their postings, a batch at a time."""
+        for start in range(done, upto, batch):
+            entries, postings = io.StringIO(), io.StringIO()
+            for g in range(start, min(start + batch, upto)):
+                entry_id = first_id + g - done + 1
+                r, c = g % 4, g // 4
+                student, teacher = students[c % len(students)], teachers[c % len(teachers)]
+                at = (BASE + timedelta(seconds=g)).isoformat()
+                kind, tokens = kinds[r], tokens_of[r]
+                usd, teacher_usd = values[tokens]
+                closes = str(entry_id - 1) if r == 2 else "\\N"
+                entries.write(
+                    f"{entry_id}\t{kind}\tbench-audit-{g}\t{'0' * 64}\t{tokens}\t{usd}\t"
+                    f"{teacher_usd}\t{closes}\t\t{at}\n"
                 )
-            else:
-                legs = ((student, (("available", -5),)), (teacher, (("available", 5),)))
-            for wallet, moves in legs:
-                head = state[wallet]
-                available = head[3] + sum(a for b, a in moves if b == "available")
-                locked = head[4] + sum(a for b, a in moves if b == "locked")
-                prior = head[1]
-                for bucket, amount in moves:
-                    seq = head[0] + 1
-                    digest = link(head[1], entry_id, wallet, seq, bucket, amount, available, locked)
-                    postings.write(
-                        f"{entry_id}\t{wallet}\t{bucket}\t{amount}\t{available}\t{locked}\t"
-                        f"{kind}\t{at}\t{seq}\t{digest}\n"
+                if r == 0:
+                    legs = ((issuance, (("available", -100),)), (student, (("available", 100),)))
+                elif r == 1:
+                    legs = ((student, (("available", -10), ("locked", 10))),)
+                elif r == 2:
+                    legs = (
+                        (teacher, (("available", 7),)),
+                        (student, (("available", 3), ("locked", -10))),
                     )
-                    prior, head[0], head[1] = head[1], seq, digest
-                head[2], head[3], head[4] = prior, available, locked
+                else:
+                    legs = ((student, (("available", -5),)), (teacher, (("available", 5),)))
+                for wallet, moves in legs:
+                    head = state[wallet]
+                    available = head[3] + sum(a for b, a in moves if b == "available")
+                    locked = head[4] + sum(a for b, a in moves if b == "locked")
+                    prior = head[1]
+                    for bucket, amount in moves:
+                        seq = head[0] + 1
+                        digest = link(
+                            head[1], entry_id, wallet, seq, bucket, amount, available, locked
+                        )
+                        postings.write(
+                            f"{entry_id}\t{wallet}\t{bucket}\t{amount}\t{available}\t{locked}\t"
+                            f"{kind}\t{at}\t{seq}\t{digest}\n"
+                        )
+                        prior, head[0], head[1] = head[1], seq, digest
+                    head[2], head[3], head[4] = prior, available, locked
+            yield entries.getvalue(), postings.getvalue()
+
+    # Each batch is sent by a thread of its own while this one makes the next; on an
+    # error, the one being sent is waited for (the pool's exit) before the connection closes.
+    with ThreadPoolExecutor(1) as sender:
+        sending = None
+        for entries, postings in batches():
+            if sending is not None:
+                sending.result()
+            sending = sender.submit(send, entries, postings)
         if sending is not None:
             sending.result()
-        sending = sender.submit(send, entries.getvalue(), postings.getvalue())
-    if sending is not None:
-        sending.result()
-    sender.shutdown()
 
 
 # -- measuring -----------------------------------------------------------------------------
