@@ -227,16 +227,21 @@ def book(
 
     Two such bookings can also deadlock: an exclusion constraint is checked after the
     row goes in, so each can find the other's row and wait for its transaction.
-    PostgreSQL then refuses one of them; that one is booked once more, and its checks
-    (or the constraint, waiting for the other to end) now see the other booking.
+    PostgreSQL then refuses one of them; that one is booked again, and its checks (or
+    the constraint, waiting for the other to end) now see the other booking. With
+    three or more at once it may be refused again: after ATTEMPTS refusals it gives up
+    with a BookingError, nothing of it written.
     """
-    try:
-        return _book(student, teacher_id, title, start, duration_minutes, key, now)
-    except OperationalError as error:
-        if not isinstance(error.orig, DeadlockDetected):
-            raise
-        db.session.rollback()
-    return _book(student, teacher_id, title, start, duration_minutes, key, now)
+    for _ in range(ATTEMPTS):
+        try:
+            return _book(student, teacher_id, title, start, duration_minutes, key, now)
+        except OperationalError as error:
+            if not isinstance(error.orig, DeadlockDetected):
+                raise
+            db.session.rollback()
+    raise BookingError(
+        "Other bookings of this time came in at the same moment. Try again.", "start"
+    )
 
 
 def _book(student, teacher_id, title, start, duration_minutes, key, now) -> ClassSession:

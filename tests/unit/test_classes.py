@@ -866,9 +866,10 @@ def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
         assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
 
 
-def deadlock_once(monkeypatch, before=None):
-    """Make the next commit fail as PostgreSQL fails a deadlock's victim: its transaction
-    rolled back, then DeadlockDetected; `before()` runs first (another booking)."""
+def deadlock_once(monkeypatch, before=None, times=1):
+    """Make the next commit (the next `times` commits) fail as PostgreSQL fails a
+    deadlock's victim: its transaction rolled back, then DeadlockDetected; `before()` runs
+    first (another booking)."""
     from psycopg.errors import DeadlockDetected
     from sqlalchemy.exc import OperationalError
 
@@ -876,7 +877,7 @@ def deadlock_once(monkeypatch, before=None):
     calls = []
 
     def commit():
-        if calls:
+        if len(calls) >= times:
             return real()
         calls.append(1)
         db.session.rollback()
@@ -910,6 +911,37 @@ def test_a_booking_refused_by_a_deadlock_is_booked_again(app, clock, monkeypatch
         notification = ledger_notifications()
         notified = db.session.execute(select(notification.user_id, notification.kind)).all()
         assert notified == [(teacher_id, "class_booked")]  # once, by the booking that stood
+
+
+def test_a_booking_refused_by_deadlocks_again_and_again_gives_up_with_a_refusal(
+    app, clock, monkeypatch
+):
+    """Three or more bookings at once: refused twice it still books; refused every time
+    it gives up with a refusal the form shows (not a 500), nothing of it written."""
+    with app.app_context():
+        teacher_id = make_user("teacher").id
+        student_id = make_funded_user(10).id
+    start = clock() + timedelta(hours=1)
+
+    with app.app_context():
+        calls = deadlock_once(monkeypatch, times=service.ATTEMPTS)
+        with pytest.raises(service.BookingError) as refused:
+            service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "a")
+        assert len(calls) == service.ATTEMPTS
+        assert refused.value.field == "start"
+    assert (
+        str(refused.value) == "Other bookings of this time came in at the same moment. Try again."
+    )
+    assert class_rows(app) == []
+
+    with app.app_context():
+        calls = deadlock_once(monkeypatch, times=service.ATTEMPTS - 1)
+        booked = service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "b")
+        assert len(calls) == service.ATTEMPTS - 1
+        assert booked.booking_key == "b"
+    assert [row[:2] for row in class_rows(app)] == [(student_id, teacher_id)]
+    with app.app_context():
+        assert balances(student_id) == (10, 0)
 
 
 def test_a_booking_refused_by_a_deadlock_then_sees_the_other_booking(app, clock, monkeypatch):
