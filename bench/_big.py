@@ -489,7 +489,9 @@ def build(name: str, entries: int) -> None:
         def run_fold() -> None:
             fold_result["seconds"], fold_result["through"] = fold(name, end + timedelta(minutes=1))
 
-        build_indexes(url, builds, attach, LOADERS, (run_fold,), built, memory="2GB")
+        build_indexes(
+            url, builds, attach, jobs=LOADERS, beside=(run_fold,), each=built, memory="2GB"
+        )
         _log(parts, "indexes and fold", started)
 
     started = time.perf_counter()

@@ -18,12 +18,10 @@ asserts nothing. Two tables:
      student): every worker meets the others only on the platform's issuance account;
    - sandbox purchase fulfilment: pending sandbox purchases made as the buy page makes
      them (`service.start`; one made so, the rest copied from it in SQL just before the
-     run, outside the timed part, as a checkout is made just before it is paid: made at
-     the round's start, they were cold by their turn, after pgbench and the other runs
-     had passed through the server's buffers), then
-     `service.fulfil(id, "sandbox", receipt=...)`
-     as the sandbox's Pay button calls it; twice: of the first package with a bonus (two
-     entries, tokens and bonus) and of the first without one (one entry);
+     run, outside the timed part, as a checkout is made just before it is paid), then
+     `service.fulfil(id, "sandbox", receipt=...)` as the sandbox's Pay button calls it;
+     twice: of the first package with a bonus (two entries, tokens and bonus) and of the
+     first without one (one entry);
    and the reference of these, transfers between distinct users: each worker between
    its own two students, so that nothing but the ledger itself is shared.
    The runs take turns in two groups (GROUPS), each with its reference: pgbench with
@@ -32,10 +30,9 @@ asserts nothing. Two tables:
    group its runs take turns (the order reversed every other round); a first round is
    discarded as a warm-up; before each run a CHECKPOINT, so that none falls inside one.
    The figures are medians over the rounds; each ratio is the median of the rounds' own
-   ratios. Beside each: latency, the workers' CPU
-   per operation, and the server's: the CPU of the database's backends (from
-   /proc/<pid>/stat, same machine) per operation. Then the round trips of a hold and of a
-   settle, read off libpq's protocol trace.
+   ratios. Beside each: latency, the workers' CPU per operation, and the server's: the
+   CPU of the database's backends (from /proc/<pid>/stat, same machine) per operation.
+   Then the round trips of a hold and of a settle, read off libpq's protocol trace.
 2. The wallet history page, whole (GET /wallet/history through the Flask test client,
    logged in: routing, session, the query, the template), on a wallet of
    HISTORY_ENTRIES entries: page 1 against a page ~90% deep, with and without a kind
@@ -126,9 +123,10 @@ FULFILMENTS = ("fulfil", "fulfil_plain")
 # notification, the mail), so in one group it paid for pgbench's run at its turn, which
 # a server sized for its data does not (fulfilment with a bonus 0.50 x transfers with
 # pgbench in the rounds, 0.64 without, in one trial of each).
-GROUPS = (
-    (("pgbench", "holdsettle", "transfer_pool"), ROUNDS),
-    (("transfer_own", "credit", "fulfil", "fulfil_plain"), OWN_ROUNDS),
+# A group: a reference (a run of none) and the runs measured against it, in RUNS' order.
+GROUPS = tuple(
+    ((root, *(key for key, *_, reference in RUNS if reference == root)), rounds)
+    for root, rounds in (("pgbench", ROUNDS), ("transfer_own", OWN_ROUNDS))
 )
 
 

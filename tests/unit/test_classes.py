@@ -866,7 +866,7 @@ def test_two_students_booking_one_slot_at_once_book_one_class(app, clock):
         assert [balances(student_id) for student_id in student_ids] == [(10, 0), (10, 0)]
 
 
-def deadlock_once(monkeypatch, before=None, times=1):
+def deadlock_at_commit(monkeypatch, before=None, times=1):
     """Make the next commit (the next `times` commits) fail as PostgreSQL fails a
     deadlock's victim: its transaction rolled back, then DeadlockDetected; `before()` runs
     first (another booking)."""
@@ -899,7 +899,7 @@ def test_a_booking_refused_by_a_deadlock_is_booked_again(app, clock, monkeypatch
     start = clock() + timedelta(hours=1)
 
     with app.app_context():
-        calls = deadlock_once(monkeypatch)
+        calls = deadlock_at_commit(monkeypatch)
         booked = service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "k")
         assert calls == [1]
         booked_id = booked.id
@@ -924,7 +924,7 @@ def test_a_booking_refused_by_deadlocks_again_and_again_gives_up_with_a_refusal(
     start = clock() + timedelta(hours=1)
 
     with app.app_context():
-        calls = deadlock_once(monkeypatch, times=service.ATTEMPTS)
+        calls = deadlock_at_commit(monkeypatch, times=service.ATTEMPTS)
         with pytest.raises(service.BookingError) as refused:
             service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "a")
         assert len(calls) == service.ATTEMPTS
@@ -935,7 +935,7 @@ def test_a_booking_refused_by_deadlocks_again_and_again_gives_up_with_a_refusal(
     assert class_rows(app) == []
 
     with app.app_context():
-        calls = deadlock_once(monkeypatch, times=service.ATTEMPTS - 1)
+        calls = deadlock_at_commit(monkeypatch, times=service.ATTEMPTS - 1)
         booked = service.book(db.session.get(User, student_id), teacher_id, "", start, 60, "b")
         assert len(calls) == service.ATTEMPTS - 1
         assert booked.booking_key == "b"
@@ -957,7 +957,7 @@ def test_a_booking_refused_by_a_deadlock_then_sees_the_other_booking(app, clock,
         service.book(db.session.get(User, second), teacher_id, "", start, 60, "other")
 
     with app.app_context():
-        calls = deadlock_once(monkeypatch, before=the_other_books)
+        calls = deadlock_at_commit(monkeypatch, before=the_other_books)
         with pytest.raises(service.BookingError) as refused:
             service.book(db.session.get(User, first), teacher_id, "", start, 60, "mine")
         assert calls == [1]
