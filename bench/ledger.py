@@ -122,7 +122,7 @@ FULFILMENTS = ("fulfil", "fulfil_plain")
 # more pages than a transfer (the purchase's row and its eight indexes, its history, the
 # notification, the mail), so in one group it paid for pgbench's run at its turn, which
 # a server sized for its data does not (fulfilment with a bonus 0.50 x transfers with
-# pgbench in the rounds, 0.64 without, in one trial of each).
+# pgbench in the rounds in one trial, 0.64 and 0.55 without in two).
 # A group: a reference (a run of none) and the runs measured against it, in RUNS' order.
 GROUPS = tuple(
     ((root, *(key for key, *_, reference in RUNS if reference == root)), rounds)
