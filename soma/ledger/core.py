@@ -689,9 +689,9 @@ def post_row_credits(
     if row is None:  # the guard's row was not found: nothing was written
         return Guarded([None, None], None)
     _, after, *_ = guard.build(*guard.shape)
-    # (After the ids, the refusal, the postings' count and the first column of each row
-    # the guard's CTEs wrote: returned so the statement names, and so writes, them.)
-    return Guarded(list(row[:2]), tuple(row[4 + len(after) :]))
+    # (The first column of each row the guard's CTEs wrote, returned so the statement
+    # names, and so writes, them; then the ids, the refusal and the postings' count.)
+    return Guarded(list(row[len(after) : len(after) + 2]), tuple(row[len(after) + 4 :]))
 
 
 def _row_credits_values(guard: Guard, credits, reference: tuple[str, int], now) -> dict:
@@ -723,10 +723,15 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
         wallet2   UPDATE the second source's shard (after wallet1), if its entry is
         written   INSERT the postings, the user's in its chain's order
 
-    It returns, if the guard's row was found (else no row), each entry's id, the
-    refused step (raised by `soma_refuse_entry`: 0 to 2 a wallet not found,
-    `_KEY_USED` a key used before), how many postings were written, the first column
-    of each guard CTE's row and the guard's columns to show.
+    It returns, if the guard's row was found (else no row), the first column of each
+    guard CTE's row, each entry's id, the refused step (raised by `soma_refuse_entry`:
+    0 to 2 a wallet not found, `_KEY_USED` a key used before), how many postings were
+    written and the guard's columns to show. PostgreSQL runs each CTE when the returned
+    columns first read it, in their order: so the guard's writes (a history row, a
+    notification, its email) come before the entries, and the sources' shards, which
+    every credit shares, are locked as late as they can be, for less of the statement
+    (with 8 workers: 1.18 ms of server CPU per purchase against 1.28, and 0.50 to 0.51
+    of transfers against 0.46 to 0.49).
     """
     moved, after, facts, shown = build(*shape)
     user_id = facts["user_id"]
@@ -842,11 +847,11 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
         (and_(exists().select_from(entry1), ~exists().select_from(source1)), 2),
     )
     statement = select(
+        *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
         select(entry0.c.id).scalar_subquery(),
         select(entry1.c.id).scalar_subquery(),
         func.soma_refuse_entry(refused_at, type_=Integer()),
         select(func.count()).select_from(written).scalar_subquery(),
-        *(select(next(iter(cte.c))).scalar_subquery() for cte in after),
         *shown,
     ).select_from(moved)  # (no row if the guard's row was not found: nothing written)
     return _driver_sql(statement)
