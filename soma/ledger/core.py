@@ -293,6 +293,17 @@ def _entry_insert(dialect_module, binds: dict, only_if=None, given: dict | None 
     (a condition), INSERT ... SELECT ... WHERE it, so no entry unless it holds.
     `given` holds SQL for columns in place of their parameters (`id` among them: the
     entry's id, else its sequence's next)."""
+    columns = _entry_columns(binds, given)
+    statement = dialect_module.insert(entries)
+    if only_if is None:
+        statement = statement.values(**columns)
+    else:
+        statement = statement.from_select(list(columns), select(*columns.values()).where(only_if))
+    return statement.on_conflict_do_nothing().returning(entries.c.id)
+
+
+def _entry_columns(binds: dict, given: dict | None = None) -> dict:
+    """An entry's columns as `_entry_insert` writes them: SQL for each, by name."""
     tokens, now = binds["tokens"], binds["now"]
     columns = dict(
         kind=binds["kind"],
@@ -309,12 +320,7 @@ def _entry_insert(dialect_module, binds: dict, only_if=None, given: dict | None 
         created_at=now,
     )
     columns.update(given or {})
-    statement = dialect_module.insert(entries)
-    if only_if is None:
-        statement = statement.values(**columns)
-    else:
-        statement = statement.from_select(list(columns), select(*columns.values()).where(only_if))
-    return statement.on_conflict_do_nothing().returning(entries.c.id)
+    return columns
 
 
 def _wallet_update(platform: bool, suffix: str = "", chain: tuple | None = None, d_available=None):
@@ -706,6 +712,9 @@ def _row_credits_values(guard: Guard, credits, reference: tuple[str, int], now) 
     return values
 
 
+# The entries' id sequence (its default), for an id a statement takes before its INSERT.
+ENTRY_SEQUENCE = f"{entries.name}_id_seq"
+
 # The step a used key refuses at: after the user's wallet and the two sources' shards.
 _KEY_USED = 3
 
@@ -715,8 +724,10 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
     """The driver SQL of `post_row_credits` for a guard and the (kind, source) of each credit.
 
         <guard>   the guard's CTEs: its row, and what it writes from it
-        entry0    INSERT the first entry (if the guard's row exists)
-        entry1    INSERT the second (if the first was, and its amount is not 0)
+        made      INSERT both entries (if the guard's row exists), the second only if
+                  its amount is not 0
+        entry0    the first's id, if it was written (its key not used before)
+        entry1    the second's, likewise
         credited  one row: the user, each entry's id and amount (none: NULL and 0)
         wallet0   UPDATE the user's wallet once, its chain past one posting or two
         wallet1   UPDATE the first source's shard (after wallet0: lock order)
@@ -736,26 +747,42 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
     moved, after, facts, shown = build(*shape)
     user_id = facts["user_id"]
     now = bindparam("p_now", type_=UTCDateTime())
-    made = []
+    rows = []
     for i, ((kind, source), credit) in enumerate(zip(credits, facts["credits"], strict=True)):
         tokens = credit["tokens"]
-        if i == 0:
-            condition = exists().select_from(moved)
-        else:
-            condition = and_(tokens > 0, exists().select_from(made[0]))
         given = {
             "idempotency_key": bindparam(f"p_key{i}", type_=String()),
             "request_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
             "reference_type": literal(reference_type, String()),
-            "closes_entry_id": null(),
+            # (Typed: a NULL in a UNION is text unless told.)
+            "closes_entry_id": literal_column("NULL::bigint"),
             "memo": func.left(credit["memo"], 500),
-            "actor_id": null(),
+            "actor_id": literal_column("NULL::integer"),
+            # The first's id may be taken by the guard; else the sequence's next, as
+            # the column's default would (so the second's is above the first's).
+            "id": credit.get("entry_id", func.nextval(literal(ENTRY_SEQUENCE, String()))),
         }
-        if "entry_id" in credit:
-            given["id"] = credit["entry_id"]
         binds = {"kind": literal(kind, String()), "tokens": tokens, "now": now}
-        made.append(_entry_insert(postgresql, binds, condition, given).cte(f"entry{i}"))
-    entry0, entry1 = made
+        columns = _entry_columns(binds, given)
+        # The first if the guard's row exists; the second too if its amount is not 0.
+        rows.append(select(*columns.values()).where(tokens > 0 if i else true()))
+    # Both entries in one INSERT (one node for the executor to set up, not two), the
+    # first written first; the statement reads FROM the guard's row (each row's facts
+    # are its columns), so it writes none without it. A key used before writes no row
+    # of its own, and the statement is then refused (`refused_at`), whatever was written.
+    made = (
+        postgresql.insert(entries)
+        .from_select(list(columns), union_all(*rows))
+        .on_conflict_do_nothing()
+        .returning(entries.c.id, entries.c.idempotency_key)
+        .cte("made")
+    )
+    entry0, entry1 = (
+        select(made.c.id)
+        .where(made.c.idempotency_key == bindparam(f"p_key{i}", type_=String()))
+        .cte(f"entry{i}")
+        for i in range(2)
+    )
     (kind0, _), (kind1, _) = credits
     tokens0, tokens1 = (credit["tokens"] for credit in facts["credits"])
 

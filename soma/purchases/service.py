@@ -549,7 +549,7 @@ def _paid_if_payable(refs: tuple[str, ...], base: str):
             # The tokens' entry's id, taken here so the row names it in this statement
             # (the entry, written below with it, exists when its key is checked: at the
             # statement's end).
-            credited_entry_id=func.nextval(literal(f"{core.entries.name}_id_seq", String())),
+            credited_entry_id=func.nextval(literal(core.ENTRY_SEQUENCE, String())),
             **{name: bindparam(f"p_g_{name}", type_=String()) for name in refs},
         )
         .returning(
