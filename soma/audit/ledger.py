@@ -74,19 +74,14 @@ def entries_have_two_postings(scope: Scope = FULL) -> list[Violation]:
 def balances_match_postings(scope: Scope = FULL) -> list[Violation]:
     """Each wallet's balances are what its postings sum to: in an incremental run, its
     checkpointed balances plus its postings past its checkpointed head."""
-    heads = scope.heads()
+    heads, p = scope.heads(), scope.postings().c
     sums = (
         select(
-            Posting.wallet_id,
-            func.sum(case((Posting.bucket == Bucket.AVAILABLE, Posting.amount), else_=0)).label(
-                "available"
-            ),
-            func.sum(case((Posting.bucket == Bucket.LOCKED, Posting.amount), else_=0)).label(
-                "locked"
-            ),
+            p.wallet_id,
+            func.sum(case((p.bucket == Bucket.AVAILABLE, p.amount), else_=0)).label("available"),
+            func.sum(case((p.bucket == Bucket.LOCKED, p.amount), else_=0)).label("locked"),
         )
-        .where(scope.postings(Posting.id))
-        .group_by(Posting.wallet_id)
+        .group_by(p.wallet_id)
         .subquery()
     )
     base = heads
@@ -435,31 +430,31 @@ def posting_chains_hold(scope: Scope = FULL) -> list[Violation]:
     Each link is checked against the stored hash before it (a window over the wallet's
     postings by seq), from the start or from the checkpointed head: an edited posting
     breaks its own link, an edited hash its own and the next."""
-    heads = scope.heads()
-    window = {"partition_by": Posting.wallet_id, "order_by": Posting.seq}
+    heads, p = scope.heads(), scope.postings().c
+    window = {"partition_by": p.wallet_id, "order_by": p.seq}
     start_seq = func.coalesce(heads.c.seq, 0)
-    previous_seq = func.lag(Posting.seq, 1, start_seq).over(**window)
-    previous_hash = func.lag(Posting.hash, 1, func.coalesce(heads.c.hash, "")).over(**window)
+    previous_seq = func.lag(p.seq, 1, start_seq).over(**window)
+    previous_hash = func.lag(p.hash, 1, func.coalesce(heads.c.hash, "")).over(**window)
     link = func.soma_link(
         previous_hash,
-        Posting.entry_id,
-        Posting.wallet_id,
-        Posting.seq,
-        Posting.bucket,
-        Posting.amount,
-        Posting.available_after,
-        Posting.locked_after,
+        p.entry_id,
+        p.wallet_id,
+        p.seq,
+        p.bucket,
+        p.amount,
+        p.available_after,
+        p.locked_after,
     )
     links = (
         select(
-            Posting.wallet_id,
-            Posting.seq,
-            Posting.id,
+            p.wallet_id,
+            p.seq,
+            p.id,
             previous_seq.label("previous_seq"),
-            (link == Posting.hash).label("holds"),
+            (link == p.hash).label("holds"),
         )
-        .outerjoin(heads, heads.c.wallet_id == Posting.wallet_id)
-        .where(scope.postings(Posting.id))
+        .select_from(scope.postings())
+        .outerjoin(heads, heads.c.wallet_id == p.wallet_id)
         .subquery()
     )
     broken = select(
@@ -490,21 +485,16 @@ def posting_chains_hold(scope: Scope = FULL) -> list[Violation]:
 def _heads_not_last_postings(scope: Scope) -> list[Violation]:
     """Each wallet's chain head is its last posting's seq and hash (0 and '' if none;
     in an incremental run, the checkpointed head if none since)."""
-    heads = scope.heads()
-    last_seq = (
-        select(Posting.wallet_id, func.max(Posting.seq).label("seq"))
-        .where(scope.postings(Posting.id))
-        .group_by(Posting.wallet_id)
-        .subquery()
-    )
+    heads, p = scope.heads(), scope.postings().c
+    last_seq = select(p.wallet_id, func.max(p.seq).label("seq")).group_by(p.wallet_id).subquery()
     base = heads
-    last = aliased(Posting)
+    last = scope.postings().alias("last").c
     seq = func.coalesce(last_seq.c.seq, base.c.seq, 0)
     link = func.coalesce(last.hash, base.c.hash, "")
     rows = db.session.execute(
         select(Wallet.id, Wallet.head_seq, seq)
         .outerjoin(last_seq, last_seq.c.wallet_id == Wallet.id)
-        .outerjoin(last, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
+        .outerjoin(last.id.table, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
         .outerjoin(base, base.c.wallet_id == Wallet.id)
         .where(or_(Wallet.head_seq != seq, Wallet.head_hash != link))
         .order_by(Wallet.id)
