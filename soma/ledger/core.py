@@ -100,7 +100,7 @@ from soma.ledger.errors import (
     InvalidPosting,
     LedgerError,
 )
-from soma.ledger.pricing import value_cents_sql
+from soma.ledger.pricing import cents_at_rate, rate_in_force_sql, value_cents_sql
 from soma.ledger.shards import shard_count, shard_for, shard_key
 from soma.models import (
     SOURCE_ACCOUNTS,
@@ -747,10 +747,17 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
     moved, after, facts, shown = build(*shape)
     user_id = facts["user_id"]
     now = bindparam("p_now", type_=UTCDateTime())
+    # The rates in force, read once for both entries (each reads them otherwise).
+    rates = select(
+        rate_in_force_sql(PricingUserType.STUDENT, now).label("k_student"),
+        rate_in_force_sql(PricingUserType.TEACHER, now).label("k_teacher"),
+    ).cte("rates")
     rows = []
     for i, ((kind, source), credit) in enumerate(zip(credits, facts["credits"], strict=True)):
         tokens = credit["tokens"]
         given = {
+            "usd_cents": cents_at_rate(tokens, rates.c.k_student[1], rates.c.k_student[2]),
+            "teacher_usd_cents": cents_at_rate(tokens, rates.c.k_teacher[1], rates.c.k_teacher[2]),
             "idempotency_key": bindparam(f"p_key{i}", type_=String()),
             "request_digest": credit_digest_sql(kind, source, user_id, tokens, reference_type),
             "reference_type": literal(reference_type, String()),

@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql
 
 from soma import clock
 from soma.extensions import db
@@ -48,8 +49,22 @@ def value_cents_sql(user_type: str, tokens, at):
     `tokens` and `at` may be parameters or columns: the ledger freezes an entry's value
     with it, and the audit recomputes every entry's value with it.
     """
-    cents = (tokens * TokenPricing.usd_cents * 2 + TokenPricing.tokens) // (TokenPricing.tokens * 2)
+    cents = cents_at_rate(tokens, TokenPricing.usd_cents, TokenPricing.tokens)
     return pricing_in_force_query(user_type, at).with_only_columns(cents).scalar_subquery()
+
+
+def cents_at_rate(tokens, rate_cents, rate_tokens):
+    """SQL: `tokens` worth `rate_cents` per `rate_tokens` tokens, in cents rounded half up."""
+    return (tokens * rate_cents * 2 + rate_tokens) // (rate_tokens * 2)
+
+
+def rate_in_force_sql(user_type: str, at):
+    """SQL: the rate of `user_type` in force at `at` as an array [usd_cents, tokens] (NULL
+    if none), for a statement that values several entries to read once (`cents_at_rate`
+    of its elements 1 and 2 is `value_cents_sql`)."""
+    # (bigint and integer: PostgreSQL makes the array bigint[].)
+    rate = postgresql.array([TokenPricing.usd_cents, TokenPricing.tokens])
+    return pricing_in_force_query(user_type, at).with_only_columns(rate).scalar_subquery()
 
 
 def get_token_pricing(user_type: str, at: datetime | None = None) -> TokenPricing:
