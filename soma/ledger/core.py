@@ -724,6 +724,7 @@ def _row_credits_sql(build, shape, reference_type: str, credits: tuple) -> str:
     """The driver SQL of `post_row_credits` for a guard and the (kind, source) of each credit.
 
         <guard>   the guard's CTEs: its row, and what it writes from it
+        rates     the student's and teacher's rates in force (each entry's values)
         made      INSERT both entries (if the guard's row exists), the second only if
                   its amount is not 0
         entry0    the first's id, if it was written (its key not used before)
