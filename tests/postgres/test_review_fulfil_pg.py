@@ -279,6 +279,63 @@ def test_huge_ids_are_written_and_chained_as_python_writes_them(app):
         assert run_audit() == []
 
 
+def test_a_credit_values_both_entries_at_the_rates_in_force_half_up_and_names_them_in_order(
+    app, monkeypatch
+):
+    """The statement reads each rate once for both entries: each entry's USD values are its
+    tokens at the rates in force, rounded half up as Python rounds them (rates of half a
+    cent and a cent and a half a token, odd amounts: every value has a half cent). The
+    credit names the entries it wrote, the tokens' first, the bonus's id above it."""
+    from sqlalchemy import update
+
+    from soma.ledger import core
+    from soma.ledger.pricing import tokens_value_cents
+    from soma.models import utcnow
+
+    named = []
+    post = core.post_row_credits
+
+    def spying(*args, **kwargs):
+        done = post(*args, **kwargs)
+        named.append(done.entries)
+        return done
+
+    monkeypatch.setattr(core, "post_row_credits", spying)
+    with app.app_context():
+        student = make_user("student")
+        purchase_id = started(student, 250)
+        db.session.execute(
+            update(Purchase).where(Purchase.id == purchase_id).values(tokens=1235, bonus_tokens=7)
+        )
+        db.session.commit()
+        at = utcnow()
+        ledger.publish_pricing("student", 4, 2, 60, at, backdate=True)
+        ledger.publish_pricing("teacher", 4, 6, 60, at, backdate=True)
+        db.session.commit()
+
+        paid = service.fulfil(purchase_id, "stripe:evt", receipt="R-rates")
+        entries = db.session.execute(
+            select(JournalEntry.id, JournalEntry.tokens, JournalEntry.usd_cents,
+                   JournalEntry.teacher_usd_cents, JournalEntry.created_at)
+            .where(JournalEntry.reference_type == "purchase",
+                   JournalEntry.reference_id == purchase_id)
+            .order_by(JournalEntry.id)
+        ).all()  # fmt: skip
+        assert [(e.tokens, e.usd_cents, e.teacher_usd_cents) for e in entries] == [
+            (1235, 618, 1853),  # 617.5 and 1852.5, half up
+            (7, 4, 11),  # 3.5 and 10.5
+        ]
+        for entry in entries:
+            assert entry.usd_cents == tokens_value_cents(entry.tokens, "student", entry.created_at)
+            assert entry.teacher_usd_cents == tokens_value_cents(
+                entry.tokens, "teacher", entry.created_at
+            )
+        assert named == [[entries[0].id, entries[1].id]]
+        assert paid.credited_entry_id == entries[0].id < entries[1].id
+        assert balances(student.id) == (1242, 0)
+        assert run_audit() == []
+
+
 def test_fulfilling_a_purchase_that_does_not_exist_writes_nothing(app):
     from sqlalchemy.exc import NoResultFound
 
