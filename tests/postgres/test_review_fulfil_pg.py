@@ -252,6 +252,32 @@ def test_a_refused_credit_writes_nothing_anywhere_and_only_spends_sequence_numbe
         assert run_audit() == []
 
 
+@pytest.mark.parametrize("account", ["issuance", "promotions"])
+def test_a_credit_whose_shard_is_missing_is_refused_naming_it_and_writes_nothing(app, account):
+    """The statement refuses a source's shard that does not exist (refusal steps 1 and 2):
+    the error names that account's shard, and nothing is written, the guard's rows (which
+    run first) included."""
+    from sqlalchemy import delete
+
+    from soma.ledger.errors import InvalidPosting
+    from soma.ledger.shards import shard_count, shard_for, shard_key
+
+    with app.app_context():
+        student = make_user("student")
+        purchase_id = started(student, 250)
+        shard = shard_for(shard_key("", ("purchase", purchase_id)), shard_count())
+        db.session.execute(delete(Wallet).where(Wallet.code == account, Wallet.shard == shard))
+        db.session.commit()
+        before, sequence = everything(), last_entry_id()
+
+        with pytest.raises(InvalidPosting, match=f"no wallet for a shard of {account} by "):
+            service.fulfil(purchase_id, "stripe:evt", receipt="R-no-shard")
+        db.session.rollback()
+        assert everything() == before
+        assert last_entry_id() > sequence  # (the compare-and-set's nextval: a harmless gap)
+        assert db.session.get(Purchase, purchase_id).status == "pending"
+
+
 def test_huge_ids_are_written_and_chained_as_python_writes_them(app):
     """Purchase, entry and posting ids past 2**62: the words, digests and hashes the SQL
     writes are Python's (a replay through the ledger is a replay; the chains hold)."""
