@@ -27,9 +27,10 @@ asserts nothing. Two tables:
    The runs take turns in two groups (GROUPS), each with its reference: pgbench with
    holds and settles and transfers in the pool, over ROUNDS rounds; transfers between
    distinct users with credits and fulfilments, over OWN_ROUNDS. pgbench's database is
-   dropped when its group is done, so that its pages leave shared_buffers. In every round of a
-   group its runs take turns (the order reversed every other round); a first round is
-   discarded as a warm-up; before each run a CHECKPOINT, so that none falls inside one.
+   dropped when its group is done, so that its pages leave shared_buffers. In every
+   round of a group its runs take turns (the order reversed every other round); a first
+   round is discarded as a warm-up; before each run a CHECKPOINT, so that none falls
+   inside one.
    The figures are medians over the rounds; each ratio is the median of the rounds' own
    ratios. Beside each: latency, the workers' CPU per operation, and the server's: the
    CPU of the database's backends (from /proc/<pid>/stat, same machine) per operation.

@@ -115,14 +115,14 @@ SCOPE_ENTRIES = Table(
 
 # Each wallet's postings past its checkpointed head, found by the (wallet_id, seq) index
 # one wallet at a time (LATERAL on PostgreSQL; SQLite's nested loop does it by itself).
-PAST_HEADS = """
-INSERT INTO audit_scope_postings
-    (id, entry_id, wallet_id, seq, bucket, amount, available_after, locked_after, hash)
-SELECT p.id, p.entry_id, p.wallet_id, p.seq, p.bucket, p.amount, p.available_after,
-    p.locked_after, p.hash
-FROM wallets w
-LEFT JOIN audit_checkpoint_wallets h ON h.checkpoint_id = :checkpoint AND h.wallet_id = w.id
-"""
+# (Its names are SCOPED_COLUMNS: constants, not input.)
+PAST_HEADS = (
+    f"INSERT INTO audit_scope_postings ({', '.join(SCOPED_COLUMNS)})\n"
+    f"SELECT {', '.join(f'p.{name}' for name in SCOPED_COLUMNS)}\n"
+    "FROM wallets w\n"
+    "LEFT JOIN audit_checkpoint_wallets h"
+    " ON h.checkpoint_id = :checkpoint AND h.wallet_id = w.id\n"
+)
 PAST_HEADS_JOIN = {
     # OFFSET 0 keeps the planner from flattening the subquery into one scan of postings.
     "postgresql": """CROSS JOIN LATERAL (SELECT * FROM postings

@@ -488,13 +488,13 @@ def _heads_not_last_postings(scope: Scope) -> list[Violation]:
     heads, p = scope.heads(), scope.postings().c
     last_seq = select(p.wallet_id, func.max(p.seq).label("seq")).group_by(p.wallet_id).subquery()
     base = heads
-    last = scope.postings().alias("last").c
+    last = scope.postings().alias("last")
     seq = func.coalesce(last_seq.c.seq, base.c.seq, 0)
-    link = func.coalesce(last.hash, base.c.hash, "")
+    link = func.coalesce(last.c.hash, base.c.hash, "")
     rows = db.session.execute(
         select(Wallet.id, Wallet.head_seq, seq)
         .outerjoin(last_seq, last_seq.c.wallet_id == Wallet.id)
-        .outerjoin(last.id.table, and_(last.wallet_id == Wallet.id, last.seq == last_seq.c.seq))
+        .outerjoin(last, and_(last.c.wallet_id == Wallet.id, last.c.seq == last_seq.c.seq))
         .outerjoin(base, base.c.wallet_id == Wallet.id)
         .where(or_(Wallet.head_seq != seq, Wallet.head_hash != link))
         .order_by(Wallet.id)
