@@ -43,7 +43,7 @@ ENV_SETTINGS = {
     "SUPPORT_EMAIL": "",
     "SWEEPER_STALE_SECONDS": "120",
     "AUDIT_RUN_TIMEOUT_SECONDS": "3600",
-    "SOMA_PLATFORM_SHARDS": "16",
+    "SOMA_PLATFORM_SHARDS": "128",
     "APP_BASE_URL": "",
     "MAIL_BACKEND": "",
     "MAIL_SERVER": "localhost",
@@ -259,7 +259,7 @@ def _positive_int(settings: dict, name: str, default: int) -> int:
 
 def _platform_shards(settings: dict) -> int:
     """How many sub-accounts each platform account is spread over (soma.ledger.shards)."""
-    shards = _positive_int(settings, "SOMA_PLATFORM_SHARDS", 16)
+    shards = _positive_int(settings, "SOMA_PLATFORM_SHARDS", 128)  # shards.DEFAULT_SHARDS
     if shards > 256:
         raise ConfigError(f"SOMA_PLATFORM_SHARDS must be 1 to 256, not {shards}")
     return shards

@@ -12,7 +12,13 @@ from soma.audit import run_audit
 from soma.audit.ledger import platform_shards_complete
 from soma.extensions import db
 from soma.ledger.core import Leg, platform_account, post, user_account
-from soma.ledger.shards import existing_shards, forget_shard_count, shard_count, shard_for
+from soma.ledger.shards import (
+    DEFAULT_SHARDS,
+    existing_shards,
+    forget_shard_count,
+    shard_count,
+    shard_for,
+)
 from soma.models import Bucket, EntryKind, PlatformAccount, Posting, Wallet
 from tests.builders import fund, make_user
 from tests.helpers import text_of
@@ -44,10 +50,10 @@ def user_available(user_id: int) -> int:
     return db.session.scalar(select(Wallet.available).where(Wallet.user_id == user_id))
 
 
-def test_every_platform_account_has_sixteen_shards_and_entries_spread_over_them(ctx):
-    assert shard_count() == 16
+def test_every_platform_account_has_its_shards_and_entries_spread_over_them(ctx):
+    assert shard_count() == DEFAULT_SHARDS == 128
     for account in PlatformAccount:
-        assert sorted(shards_of(account)) == list(range(16))
+        assert sorted(shards_of(account)) == list(range(DEFAULT_SHARDS))
     sources = db.session.execute(
         select(Wallet.code, Wallet.is_source).where(Wallet.code.is_not(None)).distinct()
     ).all()
@@ -66,7 +72,7 @@ def test_every_platform_account_has_sixteen_shards_and_entries_spread_over_them(
     used = {entry_shards(entry.id)["issuance"] for entry in posted}
     # Each entry is on the shard its reference hashes to; 40 references use most shards.
     assert [entry_shards(e.id)["issuance"] for e in posted] == [
-        shard_for(f"purchase:{n}", 16) for n in range(40)
+        shard_for(f"purchase:{n}", DEFAULT_SHARDS) for n in range(40)
     ]
     assert len(used) >= 10
     issued = shards_of(PlatformAccount.ISSUANCE)
@@ -84,7 +90,7 @@ def test_an_entry_without_a_reference_is_placed_by_its_key(ctx):
     student = make_user("student").id
     db.session.commit()
     entry = fund(student, 5, key="no-reference")
-    assert entry_shards(entry.id) == {"issuance": shard_for("no-reference", 16)}
+    assert entry_shards(entry.id) == {"issuance": shard_for("no-reference", DEFAULT_SHARDS)}
 
 
 def retire_one(user_id: int, n: int, tokens: int, fee: int):
@@ -157,10 +163,10 @@ def test_a_debit_from_a_sink_must_name_its_shard(ctx):
         platform_account(PlatformAccount.FEES, -1)
     # A shard that does not exist is refused by name, never a silent no-op.
     legs = [
-        Leg(platform_account(PlatformAccount.ISSUANCE, 99), AVAILABLE, -5),
+        Leg(platform_account(PlatformAccount.ISSUANCE, 999), AVAILABLE, -5),
         Leg(user_account(student), AVAILABLE, 5),
     ]
-    with pytest.raises(ledger.InvalidPosting, match="no wallet for issuance:99"), ledger.atomic():
+    with pytest.raises(ledger.InvalidPosting, match="no wallet for issuance:999"), ledger.atomic():
         post(EntryKind.ADJUSTMENT, "no-such-shard", legs, tokens=5)
     assert user_available(student) == 0
 
@@ -175,24 +181,27 @@ def test_the_setting_never_picks_a_shard_that_does_not_exist_until_the_command_m
     posted = [fund(student, 1, key=f"four:{n}") for n in range(30)]
     assert {entry_shards(e.id)["issuance"] for e in posted} <= {0, 1, 2, 3}
 
-    app.config["SOMA_PLATFORM_SHARDS"] = 24
+    app.config["SOMA_PLATFORM_SHARDS"] = 136
     forget_shard_count()
-    assert shard_count() == 16  # only 16 exist
+    assert shard_count() == 128  # only 128 exist
     posted = [fund(student, 1, key=f"wide:{n}") for n in range(60)]
-    assert max(entry_shards(e.id)["issuance"] for e in posted) < 16
+    assert max(entry_shards(e.id)["issuance"] for e in posted) < 128
 
     result = runner.invoke(args=["soma", "shards"])
     assert result.exit_code == 0, result.output
-    assert "24 shard(s) each (32 created" in result.output
-    assert existing_shards(db.session.connection()) == 24
-    assert shard_count() == 24
-    posted = [fund(student, 1, key=f"wider:{n}") for n in range(80)]
-    assert max(entry_shards(e.id)["issuance"] for e in posted) >= 16
+    assert "136 shard(s) each (32 created" in result.output
+    assert existing_shards(db.session.connection()) == 136
+    assert shard_count() == 136
+    # Keys that hash to the new shards 128 to 135 go there now.
+    keys = [k for k in (f"wider:{n}" for n in range(4000)) if shard_for(k, 136) >= 128][:20]
+    posted = [fund(student, 1, key=key) for key in keys]
+    assert {entry_shards(e.id)["issuance"] for e in posted} == {shard_for(k, 136) for k in keys}
+    assert min(entry_shards(e.id)["issuance"] for e in posted) >= 128
     assert runner.invoke(args=["soma", "shards"]).output.startswith(
-        "Platform accounts have 24 shard(s) each (0 created"
+        "Platform accounts have 136 shard(s) each (0 created"
     )
-    assert user_available(student) == 170
-    assert sum(shards_of(PlatformAccount.ISSUANCE).values()) == -170
+    assert user_available(student) == 110
+    assert sum(shards_of(PlatformAccount.ISSUANCE).values()) == -110
     assert run_audit() == []
 
 
@@ -328,9 +337,12 @@ def test_migration_0024_keeps_the_history_on_shard_0_and_its_chains_whole(ctx, a
     flask_migrate.upgrade()
     db.session.remove()
     forget_shard_count()
-    assert shards_of(PlatformAccount.ISSUANCE) == {n: 0 for n in range(16)} | {0: -560, 5: -7}
-    assert shards_of(PlatformAccount.REDEMPTION) == {n: 0 for n in range(16)} | {0: 96}
-    assert shards_of(PlatformAccount.FEES) == {n: 0 for n in range(16)} | {0: 4}
+    assert shards_of(PlatformAccount.ISSUANCE) == {n: 0 for n in range(DEFAULT_SHARDS)} | {
+        0: -560,
+        5: -7,
+    }
+    assert shards_of(PlatformAccount.REDEMPTION) == {n: 0 for n in range(DEFAULT_SHARDS)} | {0: 96}
+    assert shards_of(PlatformAccount.FEES) == {n: 0 for n in range(DEFAULT_SHARDS)} | {0: 4}
     after = dict(
         db.session.execute(
             select(Wallet.id, Wallet.head_hash).where(Wallet.code.is_not(None), Wallet.head_seq > 0)
