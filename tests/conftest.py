@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -257,9 +258,10 @@ def _share_url_builders() -> None:
     rule's text and parsed parts alone (it reaches the rule's converters through the rule it
     is bound to), so the run compiles each once and every app's rule binds the same one. A
     rule with a default for one of its own variables folds the default in: it is compiled
-    for itself. Without `Rule._compile_builder` (another Werkzeug), nothing changes."""
+    for itself. This reads Werkzeug's internals as 3.1 has them: with another version (it
+    comes with Flask, unpinned), every app compiles its own, as without this."""
     compile_builder = getattr(Rule, "_compile_builder", None)
-    if compile_builder is None:
+    if compile_builder is None or not version("werkzeug").startswith("3.1."):
         return
     builders = {}
 

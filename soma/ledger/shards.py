@@ -40,8 +40,9 @@ from soma.models import SOURCE_ACCOUNTS, PlatformAccount, Wallet, utcnow
 
 # Many more than the writers that run at once: two purchases meet on a shard about
 # (writers - 1) / N of the time, and the one that meets waits for the other's commit
-# and then sets up its statement again (EvalPlanQual). With 8 workers, 16 shards gave
-# fulfilment with a bonus 0.51 to 0.54 of transfers, 128 gave 0.56 to 0.60.
+# or sets up its statement again (EvalPlanQual). With 8 workers taking turns at 16 and
+# 128 shards, the database's CPU per purchase was 1.81 and 1.63 ms (1.95 and 1.80 in a
+# second run), fulfilment with a bonus 0.49 and 0.54 of transfers (0.51 and 0.53).
 DEFAULT_SHARDS = 128
 _CACHE = "soma_platform_shards"
 
