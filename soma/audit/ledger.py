@@ -24,6 +24,7 @@ from soma.audit.checkpoint import FULL, Scope
 from soma.audit.violation import MOST, Violation, first
 from soma.extensions import db
 from soma.ledger.operations import HOLD_KINDS
+from soma.ledger.pricing import cents_at_rate
 from soma.models import (
     SOURCE_ACCOUNTS,
     Bucket,
@@ -386,7 +387,7 @@ def entry_values_match_pricing(scope: Scope = FULL) -> list[Violation]:
             rate.c.since <= at,
             or_(rate.c.until.is_(None), at < rate.c.until),
         )
-        cents = (JournalEntry.tokens * rate.c.usd_cents * 2 + rate.c.tokens) // (rate.c.tokens * 2)
+        cents = cents_at_rate(JournalEntry.tokens, rate.c.usd_cents, rate.c.tokens)
         return rate, condition, cents
 
     student, student_joins, student_cents = in_force(PricingUserType.STUDENT)

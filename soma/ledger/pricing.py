@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, select, type_coerce
 from sqlalchemy.dialects import postgresql
 
 from soma import clock
@@ -55,6 +55,10 @@ def value_cents_sql(user_type: str, tokens, at):
 
 def cents_at_rate(tokens, rate_cents, rate_tokens):
     """SQL: `tokens` worth `rate_cents` per `rate_tokens` tokens, in cents rounded half up."""
+    # A version's tokens are a 32-bit column, doubled here: typed as 64 bits, so the 2 is
+    # a bigint and PostgreSQL multiplies in 64 bits (a rate of 2**30 tokens or more would
+    # overflow 32). No CAST: the ledger's statements drop " AS ..." (see core._ALIAS).
+    rate_tokens = type_coerce(rate_tokens, BigInteger())
     return (tokens * rate_cents * 2 + rate_tokens) // (rate_tokens * 2)
 
 

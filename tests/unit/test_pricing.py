@@ -263,3 +263,40 @@ def test_class_cost_follows_the_class_rate_in_force(ctx):
     assert class_cost(45, at=T0) == 9
     assert class_cost(50, at=T0) == 10
     assert class_cost(51, at=T0) == 11
+
+
+def test_a_rate_of_more_than_a_billion_tokens_values_entries_as_python_does(ctx):
+    """A version's `tokens` is a 32-bit column; the value's rounding doubles it
+    ((tokens x cents x 2 + rate) / (rate x 2)), which must not overflow 32 bits on
+    PostgreSQL: an entry posted through the ledger and a purchase's credit (its own
+    statement on PostgreSQL) both take the value Python computes, and the audit agrees."""
+    from soma import ledger
+    from soma.audit import run_audit
+    from soma.models import JournalEntry
+    from soma.purchases import service
+    from tests.builders import make_user
+    from tests.buying import sandbox_purchase
+
+    rate = 2**30 + 3  # odd: every value below has a half cent
+    publish_pricing("student", rate, 2**31 + 5, 10, effective_at=T0, backdate=True)
+    publish_pricing("teacher", rate, 2**30 + 7, 10, effective_at=T0, backdate=True)
+    db.session.commit()
+    student = make_user("student")
+    db.session.commit()
+    with ledger.atomic():
+        posted = ledger.credit(student.id, 1001, key="big-rate")
+    purchase_id = sandbox_purchase(student, 250, True, "big-rate-purchase")
+    service.fulfil(purchase_id, "sandbox", receipt="SANDBOX-big-rate")
+    entries = db.session.execute(
+        select(JournalEntry.tokens, JournalEntry.usd_cents, JournalEntry.teacher_usd_cents)
+        .where(JournalEntry.id >= posted.id)
+        .order_by(JournalEntry.id)
+    ).all()
+    student_rate, teacher_rate = get_token_pricing("student"), get_token_pricing("teacher")
+    assert [e.tokens for e in entries] == [1001, 250, 10]
+    assert [(e.usd_cents, e.teacher_usd_cents) for e in entries] == [
+        (tokens_to_cents(e.tokens, student_rate), tokens_to_cents(e.tokens, teacher_rate))
+        for e in entries
+    ]
+    assert entries[0].usd_cents == 2002  # 1001 x (2**31 + 5) / (2**30 + 3) = 2001.99...
+    assert run_audit() == []
