@@ -21,9 +21,9 @@ from it must take from a shard that holds the tokens. The only such debit is
 
 N is the setting SOMA_PLATFORM_SHARDS (default 128), capped by the shards that
 exist: migration 0024 made 16 of each account, 0030 made them 128, and `flask soma
-shards` makes any more the setting asks for (`ensure_shards`). Until it has, the app uses the
-shards 0 to k-1 that exist for every account, so a shard that does not exist is
-never chosen. Each process reads what exists once (`shard_count`); one that read
+shards` makes any more the setting asks for (`ensure_shards`). Until it has, the app
+uses the shards 0 to k-1 that exist for every account, so a shard that does not exist
+is never chosen. Each process reads what exists once (`shard_count`); one that read
 fewer shards than exist later only spreads less. Lowering N leaves the shards
 above it with their balances; nothing new posts to them, and the reports still
 sum them.
@@ -35,15 +35,11 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from soma.config import DEFAULT_PLATFORM_SHARDS
 from soma.extensions import db
 from soma.models import SOURCE_ACCOUNTS, PlatformAccount, Wallet, utcnow
 
-# Many more than the writers that run at once: two purchases meet on a shard about
-# (writers - 1) / N of the time, and the one that meets waits for the other's commit
-# or sets up its statement again (EvalPlanQual). With 8 workers taking turns at 16 and
-# 128 shards, the database's CPU per purchase was 1.81 and 1.63 ms (1.95 and 1.80 in a
-# second run), fulfilment with a bonus 0.49 and 0.54 of transfers (0.51 and 0.53).
-DEFAULT_SHARDS = 128
+DEFAULT_SHARDS = DEFAULT_PLATFORM_SHARDS  # (why so many: see soma.config)
 _CACHE = "soma_platform_shards"
 
 
