@@ -3,8 +3,9 @@
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, current_app, request, session
-from flask_login import UserMixin, current_user, login_required
+from flask import Flask, abort, current_app, flash, redirect, request, session
+from flask_login import UserMixin, current_user, login_required, login_url
+from flask_login.signals import user_unauthorized
 from sqlalchemy import select
 
 from soma.extensions import db, login_manager
@@ -64,6 +65,50 @@ def load_user(user_id: str) -> User | SessionUser | None:
         forget_session()
         return None
     return user
+
+
+@login_manager.unauthorized_handler
+def ask_to_log_in():
+    """Someone not logged in asked for a logged-in page: off to the log-in page, told why,
+    and brought back to the page afterwards (Flask-Login's own answer, but for htmx).
+
+    An htmx request (the class timer's poll, a panel, a form in a page) would follow a
+    redirect itself and swap the log-in page into the fragment: a log-in form inside the
+    timer. It gets 401 with `HX-Redirect` instead, which htmx follows with the whole
+    page, back to the page the fragment is on (`HX-Current-URL`), not to the fragment.
+    """
+    manager = current_app.login_manager
+    user_unauthorized.send(current_app._get_current_object())
+    if manager.login_message and manager.login_message not in _waiting_messages():
+        flash(manager.login_message, category=manager.login_message_category)
+    if request.headers.get("HX-Request") != "true":
+        return redirect(login_url(manager.login_view, next_url=request.url))
+    page = _page_of(request.headers.get("HX-Current-URL"))
+    target = login_url(manager.login_view, next_url=page) if page else login_url(manager.login_view)
+    response = current_app.response_class(status=401)
+    response.headers["HX-Redirect"] = target
+    return response
+
+
+def _waiting_messages() -> list[str]:
+    """The messages waiting in the session, left there (several polls refused at once
+    flash the log-in message once)."""
+    return [message for _, message in session.get("_flashes", ())]
+
+
+def _page_of(url: str | None) -> str | None:
+    """The path (and query) of `url`, the page an htmx request came from, if it is on
+    this site; else None."""
+    if not url or len(url) > 2048:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (a malformed address: "http://[x", say)
+        return None
+    if parts.netloc and parts.netloc != request.host:
+        return None
+    page = parts.path + (f"?{parts.query}" if parts.query else "")
+    return page if is_safe_next(page) else None
 
 
 def forget_session() -> None:

@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page, expect
 from soma.classes import service
 from tests.browser.actions import log_in
 from tests.builders import fund, make_user
-from tests.helpers import ShiftedClock, balances
+from tests.helpers import DEFAULT_PASSWORD, ShiftedClock, balances
 
 
 @pytest.fixture
@@ -123,4 +123,44 @@ def test_a_class_runs_live_for_both_sides_and_settles_once(
     with app.app_context():
         assert balances(student_id) == (25, 0)
         assert balances(teacher_id) == (5, 0)
+    assert errors == []
+
+
+def test_a_class_page_whose_session_ends_goes_to_log_in_whole_and_comes_back(
+    app, live_server, page: Page, shifted
+):
+    """The timer polls every second; when the session is ended elsewhere (a log-out
+    everywhere, a freeze), the next poll takes the whole page to the log-in page, not a
+    log-in form into the timer, and logging in brings the student back to the class."""
+    from soma.auth.service import end_sessions
+    from soma.extensions import db
+    from soma.models import User
+
+    with app.app_context():
+        student = make_user("student", email="sam@example.com", name="Sam Student")
+        teacher = make_user("teacher", email="tara@example.com", name="Tara Teacher")
+        fund(student.id, 30)
+        booked = service.book(
+            student, teacher.id, "Fractions", shifted() + timedelta(minutes=5), 30, key="gone"
+        )
+        class_path = f"/classes/{booked.id}"
+        student_id = student.id
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, live_server, "sam@example.com")
+    page.goto(f"{live_server}{class_path}")
+    expect(page.get_by_test_id("status")).to_have_text("Scheduled")
+
+    with app.app_context():
+        end_sessions(db.session.get(User, student_id))
+    expect(page).to_have_url(f"{live_server}/login?next=%2Fclasses%2F{booked.id}", timeout=5000)
+    expect(page.get_by_text("Please log in to see that page.")).to_have_count(1)
+    expect(page.get_by_test_id("status")).to_have_count(0)  # no timer left, no form inside one
+    expect(page.locator("main form")).to_have_count(1)
+
+    page.get_by_label("Email").fill("sam@example.com")
+    page.get_by_label("Password").fill(DEFAULT_PASSWORD)
+    page.locator("main form").get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{live_server}{class_path}")
+    expect(page.get_by_test_id("status")).to_have_text("Scheduled")
     assert errors == []

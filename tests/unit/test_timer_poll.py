@@ -106,6 +106,51 @@ def test_no_one_logged_in_is_sent_to_log_in_and_shown_nothing(lesson):
     assert "Elapsed" not in answer.get_data(as_text=True)
 
 
+def test_an_htmx_poll_with_no_one_logged_in_sends_the_whole_page_to_log_in(lesson):
+    """htmx follows a redirect itself and would swap the log-in page into the timer; the
+    poll gets 401 and HX-Redirect instead, back to the class page, not the fragment."""
+    class_id, clients = lesson
+    page = f"http://localhost/classes/{class_id}"
+    answer = poll(clients["nobody"], class_id, **{"HX-Request": "true", "HX-Current-URL": page})
+    assert answer.status_code == 401
+    assert answer.headers["HX-Redirect"] == f"/login?next=%2Fclasses%2F{class_id}"
+    assert "Location" not in answer.headers
+    assert answer.get_data(as_text=True) == ""
+    assert answer.headers["Content-Security-Policy"]
+    # Two polls refused before the page goes: the log-in page says why once.
+    poll(clients["nobody"], class_id, **{"HX-Request": "true", "HX-Current-URL": page})
+    login = clients["nobody"].get(f"/login?next=%2Fclasses%2F{class_id}")
+    assert text_of(login.get_data(as_text=True)).count("Please log in to see that page.") == 1
+
+
+@pytest.mark.parametrize(
+    "current",
+    [None, "https://evil.example/classes/1", "//evil.example/x", "http://[broken", "x" * 3000],
+)
+def test_an_htmx_poll_from_no_page_of_this_site_is_sent_to_log_in_alone(lesson, current):
+    class_id, clients = lesson
+    headers = {"HX-Request": "true"} | ({"HX-Current-URL": current} if current else {})
+    answer = poll(clients["nobody"], class_id, **headers)
+    assert answer.status_code == 401
+    assert answer.headers["HX-Redirect"] == "/login"
+
+
+def test_an_htmx_poll_of_an_ended_session_logs_out_and_sends_the_page_to_log_in(app, lesson):
+    class_id, clients = lesson
+    with app.app_context():
+        end_sessions(db.session.scalar(db.select(User).where(User.email == "sam@example.com")))
+        db.session.commit()
+    page = f"http://localhost/classes/{class_id}?from=calendar"
+    answer = poll(clients["sam"], class_id, **{"HX-Request": "true", "HX-Current-URL": page})
+    assert answer.status_code == 401
+    assert answer.headers["HX-Redirect"] == (
+        f"/login?next=%2Fclasses%2F{class_id}%3Ffrom%3Dcalendar"
+    )
+    assert "Elapsed" not in answer.get_data(as_text=True)
+    # Logged out: the class page itself now sends the browser to log in.
+    assert clients["sam"].get(f"/classes/{class_id}").status_code == 302
+
+
 def test_a_frozen_account_is_logged_out_by_its_next_poll(app, lesson):
     class_id, clients = lesson
     assert poll(clients["sam"], class_id).status_code == 200
