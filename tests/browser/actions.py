@@ -21,3 +21,14 @@ def main_nav(page: Page) -> Locator:
     if nav.locator("details.nav-menu > summary").is_visible() and not menu.evaluate("m => m.open"):
         nav.locator("details.nav-menu > summary").click()
     return nav
+
+
+# A picture of the page for people to look at, not a timing: on a busy machine (the
+# suite's two workers, PostgreSQL and Chromium on two cores) a full-page capture has
+# taken more than the 10 s every other step is given.
+SCREENSHOT_TIMEOUT_MS = 30_000
+
+
+def screenshot(page: Page, path) -> None:
+    """A full-page screenshot at `path`, animations stopped (each picture the same)."""
+    page.screenshot(path=path, full_page=True, animations="disabled", timeout=SCREENSHOT_TIMEOUT_MS)

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from soma.admin import audit_runs as runs
 from soma.extensions import db
 from soma.models import User
-from tests.browser.actions import log_in
+from tests.browser.actions import log_in, screenshot
 from tests.builders import fund, make_user
 
 REPORT_VIOLATIONS = """
@@ -42,7 +42,7 @@ def shoot(page: Page, name: str) -> None:
         page.set_viewport_size({"width": width, "height": height})
         page.wait_for_timeout(100)
         assert no_sideways_scroll(page), f"{name} scrolls sideways at {width} px"
-        page.screenshot(path=SHOTS / f"{name}-{width}.png", full_page=True)
+        screenshot(page, SHOTS / f"{name}-{width}.png")
 
 
 def test_an_admin_reads_health_and_follows_audit_runs(app, live_server, page: Page, admin):

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from soma import ledger
-from tests.browser.actions import log_in, main_nav
+from tests.browser.actions import log_in, main_nav, screenshot
 from tests.builders import fund, make_class, make_user
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -71,5 +71,5 @@ def test_a_teacher_reads_the_earnings_page_on_a_wide_screen_and_a_phone(
     assert earned.bounding_box()["x"] + earned.bounding_box()["width"] <= width
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     assert page.locator("[style]").count() == 0
-    page.screenshot(path=str(Path(output_path) / f"earnings-{width}.png"), full_page=True)
+    screenshot(page, str(Path(output_path) / f"earnings-{width}.png"))
     assert problems == []

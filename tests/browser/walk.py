@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Page
 from werkzeug.exceptions import HTTPException
 
-from tests.browser.actions import log_in
+from tests.browser.actions import log_in, screenshot
 
 # Links a walk does not follow: they download a file, or leave the page's role.
 SKIPPED_ENDPOINTS = {"wallet.export_csv", "static"}
@@ -161,7 +161,7 @@ class PhoneCheck:
             self.problems.append(f"{path} ({endpoint}): the navigation is {tall} px tall")
         if self.pictures and endpoint not in self.pictured:
             self.pictured.add(endpoint)
-            page.screenshot(path=self.file_name(endpoint, 390), full_page=True)
+            screenshot(page, self.file_name(endpoint, 390))
             page.set_viewport_size(DESKTOP)
-            page.screenshot(path=self.file_name(endpoint, 1280), full_page=True)
+            screenshot(page, self.file_name(endpoint, 1280))
         page.set_viewport_size(DESKTOP)
