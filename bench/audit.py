@@ -47,6 +47,7 @@ from _common import (
     Databases,
     admin_sql,
     build_indexes,
+    copy_of,
     drop_secondary_indexes,
     libpq_url,
     make_app,
@@ -424,7 +425,7 @@ def main() -> int:
             cache = cache_name(size, head)
             if not cached(cache):
                 if previous:
-                    admin_sql(f'CREATE DATABASE "{cache}" TEMPLATE "{previous}"')
+                    admin_sql(f'CREATE DATABASE "{cache}"' + copy_of(previous))
                 else:
                     admin_sql(f'CREATE DATABASE "{cache}"')
                     migrate(cache)
