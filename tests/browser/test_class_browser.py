@@ -25,18 +25,24 @@ def elapsed_seconds(page: Page) -> int:
     return int(minutes) * 60 + int(seconds)
 
 
-def test_a_class_runs_live_for_both_sides_and_settles_once(
-    app, live_server, page: Page, browser: Browser, shifted
-):
+def book_sams_class(app, shifted, key: str) -> tuple[int, int, int]:
+    """Sam Student (30 tokens) books Tara Teacher for 30 minutes in 5 minutes' time; the
+    class's, Sam's and Tara's ids."""
     with app.app_context():
         student = make_user("student", email="sam@example.com", name="Sam Student")
         teacher = make_user("teacher", email="tara@example.com", name="Tara Teacher")
         fund(student.id, 30)
         booked = service.book(
-            student, teacher.id, "Fractions", shifted() + timedelta(minutes=5), 30, key="live"
+            student, teacher.id, "Fractions", shifted() + timedelta(minutes=5), 30, key=key
         )
-        class_url = f"{live_server}/classes/{booked.id}"
-        student_id, teacher_id = student.id, teacher.id
+        return booked.id, student.id, teacher.id
+
+
+def test_a_class_runs_live_for_both_sides_and_settles_once(
+    app, live_server, page: Page, browser: Browser, shifted
+):
+    class_id, student_id, teacher_id = book_sams_class(app, shifted, key="live")
+    class_url = f"{live_server}/classes/{class_id}"
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -136,15 +142,8 @@ def test_a_class_page_whose_session_ends_goes_to_log_in_whole_and_comes_back(
     from soma.extensions import db
     from soma.models import User
 
-    with app.app_context():
-        student = make_user("student", email="sam@example.com", name="Sam Student")
-        teacher = make_user("teacher", email="tara@example.com", name="Tara Teacher")
-        fund(student.id, 30)
-        booked = service.book(
-            student, teacher.id, "Fractions", shifted() + timedelta(minutes=5), 30, key="gone"
-        )
-        class_path = f"/classes/{booked.id}"
-        student_id = student.id
+    class_id, student_id, _ = book_sams_class(app, shifted, key="gone")
+    class_path = f"/classes/{class_id}"
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     log_in(page, live_server, "sam@example.com")
@@ -153,7 +152,7 @@ def test_a_class_page_whose_session_ends_goes_to_log_in_whole_and_comes_back(
 
     with app.app_context():
         end_sessions(db.session.get(User, student_id))
-    expect(page).to_have_url(f"{live_server}/login?next=%2Fclasses%2F{booked.id}", timeout=5000)
+    expect(page).to_have_url(f"{live_server}/login?next=%2Fclasses%2F{class_id}", timeout=5000)
     expect(page.get_by_text("Please log in to see that page.")).to_have_count(1)
     expect(page.get_by_test_id("status")).to_have_count(0)  # no timer left, no form inside one
     expect(page.locator("main form")).to_have_count(1)
