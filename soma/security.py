@@ -1,10 +1,10 @@
 """Role checks, safe redirects and the security headers on every response."""
 
 from functools import wraps
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from flask import Flask, abort, current_app, flash, redirect, request, session
-from flask_login import UserMixin, current_user, login_required, login_url
+from flask import Flask, abort, current_app, g, request, session
+from flask_login import UserMixin, current_user, login_required
 from flask_login.signals import user_unauthorized
 from sqlalchemy import select
 
@@ -67,45 +67,59 @@ def load_user(user_id: str) -> User | SessionUser | None:
     return user
 
 
-@login_manager.unauthorized_handler
-def ask_to_log_in():
-    """Someone not logged in asked for a logged-in page: off to the log-in page, told why,
-    and brought back to the page afterwards (Flask-Login's own answer, but for htmx).
+def _asked_to_log_in(_app, **_extra) -> None:
+    """Flask-Login is about to answer this request with its log-in redirect (its
+    `user_unauthorized` signal): noted for `answer_htmx_with_a_page_redirect`."""
+    g.soma_asked_to_log_in = True
 
-    An htmx request (the class timer's poll, a panel, a form in a page) would follow a
-    redirect itself and swap the log-in page into the fragment: a log-in form inside the
-    timer. It gets 401 with `HX-Redirect` instead, which htmx follows with the whole
-    page, back to the page the fragment is on (`HX-Current-URL`), not to the fragment.
-    """
-    manager = current_app.login_manager
-    user_unauthorized.send(current_app._get_current_object())
-    if manager.login_message and manager.login_message not in _waiting_messages():
-        flash(manager.login_message, category=manager.login_message_category)
-    if request.headers.get("HX-Request") != "true":
-        return redirect(login_url(manager.login_view, next_url=request.url))
-    page = _page_of(request.headers.get("HX-Current-URL"))
-    target = login_url(manager.login_view, next_url=page) if page else login_url(manager.login_view)
-    response = current_app.response_class(status=401)
-    response.headers["HX-Redirect"] = target
+
+user_unauthorized.connect(_asked_to_log_in)
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def answer_htmx_with_a_page_redirect(response):
+    """Flask-Login's log-in redirect, made fit for htmx (an after-request hook).
+
+    htmx follows a redirect itself and swaps what it finds into the fragment: a class
+    page whose session ended would show the log-in page inside its timer. So an htmx
+    request (`HX-Request`, not a history restore, which reads no `HX-Redirect`) that
+    Flask-Login sent to log in gets 401 with `HX-Redirect` instead, which htmx follows
+    with the whole page, and `next` is the page the fragment is on (the path of
+    `HX-Current-URL`), not the fragment. Everything else (the message, the signal, the
+    log-in view) is Flask-Login's own; a message flashed by several such requests before
+    the page leaves is kept once."""
+    if not g.get("soma_asked_to_log_in") or response.status_code not in REDIRECTS:
+        return response
+    headers = request.headers
+    if headers.get("HX-Request") != "true" or headers.get("HX-History-Restore-Request"):
+        return response
+    target = urlsplit(response.location)
+    query = [(k, v) for k, v in parse_qsl(target.query, keep_blank_values=True) if k != "next"]
+    page = _page_of(headers.get("HX-Current-URL"))
+    if page is not None:
+        query.append(("next", page))
+    response.status_code = 401
+    del response.headers["Location"]
+    response.headers["HX-Redirect"] = urlunsplit(target._replace(query=urlencode(query)))
+    response.set_data(b"")
+    flashes = session.get("_flashes")
+    if flashes:
+        kept = [flash for n, flash in enumerate(flashes) if flash not in flashes[:n]]
+        if len(kept) != len(flashes):
+            session["_flashes"] = kept
     return response
 
 
-def _waiting_messages() -> list[str]:
-    """The messages waiting in the session, left there (several polls refused at once
-    flash the log-in message once)."""
-    return [message for _, message in session.get("_flashes", ())]
-
-
 def _page_of(url: str | None) -> str | None:
-    """The path (and query) of `url`, the page an htmx request came from, if it is on
-    this site; else None."""
+    """The path (and query) of `url`, the page an htmx request came from, if it is safe
+    to send the browser back to; else None. (Only the path is kept: another host in it,
+    a proxy's, say, changes nothing.)"""
     if not url or len(url) > 2048:
         return None
     try:
         parts = urlsplit(url)
     except ValueError:  # (a malformed address: "http://[x", say)
-        return None
-    if parts.netloc and parts.netloc != request.host:
         return None
     page = parts.path + (f"?{parts.query}" if parts.query else "")
     return page if is_safe_next(page) else None
@@ -186,6 +200,8 @@ def register(app: Flask) -> None:
     with these same headers from `security_header_items`.
     """
     items = security_header_items(app)
+
+    app.after_request(answer_htmx_with_a_page_redirect)
 
     @app.after_request
     def security_headers(response):

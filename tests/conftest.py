@@ -281,38 +281,41 @@ def _share_url_builders() -> None:
 _share_url_builders()
 
 
-# The SQL each backend's statements compile to, shared by every test's app (see
-# `share_compiled_statements`), as a worker of a deployment keeps it for its life.
-SHARED_COMPILED: dict[type, LRUCache] = {}
-SHARED_DIALECTS: dict[type, type] = {}
+# The SQL each backend's statements compile to, shared by the test apps' engines of the
+# same backend and engine options (see `share_compiled_statements`), as a worker of a
+# deployment keeps it for its life.
+SHARED_COMPILED: dict[tuple, LRUCache] = {}
+SHARED_DIALECTS: dict[tuple, type] = {}
 
 
-def share_compiled_statements(engine) -> None:
-    """Let `engine` use the SQL compiled by the test apps' engines before it on the same
-    backend, instead of compiling every statement again (about an eighth of a test's time).
+def share_compiled_statements(app, engine) -> None:
+    """Let `engine` use the SQL compiled by the test apps' engines before it, instead of
+    compiling every statement again (about a quarter of a test's CPU).
 
-    SQLAlchemy keys its compiled statements by the dialect object (and its types'
-    processors by it too), and each app has its own engine and dialect. The test apps'
-    dialects are made alike (the same settings, the same server), so each is given a
-    class whose instances are equal to one another, and the engine a cache shared by
-    its backend. Only for the `app` fixture's engines: an engine a test makes with other
-    options keeps its own."""
+    SQLAlchemy keys its compiled statements by the dialect object, and each app has its
+    own engine and dialect. The test apps' engines of one backend and one set of engine
+    options (the same server: PostgreSQL's or SQLite's library) are alike, so their
+    dialects are given a class whose instances are equal to one another, and the engines
+    one cache. Apps with other engine options get a class and a cache of their own; an
+    engine a test makes itself keeps its own."""
     base = type(engine.dialect)
-    shared = SHARED_DIALECTS.get(base)
+    options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+    key = (base, repr(sorted(options.items())))
+    shared = SHARED_DIALECTS.get(key)
     if shared is None:
         shared = type(
             f"Shared{base.__name__}",
             (base,),
             {
-                "__hash__": lambda self: hash(base),
+                "__hash__": lambda self: hash(key),
                 "__eq__": lambda self, other: type(other) is type(self),
                 # (SQLAlchemy reads this from each dialect class's own attributes.)
                 "supports_statement_cache": base.supports_statement_cache,
             },
         )
-        SHARED_DIALECTS[base] = shared
+        SHARED_DIALECTS[key] = shared
     engine.dialect.__class__ = shared
-    engine._compiled_cache = SHARED_COMPILED.setdefault(base, LRUCache(10_000))
+    engine._compiled_cache = SHARED_COMPILED.setdefault(key, LRUCache(10_000))
 
 
 def unsynced_sqlite(dbapi_connection, _record) -> None:
@@ -328,7 +331,7 @@ def app(database_url):
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", unsynced_sqlite)
-        share_compiled_statements(db.engine)
+        share_compiled_statements(app, db.engine)
         limiter.reset()
     yield app
     with app.app_context():

@@ -54,6 +54,7 @@ def test_a_teacher_reads_the_earnings_page_on_a_wide_screen_and_a_phone(
     log_in(page, live_server, "wanjiru@example.com")
 
     main_nav(page).get_by_role("link", name="Earnings").click()
+    page.wait_for_load_state("load")  # its styles applied before anything is measured
 
     expect(page.get_by_role("heading", name="Your earnings")).to_be_visible()
     expect(page.get_by_test_id("this-month")).to_contain_text("This month so far (November)")

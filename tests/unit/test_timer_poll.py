@@ -125,14 +125,44 @@ def test_an_htmx_poll_with_no_one_logged_in_sends_the_whole_page_to_log_in(lesso
 
 @pytest.mark.parametrize(
     "current",
-    [None, "https://evil.example/classes/1", "//evil.example/x", "http://[broken", "x" * 3000],
+    [
+        None,
+        "http://localhost//evil.example/x",
+        "http://localhost/\\evil.example",
+        "http://localhost/a\x01b",
+        "http://[broken",
+        "http://localhost/" + "a" * 3000,
+    ],
 )
-def test_an_htmx_poll_from_no_page_of_this_site_is_sent_to_log_in_alone(lesson, current):
+def test_an_htmx_poll_from_no_safe_page_is_sent_to_log_in_alone(lesson, current):
     class_id, clients = lesson
     headers = {"HX-Request": "true"} | ({"HX-Current-URL": current} if current else {})
     answer = poll(clients["nobody"], class_id, **headers)
     assert answer.status_code == 401
     assert answer.headers["HX-Redirect"] == "/login"
+
+
+def test_an_htmx_poll_keeps_only_the_path_of_its_page(lesson):
+    """Behind a proxy the page's host may not be the one the app sees: only its path is
+    used, and it is a path on this site whatever the host said."""
+    class_id, clients = lesson
+    current = f"https://soma.example/classes/{class_id}"
+    answer = poll(clients["nobody"], class_id, **{"HX-Request": "true", "HX-Current-URL": current})
+    assert answer.headers["HX-Redirect"] == f"/login?next=%2Fclasses%2F{class_id}"
+
+
+def test_a_poll_without_htmx_or_restoring_history_is_redirected_as_before(lesson):
+    """Not htmx, or htmx restoring its history (which reads no HX-Redirect): Flask-Login's
+    own redirect, back to the address asked for, with its message."""
+    class_id, clients = lesson
+    for headers in ({}, {"HX-Request": "true", "HX-History-Restore-Request": "true"}):
+        answer = poll(clients["nobody"], class_id, **headers)
+        assert answer.status_code == 302 and "HX-Redirect" not in answer.headers
+        assert answer.location == (
+            f"/login?next=%2Fclasses%2F{class_id}%2Ftimer%3Fseen%3Din_progress"
+        )
+    with clients["nobody"].session_transaction() as session:
+        assert session["_flashes"] == [("info", "Please log in to see that page.")] * 2
 
 
 def test_an_htmx_poll_of_an_ended_session_logs_out_and_sends_the_page_to_log_in(app, lesson):
