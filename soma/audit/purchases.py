@@ -48,7 +48,9 @@ def _purchases_in_scope(scope: Scope):
 
 def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
     """A paid purchase has one purchase entry of its tokens and, if it has a bonus, one
-    bonus entry of it; a purchase never paid has neither."""
+    bonus entry of it, and names the first as its credit (`credited_entry_id`, which
+    reports and the operator's package sales read); a purchase never paid has neither
+    entry and names none."""
     purchase_in_scope = _purchases_in_scope(scope)
     in_scope = (
         true()
@@ -69,6 +71,8 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
             func.sum(case((kind == EntryKind.BONUS.value, JournalEntry.tokens), else_=0)).label(
                 "bonus"
             ),
+            # (Its one purchase entry's id where there is one: checked only then.)
+            func.max(case((kind == EntryKind.PURCHASE.value, JournalEntry.id))).label("credit"),
         )
         .where(JournalEntry.reference_type == "purchase", in_scope)
         .group_by(JournalEntry.reference_id)
@@ -78,6 +82,7 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
     credited = func.coalesce(entries.c.credited, 0)
     bonuses = func.coalesce(entries.c.bonuses, 0)
     bonus = func.coalesce(entries.c.bonus, 0)
+    named = Purchase.credited_entry_id
     wrong = or_(
         and_(
             Purchase.status.in_(CREDITED),
@@ -86,9 +91,13 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
                 credited != Purchase.tokens,
                 bonuses != case((Purchase.bonus_tokens != 0, 1), else_=0),
                 bonus != Purchase.bonus_tokens,
+                named.is_distinct_from(entries.c.credit),
             ),
         ),
-        and_(Purchase.status.not_in(CREDITED), or_(credits != 0, bonuses != 0)),
+        and_(
+            Purchase.status.not_in(CREDITED),
+            or_(credits != 0, bonuses != 0, named.is_not(None)),
+        ),
     )
     rows = db.session.execute(
         select(
@@ -100,6 +109,8 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
             credited,
             bonuses,
             bonus,
+            named,
+            entries.c.credit,
         )
         .outerjoin(entries, entries.c.purchase_id == Purchase.id)
         .where(purchase_in_scope, wrong)
@@ -107,7 +118,8 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
         .limit(MOST)
     ).all()
     found = []
-    for purchase_id, status, tokens, bonus_tokens, credits, credited, bonuses, bonus in rows:
+    for purchase_id, status, tokens, bonus_tokens, credits, credited, bonuses, bonus, *ids in rows:
+        named_id, credit_id = ids
         if status in CREDITED:
             expected = (1, tokens, 1 if bonus_tokens else 0, bonus_tokens)
             if (credits, credited, bonuses, bonus) != expected:
@@ -116,9 +128,23 @@ def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
                     f"with {credited} tokens and {bonuses} bonus entr(ies) of {bonus}; "
                     f"it should be once with {tokens} tokens and a bonus of {bonus_tokens}"
                 )
+            else:
+                found.append(
+                    f"purchase {purchase_id} is {status} and was credited by entry {credit_id}, "
+                    f"but names {_entry(named_id)} as its credit"
+                )
         elif credits or bonuses:
             found.append(f"purchase {purchase_id} is {status} but was credited {credited} tokens")
+        else:
+            found.append(
+                f"purchase {purchase_id} is {status}, never credited, but names "
+                f"{_entry(named_id)} as its credit"
+            )
     return [Violation("purchase-credit", detail) for detail in found]
+
+
+def _entry(entry_id: int | None) -> str:
+    return "no entry" if entry_id is None else f"entry {entry_id}"
 
 
 REVERSING = (EntryKind.REFUND.value, EntryKind.ADJUSTMENT.value)

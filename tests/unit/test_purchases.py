@@ -3,11 +3,12 @@
 import pytest
 from sqlalchemy import func, select
 
-from soma.audit import run_audit
+from soma import clock
+from soma.audit import audit, run_audit
 from soma.extensions import db
-from soma.models import Notification, Purchase, PurchaseEvent, User
+from soma.models import JournalEntry, Notification, Purchase, PurchaseEvent, User
 from soma.purchases import service
-from tests.builders import make_user
+from tests.builders import make_user, paid_purchase
 from tests.buying import buy, credits_of, package_id
 from tests.conftest import make_app
 from tests.helpers import balances, csrf_from, text_of
@@ -210,3 +211,81 @@ def test_the_audit_names_a_paid_purchase_that_was_never_credited(app, client, st
             f"purchase-credit: purchase {purchase_id} is paid but was credited 0 time(s)"
         )
         assert db.session.get(User, student.id) is not None
+
+
+def _entry_of(key: str) -> int:
+    return db.session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == key))
+
+
+@pytest.mark.parametrize("names", ["no entry", "its bonus", "another purchase's"])
+def test_the_audit_names_a_paid_purchase_that_names_another_entry_as_its_credit(
+    app, student, names
+):
+    """The package sales and the purchase page read `credited_entry_id`: a paid purchase
+    names its tokens' entry, no other and not none; the audit sees every other state."""
+    with app.app_context():
+        user = db.session.get(User, student.id)
+        paid = paid_purchase(user, package_tokens=250)
+        other = paid_purchase(user, package_tokens=250)
+        tokens_entry = _entry_of(f"purchase:{paid.id}:tokens")
+        assert paid.credited_entry_id == tokens_entry
+        assert run_audit() == []
+        held = balances(student.id)
+        wrong = {
+            "no entry": None,
+            "its bonus": _entry_of(f"purchase:{paid.id}:bonus"),
+            "another purchase's": other.credited_entry_id,
+        }[names]
+        assert wrong != tokens_entry
+        db.session.execute(
+            Purchase.__table__.update()
+            .where(Purchase.id == paid.id)
+            .values(credited_entry_id=wrong)
+        )
+        db.session.commit()
+        shown = "no entry" if wrong is None else f"entry {wrong}"
+        assert [str(v) for v in run_audit()] == [
+            f"purchase-credit: purchase {paid.id} is paid and was credited by entry "
+            f"{tokens_entry}, but names {shown} as its credit"
+        ]
+        assert balances(student.id) == held  # the audit moved nothing
+
+
+def test_the_audit_names_a_purchase_never_paid_that_names_a_credit(app, client, student):
+    purchase_id = purchase_id_of(buy(client, package=package_id(app, 50)))
+    with app.app_context():
+        user = db.session.get(User, student.id)
+        someone_elses = paid_purchase(user, package_tokens=250).credited_entry_id
+        db.session.execute(
+            Purchase.__table__.update()
+            .where(Purchase.id == purchase_id)
+            .values(credited_entry_id=someone_elses)
+        )
+        db.session.commit()
+        assert [str(v) for v in run_audit()] == [
+            f"purchase-credit: purchase {purchase_id} is pending, never credited, but names "
+            f"entry {someone_elses} as its credit"
+        ]
+
+
+def test_an_incremental_audit_sees_a_credit_unnamed_since_its_checkpoint(app, student):
+    """A purchase whose row changed since the checkpoint (its `updated_at`) is in an
+    incremental run's scope."""
+    with app.app_context():
+        user = db.session.get(User, student.id)
+        paid = paid_purchase(user, package_tokens=250)
+        first = audit(full=True)
+        assert first.violations == [] and first.checkpoint_id is not None
+        db.session.execute(
+            Purchase.__table__.update()
+            .where(Purchase.id == paid.id)
+            .values(credited_entry_id=None, updated_at=clock.now())
+        )
+        db.session.commit()
+        later = audit(write_checkpoint=False)
+        assert not later.full
+        tokens_entry = _entry_of(f"purchase:{paid.id}:tokens")
+        assert [str(v) for v in later.violations] == [
+            f"purchase-credit: purchase {paid.id} is paid and was credited by entry "
+            f"{tokens_entry}, but names no entry as its credit"
+        ]
