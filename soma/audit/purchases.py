@@ -49,8 +49,8 @@ def _purchases_in_scope(scope: Scope):
 def purchases_credited_exactly_once(scope: Scope = FULL) -> list[Violation]:
     """A paid purchase has one purchase entry of its tokens and, if it has a bonus, one
     bonus entry of it, and names the first as its credit (`credited_entry_id`, which
-    reports and the operator's package sales read); a purchase never paid has neither
-    entry and names none."""
+    the operator's package sales count by); a purchase never paid has neither entry and
+    names none."""
     purchase_in_scope = _purchases_in_scope(scope)
     in_scope = (
         true()

@@ -221,8 +221,8 @@ def _entry_of(key: str) -> int:
 def test_the_audit_names_a_paid_purchase_that_names_another_entry_as_its_credit(
     app, student, names
 ):
-    """The package sales and the purchase page read `credited_entry_id`: a paid purchase
-    names its tokens' entry, no other and not none; the audit sees every other state."""
+    """The operator's package sales count by `credited_entry_id`: a paid purchase names
+    its tokens' entry, no other and not none; the audit sees every other state."""
     with app.app_context():
         user = db.session.get(User, student.id)
         paid = paid_purchase(user, package_tokens=250)
