@@ -548,3 +548,27 @@ def test_a_refund_id_already_on_another_purchase_is_ignored_not_retried_forever(
             select(ProviderEvent).where(ProviderEvent.kind == "refund.updated")
         ).one()
         assert kept.status == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("ref", "status", "made"), [("re_1", "succeeded", "refunded"), ("dp_1", "open", "disputed")]
+)
+def test_the_audit_names_a_reversed_purchase_that_names_no_credit(app, ref, status, made):
+    """Refunded or disputed, a purchase still names the entry that credited it."""
+    purchase_id, _ = paid_purchase(app, tokens=100)
+    with app.app_context():
+        report(purchase_id, ref, status, 1000)
+        purchase = db.session.get(Purchase, purchase_id)
+        credit = purchase.credited_entry_id
+        assert purchase.status == made
+        assert credit is not None and run_audit() == []
+        db.session.execute(
+            Purchase.__table__.update()
+            .where(Purchase.id == purchase_id)
+            .values(credited_entry_id=None)
+        )
+        db.session.commit()
+        assert [str(v) for v in run_audit()] == [
+            f"purchase-credit: purchase {purchase_id} is {made} and was credited by entry "
+            f"{credit}, but names no entry as its credit"
+        ]
