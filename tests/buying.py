@@ -125,3 +125,14 @@ def credit_mail_of(purchase_id: int):
         )
     ).one()
     return note, mail
+
+
+def point_credit_at(purchase_id: int, entry_id: int | None, **also) -> None:
+    """Tamper with a purchase's `credited_entry_id` (and any `also` columns) past the app,
+    as someone writing the database could, and commit."""
+    db.session.execute(
+        Purchase.__table__.update()
+        .where(Purchase.id == purchase_id)
+        .values(credited_entry_id=entry_id, **also)
+    )
+    db.session.commit()

@@ -9,7 +9,7 @@ from soma.extensions import db
 from soma.models import JournalEntry, Notification, Purchase, PurchaseEvent, User
 from soma.purchases import service
 from tests.builders import make_user, paid_purchase
-from tests.buying import buy, credits_of, package_id
+from tests.buying import buy, credits_of, package_id, point_credit_at
 from tests.conftest import make_app
 from tests.helpers import balances, csrf_from, text_of
 
@@ -237,12 +237,7 @@ def test_the_audit_names_a_paid_purchase_that_names_another_entry_as_its_credit(
             "another purchase's": other.credited_entry_id,
         }[names]
         assert wrong != tokens_entry
-        db.session.execute(
-            Purchase.__table__.update()
-            .where(Purchase.id == paid.id)
-            .values(credited_entry_id=wrong)
-        )
-        db.session.commit()
+        point_credit_at(paid.id, wrong)
         shown = "no entry" if wrong is None else f"entry {wrong}"
         assert [str(v) for v in run_audit()] == [
             f"purchase-credit: purchase {paid.id} is paid and was credited by entry "
@@ -256,12 +251,7 @@ def test_the_audit_names_a_purchase_never_paid_that_names_a_credit(app, client, 
     with app.app_context():
         user = db.session.get(User, student.id)
         someone_elses = paid_purchase(user, package_tokens=250).credited_entry_id
-        db.session.execute(
-            Purchase.__table__.update()
-            .where(Purchase.id == purchase_id)
-            .values(credited_entry_id=someone_elses)
-        )
-        db.session.commit()
+        point_credit_at(purchase_id, someone_elses)
         assert [str(v) for v in run_audit()] == [
             f"purchase-credit: purchase {purchase_id} is pending, never credited, but names "
             f"entry {someone_elses} as its credit"
@@ -276,12 +266,7 @@ def test_an_incremental_audit_sees_a_credit_unnamed_since_its_checkpoint(app, st
         paid = paid_purchase(user, package_tokens=250)
         first = audit(full=True)
         assert first.violations == [] and first.checkpoint_id is not None
-        db.session.execute(
-            Purchase.__table__.update()
-            .where(Purchase.id == paid.id)
-            .values(credited_entry_id=None, updated_at=clock.now())
-        )
-        db.session.commit()
+        point_credit_at(paid.id, None, updated_at=clock.now())
         later = audit(write_checkpoint=False)
         assert not later.full
         tokens_entry = _entry_of(f"purchase:{paid.id}:tokens")

@@ -20,7 +20,7 @@ from soma.models import (
 )
 from soma.purchases import reversals, service
 from tests.builders import make_user
-from tests.buying import checkout, post_event
+from tests.buying import checkout, point_credit_at, post_event
 from tests.fakes.stripe_server import event
 from tests.helpers import balances, confirm_post, csrf_from, text_of
 
@@ -562,12 +562,7 @@ def test_the_audit_names_a_reversed_purchase_that_names_no_credit(app, ref, stat
         credit = purchase.credited_entry_id
         assert purchase.status == made
         assert credit is not None and run_audit() == []
-        db.session.execute(
-            Purchase.__table__.update()
-            .where(Purchase.id == purchase_id)
-            .values(credited_entry_id=None)
-        )
-        db.session.commit()
+        point_credit_at(purchase_id, None)
         assert [str(v) for v in run_audit()] == [
             f"purchase-credit: purchase {purchase_id} is {made} and was credited by entry "
             f"{credit}, but names no entry as its credit"
