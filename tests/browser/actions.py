@@ -16,6 +16,9 @@ def log_in(page: Page, live_server: str, email: str):
 
 def main_nav(page: Page) -> Locator:
     """The site's navigation with its links in view: on a phone its menu is opened first."""
+    # Its stylesheet applied first: before it is, the phone's menu button shows at any
+    # width, and a click on it races the styles that hide it (seen once in CI at 1280 px).
+    page.wait_for_load_state("load")
     nav = page.get_by_role("navigation", name="Main")
     menu = nav.locator("details.nav-menu")
     if nav.locator("details.nav-menu > summary").is_visible() and not menu.evaluate("m => m.open"):
