@@ -3,16 +3,16 @@
 Sums are made and compared in SQL, per wallet and month (all four figures) and per wallet
 and day (the cents that "last month up to the same point" adds up): the ledger's and the
 stored ones side by side (a UNION ALL summed by wallet and period), returning only the
-periods that differ (at most MOST). An incremental run looks at the wallets with a posting
-in scope and those whose earnings checkpoint moved since the audit's (`updated_at`); an
-edit of the periods of a wallet with neither is left to `--full`.
+periods that differ (at most MOST). An incremental run looks at the wallets with a class
+payment in scope and those whose earnings checkpoint moved since the audit's (`updated_at`);
+an edit of the periods of a wallet with neither is left to `--full`.
 """
 
 from sqlalchemy import BigInteger, and_, cast, func, literal, or_, select, true, union_all
 
-from soma.audit.checkpoint import FULL, Scope
+from soma.audit.checkpoint import FULL, Scope, among
 from soma.audit.violation import MOST, Violation
-from soma.earnings.service import class_payments, day_of, month_of, totals_columns
+from soma.earnings.service import CLASS_PAY, class_payments, day_of, month_of, totals_columns
 from soma.extensions import db
 from soma.models import EarningsCheckpoint, EarningsDay, EarningsMonth, Posting
 
@@ -94,18 +94,23 @@ def _compared(period, kept_table, kept_period, names, ledger_columns, scope: Sco
 
 
 def _wallets_in_scope(column, scope: Scope):
-    """SQL: the wallet `column` names has a posting in scope, or its earnings checkpoint
-    moved since the audit's."""
+    """SQL: the wallet `column` names has an earnings checkpoint, and a class payment in
+    scope or that checkpoint moved since the audit's (no other posting changes what the
+    check compares). One short list, looked up through the postings' wallet index. (As
+    two IN subqueries joined by OR, the planner read every class payment on the journal;
+    as the wallets of every posting in scope, every class payment of every student
+    paying for a class since: each settle hands a student back the tokens a class did
+    not use.)"""
     if scope.full:
         return true()
-    return or_(
-        column.in_(
-            select(Posting.wallet_id).where(scope.entries(Posting.entry_id)).correlate(None)
-        ),
-        column.in_(
-            select(EarningsCheckpoint.wallet_id)
-            .where(scope.changed(EarningsCheckpoint.updated_at))
-            .correlate(None)
+    touched = select(Posting.wallet_id).where(CLASS_PAY, scope.entries(Posting.entry_id))
+    return among(
+        column,
+        select(EarningsCheckpoint.wallet_id).where(
+            or_(
+                EarningsCheckpoint.wallet_id.in_(touched),
+                scope.changed(EarningsCheckpoint.updated_at),
+            )
         ),
     )
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import delete, event, func, select, update
 
 from soma import ledger
-from soma.audit import Violation, run_audit
+from soma.audit import Violation, audit, run_audit
 from soma.classes import service as class_service
 from soma.classes.machine import Action
 from soma.earnings import service
@@ -410,6 +410,38 @@ def test_the_audit_names_a_checkpoint_that_is_not_what_the_ledger_sums_to(three_
             "2 classes, 4200 seconds, 12 tokens, 60 cents",
         )
     ]
+
+
+def test_an_incremental_audit_rechecks_the_earnings_of_a_teacher_paid_for_a_class_since(
+    three_rates, clock
+):
+    """After a checkpoint, a month edited is the incremental run's to catch once the
+    teacher is paid for a class again (the wallet is in scope); a gift to the teacher
+    changes nothing the check compares, so until then the edit is left to `--full`."""
+    wallet_id = wallet_id_of(three_rates.id)
+    service.advance_checkpoint(wallet_id)
+    clock.now = NOW + timedelta(hours=2)  # the earnings checkpoint is older than the audit's
+    assert audit().checkpoint_id is not None
+    db.session.execute(
+        update(EarningsMonth)
+        .where(EarningsMonth.wallet_id == wallet_id, EarningsMonth.month == "2026-10")
+        .values(cents=EarningsMonth.cents + 1)
+    )
+    db.session.commit()
+    edited = Violation(
+        "earnings-checkpoint",
+        f"wallet {wallet_id}'s earnings for 2026-10 say 2 classes, 4200 seconds, "
+        "12 tokens, 61 cents, but its class payments up to its checkpoint sum to "
+        "2 classes, 4200 seconds, 12 tokens, 60 cents",
+    )
+    student = make_funded_user(50)
+    with ledger.atomic():
+        ledger.transfer(student.id, three_rates.id, 5, key="earnings-audit:gift")
+    assert run_audit() == []
+    assert run_audit(full=True) == [edited]
+
+    make_class(student, three_rates, "completed")
+    assert run_audit() == [edited]
 
 
 def test_the_audit_names_a_day_of_a_checkpoint_that_is_not_what_the_ledger_sums_to(three_rates):
