@@ -7,7 +7,9 @@ verdict per target; it asserts nothing.
    cycles of four a purchase (issuance to a student), a class hold on the student, its
    settle (7 to a teacher, 3 back) and a gift (student to teacher), each entry valued at
    the pricing in force, each wallet's postings chained (the hashes computed here, in one
-   pass) and its balances and head set: a journal the audit finds clean. Rows go in by
+   pass) and its balances and head set, and every teacher's earnings checkpoint moved to
+   their newest class payment (a day before the audit, as their earnings page would
+   have): a journal the audit finds clean. Rows go in by
    COPY (a batch made while the one before is sent), with the journal's secondary
    indexes dropped and built again afterwards, two at a time; 3M is 1M's copy extended.
    Each size is kept as a template database named after the migration head
@@ -108,8 +110,12 @@ def drop_stale(head: str) -> None:
             admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# A new build of the same migration head (here: with the teachers' earnings checkpoints).
+BUILD = "e"
+
+
 def cache_name(size: int, head: str) -> str:
-    return f"{CACHE_PREFIX}{size // 1000}k_{head}"
+    return f"{CACHE_PREFIX}{size // 1000}k_{head}{BUILD}"
 
 
 # -- building ------------------------------------------------------------------------------
@@ -202,7 +208,35 @@ def extend(name: str, upto: int) -> float:
     build_indexes(url, *restore(apply=False))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE journal_entries, postings, wallets")
+    advance_earnings(name)
     return time.perf_counter() - started
+
+
+def advance_earnings(name: str) -> None:
+    """Move every teacher's earnings checkpoint to their newest class payment, as their
+    earnings page does (soma.earnings.service), dated a day back: the audit finds them
+    as on a journal in service, none moved since its own checkpoint."""
+    from sqlalchemy import select, text
+
+    from soma.earnings.service import advance_checkpoint
+    from soma.extensions import db
+    from soma.models import User, Wallet
+
+    app = make_app(name)
+    with app.app_context():
+        teachers = db.session.scalars(
+            select(Wallet.id)
+            .join(User, User.id == Wallet.user_id)
+            .where(User.email.like("bench-audit-teacher%"))
+            .order_by(Wallet.id)
+        ).all()
+        for wallet_id in teachers:
+            advance_checkpoint(wallet_id)
+        db.session.execute(
+            text("UPDATE earnings_checkpoints SET updated_at = updated_at - interval '1 day'")
+        )
+        db.session.commit()
+        db.engine.dispose()
 
 
 def _load(conn, done, upto, first_id, students, teachers, issuance, state, rates) -> None:
