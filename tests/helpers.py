@@ -187,3 +187,21 @@ def postings_of(wallet_id: int) -> list:
     return db.session.scalars(
         select(Posting).where(Posting.wallet_id == wallet_id).order_by(Posting.seq)
     ).all()
+
+
+def audit_scope():
+    """An incremental audit run's scope, the entries it checks and its late entries (see
+    soma.audit.checkpoint), as prepared in the run's snapshot (then rolled back)."""
+    from sqlalchemy import select, text
+
+    from soma.audit import checkpoint
+    from soma.models import JournalEntry
+
+    checkpoint.begin_snapshot()
+    scope, found = checkpoint.prepare(full=False)
+    assert found == [] and not scope.full
+    entries = set(db.session.scalars(select(JournalEntry.id).where(scope.entries(JournalEntry.id))))
+    late = set(db.session.scalars(text("SELECT entry_id FROM audit_scope_entries")))
+    checkpoint.finish_scope()
+    checkpoint.rollback()
+    return scope, entries, late

@@ -215,16 +215,14 @@ class Scope:
 
 
 def among(column, ids):
-    """SQL: `column` is one of the ids `ids` (a select of one column, or a union of such
-    selects each correlated to nothing).
+    """SQL: `column` is one of the ids `ids` (a select of one column).
 
     On PostgreSQL `column = ANY(ARRAY(ids))`: the array is read once and `column`'s index
     looked up for each id. With `column IN (ids)` the planner, costing an index lookup as
     a random read from disk, prefers reading the whole table once and hashing the scope
     against it, so an incremental run would read the whole journal (or every posting),
     many times, to check a few thousand rows. SQLite looks ids up by index either way."""
-    if hasattr(ids, "correlate"):  # a union has not: its selects are
-        ids = ids.correlate(None)
+    ids = ids.correlate(None)
     if db.session.get_bind().dialect.name == "postgresql":
         return column == any_(func.array(ids.scalar_subquery()))
     return column.in_(ids)

@@ -4,14 +4,14 @@ checkpoint), made for real, with a transaction held open in another thread."""
 
 import threading
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from soma import ledger
-from soma.audit import audit, checkpoint, run_audit
+from soma.audit import audit, run_audit
 from soma.extensions import db
-from soma.models import AuditCheckpoint, JournalEntry, Wallet
+from soma.models import AuditCheckpoint, Wallet
 from tests.builders import make_funded_user
-from tests.helpers import THREAD_TIMEOUT
+from tests.helpers import THREAD_TIMEOUT, audit_scope
 
 
 def test_an_entry_committed_after_the_audits_snapshot_is_checked_once_by_the_next_run(
@@ -58,22 +58,12 @@ def test_an_entry_committed_after_the_audits_snapshot_is_checked_once_by_the_nex
         assert made.through_entry_id >= proven > late["id"]
         payer_wallet = db.session.scalar(select(Wallet).where(Wallet.user_id == payer))
         assert (payer_wallet.available, payer_wallet.locked) == (93, 7)
-        checkpoint.begin_snapshot()
-        scope, found = checkpoint.prepare(full=False)
-        assert found == [] and scope.late_from == late["id"]
-        in_scope = set(
-            db.session.scalars(select(JournalEntry.id).where(scope.entries(JournalEntry.id)))
-        )
-        kept_late = set(db.session.scalars(text("SELECT entry_id FROM audit_scope_entries")))
-        checkpoint.finish_scope()
-        checkpoint.rollback()
+        scope, in_scope, kept_late = audit_scope()
+        assert scope.late_from == late["id"]
         # The late hold is checked; the proven one, between it and the checkpoint's id,
         # is not counted again (its 9 locked tokens are in the checkpoint's wallet row).
         assert in_scope == kept_late == {late["id"]}
         assert run_audit() == [] and run_audit(full=True) == []
         assert audit().checkpoint_id is not None  # and the next checkpoint includes it
-        checkpoint.begin_snapshot()
-        scope, _ = checkpoint.prepare(full=False)
-        assert scope.late_from is None
-        checkpoint.finish_scope()
-        checkpoint.rollback()
+        scope, _, kept_late = audit_scope()
+        assert (scope.late_from, kept_late) == (None, set())

@@ -29,7 +29,7 @@ from tests.builders import (
     make_withdrawal,
     paid_purchase,
 )
-from tests.helpers import csrf_from, post_form
+from tests.helpers import audit_scope, csrf_from, post_form
 
 
 def allow_edits(*tables: str) -> None:
@@ -296,28 +296,15 @@ def test_the_admin_runs_incremental_by_default_and_full_on_request(app, client, 
     assert "Full: every ledger row from the start" in page
 
 
-def in_scope() -> tuple[checkpoint.Scope, set[int], set[int]]:
-    """An incremental run's scope, the entries it checks and its late entries (see
-    soma.audit.checkpoint), as prepared in the run's snapshot."""
-    checkpoint.begin_snapshot()
-    scope, found = checkpoint.prepare(full=False)
-    assert found == [] and not scope.full
-    entries = set(db.session.scalars(select(JournalEntry.id).where(scope.entries(JournalEntry.id))))
-    late = set(db.session.scalars(text("SELECT entry_id FROM audit_scope_entries")))
-    checkpoint.finish_scope()
-    checkpoint.rollback()
-    return scope, entries, late
-
-
 def test_an_incremental_run_reads_only_the_entries_since_its_checkpoint(ctx):
     """The scope of an incremental run is the entries since the checkpoint: none on a
     ledger that has not moved, so a run reads no posting of the past."""
     activity("one")
     assert audit().checkpoint_id is not None
-    scope, entries, late = in_scope()
+    scope, entries, late = audit_scope()
     assert (entries, late, scope.late_from) == (set(), set(), None)
     people = activity("two")
-    scope, entries, late = in_scope()
+    scope, entries, late = audit_scope()
     newest = set(
         db.session.scalars(
             select(JournalEntry.id).where(JournalEntry.id > scope.through("through_entry_id"))
@@ -369,7 +356,7 @@ def test_entries_committed_after_the_checkpoint_with_smaller_ids_are_in_scope_ex
     resealed.hash = checkpoint.checkpoint_hash(resealed)
     db.session.commit()
 
-    scope, entries, late = in_scope()
+    scope, entries, late = audit_scope()
     assert scope.late_from == held.id
     assert entries == late == {held.id, moved.id}
     # M's 9 locked tokens are the checkpoint's: counted once, so every wallet holds.
