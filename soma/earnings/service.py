@@ -38,7 +38,8 @@ last month up to the same point (its whole days before the same point's day from
 checkpoint's days, EarningsDay, migration 0027, and the payments of that one day up to
 the same point through `ix_postings_class_pay`) and the withdrawals: its cost does not
 grow with the teacher's history, nor with how much they teach in a month. A view that
-finds CHECKPOINT_AFTER payments or more in the tail moves the checkpoint on.
+finds CHECKPOINT_AFTER payments or more in the tail moves the checkpoint on, and the
+sweeper moves on those of teachers far behind who have not looked (`catch_up`).
 """
 
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from soma.models import (
     JournalEntry,
     Posting,
     PricingUserType,
+    Role,
     TokenPricing,
     User,
     Wallet,
@@ -431,7 +433,9 @@ def _insert(dialect: str):
 def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | None = None) -> int:
     """Sum the wallet's class payments after its checkpoint into its months, and move the
     checkpoint past them, in a transaction of its own; return how many months it wrote.
-    `upto` stops at that seq (default: the newest payment).
+    `upto` stops at that seq, and moves the checkpoint there even past the last payment
+    before it (never past the wallet's head: a posting still to come keeps its place
+    after the checkpoint); without it, the checkpoint moves to the newest payment.
 
     Safe beside any number of views doing the same: the checkpoint row is locked first
     (on SQLite the insert takes the one write lock), and the payments added are exactly
@@ -460,45 +464,109 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
                 Posting.seq <= (upto if upto is not None else MAX_SEQ),
             )
         ).scalar_one()
-        if newest is None:
+        target = newest
+        if upto is not None:
+            # Postings up to the head read now are committed (a wallet's row and its
+            # postings are written in one transaction), so none can land below it later.
+            head = db.session.execute(
+                select(Wallet.head_seq).where(Wallet.id == wallet_id)
+            ).scalar_one()
+            target = min(upto, head)
+        if target is None or target <= through:
             db.session.commit()
             return 0
-        month = month_of(Posting.created_at, dialect)
-        rows = (
-            _class_pay(Posting.seq > through, Posting.seq <= newest)
-            .add_columns(literal(wallet_id, BigInteger()), month, *totals_columns())
-            .group_by(month)
-        )
-        columns = ["wallet_id", "month", "classes", "seconds", "tokens", "cents"]
-        months = EarningsMonth.__table__
-        upsert = insert(months).from_select(columns, rows)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[months.c.wallet_id, months.c.month],
-            set_={name: months.c[name] + upsert.excluded[name] for name in columns[2:]},
-        )
-        written = len(
-            db.session.execute(upsert.returning(months.c.month), {"p_wallet": wallet_id}).all()
-        )
-        day = day_of(Posting.created_at, dialect)
-        day_rows = (
-            _class_pay(Posting.seq > through, Posting.seq <= newest)
-            .add_columns(literal(wallet_id, BigInteger()), day, _sum(_share_cents()))
-            .group_by(day)
-        )
-        days = EarningsDay.__table__
-        upsert = insert(days).from_select(["wallet_id", "day", "cents"], day_rows)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[days.c.wallet_id, days.c.day],
-            set_={"cents": days.c.cents + upsert.excluded.cents},
-        )
-        db.session.execute(upsert, {"p_wallet": wallet_id})
+        written = 0 if newest is None else _sum_into_periods(wallet_id, through, newest, dialect)
         db.session.execute(
             update(EarningsCheckpoint)
             .where(EarningsCheckpoint.wallet_id == wallet_id)
-            .values(through_seq=newest, updated_at=now)
+            .values(through_seq=target, updated_at=now)
         )
         db.session.commit()
     except BaseException:
         db.session.rollback()
         raise
     return written
+
+
+def _sum_into_periods(wallet_id: int, through: int, newest: int, dialect: str) -> int:
+    """Add the wallet's class payments with seq in (through, newest] to its months and
+    days; return how many months were written."""
+    insert = _insert(dialect)
+    month = month_of(Posting.created_at, dialect)
+    rows = (
+        _class_pay(Posting.seq > through, Posting.seq <= newest)
+        .add_columns(literal(wallet_id, BigInteger()), month, *totals_columns())
+        .group_by(month)
+    )
+    columns = ["wallet_id", "month", "classes", "seconds", "tokens", "cents"]
+    months = EarningsMonth.__table__
+    upsert = insert(months).from_select(columns, rows)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[months.c.wallet_id, months.c.month],
+        set_={name: months.c[name] + upsert.excluded[name] for name in columns[2:]},
+    )
+    written = len(
+        db.session.execute(upsert.returning(months.c.month), {"p_wallet": wallet_id}).all()
+    )
+    day = day_of(Posting.created_at, dialect)
+    day_rows = (
+        _class_pay(Posting.seq > through, Posting.seq <= newest)
+        .add_columns(literal(wallet_id, BigInteger()), day, _sum(_share_cents()))
+        .group_by(day)
+    )
+    days = EarningsDay.__table__
+    upsert = insert(days).from_select(["wallet_id", "day", "cents"], day_rows)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[days.c.wallet_id, days.c.day],
+        set_={"cents": days.c.cents + upsert.excluded.cents},
+    )
+    db.session.execute(upsert, {"p_wallet": wallet_id})
+    return written
+
+
+# The sweeper's catch-up (`catch_up`): a teacher's wallet whose checkpoint is this many
+# postings or more behind its head (or has none and as many postings) is moved on, the
+# most behind first, at most CATCH_UP_WALLETS a pass and CATCH_UP_SEQS postings each, so
+# a pass stays short whatever history it finds. Views move the checkpoint of a teacher
+# who looks (CHECKPOINT_AFTER); this is for one who has not looked in a long while, or
+# ever: the first view of a teacher with years of classes on a database without their
+# checkpoint (after an upgrade, an import) read every payment, a minute from disk on the
+# bench's 100,000 classes.
+CATCH_UP_BEHIND = 1000
+CATCH_UP_WALLETS = 20
+CATCH_UP_SEQS = 50_000
+
+
+def behind_wallets(behind: int = CATCH_UP_BEHIND, limit: int = CATCH_UP_WALLETS) -> list:
+    """(wallet id, through_seq) of the teachers' wallets whose earnings checkpoint is
+    `behind` postings or more behind their heads (postings of any kind: at least as
+    many as the class payments among them), the most behind first."""
+    lag = Wallet.head_seq - func.coalesce(EarningsCheckpoint.through_seq, 0)
+    return db.session.execute(
+        select(Wallet.id, func.coalesce(EarningsCheckpoint.through_seq, 0))
+        .join(User, User.id == Wallet.user_id)
+        .outerjoin(EarningsCheckpoint, EarningsCheckpoint.wallet_id == Wallet.id)
+        .where(User.role == Role.TEACHER.value, lag >= behind)
+        .order_by(lag.desc(), Wallet.id)
+        .limit(limit)
+    ).all()
+
+
+def catch_up(
+    now: datetime | None = None,
+    behind: int | None = None,
+    wallets: int | None = None,
+    seqs: int | None = None,
+) -> list:
+    """One pass of the sweeper's catch-up (see CATCH_UP_BEHIND): move on the earnings
+    checkpoints of at most `wallets` teachers `behind` postings or more, each by at most
+    `seqs` postings (by default CATCH_UP_WALLETS, CATCH_UP_BEHIND and CATCH_UP_SEQS);
+    return the (wallet id, through_seq) it found due, in its order. Each move is
+    `advance_checkpoint`'s own transaction, safe beside views and other sweepers."""
+    behind = CATCH_UP_BEHIND if behind is None else behind
+    seqs = CATCH_UP_SEQS if seqs is None else seqs
+    due = [tuple(row) for row in behind_wallets(behind, wallets or CATCH_UP_WALLETS)]
+    db.session.rollback()
+    for wallet_id, through in due:
+        advance_checkpoint(wallet_id, now, upto=through + seqs)
+    return due

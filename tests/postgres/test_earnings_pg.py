@@ -164,3 +164,68 @@ def test_the_reads_use_their_indexes_with_a_generic_plan(ctx):
     tail = generic_plan_of(service.TAIL, params)
     assert "ix_postings_wallet_kind_seq" in tail or "ix_postings_class_pay" in tail, tail
     db.session.rollback()
+
+
+def test_catch_up_passes_racing_with_payments_and_other_credits_count_each_payment_once(
+    app, wide_app
+):
+    """The sweeper's catch-up moves the checkpoint by a few postings at a time, past
+    postings that are not payments too, while classes pay the teacher and tokens reach
+    them otherwise: a posting that lands as a pass reads the wallet's head stays after
+    the checkpoint, so each payment is summed once, and the audit agrees."""
+    fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
+    app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
+    with app.app_context():
+        teacher, student = make_user("teacher"), make_user("student")
+        fund(student.id, 500)
+        for _ in range(3):
+            make_class(student, teacher, "completed")
+            fake.advance(minutes=120)
+        holds = [ledger.hold(student.id, 10, key=f"catch-up:hold:{n}") for n in range(4)]
+        db.session.commit()
+        teacher_id, student_id = teacher.id, student.id
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        hold_ids = [h.id for h in holds]
+
+    def catch_up():
+        return service.catch_up(behind=1, seqs=3)
+
+    def pay(hold_id):
+        return lambda: ledger.settle(
+            hold_id, 7, key=f"catch-up:settle:{hold_id}", to_user_id=teacher_id,
+            holder_id=student_id, held=10, kind=EntryKind.CLASS_SETTLE,
+        )  # fmt: skip
+
+    def credit(n):
+        return lambda: ledger.credit(teacher_id, 3, key=f"catch-up:credit:{n}")
+
+    work = [catch_up, pay(hold_ids[0]), credit(0), catch_up, pay(hold_ids[1]), catch_up]
+    work += [credit(1), pay(hold_ids[2]), catch_up, catch_up, pay(hold_ids[3]), credit(2)]
+    outcomes = race(wide_app, work)
+    assert errors(outcomes) == []
+
+    with app.app_context():
+        while service.catch_up(behind=1, seqs=3):
+            pass
+        head = db.session.scalar(select(Wallet.head_seq).where(Wallet.id == wallet_id))
+        through = db.session.scalar(
+            select(EarningsCheckpoint.through_seq).where(EarningsCheckpoint.wallet_id == wallet_id)
+        )
+        assert head == through == 3 + 4 + 3
+        teacher = db.session.get(User, teacher_id)
+        checkpointed = service.earnings_of(teacher)
+        assert checkpointed.tail_payments == 0
+        assert (checkpointed.lifetime.classes, checkpointed.lifetime.tokens) == (7, 3 * 10 + 4 * 7)
+        assert run_audit() == []
+        db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
+        db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
+        db.session.execute(
+            delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id)
+        )
+        db.session.commit()
+        from_the_ledger = service.earnings_of(teacher)
+        assert from_the_ledger.tail_payments == 7
+        assert (from_the_ledger.months, from_the_ledger.lifetime) == (
+            checkpointed.months,
+            checkpointed.lifetime,
+        )
