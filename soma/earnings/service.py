@@ -456,22 +456,25 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
             .where(EarningsCheckpoint.wallet_id == wallet_id)
             .with_for_update()
         ).scalar_one()
+        bound = MAX_SEQ
+        if upto is not None:
+            # The head first: the postings up to it are committed (a wallet's row and its
+            # postings are written in one transaction), so the reads after see every one
+            # of them, and none can land at or below it later. (Read after the payments,
+            # it could take in one committed between the two, never summed.)
+            head = db.session.execute(
+                select(Wallet.head_seq).where(Wallet.id == wallet_id)
+            ).scalar_one()
+            bound = min(upto, head)
         newest = db.session.execute(
             select(func.max(Posting.seq)).where(
                 Posting.wallet_id == wallet_id,
                 CLASS_PAY,
                 Posting.seq > through,
-                Posting.seq <= (upto if upto is not None else MAX_SEQ),
+                Posting.seq <= bound,
             )
         ).scalar_one()
-        target = newest
-        if upto is not None:
-            # Postings up to the head read now are committed (a wallet's row and its
-            # postings are written in one transaction), so none can land below it later.
-            head = db.session.execute(
-                select(Wallet.head_seq).where(Wallet.id == wallet_id)
-            ).scalar_one()
-            target = min(upto, head)
+        target = newest if upto is None else bound
         if target is None or target <= through:
             db.session.commit()
             return 0

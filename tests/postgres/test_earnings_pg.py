@@ -229,3 +229,54 @@ def test_catch_up_passes_racing_with_payments_and_other_credits_count_each_payme
             checkpointed.months,
             checkpointed.lifetime,
         )
+
+
+@pytest.mark.parametrize("injected_before", ["SELECT wallets.head_seq", "SELECT max(postings.seq)"])
+def test_a_payment_committed_while_a_catch_up_reads_is_summed_once(app, wide_app, injected_before):
+    """A class payment commits just before the catch-up reads the wallet's head, or just
+    before it reads the payments: either way it is summed once, now or later (with the
+    head read after the payments, the first would move the checkpoint past it unsummed)."""
+    fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
+    app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
+    with app.app_context():
+        teacher, student = make_user("teacher"), make_user("student")
+        fund(student.id, 500)
+        for _ in range(2):
+            make_class(student, teacher, "completed")
+            fake.advance(minutes=120)
+        hold = ledger.hold(student.id, 10, key="catch-up:late:hold")
+        db.session.commit()
+        teacher_id, student_id, hold_id = teacher.id, student.id, hold.id
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        paid = []
+
+        def pay():
+            with wide_app.app_context(), ledger.atomic():
+                settled = ledger.settle(
+                    hold_id, 7, key="catch-up:late:settle", to_user_id=teacher_id,
+                    holder_id=student_id, held=10, kind=EntryKind.CLASS_SETTLE,
+                )  # fmt: skip
+            paid.append(settled)
+
+        def pay_first(conn, cursor, statement, parameters, context, executemany):
+            if statement.startswith(injected_before) and not paid:
+                thread = threading.Thread(target=pay)
+                thread.start()
+                thread.join()
+
+        event.listen(db.engine, "before_cursor_execute", pay_first)
+        try:
+            service.catch_up(behind=1, seqs=100)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", pay_first)
+        assert paid, "the payment never ran"
+        service.catch_up(behind=1, seqs=100)  # whatever came after the first pass
+        head = db.session.scalar(select(Wallet.head_seq).where(Wallet.id == wallet_id))
+        through = db.session.scalar(
+            select(EarningsCheckpoint.through_seq).where(EarningsCheckpoint.wallet_id == wallet_id)
+        )
+        assert head == through == 3
+        earnings = service.earnings_of(db.session.get(User, teacher_id))
+        assert earnings.tail_payments == 0
+        assert (earnings.lifetime.classes, earnings.lifetime.tokens) == (3, 2 * 10 + 7)
+        assert run_audit() == []
