@@ -42,6 +42,7 @@ finds CHECKPOINT_AFTER payments or more in the tail moves the checkpoint on, and
 sweeper moves on those of teachers far behind who have not looked (`catch_up`).
 """
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -57,9 +58,11 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from soma import clock
 from soma.extensions import db
@@ -430,7 +433,9 @@ def _insert(dialect: str):
     return (postgresql if dialect == "postgresql" else sqlite).insert
 
 
-def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | None = None) -> int:
+def advance_checkpoint(
+    wallet_id: int, now: datetime | None = None, upto: int | None = None, wait: bool = True
+) -> int:
     """Sum the wallet's class payments after its checkpoint into its months, and move the
     checkpoint past them, in a transaction of its own; return how many months it wrote.
     `upto` stops at that seq, and moves the checkpoint there even past the last payment
@@ -440,12 +445,27 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
     Safe beside any number of views doing the same: the checkpoint row is locked first
     (on SQLite the insert takes the one write lock), and the payments added are exactly
     those between the checkpoint read under that lock and the newest one seen then.
+    With `wait` false it does nothing when another move holds the row (PostgreSQL: it
+    waits at most LOCK_WAIT), for a view or a sweeper that would rather go on.
     """
+    return _advance(wallet_id, now, upto, wait) or 0
+
+
+# How long a move that need not wait waits for another's lock before it gives up.
+LOCK_WAIT = "100ms"
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _advance(wallet_id: int, now, upto: int | None, wait: bool) -> int | None:
+    """`advance_checkpoint`: the months written, or None if the checkpoint did not move."""
     now = now or clock.now()
     dialect = db.session.get_bind().dialect.name
     insert = _insert(dialect)
     db.session.rollback()  # end any read: this is a write of its own
     try:
+        if not wait and dialect == "postgresql":
+            # (The insert too waits for another's uncommitted first checkpoint.)
+            db.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
         db.session.execute(
             insert(EarningsCheckpoint.__table__)
             .values(wallet_id=wallet_id, through_seq=0, updated_at=now)
@@ -477,7 +497,7 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
         target = newest if upto is None else bound
         if target is None or target <= through:
             db.session.commit()
-            return 0
+            return None
         written = 0 if newest is None else _sum_into_periods(wallet_id, through, newest, dialect)
         db.session.execute(
             update(EarningsCheckpoint)
@@ -485,6 +505,11 @@ def advance_checkpoint(wallet_id: int, now: datetime | None = None, upto: int | 
             .values(through_seq=target, updated_at=now)
         )
         db.session.commit()
+    except OperationalError as error:
+        db.session.rollback()
+        if wait or getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        return None  # another move holds the row: it does the work
     except BaseException:
         db.session.rollback()
         raise
@@ -529,15 +554,17 @@ def _sum_into_periods(wallet_id: int, through: int, newest: int, dialect: str) -
 
 # The sweeper's catch-up (`catch_up`): a teacher's wallet whose checkpoint is this many
 # postings or more behind its head (or has none and as many postings) is moved on, the
-# most behind first, at most CATCH_UP_WALLETS a pass and CATCH_UP_SEQS postings each, so
-# a pass stays short whatever history it finds. Views move the checkpoint of a teacher
-# who looks (CHECKPOINT_AFTER); this is for one who has not looked in a long while, or
-# ever: the first view of a teacher with years of classes on a database without their
-# checkpoint (after an upgrade, an import) read every payment, a minute from disk on the
-# bench's 100,000 classes.
+# most behind first, at most CATCH_UP_WALLETS a pass and CATCH_UP_SEQS postings each, and
+# none begun after CATCH_UP_SECONDS, so a pass stays short whatever history it finds
+# (a move of 10,000 postings read from disk is a few seconds; from memory, a fraction).
+# Views move the checkpoint of a teacher who looks (CHECKPOINT_AFTER); this is for one
+# who has not looked in a long while, or ever: the first view of a teacher with years of
+# classes on a database without their checkpoint (after an upgrade, an import) read every
+# payment, a minute from disk on the bench's 100,000 classes.
 CATCH_UP_BEHIND = 1000
 CATCH_UP_WALLETS = 20
-CATCH_UP_SEQS = 50_000
+CATCH_UP_SEQS = 10_000
+CATCH_UP_SECONDS = 2.0
 
 
 def behind_wallets(behind: int = CATCH_UP_BEHIND, limit: int = CATCH_UP_WALLETS) -> list:
@@ -549,7 +576,8 @@ def behind_wallets(behind: int = CATCH_UP_BEHIND, limit: int = CATCH_UP_WALLETS)
         select(Wallet.id, func.coalesce(EarningsCheckpoint.through_seq, 0))
         .join(User, User.id == Wallet.user_id)
         .outerjoin(EarningsCheckpoint, EarningsCheckpoint.wallet_id == Wallet.id)
-        .where(User.role == Role.TEACHER.value, lag >= behind)
+        # (The role as a literal: the staff's partial index is used only then.)
+        .where(User.role == literal_column(f"'{Role.TEACHER.value}'"), lag >= behind)
         .order_by(lag.desc(), Wallet.id)
         .limit(limit)
     ).all()
@@ -560,16 +588,25 @@ def catch_up(
     behind: int | None = None,
     wallets: int | None = None,
     seqs: int | None = None,
+    seconds: float | None = None,
 ) -> list:
     """One pass of the sweeper's catch-up (see CATCH_UP_BEHIND): move on the earnings
     checkpoints of at most `wallets` teachers `behind` postings or more, each by at most
-    `seqs` postings (by default CATCH_UP_WALLETS, CATCH_UP_BEHIND and CATCH_UP_SEQS);
-    return the (wallet id, through_seq) it found due, in its order. Each move is
-    `advance_checkpoint`'s own transaction, safe beside views and other sweepers."""
+    `seqs` postings, none begun after `seconds` (by default CATCH_UP_WALLETS,
+    CATCH_UP_BEHIND, CATCH_UP_SEQS and CATCH_UP_SECONDS; None seconds: no limit); return
+    the (wallet id, through_seq) it moved on, in its order. Each move is its own
+    transaction (`advance_checkpoint`), and skips a wallet another move holds (a view's,
+    another sweeper's) rather than wait for it. Call it outside any transaction."""
     behind = CATCH_UP_BEHIND if behind is None else behind
     seqs = CATCH_UP_SEQS if seqs is None else seqs
-    due = [tuple(row) for row in behind_wallets(behind, wallets or CATCH_UP_WALLETS)]
+    wallets = CATCH_UP_WALLETS if wallets is None else wallets
+    started = time.monotonic()
+    due = [tuple(row) for row in behind_wallets(behind, wallets)]
     db.session.rollback()
+    moved = []
     for wallet_id, through in due:
-        advance_checkpoint(wallet_id, now, upto=through + seqs)
-    return due
+        if seconds is not None and time.monotonic() - started >= seconds:
+            break
+        if _advance(wallet_id, now, through + seqs, wait=False) is not None:
+            moved.append((wallet_id, through))
+    return moved

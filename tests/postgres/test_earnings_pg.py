@@ -3,6 +3,7 @@ the teacher, count every payment once; and the reads use the indexes meant for t
 
 import re
 import threading
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -279,4 +280,50 @@ def test_a_payment_committed_while_a_catch_up_reads_is_summed_once(app, wide_app
         earnings = service.earnings_of(db.session.get(User, teacher_id))
         assert earnings.tail_payments == 0
         assert (earnings.lifetime.classes, earnings.lifetime.tokens) == (3, 2 * 10 + 7)
+        assert run_audit() == []
+
+
+@pytest.mark.parametrize("held", ["checkpoint row", "first checkpoint, uncommitted"])
+def test_a_view_or_a_catch_up_does_not_wait_behind_another_move(app, held):
+    """Another move holds the teacher's checkpoint (a sweeper's catch-up summing years, or
+    its first checkpoint not yet committed): a view's move and a catch-up skip the
+    wallet at once instead of waiting, and move it once the other is done."""
+    fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
+    app.config["SOMA_CLOCK"] = fake
+    with app.app_context():
+        teacher, student = make_user("teacher"), make_user("student")
+        fund(student.id, 500)
+        for _ in range(2):
+            make_class(student, teacher, "completed")
+            fake.advance(minutes=120)
+        teacher_id = teacher.id
+        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        if held == "checkpoint row":
+            service.advance_checkpoint(wallet_id, upto=1)
+        db.session.commit()
+        url = db.engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+        with psycopg.connect(url) as other:
+            if held == "checkpoint row":
+                other.execute(
+                    "SELECT 1 FROM earnings_checkpoints WHERE wallet_id = %s FOR UPDATE",
+                    (wallet_id,),
+                )
+            else:
+                other.execute(
+                    "INSERT INTO earnings_checkpoints (wallet_id, through_seq, updated_at) "
+                    "VALUES (%s, 0, now())",
+                    (wallet_id,),
+                )
+            began = time.monotonic()
+            assert service.advance_checkpoint(wallet_id, wait=False) == 0
+            assert service.catch_up(behind=1) == []
+            assert time.monotonic() - began < 2
+            other.rollback()
+        assert service.catch_up(behind=1) == [(wallet_id, 1 if held == "checkpoint row" else 0)]
+        through = db.session.scalar(
+            select(EarningsCheckpoint.through_seq).where(EarningsCheckpoint.wallet_id == wallet_id)
+        )
+        assert through == 2
+        earnings = service.earnings_of(db.session.get(User, teacher_id))
+        assert (earnings.lifetime.classes, earnings.tail_payments) == (2, 0)
         assert run_audit() == []

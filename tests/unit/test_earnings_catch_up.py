@@ -6,6 +6,7 @@ wherever it leaves the checkpoint."""
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from soma.audit import run_audit
 from soma.earnings import service
@@ -146,3 +147,22 @@ def test_a_sweep_pass_catches_a_teacher_up(app, ctx, clock, monkeypatch):
     earnings = earnings_of(db.session.get(User, teacher_id))
     assert (figures(earnings), earnings.tail_payments) == (expected, 0)
     assert run_audit() == []
+
+
+def test_a_pass_begins_no_move_past_its_time(three_rates):
+    wallet_id = wallet_id_of(three_rates.id)
+    assert service.catch_up(behind=1, seconds=0) == []
+    assert checkpoint_of(wallet_id) is None
+    assert service.catch_up(behind=1, seconds=None) == [(wallet_id, 0)]
+    assert checkpoint_of(wallet_id) == 4
+
+
+def test_a_failing_catch_up_does_not_stop_the_sweep(app, ctx, clock, monkeypatch, caplog):
+    def broken(**_):
+        raise OperationalError("SELECT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(service, "catch_up", broken)
+    result = app.test_cli_runner().invoke(args=["soma", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "sweep: 0 completed" in result.output
+    assert "the earnings catch-up failed" in caplog.text
