@@ -1,9 +1,11 @@
-"""Earnings on PostgreSQL: views moving one teacher's checkpoint at once, while classes pay
-the teacher, count every payment once; and the reads use the indexes meant for them."""
+"""Earnings on PostgreSQL: views and the sweeper's catch-up moving one teacher's checkpoint at once,
+while classes pay the teacher, count every payment once and never wait for each other; and
+the reads use the indexes meant for them."""
 
 import re
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
@@ -26,32 +28,65 @@ from tests.builders import fund, make_class, make_user
 from tests.helpers import FakeClock, errors, race
 
 
+@dataclass(frozen=True)
+class Paid:
+    teacher_id: int
+    student_id: int
+    wallet_id: int  # the teacher's
+    hold_ids: list
+
+
+def paid_teacher(fake: FakeClock, classes: int, holds: int = 0, tag: str = "race") -> Paid:
+    """A teacher paid for `classes` completed classes two hours apart, and `holds` holds
+    of 10 tokens on their student's wallet for `settle_to` to pay them later; committed."""
+    teacher, student = make_user("teacher"), make_user("student")
+    fund(student.id, 500)
+    for _ in range(classes):
+        make_class(student, teacher, "completed")
+        fake.advance(minutes=120)
+    held = [ledger.hold(student.id, 10, key=f"{tag}:hold:{n}").id for n in range(holds)]
+    db.session.commit()
+    wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher.id))
+    return Paid(teacher.id, student.id, wallet_id, held)
+
+
+def settle_to(paid: Paid, hold_id: int, key: str):
+    """A class payment: 7 of the hold's 10 tokens settled to the teacher."""
+    return ledger.settle(
+        hold_id, 7, key=key, to_user_id=paid.teacher_id, holder_id=paid.student_id, held=10,
+        kind=EntryKind.CLASS_SETTLE,
+    )  # fmt: skip
+
+
+def assert_the_ledgers_own(teacher, wallet_id: int, checkpointed, payments: int) -> None:
+    """The figures read through the checkpoint are the ledger's own: with the checkpoint
+    deleted, every one of the `payments` is in the tail and each figure is the same."""
+    db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
+    db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
+    db.session.execute(delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id))
+    db.session.commit()
+    from_the_ledger = service.earnings_of(teacher)
+    assert from_the_ledger.tail_payments == payments
+    assert (from_the_ledger.months, from_the_ledger.lifetime) == (
+        checkpointed.months,
+        checkpointed.lifetime,
+    )
+
+
 def test_views_moving_the_checkpoint_while_classes_pay_count_each_payment_once(app, wide_app):
     fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
     app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
     with app.app_context():
-        teacher = make_user("teacher")
-        student = make_user("student")
-        fund(student.id, 500)
-        for _ in range(5):
-            make_class(student, teacher, "completed")
-            fake.advance(minutes=120)
-        # Holds that settle during the race: payments landing while views sum the tail.
-        holds = [ledger.hold(student.id, 10, key=f"race:hold:{n}") for n in range(4)]
-        db.session.commit()
-        teacher_id, student_id = teacher.id, student.id
-        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
-        hold_ids = [h.id for h in holds]
+        paid = paid_teacher(fake, classes=5, holds=4)
+    wallet_id = paid.wallet_id
 
     def view():
         return service.advance_checkpoint(wallet_id)
 
     def pay(hold_id):
-        return lambda: ledger.settle(
-            hold_id, 7, key=f"race:settle:{hold_id}", to_user_id=teacher_id, holder_id=student_id,
-            held=10, kind=EntryKind.CLASS_SETTLE,
-        )  # fmt: skip
+        return lambda: settle_to(paid, hold_id, f"race:settle:{hold_id}")
 
+    hold_ids = paid.hold_ids
     work = [view, pay(hold_ids[0]), view, view, pay(hold_ids[1]), view]
     work += [pay(hold_ids[2]), view, view, pay(hold_ids[3]), view, view]
     outcomes = race(wide_app, work)
@@ -59,24 +94,13 @@ def test_views_moving_the_checkpoint_while_classes_pay_count_each_payment_once(a
 
     with app.app_context():
         service.advance_checkpoint(wallet_id)  # whatever landed after the last view
-        teacher = db.session.get(User, teacher_id)
+        teacher = db.session.get(User, paid.teacher_id)
         checkpointed = service.earnings_of(teacher)
         assert checkpointed.tail_payments == 0
         assert checkpointed.lifetime.classes == 9
         assert checkpointed.lifetime.tokens == 5 * 10 + 4 * 7
         assert run_audit() == []
-        db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
-        db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
-        db.session.execute(
-            delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id)
-        )
-        db.session.commit()
-        from_the_ledger = service.earnings_of(teacher)
-        assert from_the_ledger.tail_payments == 9
-        assert (from_the_ledger.months, from_the_ledger.lifetime) == (
-            checkpointed.months,
-            checkpointed.lifetime,
-        )
+        assert_the_ledgers_own(teacher, wallet_id, checkpointed, payments=9)
 
 
 def generic_plan_of(statement, params) -> str:
@@ -108,13 +132,8 @@ def test_a_checkpoint_moved_by_another_view_during_a_view_counts_each_payment_on
     fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
     app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
     with app.app_context():
-        teacher, student = make_user("teacher"), make_user("student")
-        fund(student.id, 500)
-        for _ in range(3):
-            make_class(student, teacher, "completed")
-            fake.advance(minutes=120)
-        teacher_id = teacher.id
-        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        paid = paid_teacher(fake, classes=3)
+        teacher_id, wallet_id = paid.teacher_id, paid.wallet_id
         truth = service.earnings_of(db.session.get(User, teacher_id))
         assert truth.lifetime.classes == 3 and truth.tail_payments == 3
         db.session.rollback()
@@ -177,25 +196,14 @@ def test_catch_up_passes_racing_with_payments_and_other_credits_count_each_payme
     fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
     app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
     with app.app_context():
-        teacher, student = make_user("teacher"), make_user("student")
-        fund(student.id, 500)
-        for _ in range(3):
-            make_class(student, teacher, "completed")
-            fake.advance(minutes=120)
-        holds = [ledger.hold(student.id, 10, key=f"catch-up:hold:{n}") for n in range(4)]
-        db.session.commit()
-        teacher_id, student_id = teacher.id, student.id
-        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
-        hold_ids = [h.id for h in holds]
+        paid = paid_teacher(fake, classes=3, holds=4, tag="catch-up")
+    teacher_id, wallet_id, hold_ids = paid.teacher_id, paid.wallet_id, paid.hold_ids
 
     def catch_up():
         return service.catch_up(behind=1, seqs=3)
 
     def pay(hold_id):
-        return lambda: ledger.settle(
-            hold_id, 7, key=f"catch-up:settle:{hold_id}", to_user_id=teacher_id,
-            holder_id=student_id, held=10, kind=EntryKind.CLASS_SETTLE,
-        )  # fmt: skip
+        return lambda: settle_to(paid, hold_id, f"catch-up:settle:{hold_id}")
 
     def credit(n):
         return lambda: ledger.credit(teacher_id, 3, key=f"catch-up:credit:{n}")
@@ -218,18 +226,7 @@ def test_catch_up_passes_racing_with_payments_and_other_credits_count_each_payme
         assert checkpointed.tail_payments == 0
         assert (checkpointed.lifetime.classes, checkpointed.lifetime.tokens) == (7, 3 * 10 + 4 * 7)
         assert run_audit() == []
-        db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
-        db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
-        db.session.execute(
-            delete(EarningsCheckpoint).where(EarningsCheckpoint.wallet_id == wallet_id)
-        )
-        db.session.commit()
-        from_the_ledger = service.earnings_of(teacher)
-        assert from_the_ledger.tail_payments == 7
-        assert (from_the_ledger.months, from_the_ledger.lifetime) == (
-            checkpointed.months,
-            checkpointed.lifetime,
-        )
+        assert_the_ledgers_own(teacher, wallet_id, checkpointed, payments=7)
 
 
 @pytest.mark.parametrize("injected_before", ["SELECT wallets.head_seq", "SELECT max(postings.seq)"])
@@ -240,27 +237,16 @@ def test_a_payment_committed_while_a_catch_up_reads_is_summed_once(app, wide_app
     fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
     app.config["SOMA_CLOCK"] = wide_app.config["SOMA_CLOCK"] = fake
     with app.app_context():
-        teacher, student = make_user("teacher"), make_user("student")
-        fund(student.id, 500)
-        for _ in range(2):
-            make_class(student, teacher, "completed")
-            fake.advance(minutes=120)
-        hold = ledger.hold(student.id, 10, key="catch-up:late:hold")
-        db.session.commit()
-        teacher_id, student_id, hold_id = teacher.id, student.id, hold.id
-        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
-        paid = []
+        paid = paid_teacher(fake, classes=2, holds=1, tag="catch-up:late")
+        teacher_id, wallet_id = paid.teacher_id, paid.wallet_id
+        settled = []
 
         def pay():
             with wide_app.app_context(), ledger.atomic():
-                settled = ledger.settle(
-                    hold_id, 7, key="catch-up:late:settle", to_user_id=teacher_id,
-                    holder_id=student_id, held=10, kind=EntryKind.CLASS_SETTLE,
-                )  # fmt: skip
-            paid.append(settled)
+                settled.append(settle_to(paid, paid.hold_ids[0], "catch-up:late:settle"))
 
         def pay_first(conn, cursor, statement, parameters, context, executemany):
-            if statement.startswith(injected_before) and not paid:
+            if statement.startswith(injected_before) and not settled:
                 thread = threading.Thread(target=pay)
                 thread.start()
                 thread.join()
@@ -270,7 +256,7 @@ def test_a_payment_committed_while_a_catch_up_reads_is_summed_once(app, wide_app
             service.catch_up(behind=1, seqs=100)
         finally:
             event.remove(db.engine, "before_cursor_execute", pay_first)
-        assert paid, "the payment never ran"
+        assert settled, "the payment never ran"
         service.catch_up(behind=1, seqs=100)  # whatever came after the first pass
         head = db.session.scalar(select(Wallet.head_seq).where(Wallet.id == wallet_id))
         through = db.session.scalar(
@@ -291,13 +277,8 @@ def test_a_view_or_a_catch_up_does_not_wait_behind_another_move(app, held):
     fake = FakeClock(datetime(2026, 11, 2, 9, tzinfo=UTC))
     app.config["SOMA_CLOCK"] = fake
     with app.app_context():
-        teacher, student = make_user("teacher"), make_user("student")
-        fund(student.id, 500)
-        for _ in range(2):
-            make_class(student, teacher, "completed")
-            fake.advance(minutes=120)
-        teacher_id = teacher.id
-        wallet_id = db.session.scalar(select(Wallet.id).where(Wallet.user_id == teacher_id))
+        paid = paid_teacher(fake, classes=2)
+        teacher_id, wallet_id = paid.teacher_id, paid.wallet_id
         if held == "checkpoint row":
             service.advance_checkpoint(wallet_id, upto=1)
         db.session.commit()

@@ -251,6 +251,15 @@ def figures(earnings) -> tuple:
     return (earnings.months, earnings.lifetime, earnings.growth, earnings.withdrawn_tokens)
 
 
+def checkpointed_months(wallet_id: int) -> list:
+    """(month, classes, cents) of the wallet's checkpointed months, in order."""
+    return db.session.execute(
+        select(EarningsMonth.month, EarningsMonth.classes, EarningsMonth.cents)
+        .where(EarningsMonth.wallet_id == wallet_id)
+        .order_by(EarningsMonth.month)
+    ).all()
+
+
 def reset_checkpoint(wallet_id: int) -> None:
     db.session.execute(delete(EarningsDay).where(EarningsDay.wallet_id == wallet_id))
     db.session.execute(delete(EarningsMonth).where(EarningsMonth.wallet_id == wallet_id))
@@ -271,12 +280,11 @@ def test_the_figures_are_the_same_wherever_the_checkpoint_stands(three_rates, cl
         assert figures(earnings) == expected, upto
         assert earnings.tail_payments == len([s for s in seqs if s > upto])
         assert run_audit() == []
-    months = db.session.execute(
-        select(EarningsMonth.month, EarningsMonth.classes, EarningsMonth.cents)
-        .where(EarningsMonth.wallet_id == wallet_id)
-        .order_by(EarningsMonth.month)
-    ).all()
-    assert months == [("2026-09", 1, 40), ("2026-10", 2, 60), ("2026-11", 1, 48)]
+    assert checkpointed_months(wallet_id) == [
+        ("2026-09", 1, 40),
+        ("2026-10", 2, 60),
+        ("2026-11", 1, 48),
+    ]
 
 
 def days_of(wallet_id: int) -> list:

@@ -12,10 +12,10 @@ from soma.audit import run_audit
 from soma.earnings import service
 from soma.earnings.service import earnings_of
 from soma.extensions import db
-from soma.models import EarningsCheckpoint, EarningsMonth, User, Wallet
+from soma.models import EarningsCheckpoint, User, Wallet
 from tests.builders import fund, make_class, make_funded_user, make_user
 from tests.unit import test_earnings
-from tests.unit.test_earnings import NOW, figures, wallet_id_of
+from tests.unit.test_earnings import NOW, checkpointed_months, figures, wallet_id_of
 
 three_rates = test_earnings.three_rates  # (the fixture: a teacher paid in three months)
 
@@ -60,12 +60,11 @@ def test_a_teacher_who_never_looked_is_summed_a_batch_at_a_time_and_no_figure_ch
     assert checkpoint_of(wallet_id) == 4 == head_of(wallet_id)
     earnings = earnings_of(teacher)
     assert (figures(earnings), earnings.tail_payments) == (expected, 0)
-    months = db.session.execute(
-        select(EarningsMonth.month, EarningsMonth.classes, EarningsMonth.cents)
-        .where(EarningsMonth.wallet_id == wallet_id)
-        .order_by(EarningsMonth.month)
-    ).all()
-    assert months == [("2026-09", 1, 40), ("2026-10", 2, 60), ("2026-11", 1, 48)]
+    assert checkpointed_months(wallet_id) == [
+        ("2026-09", 1, 40),
+        ("2026-10", 2, 60),
+        ("2026-11", 1, 48),
+    ]
     assert run_audit() == []
 
     assert service.catch_up(behind=1, seqs=2) == []  # caught up: nothing is due
