@@ -25,8 +25,10 @@ Settings (environment):
     SOMA_BENCH_ADMIN_ENTRIES    entries in the big database (10000000; 100000 with
                                 BENCH_QUICK=1): the long-serving teacher has a hundredth
 
-Each run first empties the earnings checkpoints (the big database is kept between runs),
-so that the first view builds them as on a fresh database.
+Each run first empties the earnings checkpoints (the big database is kept between runs)
+and builds the long-serving teacher's as the sweeper's catch-up does, a move of at most
+10,000 postings at a time (each move timed); then empties them again, so that the first
+view builds them as on a fresh database with no sweeper (the worst case).
 """
 
 import statistics
@@ -160,10 +162,16 @@ def measure(name: str, teachers: dict, now) -> dict:
     for label, client in clients.items():
         log_in(client, teachers["emails"][label])
     app.config["PROPAGATE_EXCEPTIONS"] = True
-    with psycopg.connect(libpq_url(name)) as conn:  # (kept between runs: start with none)
-        conn.execute("DELETE FROM earnings_days")
-        conn.execute("DELETE FROM earnings_months")
-        conn.execute("DELETE FROM earnings_checkpoints")
+
+    def empty_checkpoints() -> None:
+        with psycopg.connect(libpq_url(name)) as conn:  # (kept between runs: start with none)
+            conn.execute("DELETE FROM earnings_days")
+            conn.execute("DELETE FROM earnings_months")
+            conn.execute("DELETE FROM earnings_checkpoints")
+
+    empty_checkpoints()
+    catch_up = sweeper_catch_up(app, teachers["ids"]["long-serving"])
+    empty_checkpoints()
     first = timed_views(clients, 1)
     with app.app_context():
         wallet_id, months = db.session.execute(
@@ -174,7 +182,7 @@ def measure(name: str, teachers: dict, now) -> dict:
             {"user": teachers["ids"]["long-serving"]},
         ).one()
         db.session.remove()
-    figures = {"first": first, "months": months, "cases": {}}
+    figures = {"first": first, "months": months, "cases": {}, "catch_up": catch_up}
     for case, tail in (("no tail", 0), ("longest tail", CHECKPOINT_AFTER - 1)):
         set_tail(app, wallet_id, tail)
         timed_views(clients, 2)  # warm
@@ -190,6 +198,38 @@ def measure(name: str, teachers: dict, now) -> dict:
     with app.app_context():
         db.engine.dispose()
     return figures
+
+
+def sweeper_catch_up(app, user_id: int) -> dict:
+    """The long-serving teacher's checkpoint built from none as the sweeper's catch-up
+    builds it: moves of at most CATCH_UP_SEQS postings, each timed, up to the head.
+
+    The ledger numbers a wallet's postings 1, 2, 3, ...; this database's seqs have gaps
+    (see bench/_big.py), so each move is bounded here at the CATCH_UP_SEQS-th posting
+    after the checkpoint (found outside the timed part), as a move of the ledger's own
+    numbering is."""
+    from soma.earnings import service
+    from soma.extensions import db
+
+    moves = []
+    seqs = service.CATCH_UP_SEQS
+    nth = text(
+        "SELECT coalesce((SELECT seq FROM postings WHERE wallet_id = :w AND seq > :t "
+        "ORDER BY seq OFFSET :n LIMIT 1), (SELECT head_seq FROM wallets WHERE id = :w))"
+    )
+    with app.app_context():
+        wallet_id, head = db.session.execute(
+            text("SELECT id, head_seq FROM wallets WHERE user_id = :u"), {"u": user_id}
+        ).one()
+        through = 0
+        while through < head:
+            upto = db.session.scalar(nth, {"w": wallet_id, "t": through, "n": seqs - 1})
+            began = time.perf_counter()
+            service.advance_checkpoint(wallet_id, upto=upto, wait=False)
+            moves.append(time.perf_counter() - began)
+            through = upto
+        db.session.remove()
+    return {"moves": moves, "seqs": seqs}
 
 
 def explain(db, sql: str, params) -> dict:
@@ -253,6 +293,14 @@ def main() -> int:
         f"(reads every payment, then sums {figures['months']} months into the checkpoint), "
         f"new {first['new']:.1f}"
     )
+    caught = figures["catch_up"]
+    if caught["moves"]:
+        print(
+            f"  the same checkpoint built by the sweeper's catch-up instead (what production "
+            f"does, so that no view has to): {len(caught['moves'])} moves of at most "
+            f"{caught['seqs']:,} postings, {sum(caught['moves']):.1f} s in all, the longest "
+            f"{max(caught['moves']) * 1000:.0f} ms"
+        )
     for case, result in figures["cases"].items():
         views, service = result["views"], result["service"]
         print(
