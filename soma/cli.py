@@ -291,20 +291,20 @@ def earnings_catch_up() -> None:
     """Sum every teacher's class payments into their earnings checkpoint, as the sweeper
     does a batch at a time: run after an upgrade or a large import, so that no teacher's
     first look at /earnings reads years of payments."""
-    from soma.earnings import service
+    from soma.earnings import service as earnings
 
     started = time.perf_counter()
     moves = 0
     # Down to the views' own threshold: what is left is read in a fraction of a millisecond.
     # (A pass moves at least one wallet while any is due, unless another process holds
     # every one it found: that one is moving them.)
-    while moved := service.catch_up(behind=service.CHECKPOINT_AFTER, wallets=100):
+    while moved := earnings.catch_up(behind=earnings.CHECKPOINT_AFTER, wallets=100):
         moves += len(moved)
-    left = len(service.behind_wallets(service.CHECKPOINT_AFTER, limit=100))
+    left = len(earnings.behind_wallets(earnings.CHECKPOINT_AFTER, limit=100))
     click.echo(
         f"earnings: {moves:,} checkpoint move(s) in {time.perf_counter() - started:.1f} s; "
         + (
-            f"no teacher is {service.CHECKPOINT_AFTER} postings or more behind"
+            f"no teacher is {earnings.CHECKPOINT_AFTER} postings or more behind"
             if not left
             else f"{left} teacher(s) still behind, being moved by another process"
         )
