@@ -40,8 +40,11 @@ runs beside them (it needs only the primary keys); the per-row triggers (foreign
 the append-only guards) are skipped for the load with session_replication_role =
 replica, the rows being consistent by construction; VACUUM before the indexes (as
 autovacuum would after so many inserts: the visibility map that index-only scans read)
-and ANALYZE at the end. The tables stay logged: SET LOGGED would rewrite and WAL-log
-every table and index again after an UNLOGGED load, more than logging the load itself.
+and ANALYZE at the end. The ledger's tables are UNLOGGED (`_common.set_unlogged`): the
+two benches only read them, so neither their load nor their indexes write WAL (SET
+LOGGED afterwards would rewrite and WAL-log every table and index again, more than
+logging the load itself). A crash of the server empties them; the next run finds the
+kept database so (`_common.unlogged_intact`) and builds it again.
 
 Kept between runs as `soma_bench_big_<digest>` (`_common.cached_database`: the migration
 head, GENERATOR and ENTRIES are in its name; a stale one is dropped).
@@ -62,12 +65,14 @@ from _common import (
     make_app,
     platform_wallet,
     quick,
+    set_unlogged,
+    unlogged_intact,
 )
 
 ENTRIES = int(os.environ.get("SOMA_BENCH_ADMIN_ENTRIES", quick(10_000_000, 100_000))) // 100 * 100
 # The generator's version: part of the kept database's name (with the migration head and
 # ENTRIES), so that a change to the SQL below builds it again.
-GENERATOR = "big-3"
+GENERATOR = "big-4"
 STUDENTS = 20_000
 TEACHERS = 2_000
 PASSWORD = "bench-password-1"  # noqa: S105 - the bench's own throwaway accounts
@@ -381,6 +386,7 @@ def build(name: str, entries: int) -> None:
             "SELECT w.id FROM wallets w JOIN users u ON u.id = w.user_id WHERE u.email = %s",
             (LONG_EMAIL,),
         ).fetchone()
+        set_unlogged(conn)
         restore = drop_secondary_indexes(conn, LOADED_TABLES)
         # The long-serving teacher: CLASSES classes, those of the year (a block in 125)
         # and the rest before it, one every 65 minutes.
@@ -534,7 +540,7 @@ def fold(name: str, now: datetime) -> tuple[float, int]:
 
 def big_database() -> tuple[str, bool, float]:
     """The kept big database: (name, built now, seconds to build)."""
-    return cached_database("big", GENERATOR, build, entries=ENTRIES)
+    return cached_database("big", GENERATOR, build, intact=unlogged_intact, entries=ENTRIES)
 
 
 def meta(name: str) -> dict:

@@ -12,6 +12,8 @@ verdict per target; it asserts nothing.
    have): a journal the audit finds clean. Rows go in by
    COPY (a batch made while the one before is sent), with the journal's secondary
    indexes dropped and built again afterwards, two at a time; 3M is 1M's copy extended.
+   The ledger's tables are UNLOGGED (`_common.set_unlogged`: the audit only reads them,
+   and writes its checkpoint to logged tables), so the build writes no WAL for them.
    Each size is kept as a template database named after the migration head
    (soma_bench_audit_<size>_<head>), so later runs only copy it; templates of another
    head, or left half-built, are dropped. Building is the slow part, once.
@@ -54,6 +56,8 @@ from _common import (
     libpq_url,
     make_app,
     migrate,
+    set_unlogged,
+    unlogged_intact,
 )
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -87,6 +91,10 @@ def cached(name: str) -> bool:
         row = conn.execute(
             "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
+    if row and row[0] and not unlogged_intact(name):
+        print(f"dropping the cache {name}: a crash of the server emptied its ledger")
+        admin_sql(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+        row = (False,)
     if row and not row[0]:
         print(f"dropping the unfinished cache {name}")
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -110,8 +118,9 @@ def drop_stale(head: str) -> None:
             admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-# A new build of the same migration head (here: with the teachers' earnings checkpoints).
-BUILD = "e"
+# A new build of the same migration head (here: the ledger's tables UNLOGGED, see
+# _common.set_unlogged; "e" added the teachers' earnings checkpoints).
+BUILD = "u"
 
 
 def cache_name(size: int, head: str) -> str:
@@ -174,6 +183,7 @@ def extend(name: str, upto: int) -> float:
             "SELECT count(*) FROM journal_entries WHERE idempotency_key LIKE 'bench-audit-%%'"
         ).fetchone()[0]
         if done == 0:
+            set_unlogged(conn)  # only read by the bench (3M is 1M's copy: unlogged too)
             students, teachers, state = add_people(conn)
         else:
             students, teachers, state = wallets_by_role(conn)

@@ -50,7 +50,8 @@ Settings (environment):
     SOMA_BENCH_PGBENCH          the pgbench binary (found on PATH or in PostgreSQL's bin)
     BENCH_QUICK=1               one short round, 2 workers, small data
 
-The history database is kept between runs (see `_common.cached_database`); every other
+The history database is kept between runs (see `_common.cached_database`; its ledger's
+tables UNLOGGED, only read here, see `_common.set_unlogged`); every other
 database it makes has a unique name and is dropped at the end, even on error.
 """
 
@@ -85,7 +86,9 @@ from _common import (
     per_op_ms,
     platform_wallet,
     quick,
+    set_unlogged,
     table,
+    unlogged_intact,
     verdict,
 )
 from sqlalchemy import event, func, select
@@ -624,6 +627,7 @@ def build_history(name: str, entries: int) -> None:
         except psycopg.Error:
             conn.rollback()
         conn.execute("SET maintenance_work_mem = '256MB'")
+        set_unlogged(conn)  # only read by the bench
         restore = drop_secondary_indexes(conn, ("journal_entries", "postings"))
         ids = {}
         for who, role in (("w", "student"), ("t", "teacher")):
@@ -749,7 +753,9 @@ HISTORY_EMAIL = "bench-history-student@example.com"
 
 def history_database() -> tuple[str, int, str]:
     """The kept history database: (name, wallet id, how it was had)."""
-    name, built, seconds = cached_database("history", "3", build_history, entries=HISTORY_ENTRIES)
+    name, built, seconds = cached_database(
+        "history", "4", build_history, intact=unlogged_intact, entries=HISTORY_ENTRIES
+    )
     with psycopg.connect(libpq_url(name)) as conn:
         (wallet_id,) = conn.execute(
             "SELECT w.id FROM wallets w JOIN users u ON u.id = w.user_id WHERE u.email = %s",
