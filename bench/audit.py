@@ -13,7 +13,8 @@ verdict per target; it asserts nothing.
    COPY (a batch made while the one before is sent), with the journal's secondary
    indexes dropped and built again afterwards, two at a time; 3M is 1M's copy extended.
    The ledger's tables are UNLOGGED (`_common.set_unlogged`: the audit only reads them,
-   and writes its checkpoint to logged tables), so the build writes no WAL for them.
+   and writes its checkpoint to logged tables; the entries added before the incremental
+   run are not timed), so the build writes no WAL for them.
    Each size is kept as a template database named after the migration head
    (soma_bench_audit_<size>_<head>), so later runs only copy it; templates of another
    head, or left half-built, are dropped. Building is the slow part, once.
@@ -183,7 +184,7 @@ def extend(name: str, upto: int) -> float:
             "SELECT count(*) FROM journal_entries WHERE idempotency_key LIKE 'bench-audit-%%'"
         ).fetchone()[0]
         if done == 0:
-            set_unlogged(conn)  # only read by the bench (3M is 1M's copy: unlogged too)
+            set_unlogged(conn)  # read, not written, by the audits (3M is 1M's copy: unlogged too)
             students, teachers, state = add_people(conn)
         else:
             students, teachers, state = wallets_by_role(conn)
